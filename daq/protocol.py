@@ -1,0 +1,538 @@
+"""Wire protocol v1 between a front-end (simulator, replay or hardware) and the DAQ, and DAQ -> DQM.
+
+A message is one ZeroMQ multipart message: a header frame (fixed 56-byte header, one 16-byte
+descriptor per array frame, a fixed type-specific body), then raw little-endian array frames that are
+sent and received without copies. No pickle. The byte layout is specified in ``docs/protocol.md``;
+this module is its reference implementation:
+
+- :func:`encode` turns a message into a list of buffers for ``send_multipart(..., copy=False)``;
+- :func:`decode` turns received frames into a message, or raises a specific :class:`ProtocolError`;
+- :class:`SequenceTracker` checks the per-sender sequence numbers.
+
+Decoded arrays are read-only views of the received buffers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, ClassVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from daq.errors import ProtocolError
+
+MAGIC = b"NA64"
+VERSION = 1
+HEADER = struct.Struct("<4sHHHHIIIQQQII")
+HEADER_SIZE = HEADER.size  # 56
+DESCRIPTOR = struct.Struct("<BBHIII")
+DESCRIPTOR_SIZE = DESCRIPTOR.size  # 16
+CRC_OFFSET = 48
+MAX_FRAMES = 16
+MAX_DIM = 1 << 28
+
+#: dtype codes of array frames (all little-endian)
+DTYPE_CODES: dict[int, np.dtype] = {
+    1: np.dtype("<u1"),
+    2: np.dtype("<u2"),
+    3: np.dtype("<u4"),
+    4: np.dtype("<u8"),
+    5: np.dtype("<i1"),
+    6: np.dtype("<i2"),
+    7: np.dtype("<i4"),
+    8: np.dtype("<i8"),
+    9: np.dtype("<f4"),
+    10: np.dtype("<f8"),
+}
+CODE_OF_DTYPE = {dt: code for code, dt in DTYPE_CODES.items()}
+
+NO_SOURCE = 0xFFFF
+
+
+# ---------------------------------------------------------------- errors
+class BadMagicError(ProtocolError):
+    """The header does not start with b'NA64'."""
+
+
+class BadVersionError(ProtocolError):
+    """The protocol version is not one this decoder speaks."""
+
+
+class UnknownTypeError(ProtocolError):
+    """The message type code is not defined."""
+
+
+class LengthError(ProtocolError):
+    """A length (header frame, body, array frame) does not match what the header declares."""
+
+
+class ChecksumError(ProtocolError):
+    """The CRC-32 in the header does not match the message bytes."""
+
+
+class FrameCountError(ProtocolError):
+    """The number of frames differs from the header, or from what the message type allows."""
+
+
+class ShapeError(ProtocolError):
+    """An array frame has the wrong dtype, rank or shape for its message type."""
+
+
+class FieldError(ProtocolError):
+    """A body field holds a value the message type does not allow (e.g. reserved bits set)."""
+
+
+class SequenceGapError(ProtocolError):
+    """Messages are missing: the sequence number jumped forward."""
+
+    def __init__(self, sender: object, expected: int, got: int) -> None:
+        super().__init__(f"sequence gap from {sender!r}: expected {expected}, got {got} ({got - expected} lost)")
+        self.expected, self.got, self.missing = expected, got, got - expected
+
+
+class SequenceRepeatError(ProtocolError):
+    """A message is a duplicate or arrived out of order: the sequence number went backwards."""
+
+    def __init__(self, sender: object, expected: int, got: int) -> None:
+        super().__init__(f"duplicate or out-of-order message from {sender!r}: expected {expected}, got {got}")
+        self.expected, self.got = expected, got
+
+
+# ---------------------------------------------------------------- message types
+class MessageType(IntEnum):
+    RUN_START = 1
+    RUN_STOP = 2
+    SPILL_START = 3
+    SPILL_END = 4
+    SLICE = 5
+    READOUT_REQUEST = 6
+    FRAGMENT = 7
+    HEARTBEAT = 8
+    EVENTS = 9
+    SUMMARY = 10
+
+
+class FrontEndState(IntEnum):
+    IDLE = 0
+    RUNNING = 1
+    IN_SPILL = 2
+    STALLED = 3
+
+
+@dataclass(frozen=True)
+class FrameSpec:
+    """Name, dtype and rank of one array frame of a message type."""
+
+    name: str
+    dtype: np.dtype
+    ndim: int
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Message:
+    """Common header fields. Subclasses add body fields (``BODY``) and array frames (``FRAMES``)."""
+
+    run: int = 0
+    spill: int = 0
+    seq: int = 0
+    slice_id: int = 0
+    source: int = NO_SOURCE
+    send_time_ns: int = 0
+
+    TYPE: ClassVar[MessageType]
+    BODY: ClassVar[tuple[tuple[str, str], ...]] = ()
+    FRAMES: ClassVar[tuple[FrameSpec, ...]] = ()
+    MIN_FRAMES: ClassVar[int | None] = None  # None: all FRAMES are required
+
+    def check(self) -> None:
+        """Cross-field consistency; raise ShapeError/FieldError. Called by encode and decode."""
+
+    def frames(self) -> list[np.ndarray]:
+        return [getattr(self, spec.name) for spec in self.FRAMES if getattr(self, spec.name) is not None]
+
+
+def _u8(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode(), dtype=np.uint8)
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class RunStart(Message):
+    """A run begins. Declares the waveform format and which channels the primitives carry."""
+
+    TYPE: ClassVar = MessageType.RUN_START
+    BODY: ClassVar = (("n_samples", "H"), ("n_channels", "H"), ("sample_period_ps", "I"), ("slice_ns", "Q"))
+    FRAMES: ClassVar = (FrameSpec("prim_channels", np.dtype("<u2"), 1), FrameSpec("info", np.dtype("u1"), 1))
+    MIN_FRAMES: ClassVar = 1
+
+    n_samples: int = 32
+    n_channels: int = 0
+    sample_period_ps: int = 12500
+    slice_ns: int = 10_000_000
+    prim_channels: NDArray[np.uint16] = field(default_factory=lambda: np.zeros(0, np.uint16))
+    info: NDArray[np.uint8] | None = None  # optional UTF-8 JSON: front-end name, version, config
+
+    @staticmethod
+    def info_bytes(text: str) -> np.ndarray:
+        return _u8(text)
+
+    def check(self) -> None:
+        if np.any(np.asarray(self.prim_channels) >= max(self.n_channels, 1)):
+            raise ShapeError(f"RUN_START primitive channel id >= n_channels={self.n_channels}")
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class RunStop(Message):
+    TYPE: ClassVar = MessageType.RUN_STOP
+    BODY: ClassVar = (("n_spills", "I"), ("reserved", "I"))
+    n_spills: int = 0
+    reserved: int = 0
+
+    def check(self) -> None:
+        _reserved_zero(self)
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class SpillStart(Message):
+    TYPE: ClassVar = MessageType.SPILL_START
+    BODY: ClassVar = (("t_start_ns", "Q"),)
+    t_start_ns: int = 0  # wall clock, ns since the Unix epoch
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class SpillEnd(Message):
+    """A spill ends, with the front-end's own counters for this spill."""
+
+    TYPE: ClassVar = MessageType.SPILL_END
+    BODY: ClassVar = (
+        ("n_slices", "I"),
+        ("n_requests", "I"),
+        ("n_fragments", "I"),
+        ("n_events_read", "I"),
+        ("n_particles", "Q"),
+        ("t_end_ns", "Q"),
+    )
+    n_slices: int = 0  # SLICE messages sent in this spill
+    n_requests: int = 0  # READOUT_REQUESTs received for this spill
+    n_fragments: int = 0  # FRAGMENT messages sent for this spill
+    n_events_read: int = 0  # particles whose waveforms were sent (summed over requests)
+    n_particles: int = 0  # particles sent in SLICE messages
+    t_end_ns: int = 0  # wall clock, ns since the Unix epoch
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Slice(Message):
+    """Trigger primitives of every beam particle in one time slice of a spill (structure of arrays)."""
+
+    TYPE: ClassVar = MessageType.SLICE
+    BODY: ClassVar = (("t0_ns", "Q"), ("length_ns", "I"), ("n_particles", "I"))
+    FRAMES: ClassVar = (FrameSpec("t_ns", np.dtype("<i8"), 1), FrameSpec("amp", np.dtype("<u2"), 2))
+
+    t0_ns: int = 0  # slice start, ns since spill start
+    length_ns: int = 0
+    n_particles: int = 0
+    t_ns: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))  # since spill start
+    amp: NDArray[np.uint16] = field(default_factory=lambda: np.zeros((0, 0), np.uint16))  # (C, N)
+
+    def check(self) -> None:
+        if self.t_ns.shape != (self.n_particles,) or self.amp.shape[1] != self.n_particles:
+            raise ShapeError(
+                f"SLICE {self.slice_id}: n_particles={self.n_particles} but t_ns{self.t_ns.shape}, "
+                f"amp{self.amp.shape}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class ReadoutRequest(Message):
+    """DAQ -> front-end: send the waveforms of these particles (indices into the slice)."""
+
+    TYPE: ClassVar = MessageType.READOUT_REQUEST
+    BODY: ClassVar = (("n_events", "I"), ("reserved", "I"))
+    FRAMES: ClassVar = (FrameSpec("index", np.dtype("<u4"), 1),)
+    n_events: int = 0
+    reserved: int = 0
+    index: NDArray[np.uint32] = field(default_factory=lambda: np.zeros(0, np.uint32))
+
+    def check(self) -> None:
+        _reserved_zero(self)
+        if self.index.shape != (self.n_events,):
+            raise ShapeError(f"READOUT_REQUEST: n_events={self.n_events} but index{self.index.shape}")
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Fragment(Message):
+    """Front-end -> DAQ: waveforms of one readout group for the particles of one request.
+
+    A fragment with no array frames is a header-only (empty) fragment: the source sent nothing.
+    """
+
+    TYPE: ClassVar = MessageType.FRAGMENT
+    BODY: ClassVar = (("n_events", "I"), ("n_channels", "H"), ("n_samples", "H"))
+    FRAMES: ClassVar = (FrameSpec("index", np.dtype("<u4"), 1), FrameSpec("waveforms", np.dtype("<u2"), 3))
+    MIN_FRAMES: ClassVar = 0
+    n_events: int = 0
+    n_channels: int = 0
+    n_samples: int = 0
+    index: NDArray[np.uint32] | None = None
+    waveforms: NDArray[np.uint16] | None = None  # (n_events, n_channels, n_samples)
+
+    @property
+    def empty(self) -> bool:
+        return self.index is None
+
+    def check(self) -> None:
+        if (self.index is None) != (self.waveforms is None):
+            raise FrameCountError("FRAGMENT carries index without waveforms or the reverse")
+        if self.index is None or self.waveforms is None:
+            return
+        want = (self.n_events, self.n_channels, self.n_samples)
+        if self.index.shape != (self.n_events,) or self.waveforms.shape != want:
+            raise ShapeError(
+                f"FRAGMENT slice {self.slice_id} source {self.source}: body says {want}, "
+                f"got index{self.index.shape}, waveforms{self.waveforms.shape}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Heartbeat(Message):
+    TYPE: ClassVar = MessageType.HEARTBEAT
+    BODY: ClassVar = (("uptime_ns", "Q"), ("state", "I"), ("reserved", "I"))
+    uptime_ns: int = 0
+    state: int = FrontEndState.IDLE
+    reserved: int = 0
+
+    def check(self) -> None:
+        _reserved_zero(self)
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Events(Message):
+    """DAQ -> DQM: a batch of built events (possibly a sample of the recorded ones).
+
+    ``sums`` rows are E_PRS, E_ECAL, E_HCAL, E_VETO, E_SRD, E_miss in GeV; ``energy`` is per channel in
+    GeV; ``waveforms`` holds the raw samples of the batch's last event only (1, channels, samples).
+    """
+
+    TYPE: ClassVar = MessageType.EVENTS
+    BODY: ClassVar = (("n_events", "I"), ("n_skipped", "I"))
+    FRAMES: ClassVar = (
+        FrameSpec("event_id", np.dtype("<u8"), 1),
+        FrameSpec("t_ns", np.dtype("<i8"), 1),
+        FrameSpec("trigger_mask", np.dtype("<u4"), 1),
+        FrameSpec("sums", np.dtype("<f4"), 2),
+        FrameSpec("energy", np.dtype("<f4"), 2),
+        FrameSpec("peak_time", np.dtype("<f4"), 2),
+        FrameSpec("waveforms", np.dtype("<u2"), 3),
+    )
+    SUMS: ClassVar = ("e_prs", "e_ecal", "e_hcal", "e_veto", "e_srd", "e_miss")
+    n_events: int = 0
+    n_skipped: int = 0  # events not sent to monitoring since the previous EVENTS message (sampling)
+    event_id: NDArray[np.uint64] = field(default_factory=lambda: np.zeros(0, np.uint64))
+    t_ns: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    trigger_mask: NDArray[np.uint32] = field(default_factory=lambda: np.zeros(0, np.uint32))
+    sums: NDArray[np.float32] = field(default_factory=lambda: np.zeros((6, 0), np.float32))
+    energy: NDArray[np.float32] = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    peak_time: NDArray[np.float32] = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    waveforms: NDArray[np.uint16] = field(default_factory=lambda: np.zeros((0, 0, 0), np.uint16))
+
+    def check(self) -> None:
+        n = self.n_events
+        ok = (
+            self.event_id.shape == (n,)
+            and self.t_ns.shape == (n,)
+            and self.trigger_mask.shape == (n,)
+            and self.sums.shape == (len(self.SUMS), n)
+            and self.energy.shape[0] == n
+            and self.peak_time.shape == self.energy.shape
+            and self.waveforms.shape[0] <= n
+        )
+        if not ok:
+            raise ShapeError(f"EVENTS: inconsistent shapes for n_events={n}")
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Summary(Message):
+    """DAQ -> DQM (and logs): a JSON document, e.g. the per-spill summary or DAQ status."""
+
+    TYPE: ClassVar = MessageType.SUMMARY
+    BODY: ClassVar = (("kind", "I"), ("reserved", "I"))
+    FRAMES: ClassVar = (FrameSpec("json", np.dtype("u1"), 1),)
+    KIND_SPILL: ClassVar = 1
+    KIND_STATUS: ClassVar = 2
+    kind: int = 1
+    reserved: int = 0
+    json: NDArray[np.uint8] = field(default_factory=lambda: np.zeros(0, np.uint8))
+
+    @classmethod
+    def of(cls, kind: int, text: str, **header: Any) -> Summary:
+        return cls(kind=kind, json=_u8(text), **header)
+
+    @property
+    def text(self) -> str:
+        return bytes(self.json).decode("utf-8", errors="replace")
+
+
+MESSAGE_CLASSES: dict[int, type[Message]] = {
+    int(c.TYPE): c
+    for c in (RunStart, RunStop, SpillStart, SpillEnd, Slice, ReadoutRequest, Fragment, Heartbeat, Events, Summary)
+}
+_BODY_STRUCTS: dict[int, struct.Struct] = {
+    t: struct.Struct("<" + "".join(code for _, code in c.BODY)) for t, c in MESSAGE_CLASSES.items()
+}
+
+
+def _reserved_zero(msg: Message) -> None:
+    if getattr(msg, "reserved", 0) != 0:
+        raise FieldError(f"{msg.TYPE.name}: reserved field is {msg.reserved} (must be 0)")  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------- encode / decode
+def encode(msg: Message) -> list[bytes | memoryview]:
+    """Encode a message into ZeroMQ frames: header frame first, then one buffer per array (no copy
+    unless an array is not C-contiguous little-endian of the declared dtype)."""
+    msg.check()
+    cls = type(msg)
+    arrays: list[np.ndarray] = []
+    descriptors = bytearray()
+    for spec in cls.FRAMES:
+        value = getattr(msg, spec.name)
+        if value is None:
+            continue
+        a = np.ascontiguousarray(value, dtype=spec.dtype)
+        if a.ndim != spec.ndim:
+            raise ShapeError(f"{cls.TYPE.name}.{spec.name}: rank {a.ndim}, expected {spec.ndim}")
+        dims = [*a.shape, 0, 0, 0][:3]
+        descriptors += DESCRIPTOR.pack(CODE_OF_DTYPE[spec.dtype], a.ndim, 0, *dims)
+        arrays.append(a)
+    body = _BODY_STRUCTS[cls.TYPE].pack(*(getattr(msg, name) for name, _ in cls.BODY))
+    send_ns = msg.send_time_ns or time.time_ns()
+    header = bytearray(
+        HEADER.pack(
+            MAGIC, VERSION, int(cls.TYPE), msg.source, len(arrays), msg.run, msg.spill, len(body),
+            msg.seq, msg.slice_id, send_ns, 0, 0,
+        )
+    )
+    header += descriptors
+    header += body
+    crc = zlib.crc32(header)
+    views = [memoryview(a).cast("B") if a.size else memoryview(b"") for a in arrays]
+    for v in views:
+        crc = zlib.crc32(v, crc)
+    struct.pack_into("<I", header, CRC_OFFSET, crc)
+    return [bytes(header), *views]
+
+
+def decode(frames: Sequence[Any]) -> Message:
+    """Decode ZeroMQ frames (bytes, memoryviews or zmq.Frame) into a message.
+
+    Raises a specific :class:`ProtocolError` subclass for every malformed input.
+    """
+    if not frames:
+        raise FrameCountError("empty message: no header frame")
+    bufs = [memoryview(f).cast("B") for f in frames]
+    head = bufs[0]
+    if len(head) < HEADER_SIZE:
+        raise LengthError(f"header frame is {len(head)} bytes, shorter than the {HEADER_SIZE}-byte header")
+    (magic, version, mtype, source, n_frames, run, spill, body_len,
+     seq, slice_id, send_ns, crc, _reserved) = HEADER.unpack_from(head)
+    if magic != MAGIC:
+        raise BadMagicError(f"bad magic {bytes(magic)!r} (expected {MAGIC!r})")
+    if version != VERSION:
+        raise BadVersionError(f"protocol version {version} is not supported (this decoder speaks {VERSION})")
+    cls = MESSAGE_CLASSES.get(mtype)
+    if cls is None:
+        raise UnknownTypeError(f"unknown message type {mtype}")
+    name = cls.TYPE.name
+    if n_frames > MAX_FRAMES:
+        raise FrameCountError(f"{name}: header declares {n_frames} frames (max {MAX_FRAMES})")
+    if len(bufs) - 1 != n_frames:
+        raise FrameCountError(f"{name}: header declares {n_frames} array frames, message has {len(bufs) - 1}")
+    body_struct = _BODY_STRUCTS[mtype]
+    if body_len != body_struct.size:
+        raise LengthError(f"{name}: body length {body_len}, expected {body_struct.size}")
+    expected_head = HEADER_SIZE + DESCRIPTOR_SIZE * n_frames + body_len
+    if len(head) != expected_head:
+        raise LengthError(f"{name}: header frame is {len(head)} bytes, expected {expected_head}")
+    min_frames = len(cls.FRAMES) if cls.MIN_FRAMES is None else cls.MIN_FRAMES
+    if not (min_frames <= n_frames <= len(cls.FRAMES)) or (cls is Fragment and n_frames == 1):
+        raise FrameCountError(f"{name}: {n_frames} array frames (allowed {min_frames}..{len(cls.FRAMES)})")
+    got_crc = zlib.crc32(head[:CRC_OFFSET])
+    got_crc = zlib.crc32(b"\0\0\0\0", got_crc)
+    got_crc = zlib.crc32(head[CRC_OFFSET + 4 :], got_crc)
+    for b in bufs[1:]:
+        got_crc = zlib.crc32(b, got_crc)
+    if got_crc != crc:
+        raise ChecksumError(f"{name} seq {seq}: CRC-32 mismatch (header {crc:#010x}, computed {got_crc:#010x})")
+    values: dict[str, Any] = {}
+    for i, spec in enumerate(cls.FRAMES[:n_frames]):
+        code, ndim, reserved, d0, d1, d2 = DESCRIPTOR.unpack_from(head, HEADER_SIZE + i * DESCRIPTOR_SIZE)
+        dt = DTYPE_CODES.get(code)
+        if dt is None or dt != spec.dtype:
+            raise ShapeError(f"{name}.{spec.name}: dtype code {code}, expected {CODE_OF_DTYPE[spec.dtype]}")
+        dims = (d0, d1, d2)
+        if ndim != spec.ndim or reserved != 0 or any(dims[ndim:]):
+            raise ShapeError(f"{name}.{spec.name}: rank {ndim} dims {dims}, expected rank {spec.ndim}")
+        shape = dims[:ndim]
+        if any(d > MAX_DIM for d in shape):
+            raise ShapeError(f"{name}.{spec.name}: dimension too large {shape}")
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        buf = bufs[1 + i]
+        if len(buf) != nbytes:
+            raise LengthError(f"{name}.{spec.name}: frame is {len(buf)} bytes, shape {shape} needs {nbytes}")
+        values[spec.name] = np.frombuffer(buf, dtype=dt).reshape(shape)
+    body = body_struct.unpack_from(head, HEADER_SIZE + DESCRIPTOR_SIZE * n_frames)
+    values.update(zip((n for n, _ in cls.BODY), body, strict=True))
+    msg = cls(
+        run=run, spill=spill, seq=seq, slice_id=slice_id, source=source, send_time_ns=send_ns, **values
+    )
+    msg.check()
+    return msg
+
+
+def with_seq(msg: Message, seq: int) -> Message:
+    """A copy of ``msg`` with another sequence number (arrays are shared, not copied)."""
+    return dataclasses.replace(msg, seq=seq)
+
+
+class SequenceTracker:
+    """Checks per-sender sequence numbers: each sender numbers its messages 0, 1, 2, ...
+
+    ``check`` returns normally for the expected number, raises :class:`SequenceGapError` for a jump
+    forward or :class:`SequenceRepeatError` for a number already seen; either way it resynchronises
+    so the stream goes on. A message numbered 0 restarts the sender (counted in ``restarts``).
+    """
+
+    def __init__(self) -> None:
+        self._next: dict[object, int] = {}
+        self.restarts = 0
+
+    def check(self, sender: object, seq: int) -> None:
+        expected = self._next.get(sender)
+        if seq == 0 and expected not in (None, 0):
+            self.restarts += 1
+            expected = 0
+        if expected is None or seq == expected:
+            self._next[sender] = seq + 1
+            return
+        if seq > expected:
+            self._next[sender] = seq + 1
+            raise SequenceGapError(sender, expected, seq)
+        raise SequenceRepeatError(sender, expected, seq)
+
+
+class SequenceCounter:
+    """Numbers outgoing messages of one sender: ``stamp(msg)`` returns it with the next number."""
+
+    def __init__(self) -> None:
+        self.next = 0
+
+    def stamp(self, msg: Message) -> Message:
+        out = with_seq(msg, self.next)
+        self.next += 1
+        return out

@@ -1,0 +1,1 @@
+"""dqm package of na64daq."""
