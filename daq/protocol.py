@@ -9,7 +9,7 @@ this module is its reference implementation:
 - :func:`decode` turns received frames into a message, or raises a specific :class:`ProtocolError`;
 - :class:`SequenceTracker` checks the per-sender sequence numbers.
 
-Decoded arrays are read-only views of the received buffers.
+Decoded arrays are views of the received buffers (read-only for ZeroMQ frames and bytes).
 """
 
 from __future__ import annotations
@@ -248,21 +248,37 @@ class Slice(Message):
             )
 
 
+#: index of a readout window that belongs to no particle (a random trigger): read the window at t_ns
+NO_PARTICLE = 0xFFFFFFFF
+
+
 @dataclass(frozen=True, kw_only=True, eq=False)
 class ReadoutRequest(Message):
-    """DAQ -> front-end: send the waveforms of these particles (indices into the slice)."""
+    """DAQ -> front-end: send the waveforms of these particles (indices into the slice).
+
+    The optional ``t_ns`` frame gives the trigger time of every entry; an entry whose index is
+    :data:`NO_PARTICLE` is a random trigger: the front-end reads the window at ``t_ns`` (whatever beam
+    particles happen to be in it). ``t_ns`` is required when any index is NO_PARTICLE.
+    """
 
     TYPE: ClassVar = MessageType.READOUT_REQUEST
     BODY: ClassVar = (("n_events", "I"), ("reserved", "I"))
-    FRAMES: ClassVar = (FrameSpec("index", np.dtype("<u4"), 1),)
+    FRAMES: ClassVar = (FrameSpec("index", np.dtype("<u4"), 1), FrameSpec("t_ns", np.dtype("<i8"), 1))
+    MIN_FRAMES: ClassVar = 1
     n_events: int = 0
     reserved: int = 0
     index: NDArray[np.uint32] = field(default_factory=lambda: np.zeros(0, np.uint32))
+    t_ns: NDArray[np.int64] | None = None  # since spill start
 
     def check(self) -> None:
         _reserved_zero(self)
         if self.index.shape != (self.n_events,):
             raise ShapeError(f"READOUT_REQUEST: n_events={self.n_events} but index{self.index.shape}")
+        if self.t_ns is None:
+            if np.any(self.index == NO_PARTICLE):
+                raise FrameCountError("READOUT_REQUEST: random-trigger entries need the t_ns frame")
+        elif self.t_ns.shape != (self.n_events,):
+            raise ShapeError(f"READOUT_REQUEST: n_events={self.n_events} but t_ns{self.t_ns.shape}")
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
