@@ -60,14 +60,18 @@ class Constants:
         for q in (*QUANTITIES, "status"):
             a = getattr(self, q)
             if np.shape(a) != (n,):
-                raise CalibrationError(f"constants {self.version}: {q} has shape {np.shape(a)}, expected ({n},)")
+                raise CalibrationError(
+                    f"constants {self.version}: {q} has shape {np.shape(a)}, expected ({n},)"
+                )
         if np.any(~np.isfinite(self.gain)) or np.any(self.gain <= 0):
             bad = int(np.flatnonzero(~(self.gain > 0))[0])
             raise CalibrationError(
                 f"constants {self.version}: gain of {detector.channel_name(bad)} is {self.gain[bad]} (must be > 0)"
             )
         if self.run_max is not None and self.run_max < self.run_min:
-            raise CalibrationError(f"constants {self.version}: run range {self.run_min}..{self.run_max} is empty")
+            raise CalibrationError(
+                f"constants {self.version}: run range {self.run_min}..{self.run_max} is empty"
+            )
 
     def valid_for(self, run: int) -> bool:
         return self.run_min <= run and (self.run_max is None or run <= self.run_max)
@@ -130,8 +134,12 @@ def from_json_dict(data: Mapping[str, Any], source: str = "<dict>") -> Constants
     if not isinstance(version, str) or not version:
         raise fail("missing 'version' id")
     runs = data.get("valid_runs")
-    if not (isinstance(runs, list) and len(runs) == 2 and isinstance(runs[0], int)
-            and (runs[1] is None or isinstance(runs[1], int))):
+    if not (
+        isinstance(runs, list)
+        and len(runs) == 2
+        and isinstance(runs[0], int)
+        and (runs[1] is None or isinstance(runs[1], int))
+    ):
         raise fail("'valid_runs' must be [first_run, last_run or null]")
     channels = data.get("channels")
     if not isinstance(channels, Mapping):
@@ -164,8 +172,13 @@ def from_json_dict(data: Mapping[str, Any], source: str = "<dict>") -> Constants
         status[ch] = STATUS_NAMES.index(st)
     prov = data.get("provenance", {})
     return Constants(
-        version=version, status=status, errors=errors, run_min=runs[0], run_max=runs[1],
-        provenance=prov if isinstance(prov, Mapping) else {}, **arrays,
+        version=version,
+        status=status,
+        errors=errors,
+        run_min=runs[0],
+        run_max=runs[1],
+        provenance=prov if isinstance(prov, Mapping) else {},
+        **arrays,
     )
 
 

@@ -215,11 +215,7 @@ def default_primitive_channels(
 ) -> np.ndarray:
     """Channel ids carried by the trigger primitives: the 5 counters, then ECAL and PRS block cells."""
     cells = block_cells(beam_cell, size)
-    ids = (
-        list(COUNTER_IDS)
-        + [ecal_id(x, y) for x, y in cells]
-        + [prs_id(x, y) for x, y in cells]
-    )
+    ids = list(COUNTER_IDS) + [ecal_id(x, y) for x, y in cells] + [prs_id(x, y) for x, y in cells]
     return np.array(ids, dtype=np.uint16)
 
 

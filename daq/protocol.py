@@ -93,7 +93,9 @@ class SequenceGapError(ProtocolError):
     """Messages are missing: the sequence number jumped forward."""
 
     def __init__(self, sender: object, expected: int, got: int) -> None:
-        super().__init__(f"sequence gap from {sender!r}: expected {expected}, got {got} ({got - expected} lost)")
+        super().__init__(
+            f"sequence gap from {sender!r}: expected {expected}, got {got} ({got - expected} lost)"
+        )
         self.expected, self.got, self.missing = expected, got, got - expected
 
 
@@ -396,7 +398,18 @@ class Summary(Message):
 
 MESSAGE_CLASSES: dict[int, type[Message]] = {
     int(c.TYPE): c
-    for c in (RunStart, RunStop, SpillStart, SpillEnd, Slice, ReadoutRequest, Fragment, Heartbeat, Events, Summary)
+    for c in (
+        RunStart,
+        RunStop,
+        SpillStart,
+        SpillEnd,
+        Slice,
+        ReadoutRequest,
+        Fragment,
+        Heartbeat,
+        Events,
+        Summary,
+    )
 }
 _BODY_STRUCTS: dict[int, struct.Struct] = {
     t: struct.Struct("<" + "".join(code for _, code in c.BODY)) for t, c in MESSAGE_CLASSES.items()
@@ -430,14 +443,25 @@ def encode(msg: Message) -> list[bytes | memoryview]:
     send_ns = msg.send_time_ns or time.time_ns()
     header = bytearray(
         HEADER.pack(
-            MAGIC, VERSION, int(cls.TYPE), msg.source, len(arrays), msg.run, msg.spill, len(body),
-            msg.seq, msg.slice_id, send_ns, 0, 0,
+            MAGIC,
+            VERSION,
+            int(cls.TYPE),
+            msg.source,
+            len(arrays),
+            msg.run,
+            msg.spill,
+            len(body),
+            msg.seq,
+            msg.slice_id,
+            send_ns,
+            0,
+            0,
         )
     )
     header += descriptors
     header += body
     crc = zlib.crc32(header)
-    views = [memoryview(a).cast("B") if a.size else memoryview(b"") for a in arrays]
+    views = [a.reshape(-1).view(np.uint8).data for a in arrays]
     for v in views:
         crc = zlib.crc32(v, crc)
     struct.pack_into("<I", header, CRC_OFFSET, crc)
@@ -455,8 +479,21 @@ def decode(frames: Sequence[Any]) -> Message:
     head = bufs[0]
     if len(head) < HEADER_SIZE:
         raise LengthError(f"header frame is {len(head)} bytes, shorter than the {HEADER_SIZE}-byte header")
-    (magic, version, mtype, source, n_frames, run, spill, body_len,
-     seq, slice_id, send_ns, crc, _reserved) = HEADER.unpack_from(head)
+    (
+        magic,
+        version,
+        mtype,
+        source,
+        n_frames,
+        run,
+        spill,
+        body_len,
+        seq,
+        slice_id,
+        send_ns,
+        crc,
+        _reserved,
+    ) = HEADER.unpack_from(head)
     if magic != MAGIC:
         raise BadMagicError(f"bad magic {bytes(magic)!r} (expected {MAGIC!r})")
     if version != VERSION:
@@ -484,7 +521,9 @@ def decode(frames: Sequence[Any]) -> Message:
     for b in bufs[1:]:
         got_crc = zlib.crc32(b, got_crc)
     if got_crc != crc:
-        raise ChecksumError(f"{name} seq {seq}: CRC-32 mismatch (header {crc:#010x}, computed {got_crc:#010x})")
+        raise ChecksumError(
+            f"{name} seq {seq}: CRC-32 mismatch (header {crc:#010x}, computed {got_crc:#010x})"
+        )
     values: dict[str, Any] = {}
     for i, spec in enumerate(cls.FRAMES[:n_frames]):
         code, ndim, reserved, d0, d1, d2 = DESCRIPTOR.unpack_from(head, HEADER_SIZE + i * DESCRIPTOR_SIZE)
@@ -504,9 +543,7 @@ def decode(frames: Sequence[Any]) -> Message:
         values[spec.name] = np.frombuffer(buf, dtype=dt).reshape(shape)
     body = body_struct.unpack_from(head, HEADER_SIZE + DESCRIPTOR_SIZE * n_frames)
     values.update(zip((n for n, _ in cls.BODY), body, strict=True))
-    msg = cls(
-        run=run, spill=spill, seq=seq, slice_id=slice_id, source=source, send_time_ns=send_ns, **values
-    )
+    msg = cls(run=run, spill=spill, seq=seq, slice_id=slice_id, source=source, send_time_ns=send_ns, **values)
     msg.check()
     return msg
 

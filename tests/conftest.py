@@ -1,0 +1,60 @@
+"""Shared test helpers: external programs, free ports, process cleanup."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+#: set by .ci/run: a missing external program (mosquitto, chromium) fails the test instead of skipping it
+REQUIRE_EXTERNAL = os.environ.get("NA64_REQUIRE_EXTERNAL") == "1"
+
+SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/bin", "/usr/local/sbin"])
+
+
+def require_program(name: str) -> str:
+    """Path of an external program; skip the test when missing (fail instead under NA64_REQUIRE_EXTERNAL=1)."""
+    path = shutil.which(name, path=SEARCH_PATH)
+    if path is None:
+        message = f"external program {name!r} is not installed"
+        if REQUIRE_EXTERNAL:
+            pytest.fail(message + " (NA64_REQUIRE_EXTERNAL=1)")
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def na64_command(*args: str) -> list[str]:
+    """argv running the ``na64`` CLI with this interpreter (works without the console script on PATH)."""
+    return [sys.executable, "-m", "daq", *args]
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """A list to register spawned processes in; all still running are killed at teardown."""
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=10)
+
+
+@pytest.fixture
+def artifacts_dir() -> Path:
+    """Folder for test artifacts (screenshots, plots): ./test-artifacts, kept after the run."""
+    path = Path(os.environ.get("NA64_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,158 @@
+"""Write the golden wire-protocol v1 test vectors (tests/golden/protocol_v1/).
+
+Run from the repository root: ``python tests/golden/make_protocol_vectors.py``. Each vector is one
+multipart message stored as ``NAME.frames``: u32 frame count, then per frame u32 length + bytes (all
+little-endian). ``vectors.json`` lists, per vector, the message type and the decoded field values, so a
+hardware implementation can check its encoder byte for byte and its decoder field by field.
+The vectors are committed; tests check that today's encoder still produces the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from daq import detector
+from daq import protocol as p
+
+OUT = Path(__file__).resolve().parent / "protocol_v1"
+T_SEND = 1_780_000_000_000_000_000  # fixed sender time so the bytes are reproducible
+
+
+def vectors() -> dict[str, p.Message]:
+    """The golden messages: one per type, plus edge cases."""
+    common = {"run": 42, "spill": 7, "send_time_ns": T_SEND}
+    n = 4
+    prim = detector.default_primitive_channels()
+    amp = (np.arange(len(prim) * n, dtype=np.uint16).reshape(len(prim), n) * 13) % 4096
+    wf = (200 + np.arange(2 * 30 * 32, dtype=np.uint16) % 97).reshape(2, 30, 32).astype(np.uint16)
+    return {
+        "run_start": p.RunStart(
+            seq=0,
+            n_samples=32,
+            n_channels=detector.N_CHANNELS,
+            slice_ns=10_000_000,
+            prim_channels=prim,
+            info=p.RunStart.info_bytes('{"frontend":"golden"}'),
+            **common,
+        ),
+        "spill_start": p.SpillStart(seq=1, t_start_ns=T_SEND + 1000, **common),
+        "slice": p.Slice(
+            seq=2,
+            slice_id=3,
+            t0_ns=30_000_000,
+            length_ns=10_000_000,
+            n_particles=n,
+            t_ns=np.array([30_000_100, 30_000_700, 30_004_000, 30_009_999], np.int64),
+            amp=amp,
+            **common,
+        ),
+        "slice_empty": p.Slice(
+            seq=3,
+            slice_id=4,
+            t0_ns=40_000_000,
+            length_ns=10_000_000,
+            n_particles=0,
+            t_ns=np.zeros(0, np.int64),
+            amp=np.zeros((len(prim), 0), np.uint16),
+            **common,
+        ),
+        "readout_request": p.ReadoutRequest(
+            seq=0,
+            slice_id=3,
+            n_events=3,
+            index=np.array([0, 2, p.NO_PARTICLE], np.uint32),
+            t_ns=np.array([30_000_100, 30_004_000, 35_000_000], np.int64),
+            **common,
+        ),
+        "readout_request_particles_only": p.ReadoutRequest(
+            seq=1, slice_id=4, n_events=1, index=np.array([1], np.uint32), **common
+        ),
+        "fragment_ecal": p.Fragment(
+            seq=4,
+            slice_id=3,
+            source=int(detector.Detector.ECAL),
+            n_events=2,
+            n_channels=30,
+            n_samples=32,
+            index=np.array([0, 2], np.uint32),
+            waveforms=wf,
+            **common,
+        ),
+        "fragment_header_only": p.Fragment(
+            seq=5,
+            slice_id=3,
+            source=int(detector.Detector.HCAL),
+            n_events=2,
+            n_channels=36,
+            n_samples=32,
+            **common,
+        ),
+        "spill_end": p.SpillEnd(
+            seq=6,
+            n_slices=480,
+            n_requests=480,
+            n_fragments=2880,
+            n_events_read=14_000,
+            n_particles=9_600_000,
+            t_end_ns=T_SEND + 4_800_000_000,
+            **common,
+        ),
+        "heartbeat": p.Heartbeat(seq=7, uptime_ns=12_345_678_900, state=p.FrontEndState.IN_SPILL, **common),
+        "run_stop": p.RunStop(seq=8, n_spills=7, **common),
+        "summary": p.Summary.of(p.Summary.KIND_SPILL, '{"run":42,"spill":7}', seq=0, **common),
+    }
+
+
+def write_frames(path: Path, frames: list[bytes | memoryview]) -> None:
+    data = bytearray(struct.pack("<I", len(frames)))
+    for f in frames:
+        b = bytes(f)
+        data += struct.pack("<I", len(b)) + b
+    path.write_bytes(bytes(data))
+
+
+def read_frames(path: Path) -> list[bytes]:
+    data = path.read_bytes()
+    (count,) = struct.unpack_from("<I", data, 0)
+    off, frames = 4, []
+    for _ in range(count):
+        (length,) = struct.unpack_from("<I", data, off)
+        frames.append(data[off + 4 : off + 4 + length])
+        off += 4 + length
+    if off != len(data):
+        raise ValueError(f"{path}: {len(data) - off} trailing bytes")
+    return frames
+
+
+def describe(msg: p.Message) -> dict[str, object]:
+    out: dict[str, object] = {"type": msg.TYPE.name}
+    for name in ("run", "spill", "seq", "slice_id", "source", "send_time_ns"):
+        out[name] = getattr(msg, name)
+    for name, _ in msg.BODY:
+        out[name] = int(getattr(msg, name))
+    for spec in msg.FRAMES:
+        value = getattr(msg, spec.name)
+        if value is not None:
+            out[spec.name] = np.asarray(value).tolist()
+    return out
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    index = {}
+    for name, msg in vectors().items():
+        write_frames(OUT / f"{name}.frames", p.encode(msg))
+        index[name] = describe(msg)
+    (OUT / "vectors.json").write_text(json.dumps(index, indent=1) + "\n")
+    print(f"wrote {len(index)} vectors to {OUT}")
+
+
+if __name__ == "__main__":
+    main()
