@@ -1,8 +1,24 @@
 """Calibration constants: per-channel pedestals, noise, gains, time offsets and status, versioned.
 
-A :class:`Constants` set is valid for a run range and records how it was derived. It is stored as JSON
-(human-readable, diff-able: one object per channel, keyed by channel name). :func:`nominal` gives the
-identity-like defaults used until derived constants exist.
+A :class:`Constants` set is valid for a run range and records how it was derived (provenance) and the
+uncertainty of every constant. It is stored as JSON, human-readable and diff-able: a short header, then
+one line per channel keyed by channel name::
+
+    {
+     "format": "na64-calibration",
+     "format_version": 1,
+     "version": "cal-run000012-gains",
+     "valid_runs": [12, null],
+     "provenance": {...},
+     "channels": {
+      "ECAL00": {"pedestal_even": 201.37, "pedestal_odd": 203.1, "noise": 1.52, "gain": 0.04487, ...},
+      ...
+     }
+    }
+
+Numbers are written with 7 significant digits; unknown uncertainties are left out of ``errors``. :func:`nominal`
+gives the identity-like defaults used until derived constants exist; :func:`select` picks, among
+several files, the set valid for a run.
 """
 
 from __future__ import annotations
@@ -10,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +38,7 @@ from daq.errors import UserError
 
 FORMAT = "na64-calibration"
 FORMAT_VERSION = 1
+SIGNIFICANT_DIGITS = 7
 
 GOOD, DEAD, HOT, NOISY = 0, 1, 2, 3
 STATUS_NAMES = ("good", "dead", "hot", "noisy")
@@ -38,6 +55,10 @@ def _full(value: float) -> np.ndarray:
     return np.full(detector.N_CHANNELS, value, dtype=np.float64)
 
 
+def _no_errors() -> dict[str, np.ndarray]:
+    return {q: _full(math.nan) for q in QUANTITIES}
+
+
 @dataclass(frozen=True, eq=False)
 class Constants:
     """One versioned set of per-channel constants (arrays indexed by channel id)."""
@@ -50,27 +71,64 @@ class Constants:
     time_offset_ns: np.ndarray = field(default_factory=lambda: _full(0.0))
     status: np.ndarray = field(default_factory=lambda: np.zeros(detector.N_CHANNELS, np.uint8))
     #: uncertainty of each quantity (same keys as QUANTITIES); NaN where unknown
-    errors: Mapping[str, np.ndarray] = field(default_factory=lambda: {q: _full(math.nan) for q in QUANTITIES})
+    errors: Mapping[str, np.ndarray] = field(default_factory=_no_errors)
     run_min: int = 0
     run_max: int | None = None  # None: open-ended
     provenance: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = detector.N_CHANNELS
+        if not isinstance(self.version, str) or not self.version.strip():
+            raise CalibrationError("constants: the version id must be a non-empty string")
         for q in (*QUANTITIES, "status"):
             a = getattr(self, q)
             if np.shape(a) != (n,):
                 raise CalibrationError(
                     f"constants {self.version}: {q} has shape {np.shape(a)}, expected ({n},)"
                 )
-        if np.any(~np.isfinite(self.gain)) or np.any(self.gain <= 0):
-            bad = int(np.flatnonzero(~(self.gain > 0))[0])
+            object.__setattr__(self, q, np.array(a, dtype=np.uint8 if q == "status" else np.float64))
+        for q in QUANTITIES:
+            a = getattr(self, q)
+            if not np.all(np.isfinite(a)):
+                bad = int(np.flatnonzero(~np.isfinite(a))[0])
+                raise CalibrationError(
+                    f"constants {self.version}: {q} of {detector.channel_name(bad)} is {a[bad]}"
+                )
+        self._check_positive("gain", self.gain, strict=True)
+        self._check_positive("noise", self.noise, strict=False)
+        if np.any(self.status >= len(STATUS_NAMES)):
+            bad = int(np.flatnonzero(self.status >= len(STATUS_NAMES))[0])
             raise CalibrationError(
-                f"constants {self.version}: gain of {detector.channel_name(bad)} is {self.gain[bad]} (must be > 0)"
+                f"constants {self.version}: status of {detector.channel_name(bad)} is {self.status[bad]} "
+                f"(0..{len(STATUS_NAMES) - 1})"
             )
+        errors = dict(self.errors)
+        unknown = sorted(set(errors) - set(QUANTITIES))
+        if unknown:
+            raise CalibrationError(f"constants {self.version}: errors for unknown quantity {unknown[0]!r}")
+        for q in QUANTITIES:
+            e = np.array(errors.get(q, _full(math.nan)), dtype=np.float64)
+            if e.shape != (n,):
+                raise CalibrationError(
+                    f"constants {self.version}: errors.{q} has shape {e.shape}, expected ({n},)"
+                )
+            errors[q] = e
+        object.__setattr__(self, "errors", errors)
+        if self.run_min < 0:
+            raise CalibrationError(f"constants {self.version}: first run {self.run_min} is negative")
         if self.run_max is not None and self.run_max < self.run_min:
             raise CalibrationError(
                 f"constants {self.version}: run range {self.run_min}..{self.run_max} is empty"
+            )
+        object.__setattr__(self, "provenance", dict(self.provenance))
+
+    def _check_positive(self, q: str, a: np.ndarray, strict: bool) -> None:
+        bad_mask = ~(a > 0) if strict else a < 0
+        if np.any(bad_mask):
+            bad = int(np.flatnonzero(bad_mask)[0])
+            need = "> 0" if strict else ">= 0"
+            raise CalibrationError(
+                f"constants {self.version}: {q} of {detector.channel_name(bad)} is {a[bad]} (must be {need})"
             )
 
     def valid_for(self, run: int) -> bool:
@@ -80,8 +138,29 @@ class Constants:
     def mev_per_count(self) -> np.ndarray:
         return 1.0 / self.gain
 
+    @property
+    def run_range(self) -> str:
+        return f"{self.run_min}..{'' if self.run_max is None else self.run_max}"
+
     def replace(self, **changes: Any) -> Constants:
         return dataclasses.replace(self, **changes)
+
+    def updated(
+        self,
+        quantity: str,
+        channels: Sequence[int] | np.ndarray,
+        values: Sequence[float] | np.ndarray,
+        errors: Sequence[float] | np.ndarray | None = None,
+    ) -> Constants:
+        """A copy with ``quantity`` (and its errors) replaced for the given channel ids only."""
+        if quantity not in QUANTITIES:
+            raise ValueError(f"unknown quantity {quantity!r}; known: {', '.join(QUANTITIES)}")
+        ids = np.asarray(channels, dtype=np.intp)
+        new = getattr(self, quantity).copy()
+        new[ids] = values
+        errs = {q: e.copy() for q, e in self.errors.items()}
+        errs[quantity][ids] = math.nan if errors is None else np.asarray(errors, dtype=np.float64)
+        return dataclasses.replace(self, **{quantity: new}, errors=errs)
 
 
 def nominal() -> Constants:
@@ -89,34 +168,69 @@ def nominal() -> Constants:
     return Constants(version="nominal-v1", provenance={"method": "nominal detector values (daq.detector)"})
 
 
+# --------------------------------------------------------------------------------------- JSON form
+def _num(x: float) -> float | int | None:
+    x = float(x)
+    if not math.isfinite(x):
+        return None
+    r = float(f"{x:.{SIGNIFICANT_DIGITS}g}")
+    return int(r) if r.is_integer() and abs(r) < 1e15 else r
+
+
 def to_json_dict(c: Constants) -> dict[str, Any]:
+    """The JSON document of a constants set (plain dicts, lists and numbers)."""
     channels = {}
     for ch in range(detector.N_CHANNELS):
         entry: dict[str, Any] = {q: _num(getattr(c, q)[ch]) for q in QUANTITIES}
         entry["status"] = STATUS_NAMES[int(c.status[ch])]
-        entry["errors"] = {q: _num(c.errors[q][ch]) for q in QUANTITIES if q in c.errors}
+        entry["errors"] = {q: _num(c.errors[q][ch]) for q in QUANTITIES if math.isfinite(c.errors[q][ch])}
         channels[detector.channel_name(ch)] = entry
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "version": c.version,
         "valid_runs": [c.run_min, c.run_max],
-        "provenance": dict(c.provenance),
+        "provenance": _jsonable(dict(c.provenance)),
         "channels": channels,
     }
 
 
-def _num(x: float) -> float | None:
-    x = float(x)
-    return None if math.isnan(x) else x
+def _jsonable(x: Any) -> Any:
+    """Provenance values made JSON-safe (numpy scalars and arrays, paths, NaN -> null)."""
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple | np.ndarray):
+        return [_jsonable(v) for v in (x.tolist() if isinstance(x, np.ndarray) else x)]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float):
+        return _num(x)
+    if isinstance(x, str | int | bool) or x is None:
+        return x
+    return str(x)
+
+
+def dumps(c: Constants) -> str:
+    """JSON text: the header keys one per line, indented provenance, then one line per channel."""
+    doc = to_json_dict(c)
+    channels = doc.pop("channels")
+    provenance = doc.pop("provenance")
+    head = [f" {json.dumps(k)}: {json.dumps(v, allow_nan=False)}" for k, v in doc.items()]
+    prov = json.dumps(provenance, indent=1, allow_nan=False).replace("\n", "\n ")
+    head.append(f' "provenance": {prov}')
+    rows = [f"  {json.dumps(name)}: {json.dumps(entry, allow_nan=False)}" for name, entry in channels.items()]
+    return "{\n" + ",\n".join(head) + ',\n "channels": {\n' + ",\n".join(rows) + "\n }\n}\n"
 
 
 def save(c: Constants, path: str | Path) -> Path:
     """Write constants as JSON (atomically: temporary file, then rename)."""
     p = Path(path)
     tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(to_json_dict(c), indent=1, sort_keys=False) + "\n")
-    tmp.replace(p)
+    try:
+        tmp.write_text(dumps(c))
+        tmp.replace(p)
+    except OSError as e:
+        raise CalibrationError(f"cannot write calibration file {p}: {e.strerror or e}") from None
     return p
 
 
@@ -131,14 +245,14 @@ def from_json_dict(data: Mapping[str, Any], source: str = "<dict>") -> Constants
     if data.get("format_version") != FORMAT_VERSION:
         raise fail(f"format_version {data.get('format_version')!r} is not supported ({FORMAT_VERSION})")
     version = data.get("version")
-    if not isinstance(version, str) or not version:
+    if not isinstance(version, str) or not version.strip():
         raise fail("missing 'version' id")
     runs = data.get("valid_runs")
     if not (
         isinstance(runs, list)
         and len(runs) == 2
-        and isinstance(runs[0], int)
-        and (runs[1] is None or isinstance(runs[1], int))
+        and _is_int(runs[0])
+        and (runs[1] is None or _is_int(runs[1]))
     ):
         raise fail("'valid_runs' must be [first_run, last_run or null]")
     channels = data.get("channels")
@@ -156,30 +270,50 @@ def from_json_dict(data: Mapping[str, Any], source: str = "<dict>") -> Constants
     status = np.zeros(detector.N_CHANNELS, np.uint8)
     for ch, name in enumerate(names):
         entry = channels[name]
+        if not isinstance(entry, Mapping):
+            raise fail(f"channel {name}: expected an object, got {type(entry).__name__}")
+        extra = sorted(set(entry) - {*QUANTITIES, "status", "errors"})
+        if extra:
+            raise fail(f"channel {name}: unknown key {extra[0]!r}")
         for q in QUANTITIES:
-            v = entry.get(q) if isinstance(entry, Mapping) else None
+            v = entry.get(q)
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
                 raise fail(f"channel {name}: {q} is {v!r} (expected a finite number)")
             arrays[q][ch] = v
-            e = (entry.get("errors") or {}).get(q)
-            if e is not None:
-                if isinstance(e, bool) or not isinstance(e, int | float):
-                    raise fail(f"channel {name}: errors.{q} is {e!r} (expected a number or null)")
-                errors[q][ch] = e
+        errs = entry.get("errors") or {}
+        if not isinstance(errs, Mapping):
+            raise fail(f"channel {name}: errors must be an object")
+        for q, e in errs.items():
+            if q not in QUANTITIES:
+                raise fail(f"channel {name}: errors.{q} is not a known quantity")
+            if e is None:
+                continue
+            if isinstance(e, bool) or not isinstance(e, int | float) or not e >= 0:
+                raise fail(f"channel {name}: errors.{q} is {e!r} (expected a number >= 0 or null)")
+            errors[q][ch] = e
         st = entry.get("status", "good")
         if st not in STATUS_NAMES:
             raise fail(f"channel {name}: status {st!r} (expected one of {', '.join(STATUS_NAMES)})")
         status[ch] = STATUS_NAMES.index(st)
     prov = data.get("provenance", {})
-    return Constants(
-        version=version,
-        status=status,
-        errors=errors,
-        run_min=runs[0],
-        run_max=runs[1],
-        provenance=prov if isinstance(prov, Mapping) else {},
-        **arrays,
-    )
+    if not isinstance(prov, Mapping):
+        raise fail("'provenance' must be an object")
+    try:
+        return Constants(
+            version=version,
+            status=status,
+            errors=errors,
+            run_min=runs[0],
+            run_max=runs[1],
+            provenance=prov,
+            **arrays,
+        )
+    except CalibrationError as e:
+        raise fail(str(e)) from None
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def load(path: str | Path) -> Constants:
@@ -189,6 +323,8 @@ def load(path: str | Path) -> Constants:
         data = json.loads(p.read_text())
     except FileNotFoundError:
         raise CalibrationError(f"calibration file {p} does not exist") from None
+    except IsADirectoryError:
+        raise CalibrationError(f"calibration file {p} is a directory") from None
     except (OSError, UnicodeDecodeError) as e:
         raise CalibrationError(f"calibration file {p} cannot be read: {e}") from None
     except json.JSONDecodeError as e:
@@ -198,9 +334,35 @@ def load(path: str | Path) -> Constants:
     return from_json_dict(data, str(p))
 
 
+def calibration_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Files among ``paths``; a directory contributes its ``*.json`` files (sorted)."""
+    out: list[Path] = []
+    for item in paths:
+        p = Path(item)
+        out.extend(sorted(p.glob("*.json")) if p.is_dir() else [p])
+    return out
+
+
 def select(paths: Iterable[str | Path], run: int) -> Constants:
-    """Of several calibration files, the one valid for ``run`` with the latest start run."""
-    valid = [c for c in (load(p) for p in paths) if c.valid_for(run)]
+    """Of several calibration files (or directories of them), the one valid for ``run``.
+
+    The set with the latest first run wins (a newer calibration supersedes an open-ended older one);
+    two valid sets with the same first run are ambiguous and raise CalibrationError naming both.
+    """
+    files = calibration_files(paths)
+    if not files:
+        raise CalibrationError("no calibration files given")
+    loaded = [(load(p), p) for p in files]
+    valid = [(c, p) for c, p in loaded if c.valid_for(run)]
     if not valid:
-        raise CalibrationError(f"no calibration set is valid for run {run}")
-    return max(valid, key=lambda c: c.run_min)
+        ranges = ", ".join(f"{p.name} ({c.run_range})" for c, p in loaded)
+        raise CalibrationError(f"no calibration set is valid for run {run} (have {ranges})")
+    valid.sort(key=lambda cp: cp[0].run_min)
+    best, path = valid[-1]
+    ties = [(c, p) for c, p in valid if c.run_min == best.run_min and c.version != best.version]
+    if ties:
+        raise CalibrationError(
+            f"ambiguous calibration for run {run}: {path} ({best.version}) and {ties[0][1]} "
+            f"({ties[0][0].version}) both start at run {best.run_min}"
+        )
+    return best

@@ -1,0 +1,184 @@
+"""Simulator throughput: primitives in ``max`` pacing, waveform cost, and 2 MHz realtime over a socket.
+
+    python benchmarks/bench_simulator.py [--slices 300] [--realtime-s 5] [--skip-realtime]
+
+1. primitives alone: FrontEnd.prepare (arrival times, particles, primitives, noise, digitisation) in
+   steady state (latency buffer full), particles/s on this core;
+2. waveforms: FrontEnd.answer for requests of 50 particles (the 5 kHz x 10 ms case), us per window;
+3. realtime: a real ``na64 simulate --pace realtime --rate 2e6`` process feeding a test-side ROUTER
+   process that plays the DAQ (block sums of the primitives, S_phys-like selection, one request per
+   slice); prints the simulator's CPU seconds per second of beam and its slice lateness (from its log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from daq import detector, protocol  # noqa: E402
+from simulator.config import SimConfig  # noqa: E402
+from simulator.frontend import FrontEnd  # noqa: E402
+
+
+def bench_primitives(n_slices: int) -> float:
+    fe = FrontEnd(SimConfig())
+    fe.begin_spill(1, 0)
+    warm = fe.keep + 10  # fill the latency buffer first: steady-state memory reuse
+    for i in range(warm):
+        fe.prepare(1, i)
+    n = 0
+    t0 = time.process_time()
+    for i in range(warm, warm + n_slices):
+        n += len(fe.prepare(1, i).batch)
+    dt = time.process_time() - t0
+    rate = n / dt
+    print(
+        f"primitives (max pacing, steady state): {n} particles in {dt:.2f} CPU s -> {rate / 1e6:.2f} M "
+        f"particles/s ({dt / n_slices * 1e3:.2f} ms per 10 ms slice of 2 MHz beam)"
+    )
+    return rate
+
+
+def bench_waveforms(n_requests: int = 100, k: int = 50) -> float:
+    fe = FrontEnd(SimConfig())
+    fe.begin_spill(1, 0)
+    for i in range(n_requests + 2):
+        fe.prepare(1, i)
+        fe.slice_message(1, i)
+    reqs = []
+    for i in range(1, n_requests + 1):
+        n = len(fe.buffer[(1, i)].batch)
+        idx = np.sort(np.random.default_rng(i).choice(n, k, replace=False)).astype(np.uint32)
+        reqs.append(protocol.ReadoutRequest(run=1, spill=1, slice_id=i, n_events=k, index=idx))
+    t0 = time.process_time()
+    for r in reqs:
+        frags = fe.answer(r)
+        for f in frags:
+            protocol.encode(f)
+    dt = time.process_time() - t0
+    per = dt / (n_requests * k) * 1e6
+    print(
+        f"waveforms: {n_requests} requests x {k} windows (with pile-up, 6 fragments each, encoded): "
+        f"{per:.1f} us per window -> {per * 5000 / 1e6:.3f} CPU s per s at 5 kHz"
+    )
+    return per
+
+
+DAQ_PLAY = r"""
+import sys, time, zmq, numpy as np
+from daq import detector, protocol
+ctx = zmq.Context(); s = ctx.socket(zmq.ROUTER); s.bind(sys.argv[1])
+g = detector.nominal_gains()
+n_req = n_part = 0; prim = None
+while True:
+    if not s.poll(30000): break
+    ident, *fr = s.recv_multipart(copy=False)
+    m = protocol.decode(fr)
+    if isinstance(m, protocol.RunStart):
+        prim = np.asarray(m.prim_channels).astype(int); gp = g[prim][:, None] * 1000.0
+    elif isinstance(m, protocol.Slice):
+        e = m.amp / gp
+        sel = ((m.amp[0] > 100) & (m.amp[1] > 100) & (m.amp[2] > 100) & (m.amp[3] < 100) & (m.amp[4] < 100)
+               & (e[17:29].sum(0) > 0.3) & (e[5:17].sum(0) < 80))
+        idx = np.flatnonzero(sel).astype(np.uint32)
+        req = protocol.ReadoutRequest(run=m.run, spill=m.spill, slice_id=m.slice_id, n_events=idx.size,
+                                      index=idx, t_ns=np.asarray(m.t_ns)[idx])
+        s.send_multipart([ident.bytes, *protocol.encode(req)], copy=False)
+        n_req += idx.size; n_part += m.n_particles
+    elif isinstance(m, protocol.RunStop):
+        break
+print(f"DAQ stand-in: {n_part} particles, {n_req} read out ({n_req / max(n_part, 1) * 2e6:.0f} Hz at 2 MHz)")
+"""
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_realtime(spill_s: float) -> None:
+    import socket
+
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    endpoint = f"tcp://127.0.0.1:{port}"
+    daq = subprocess.Popen([sys.executable, "-c", DAQ_PLAY, endpoint], cwd=ROOT)
+    sim = None
+    try:
+        time.sleep(0.5)
+        sim = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "daq",
+                "simulate",
+                "--endpoint",
+                endpoint,
+                "--rate",
+                "2e6",
+                "--spills",
+                "1",
+                "--spill-length",
+                str(spill_s),
+                "--spill-period",
+                str(spill_s + 0.5),
+                "--pace",
+                "realtime",
+            ],
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        cpu = 0.0
+        while sim.poll() is None:
+            try:
+                cpu = _cpu_seconds(sim.pid)
+            except (FileNotFoundError, ProcessLookupError):
+                break
+            time.sleep(0.05)
+        _, err = sim.communicate(timeout=60)
+        daq.wait(timeout=60)
+        m = re.search(r"max lateness ([\d.]+) ms(.*)", err)
+        late = m.group(1) if m else "?"
+        late_slices = re.search(r"'n_late_slices': (\d+)", err)
+        print(
+            f"realtime 2 MHz, one {spill_s} s spill: simulator used {cpu:.2f} CPU s (incl. ~1 s start-up) -> "
+            f"{cpu / spill_s:.2f} CPU s per beam s upper bound; max slice lateness {late} ms; slices late "
+            f"by more than one slice length: {late_slices.group(1) if late_slices else 0}"
+        )
+        for line in err.splitlines():
+            if "spill 1 done" in line:
+                print("  simulator:", line.split(": ", 1)[1])
+    finally:
+        for p in (sim, daq):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--slices", type=int, default=300)
+    ap.add_argument("--realtime-s", type=float, default=5.0)
+    ap.add_argument("--skip-realtime", action="store_true")
+    args = ap.parse_args()
+    print(f"numpy {np.__version__}, {os.cpu_count()} CPUs, {detector.N_CHANNELS} channels")
+    bench_primitives(args.slices)
+    bench_waveforms()
+    if not args.skip_realtime:
+        bench_realtime(args.realtime_s)
+
+
+if __name__ == "__main__":
+    main()

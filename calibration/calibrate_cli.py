@@ -1,0 +1,747 @@
+"""``na64 calibrate``: derive calibration constants from recorded spill files, and show them.
+
+    na64 calibrate pedestals FILES... --out peds.json
+    na64 calibrate gains     FILES... --base peds.json --out gains.json
+    na64 calibrate mip       FILES... --base gains.json --out mip.json
+    na64 calibrate timing    FILES... --base mip.json --out cal.json --run-range 12:
+    na64 calibrate show cal.json [--channels ECAL] [--json]
+    na64 calibrate compare old.json new.json
+
+Each derivation starts from ``--base`` (default: nominal constants), replaces only what it determined,
+and records its inputs, method and results in the provenance. This module is the shell: it reads spill
+files through :mod:`daq.files` and hands arrays to the pure fits of the ``calibration`` package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calibration import constants as cc
+from calibration import gains as gain_fit
+from calibration import pedestals as ped_fit
+from calibration import spectra, timing
+from calibration.config import CalibrationConfig, as_dict
+from calibration.constants import CalibrationError, Constants
+from daq import __version__, detector
+from daq import config as daq_config
+
+log = logging.getLogger(__name__)
+
+PHYSICS_BIT, BEAM_BIT, RANDOM_BIT = 1 << 0, 1 << 1, 1 << 2
+CALO_IDS = np.concatenate([detector.ECAL_IDS, detector.PRS_IDS])
+BEAM_COUNTER_IDS = np.array([detector.counter_id(n) for n in detector.BEAM_COUNTERS], np.intp)
+HOLE_VETO_IDS = np.array([detector.counter_id(n) for n in detector.VETO_COUNTERS], np.intp)
+READ_CHUNK = 2000  # events per read of waveforms
+
+
+# ============================================================================ argument parsing
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "calibrate",
+        help="derive calibration constants from spill files (pedestals, gains, MIP peaks, timing); show them",
+        description="Derive calibration constants from recorded spill files, or show/compare constants "
+        "files. Derivations start from --base and replace only the constants they determine.",
+    )
+    sub = p.add_subparsers(dest="calibrate_command", metavar="STEP", required=True)
+    steps = (
+        (
+            "pedestals",
+            "pedestals (even/odd), noise and channel status from random-trigger windows",
+            _pedestals,
+        ),
+        ("gains", "ECAL/PRS gains from beam-trigger electrons (least squares), SRD and counters", _gains),
+        ("mip", "HCAL and VETO gains from the MIP peak of muon-like beam-trigger events", _mip),
+        ("timing", "per-channel time offsets relative to the beam counters", _timing),
+    )
+    for name, text, func in steps:
+        sp = sub.add_parser(
+            name,
+            help=text,
+            description=text.capitalize() + ".",
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        sp.add_argument("files", nargs="+", metavar="FILE", help="spill files or directories of them")
+        sp.add_argument("--out", required=True, metavar="FILE", help="constants file to write (JSON)")
+        sp.add_argument("--base", metavar="FILE", help="constants to start from (default: nominal constants)")
+        sp.add_argument(
+            "--version",
+            dest="cal_version",
+            metavar="ID",
+            help="version id of the new set (default: cal-STEP-runNNNNNN-TIMESTAMP)",
+        )
+        sp.add_argument(
+            "--run-range",
+            metavar="A:B",
+            help="runs the new set is valid for: A:B, A: (open-ended) or A (default: first input run:)",
+        )
+        sp.add_argument(
+            "--config", metavar="FILE", help="TOML with [reference], [pedestals], [gains], [mip], [timing]"
+        )
+        sp.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config key, e.g. --set gains.window=2.5 (repeatable)",
+        )
+        sp.add_argument(
+            "--max-events",
+            type=int,
+            default=0,
+            metavar="N",
+            help="stop reading after N selected events (0: all)",
+        )
+        if name in ("gains", "mip"):
+            sp.add_argument(
+                "--beam-energy",
+                type=float,
+                metavar="GEV",
+                help="beam energy in GeV (reference.beam_energy_gev, default 100)",
+            )
+        if name == "gains":
+            sp.add_argument(
+                "--containment",
+                type=float,
+                metavar="F",
+                help="shower containment in ECAL+PRS (reference.containment, default 0.996)",
+            )
+        sp.set_defaults(run=func)
+
+    sp = sub.add_parser(
+        "show",
+        help="print a constants file",
+        description="Print a summary of a constants file per detector, optionally every channel.",
+    )
+    sp.add_argument("file", metavar="FILE")
+    sp.add_argument(
+        "--channels",
+        nargs="?",
+        const="",
+        metavar="PREFIX",
+        help="also list channels (those whose name starts with PREFIX, e.g. ECAL or HCAL0)",
+    )
+    sp.add_argument("--json", action="store_true", help="machine-readable summary")
+    sp.set_defaults(run=_show)
+
+    sp = sub.add_parser(
+        "compare",
+        help="compare two constants files",
+        description="Per-detector differences of gains (relative), pedestals and time offsets.",
+    )
+    sp.add_argument("old", metavar="OLD")
+    sp.add_argument("new", metavar="NEW")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.set_defaults(run=_compare)
+
+
+def _config(args: argparse.Namespace) -> CalibrationConfig:
+    data: dict[str, Any] = daq_config.load_toml(args.config) if args.config else {}
+    overrides = dict(daq_config.parse_assignment(a) for a in args.overrides)
+    if getattr(args, "beam_energy", None) is not None:
+        overrides["reference.beam_energy_gev"] = args.beam_energy
+    if getattr(args, "containment", None) is not None:
+        overrides["reference.containment"] = args.containment
+    if overrides:
+        data = daq_config.with_overrides(data, overrides)
+    return daq_config.from_dict(CalibrationConfig, data)
+
+
+def parse_run_range(text: str) -> tuple[int, int | None]:
+    """``A:B`` -> (A, B); ``A:`` -> (A, None); ``A`` -> (A, A)."""
+    first, sep, last = text.partition(":")
+    try:
+        a = int(first)
+        b = (None if not last.strip() else int(last)) if sep else a
+    except ValueError:
+        raise CalibrationError(f"--run-range {text!r}: expected A:B, A: or A with run numbers") from None
+    if a < 0 or (b is not None and b < a):
+        raise CalibrationError(f"--run-range {text!r}: empty or negative range")
+    return a, b
+
+
+# ============================================================================ reading spill files
+class Inputs:
+    """The spill files of a derivation, and what was read from them."""
+
+    def __init__(self, paths: Sequence[str], step: str) -> None:
+        from daq.files import list_spill_files
+
+        self.step = step
+        self.files = list_spill_files(paths)
+        if not self.files:
+            raise CalibrationError(f"calibrate {step}: no spill files in {', '.join(paths)}")
+        self.runs: set[int] = set()
+        self.used: list[str] = []
+        self.calibration_ids: set[str] = set()
+
+    def read(
+        self,
+        bits: int,
+        fields: Callable[[Any, np.ndarray], dict[str, np.ndarray]],
+        max_events: int = 0,
+        what: str = "events",
+    ) -> dict[str, np.ndarray]:
+        """Concatenate ``fields(spill_file, index)`` over the events with any of ``bits`` and complete data."""
+        from daq.files import SpillFile
+
+        chunks: dict[str, list[np.ndarray]] = {}
+        total = 0
+        for i, path in enumerate(self.files, 1):
+            with SpillFile(path) as f:
+                ev = f.events(["trigger_mask", "missing_groups"])
+                idx = np.flatnonzero(((ev["trigger_mask"] & bits) != 0) & (ev["missing_groups"] == 0))
+                if max_events:
+                    idx = idx[: max(max_events - total, 0)]
+                for start in range(0, idx.size, READ_CHUNK):
+                    for k, v in fields(f, idx[start : start + READ_CHUNK]).items():
+                        chunks.setdefault(k, []).append(v)
+                total += idx.size
+                self._note(f, path)
+                log.info(
+                    "calibrate %s: file %d/%d %s: %d %s (total %d)",
+                    self.step,
+                    i,
+                    len(self.files),
+                    path.name,
+                    idx.size,
+                    what,
+                    total,
+                )
+            if max_events and total >= max_events:
+                log.info("calibrate %s: --max-events %d reached", self.step, max_events)
+                break
+        if total == 0:
+            raise CalibrationError(f"calibrate {self.step}: no {what} in {len(self.files)} spill file(s)")
+        return {k: np.concatenate(v) for k, v in chunks.items()}
+
+    def _note(self, f: Any, path: Path) -> None:
+        self.runs.add(f.run)
+        if path.name not in self.used:
+            self.used.append(path.name)
+        self.calibration_ids.add(str(f.attrs.get("calibration_id", "")))
+
+
+# ============================================================================ writing results
+def _base(args: argparse.Namespace) -> Constants:
+    return cc.load(args.base) if args.base else cc.nominal()
+
+
+def _finish(
+    args: argparse.Namespace,
+    base: Constants,
+    new: Constants,
+    inputs: Inputs,
+    method: str,
+    config: dict[str, Any],
+    results: dict[str, Any],
+) -> int:
+    from daq.writer import git_hash
+
+    first = min(inputs.runs)
+    run_min, run_max = parse_run_range(args.run_range) if args.run_range else (first, None)
+    now = datetime.datetime.now(datetime.UTC)
+    version = args.cal_version or f"cal-{inputs.step}-run{first:06d}-{now:%Y%m%dT%H%M%S}"
+    step = {
+        "step": inputs.step,
+        "version": version,
+        "method": method,
+        "created": now.isoformat(timespec="seconds"),
+        "software_version": __version__,
+        "git_hash": git_hash(),
+        "base": base.version,
+        "inputs": inputs.used,
+        "runs": sorted(inputs.runs),
+        "recorded_with": sorted(inputs.calibration_ids),
+        "config": config,
+        "results": results,
+    }
+    steps = [*base.provenance.get("steps", []), step]
+    provenance = {
+        "method": "; ".join(f"{s.get('step')}: {s.get('method')}" for s in steps if isinstance(s, dict)),
+        "software_version": __version__,
+        "steps": steps,
+    }
+    out = new.replace(version=version, run_min=run_min, run_max=run_max, provenance=provenance)
+    path = cc.save(out, args.out)
+    log.info("calibrate %s: wrote %s (version %s, runs %s)", inputs.step, path, version, out.run_range)
+    print(f"{path}: {version} valid for runs {out.run_range}")
+    return 0
+
+
+def _names(ids: np.ndarray) -> list[str]:
+    return [detector.channel_name(int(i)) for i in ids]
+
+
+def _rounded(a: np.ndarray, digits: int = 5) -> list[float | None]:
+    return [None if not math.isfinite(float(v)) else round(float(v), digits) for v in a]
+
+
+# ============================================================================ pedestals
+def _pedestals(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    pc = cfg.pedestals
+    base = _base(args)
+    inputs = Inputs(args.files, "pedestals")
+    state: dict[str, Any] = {"buffer": [], "acc": None, "n": 0}
+
+    def feed(f: Any, idx: np.ndarray) -> dict[str, np.ndarray]:
+        w = f.waveforms(idx)
+        state["n"] += w.shape[0]
+        if state["acc"] is None:
+            state["buffer"].append(w)
+            if sum(b.shape[0] for b in state["buffer"]) >= pc.initial_windows:
+                _start_accumulator(state, pc)
+        else:
+            state["acc"].add(w)
+        return {"n": np.array([w.shape[0]])}
+
+    inputs.read(RANDOM_BIT, feed, args.max_events, "random-trigger windows")
+    if state["acc"] is None:
+        _start_accumulator(state, pc)
+    acc: ped_fit.PedestalAccumulator = state["acc"]
+    res = acc.result()
+    if np.any(res.n_samples_used == 0):
+        bad = _names(np.flatnonzero(res.n_samples_used == 0))
+        raise CalibrationError(
+            f"calibrate pedestals: no pulse-free samples for {len(bad)} channels, first {bad[0]}"
+        )
+    rules = ped_fit.StatusRules(pc.dead_noise, pc.noisy_factor, pc.hot_stray, pc.hot_factor)
+    status, reasons = ped_fit.classify_channels(res, rules)
+    for line in reasons:
+        log.warning("calibrate pedestals: %s", line)
+
+    # cross-check: pedestals from the pre-pulse samples of triggered events
+    pre = inputs.read(
+        PHYSICS_BIT | BEAM_BIT,
+        lambda f, idx: {"pre": f.waveforms(idx)[:, :, : pc.prepulse_samples]},
+        max(args.max_events, 0) or 20000,
+        "triggered events (pre-pulse samples)",
+    )["pre"]
+    pre_even, pre_odd = ped_fit.prepulse_pedestals(pre, pc.prepulse_samples)
+    diff = np.maximum(np.abs(pre_even - res.pedestal_even), np.abs(pre_odd - res.pedestal_odd))
+    off = np.flatnonzero(diff > pc.prepulse_tolerance)
+    for ch in off:
+        log.warning(
+            "calibrate pedestals: %s pre-pulse pedestal differs by %.2f counts from random triggers",
+            detector.channel_name(int(ch)),
+            diff[ch],
+        )
+    log.info(
+        "calibrate pedestals: %d windows; pre-pulse cross-check: max |diff| %.2f counts, %d channels > %.1f",
+        res.n_windows,
+        float(np.nanmax(diff)),
+        off.size,
+        pc.prepulse_tolerance,
+    )
+
+    ids = np.arange(detector.N_CHANNELS)
+    new = (
+        base.updated("pedestal_even", ids, res.pedestal_even, res.pedestal_even_error)
+        .updated("pedestal_odd", ids, res.pedestal_odd, res.pedestal_odd_error)
+        .updated("noise", ids, res.noise, res.noise_error)
+        .replace(status=status)
+    )
+    results = {
+        "n_windows": res.n_windows,
+        "status": {
+            cc.STATUS_NAMES[s]: _names(np.flatnonzero(status == s)) for s in (cc.DEAD, cc.HOT, cc.NOISY)
+        },
+        "status_reasons": reasons,
+        "pulse_fraction_median": round(float(np.nanmedian(res.pulse_fraction)), 4),
+        "prepulse_max_diff": round(float(np.nanmax(diff)), 3),
+        "prepulse_off": _names(off),
+    }
+    return _finish(
+        args,
+        base,
+        new,
+        inputs,
+        "pulse-free samples of random-trigger windows (3-sample pulse finder, "
+        "even/odd separately); pre-pulse cross-check",
+        as_dict(cfg)["pedestals"],
+        results,
+    )
+
+
+def _start_accumulator(state: dict[str, Any], pc: Any) -> None:
+    first = np.concatenate(state["buffer"]) if state["buffer"] else None
+    if first is None or first.shape[0] == 0:
+        raise CalibrationError("calibrate pedestals: no random-trigger windows")
+    acc = ped_fit.PedestalAccumulator(
+        *ped_fit.initial_pedestals(first),
+        threshold=pc.threshold_sigma,
+        guard=(pc.guard_before, pc.guard_after),
+        veto_channels=ped_fit.BEAM_COUNTER_IDS,
+    )
+    acc.add(first)
+    state["acc"], state["buffer"] = acc, []
+
+
+# ============================================================================ gains
+def _gains(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    gc, ref = cfg.gains, cfg.reference
+    base = _base(args)
+    inputs = Inputs(args.files, "gains")
+    calo_pos = np.arange(CALO_IDS.size)
+
+    def fields(f: Any, idx: np.ndarray) -> dict[str, np.ndarray]:
+        amp = f.amplitude(idx).astype(np.float32)
+        wf = f.waveforms(idx)
+        sat = (wf[:, CALO_IDS, :] >= detector.ADC_MAX).any(axis=(1, 2))
+        out = {"amp": amp, "saturated": sat}
+        if gc.exclude_pileup:
+            pile = f.pileup(idx)[:, CALO_IDS]
+            centre = np.argmax(amp[:, CALO_IDS] / base.gain[CALO_IDS], axis=1)
+            out["pileup"] = pile[np.arange(idx.size), centre]
+        return out
+
+    data = inputs.read(BEAM_BIT, fields, args.max_events, "beam-trigger events")
+    amp = data["amp"].astype(np.float64)
+    keep = ~data["saturated"] if gc.exclude_saturated else np.ones(amp.shape[0], bool)
+    n_sat = int(data["saturated"].sum())
+    if "pileup" in data:
+        keep &= ~data["pileup"]
+    calo = amp[:, CALO_IDS]
+    # per-event target: beam energy x containment of the shower-centre cell (most energetic ECAL cell)
+    cont = np.array(ref.containment_of())
+    centre = np.argmax(calo[:, : detector.ECAL_IDS.size] / base.gain[detector.ECAL_IDS], axis=1)
+    target = ref.beam_energy_gev * 1000.0 * cont[centre]
+    log.info(
+        "calibrate gains: %d beam-trigger events, %d with a saturated sample%s, fitting %d",
+        amp.shape[0],
+        n_sat,
+        " (excluded)" if gc.exclude_saturated else "",
+        int(keep.sum()),
+    )
+    try:
+        fit = gain_fit.shower_gains(
+            calo[keep],
+            target[keep],
+            base.gain[CALO_IDS],
+            prior_rel=gc.prior_rel,
+            window=gc.window,
+            max_rel_error=gc.max_rel_error,
+            min_events=gc.min_events,
+        )
+    except ValueError as e:
+        raise CalibrationError(f"calibrate gains: {e}") from None
+    det_ids = CALO_IDS[fit.determined]
+    log.info(
+        "calibrate gains: %d events in the fit, peak %.4f, resolution %.2f%%; %d ECAL and %d PRS cells "
+        "determined",
+        fit.n_events,
+        fit.peak,
+        100 * fit.resolution,
+        int(fit.determined[: detector.ECAL_IDS.size].sum()),
+        int(fit.determined[detector.ECAL_IDS.size :].sum()),
+    )
+    checks = gain_fit.cell_peaks(
+        calo[keep], fit.gain, target[keep], calo_pos[: detector.ECAL_IDS.size], gc.cell_min_events
+    )
+    for c in np.flatnonzero(np.abs(checks.peak - 1.0) > gc.cell_tolerance):
+        log.warning(
+            "calibrate gains: events centred on %s peak at %.3f of the target (%d events)",
+            detector.channel_name(int(CALO_IDS[c])),
+            checks.peak[c],
+            checks.n_events[c],
+        )
+    new = base.updated("gain", det_ids, fit.gain[fit.determined], fit.gain_error[fit.determined])
+
+    # SRD: median of the electrons' synchrotron-radiation deposit
+    calib_sum = (calo / fit.gain).sum(axis=1) / target
+    electrons = keep & (np.abs(calib_sum - fit.peak) < 2.0 * fit.resolution)
+    srd = spectra.peak_gains(
+        amp[:, detector.SRD_IDS],
+        np.repeat(electrons[:, None], detector.SRD_IDS.size, 1),
+        detector.SRD_IDS,
+        ref.srd_median_mev,
+        "median",
+        gc.srd_min_entries,
+    )
+    # beam counters and hole vetoes: MIP peak of every beam-trigger particle that hit them
+    cnt_ids = np.concatenate([BEAM_COUNTER_IDS, HOLE_VETO_IDS])
+    cnt_ref = np.array(
+        [ref.counter_mip_mev] * BEAM_COUNTER_IDS.size + [ref.hole_veto_mip_mev] * HOLE_VETO_IDS.size
+    )
+    cnt_amp = amp[:, cnt_ids]
+    cnt = spectra.peak_gains(
+        cnt_amp,
+        spectra.above(cnt_amp, 5.0 * base.noise[cnt_ids]),
+        cnt_ids,
+        cnt_ref,
+        "moyal",
+        gc.counter_min_entries,
+    )
+    for res in (srd, cnt):
+        for line in res.messages:
+            log.warning("calibrate gains: %s not determined: %s", line.split(":")[0], line.split(": ", 1)[1])
+        new = new.updated(
+            "gain", res.channels[res.determined], res.gain[res.determined], res.gain_error[res.determined]
+        )
+    results = {
+        "n_events": fit.n_events,
+        "n_beam_events": int(amp.shape[0]),
+        "n_saturated": n_sat,
+        "peak": round(fit.peak, 5),
+        "resolution": round(fit.resolution, 5),
+        "determined": _names(det_ids)
+        + _names(srd.channels[srd.determined])
+        + _names(cnt.channels[cnt.determined]),
+        "not_determined": _names(CALO_IDS[~fit.determined])
+        + _names(srd.channels[~srd.determined])
+        + _names(cnt.channels[~cnt.determined]),
+        "cell_peaks": {
+            n: v
+            for n, v in zip(
+                _names(detector.ECAL_IDS), _rounded(checks.peak[: detector.ECAL_IDS.size]), strict=True
+            )
+            if v is not None
+        },
+    }
+    method = (
+        "ECAL+PRS: least squares, calibrated sum = beam energy x containment (per shower-centre cell), "
+        "Gaussian-core selection, weak prior on the base gains; SRD: median of electron deposits; "
+        "counters: Moyal MIP peak"
+    )
+    return _finish(
+        args, base, new, inputs, method, as_dict(cfg)["reference"] | as_dict(cfg)["gains"], results
+    )
+
+
+# ============================================================================ MIP (HCAL, VETO)
+def _mip(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    mc, ref = cfg.mip, cfg.reference
+    base = _base(args)
+    inputs = Inputs(args.files, "mip")
+    data = inputs.read(
+        BEAM_BIT,
+        lambda f, idx: {"amp": f.amplitude(idx).astype(np.float32)},
+        args.max_events,
+        "beam-trigger events",
+    )
+    amp = data["amp"].astype(np.float64)
+    energy = amp / base.gain / 1000.0  # GeV with the starting gains
+    sel = spectra.MuonSelection(
+        mc.ecal_max_gev, mc.prs_max_gev, mc.hcal_module_min_gev, mc.hcal_module_max_gev, mc.hcal_min_modules
+    )
+    muons = spectra.muon_like(energy, sel)
+    log.info("calibrate mip: %d muon-like events of %d", int(muons.sum()), amp.shape[0])
+    hc = spectra.peak_gains(
+        amp[:, detector.HCAL_IDS],
+        spectra.hcal_cell_hits(energy, muons),
+        detector.HCAL_IDS,
+        ref.hcal_mip_mev,
+        "moyal",
+        mc.min_entries,
+        mc.max_rel_error,
+    )
+    vt = spectra.peak_gains(
+        amp[:, detector.VETO_IDS],
+        spectra.veto_slab_hits(energy, muons, mc.veto_min_mev / 1000.0),
+        detector.VETO_IDS,
+        ref.veto_mip_mev,
+        "moyal",
+        mc.min_entries,
+        mc.max_rel_error,
+    )
+    new = base
+    for res in (hc, vt):
+        for line in res.messages:
+            log.info("calibrate mip: not determined: %s", line)
+        new = new.updated(
+            "gain", res.channels[res.determined], res.gain[res.determined], res.gain_error[res.determined]
+        )
+    log.info(
+        "calibrate mip: %d HCAL cells and %d VETO PMTs determined",
+        int(hc.determined.sum()),
+        int(vt.determined.sum()),
+    )
+    results = {
+        "n_events": int(amp.shape[0]),
+        "n_muons": int(muons.sum()),
+        "determined": _names(hc.channels[hc.determined]) + _names(vt.channels[vt.determined]),
+        "mpv_counts": {
+            n: v
+            for n, v, d in zip(
+                _names(np.concatenate([hc.channels, vt.channels])),
+                _rounded(np.concatenate([hc.peak, vt.peak]), 3),
+                np.concatenate([hc.determined, vt.determined]),
+                strict=True,
+            )
+            if d
+        },
+    }
+    method = (
+        "Moyal (Landau-like) fit of the MIP peak of muon-like beam-trigger events, per crossed cell / slab"
+    )
+    return _finish(args, base, new, inputs, method, as_dict(cfg)["reference"] | as_dict(cfg)["mip"], results)
+
+
+# ============================================================================ timing
+def _timing(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    tc = cfg.timing
+    base = _base(args)
+    inputs = Inputs(args.files, "timing")
+    data = inputs.read(
+        BEAM_BIT | PHYSICS_BIT,
+        lambda f, idx: {
+            "t": f.peak_time(idx).astype(np.float32),
+            "amp": f.amplitude(idx).astype(np.float32),
+            "pileup": f.pileup(idx),
+        },
+        args.max_events,
+        "triggered events",
+    )
+    res = timing.time_offsets(
+        data["t"], data["amp"], tc.threshold_sigma * base.noise, data["pileup"], min_entries=tc.min_entries
+    )
+    ids = np.flatnonzero(res.determined)
+    log.info(
+        "calibrate timing: %d events with a counter reference time; %d channels determined",
+        res.n_reference,
+        ids.size,
+    )
+    new = base.updated("time_offset_ns", ids, res.offset_ns[ids], res.error_ns[ids])
+    results = {
+        "n_reference": res.n_reference,
+        "determined": len(ids),
+        "not_determined": _names(np.flatnonzero(~res.determined)),
+    }
+    method = (
+        "truncated mean of peak time minus the mean time of S0, S2, S3, over clear pulses without pile-up"
+    )
+    return _finish(args, base, new, inputs, method, as_dict(cfg)["timing"], results)
+
+
+# ============================================================================ show / compare
+GROUPS = tuple((d.name, detector.GROUP_IDS[d]) for d in detector.Detector)
+
+
+def summary(c: Constants) -> dict[str, Any]:
+    """Per-detector summary of a constants set (plain dict)."""
+    nominal = detector.nominal_gains()
+    out: dict[str, Any] = {"version": c.version, "valid_runs": [c.run_min, c.run_max], "detectors": {}}
+    for name, ids in GROUPS:
+        rel = c.gain[ids] / nominal[ids]
+        out["detectors"][name] = {
+            "channels": int(ids.size),
+            "status": {s: int((c.status[ids] == i).sum()) for i, s in enumerate(cc.STATUS_NAMES)},
+            "gain_over_nominal_mean": round(float(rel.mean()), 4),
+            "gain_over_nominal_rms": round(float(rel.std()), 4),
+            "gains_with_error": int(np.isfinite(c.errors["gain"][ids]).sum()),
+            "pedestal_mean": round(float(0.5 * (c.pedestal_even[ids] + c.pedestal_odd[ids]).mean()), 2),
+            "noise_mean": round(float(c.noise[ids].mean()), 3),
+            "time_offset_rms_ns": round(float(c.time_offset_ns[ids].std()), 3),
+        }
+    steps = c.provenance.get("steps", [])
+    out["steps"] = [
+        {k: s.get(k) for k in ("step", "version", "created", "runs", "method")}
+        for s in steps
+        if isinstance(s, dict)
+    ]
+    if not steps:
+        out["method"] = c.provenance.get("method")
+    return out
+
+
+def _show(args: argparse.Namespace) -> int:
+    c = cc.load(args.file)
+    s = summary(c)
+    if args.json:
+        if args.channels is not None:
+            s["channels"] = {
+                k: v for k, v in cc.to_json_dict(c)["channels"].items() if k.startswith(args.channels)
+            }
+        print(json.dumps(s, indent=1))
+        return 0
+    print(f"{args.file}: calibration {c.version}, valid for runs {c.run_range}")
+    for st in s["steps"]:
+        runs = st.get("runs") or []
+        span = f"runs {min(runs)}-{max(runs)}" if runs else ""
+        print(
+            f"  step {st.get('step')}: {st.get('version')} ({st.get('created')}, {span}) {st.get('method')}"
+        )
+    if "method" in s:
+        print(f"  method: {s['method']}")
+    print(
+        f"{'detector':9s} {'ch':>3s} {'good':>4s} {'dead':>4s} {'hot':>4s} {'noisy':>5s} {'gain/nom':>8s} "
+        f"{'rms':>6s} {'w/err':>5s} {'pedestal':>8s} {'noise':>6s} {'t_rms ns':>8s}"
+    )
+    for name, d in s["detectors"].items():
+        st = d["status"]
+        print(
+            f"{name:9s} {d['channels']:3d} {st['good']:4d} {st['dead']:4d} {st['hot']:4d} {st['noisy']:5d} "
+            f"{d['gain_over_nominal_mean']:8.4f} {d['gain_over_nominal_rms']:6.4f} {d['gains_with_error']:5d} "
+            f"{d['pedestal_mean']:8.2f} {d['noise_mean']:6.3f} {d['time_offset_rms_ns']:8.3f}"
+        )
+    if args.channels is not None:
+        print(
+            f"{'channel':9s} {'status':6s} {'gain':>10s} {'+-':>9s} {'ped even':>9s} {'ped odd':>9s} "
+            f"{'noise':>6s} {'t_off ns':>8s}"
+        )
+        for ch in range(detector.N_CHANNELS):
+            name = detector.channel_name(ch)
+            if not name.startswith(args.channels):
+                continue
+            err = c.errors["gain"][ch]
+            print(
+                f"{name:9s} {cc.STATUS_NAMES[c.status[ch]]:6s} {c.gain[ch]:10.5g} "
+                f"{'' if not math.isfinite(err) else f'{err:.2g}':>9s} {c.pedestal_even[ch]:9.2f} "
+                f"{c.pedestal_odd[ch]:9.2f} {c.noise[ch]:6.2f} {c.time_offset_ns[ch]:8.2f}"
+            )
+    return 0
+
+
+def compare(old: Constants, new: Constants) -> dict[str, Any]:
+    """Per-detector differences new - old: relative gains, pedestals (counts), time offsets (ns)."""
+    out: dict[str, Any] = {"old": old.version, "new": new.version, "detectors": {}}
+    for name, ids in GROUPS:
+        rel = new.gain[ids] / old.gain[ids] - 1.0
+        dped = np.concatenate(
+            [new.pedestal_even[ids] - old.pedestal_even[ids], new.pedestal_odd[ids] - old.pedestal_odd[ids]]
+        )
+        dt = new.time_offset_ns[ids] - old.time_offset_ns[ids]
+        worst = int(ids[np.argmax(np.abs(rel))])
+        out["detectors"][name] = {
+            "gain_rel_mean": round(float(rel.mean()), 5),
+            "gain_rel_rms": round(float(np.sqrt(np.mean(rel**2))), 5),
+            "gain_rel_max": round(float(np.max(np.abs(rel))), 5),
+            "gain_worst": detector.channel_name(worst),
+            "pedestal_diff_rms": round(float(np.sqrt(np.mean(dped**2))), 4),
+            "pedestal_diff_max": round(float(np.max(np.abs(dped))), 4),
+            "time_offset_diff_rms_ns": round(float(np.sqrt(np.mean(dt**2))), 4),
+            "status_changed": _names(ids[new.status[ids] != old.status[ids]]),
+        }
+    return out
+
+
+def _compare(args: argparse.Namespace) -> int:
+    d = compare(cc.load(args.old), cc.load(args.new))
+    if args.json:
+        print(json.dumps(d, indent=1))
+        return 0
+    print(f"{args.new} ({d['new']}) vs {args.old} ({d['old']})")
+    print(
+        f"{'detector':9s} {'gain mean':>9s} {'gain rms':>9s} {'max':>8s} {'worst':>9s} {'ped rms':>8s} "
+        f"{'ped max':>8s} {'t rms ns':>8s} status changed"
+    )
+    for name, x in d["detectors"].items():
+        print(
+            f"{name:9s} {x['gain_rel_mean']:+9.4f} {x['gain_rel_rms']:9.4f} {x['gain_rel_max']:8.4f} "
+            f"{x['gain_worst']:>9s} {x['pedestal_diff_rms']:8.3f} {x['pedestal_diff_max']:8.3f} "
+            f"{x['time_offset_diff_rms_ns']:8.3f} {', '.join(x['status_changed'])}"
+        )
+    return 0

@@ -1,0 +1,74 @@
+"""EventBatch: built events in structure-of-arrays form, the unit the writer and the monitor consume."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from daq import detector
+
+#: names of the event sums, in the row order of ``EventBatch.sums`` and ``protocol.Events.sums``
+SUM_NAMES = ("e_prs", "e_ecal", "e_hcal", "e_veto", "e_srd", "e_miss")
+
+
+@dataclass(frozen=True, eq=False)
+class EventBatch:
+    """A batch of E built events. Arrays are owned by the batch (never views of ZeroMQ frames)."""
+
+    event_id: np.ndarray  # (E,) uint64
+    slice: np.ndarray  # (E,) uint32
+    index: np.ndarray  # (E,) uint32, NO_PARTICLE for random triggers
+    t_ns: np.ndarray  # (E,) int64, since spill start
+    trigger_mask: np.ndarray  # (E,) uint32
+    missing_groups: np.ndarray  # (E,) uint8, bit g: readout group g absent
+    sums: np.ndarray  # (6, E) float32 GeV, rows SUM_NAMES
+    energy: np.ndarray  # (E, 110) float32 GeV
+    amplitude: np.ndarray  # (E, 110) float32 ADC counts
+    peak_time: np.ndarray  # (E, 110) float32 ns
+    pileup: np.ndarray  # (E, 110) bool
+    waveforms: np.ndarray  # (E, 110, S) uint16
+    prim_amp: np.ndarray  # (C, E) uint16
+
+    def __len__(self) -> int:
+        return int(self.event_id.shape[0])
+
+    @property
+    def n_events(self) -> int:
+        return len(self)
+
+    def column(self, name: str) -> np.ndarray:
+        """An event-table column by name (the SUM_NAMES are rows of ``sums``)."""
+        if name in SUM_NAMES:
+            return self.sums[SUM_NAMES.index(name)]
+        return np.asarray(getattr(self, name))
+
+    def take(self, sel: slice | np.ndarray) -> EventBatch:
+        """A sub-batch (copies for index arrays, views for slices)."""
+        kw = {}
+        for f in fields(self):
+            a = getattr(self, f.name)
+            kw[f.name] = a[:, sel] if f.name in ("sums", "prim_amp") else a[sel]
+        return EventBatch(**kw)
+
+    @staticmethod
+    def concat(batches: list[EventBatch]) -> EventBatch:
+        if len(batches) == 1:
+            return batches[0]
+        kw = {}
+        for f in fields(EventBatch):
+            axis = 1 if f.name in ("sums", "prim_amp") else 0
+            kw[f.name] = np.concatenate([getattr(b, f.name) for b in batches], axis=axis)
+        return EventBatch(**kw)
+
+    @staticmethod
+    def empty(n_prim: int, n_samples: int = detector.N_SAMPLES) -> EventBatch:
+        n = detector.N_CHANNELS
+        return EventBatch(
+            event_id=np.zeros(0, np.uint64), slice=np.zeros(0, np.uint32), index=np.zeros(0, np.uint32),
+            t_ns=np.zeros(0, np.int64), trigger_mask=np.zeros(0, np.uint32),
+            missing_groups=np.zeros(0, np.uint8), sums=np.zeros((len(SUM_NAMES), 0), np.float32),
+            energy=np.zeros((0, n), np.float32), amplitude=np.zeros((0, n), np.float32),
+            peak_time=np.zeros((0, n), np.float32), pileup=np.zeros((0, n), bool),
+            waveforms=np.zeros((0, n, n_samples), np.uint16), prim_amp=np.zeros((n_prim, 0), np.uint16),
+        )

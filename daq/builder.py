@@ -1,0 +1,317 @@
+"""Readout bookkeeping and event building (pure: no sockets, no clocks but the ``now`` passed in).
+
+:class:`Readout` remembers every READOUT_REQUEST sent, matches the returning FRAGMENTs (one per readout
+group), detects what is missing, empty, truncated or unexpected, and turns each completed request into an
+:class:`~daq.batch.EventBatch` (waveforms decoded, reconstructed, calibrated). :class:`SpillHistograms`
+fills the per-spill histograms of the full primitive stream. :class:`Losses` counts losses by reason.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from daq import detector
+from daq.batch import EventBatch
+from daq.protocol import NO_PARTICLE, Fragment
+from daq.waveform import RecoConfig, event_sums, reconstruct
+
+#: loss reasons (contract with the DQM; see docs/daq.md). ``decode_error.<kind>`` keys break down
+#: ``decode_error`` by ProtocolError kind and are not separate losses.
+LOSS_REASONS = (
+    "sequence_gap",
+    "duplicate",
+    "decode_error",
+    "unexpected_message",
+    "run_rejected",
+    "fragment_timeout",
+    "empty_fragment",
+    "truncated_fragment",
+    "unexpected_fragment",
+    "request_failed",
+    "spill_counter_mismatch",
+    "spill_end_missing",
+    "dead_time",
+    "write_error",
+    "monitor_skipped",
+)
+#: reasons that do not mean recorded data is missing (the spill stays "ok")
+NOT_DATA_LOSS = frozenset({"dead_time", "monitor_skipped", "spill_counter_mismatch"})
+
+_GROUP_SLICES = tuple(slice(int(ids[0]), int(ids[-1]) + 1) for ids in detector.GROUP_IDS)
+assert all(np.array_equal(np.arange(s.start, s.stop), ids) for s, ids in zip(_GROUP_SLICES, detector.GROUP_IDS, strict=True))
+
+
+class Losses(Counter[str]):
+    """Counts by loss reason; ``as_dict()`` lists every known reason (zeros included)."""
+
+    def as_dict(self) -> dict[str, int]:
+        out = {r: int(self.get(r, 0)) for r in LOSS_REASONS}
+        out.update({k: int(v) for k, v in self.items() if k not in out})
+        return dict(sorted(out.items()))
+
+    def data_lost(self) -> bool:
+        return any(v for k, v in self.items() if k not in NOT_DATA_LOSS and "." not in k)
+
+
+@dataclass
+class Pending:
+    """One READOUT_REQUEST waiting for its fragments."""
+
+    spill: int
+    slice_id: int
+    sent_at: float
+    index: np.ndarray  # (K,) uint32
+    t_ns: np.ndarray  # (K,) int64
+    trigger_mask: np.ndarray  # (K,) uint32
+    event_id: np.ndarray  # (K,) uint64
+    prim_amp: np.ndarray  # (C, K) uint16 (owned copy)
+    got: np.ndarray = field(default_factory=lambda: np.zeros(detector.N_GROUPS, bool))
+    missing: int = 0  # bit g: group g has no data
+    waveforms: np.ndarray | None = None  # (K, 110, S), allocated on the first fragment with data
+    any_data: bool = False
+
+    @property
+    def k(self) -> int:
+        return int(self.index.shape[0])
+
+
+class Readout:
+    """Requests sent and fragments expected for the current run; builds events.
+
+    ``constants``: a ``calibration.constants.Constants`` (gain, noise, time_offset_ns, status).
+    """
+
+    def __init__(
+        self,
+        constants: Any,
+        n_samples: int = detector.N_SAMPLES,
+        n_prim: int = 29,
+        reco: RecoConfig | None = None,
+        sample_period_ns: float = detector.SAMPLE_PERIOD_NS,
+    ) -> None:
+        self.constants = constants
+        self.n_samples = n_samples
+        self.n_prim = n_prim
+        self.reco = reco or RecoConfig()
+        self.sample_period_ns = sample_period_ns
+        self.pending: dict[tuple[int, int], Pending] = {}
+        self.closed: set[tuple[int, int]] = set()  # requests already completed or expired (this spill)
+        self.next_event_id = 0
+        self.losses = Losses()
+        self.n_requests = 0
+        self.n_fragments = 0
+        self.n_events_read = 0
+        self._logged: set[str] = set()
+
+    # ------------------------------------------------------------ requests
+    def add_request(
+        self,
+        spill: int,
+        slice_id: int,
+        index: np.ndarray,
+        t_ns: np.ndarray,
+        trigger_mask: np.ndarray,
+        prim_amp: np.ndarray,
+        now: float,
+    ) -> Pending:
+        """Register a request (the caller sends it). ``prim_amp`` (C, N) of the whole slice."""
+        k = int(index.shape[0])
+        part = index != NO_PARTICLE
+        amp = np.zeros((prim_amp.shape[0], k), np.uint16)
+        if k:
+            amp[:, part] = prim_amp[:, index[part].astype(np.intp)]
+        ids = np.arange(self.next_event_id, self.next_event_id + k, dtype=np.uint64)
+        self.next_event_id += k
+        p = Pending(spill, slice_id, now, index.astype(np.uint32), t_ns.astype(np.int64),
+                    trigger_mask.astype(np.uint32), ids, amp)
+        self.pending[(spill, slice_id)] = p
+        self.n_requests += 1
+        return p
+
+    def cancel(self, spill: int, slice_id: int) -> Pending | None:
+        """Forget a request that could not be sent."""
+        self.n_requests -= 1
+        return self.pending.pop((spill, slice_id), None)
+
+    # ------------------------------------------------------------ fragments
+    def add_fragment(self, frag: Fragment) -> tuple[EventBatch | None, str | None]:
+        """Match a fragment. Returns (events if the request is now complete, loss reason or None)."""
+        key = (frag.spill, frag.slice_id)
+        p = self.pending.get(key)
+        g = frag.source
+        if p is None or not 0 <= g < detector.N_GROUPS or p.got[g]:
+            self.losses["unexpected_fragment"] += 1
+            return None, "unexpected_fragment"
+        self.n_fragments += 1
+        p.got[g] = True
+        reason: str | None = None
+        n_ch = len(detector.GROUP_IDS[g])
+        if frag.empty:
+            if p.k:
+                reason = "empty_fragment"
+                p.missing |= 1 << g
+        else:
+            assert frag.index is not None and frag.waveforms is not None
+            if (
+                frag.n_events != p.k
+                or frag.n_channels != n_ch
+                or frag.n_samples != self.n_samples
+                or not np.array_equal(frag.index, p.index)
+            ):
+                reason = "truncated_fragment"
+                p.missing |= 1 << g
+            elif p.k:
+                if p.waveforms is None:
+                    p.waveforms = np.zeros((p.k, detector.N_CHANNELS, self.n_samples), np.uint16)
+                p.waveforms[:, _GROUP_SLICES[g], :] = frag.waveforms
+                p.any_data = True
+        if reason:
+            self.losses[reason] += 1
+        if p.got.all():
+            return self._complete(key), reason
+        return None, reason
+
+    def expire(self, now: float, timeout_s: float) -> list[EventBatch]:
+        """Close requests older than ``timeout_s``: missing fragments count as ``fragment_timeout``."""
+        old = [k for k, p in self.pending.items() if now - p.sent_at > timeout_s]
+        return [self._timeout(k) for k in old]
+
+    def flush(self, spill: int | None = None) -> list[EventBatch]:
+        """Close every pending request (of one spill, or all): the end of a spill or of the run."""
+        keys = [k for k in self.pending if spill is None or k[0] == spill]
+        return [self._timeout(k) for k in keys]
+
+    def _timeout(self, key: tuple[int, int]) -> EventBatch:
+        p = self.pending[key]
+        lost = ~p.got
+        n_lost = int(np.count_nonzero(lost))
+        self.losses["fragment_timeout"] += n_lost
+        for g in np.flatnonzero(lost):
+            p.missing |= 1 << int(g)
+        return self._complete(key)
+
+    def new_spill(self) -> None:
+        self.closed.clear()
+        self.n_requests = self.n_fragments = self.n_events_read = 0
+
+    # ------------------------------------------------------------ event building
+    def _complete(self, key: tuple[int, int]) -> EventBatch:
+        p = self.pending.pop(key)
+        self.closed.add(key)
+        if p.any_data:
+            self.n_events_read += p.k
+        return self.build(p)
+
+    def build(self, p: Pending) -> EventBatch:
+        """Reconstruct and calibrate the events of a completed (or expired) request."""
+        c = self.constants
+        wf = p.waveforms if p.waveforms is not None else np.zeros((p.k, detector.N_CHANNELS, self.n_samples), np.uint16)
+        if p.k:
+            r = reconstruct(
+                wf, c.gain, noise=c.noise, time_offset_ns=c.time_offset_ns, status=c.status, config=self.reco,
+                sample_period_ns=self.sample_period_ns,
+            )
+            energy, amplitude, peak_time, pileup = r.energy, r.amplitude, r.peak_time, r.pileup
+            if p.missing:  # absent groups: zeros, not the reconstruction of an empty window
+                for g in range(detector.N_GROUPS):
+                    if p.missing & (1 << g):
+                        s = _GROUP_SLICES[g]
+                        energy[:, s] = amplitude[:, s] = peak_time[:, s] = 0
+                        pileup[:, s] = False
+        else:
+            shape = (0, detector.N_CHANNELS)
+            energy, amplitude, peak_time = (np.zeros(shape, np.float32) for _ in range(3))
+            pileup = np.zeros(shape, bool)
+        return EventBatch(
+            event_id=p.event_id,
+            slice=np.full(p.k, p.slice_id, np.uint32),
+            index=p.index,
+            t_ns=p.t_ns,
+            trigger_mask=p.trigger_mask,
+            missing_groups=np.full(p.k, p.missing, np.uint8),
+            sums=event_sums(energy, self.reco.beam_energy_gev),
+            energy=energy,
+            amplitude=amplitude,
+            peak_time=peak_time,
+            pileup=pileup,
+            waveforms=wf,
+            prim_amp=p.prim_amp,
+        )
+
+
+def compare_counters(daq: Mapping[str, int], frontend: Mapping[str, int]) -> dict[str, tuple[int, int]]:
+    """Counters that disagree: name -> (DAQ's count, front-end's count)."""
+    names = ("n_slices", "n_requests", "n_fragments", "n_events_read", "n_particles")
+    return {n: (int(daq[n]), int(frontend[n])) for n in names if n in daq and n in frontend and daq[n] != frontend[n]}
+
+
+class SpillHistograms:
+    """Histograms of every particle of a spill: arrival time, ECAL and PRS trigger-block energies.
+
+    The arrival time is filled in 1 ms bins and rebinned to ``arrival_bins`` bins over the spill length
+    at the end; energies in fixed bins (the last bin includes the overflow).
+    """
+
+    def __init__(
+        self, arrival_bins: int = 100, ecal_bins: int = 240, ecal_max_gev: float = 120.0,
+        prs_bins: int = 200, prs_max_gev: float = 10.0,
+    ) -> None:
+        self.arrival_bins = arrival_bins
+        self._t_ms = np.zeros(0, np.int64)
+        self.ecal_edges = np.linspace(0.0, ecal_max_gev, ecal_bins + 1)
+        self.prs_edges = np.linspace(0.0, prs_max_gev, prs_bins + 1)
+        self.ecal = np.zeros(ecal_bins, np.int64)
+        self.prs = np.zeros(prs_bins, np.int64)
+        self.t_end_ns = 0
+
+    def fill(self, t_ns: np.ndarray, e_ecal: np.ndarray, e_prs: np.ndarray, t_end_ns: int | None = None) -> None:
+        if t_ns.size:
+            ms = np.clip(t_ns // 1_000_000, 0, 3_600_000)
+            counts = np.bincount(ms)
+            if counts.size > self._t_ms.size:
+                self._t_ms = np.concatenate([self._t_ms, np.zeros(counts.size - self._t_ms.size, np.int64)])
+            self._t_ms[: counts.size] += counts
+            self.t_end_ns = max(self.t_end_ns, int(t_ns.max()) + 1)
+            self.ecal += _bincount(e_ecal, self.ecal_edges)
+            self.prs += _bincount(e_prs, self.prs_edges)
+        if t_end_ns is not None:
+            self.t_end_ns = max(self.t_end_ns, t_end_ns)
+
+    def result(self) -> dict[str, tuple[np.ndarray, np.ndarray, str]]:
+        """name -> (counts, edges, unit)."""
+        n_ms = max(1, -(-self.t_end_ns // 1_000_000), self._t_ms.size)
+        width = -(-n_ms // self.arrival_bins)  # whole ms per bin
+        fine = np.zeros(width * self.arrival_bins, np.int64)
+        fine[: self._t_ms.size] = self._t_ms
+        arrival = fine.reshape(self.arrival_bins, width).sum(axis=1)
+        edges = np.arange(self.arrival_bins + 1) * width / 1000.0
+        return {
+            "arrival_time": (arrival, edges, "s"),
+            "ecal_block_gev": (self.ecal.copy(), self.ecal_edges.copy(), "GeV"),
+            "prs_block_gev": (self.prs.copy(), self.prs_edges.copy(), "GeV"),
+        }
+
+
+def _bincount(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    nb = edges.size - 1
+    scale = np.float32(nb / (edges[-1] - edges[0]))
+    idx = (values * scale).astype(np.int32)  # values >= 0 (block energies)
+    np.clip(idx, 0, nb - 1, out=idx)
+    return np.bincount(idx, minlength=nb)
+
+
+def histograms_json(hists: Mapping[str, tuple[np.ndarray, np.ndarray, str]]) -> dict[str, dict[str, list[float]]]:
+    return {name: {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
+            for name, (counts, edges, _unit) in hists.items()}
+
+
+def sum_counts(items: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    out: Counter[str] = Counter()
+    for it in items:
+        out.update(it)
+    return dict(out)

@@ -1,0 +1,357 @@
+"""Reader API of the HDF5 spill files (format v1, ``docs/hdf5-format.md``) and the names of the layout.
+
+Nobody outside this module (and :mod:`daq.writer`, which shares the layout constants below) opens the
+HDF5 layout by hand: the DQM, calibration, replay and the tests read spill files through
+:class:`SpillFile`, which returns numpy arrays and plain dicts::
+
+    from daq.files import SpillFile, list_spill_files
+
+    for path in list_spill_files(["na64-data"]):
+        with SpillFile(path) as f:
+            ev = f.events(["t_ns", "trigger_mask", "e_ecal"])
+            energy = f.energy()              # (E, 110) GeV
+            print(f.run, f.spill, f.counters["n_beam"], f.losses)
+
+Every problem with a file (missing, not HDF5, not a spill file, unsupported ``format_version``, a
+``.partial`` file still being written or left by a crash) raises :class:`SpillFileError` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from daq import detector
+from daq.errors import UserError
+
+# ---------------------------------------------------------------- layout (shared with daq.writer)
+FORMAT = "na64-spill"
+FORMAT_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+PARTIAL_SUFFIX = ".partial"
+
+#: event table: /events/<column>, one 1-D dataset per column, all of length n_events
+EVENT_COLUMNS: dict[str, np.dtype] = {
+    "event_id": np.dtype("<u8"),
+    "slice": np.dtype("<u4"),
+    "index": np.dtype("<u4"),
+    "t_ns": np.dtype("<i8"),
+    "trigger_mask": np.dtype("<u4"),
+    "missing_groups": np.dtype("u1"),
+    "e_prs": np.dtype("<f4"),
+    "e_ecal": np.dtype("<f4"),
+    "e_hcal": np.dtype("<f4"),
+    "e_veto": np.dtype("<f4"),
+    "e_srd": np.dtype("<f4"),
+    "e_miss": np.dtype("<f4"),
+}
+#: per-channel reconstruction: /reco/<name>, (n_events, n_channels)
+RECO_DATASETS: dict[str, np.dtype] = {
+    "energy": np.dtype("<f4"),
+    "amplitude": np.dtype("<f4"),
+    "peak_time": np.dtype("<f4"),
+    "pileup": np.dtype("u1"),
+}
+#: spill-summary keys (contract with the DQM; see docs/daq.md)
+SUMMARY_KEYS = (
+    "run", "spill", "status", "file", "n_beam", "n_particles", "triggers", "n_accepted",
+    "n_events_written", "dead_time_lost", "dead_time_fraction", "losses", "frontend", "t_start_ns",
+    "t_end_ns", "spill_length_s", "write_seconds", "write_mb", "free_disk_bytes", "calibration_id",
+    "histograms",
+)
+
+_NAME_RE = re.compile(r"^run(\d{6})_spill(\d{5})\.h5$")
+
+
+class SpillFileError(UserError):
+    """A spill file is missing, unreadable, not a spill file, of an unsupported version or partial."""
+
+
+def spill_filename(run: int, spill: int) -> str:
+    """File name of a spill: ``run000012_spill00003.h5``."""
+    if not (0 <= run <= 999_999 and 0 <= spill <= 99_999):
+        raise ValueError(f"run {run} / spill {spill} out of range for the file name (6 and 5 digits)")
+    return f"run{run:06d}_spill{spill:05d}.h5"
+
+
+def partial_filename(run: int, spill: int) -> str:
+    """Temporary name while a spill is being written: ``.run000012_spill00003.h5.partial``."""
+    return "." + spill_filename(run, spill) + PARTIAL_SUFFIX
+
+
+def parse_filename(name: str) -> tuple[int, int] | None:
+    """(run, spill) from a final spill file name, or None if the name is not one."""
+    m = _NAME_RE.match(Path(name).name)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def list_spill_files(paths_or_dirs: str | Path | Iterable[str | Path]) -> list[Path]:
+    """Final spill files among files and directories (not recursive), sorted by (run, spill).
+
+    ``.partial`` files and files not named like a spill file are skipped when listing a directory; an
+    explicitly named file is kept whatever its name (the reader then validates it). A path that does
+    not exist raises :class:`SpillFileError`.
+    """
+    if isinstance(paths_or_dirs, str | Path):
+        paths_or_dirs = [paths_or_dirs]
+    found: dict[Path, tuple[int, int, str]] = {}
+    for item in paths_or_dirs:
+        p = Path(item)
+        if p.is_dir():
+            for child in p.iterdir():
+                key = parse_filename(child.name)
+                if key is not None and child.is_file():
+                    found[child] = (*key, child.name)
+        elif p.is_file():
+            if p.name.endswith(PARTIAL_SUFFIX):
+                continue
+            key = parse_filename(p.name) or (1 << 62, 0)
+            found[p] = (*key, p.name)
+        else:
+            raise SpillFileError(f"{p}: no such file or directory")
+    return sorted(found, key=lambda q: found[q])
+
+
+def _plain(value: Any) -> Any:
+    """HDF5 attribute value -> plain Python (str, int, float, bool, list)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()] if value.dtype.kind in "SOU" else value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+class SpillFile:
+    """One spill file opened read-only. Use as a context manager (or call :meth:`close`).
+
+    ``sel`` arguments select events like numpy: a slice, an index array or a boolean mask.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        import h5py  # h5py is heavy; only readers and the writer need it
+        import hdf5plugin  # noqa: F401  (registers the lz4/zstd/blosc filters used by the writer)
+
+        self.path = Path(path)
+        p = self.path
+        if p.name.endswith(PARTIAL_SUFFIX):
+            raise SpillFileError(f"{p}: partial file (still being written, or left by a crash)")
+        if not p.exists():
+            raise SpillFileError(f"{p}: no such file")
+        if not p.is_file():
+            raise SpillFileError(f"{p}: not a regular file")
+        try:
+            is_h5 = h5py.is_hdf5(p)
+        except OSError as e:
+            raise SpillFileError(f"{p}: cannot be read ({e})") from None
+        if not is_h5:
+            raise SpillFileError(f"{p}: not an HDF5 file")
+        try:
+            self._h5 = h5py.File(p, "r")
+        except OSError as e:
+            raise SpillFileError(f"{p}: HDF5 file cannot be opened ({e})") from None
+        try:
+            self._check()
+        except BaseException:
+            self._h5.close()
+            raise
+
+    def _check(self) -> None:
+        a = self._h5.attrs
+        fmt = _plain(a.get("format"))
+        if fmt != FORMAT:
+            raise SpillFileError(f"{self.path}: not a spill file (format attribute is {fmt!r}, expected {FORMAT!r})")
+        version = _plain(a.get("format_version"))
+        if version not in SUPPORTED_VERSIONS:
+            raise SpillFileError(
+                f"{self.path}: format_version {version!r} is not supported (this reader reads "
+                f"{', '.join(map(str, SUPPORTED_VERSIONS))})"
+            )
+        missing = [k for k in ("events", "reco", "waveforms", "channels", "counters", "losses") if k not in self._h5]
+        if missing:
+            raise SpillFileError(f"{self.path}: not a complete spill file (missing /{missing[0]})")
+
+    # ------------------------------------------------------------ context manager
+    def __enter__(self) -> SpillFile:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._h5.close()
+
+    def __repr__(self) -> str:
+        return f"SpillFile({str(self.path)!r}, run={self.run}, spill={self.spill}, n_events={self.n_events})"
+
+    # ------------------------------------------------------------ metadata
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """Root attributes as plain Python values (JSON texts left as strings)."""
+        return {k: _plain(v) for k, v in self._h5.attrs.items()}
+
+    @property
+    def run(self) -> int:
+        return int(self._h5.attrs["run"])
+
+    @property
+    def spill(self) -> int:
+        return int(self._h5.attrs["spill"])
+
+    @property
+    def status(self) -> str:
+        """``ok``, ``incomplete`` or ``failed``."""
+        return str(_plain(self._h5.attrs["status"]))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The full DAQ configuration the spill was recorded with."""
+        return self._json_attr("config")
+
+    @property
+    def trigger_config(self) -> dict[str, Any]:
+        """The trigger configuration (thresholds, prescale, dead time) of the spill."""
+        return self._json_attr("trigger")
+
+    @property
+    def frontend_info(self) -> dict[str, Any]:
+        """The front-end's RUN_START info document (name, version, seed, config), if it sent one."""
+        return self._json_attr("frontend_info")
+
+    def _json_attr(self, name: str) -> dict[str, Any]:
+        text = _plain(self._h5.attrs.get(name, "{}"))
+        try:
+            value = json.loads(text)
+        except (TypeError, json.JSONDecodeError):
+            raise SpillFileError(f"{self.path}: attribute {name!r} is not valid JSON") from None
+        return value if isinstance(value, dict) else {}
+
+    def _group_attrs(self, name: str) -> dict[str, int]:
+        return {k: int(v) for k, v in self._h5[name].attrs.items()}
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """DAQ counters: n_beam (EOT), n_particles, n_slices, triggers_*, n_accepted, n_events_written, ..."""
+        return self._group_attrs("counters")
+
+    @property
+    def losses(self) -> dict[str, int]:
+        """Counts by loss reason (keys ``decode_error.<kind>`` break down ``decode_error``)."""
+        return self._group_attrs("losses")
+
+    @property
+    def frontend(self) -> dict[str, int]:
+        """The front-end's SPILL_END counters (empty if no SPILL_END arrived)."""
+        return self._group_attrs("frontend")
+
+    @property
+    def channels(self) -> np.ndarray:
+        """The channel map stored in the file (dtype :data:`daq.detector.CHANNEL_DTYPE`)."""
+        return np.asarray(self._h5["channels"][()])
+
+    @property
+    def n_events(self) -> int:
+        return int(self._h5["events/event_id"].shape[0])
+
+    @property
+    def n_samples(self) -> int:
+        return int(self._h5["waveforms"].shape[2])
+
+    @property
+    def compression(self) -> str:
+        return str(_plain(self._h5.attrs.get("compression", "")))
+
+    # ------------------------------------------------------------ data
+    def events(self, fields: Sequence[str] | None = None, sel: Any = slice(None)) -> dict[str, np.ndarray]:
+        """Event-table columns (all of :data:`EVENT_COLUMNS` by default), each an (E,) array."""
+        names = list(EVENT_COLUMNS) if fields is None else list(fields)
+        unknown = [n for n in names if n not in EVENT_COLUMNS]
+        if unknown:
+            raise KeyError(f"unknown event field {unknown[0]!r}; known: {', '.join(EVENT_COLUMNS)}")
+        return {n: self._read(f"events/{n}", sel) for n in names}
+
+    def _read(self, name: str, sel: Any) -> np.ndarray:
+        ds = self._h5[name]
+        if isinstance(sel, slice):
+            return np.asarray(ds[sel])
+        idx = np.asarray(sel)
+        if idx.dtype == bool:
+            if idx.shape[0] != ds.shape[0]:
+                raise IndexError(f"boolean selection of length {idx.shape[0]} for {ds.shape[0]} events")
+            idx = np.flatnonzero(idx)
+        idx = idx.astype(np.int64).ravel()
+        if idx.size == 0:
+            return np.zeros((0, *ds.shape[1:]), ds.dtype)
+        # h5py wants increasing unique indices: read the covering range, then pick
+        lo, hi = int(idx.min()), int(idx.max()) + 1
+        if lo < 0 or hi > ds.shape[0]:
+            raise IndexError(f"event index out of range 0..{ds.shape[0] - 1}")
+        return np.asarray(ds[lo:hi])[idx - lo]
+
+    def energy(self, sel: Any = slice(None)) -> np.ndarray:
+        """Per-channel energy (E, 110) in GeV (0 for channels missing from the event)."""
+        return self._read("reco/energy", sel)
+
+    def amplitude(self, sel: Any = slice(None)) -> np.ndarray:
+        """Per-channel pulse amplitude above pedestal (E, 110) in ADC counts."""
+        return self._read("reco/amplitude", sel)
+
+    def peak_time(self, sel: Any = slice(None)) -> np.ndarray:
+        """Per-channel peak time (E, 110) in ns from the start of the readout window."""
+        return self._read("reco/peak_time", sel)
+
+    def pileup(self, sel: Any = slice(None)) -> np.ndarray:
+        """Per-channel pile-up flag (E, 110) bool."""
+        return self._read("reco/pileup", sel).astype(bool)
+
+    def waveforms(self, sel: Any = slice(None)) -> np.ndarray:
+        """Raw samples (E, 110, n_samples) uint16 in ADC counts (0 for channels missing from the event)."""
+        return self._read("waveforms", sel)
+
+    def primitives(self) -> dict[str, np.ndarray]:
+        """Trigger primitives of the read-out particles: ``t_ns`` (E,), ``amp`` (C, E), ``channels`` (C,).
+
+        Random-trigger events (index ``NO_PARTICLE``) have the trigger time and zero amplitudes.
+        """
+        g = self._h5["primitives"]
+        return {"t_ns": np.asarray(g["t_ns"][()]), "amp": np.asarray(g["amp"][()]),
+                "channels": np.asarray(g["channels"][()])}
+
+    def histograms(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per-spill histograms of the full primitive stream: name -> (counts, edges)."""
+        out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if "histograms" not in self._h5:
+            return out
+        for name, g in self._h5["histograms"].items():
+            out[name] = (np.asarray(g["counts"][()]), np.asarray(g["edges"][()]))
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """The spill summary (same keys as the DAQ's spill-summary JSON, see docs/daq.md)."""
+        text = _plain(self._h5.attrs.get("summary", "{}"))
+        try:
+            doc = json.loads(text)
+        except (TypeError, json.JSONDecodeError):
+            raise SpillFileError(f"{self.path}: attribute 'summary' is not valid JSON") from None
+        doc["file"] = self.path.name
+        doc["losses"] = self.losses
+        doc["frontend"] = self.frontend
+        doc["histograms"] = {
+            name: {"edges": edges.tolist(), "counts": counts.tolist()}
+            for name, (counts, edges) in self.histograms().items()
+        }
+        return doc
+
+
+def channel_names() -> list[str]:
+    """Names of all channels in id order (convenience for labelling the (E, 110) arrays)."""
+    return [detector.channel_name(i) for i in range(detector.N_CHANNELS)]

@@ -1,0 +1,526 @@
+"""The NA64 trigger as pure, vectorized functions over structure-of-arrays batches of primitives.
+
+Conditions, per particle (bits of the trigger mask, ``docs/architecture.md``):
+
+- ``S_TRIG`` = S0 x S2 x S3 x not V1 x not V2: a counter *fires* when its amplitude is strictly above its
+  threshold (ADC counts); S0, S2, S3 must fire, the hole vetoes V1, V2 must not;
+- ``S_PRS``: E_PRS(block) > ``prs_min_gev``; ``S_EC``: E_ECAL(block) < ``ecal_max_gev``, both on the sum of
+  the ``block_size`` cells around ``beam_cell`` (masked cells excluded), E = amp / gain;
+- ``PHYSICS`` = S_TRIG x S_PRS x S_EC; ``BEAM``: every ``beam_prescale``-th S_TRIG particle; ``RANDOM``:
+  a clock every ``random_period_ns`` (at (k + 1/2) x period since spill start), read out whatever is there.
+
+Every PHYSICS, BEAM or RANDOM candidate is subject to a non-paralysable dead time (``dead_time_ns``
+after each accepted trigger); rejected candidates are counted (``dead_time_lost``). Energies at
+exactly a threshold (within 1e-6 relative, i.e. far below one ADC count) count as *not* passing it.
+
+Typical use, e.g. in a unit test::
+
+    trig = Trigger(TriggerConfig(), nominal(), default_primitive_channels())
+    batch = make_batch(ecal_block_gev=[50.0, 100.0], prs_block_gev=[1.0, 1.0], t_ns=[1000, 90000])
+    d = trig.evaluate(batch)
+    d.accept        # [True, False]: the 100 GeV electron is above the S_EC threshold
+    d.mask & S_EC   # condition bits per particle
+
+No I/O, no clocks, no logging here: the state that carries across batches (prescale counter, random
+clock phase, end of the dead time) is the explicit :class:`TriggerState`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from daq import detector
+from daq.errors import ConfigError
+from daq.protocol import NO_PARTICLE
+
+PHYSICS = 1 << 0
+BEAM = 1 << 1
+RANDOM = 1 << 2
+S_TRIG = 1 << 8
+S_PRS = 1 << 9
+S_EC = 1 << 10
+#: bit -> name, for display
+BIT_NAMES: dict[int, str] = {
+    PHYSICS: "PHYSICS", BEAM: "BEAM", RANDOM: "RANDOM", S_TRIG: "S_TRIG", S_PRS: "S_PRS", S_EC: "S_EC",
+}
+#: relative tolerance at which an energy is taken to sit exactly at a threshold
+THRESHOLD_RTOL = 1e-6
+_CHUNK = 16384
+
+
+def mask_names(mask: int) -> list[str]:
+    """Names of the bits set in a trigger mask, e.g. ``['PHYSICS', 'S_TRIG', 'S_PRS', 'S_EC']``."""
+    return [name for bit, name in BIT_NAMES.items() if mask & bit]
+
+
+@dataclass(frozen=True)
+class TriggerConfig:
+    """Trigger thresholds and settings (``[trigger]`` in the DAQ config)."""
+
+    beam_cell: tuple[int, int] = detector.BEAM_CELL
+    block_size: tuple[int, int] = detector.BLOCK_SIZE
+    prs_min_gev: float = 0.3
+    ecal_max_gev: float = 80.0
+    #: counter thresholds in ADC counts: a counter fires when its amplitude is above (~half a MIP: 300)
+    s0_adc: int = 150
+    s2_adc: int = 150
+    s3_adc: int = 150
+    v1_adc: int = 150
+    v2_adc: int = 150
+    #: ECAL or PRS cells left out of the block sums, by channel name, e.g. ("ECAL23", "PRS12")
+    masked_cells: tuple[str, ...] = ()
+    #: every Nth S_trig particle is a beam trigger (0 = off); 2000 gives ~1 kHz at 2 MHz, ~4800 beam
+    #: events per 4.8 s spill: the 100 GeV ECAL peak is visible in every spill
+    beam_prescale: int = 2000
+    #: period of the random (pedestal) trigger in ns (0 = off): 10 ms = 100 Hz
+    random_period_ns: int = 10_000_000
+    #: non-paralysable dead time after each accepted trigger
+    dead_time_ns: int = 5_000
+
+    def __post_init__(self) -> None:
+        try:
+            detector.block_cells(self.beam_cell, self.block_size)
+        except ValueError as e:
+            raise ValueError(str(e)) from None
+        if not self.prs_min_gev >= 0:
+            raise ValueError(f"prs_min_gev must be >= 0 (got {self.prs_min_gev})")
+        if not self.ecal_max_gev > 0:
+            raise ValueError(f"ecal_max_gev must be > 0 (got {self.ecal_max_gev})")
+        for name in ("s0_adc", "s2_adc", "s3_adc", "v1_adc", "v2_adc"):
+            v = getattr(self, name)
+            if not 0 <= v <= 65535:
+                raise ValueError(f"{name} must be in 0..65535 ADC counts (got {v})")
+        for name in self.masked_cells:
+            try:
+                ch = detector.channel_id(name)
+            except KeyError:
+                raise ValueError(f"masked_cells: no channel named {name!r}") from None
+            if detector.CHANNELS["detector"][ch] not in (detector.Detector.ECAL, detector.Detector.PRS):
+                raise ValueError(f"masked_cells: {name} is not an ECAL or PRS cell")
+        if self.beam_prescale < 0:
+            raise ValueError(f"beam_prescale must be >= 0 (0 = off; got {self.beam_prescale})")
+        if self.random_period_ns < 0:
+            raise ValueError(f"random_period_ns must be >= 0 (0 = off; got {self.random_period_ns})")
+        if self.dead_time_ns < 0:
+            raise ValueError(f"dead_time_ns must be >= 0 (got {self.dead_time_ns})")
+
+    def block_channels(self) -> tuple[list[int], list[int]]:
+        """Channel ids (ECAL, PRS) of the block cells that enter the sums (masked cells removed)."""
+        cells = detector.block_cells(self.beam_cell, self.block_size)
+        masked = {detector.channel_id(n) for n in self.masked_cells}
+        ecal = [c for c in (detector.ecal_id(x, y) for x, y in cells) if c not in masked]
+        prs = [c for c in (detector.prs_id(x, y) for x, y in cells) if c not in masked]
+        return ecal, prs
+
+    def thresholds(self) -> dict[str, Any]:
+        """Plain dict of all settings (for files and summaries)."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TriggerState:
+    """What carries from one batch to the next: prescale counter, random clock, dead time."""
+
+    n_strig: int = 0  # S_trig particles seen so far (prescale counter)
+    next_random_ns: int | None = None  # next random-trigger time (None: first grid point of the spill)
+    dead_until_ns: int = -(1 << 62)  # no trigger accepted before this time
+
+    def new_spill(self) -> None:
+        """Times restart at each spill: reset the random clock and the dead time (keep the prescaler)."""
+        self.next_random_ns = None
+        self.dead_until_ns = -(1 << 62)
+
+
+@dataclass(frozen=True, eq=False)
+class Batch:
+    """Primitives of N particles: ``t_ns`` (N,) int64 since spill start, ``amp`` (C, N) uint16.
+
+    The batch covers the time window [t0_ns, t0_ns + length_ns) (for the random trigger); ``length_ns``
+    None means up to the last particle.
+    """
+
+    t_ns: np.ndarray
+    amp: np.ndarray
+    t0_ns: int = 0
+    length_ns: int | None = None
+    slice_id: int = 0
+
+    def __post_init__(self) -> None:
+        if self.amp.ndim != 2 or self.t_ns.shape != (self.amp.shape[1],):
+            raise ValueError(f"batch shapes differ: t_ns{self.t_ns.shape}, amp{self.amp.shape}")
+
+    @property
+    def n(self) -> int:
+        return int(self.t_ns.shape[0])
+
+    @property
+    def t1_ns(self) -> int:
+        if self.length_ns is not None:
+            return self.t0_ns + self.length_ns
+        return int(self.t_ns.max()) + 1 if self.n else self.t0_ns
+
+    @classmethod
+    def from_slice(cls, msg: Any) -> Batch:
+        """From a decoded ``protocol.Slice``."""
+        return cls(t_ns=msg.t_ns, amp=msg.amp, t0_ns=msg.t0_ns, length_ns=msg.length_ns, slice_id=msg.slice_id)
+
+
+#: bits of the compact per-particle condition code (uint8) and their trigger-mask bits
+_C_STRIG, _C_PRS, _C_EC, _C_PHYS = 1, 2, 4, 8
+_CODE_TO_MASK = np.array(
+    [
+        (S_TRIG if c & _C_STRIG else 0) | (S_PRS if c & _C_PRS else 0) | (S_EC if c & _C_EC else 0)
+        | (PHYSICS if c & _C_PHYS else 0)
+        for c in range(256)
+    ],
+    dtype=np.uint32,
+)
+
+
+@dataclass(frozen=True, eq=False)
+class Decisions:
+    """Trigger outcome for one batch.
+
+    Per particle: ``mask`` (condition bits, plus PHYSICS/BEAM where that trigger fired, before dead
+    time), ``accept`` (read out), ``e_prs``/``e_ecal`` block energies in GeV. Per readout entry (accepted
+    triggers in time order, random triggers included): ``index`` (NO_PARTICLE for random), ``t_ns`` and
+    ``trigger_mask``. ``counts``: per-batch counters (see :data:`COUNT_NAMES`).
+    """
+
+    code: np.ndarray  # (N,) uint8 compact condition bits (internal; use ``mask``)
+    beam_pos: np.ndarray  # particles that fired the prescaled beam trigger
+    e_prs: np.ndarray
+    e_ecal: np.ndarray
+    index: np.ndarray
+    t_ns: np.ndarray
+    trigger_mask: np.ndarray
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def mask(self) -> np.ndarray:
+        """(N,) uint32 trigger bits per particle (computed on access)."""
+        m = _CODE_TO_MASK[self.code]
+        m[self.beam_pos] |= BEAM
+        return m
+
+    @property
+    def accept(self) -> np.ndarray:
+        """(N,) bool: particles read out (after dead time)."""
+        acc = np.zeros(self.code.shape[0], dtype=bool)
+        acc[self.index[self.index != NO_PARTICLE]] = True
+        return acc
+
+    @property
+    def n_readout(self) -> int:
+        return int(self.index.shape[0])
+
+    @property
+    def strig(self) -> np.ndarray:
+        return (self.code & _C_STRIG) != 0
+
+    @property
+    def physics(self) -> np.ndarray:
+        """Particles that fired the physics trigger (before dead time)."""
+        return (self.code & _C_PHYS) != 0
+
+
+#: keys of ``Decisions.counts``
+COUNT_NAMES = (
+    "n_particles", "n_strig", "fired_physics", "fired_beam", "fired_random", "triggers_physics",
+    "triggers_beam", "triggers_random", "n_accepted", "dead_time_lost",
+)
+
+
+class Trigger:
+    """Trigger logic for one run: thresholds, gains and the primitive channel layout fixed at construction.
+
+    ``constants`` gives the gains (ADC counts per MeV; default nominal); ``prim_channels`` the channel id of
+    each row of the batches' ``amp`` (RUN_START.prim_channels; default
+    :func:`daq.detector.default_primitive_channels`). Raises :class:`ConfigError` if a counter or a block
+    cell needed by the trigger is not among the primitive channels.
+    """
+
+    def __init__(
+        self,
+        config: TriggerConfig | None = None,
+        constants: Any = None,
+        prim_channels: Sequence[int] | np.ndarray | None = None,
+    ) -> None:
+        self.config = config = config or TriggerConfig()
+        if constants is None:
+            gains = detector.nominal_gains()
+        else:
+            gains = np.asarray(constants.gain, dtype=np.float64)
+        if prim_channels is None:
+            prim_channels = detector.default_primitive_channels()
+        self.prim_channels = np.asarray(prim_channels, dtype=np.int64)
+        row_of = {int(c): i for i, c in enumerate(self.prim_channels)}
+
+        def rows(ids: Sequence[int], what: str) -> np.ndarray:
+            missing = [detector.channel_name(c) for c in ids if c not in row_of]
+            if missing:
+                raise ConfigError(
+                    f"trigger: {what} channel(s) {', '.join(missing)} not in the front-end's primitive channels "
+                    f"({', '.join(detector.channel_name(int(c)) for c in self.prim_channels)})"
+                )
+            return np.array([row_of[c] for c in ids], dtype=np.intp)
+
+        counters = [detector.counter_id(n) for n in detector.COUNTER_NAMES]
+        self._counter_rows = rows(counters, "counter")
+        self._counter_thr = np.array(
+            [config.s0_adc, config.s2_adc, config.s3_adc, config.v1_adc, config.v2_adc], dtype=np.uint16
+        )
+        ecal_ids, prs_ids = config.block_channels()
+        self._blocks = [
+            _BlockSum(rows(ecal_ids, "ECAL block"), gains[ecal_ids]),
+            _BlockSum(rows(prs_ids, "PRS block"), gains[prs_ids]),
+        ]
+        self.state = TriggerState()
+
+    # ------------------------------------------------------------ pure parts
+    def conditions(self, amp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Condition bits per particle (S_TRIG, S_PRS, S_EC; PHYSICS where all three; uint32) and the
+        block energies E_PRS, E_ECAL (GeV). Pure: no state is used or changed."""
+        code, e_prs, e_ecal = self._code(amp)
+        return _CODE_TO_MASK[code], e_prs, e_ecal
+
+    def _code(self, amp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        cfg = self.config
+        n = amp.shape[1]
+        c = self._counter_rows
+        thr = self._counter_thr
+        strig = np.empty(n, bool)
+        tmp = np.empty(n, bool)
+        np.greater(amp[c[0]], thr[0], out=strig)
+        for i, fire in ((1, True), (2, True), (3, False), (4, False)):
+            (np.greater if fire else np.less_equal)(amp[c[i]], thr[i], out=tmp)
+            strig &= tmp
+        ecal, prs = self._blocks
+        e_ecal, s_ec = ecal.energy_below(amp, cfg.ecal_max_gev)
+        e_prs, s_prs = prs.energy_above(amp, cfg.prs_min_gev)
+        code = strig.view(np.uint8)  # bit 0
+        t8 = tmp.view(np.uint8)
+        np.left_shift(s_prs.view(np.uint8), 1, out=t8)
+        code |= t8
+        np.left_shift(s_ec.view(np.uint8), 2, out=t8)
+        code |= t8
+        # PHYSICS (bit 3) where bits 0-2 are all set
+        np.equal(code, 7, out=tmp)
+        np.left_shift(t8, 3, out=t8)
+        code |= t8
+        return code, e_prs, e_ecal
+
+    def evaluate(self, batch: Batch) -> Decisions:
+        """Run the trigger on a batch: conditions, prescale, random clock, dead time; updates the state."""
+        cfg, st = self.config, self.state
+        code, e_prs, e_ecal = self._code(batch.amp)
+        n_strig = int(np.count_nonzero(code & _C_STRIG)) if code.size else 0
+        # prescaled beam trigger: the particles whose S_trig ordinal (over the run) is a multiple of N
+        beam_pos = np.zeros(0, np.intp)
+        if cfg.beam_prescale > 0 and n_strig:
+            first = cfg.beam_prescale - 1 - (st.n_strig % cfg.beam_prescale)
+            if first < n_strig:
+                beam_pos = np.flatnonzero(code & _C_STRIG)[first :: cfg.beam_prescale]
+        st.n_strig += n_strig
+        # random clock: grid points (k + 1/2) x period inside [t0, t1)
+        rand_t = np.zeros(0, np.int64)
+        if cfg.random_period_ns > 0:
+            period = cfg.random_period_ns
+            nxt = period // 2 if st.next_random_ns is None else st.next_random_ns
+            t0, t1 = batch.t0_ns, batch.t1_ns
+            if nxt < t0:
+                nxt += -((nxt - t0) // period) * period
+            if nxt < t1:
+                rand_t = np.arange(nxt, t1, period, dtype=np.int64)
+                nxt = int(rand_t[-1]) + period
+            st.next_random_ns = nxt
+        # candidates in time order (particles first at equal times), then the dead time
+        phys = code & _C_PHYS
+        phys_pos = np.flatnonzero(phys)
+        if beam_pos.size:
+            phys[beam_pos] = _C_PHYS
+            cand_pos = np.flatnonzero(phys)
+            cand_mask = _CODE_TO_MASK[code[cand_pos]]
+            cand_mask[np.searchsorted(cand_pos, beam_pos)] |= BEAM
+        else:
+            cand_pos = phys_pos
+            cand_mask = _CODE_TO_MASK[code[cand_pos]]
+        cand_t = np.concatenate([batch.t_ns[cand_pos].astype(np.int64, copy=False), rand_t])
+        cand_index = np.concatenate([cand_pos.astype(np.uint32), np.full(rand_t.size, NO_PARTICLE, np.uint32)])
+        cand_mask = np.concatenate([cand_mask, np.full(rand_t.size, RANDOM, np.uint32)])
+        if rand_t.size or not _is_sorted(cand_t):
+            order = np.argsort(cand_t, kind="stable")
+            cand_t, cand_index, cand_mask = cand_t[order], cand_index[order], cand_mask[order]
+        keep = _dead_time(cand_t, st, cfg.dead_time_ns)
+        index, t_ns, tmask = cand_index[keep], cand_t[keep], cand_mask[keep]
+        counts = {
+            "n_particles": batch.n,
+            "n_strig": n_strig,
+            "fired_physics": int(phys_pos.size),
+            "fired_beam": int(beam_pos.size),
+            "fired_random": int(rand_t.size),
+            "triggers_physics": int(np.count_nonzero(tmask & PHYSICS)),
+            "triggers_beam": int(np.count_nonzero(tmask & BEAM)),
+            "triggers_random": int(np.count_nonzero(tmask & RANDOM)),
+            "n_accepted": int(index.size),
+            "dead_time_lost": int(cand_t.size - index.size),
+        }
+        return Decisions(code, beam_pos, e_prs, e_ecal, index, t_ns, tmask, counts)
+
+    def new_spill(self) -> None:
+        self.state.new_spill()
+
+
+def _is_sorted(t: np.ndarray) -> bool:
+    return t.size < 2 or bool(np.all(t[1:] >= t[:-1]))
+
+
+def _dead_time(t: np.ndarray, st: TriggerState, dead_ns: int) -> np.ndarray:
+    """Indices of the candidates (sorted times ``t``) kept by a non-paralysable dead time.
+
+    Vectorized: a candidate more than ``dead_ns`` after its predecessor (and after the dead time carried
+    in ``st``) is always accepted; only within the rare clusters of closer candidates is the greedy rule
+    applied step by step (one step per accepted trigger of the cluster).
+    """
+    n = t.size
+    if n == 0:
+        return np.zeros(0, np.intp)
+    i0 = int(np.searchsorted(t, st.dead_until_ns, "left"))  # earlier ones fall in the carried dead time
+    if dead_ns == 0:
+        keep = np.arange(i0, n)
+    else:
+        start = np.zeros(n, dtype=bool)
+        start[1:] = np.diff(t) >= dead_ns
+        if i0 < n:
+            start[i0] = True
+        start[:i0] = False
+        keep_mask = start.copy()
+        starts = np.flatnonzero(start)
+        ends = np.append(starts[1:], n)
+        for a, b in zip(starts[ends - starts > 1].tolist(), ends[ends - starts > 1].tolist(), strict=True):
+            i = a
+            while True:
+                i = a + int(np.searchsorted(t[a:b], t[i] + dead_ns, "left"))
+                if i >= b:
+                    break
+                keep_mask[i] = True
+        keep = np.flatnonzero(keep_mask)
+    if keep.size:
+        st.dead_until_ns = max(st.dead_until_ns, int(t[keep[-1]]) + dead_ns)
+    return keep
+
+
+class _BlockSum:
+    """Energy sum of some primitive rows with per-row gains, and a threshold comparison.
+
+    With equal gains in the block (nominal, or hardware-equalised constants) the sum runs on integers
+    and the threshold is compared in ADC counts; otherwise it is a float32 weighted sum in chunks.
+    """
+
+    def __init__(self, rows: np.ndarray, gains: np.ndarray) -> None:
+        self.rows = rows
+        self.gains = np.asarray(gains, dtype=np.float64)
+        self.uniform = bool(rows.size) and bool(np.all(self.gains == self.gains[0]))
+        self.gev_per_count = np.float32(1.0 / (1000.0 * self.gains[0])) if rows.size else np.float32(0)
+        self.weights = (1.0 / (1000.0 * self.gains)).astype(np.float32)
+        lo = int(rows.min()) if rows.size else 0
+        self.contiguous = bool(rows.size) and np.array_equal(rows, np.arange(lo, lo + rows.size))
+        self._slice = slice(lo, lo + rows.size)
+
+    def _rows(self, amp: np.ndarray, s: int, e: int) -> np.ndarray:
+        return amp[self._slice, s:e] if self.contiguous else amp[self.rows, s:e]
+
+    def energy(self, amp: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(E in GeV float32, integer count sum or None)."""
+        n = amp.shape[1]
+        if self.rows.size == 0:
+            return np.zeros(n, np.float32), np.zeros(n, np.uint32)
+        if self.uniform:
+            # uint16 sums are exact while rows x max(amp) < 65536 (always true for 12-bit ADCs)
+            block = amp[self._slice] if self.contiguous else amp[self.rows]
+            safe = n == 0 or int(block.max()) * self.rows.size < 65536
+            counts = block.sum(axis=0, dtype=np.uint16 if safe else np.uint32)
+            e = counts.astype(np.float32)
+            e *= self.gev_per_count
+            return e, counts
+        out = np.empty(n, np.float32)
+        tmp = np.empty((self.rows.size, min(n, _CHUNK)), np.float32)
+        for s in range(0, n, _CHUNK):
+            k = min(_CHUNK, n - s)
+            np.copyto(tmp[:, :k], self._rows(amp, s, s + k), casting="unsafe")
+            np.dot(self.weights, tmp[:, :k], out=out[s : s + k])
+        return out, None
+
+    def energy_above(self, amp: np.ndarray, thr_gev: float) -> tuple[np.ndarray, np.ndarray]:
+        e, counts = self.energy(amp)
+        if counts is not None:  # exact integer comparison: sum > thr * gain
+            k = int(np.floor(thr_gev * 1000.0 * self.gains[0] * (1 + THRESHOLD_RTOL)))
+            return e, counts > min(k, np.iinfo(counts.dtype).max)
+        return e, e > np.float32(thr_gev * (1 + THRESHOLD_RTOL))
+
+    def energy_below(self, amp: np.ndarray, thr_gev: float) -> tuple[np.ndarray, np.ndarray]:
+        e, counts = self.energy(amp)
+        if counts is not None:  # sum < thr * gain
+            k = int(np.ceil(thr_gev * 1000.0 * self.gains[0] * (1 - THRESHOLD_RTOL)))
+            if k > np.iinfo(counts.dtype).max:
+                return e, np.ones(counts.shape, bool)
+            return e, counts < k
+        return e, e < np.float32(thr_gev * (1 - THRESHOLD_RTOL))
+
+
+# ---------------------------------------------------------------- hand-made batches
+def make_batch(
+    n: int | None = None,
+    *,
+    counters: Mapping[str, Any] | None = None,
+    ecal_block_gev: Any = 0.0,
+    prs_block_gev: Any = 0.0,
+    ecal_cells_gev: Mapping[tuple[int, int], Any] | None = None,
+    prs_cells_gev: Mapping[tuple[int, int], Any] | None = None,
+    t_ns: Any = None,
+    t0_ns: int = 0,
+    length_ns: int | None = None,
+    constants: Any = None,
+    prim_channels: Sequence[int] | np.ndarray | None = None,
+    beam_cell: tuple[int, int] = detector.BEAM_CELL,
+) -> Batch:
+    """A batch built by hand from a few particles, for tests and notebooks.
+
+    ``counters``: amplitudes (ADC counts, scalar or per particle) by counter name; by default a clean
+    beam electron: S0 = S2 = S3 = 300, V1 = V2 = 0. ``ecal_block_gev``/``prs_block_gev``: energy put in
+    the beam cell (scalar or per particle); ``ecal_cells_gev``/``prs_cells_gev``: energy per cell (x, y),
+    added. Energies become amplitudes with the gains of ``constants`` (default nominal), rounded to
+    whole ADC counts. ``t_ns``: arrival times (default 0, 1000, 2000, ... ns).
+    """
+    gains = detector.nominal_gains() if constants is None else np.asarray(constants.gain, dtype=np.float64)
+    prim = np.asarray(detector.default_primitive_channels() if prim_channels is None else prim_channels)
+    sizes = [np.size(v) for v in (ecal_block_gev, prs_block_gev, t_ns) if v is not None]
+    sizes += [np.size(v) for v in (counters or {}).values()]
+    sizes += [np.size(v) for m in (ecal_cells_gev, prs_cells_gev) if m for v in m.values()]
+    if n is None:
+        n = max([s for s in sizes if s != 1] or [1])
+    per_channel = np.zeros((detector.N_CHANNELS, n), dtype=np.float64)  # ADC counts
+    beam = {"S0": 300, "S2": 300, "S3": 300, "V1": 0, "V2": 0}
+    beam.update(counters or {})
+    for name, value in beam.items():
+        per_channel[detector.counter_id(name)] = np.broadcast_to(np.asarray(value, dtype=np.float64), (n,))
+
+    def put(cell_id: int, gev: Any) -> None:
+        per_channel[cell_id] += np.broadcast_to(np.asarray(gev, dtype=np.float64), (n,)) * 1000.0 * gains[cell_id]
+
+    put(detector.ecal_id(*beam_cell), ecal_block_gev)
+    put(detector.prs_id(*beam_cell), prs_block_gev)
+    for (x, y), gev in (ecal_cells_gev or {}).items():
+        put(detector.ecal_id(x, y), gev)
+    for (x, y), gev in (prs_cells_gev or {}).items():
+        put(detector.prs_id(x, y), gev)
+    amp = np.clip(np.rint(per_channel[prim]), 0, 65535).astype(np.uint16)
+    times = np.arange(n, dtype=np.int64) * 1000 if t_ns is None else np.broadcast_to(
+        np.asarray(t_ns, dtype=np.int64), (n,)
+    ).copy()
+    return Batch(t_ns=times, amp=np.ascontiguousarray(amp), t0_ns=t0_ns, length_ns=length_ns)

@@ -1,0 +1,123 @@
+"""``na64 dqm`` (live or offline monitoring server) and ``na64 dqm-reference`` (promote a reference)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+from typing import Any
+
+from dqm.errors import DqmUserError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOURCE = "tcp://127.0.0.1:5556"
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "dqm",
+        help="data-quality monitoring: live from the DAQ, or offline from spill files",
+        description=(
+            "Serve the DQM web page (Bokeh) and run the quality checks. Live: `na64 dqm [--source ENDPOINT]` "
+            "subscribes to the DAQ's monitoring feed. Offline: `na64 dqm FILES...` fills the same views from "
+            "recorded spill files (files and/or directories). Alarms go to MQTT with --mqtt. Prints "
+            "'DQM at http://HOST:PORT/' when serving; SIGINT/SIGTERM stop it cleanly."
+        ),
+    )
+    p.add_argument("files", nargs="*", metavar="FILES", help="spill files or directories (offline mode)")
+    p.add_argument("--source", default=None, metavar="ENDPOINT",
+                   help=f"DAQ monitoring endpoint (live mode; the default when no FILES: {DEFAULT_SOURCE})")
+    p.add_argument("--host", default="127.0.0.1", help="address the web server binds to (default: 127.0.0.1; others only when given)")
+    p.add_argument("--port", type=int, default=5006, help="web server port, 0 for any free port (default: 5006)")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="HOST[:PORT]",
+                   help="extra websocket origin allowed to connect (repeatable), e.g. a reverse proxy")
+    p.add_argument("--mqtt", default=None, metavar="URL",
+                   help="MQTT broker for alarms and status, e.g. mqtt://127.0.0.1:1883 (default: no MQTT)")
+    p.add_argument("--reference", default=None, metavar="FILE",
+                   help="reference file from `na64 dqm-reference` (default: the run's first good spills)")
+    p.add_argument("--config", default=None, metavar="FILE", help="TOML file with check thresholds and options")
+    p.add_argument("--beam-energy", type=float, default=None, metavar="GEV",
+                   help="beam energy in GeV (default: config value, 100)")
+    p.add_argument("--show", action="store_true", help="open the page in a browser")
+    p.set_defaults(run=run_dqm)
+
+    r = subparsers.add_parser(
+        "dqm-reference",
+        help="promote spill files of a good run to a DQM reference",
+        description="Fill the DQM histograms from spill files (same code as `na64 dqm FILES`) and store them "
+        "as a reference for `na64 dqm --reference`. Spills that are not 'ok' or have no beam are skipped.",
+    )
+    r.add_argument("files", nargs="+", metavar="FILES", help="spill files or directories of a good run")
+    r.add_argument("--out", required=True, metavar="REF", help="reference file to write (JSON)")
+    r.add_argument("--config", default=None, metavar="FILE", help="TOML file (thresholds, axes) as for `na64 dqm`")
+    r.add_argument("--beam-energy", type=float, default=None, metavar="GEV", help="beam energy in GeV")
+    r.add_argument("--min-spills", type=int, default=1, help="fail unless at least this many good spills (default: 1)")
+    r.add_argument("--workers", type=int, default=None,
+                   help="fill the spills in parallel on a local dask cluster of N processes (default: serial)")
+    r.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="fill the spills in parallel on an existing dask cluster (scheduler address)")
+    r.set_defaults(run=run_reference)
+
+
+def _check_host(host: str) -> str:
+    if host == "localhost":
+        return host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise DqmUserError(f"--host {host!r} is not an IP address (or localhost)") from None
+    return host
+
+
+def _check_origin(origin: str) -> str:
+    host, _, port = origin.partition(":")
+    if not host or any(c in origin for c in "/ ") or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+        raise DqmUserError(f"--allow-origin {origin!r}: expected HOST or HOST:PORT")
+    return origin
+
+
+def run_dqm(args: argparse.Namespace) -> int:
+    from dqm import reference
+    from dqm.config import load_config
+    from dqm.server import DqmService
+    from dqm.sources import check_endpoint
+
+    if args.files and args.source:
+        raise DqmUserError("give either FILES (offline) or --source (live), not both")
+    if not 0 <= args.port < 65536:
+        raise DqmUserError(f"--port {args.port} is not in 0..65535")
+    config = load_config(args.config, beam_energy_gev=args.beam_energy)
+    source = None if args.files else check_endpoint(args.source or DEFAULT_SOURCE)
+    ref = reference.load(args.reference, config) if args.reference else None
+    if ref is not None:
+        log.info("checks compare with %s", ref.source)
+    service = DqmService(
+        config, source=source, files=args.files, host=_check_host(args.host), port=args.port,
+        allow_origins=[_check_origin(o) for o in args.allow_origin], mqtt_url=args.mqtt, reference=ref,
+    )
+    if args.show:
+        import threading
+        import webbrowser
+
+        threading.Timer(1.0, webbrowser.open, args=(service.url,)).start()
+    return asyncio.run(service.run())
+
+
+def run_reference(args: argparse.Namespace) -> int:
+    from dqm import reference
+    from dqm.config import load_config
+
+    config = load_config(args.config, beam_energy_gev=args.beam_energy)
+    if getattr(args, "workers", None) is not None or getattr(args, "scheduler", None):
+        from dqm import offline  # parallel filling (daq.offline on dask), same reference document
+
+        prov = offline.promote(args.files, args.out, config, min_spills=args.min_spills, workers=args.workers,
+                               scheduler=args.scheduler)
+    else:
+        prov = reference.promote(args.files, args.out, config, min_spills=args.min_spills)
+    print(f"reference {args.out}: {prov['n_spills']} spills, {prov['n_events']} events, runs {prov['runs']}")
+    if prov["skipped"]:
+        print(f"skipped: {', '.join(prov['skipped'])}")
+    return 0

@@ -1,0 +1,497 @@
+"""The DQM's state machine: messages in, books, per-spill history, check results and alarm changes out.
+
+:class:`Monitor` is pure in the sense that matters: no sockets, files, threads or clocks (callers pass
+``now``). The live service and the offline file reader both call :meth:`Monitor.handle` with
+``daq.protocol`` messages, so online and offline fill the same views through the same code.
+It is not thread-safe: the service serialises access with one lock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import OrderedDict, deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from daq import protocol
+from dqm import metrics
+from dqm.alarms import Alarm, AlarmBook
+from dqm.baseline import Baseline
+from dqm.batch import Batch, BatchError
+from dqm.book import Book, BookSpec
+from dqm.checks import (
+    CheckResult,
+    LiveCheck,
+    LiveContext,
+    SpillCheck,
+    SpillContext,
+    State,
+    default_live_checks,
+    default_spill_checks,
+)
+from dqm.config import DqmConfig
+
+log = logging.getLogger(__name__)
+
+#: loss reasons shown as separate series (the DAQ contract); anything else is summed as "other"
+LOSS_REASONS = (
+    "sequence_gap", "duplicate", "decode_error", "fragment_timeout", "empty_fragment", "truncated_fragment",
+    "unexpected_fragment", "spill_counter_mismatch", "write_error", "monitor_skipped",
+)
+#: at most this many spills are open (events seen, summary not yet) before the oldest is closed anyway
+MAX_OPEN_SPILLS = 2
+
+
+@dataclass(frozen=True)
+class SpillRecord:
+    """One line of the per-spill history."""
+
+    run: int
+    spill: int
+    time: float
+    status: str
+    n_beam: int
+    eot_run: int
+    physics: int
+    beam: int
+    random: int
+    dead_time_fraction: float
+    losses: dict[str, int]
+    write_mb: float
+    write_seconds: float
+    spill_length_s: float
+    free_disk_bytes: float
+    n_monitored: int
+    peak_gev: float
+    results: dict[str, State]
+
+
+@dataclass(frozen=True)
+class SpillClosed:
+    """Notice: a spill was closed and checked (the service publishes its summary)."""
+
+    record: SpillRecord
+    results: tuple[CheckResult, ...]
+    summary: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class AlarmChanged:
+    """Notice: an alarm changed state or severity."""
+
+    alarm: Alarm
+
+
+Notice = SpillClosed | AlarmChanged
+
+
+@dataclass
+class Counters:
+    messages: int = 0
+    events: int = 0
+    batches: int = 0
+    skipped_by_daq: int = 0
+    decode_errors: dict[str, int] = field(default_factory=dict)
+    bad_batches: int = 0
+    bad_summaries: int = 0
+    ignored_messages: int = 0
+    summaries_missing: int = 0
+    spills_closed: int = 0
+    late_events: int = 0
+    unattributed_batches: int = 0
+
+    def decode_error(self, kind: str) -> None:
+        self.decode_errors[kind] = self.decode_errors.get(kind, 0) + 1
+
+
+class Monitor:
+    """All DQM state. ``handle(msg, now)`` returns notices (alarm changes, closed spills) to publish."""
+
+    def __init__(
+        self,
+        config: DqmConfig | None = None,
+        reference: Baseline | None = None,
+        spill_checks: Sequence[SpillCheck] | None = None,
+        live_checks: Sequence[LiveCheck] | None = None,
+        live: bool = True,
+    ) -> None:
+        self.config = config or DqmConfig()
+        self.spec = BookSpec.from_config(self.config)
+        self.reference = reference
+        self.spill_checks = list(default_spill_checks(self.config) if spill_checks is None else spill_checks)
+        self.live_checks = list(default_live_checks(self.config) if live_checks is None else live_checks)
+        self.live = live
+        self.counters = Counters()
+        self.alarms = AlarmBook()
+        self.history: deque[SpillRecord] = deque(maxlen=self.config.history_spills)
+        self.spill_results: dict[str, CheckResult] = {}
+        self.live_results: dict[str, CheckResult] = {}
+        self.status: dict[str, Any] | None = None
+        self.status_time: float | None = None
+        self.last_summary: dict[str, Any] | None = None
+        self.last_summary_time: float | None = None
+        self.start_time: float | None = None
+        self.waveform: NDArray[np.uint16] | None = None
+        self.waveform_info: dict[str, int] = {}
+        self.last_send_ns = 0
+        self.last_event_id = -1
+        self.version = 0
+        self.run: int | None = None
+        self.current_spill: int | None = None
+        #: spill summaries waiting for late events (live): key -> (summary, arrival time)
+        self.pending: OrderedDict[tuple[int, int], tuple[dict[str, Any], float]] = OrderedDict()
+        self._reset_run_state()
+
+    # ------------------------------------------------------------ state
+    def _reset_run_state(self) -> None:
+        self.open: OrderedDict[tuple[int, int], Book] = OrderedDict()
+        self.closed: deque[Book] = deque(maxlen=self.config.last_n_spills)
+        #: books of recently closed spills by key, for events that arrive after the spill was checked
+        self.recent: OrderedDict[tuple[int, int], Book] = OrderedDict()
+        self.last_closed: Book | None = None
+        self.lastn_sum = Book(self.spec)
+        self.run_sum = Book(self.spec)
+        self.eot_run = 0
+        self.run_baseline: Baseline | None = None
+        self._baseline_book = Book(self.spec)
+        self._baseline_summaries: list[dict[str, Any]] = []
+
+    @property
+    def baseline(self) -> Baseline | None:
+        return self.reference if self.reference is not None else self.run_baseline
+
+    def reset(self) -> None:
+        """Clear the histograms of every range (history, alarms and baseline stay)."""
+        for key in self.open:
+            self.open[key] = Book(self.spec)
+        self.closed.clear()
+        self.last_closed = None
+        self.lastn_sum = Book(self.spec)
+        self.run_sum = Book(self.spec)
+        self.version += 1
+
+    def _new_run(self, run: int) -> None:
+        if self.run is not None:
+            log.info("run %d -> run %d: run views reset", self.run, run)
+        self.run = run
+        self._reset_run_state()
+
+    # ------------------------------------------------------------ input
+    def handle(self, msg: protocol.Message, now: float) -> list[Notice]:
+        """Process one decoded message from the DAQ (or from a file)."""
+        if self.start_time is None:
+            self.start_time = now
+        self.counters.messages += 1
+        self.version += 1
+        if isinstance(msg, protocol.Events):
+            return self._on_events(msg, now)
+        if isinstance(msg, protocol.Summary):
+            return self._on_summary(msg, now)
+        self.counters.ignored_messages += 1
+        return []
+
+    def _on_events(self, msg: protocol.Events, now: float) -> list[Notice]:
+        try:
+            batch = Batch.from_events(msg)
+        except BatchError as e:
+            self.counters.bad_batches += 1
+            if self.counters.bad_batches == 1 or self.counters.bad_batches % 1000 == 0:
+                log.warning("%s (%d bad batches so far)", e, self.counters.bad_batches)
+            return []
+        notices: list[Notice] = []
+        if self.run != batch.run:
+            notices += self._close_pending(now, force=True)
+            self._new_run(batch.run)
+        spill = batch.spill
+        if spill == 0:
+            # published between spills: the events belong to the latest spill of the run
+            known = [k[1] for k in (*self.open, *self.pending, *self.recent) if k[0] == batch.run]
+            spill = max(known, default=0)
+            self.counters.unattributed_batches += spill == 0
+        # a newer spill's events mean the older pending spills are complete
+        for key in [k for k in self.pending if k[0] == batch.run and k[1] < spill]:
+            notices += self._close_key(key, now)
+        key = (batch.run, spill)
+        self._fill(key, batch)
+        return notices
+
+    def _fill(self, key: tuple[int, int], batch: Batch) -> None:
+        late = self.recent.get(key)
+        if late is not None and key not in self.open:
+            # the spill was already checked: the views still get the events, counted as late
+            late.fill(batch)
+            self.run_sum.fill(batch)
+            if any(b is late for b in self.closed):
+                self.lastn_sum.fill(batch)
+            self.counters.late_events += batch.n
+            self._after_fill(batch, key[1])
+            return
+        book = self.open.get(key)
+        if book is None:
+            while len(self.open) >= MAX_OPEN_SPILLS:
+                (old_run, old_spill), old = self.open.popitem(last=False)
+                self.counters.summaries_missing += 1
+                log.warning("run %d spill %d: no spill summary arrived; closed without checks", old_run, old_spill)
+                self._retire(old)
+            book = self.open[key] = Book(self.spec)
+        book.fill(batch)
+        self._after_fill(batch, key[1])
+
+    def _after_fill(self, batch: Batch, spill: int) -> None:
+        self.current_spill = spill
+        self.counters.batches += 1
+        self.counters.events += batch.n
+        self.counters.skipped_by_daq += batch.n_skipped
+        if batch.waveform is not None and batch.n:
+            self.waveform = np.array(batch.waveform)
+            self.waveform_info = {
+                "event_id": int(batch.event_id[-1]), "trigger_mask": int(batch.mask[-1]),
+                "t_ns": int(batch.t_ns[-1]), "run": batch.run, "spill": batch.spill,
+            }
+        if batch.n:
+            self.last_event_id = int(batch.event_id[-1])
+        self.last_send_ns = max(self.last_send_ns, batch.send_time_ns)
+
+    def _on_summary(self, msg: protocol.Summary, now: float) -> list[Notice]:
+        try:
+            doc = json.loads(msg.text)
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            self.counters.bad_summaries += 1
+            log.warning("run %d spill %d: bad SUMMARY kind %d: %s", msg.run, msg.spill, msg.kind, e)
+            return []
+        if msg.kind == protocol.Summary.KIND_STATUS:
+            self.status, self.status_time = doc, now
+            run = doc.get("run")
+            if isinstance(run, int) and doc.get("state") in ("running", "in_spill") and run != self.run:
+                notices = self._close_pending(now, force=True)
+                self._new_run(run)
+                return notices
+            return []
+        if msg.kind == protocol.Summary.KIND_SPILL:
+            try:
+                run, spill = int(doc.get("run", msg.run)), int(doc.get("spill", msg.spill))
+            except (TypeError, ValueError):
+                self.counters.bad_summaries += 1
+                log.warning("spill summary with bad run/spill: %r/%r", doc.get("run"), doc.get("spill"))
+                return []
+            if not self.live or self.config.close_delay_s <= 0:
+                return self.close_spill(run, spill, doc, now)
+            self.pending[(run, spill)] = (doc, now)
+            return []
+        self.counters.ignored_messages += 1
+        return []
+
+    def _close_key(self, key: tuple[int, int], now: float) -> list[Notice]:
+        summary, _ = self.pending.pop(key)
+        return self.close_spill(key[0], key[1], summary, now)
+
+    def _close_pending(self, now: float, force: bool = False) -> list[Notice]:
+        """Close spills whose summary has waited ``close_delay_s`` for late events (all if ``force``)."""
+        out: list[Notice] = []
+        for key, (_, t) in list(self.pending.items()):
+            if force or now - t >= self.config.close_delay_s:
+                out += self._close_key(key, now)
+        return out
+
+    def flush(self, now: float) -> list[Notice]:
+        """Close every pending spill now (end of input, shutdown)."""
+        return self._close_pending(now, force=True)
+
+    # ------------------------------------------------------------ spill end
+    def _retire(self, book: Book) -> None:
+        """Move a finished spill's book into the "last N" and "run" sums."""
+        self.run_sum.add(book)
+        self.closed.append(book)
+        self.last_closed = book
+        total = Book(self.spec)
+        for b in self.closed:
+            total.add(b)
+        self.lastn_sum = total
+
+    def close_spill(self, run: int, spill: int, summary: Mapping[str, Any], now: float) -> list[Notice]:
+        """A spill is complete: check it, record it, update alarms."""
+        if self.run != run:
+            self._new_run(run)
+        book = self.open.pop((run, spill), None) or Book(self.spec)
+        self.recent[(run, spill)] = book
+        while len(self.recent) > 3:
+            self.recent.popitem(last=False)
+        ctx = SpillContext(run=run, spill=spill, summary=summary, book=book, baseline=self.baseline,
+                           config=self.config)
+        results = tuple(_safe_evaluate(check, ctx) for check in self.spill_checks)
+        self._retire(book)
+        self.last_summary, self.last_summary_time = dict(summary), now
+        self.current_spill = spill
+        self.counters.spills_closed += 1
+        n_beam = int(summary.get("n_beam", 0) or 0)
+        self.eot_run += n_beam
+        self.spill_results.update({r.name: r for r in results})
+        self._maybe_extend_baseline(book, summary, results)
+        record = _record(run, spill, now, summary, book, results, self.eot_run)
+        self.history.append(record)
+        notices: list[Notice] = [SpillClosed(record, results, summary)]
+        notices += self._apply(results, now, run, spill)
+        log.info(
+            "run %d spill %d closed: EOT %d, %d events monitored, %s", run, spill, n_beam, book.n_events,
+            ", ".join(f"{r.name} {r.state.name}" for r in results if r.state >= State.WARN) or "all checks OK",
+        )
+        return notices
+
+    def _maybe_extend_baseline(self, book: Book, summary: Mapping[str, Any], results: Sequence[CheckResult]) -> None:
+        if self.reference is not None or self.run_baseline is not None:
+            return
+        bad = {r.name for r in results if r.state is State.ERROR}
+        good = (
+            summary.get("status", "ok") == "ok"
+            and int(summary.get("n_beam", 0) or 0) >= self.config.checks.rates.beam_off_eot
+            and not bad & {"dead_channels", "hot_channels", "missing_sources", "spill_status", "beam_off"}
+            and book.n_events > 0
+        )
+        if not good:
+            return
+        self._baseline_book.add(book)
+        self._baseline_summaries.append(dict(summary))
+        if len(self._baseline_summaries) >= self.config.baseline_spills:
+            spills = [s.get("spill") for s in self._baseline_summaries]
+            self.run_baseline = Baseline.build(
+                self._baseline_book, self._baseline_summaries, f"run {self.run} spills {spills[0]}-{spills[-1]}",
+                self.config.checks.electron_peak.min_events,
+            )
+            log.info("baseline from %s", self.run_baseline.source)
+
+    # ------------------------------------------------------------ live checks, alarms
+    def tick(self, now: float) -> list[Notice]:
+        """Close spills that waited long enough and run the live checks (call about once a second)."""
+        if not self.live:
+            return []
+        if self.start_time is None:
+            self.start_time = now
+        closed = self._close_pending(now)
+        ctx = LiveContext(
+            uptime_s=now - self.start_time,
+            status=self.status,
+            status_age_s=None if self.status_time is None else now - self.status_time,
+            summary_age_s=now - (self.last_summary_time or self.start_time),
+            config=self.config,
+        )
+        results = tuple(_safe_evaluate(check, ctx) for check in self.live_checks)
+        changed = any(self.live_results.get(r.name) != r for r in results)
+        self.live_results.update({r.name: r for r in results})
+        if changed:
+            self.version += 1
+        return closed + self._apply(results, now, self.run or 0, self.current_spill or 0)
+
+    def _apply(self, results: Sequence[CheckResult], now: float, run: int, spill: int) -> list[Notice]:
+        out: list[Notice] = []
+        for name in {r.name for r in results}:
+            alarm = self.alarms.update(self.result(name), now, run, spill)
+            if alarm is not None:
+                out.append(AlarmChanged(alarm))
+                self.version += 1
+        return out
+
+    def result(self, name: str) -> CheckResult:
+        """Effective result of a check: the worse of its spill and live results."""
+        spill, live = self.spill_results.get(name), self.live_results.get(name)
+        if spill is None or live is None:
+            res = spill or live
+            assert res is not None
+            return res
+        return live if live.state > spill.state else spill
+
+    def results(self) -> list[CheckResult]:
+        """Effective results of all checks, in check order."""
+        names = [c.name for c in self.spill_checks] + [c.name for c in self.live_checks]
+        seen: dict[str, CheckResult] = {}
+        for name in names:
+            if name not in seen and (name in self.spill_results or name in self.live_results):
+                seen[name] = self.result(name)
+        return list(seen.values())
+
+    def check_names(self) -> list[str]:
+        names = [c.name for c in self.spill_checks] + [c.name for c in self.live_checks]
+        return list(dict.fromkeys(names))
+
+    def acknowledge(self, name: str, now: float, by: str = "") -> list[Notice]:
+        names = [a.name for a in self.alarms.open_alarms()] if name == "all" else [name]
+        out: list[Notice] = []
+        for n in names:
+            alarm = self.alarms.acknowledge(n, now, by)
+            if alarm is not None:
+                out.append(AlarmChanged(alarm))
+                self.version += 1
+        return out
+
+    # ------------------------------------------------------------ views
+    def current_book(self) -> Book | None:
+        """The book of the current spill: the newest open one, else the last closed one."""
+        if self.open:
+            return next(reversed(self.open.values()))
+        return self.last_closed
+
+    def range_book(self, which: str) -> Book:
+        """A new book for a view range: "spill", "last" (last N spills + current) or "run"."""
+        out = Book(self.spec)
+        if which == "spill":
+            book = self.current_book()
+            if book is not None:
+                out.add(book)
+            return out
+        out.add(self.lastn_sum if which == "last" else self.run_sum)
+        for book in self.open.values():
+            out.add(book)
+        return out
+
+    def eot_total(self) -> int:
+        """EOT of the run: the DAQ's running count if it is ahead (mid-spill), else the sum of spills."""
+        status_eot = 0
+        if self.status and self.status.get("run") == self.run:
+            try:
+                status_eot = int(self.status.get("eot_run", 0) or 0)
+            except (TypeError, ValueError):
+                status_eot = 0
+        return max(self.eot_run, status_eot)
+
+
+def _safe_evaluate(check: Any, ctx: Any) -> CheckResult:
+    try:
+        result: CheckResult = check.evaluate(ctx)
+        return result
+    except Exception as e:  # a broken rule must not stop monitoring
+        log.exception("check %s failed", getattr(check, "name", check))
+        return CheckResult(getattr(check, "name", "?"), State.UNKNOWN, f"check failed: {e}")
+
+
+def _num(x: Any, default: float = math.nan) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return default
+
+
+def _record(run: int, spill: int, now: float, s: Mapping[str, Any], book: Book,
+            results: Sequence[CheckResult], eot_run: int) -> SpillRecord:
+    trig = s.get("triggers") or {}
+    h = book.h1["ecal_sum_beam"]
+    peak = metrics.find_peak(h.values(), h.axes[0].edges, 10)
+    losses = s.get("losses") or {}
+    return SpillRecord(
+        run=run, spill=spill, time=now, status=str(s.get("status", "?")),
+        n_beam=int(_num(s.get("n_beam"), 0)), eot_run=eot_run,
+        physics=int(_num(trig.get("physics"), 0)), beam=int(_num(trig.get("beam"), 0)),
+        random=int(_num(trig.get("random"), 0)),
+        dead_time_fraction=_num(s.get("dead_time_fraction")),
+        losses={str(k): int(_num(v, 0)) for k, v in losses.items()} if isinstance(losses, dict) else {},
+        write_mb=_num(s.get("write_mb")), write_seconds=_num(s.get("write_seconds")),
+        spill_length_s=_num(s.get("spill_length_s")), free_disk_bytes=_num(s.get("free_disk_bytes")),
+        n_monitored=book.n_events, peak_gev=math.nan if peak is None else peak.mean,
+        results={r.name: r.state for r in results},
+    )

@@ -1,0 +1,245 @@
+"""Alarms, spill summaries and service status to MQTT (aiomqtt), with its own reconnect loop.
+
+Topics (``P`` = ``mqtt.topic_prefix``, default ``na64/dqm``; payloads are JSON; see docs/mqtt.md):
+
+- ``P/status``         retained: service status; the last will sets ``{"state": "offline", ...}``
+- ``P/alarms/<check>`` retained: the alarm of one check (raised / acknowledged / cleared)
+- ``P/checks``         retained: all traffic lights
+- ``P/spill``          retained, one message per spill: the spill's summary and check results
+- ``P/ack``            subscribed: payload ``<check>`` or ``all`` (or JSON ``{"name", "by"}``) acknowledges
+
+Nothing here ever blocks the DQM: callers only update in-memory state (:meth:`MqttPublisher.retain`,
+:meth:`MqttPublisher.queue`); one task publishes it whenever a broker is reachable. Retained topics are
+coalesced (the latest state wins) and all re-published after every reconnect; queued messages are
+bounded (oldest dropped and counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import random
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiomqtt
+
+from dqm.config import MqttConfig
+from dqm.errors import DqmUserError
+
+log = logging.getLogger(__name__)
+
+AckHandler = Callable[[str, str], None]
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        """``mqtt://host[:port]`` (or ``tcp://``) -> address; a bad URL is a user error."""
+        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+        if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
+            raise DqmUserError(f"bad --mqtt URL {url!r}: expected mqtt://HOST[:PORT]")
+        try:
+            port = parts.port or 1883
+        except ValueError:
+            raise DqmUserError(f"bad --mqtt URL {url!r}: port is not a number in 1..65535") from None
+        return cls(parts.hostname, port)
+
+    def __str__(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+
+class MqttPublisher:
+    """Owns the MQTT connection. Use from the event loop thread only."""
+
+    def __init__(self, address: BrokerAddress, config: MqttConfig | None = None,
+                 on_ack: AckHandler | None = None) -> None:
+        self.address = address
+        self.config = config or MqttConfig()
+        self.prefix = self.config.topic_prefix.rstrip("/")
+        self.on_ack = on_ack
+        self.client_id = self.config.client_id or f"na64-dqm-{socket.gethostname()}-{os.getpid()}"
+        self._retained: dict[str, bytes] = {}
+        self._dirty: set[str] = set()
+        self._queue: deque[tuple[str, bytes]] = deque()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self.connected = False
+        self.connects = 0
+        self.published = 0
+        self.dropped = 0
+        self.status: dict[str, Any] = {"state": "starting"}
+
+    # ------------------------------------------------------------ topics
+    def topic(self, *parts: str) -> str:
+        return "/".join((self.prefix, *parts))
+
+    @property
+    def will_payload(self) -> bytes:
+        return _dumps({"state": "offline", "reason": "connection lost", "client_id": self.client_id})
+
+    # ------------------------------------------------------------ state (never blocks)
+    def retain(self, topic: str, payload: dict[str, Any]) -> None:
+        """Set the latest retained state of a topic; published now or on the next connect."""
+        data = _dumps(payload)
+        if self._retained.get(topic) != data:
+            self._retained[topic] = data
+            self._dirty.add(topic)
+            self._wake.set()
+
+    def queue(self, topic: str, payload: dict[str, Any]) -> None:
+        """Queue a (retained) message that must not be coalesced, e.g. one spill summary."""
+        if len(self._queue) >= self.config.max_queued:
+            self._queue.popleft()
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 100 == 0:
+                log.warning("MQTT queue full: %d message(s) dropped so far", self.dropped)
+        self._queue.append((topic, _dumps(payload)))
+        self._wake.set()
+
+    def set_status(self, **fields: Any) -> None:
+        self.status.update(fields)
+        self.status["updated_at"] = time.time()
+        self.retain(self.topic("status"), self.status)
+
+    # ------------------------------------------------------------ connection loop
+    async def run(self) -> None:
+        """Connect, publish, reconnect with exponential backoff (with jitter) until :meth:`stop`."""
+        cfg = self.config
+        backoff = cfg.backoff_min_s
+        failures = 0
+        while not self._stopping:
+            try:
+                async with aiomqtt.Client(
+                    self.address.host, self.address.port, identifier=self.client_id,
+                    will=aiomqtt.Will(self.topic("status"), self.will_payload, qos=1, retain=True),
+                    keepalive=cfg.keepalive_s, timeout=5.0,
+                ) as client:
+                    self.connected = True
+                    self.connects += 1
+                    failures, backoff = 0, cfg.backoff_min_s
+                    log.info("MQTT connected to %s as %s", self.address, self.client_id)
+                    self._dirty.update(self._retained)  # the broker may have lost or missed anything
+                    await client.subscribe(self.topic("ack"), qos=1)
+                    pump = asyncio.create_task(self._pump(client))
+                    listen = asyncio.create_task(self._listen(client))
+                    try:
+                        done, _ = await asyncio.wait({pump, listen}, return_when=asyncio.FIRST_COMPLETED)
+                        for task in done:
+                            task.result()  # re-raise MqttError from either side
+                    finally:
+                        for task in (pump, listen):
+                            task.cancel()
+                        await asyncio.gather(pump, listen, return_exceptions=True)
+            except aiomqtt.MqttError as e:
+                failures += 1
+                if self.connected or failures == 1:
+                    log.warning("MQTT broker %s unreachable (%s); retrying with backoff", self.address, e)
+            finally:
+                self.connected = False
+            if self._stopping:
+                break
+            await asyncio.sleep(backoff * (0.8 + 0.4 * random.random()))
+            backoff = min(backoff * 2, cfg.backoff_max_s)
+
+    async def _pump(self, client: aiomqtt.Client) -> None:
+        period = self.config.status_period_s
+        while True:
+            while self._dirty:
+                topic = next(iter(self._dirty))
+                data = self._retained[topic]
+                await client.publish(topic, data, qos=1, retain=True)
+                if self._retained.get(topic) == data:
+                    self._dirty.discard(topic)
+                self.published += 1
+            while self._queue:
+                topic, data = self._queue[0]
+                await client.publish(topic, data, qos=1, retain=True)
+                self._queue.popleft()
+                self.published += 1
+            self._wake.clear()
+            if self._stopping:
+                return
+            if self._dirty or self._queue:
+                continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=period)
+            except TimeoutError:
+                self.set_status()  # refresh updated_at so consumers can see the service is alive
+
+    async def _listen(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            raw = bytes(message.payload) if isinstance(message.payload, bytes | bytearray) else b""
+            name, by = _parse_ack(raw)
+            if name is None:
+                log.warning("ignored MQTT ack with bad payload %r", raw[:100])
+                continue
+            if self.on_ack is not None:
+                self.on_ack(name, by)
+
+    async def flush(self, timeout: float) -> bool:
+        """Wait until everything is published (True) or the timeout passes (False)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.connected and not self._dirty and not self._queue:
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
+    async def stop(self, reason: str = "shutdown", timeout: float = 2.0) -> None:
+        """Publish the offline status (if a broker is reachable within ``timeout``), then disconnect."""
+        self.set_status(state="offline", reason=reason)
+        await self.flush(timeout)
+        self._stopping = True
+        self._wake.set()
+
+
+def _dumps(payload: dict[str, Any]) -> bytes:
+    return json.dumps(_clean(payload), separators=(",", ":"), allow_nan=False, default=_default).encode()
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe copy: NaN and infinities become null (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _default(value: object) -> object:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _parse_ack(raw: bytes) -> tuple[str | None, str]:
+    """Ack payload: ``name`` or ``{"name": ..., "by": ...}``; names are [A-Za-z0-9_]+ or ``all``."""
+    text = raw.decode("utf-8", errors="replace").strip()
+    name, by = text, "mqtt"
+    if text.startswith("{"):
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            return None, ""
+        if not isinstance(doc, dict):
+            return None, ""
+        name, by = str(doc.get("name", "")), str(doc.get("by", "mqtt"))[:64]
+    if not name or len(name) > 64 or not all(c.isalnum() or c == "_" for c in name):
+        return None, ""
+    return name, by

@@ -1,0 +1,232 @@
+"""The DQM service: wires a source, the monitor, snapshots, the Bokeh server and MQTT together.
+
+Threads and tasks:
+
+- the ingest thread (:class:`~dqm.sources.LiveSource` or :class:`~dqm.sources.FileSource`) decodes
+  messages and fills the monitor under ``self.lock``; it never touches Bokeh or MQTT;
+- on the asyncio/tornado loop: a snapshot task (every ``update_ms``, copies what browsers show under
+  the lock, then tells the sessions), a tick task (live checks every second), the MQTT task, and the
+  Bokeh server. Notices (alarm changes, closed spills) travel from the ingest thread to the loop with
+  ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bokeh.application import Application
+from bokeh.application.handlers.function import FunctionHandler
+from bokeh.server.server import Server
+from tornado.ioloop import IOLoop
+
+from daq import __version__, protocol
+from dqm import snapshot
+from dqm.app import SnapshotHub
+from dqm.baseline import Baseline
+from dqm.config import DqmConfig
+from dqm.monitor import AlarmChanged, Monitor, Notice, SpillClosed
+from dqm.mqtt import BrokerAddress, MqttPublisher
+from dqm.sources import FileSource, LiveSource
+
+log = logging.getLogger(__name__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def websocket_origins(host: str, port: int, extra: Sequence[str]) -> list[str]:
+    """Origins allowed to open the websocket: the bound address, localhost, plus explicit ones."""
+    base = {f"{host}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"}
+    if host in ("0.0.0.0", "::"):
+        base = {f"localhost:{port}", f"127.0.0.1:{port}"}
+    return sorted(base | set(extra))
+
+
+class DqmService:
+    """One DQM process. ``await run()`` serves until :meth:`request_stop` (or SIGINT/SIGTERM)."""
+
+    def __init__(
+        self,
+        config: DqmConfig,
+        *,
+        source: str | None = None,
+        files: Sequence[str | Path] = (),
+        host: str = "127.0.0.1",
+        port: int = 5006,
+        allow_origins: Sequence[str] = (),
+        mqtt_url: str | None = None,
+        reference: Baseline | None = None,
+    ) -> None:
+        self.config = config
+        self.mode = "live" if source else "offline"
+        self.source_name = source or f"{len(files)} path(s)"
+        self.host = host
+        self.port = port or free_port(host if host not in ("0.0.0.0", "::") else "127.0.0.1")
+        self.allow_origins = list(allow_origins)
+        self.lock = threading.Lock()
+        self.monitor = Monitor(config, reference=reference, live=self.mode == "live")
+        self.hub = SnapshotHub(snapshot.Axes.of(self.monitor.spec), self.monitor.check_names())
+        self.mqtt = MqttPublisher(BrokerAddress.parse(mqtt_url), config.mqtt, on_ack=self._ack_from_mqtt) \
+            if mqtt_url else None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._stop = asyncio.Event()
+        self._live: LiveSource | None = None
+        self._files: FileSource | None = None
+        if source:
+            self._live = LiveSource(source, self._handle, on_error=self._decode_error)
+        else:
+            self._files = FileSource(files, self._handle, config.beam_energy_gev)
+        self.url = f"http://{host}:{self.port}/"
+        self.started_at = time.time()
+        self.snapshots = 0
+
+    # ------------------------------------------------------------ ingest thread side
+    def _handle(self, msg: protocol.Message) -> None:
+        with self.lock:
+            notices = self.monitor.handle(msg, time.time())
+        if notices and self.loop is not None:
+            self.loop.call_soon_threadsafe(self._publish_notices, notices)
+
+    def _decode_error(self, kind: str) -> None:
+        with self.lock:
+            self.monitor.counters.decode_error(kind)
+
+    # ------------------------------------------------------------ controller (session callbacks)
+    def reset(self) -> None:
+        with self.lock:
+            self.monitor.reset()
+        log.info("histograms reset from a browser")
+
+    def acknowledge(self, name: str, by: str) -> None:
+        with self.lock:
+            notices = self.monitor.acknowledge(name, time.time(), by)
+        if notices:
+            log.info("alarm(s) acknowledged by %s: %s", by, ", ".join(
+                n.alarm.name for n in notices if isinstance(n, AlarmChanged)))
+        self._publish_notices(notices)
+
+    def _ack_from_mqtt(self, name: str, by: str) -> None:
+        self.acknowledge(name, by)
+
+    # ------------------------------------------------------------ loop side
+    def _publish_notices(self, notices: list[Notice]) -> None:
+        if self.mqtt is None:
+            return
+        with self.lock:
+            results = [r.to_json() for r in self.monitor.results()]
+            run, spill = self.monitor.run, self.monitor.current_spill
+            open_alarms = self.monitor.alarms.open_alarms()
+        for n in notices:
+            if isinstance(n, AlarmChanged):
+                self.mqtt.retain(self.mqtt.topic("alarms", n.alarm.name), n.alarm.to_json())
+            elif isinstance(n, SpillClosed):
+                self.mqtt.queue(self.mqtt.topic("spill"), spill_payload(n))
+        self.mqtt.retain(self.mqtt.topic("checks"),
+                         {"run": run, "spill": spill, "updated_at": time.time(), "checks": results})
+        worst = max((a.severity for a in open_alarms), default=None)
+        self.mqtt.set_status(run=run, spill=spill, open_alarms=len(open_alarms),
+                             worst=worst.name if worst is not None else "OK")
+
+    async def _snapshot_loop(self) -> None:
+        period = self.config.update_ms / 1000
+        last_version = -1
+        while True:
+            with self.lock:
+                version = self.monitor.version
+                snap = snapshot.build(self.monitor, mode=self.mode, source=self.source_name) \
+                    if version != last_version else None
+            if snap is not None:
+                last_version = version
+                self.snapshots += 1
+                self.hub.publish(snap)
+            await asyncio.sleep(period)
+
+    async def _tick_loop(self) -> None:
+        while True:
+            with self.lock:
+                notices = self.monitor.tick(time.time())
+            if notices:
+                self._publish_notices(notices)
+            await asyncio.sleep(1.0)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Serve until stopped; returns the exit code."""
+        self.loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                self.loop.add_signal_handler(sig, self.request_stop)
+        origins = websocket_origins(self.host, self.port, self.allow_origins)
+        app = Application(FunctionHandler(self.hub.make_app(self, self.config)))
+        server = Server(
+            {"/": app}, io_loop=IOLoop.current(), address=self.host, port=self.port,
+            allow_websocket_origin=origins, unused_session_lifetime_milliseconds=5000,
+            check_unused_sessions_milliseconds=2000, keep_alive_milliseconds=10000,
+        )
+        server.start()
+        tasks: list[asyncio.Task[Any]] = []
+        mqtt_task: asyncio.Task[None] | None = None
+        try:
+            if self.mqtt is not None:
+                self.mqtt.set_status(state="online", url=self.url, mode=self.mode, source=self.source_name,
+                                     pid=os.getpid(), version=__version__, started_at=self.started_at,
+                                     client_id=self.mqtt.client_id)
+                mqtt_task = asyncio.create_task(self.mqtt.run(), name="mqtt")
+            if self._live is not None:
+                self._live.start()
+            if self._files is not None:
+                self._files.start()
+            tasks.append(asyncio.create_task(self._snapshot_loop(), name="snapshots"))
+            tasks.append(asyncio.create_task(self._tick_loop(), name="ticks"))
+            print(f"DQM at {self.url}", flush=True)
+            log.info("DQM at %s (%s: %s; websocket origins %s; MQTT %s)", self.url, self.mode, self.source_name,
+                     ", ".join(origins), self.mqtt.address if self.mqtt else "off")
+            await self._stop.wait()
+            log.info("stopping")
+        finally:
+            for src in (self._live, self._files):
+                if src is not None:
+                    src.stop()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self.mqtt is not None and mqtt_task is not None:
+                await self.mqtt.stop("shutdown", timeout=2.0)
+                try:
+                    await asyncio.wait_for(mqtt_task, timeout=2.0)
+                except (TimeoutError, asyncio.CancelledError):
+                    pass
+            server.stop()
+            server.unlisten()
+        return 0
+
+
+def spill_payload(n: SpillClosed) -> dict[str, Any]:
+    """The MQTT per-spill message: the DAQ summary without histograms, plus the DQM's check results."""
+    s = n.summary
+    keep = ("run", "spill", "status", "file", "n_beam", "n_particles", "triggers", "n_accepted", "n_events_written",
+            "dead_time_fraction", "losses", "spill_length_s", "write_seconds", "write_mb", "free_disk_bytes",
+            "calibration_id")
+    out: dict[str, Any] = {k: s[k] for k in keep if k in s}
+    out["run"], out["spill"] = n.record.run, n.record.spill
+    out["n_monitored"] = n.record.n_monitored
+    out["electron_peak_gev"] = n.record.peak_gev
+    out["checks"] = {r.name: r.state.name for r in n.results}
+    out["worst"] = max((r.state for r in n.results), default=None).name if n.results else "UNKNOWN"  # type: ignore[union-attr]
+    out["time"] = n.record.time
+    return out

@@ -1,0 +1,204 @@
+"""Where the DQM's messages come from: the DAQ's live PUB feed, or recorded spill files.
+
+Both deliver ``daq.protocol`` messages to one handler, so the monitor cannot tell them apart:
+
+- :class:`LiveSource` runs a thread with a ZeroMQ SUB socket connected to the DAQ's XPUB endpoint;
+  malformed messages are counted by kind and logged (first one, then every 1000th), never fatal. A slow
+  DQM only fills its own receive queue; the DAQ skips (and counts) what it cannot send.
+- :func:`file_messages` turns spill files (through the reader API ``daq.files``) into the same EVENTS
+  batches and SPILL summaries the DAQ publishes; :class:`FileSource` feeds them from a thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from daq import detector, protocol
+from daq.errors import ProtocolError
+from dqm.errors import DqmUserError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[protocol.Message], None]
+ErrorHandler = Callable[[str], None]
+
+#: events per batch when replaying files (the DAQ publishes per slice: tens of events)
+FILE_BATCH = 10
+
+
+def check_endpoint(endpoint: str) -> str:
+    """Validate a ZeroMQ endpoint given by a person (tcp://host:port or ipc://path)."""
+    if endpoint.startswith("tcp://"):
+        host, sep, port = endpoint[6:].rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise DqmUserError(f"bad --source endpoint {endpoint!r}: expected tcp://HOST:PORT")
+        return endpoint
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return endpoint
+    raise DqmUserError(f"bad --source endpoint {endpoint!r}: expected tcp://HOST:PORT or ipc://PATH")
+
+
+class LiveSource:
+    """Subscribes to the DAQ's monitoring feed in a background thread."""
+
+    def __init__(self, endpoint: str, handler: Handler, on_error: ErrorHandler | None = None,
+                 rcvhwm: int = 2000, context: zmq.Context | None = None) -> None:
+        self.endpoint = check_endpoint(endpoint)
+        self.handler = handler
+        self.on_error = on_error
+        self.rcvhwm = rcvhwm
+        self._ctx = context or zmq.Context.instance()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.received = 0
+        self.errors: dict[str, int] = {}
+        self.handler_errors = 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="dqm-ingest", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        sock = self._ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        sock.connect(self.endpoint)
+        log.info("subscribed to %s", self.endpoint)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                if not poller.poll(100):
+                    continue
+                for _ in range(1000):  # drain what is there, then look at the stop flag again
+                    try:
+                        frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._deliver(frames)
+        finally:
+            sock.close(0)
+
+    def _deliver(self, frames: list[zmq.Frame]) -> None:
+        self.received += 1
+        try:
+            msg = protocol.decode(frames)
+        except ProtocolError as e:
+            kind = type(e).__name__
+            n = self.errors[kind] = self.errors.get(kind, 0) + 1
+            if n == 1 or n % 1000 == 0:
+                log.warning("bad message from %s (%s, %d so far): %s", self.endpoint, kind, n, e)
+            if self.on_error is not None:
+                self.on_error(kind)
+            return
+        try:
+            self.handler(msg)
+        except Exception:  # the monitor must survive any single message
+            self.handler_errors += 1
+            if self.handler_errors == 1 or self.handler_errors % 1000 == 0:
+                log.exception("error handling %s (%d so far)", type(msg).__name__, self.handler_errors)
+
+
+def file_messages(paths: Iterable[str | Path], beam_energy_gev: float = 100.0,
+                  batch_size: int = FILE_BATCH) -> Iterator[protocol.Message]:
+    """EVENTS batches and the SPILL summary of every spill file, as the DAQ would have published them.
+
+    Each batch carries the waveforms of its last event only, like the live feed. Files are read
+    through :class:`daq.files.SpillFile`; a bad file raises its ``SpillFileError`` (a UserError).
+    """
+    from daq.files import SpillFile, list_spill_files  # h5py only when files are read
+
+    seq = 0
+    for path in list_spill_files(list(paths)):
+        with SpillFile(path) as f:
+            cols = f.events(["event_id", "t_ns", "trigger_mask", "e_prs", "e_ecal", "e_hcal", "e_veto", "e_srd",
+                             "e_miss"])
+            energy = f.energy()
+            peak_time = f.peak_time()
+            n = f.n_events
+            lasts = [min(i + batch_size, n) - 1 for i in range(0, n, batch_size)]
+            waveforms = f.waveforms(np.asarray(lasts, np.int64)) if lasts else None
+            if energy.shape[1:] != (detector.N_CHANNELS,):
+                raise DqmUserError(f"{path}: energy has {energy.shape[1:]} channels, expected {detector.N_CHANNELS}")
+            sums = np.stack([cols[name] for name in protocol.Events.SUMS]).astype(np.float32)
+            for k, i in enumerate(range(0, n, batch_size)):
+                j = min(i + batch_size, n)
+                assert waveforms is not None
+                yield protocol.Events(
+                    run=f.run, spill=f.spill, seq=seq, n_events=j - i, n_skipped=0,
+                    event_id=cols["event_id"][i:j], t_ns=cols["t_ns"][i:j], trigger_mask=cols["trigger_mask"][i:j],
+                    sums=np.ascontiguousarray(sums[:, i:j]), energy=energy[i:j], peak_time=peak_time[i:j],
+                    waveforms=waveforms[k : k + 1],
+                )
+                seq += 1
+            summary = f.summary()
+        summary.setdefault("run", f.run)
+        summary.setdefault("spill", f.spill)
+        yield protocol.Summary.of(protocol.Summary.KIND_SPILL, json.dumps(summary, default=_json_default),
+                                  run=summary["run"], spill=summary["spill"], seq=seq)
+        seq += 1
+        log.info("read %s: %d events", path, n)
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+class FileSource:
+    """Feeds recorded spill files to the handler from a background thread (the server stays responsive)."""
+
+    def __init__(self, paths: Iterable[str | Path], handler: Handler, beam_energy_gev: float = 100.0) -> None:
+        from daq.files import list_spill_files
+
+        self.paths = list_spill_files(list(paths))  # validates the paths now (UserError on a missing one)
+        if not self.paths:
+            raise DqmUserError("no spill files found in " + ", ".join(map(str, paths)))
+        self.handler = handler
+        self.beam_energy_gev = beam_energy_gev
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="dqm-files", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            for msg in file_messages(self.paths, self.beam_energy_gev):
+                if self._stop.is_set():
+                    return
+                self.handler(msg)
+            log.info("offline: %d spill file(s) loaded", len(self.paths))
+        except Exception as e:
+            self.error = e
+            log.error("offline: reading spill files failed: %s", e)
+        finally:
+            self.done.set()

@@ -1,0 +1,265 @@
+"""Front-end electronics: per-channel truth (gains, pedestals, noise, timing), pulse shapes, and the
+digitisation of primitives and waveforms. Pure numpy; randomness comes from explicit generators.
+
+Units: deposits in MeV, gains in ADC counts per MeV, pulse heights and samples in ADC counts, times in ns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from daq import detector
+from daq.detector import PulseShape
+from simulator.config import ElectronicsConfig
+
+#: channel status flags (same codes as calibration constants)
+GOOD, DEAD, HOT, NOISY = 0, 1, 2, 3
+
+#: the readout latency: a particle's pulse peaks this long after its arrival time (before offsets)
+SHAPE_RES_NS = 0.125  # pulse-shape table resolution
+SHAPE_PRE_NS = 200.0  # table covers [-SHAPE_PRE_NS, SHAPE_POST_NS] around the peak
+SHAPE_POST_NS = 800.0
+#: pulses smaller than this (ADC counts) are not drawn into waveforms (far below the 1-3 count noise)
+MIN_PULSE = 0.25
+
+
+@dataclass
+class Electronics:
+    """Per-channel electronics truth (arrays indexed by channel id). This is what calibration recovers."""
+
+    gain: np.ndarray  # float64 ADC counts per MeV
+    pedestal_even: np.ndarray  # float64 ADC counts
+    pedestal_odd: np.ndarray
+    noise: np.ndarray  # float64 ADC counts RMS per sample
+    time_offset_ns: np.ndarray  # float64
+    status: np.ndarray = field(default_factory=lambda: np.zeros(detector.N_CHANNELS, np.uint8))
+
+    def copy(self) -> Electronics:
+        return Electronics(
+            self.gain.copy(),
+            self.pedestal_even.copy(),
+            self.pedestal_odd.copy(),
+            self.noise.copy(),
+            self.time_offset_ns.copy(),
+            self.status.copy(),
+        )
+
+
+def make_electronics(
+    config: ElectronicsConfig, rng: np.random.Generator, beam_cell: tuple[int, int] = detector.BEAM_CELL
+) -> Electronics:
+    """Draw the per-channel truth: gains around daq.detector.NOMINAL_GAIN, pedestals, noise, offsets.
+
+    Gain factors are Gaussian (``gain_spread``) truncated to [gain_min_factor, gain_max_factor]; the ECAL
+    and PRS cells of the trigger block around ``beam_cell`` use ``block_gain_spread`` instead.
+    """
+    n = detector.N_CHANNELS
+    spread = np.full(n, config.gain_spread)
+    cells = detector.block_cells(beam_cell)
+    spread[[detector.ecal_id(x, y) for x, y in cells] + [detector.prs_id(x, y) for x, y in cells]] = (
+        config.block_gain_spread
+    )
+    factor = 1 + spread * rng.standard_normal(n)
+    for _ in range(100):  # truncated Gaussian: redraw the factors outside [min, max]
+        out = (factor < config.gain_min_factor) | (factor > config.gain_max_factor)
+        if not out.any():
+            break
+        factor[out] = 1 + spread[out] * rng.standard_normal(int(out.sum()))
+    factor = np.clip(factor, config.gain_min_factor, config.gain_max_factor)
+    gain = detector.nominal_gains() * factor
+    ped_even = np.clip(config.pedestal_mean + config.pedestal_spread * rng.standard_normal(n), 50, 600)
+    ped_odd = np.clip(ped_even + config.even_odd_spread * rng.standard_normal(n), 40, 700)
+    noise = rng.uniform(config.noise_min, config.noise_max, n)
+    t_off = config.time_offset_spread_ns * rng.standard_normal(n)
+    return Electronics(gain, ped_even, ped_odd, noise, t_off)
+
+
+# ---------------------------------------------------------------- pulse shapes
+def shape_tau(order: int, fwhm_ns: float) -> float:
+    """Time constant of a CR-RC^order pulse (t/tau)^n exp(n (1 - t/tau)) with the given FWHM."""
+    t = np.linspace(1e-6, 20, 200001)
+    h = t**order * np.exp(order * (1 - t))
+    above = t[h >= 0.5]
+    return fwhm_ns / float(above[-1] - above[0])
+
+
+def pulse(dt_ns: np.ndarray, order: int, tau_ns: float) -> np.ndarray:
+    """Unit-height pulse, ``dt_ns`` relative to its peak (float64)."""
+    t = np.asarray(dt_ns, dtype=np.float64) / tau_ns + 1.0
+    tp = np.clip(t, 0.0, None)
+    return np.where(t > 0, tp**order * np.exp(order * (1 - tp)), 0.0)
+
+
+class PulseShapes:
+    """Tabulated unit-height pulses per shape class, sampled every ``SHAPE_RES_NS``.
+
+    ``windows[class][i]`` holds the ``n_samples`` samples of a pulse whose peak lies at
+    ``i * SHAPE_RES_NS - SHAPE_PRE_NS`` ns relative to sample 0 ... (a sliding window over the table),
+    so a waveform needs one row gather per (particle, channel).
+    """
+
+    def __init__(self, config: ElectronicsConfig) -> None:
+        self.n_samples = config.n_samples
+        fwhm = {
+            PulseShape.EM: config.em_fwhm_ns,
+            PulseShape.HADRONIC: config.hadronic_fwhm_ns,
+            PulseShape.FAST: config.fast_fwhm_ns,
+        }
+        self.tau = {cls: shape_tau(config.shape_order, f) for cls, f in fwhm.items()}
+        self.step = round(detector.SAMPLE_PERIOD_NS / SHAPE_RES_NS)
+        span = (self.n_samples - 1) * self.step
+        # peak position p (ns, relative to sample 0) ranges over [-SHAPE_POST_NS, window + SHAPE_PRE_NS]
+        self.p_min = -SHAPE_POST_NS
+        n_pos = int((self.n_samples * detector.SAMPLE_PERIOD_NS + SHAPE_PRE_NS - self.p_min) / SHAPE_RES_NS)
+        self.n_pos = n_pos
+        self.windows = np.zeros((len(PulseShape), n_pos, self.n_samples), np.float32)
+        k = np.arange(self.n_samples) * detector.SAMPLE_PERIOD_NS
+        for cls in PulseShape:
+            for s in range(0, n_pos, 4096):
+                p = self.p_min + np.arange(s, min(s + 4096, n_pos)) * SHAPE_RES_NS
+                self.windows[cls, s : s + p.size] = pulse(
+                    k[None, :] - p[:, None], config.shape_order, self.tau[cls]
+                )
+        del span
+        self.shape_of_channel = detector.CHANNELS["shape"].astype(np.intp)
+
+    def rows(self, peak_ns: np.ndarray) -> np.ndarray:
+        """Row index in ``windows`` of pulses peaking at ``peak_ns`` after sample 0 (clipped to the table)."""
+        i = np.rint((peak_ns - self.p_min) * (1.0 / SHAPE_RES_NS))
+        return np.clip(i, 0, self.n_pos - 1).astype(np.intp)
+
+
+# ---------------------------------------------------------------- primitive noise
+class PrimitiveNoise:
+    """Per-row Gaussian noise pools (float32, + 0.5 for rounding) read at random offsets."""
+
+    def __init__(self, noise_rms: np.ndarray, rng: np.random.Generator, size: int = 1 << 17) -> None:
+        self.rng = rng
+        self.size = size
+        self.rms = np.asarray(noise_rms, np.float32)
+        self.pool = rng.standard_normal((self.rms.size, size), dtype=np.float32)
+        self.pool *= self.rms[:, None]
+        self.pool += np.float32(0.5)
+        self._cursor = 0
+
+    def add_to(self, amp: np.ndarray) -> None:
+        """``amp`` (rows, n) += noise (+0.5 rounding offset), in place; n/128 values per row renewed."""
+        rows, n = amp.shape
+        if n == 0:
+            return
+        if n >= self.size // 2:
+            noise = self.rng.standard_normal((rows, n), dtype=np.float32)
+            noise *= self.rms[:, None]
+            amp += noise
+            amp += np.float32(0.5)
+            return
+        o = int(self.rng.integers(0, self.size - n))
+        amp += self.pool[:, o : o + n]
+        c = self._cursor
+        k = min(max(n // 128, 1), self.size - c)
+        fresh = self.rng.standard_normal((rows, k), dtype=np.float32)
+        fresh *= self.rms[:, None]
+        fresh += np.float32(0.5)
+        self.pool[:, c : c + k] = fresh
+        self._cursor = (c + k) % self.size
+
+
+def digitise_primitives(
+    heights: np.ndarray, noise: PrimitiveNoise | None, max_counts: np.ndarray
+) -> np.ndarray:
+    """Pulse heights (float32 (C, N), modified in place) -> uint16 primitives with noise, clipped to
+    [0, max_counts] (the ADC range above pedestal)."""
+    if noise is not None:
+        noise.add_to(heights)
+    else:
+        heights += np.float32(0.5)
+    np.clip(heights, 0, max_counts[:, None], out=heights)
+    out = np.empty(heights.shape, np.uint16)
+    np.copyto(out, heights, casting="unsafe")
+    return out
+
+
+# ---------------------------------------------------------------- waveforms
+@dataclass
+class WindowPulses:
+    """Pulses to put into readout windows: for pulse j, window ``win[j]`` gets ``heights[j]`` (110,)
+    counts peaking ``dt_ns[j]`` after the window's trigger time."""
+
+    win: np.ndarray  # intp (P,)
+    dt_ns: np.ndarray  # float64 (P,)
+    heights: np.ndarray  # float32 (P, 110)
+
+
+def waveforms(
+    n_windows: int,
+    trigger_ns: np.ndarray,
+    pulses: WindowPulses,
+    shapes: PulseShapes,
+    pedestal: np.ndarray,
+    noise_rms: np.ndarray,
+    rng: np.random.Generator,
+    peak_sample: float,
+    time_offset_ns: np.ndarray,
+    normal_pool: np.ndarray | None = None,
+) -> np.ndarray:
+    """Digitised windows (uint16, (W, 110, n_samples)).
+
+    Window w starts on the ADC clock edge such that a pulse arriving at ``trigger_ns[w]`` peaks
+    ~``peak_sample`` samples in; the sub-sample phase follows the trigger time. ``pedestal`` is
+    (110, n_samples) (even/odd pattern), ``noise_rms`` (110,). Each pulse is placed in its window at
+    ``dt_ns`` + the channel's time offset, all pulses add (pile-up), and samples saturate at ADC_MAX.
+    ``pedestal`` includes the +0.5 rounding offset (the result is truncated to integers).
+    """
+    ns = shapes.n_samples
+    nch = detector.N_CHANNELS
+    period = detector.SAMPLE_PERIOD_NS
+    w = np.empty((n_windows, nch, ns), np.float32)
+    if n_windows == 0:
+        return w.astype(np.uint16)
+    # noise: a contiguous chunk of a pre-drawn pool at a random offset, or fresh draws
+    m = n_windows * nch * ns
+    if normal_pool is not None and m <= normal_pool.size // 2:
+        o = int(rng.integers(0, normal_pool.size - m))
+        noise = normal_pool[o : o + m].reshape(n_windows, nch, ns)
+    else:
+        noise = rng.standard_normal((n_windows, nch, ns), dtype=np.float32)
+    np.multiply(noise, noise_rms.astype(np.float32, copy=False)[None, :, None], out=w)
+    w += pedestal.astype(np.float32, copy=False)[None]
+    # phase: sample 0 is the clock edge peak_sample samples before the edge at or after the trigger
+    t = np.asarray(trigger_ns, dtype=np.float64)
+    start = np.ceil(t / period) * period - peak_sample * period  # ns, absolute (same frame as t)
+    phase = t - start  # where a pulse at the trigger time peaks, ns after sample 0
+    if pulses.win.size:
+        # pass r adds the r-th pulse of every window: within a pass, (window, channel) targets are unique
+        order = np.argsort(pulses.win, kind="stable")
+        win_sorted = pulses.win[order]
+        first = np.flatnonzero(np.concatenate([[True], win_sorted[1:] != win_sorted[:-1]]))
+        rank = np.empty(order.size, np.intp)
+        rank[order] = np.arange(order.size) - np.repeat(first, np.diff(np.append(first, order.size)))
+        flat = w.reshape(n_windows * nch, ns)
+        for r in range(int(rank.max()) + 1):
+            sel = np.flatnonzero(rank == r)
+            h = pulses.heights[sel]
+            nz_p, nz_c = np.nonzero(h > MIN_PULSE)
+            if nz_p.size == 0:
+                continue
+            p = sel[nz_p]
+            win = pulses.win[p]
+            peak = phase[win] + pulses.dt_ns[p] + time_offset_ns[nz_c]
+            contrib = shapes.windows[shapes.shape_of_channel[nz_c], shapes.rows(peak)]  # (M, ns)
+            contrib *= h[nz_p, nz_c][:, None]
+            flat[win * nch + nz_c] += contrib
+    np.clip(w, 0, detector.ADC_MAX, out=w)
+    out = np.empty(w.shape, np.uint16)
+    np.copyto(out, w, casting="unsafe")
+    return out
+
+
+def fwhm_of(order: int, tau: float) -> float:
+    """FWHM (ns) of a CR-RC^order pulse with time constant tau (for docs and tests)."""
+    t = np.linspace(-5 * tau, 20 * tau, 400001)
+    h = pulse(t, order, tau)
+    above = t[h >= 0.5]
+    return float(above[-1] - above[0])

@@ -1,0 +1,713 @@
+"""Beam particles and their detector response, vectorised over batches (pure: no I/O, no clocks).
+
+:class:`BeamModel` turns a count ``n`` into a :class:`Batch` of particles (structure of arrays): kind,
+process, beam energy, impact point, the energies that reach the PRS, ECAL and HCAL, missing energy and
+the five counter deposits. Most particles are ordinary 100 GeV electrons, computed on a branch-free bulk
+path from pooled random numbers; the rare ones (radiative tail, electro-nuclear, dimuons, hadrons, muons,
+halo, signal) are picked sparsely and overwritten with exact draws.
+
+:meth:`BeamModel.primitives` makes the trigger-primitive amplitudes (counters + ECAL/PRS block cells) of
+every particle; :meth:`BeamModel.deposits` gives all 110 channel deposits (MeV, EM scale) of chosen
+particles, with secondary quantities (SRD, HCAL and VETO sharing) drawn from a hash RNG keyed by the
+particle, so they are the same whenever that particle is looked at. Block-cell deposits come from the same
+shower table in both, so a particle's primitives match its waveform pulse heights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+
+from daq import detector
+from simulator import randoms as rnd
+from simulator import showers, zprime
+from simulator.config import SimConfig
+from simulator.showers import Profile
+
+N_COUNTERS = len(detector.COUNTER_NAMES)
+
+
+class Kind(IntEnum):
+    ELECTRON = 0
+    PION = 1
+    KAON = 2
+    ANTIPROTON = 3
+    MUON = 4
+
+
+KIND_NAMES = ("e", "pi", "K", "pbar", "mu")
+
+
+class Process(IntEnum):
+    """What happened to the particle (truth only)."""
+
+    ELECTRON = 0  # ordinary electron shower
+    RADIATIVE = 1  # lost energy upstream
+    ELECTRONUCLEAR = 2  # hard photo-nuclear interaction in the ECAL: hadrons into VETO/HCAL
+    DIMUON = 3  # gamma -> mu+ mu- in the target
+    SIGNAL_BREMS = 4  # Z' bremsstrahlung, invisible decay
+    SIGNAL_RESONANT = 5  # e+ e- -> Z' on atomic electrons, invisible decay
+    SIGNAL_VISIBLE = 6  # Z' produced but decayed visibly (to e+ e-) inside the ECAL
+    HADRON_EARLY = 7  # hadron interacting in the PRS
+    HADRON_SHOWER = 8  # hadron interacting in the ECAL after the PRS
+    HADRON_MIP = 9  # hadron crossing the ECAL without interacting
+    MUON = 10
+
+
+SIGNAL_PROCESSES = (Process.SIGNAL_BREMS, Process.SIGNAL_RESONANT)
+
+#: template class of the ECAL and PRS deposits, per process
+ECAL_PROFILE = np.array(
+    [Profile.EM] * 7 + [Profile.HADRONIC, Profile.HADRONIC, Profile.MIP, Profile.MIP], dtype=np.intp
+)
+PRS_PROFILE = np.array(
+    [Profile.EM_PRS] * 7 + [Profile.EM_PRS, Profile.MIP, Profile.MIP, Profile.MIP], dtype=np.intp
+)
+
+
+@dataclass
+class Batch:
+    """Particles of one slice, structure of arrays. Energies in GeV, positions in mm (face coordinates)."""
+
+    kind: np.ndarray  # uint8 Kind
+    process: np.ndarray  # uint8 Process
+    e_beam: np.ndarray  # float32 GeV
+    x: np.ndarray  # float32 mm, origin at the centre of ECAL cell (0, 0)
+    y: np.ndarray
+    bin: np.ndarray  # int32 shower-template bin of (x, y)
+    e_prs: np.ndarray  # float32 GeV deposited in the PRS (EM scale)
+    e_ecal: np.ndarray  # float32 GeV deposited in the ECAL after the PRS
+    e_hcal: np.ndarray  # float32 GeV sent to the HCAL (visible, before per-module sharing)
+    e_miss: np.ndarray  # float32 GeV escaping undetected (Z', neutrinos, muons, neutrons)
+    counters: np.ndarray  # float32 (5, N) MeV in S0 S2 S3 V1 V2
+    t_ns: np.ndarray | None = None  # int64 ns since spill start
+
+    def __len__(self) -> int:
+        return int(self.kind.shape[0])
+
+    def take(self, index: np.ndarray) -> Batch:
+        """The particles at ``index`` (copies)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name, value in out.items():
+            if value is None:
+                continue
+            out[name] = value[:, index] if name == "counters" else value[index]
+        return Batch(**out)
+
+    @property
+    def signal(self) -> np.ndarray:
+        """True for invisible-signal particles (truth only)."""
+        return (self.process == Process.SIGNAL_BREMS) | (self.process == Process.SIGNAL_RESONANT)
+
+
+def concat(batches: list[Batch]) -> Batch:
+    """One batch from several (copies)."""
+    out: dict[str, np.ndarray | None] = {}
+    for f in dataclasses.fields(Batch):
+        parts = [getattr(b, f.name) for b in batches]
+        if any(p is None for p in parts):
+            out[f.name] = None
+        else:
+            out[f.name] = np.concatenate(parts, axis=1 if f.name == "counters" else 0)
+    return Batch(**out)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- arrivals and intensity
+def intensity(t_s: float, config: SimConfig) -> float:
+    """Relative beam intensity at ``t_s`` seconds into the spill (1 = the configured rate)."""
+    beam = config.beam
+    if beam.profile == "ramp":
+        return beam.ramp_start + (1.0 - beam.ramp_start) * min(max(t_s / beam.spill_length_s, 0.0), 1.0)
+    if beam.profile == "spike" and t_s < beam.spike_length_s:
+        return beam.spike_factor
+    return 1.0
+
+
+def arrival_times(rate_hz: float, t0_ns: int, length_ns: int, rng: np.random.Generator) -> np.ndarray:
+    """Poisson arrival times (int64 ns, sorted) in [t0, t0 + length): cumulative exponential gaps."""
+    mean_gap = 1e9 / rate_hz if rate_hz > 0 else math.inf
+    if not math.isfinite(mean_gap) or length_ns <= 0:
+        return np.zeros(0, np.int64)
+    expected = length_ns / mean_gap
+    chunks: list[np.ndarray] = []
+    last = 0.0
+    while True:
+        m = int(expected + 6 * math.sqrt(expected) + 16)
+        t = np.cumsum(rng.standard_exponential(m))
+        t *= mean_gap
+        t += last
+        if t[-1] >= length_ns:
+            chunks.append(t[: np.searchsorted(t, length_ns)])
+            break
+        chunks.append(t)
+        last = float(t[-1])
+    times = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+    out = times.astype(np.int64)
+    out += t0_ns
+    return out
+
+
+# ---------------------------------------------------------------- the model
+class BeamModel:
+    """The beam and detector-response model for one configuration (holds templates and samplers)."""
+
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self.grid, self.tables = showers.build_templates(config.ecal)
+        bx, by = config.beam.beam_cell
+        cx, cy = detector.cell_center_mm(bx, by)
+        self.spot_centre = (
+            float(cx) + config.beam.spot_offset_mm[0],
+            float(cy) + config.beam.spot_offset_mm[1],
+        )
+        self.beam_axis = (float(cx), float(cy))
+        cells = detector.block_cells(config.beam.beam_cell)
+        self.block_cells = np.array([y * detector.ECAL_NX + x for x, y in cells], dtype=np.intp)
+        #: per profile, the block rows of the template (contiguous), for the primitives
+        self.block_tables = np.ascontiguousarray(self.tables[:, self.block_cells, :])
+        self._scaled: tuple[np.ndarray, np.ndarray] | None = None
+        self._scaled_gain = np.zeros(0, np.float32)
+        self._rare = self._rare_table()
+        self._rare_store: dict[int, tuple[dict[str, np.ndarray], int]] = {}
+        sig = config.signal
+        self.brems: zprime.BremsSampler | None = None
+        self.signal_total_width = 0.0
+        self.signal_br_invisible = 0.0
+        self.resonant_fraction = 0.0
+        if sig.enabled and sig.rate_per_1e9_eot > 0:
+            dm = sig.dm_mass_mev if sig.dm_mass_mev > 0 else None
+            widths = zprime.partial_widths(sig.model, sig.mass_mev, sig.coupling, dm, sig.dm_charge)
+            self.signal_total_width = zprime.total_width(widths)
+            self.signal_br_invisible = zprime.invisible_branching_ratio(
+                sig.model, sig.mass_mev, sig.coupling, dm, sig.dm_charge
+            )
+            self.brems = zprime.BremsSampler(sig.mass_mev, config.beam.energy_gev)
+            e_r = zprime.resonant_energy_gev(sig.mass_mev)
+            allowed = e_r < config.beam.energy_gev * 0.98
+            if sig.resonant_fraction >= 0:
+                self.resonant_fraction = sig.resonant_fraction if allowed else 0.0
+            else:
+                self.resonant_fraction = 0.3 if allowed else 0.0
+
+    # ------------------------------------------------------------ rare categories
+    def _rare_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """(codes, probabilities per particle) of the sparse categories."""
+        c = self.config
+        cats: list[tuple[int, float]] = []
+        p_e = 1.0 - c.beam.hadron_fraction - c.beam.muon_fraction
+        cats += [
+            (100 + Kind.PION, c.beam.pion_fraction),
+            (100 + Kind.KAON, c.beam.kaon_fraction),
+            (100 + Kind.ANTIPROTON, c.beam.antiproton_fraction),
+            (100 + Kind.MUON, c.beam.muon_fraction),
+        ]
+        cats += [
+            (Process.RADIATIVE, p_e * c.tails.radiative_fraction),
+            (Process.ELECTRONUCLEAR, p_e * c.tails.electronuclear_fraction),
+            (Process.DIMUON, p_e * c.tails.dimuon_fraction),
+        ]
+        if c.signal.enabled and c.signal.rate_per_1e9_eot > 0:
+            p_sig = p_e * c.signal.rate_per_1e9_eot * 1e-9
+            cats.append((Process.SIGNAL_BREMS, p_sig))  # split into resonant/visible in _signal
+        codes = np.array([k for k, p in cats if p > 0], dtype=np.int64)
+        probs = np.array([p for k, p in cats if p > 0], dtype=np.float64)
+        return codes, probs
+
+    # ------------------------------------------------------------ generation
+    def generate(self, n: int, r: rnd.Randoms) -> Batch:
+        """``n`` beam particles (no times): bulk electrons, then sparse rare particles and halo."""
+        c = self.config
+        e0 = np.float32(c.beam.energy_gev)
+        e_beam = r.normal(n)
+        e_beam *= np.float32(c.beam.momentum_spread) * e0
+        e_beam += e0
+        e_tot = r.normal(n)
+        e_tot *= np.float32(c.ecal.resolution(c.beam.energy_gev))
+        e_tot += np.float32(1.0)
+        e_tot *= e_beam
+        np.maximum(e_tot, 0, out=e_tot)
+        k = (c.ecal.prs_fraction_mean / c.ecal.prs_fraction_rms) ** 2
+        e_prs = np.multiply(r.gamma(k, n), np.float32(c.ecal.prs_fraction_mean / k))
+        e_prs *= e_tot
+        e_ecal = np.subtract(e_tot, e_prs)
+        x = np.multiply(r.normal1(n), np.float32(c.beam.spot_sigma_mm[0]))
+        x += np.float32(self.spot_centre[0])
+        y = np.multiply(r.normal1(n), np.float32(c.beam.spot_sigma_mm[1]))
+        y += np.float32(self.spot_centre[1])
+        batch = Batch(
+            kind=np.zeros(n, np.uint8),
+            process=np.zeros(n, np.uint8),
+            e_beam=e_beam,
+            x=x,
+            y=y,
+            bin=np.zeros(0, np.int32),
+            e_prs=e_prs,
+            e_ecal=e_ecal,
+            e_hcal=np.zeros(n, np.float32),
+            e_miss=np.zeros(n, np.float32),
+            counters=np.empty((N_COUNTERS, n), np.float32),
+        )
+        rng = r.rng
+        self._halo(batch, rng)
+        batch.bin = self.grid.bins(batch.x, batch.y)
+        self._counters(batch, r)
+        codes, probs = self._rare
+        if codes.size:
+            n_rare = int(rng.binomial(n, min(float(probs.sum()), 1.0)))
+            if n_rare:
+                idx = np.sort(rng.choice(n, n_rare, replace=False))
+                cat = codes[rng.choice(codes.size, n_rare, p=probs / probs.sum())]
+                if isinstance(r, rnd.PooledRandoms):
+                    self._fill_rare(batch, idx, cat, rng)
+                else:
+                    self._apply_rare(batch, idx, cat, rng)
+        return batch
+
+    _RARE_FIELDS = ("kind", "process", "e_beam", "e_prs", "e_ecal", "e_hcal", "e_miss")
+
+    def _fill_rare(self, b: Batch, idx: np.ndarray, cat: np.ndarray, rng: np.random.Generator) -> None:
+        """Rare particles from per-category stores drawn ahead in blocks (each used once): the
+        per-slice cost stays small although each category needs dozens of numpy calls to draw."""
+        order = np.argsort(cat, kind="stable")
+        idx, cat = idx[order], cat[order]
+        bounds = np.flatnonzero(np.diff(cat)) + 1
+        for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, cat.size], strict=True):
+            code = int(cat[lo])
+            m = int(hi - lo)
+            store = self._rare_store.get(code)
+            if store is None or store[1] + m > store[0]["kind"].size:
+                store = (self._draw_rare_block(code, max(4 * m, 256), rng), 0)
+            values, cursor = store
+            at = idx[lo:hi]
+            for name in self._RARE_FIELDS:
+                getattr(b, name)[at] = values[name][cursor : cursor + m]
+            self._rare_store[code] = (values, cursor + m)
+
+    def _draw_rare_block(self, code: int, size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        c = self.config
+        e0 = c.beam.energy_gev
+        tmp = Batch(
+            kind=np.zeros(size, np.uint8),
+            process=np.zeros(size, np.uint8),
+            e_beam=(e0 * (1 + c.beam.momentum_spread * rng.standard_normal(size))).astype(np.float32),
+            x=np.zeros(size, np.float32),
+            y=np.zeros(size, np.float32),
+            bin=np.zeros(size, np.int32),
+            e_prs=np.zeros(size, np.float32),
+            e_ecal=np.zeros(size, np.float32),
+            e_hcal=np.zeros(size, np.float32),
+            e_miss=np.zeros(size, np.float32),
+            counters=np.zeros((N_COUNTERS, size), np.float32),
+        )
+        self._apply_rare(tmp, np.arange(size), np.full(size, code), rng)
+        return {name: getattr(tmp, name) for name in self._RARE_FIELDS}
+
+    def _halo(self, b: Batch, rng: np.random.Generator) -> None:
+        n = len(b)
+        n_halo = int(rng.binomial(n, self.config.beam.halo_fraction)) if n else 0
+        if n_halo:
+            idx = rng.choice(n, n_halo, replace=False)
+            s = self.config.beam.halo_sigma_mm
+            b.x[idx] = self.spot_centre[0] + s * rng.standard_normal(n_halo)
+            b.y[idx] = self.spot_centre[1] + s * rng.standard_normal(n_halo)
+
+    def _counters(self, b: Batch, r: rnd.Randoms) -> None:
+        """Counter deposits (MeV): S0 S2 S3 if within their radius, V1 V2 if outside the hole."""
+        cc = self.config.counters
+        n = len(b)
+        mpv, width = cc.s_mip_mev, cc.mip_width
+
+        def draw(k: int) -> np.ndarray:
+            land = rnd.moyal_from_normal(r.rng.standard_normal(k))
+            return np.maximum(mpv * (1 + width * land), 0.1 * mpv).astype(np.float32)
+
+        if isinstance(r, rnd.PooledRandoms):
+            for i in range(3):
+                np.copyto(b.counters[i], r.custom("s_counter", draw, n))
+        else:
+            b.counters[:3] = draw(3 * n).reshape(3, n)
+        b.counters[3:] = 0.0
+        dx = b.x - np.float32(self.beam_axis[0])
+        dy = b.y - np.float32(self.beam_axis[1])
+        dx *= dx
+        dy *= dy
+        dx += dy  # r^2
+        outside_s = np.flatnonzero(dx > cc.s_radius_mm**2)
+        if outside_s.size:
+            b.counters[:3, outside_s] = 0.0
+            r2 = dx[outside_s]
+            in_v = outside_s[(r2 > cc.v_hole_radius_mm**2) & (r2 < cc.v_outer_radius_mm**2)]
+            if in_v.size:
+                land = rnd.moyal_from_normal(r.rng.standard_normal((2, in_v.size)))
+                b.counters[3:, in_v] = np.maximum(
+                    cc.v_mip_mev * (1 + cc.mip_width * land), 0.1 * cc.v_mip_mev
+                )
+
+    # ------------------------------------------------------------ rare particles
+    def _landau(
+        self, rng: np.random.Generator, mpv: float, width: float, size: int | tuple[int, ...]
+    ) -> np.ndarray:
+        return np.maximum(mpv * (1 + width * rnd.moyal_from_normal(rng.standard_normal(size))), 0.1 * mpv)
+
+    def _shower(self, rng: np.random.Generator, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(e_prs, e_ecal) of electron showers of energy ``e`` with exact resolution."""
+        ec = self.config.ecal
+        e = np.maximum(e, 1e-3)
+        sigma = np.hypot(ec.stochastic / np.sqrt(e), ec.constant)
+        e_tot = np.maximum(e * (1 + sigma * rng.standard_normal(e.size)), 0.0)
+        k = (ec.prs_fraction_mean / ec.prs_fraction_rms) ** 2
+        f = rng.standard_gamma(k, e.size) * (ec.prs_fraction_mean / k)
+        return e_tot * f, e_tot * (1 - f)
+
+    def _apply_rare(self, b: Batch, idx: np.ndarray, cat: np.ndarray, rng: np.random.Generator) -> None:
+        c = self.config
+        e_beam = b.e_beam[idx].astype(np.float64)
+        n = idx.size
+        e_prs = np.zeros(n)
+        e_ecal = np.zeros(n)
+        e_hcal = np.zeros(n)
+        e_miss = np.zeros(n)
+        kind = np.zeros(n, np.uint8)
+        proc = np.zeros(n, np.uint8)
+
+        sel = cat == Process.RADIATIVE
+        if sel.any():
+            y = _sample_brems_y(rng, int(sel.sum()), c.tails.radiative_y_min, c.tails.radiative_y_max)
+            e = e_beam[sel] * (1 - y)
+            e_beam[sel] = e
+            e_prs[sel], e_ecal[sel] = self._shower(rng, e)
+            proc[sel] = Process.RADIATIVE
+
+        sel = cat == Process.ELECTRONUCLEAR
+        if sel.any():
+            m = int(sel.sum())
+            f = _sample_log_uniform(rng, m, c.tails.electronuclear_f_min, c.tails.electronuclear_f_max)
+            e = e_beam[sel]
+            e_had = f * e
+            contained = rng.uniform(0.1, 0.4, m)  # share of the hadronic energy absorbed in the ECAL [est]
+            prs, ecal = self._shower(rng, e - e_had)
+            vis_had = e_had * (1 - contained) * (1 - c.hcal.invisible_fraction)
+            e_prs[sel] = prs
+            e_ecal[sel] = ecal + e_had * contained
+            e_hcal[sel] = self._hcal_smear(rng, vis_had)
+            e_miss[sel] = e_had * (1 - contained) * c.hcal.invisible_fraction
+            proc[sel] = Process.ELECTRONUCLEAR
+
+        sel = cat == Process.DIMUON
+        if sel.any():
+            m = int(sel.sum())
+            xm = rng.uniform(c.tails.dimuon_x_min, c.tails.dimuon_x_max, m)
+            e = e_beam[sel]
+            prs, ecal = self._shower(rng, e * (1 - xm))
+            e_prs[sel] = prs + self._landau(rng, c.ecal.mip_prs_mev, c.ecal.mip_width, m) / 1000 * 2
+            e_ecal[sel] = ecal + self._landau(rng, c.ecal.mip_ecal_mev, c.ecal.mip_width, m) / 1000 * 2
+            e_hcal[sel] = 2 * 4 * c.hcal.mip_module_mev / 1000  # nominal; modules drawn in deposits()
+            e_miss[sel] = e * xm - 2 * (c.ecal.mip_ecal_mev + 4 * c.hcal.mip_module_mev) / 1000
+            proc[sel] = Process.DIMUON
+
+        sel = cat == Process.SIGNAL_BREMS
+        if sel.any():
+            self._signal(rng, sel, e_beam, e_prs, e_ecal, e_miss, proc)
+
+        sel = (cat == 100 + Kind.PION) | (cat == 100 + Kind.KAON) | (cat == 100 + Kind.ANTIPROTON)
+        if sel.any():
+            kind[sel] = cat[sel] - 100
+            self._hadrons(rng, kind, sel, e_beam, e_prs, e_ecal, e_hcal, e_miss, proc)
+
+        sel = cat == 100 + Kind.MUON
+        if sel.any():
+            m = int(sel.sum())
+            kind[sel] = Kind.MUON
+            proc[sel] = Process.MUON
+            e_prs[sel] = self._landau(rng, c.ecal.mip_prs_mev, c.ecal.mip_width, m) / 1000
+            e_ecal[sel] = self._landau(rng, c.ecal.mip_ecal_mev, c.ecal.mip_width, m) / 1000
+            e_hcal[sel] = 4 * c.hcal.mip_module_mev / 1000  # nominal; modules drawn in deposits()
+            e_miss[sel] = e_beam[sel] - e_prs[sel] - e_ecal[sel] - e_hcal[sel]
+
+        b.e_beam[idx] = e_beam
+        b.e_prs[idx] = e_prs
+        b.e_ecal[idx] = e_ecal
+        b.e_hcal[idx] = e_hcal
+        b.e_miss[idx] = e_miss
+        b.kind[idx] = kind
+        b.process[idx] = proc
+
+    def _hcal_smear(self, rng: np.random.Generator, e: np.ndarray) -> np.ndarray:
+        hc = self.config.hcal
+        e = np.maximum(e, 1e-3)
+        sigma = np.hypot(hc.stochastic / np.sqrt(e), hc.constant)
+        return np.maximum(e * (1 + sigma * rng.standard_normal(e.size)), 0.0)
+
+    def _signal(
+        self,
+        rng: np.random.Generator,
+        sel: np.ndarray,
+        e_beam: np.ndarray,
+        e_prs: np.ndarray,
+        e_ecal: np.ndarray,
+        e_miss: np.ndarray,
+        proc: np.ndarray,
+    ) -> None:
+        assert self.brems is not None
+        where = np.flatnonzero(sel)
+        m = where.size
+        u = rng.random(m)
+        resonant = u < self.resonant_fraction
+        visible = rng.random(m) >= self.signal_br_invisible
+        e = e_beam[where]
+        miss = np.zeros(m)
+        nb = int((~resonant).sum())
+        if nb:
+            miss[~resonant] = self.brems.sample(nb, rng) * e[~resonant]
+        nr = int(resonant.sum())
+        if nr:
+            sig = self.config.signal
+            er = zprime.sample_resonant_missing_energy(
+                nr, rng, sig.mass_mev, self.signal_total_width, sig.resonant_smear
+            )
+            miss[resonant] = np.clip(er, 0.0, e[resonant])
+        miss = np.where(visible, 0.0, miss)  # a visible decay (e+ e-) deposits its energy in the ECAL
+        prs, ecal = self._shower(rng, e - miss)
+        e_prs[where], e_ecal[where], e_miss[where] = prs, ecal, miss
+        proc[where] = np.where(
+            visible, Process.SIGNAL_VISIBLE, np.where(resonant, Process.SIGNAL_RESONANT, Process.SIGNAL_BREMS)
+        )
+
+    def _hadrons(
+        self,
+        rng: np.random.Generator,
+        kind: np.ndarray,
+        sel: np.ndarray,
+        e_beam: np.ndarray,
+        e_prs: np.ndarray,
+        e_ecal: np.ndarray,
+        e_hcal: np.ndarray,
+        e_miss: np.ndarray,
+        proc: np.ndarray,
+    ) -> None:
+        c = self.config
+        ec, hc = c.ecal, c.hcal
+        factors = np.array(
+            [1.0, hc.pion_lambda_factor, hc.kaon_lambda_factor, hc.antiproton_lambda_factor, 1.0]
+        )
+        where = np.flatnonzero(sel)
+        factor = factors[kind[where]]
+        m = where.size
+        e = e_beam[where]
+        z = rng.exponential(ec.lambda_int_mm * factor, m)  # interaction depth in the ECAL
+        mip_prs = self._landau(rng, ec.mip_prs_mev, ec.mip_width, m) / 1000
+        mip_ecal = self._landau(rng, ec.mip_ecal_mev, ec.mip_width, m) / 1000
+        early = z < ec.prs_length_mm
+        late = (~early) & (z < ec.length_mm)
+        through = z >= ec.length_mm
+        f_prs = _sample_log_uniform(rng, m, ec.hadron_prs_min_fraction, ec.hadron_prs_max_fraction)
+        prs = np.where(early, np.maximum(e * f_prs, mip_prs), mip_prs)
+        # share of the shower contained in the ECAL after the interaction point: more when it starts early
+        remaining = np.clip((ec.length_mm - z) / ec.length_mm, 0.0, 1.0)
+        contain = np.clip(rng.uniform(0.5, 1.0, m) * remaining * 0.8, 0.0, 0.9)
+        shower = np.where(through, 0.0, e - prs)
+        ecal_vis = shower * contain * (1 - hc.invisible_fraction)
+        ecal_vis = np.where(through, mip_ecal, ecal_vis + mip_ecal * np.clip(z / ec.length_mm, 0, 1))
+        to_hcal = np.where(through, e - mip_prs - mip_ecal, shower * (1 - contain))
+        hcal_vis = self._hcal_smear(rng, to_hcal * (1 - hc.invisible_fraction))
+        e_prs[where] = prs
+        e_ecal[where] = ecal_vis
+        e_hcal[where] = hcal_vis
+        e_miss[where] = np.maximum(e - prs - ecal_vis - hcal_vis, 0.0)
+        proc[where] = np.where(
+            early, Process.HADRON_EARLY, np.where(late, Process.HADRON_SHOWER, Process.HADRON_MIP)
+        )
+
+    # ------------------------------------------------------------ primitives
+    def primitives(self, b: Batch, scale: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Noise-free primitive pulse heights (float32, (29, N), ADC counts).
+
+        ``scale`` (29,) is each primitive channel's gain in counts per MeV (order: 5 counters, 12 ECAL
+        block cells, 12 PRS block cells as in ``daq.detector.default_primitive_channels``). The shower
+        tables are pre-multiplied by the gains of the first call; later gains apply as a ratio.
+        """
+        scale = np.asarray(scale, np.float32)
+        if self._scaled is None:
+            self._scaled_gain = scale.copy()
+            nb = self.block_cells.size
+            k = 1000.0 * scale[N_COUNTERS:].astype(np.float64)
+            self._scaled = (
+                (self.block_tables * k[None, :nb, None]).astype(np.float32),
+                (self.block_tables * k[None, nb:, None]).astype(np.float32),
+            )
+        ecal_tab, prs_tab = self._scaled
+        n = len(b)
+        nb = self.block_cells.size
+        if out is None:
+            out = np.empty((N_COUNTERS + 2 * nb, n), np.float32)
+        np.multiply(b.counters, scale[:N_COUNTERS, None], out=out[:N_COUNTERS])
+        ecal = out[N_COUNTERS : N_COUNTERS + nb]
+        prs = out[N_COUNTERS + nb :]
+        np.take(ecal_tab[Profile.EM], b.bin, axis=1, out=ecal, mode="wrap")  # bins are in range
+        np.take(prs_tab[Profile.EM_PRS], b.bin, axis=1, out=prs, mode="wrap")
+        special = np.flatnonzero(b.kind != Kind.ELECTRON)
+        if special.size:
+            pe, pp = ECAL_PROFILE[b.process[special]], PRS_PROFILE[b.process[special]]
+            bins = b.bin[special]
+            ecal[:, special] = ecal_tab[pe, :, bins].T
+            prs[:, special] = prs_tab[pp, :, bins].T
+        ecal *= b.e_ecal
+        prs *= b.e_prs
+        if not np.array_equal(scale[N_COUNTERS:], self._scaled_gain[N_COUNTERS:]):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = np.where(self._scaled_gain > 0, scale / self._scaled_gain, 0.0).astype(np.float32)
+            out[N_COUNTERS:] *= ratio[N_COUNTERS:, None]
+        return out
+
+    # ------------------------------------------------------------ full deposits
+    def deposits(self, b: Batch, keys: np.ndarray) -> np.ndarray:
+        """All channel deposits (float32 (K, 110), MeV on the EM scale) of the particles in ``b``.
+
+        ``keys`` (uint64 per particle, :func:`simulator.randoms.particle_keys`) seed the secondaries
+        (SRD for everyone; HCAL and VETO for hadrons, muons, dimuons and electro-nuclear events).
+        """
+        c = self.config
+        k = len(b)
+        dep = np.zeros((k, detector.N_CHANNELS), np.float32)
+        if k == 0:
+            return dep
+        pe, pp = ECAL_PROFILE[b.process], PRS_PROFILE[b.process]
+        dep[:, _ECAL] = self.tables[pe, :, b.bin] * (b.e_ecal * np.float32(1000.0))[:, None]
+        dep[:, _PRS] = self.tables[pp, :, b.bin] * (b.e_prs * np.float32(1000.0))[:, None]
+        dep[:, _COUNTER] = b.counters.T
+        u = rnd.hash_uniform(keys, 0, (_N_U,))
+        srd_e = (
+            c.srd.electron_mean_mev
+            / c.srd.electron_shape
+            * _gamma_wh(_box_muller(u[:, _U_SRD]), c.srd.electron_shape)
+        )
+        srd_h = -c.srd.hadron_mean_mev * np.log(u[:, _U_SRDH])
+        dep[:, _SRD] = np.where((b.kind == Kind.ELECTRON)[:, None], srd_e, srd_h)
+        downstream = np.flatnonzero(np.isin(b.process, _DOWNSTREAM))
+        if downstream.size:
+            sub = b.take(downstream)
+            us = u[downstream]
+            dep[downstream, _HCAL] = self._hcal_cells(sub, us).reshape(downstream.size, -1)
+            dep[downstream, _VETO] = self._veto(sub, us)
+        return dep
+
+    def _hcal_cells(self, b: Batch, u: np.ndarray) -> np.ndarray:
+        """(K, 4 modules, 9 cells) HCAL deposits in MeV."""
+        hc = self.config.hcal
+        share = np.asarray(hc.module_share)[None, :] * np.exp(0.3 * _box_muller(u[:, _U_HMOD]))
+        share /= share.sum(axis=1, keepdims=True)
+        lat = np.exp(0.3 * _box_muller(u[:, _U_HLAT]))
+        lat[:, 4] = 0.0
+        lat *= (1 - hc.central_share) / lat.sum(axis=1, keepdims=True)
+        lat[:, 4] = hc.central_share  # central cell (x=1, y=1) of each module is on the beam axis
+        cells = (b.e_hcal * 1000.0)[:, None, None] * share[:, :, None] * lat[:, None, :]
+        n_mu = np.where(b.process == Process.MUON, 1, 0) + np.where(b.process == Process.DIMUON, 2, 0)
+        mips = np.flatnonzero(n_mu > 0)
+        if mips.size:
+            land = rnd.moyal_from_normal(_box_muller(u[mips][:, _U_HMIP]))
+            per_mod = np.maximum(hc.mip_module_mev * (1 + hc.mip_width * land), 0.1 * hc.mip_module_mev)
+            cells[mips] = 0.0
+            cells[mips, :, 4] = per_mod * n_mu[mips, None]
+        return cells.astype(np.float32)
+
+    def _veto(self, b: Batch, u: np.ndarray) -> np.ndarray:
+        """(K, 6) VETO PMT deposits: slab energy E split as E exp(-+dx/L) between its two PMTs."""
+        vc = self.config.veto
+        p = b.process
+        mean_n = np.zeros(len(b))
+        mean_n[p == Process.ELECTRONUCLEAR] = 1.5
+        mean_n[(p == Process.HADRON_SHOWER) | (p == Process.HADRON_EARLY)] = 1.5
+        n_mip = _poisson_from_uniform(u[:, _U_VN], mean_n[:, None])
+        fixed = np.zeros(len(b))
+        fixed[(p == Process.MUON) | (p == Process.HADRON_MIP)] = 1
+        fixed[p == Process.DIMUON] = 2
+        n_mip = np.where(fixed[:, None] > 0, fixed[:, None], n_mip)
+        land = rnd.moyal_from_normal(_box_muller(u[:, _U_VE]))
+        e_slab = n_mip * np.maximum(vc.mip_mev * (1 + vc.mip_width * land), 0.1 * vc.mip_mev)
+        att = np.exp((b.x - self.beam_axis[0]) / vc.attenuation_mm)[:, None]
+        out = np.empty((len(b), detector.VETO_SLABS, detector.VETO_PMTS), np.float32)
+        out[:, :, 0] = e_slab / att
+        out[:, :, 1] = e_slab * att
+        return out.reshape(len(b), -1)
+
+
+def _box_muller(u: np.ndarray) -> np.ndarray:
+    """Standard normals from uniform pairs: columns (0, 1), (2, 3), ... of ``u`` give one each."""
+    return np.sqrt(-2.0 * np.log(u[:, 0::2])) * np.cos(2.0 * np.pi * u[:, 1::2])
+
+
+def _gamma_wh(z: np.ndarray, k: float) -> np.ndarray:
+    """Gamma(k) variates from standard normals (Wilson-Hilferty), >= 0."""
+    c = 1.0 / (9.0 * k)
+    return k * np.clip(1.0 - c + z * np.sqrt(c), 0.0, None) ** 3
+
+
+_ECAL = slice(int(detector.ECAL_IDS[0]), int(detector.ECAL_IDS[-1]) + 1)
+_PRS = slice(int(detector.PRS_IDS[0]), int(detector.PRS_IDS[-1]) + 1)
+_HCAL = slice(int(detector.HCAL_IDS[0]), int(detector.HCAL_IDS[-1]) + 1)
+_VETO = slice(int(detector.VETO_IDS[0]), int(detector.VETO_IDS[-1]) + 1)
+_SRD = slice(int(detector.SRD_IDS[0]), int(detector.SRD_IDS[-1]) + 1)
+_COUNTER = slice(int(detector.COUNTER_IDS[0]), int(detector.COUNTER_IDS[-1]) + 1)
+#: columns of the per-particle hash uniforms used by the secondaries
+_U_HMOD, _U_HLAT, _U_HMIP = slice(0, 8), slice(8, 26), slice(26, 34)
+_U_VN, _U_VE, _U_SRD, _U_SRDH = slice(34, 37), slice(37, 43), slice(43, 49), slice(49, 52)
+_N_U = 52
+#: processes that put energy downstream of the ECAL (HCAL, VETO)
+_DOWNSTREAM = np.array(
+    [
+        Process.ELECTRONUCLEAR,
+        Process.DIMUON,
+        Process.HADRON_EARLY,
+        Process.HADRON_SHOWER,
+        Process.HADRON_MIP,
+        Process.MUON,
+    ],
+    dtype=np.uint8,
+)
+
+
+def _poisson_from_uniform(u: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Poisson variates (small means) by inverse CDF from uniforms."""
+    mean = np.broadcast_to(mean, u.shape)
+    n = np.zeros(u.shape)
+    p = np.exp(-mean)
+    cdf = p.copy()
+    for i in range(1, 20):
+        more = u > cdf
+        if not more.any():
+            break
+        n += more
+        p = p * mean / i
+        cdf = cdf + p
+    return n
+
+
+def _sample_log_uniform(rng: np.random.Generator, n: int, lo: float, hi: float) -> np.ndarray:
+    """dN/df ~ 1/f on [lo, hi]."""
+    return np.exp(rng.uniform(math.log(lo), math.log(hi), n))
+
+
+def _sample_brems_y(rng: np.random.Generator, n: int, lo: float, hi: float) -> np.ndarray:
+    """Radiated energy fraction y with dN/dy ~ (4/3 - 4/3 y + y^2) / y (complete screening) on [lo, hi]."""
+    out = np.empty(0)
+    while out.size < n:
+        y = _sample_log_uniform(rng, 2 * (n - out.size) + 8, lo, hi)
+        keep = rng.random(y.size) * (4 / 3) < (4 / 3 - 4 / 3 * y + y * y)
+        out = np.concatenate([out, y[keep]])
+    return out[:n]
+
+
+@functools.lru_cache(maxsize=8)
+def model_for(config: SimConfig) -> BeamModel:
+    """A cached :class:`BeamModel` for a config."""
+    return BeamModel(config)
+
+
+def generate(n: int, rng: np.random.Generator, config: SimConfig | None = None) -> Batch:
+    """``n`` particles drawn with exact random numbers from ``rng`` (pure and seedable; for tests)."""
+    return model_for(config or SimConfig()).generate(n, rnd.ExactRandoms(rng))

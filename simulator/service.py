@@ -1,0 +1,322 @@
+"""``na64 simulate`` at run time: a DEALER socket, the pacing schedule, heartbeats and clean shutdown.
+
+One thread, one socket. The schedule is absolute: spill k starts at run start + k x spill period and
+its slice i leaves at spill start + (i + 1) x slice length (``realtime``), never drifting; with ``max``
+pacing slices leave as fast as the DAQ takes them (at most ``max_inflight_slices`` unrequested). Between
+deadlines the loop answers readout requests. Sending never drops: when the DAQ does not read, the send
+waits (answering requests meanwhile) and the wait is logged.
+
+The front-end sends SPILL_END once every slice of the spill was requested and answered, or
+``request_timeout_s`` after the last slice. A stop request (SIGINT/SIGTERM) ends the current spill the
+same way, then RUN_STOP; queued messages get ``linger_s`` to leave.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+import zmq
+
+from daq import protocol
+from daq.errors import ProtocolError
+from simulator.config import SimConfig
+from simulator.frontend import FrontEnd, TruthSink
+
+log = logging.getLogger(__name__)
+
+State = protocol.FrontEndState
+
+
+def tune_allocator(prefault_mb: int = 400) -> bool:
+    """Keep freed memory in the heap (glibc) and pre-touch ``prefault_mb``: the latency buffer allocates
+    and frees ~100 MB/s of slice arrays, and first-touch page faults would otherwise cost ~40% more CPU
+    during the first seconds of a run. Process-wide; returns False where mallopt is unavailable."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(-3, 32 * 1024 * 1024) == 1  # M_MMAP_THRESHOLD: arrays up to 32 MB from the heap
+        ok = ok and libc.mallopt(-1, 2**31 - 1) == 1  # M_TRIM_THRESHOLD: never give the heap back
+    except (OSError, AttributeError):
+        return False
+    if ok and prefault_mb > 0:
+        blocks = [np.ones(1 << 19, np.float32) for _ in range(prefault_mb // 2)]
+        del blocks
+    return bool(ok)
+
+
+class Service:
+    """Runs one simulated run over a DEALER socket connected to ``endpoint``."""
+
+    def __init__(
+        self,
+        config: SimConfig,
+        endpoint: str,
+        n_spills: int | None = None,
+        truth_sink: TruthSink | None = None,
+        on_spill_end: Callable[[int, dict[str, float]], None] | None = None,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    ) -> None:
+        self.config = config
+        self.endpoint = endpoint
+        self.n_spills = n_spills
+        self.on_spill_end = on_spill_end
+        self.fe = FrontEnd(config, truth_sink)
+        self.ctx = context or zmq.Context.instance()
+        self.sock: zmq.Socket[bytes] | None = None
+        self.seq = protocol.SequenceCounter()
+        self.stop_requested = False
+        self.state = State.IDLE
+        self.spill = 0
+        self.t_start = time.monotonic()
+        self.next_heartbeat = self.t_start
+        self.requests: deque[protocol.ReadoutRequest] = deque()
+        self.n_decode_errors = 0
+        self.spills_done = 0
+        self.realtime = config.readout.pace == "realtime"
+
+    def request_stop(self) -> None:
+        """Ask the run to end cleanly (safe to call from a signal handler)."""
+        self.stop_requested = True
+
+    # ------------------------------------------------------------ main
+    def run(self) -> int:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.SNDHWM, 20000)
+        sock.setsockopt(zmq.RCVHWM, 20000)
+        sock.setsockopt(zmq.LINGER, int(self.config.readout.linger_s * 1000))
+        sock.connect(self.endpoint)
+        self.sock = sock
+        log.info(
+            "front-end run %d: connected to %s, %.3g Hz, %s pacing, seed %d",
+            self.config.run,
+            self.endpoint,
+            self.config.beam.rate_hz,
+            self.config.readout.pace,
+            self.config.seed,
+        )
+        try:
+            self.state = State.RUNNING
+            self._send(self.fe.run_start())
+            self._heartbeat_if_due()
+            t_run = time.monotonic()
+            index = 0
+            while not self.stop_requested and (self.n_spills is None or index < self.n_spills):
+                t_spill = t_run + index * self.config.beam.spill_period_s
+                if self.realtime:
+                    self._serve_until(t_spill)
+                    if self.stop_requested:
+                        break
+                self._spill(index + 1, t_spill if self.realtime else time.monotonic())
+                index += 1
+            self.state = State.IDLE
+            self._send(self.fe.run_stop(self.spills_done))
+            log.info("front-end run %d: stopped after %d spills", self.config.run, self.spills_done)
+        finally:
+            sock.close()  # lingers up to linger_s for queued messages
+            self.sock = None
+        return 0
+
+    def _spill(self, spill: int, t_spill: float) -> None:
+        fe = self.fe
+        self.spill = spill
+        self.state = State.IN_SPILL
+        self._send(fe.begin_spill(spill, time.time_ns()))
+        c = fe.counters[spill]
+        slice_s = fe.slice_ns / 1e9
+        stall = fe.faults.stall(spill)
+        fe.prepare(spill, 0)
+        last_sent = time.monotonic()
+        for i in range(fe.n_slices):
+            if self.stop_requested:
+                break
+            deadline = t_spill + (i + 1) * slice_s
+            t_slice = i * slice_s
+            if stall is not None and stall.t_s <= t_slice < stall.t_s + stall.length_s:
+                self._stalled(stall, spill, i, deadline)
+                continue
+            if self.realtime:
+                self._serve_until(deadline)
+            else:
+                self._serve_nowait()
+                self._throttle(spill)
+            now = time.monotonic()
+            self._send(fe.slice_message(spill, i))
+            if self.realtime:
+                late = (now - deadline) * 1000
+                c.max_lateness_ms = max(c.max_lateness_ms, late)
+                if late > slice_s * 1000:
+                    c.n_late_slices += 1
+            last_sent = time.monotonic()
+            if i + 1 < fe.n_slices:
+                fe.prepare(spill, i + 1)
+        # wait for the requests of this spill's slices, at most request_timeout_s after the last slice
+        timeout = last_sent + self.config.readout.request_timeout_s
+        while not fe.spill_complete(spill) and time.monotonic() < timeout:
+            self._serve_until(min(timeout, time.monotonic() + 0.05))
+        missing = len(c.sent - c.requested)
+        if missing:
+            log.warning(
+                "spill %d: %d slices were never requested (timeout %.1f s)",
+                spill,
+                missing,
+                self.config.readout.request_timeout_s,
+            )
+        self._send(fe.end_spill(spill, time.time_ns()))
+        self.spills_done += 1
+        self.state = State.RUNNING
+        self._log_spill(spill)
+        if self.on_spill_end is not None:
+            self.on_spill_end(spill, c.public())
+
+    def _stalled(self, stall: object, spill: int, i: int, deadline: float) -> None:
+        """One slice period of a front-end stall: nothing sent or answered, heartbeats say STALLED."""
+        fe = self.fe
+        if self.state != State.STALLED:
+            log.warning(
+                "spill %d: front-end stalls at slice %d (fault %s)", spill, i, getattr(stall, "text", "")
+            )
+        self.state = State.STALLED
+        fe.skip_slice(spill, i)
+        end = deadline if self.realtime else time.monotonic()
+        while time.monotonic() < end and not self.stop_requested:
+            self._heartbeat_if_due()
+            time.sleep(min(0.01, max(end - time.monotonic(), 0)))
+        stall_end = getattr(stall, "t_s", 0.0) + getattr(stall, "length_s", 0.0)
+        if (i + 1) * fe.slice_ns / 1e9 >= stall_end - 1e-9:
+            self.state = State.IN_SPILL
+            if getattr(stall, "restart", False):
+                log.warning("spill %d: front-end restarts (sequence numbers from 0, new RUN_START)", spill)
+                self.seq = protocol.SequenceCounter()
+                self._send(fe.run_start())
+            log.warning(
+                "spill %d: front-end resumes after %d stalled slices",
+                spill,
+                fe.counters[spill].n_stalled_slices,
+            )
+        if i + 1 < fe.n_slices:
+            fe.prepare(spill, i + 1)
+
+    def _throttle(self, spill: int) -> None:
+        """max pacing: wait while too many sent slices are unrequested (bounded by the request timeout)."""
+        limit = self.config.readout.max_inflight_slices
+        if limit <= 0:
+            return
+        c = self.fe.counters[spill]
+        deadline = time.monotonic() + self.config.readout.request_timeout_s
+        while len(c.sent) - len(c.requested & c.sent) >= limit and not self.stop_requested:
+            if time.monotonic() > deadline:
+                log.warning(
+                    "spill %d: DAQ lags by %d slices for %.1f s; going on",
+                    spill,
+                    len(c.sent - c.requested),
+                    self.config.readout.request_timeout_s,
+                )
+                return
+            self._serve_until(min(deadline, time.monotonic() + 0.05))
+
+    def _log_spill(self, spill: int) -> None:
+        c = self.fe.counters[spill]
+        extra = {
+            k: v
+            for k, v in c.public().items()
+            if k.startswith("n_")
+            and v
+            and k not in ("n_slices", "n_requests", "n_fragments", "n_events_read", "n_particles")
+        }
+        log.info(
+            "spill %d done: %d particles in %d slices, %d requests, %d events read, %d fragments; max "
+            "lateness %.1f ms%s",
+            spill,
+            c.n_particles,
+            c.n_slices,
+            c.n_requests,
+            c.n_events_read,
+            c.n_fragments,
+            c.max_lateness_ms,
+            f"; {extra}" if extra else "",
+        )
+
+    # ------------------------------------------------------------ socket
+    def _send(self, msg: protocol.Message) -> None:
+        assert self.sock is not None
+        frames = protocol.encode(self.seq.stamp(msg))
+        waited_since: float | None = None
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN | zmq.POLLOUT)
+        while True:
+            try:
+                self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                if waited_since is not None:
+                    log.info("DAQ reading again after %.1f s", time.monotonic() - waited_since)
+                return
+            except zmq.Again:
+                now = time.monotonic()
+                if waited_since is None:
+                    waited_since = now
+                    log.warning("send queue full (DAQ not reading): waiting")
+                if self.stop_requested and now - waited_since > self.config.readout.linger_s:
+                    log.error(
+                        "DAQ not reading for %.1f s while stopping: %s dropped",
+                        now - waited_since,
+                        msg.TYPE.name,
+                    )
+                    return
+            events = dict(poller.poll(100))
+            if events.get(self.sock, 0) & zmq.POLLIN:
+                self._receive_all()
+            self._heartbeat_if_due(queue_only=True)
+
+    def _receive_all(self) -> None:
+        assert self.sock is not None
+        while True:
+            try:
+                frames = self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                msg = protocol.decode(frames)
+            except ProtocolError as e:
+                self.n_decode_errors += 1
+                log.warning("undecodable message from the DAQ (%d so far): %s", self.n_decode_errors, e)
+                continue
+            if isinstance(msg, protocol.ReadoutRequest):
+                self.requests.append(msg)
+            else:
+                log.debug("ignoring %s from the DAQ", msg.TYPE.name)
+
+    def _answer_pending(self) -> None:
+        while self.requests:
+            req = self.requests.popleft()
+            for frag in self.fe.answer(req):
+                self._send(frag)
+
+    def _serve_nowait(self) -> None:
+        self._receive_all()
+        self._answer_pending()
+        self._heartbeat_if_due()
+
+    def _serve_until(self, t: float) -> None:
+        """Answer requests and send heartbeats until monotonic time ``t`` (or a stop request)."""
+        assert self.sock is not None
+        while True:
+            self._serve_nowait()
+            now = time.monotonic()
+            if now >= t or self.stop_requested:
+                return
+            wait = min(t, self.next_heartbeat) - now
+            if wait > 0:
+                self.sock.poll(max(1, int(wait * 1000)), zmq.POLLIN)
+
+    def _heartbeat_if_due(self, queue_only: bool = False) -> None:
+        now = time.monotonic()
+        if now < self.next_heartbeat:
+            return
+        self.next_heartbeat = now + self.config.readout.heartbeat_s
+        if queue_only:
+            return  # inside a blocked send: the next regular heartbeat follows once the queue moves
+        hb = self.fe.heartbeat(self.state, int((now - self.t_start) * 1e9), self.spill)
+        self._send(hb)

@@ -1,0 +1,173 @@
+"""``na64 simulate``: run the simulated front-end against a DAQ (connects a DEALER to ``--endpoint``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+from types import FrameType
+from typing import Any
+
+from daq import config as daq_config
+from daq.errors import ConfigError, UserError
+from simulator.config import SimConfig
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "simulate",
+        help="simulated NA64 front-end: beam, detector, electronics, wire protocol",
+        description="Stream trigger primitives of every beam particle to a DAQ, answer its readout requests "
+        "with waveforms, mark spills and the run, send heartbeats. Settings come from defaults, then "
+        "--config FILE, then --set KEY=VALUE, then the flags below. See docs/simulator.md.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="DAQ ROUTER endpoint to connect to")
+    p.add_argument("--rate", type=float, default=None, help="beam rate in spill, Hz (default 2e6)")
+    p.add_argument(
+        "--spills",
+        type=int,
+        default=None,
+        help="number of spills, then RUN_STOP and exit (default: until SIGINT/SIGTERM)",
+    )
+    p.add_argument("--spill-length", type=float, default=None, help="spill length, s (default 4.8)")
+    p.add_argument("--spill-period", type=float, default=None, help="spill period, s (default 10.8)")
+    p.add_argument(
+        "--pace",
+        choices=["realtime", "max"],
+        default=None,
+        help="realtime: slices leave on wall-clock deadlines; max: as fast as the DAQ reads "
+        "(default realtime)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=None, help="random seed (default 1); the run number is mixed in"
+    )
+    p.add_argument("--run", dest="run_number", type=int, default=None, help="run number (default 1)")
+    p.add_argument(
+        "--slice-ms", type=float, default=None, help="beam time per SLICE message, ms (default 10)"
+    )
+    p.add_argument(
+        "--signal",
+        default=None,
+        metavar="MODEL:MASS_MEV:COUPLING:RATE_PER_1E9EOT",
+        help="inject Z' -> invisible signal, e.g. B-L:16.7:3e-4:1000 (models: B-L, B-3L_e, "
+        "B-2L_e-L_mu, B-L_e-2L_mu)",
+    )
+    p.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="NAME[:ARGS]",
+        help="inject a fault (repeatable): dead:CH, noisy:CH[:RMS], hot:CH[:PROB], "
+        "gain_drift[:TARGET[:PCT_PER_SPILL]], pedestal_jump[:TARGET[:COUNTS[:SPILL]]], "
+        "no_answer[:GROUP[:SPILL[:T_S]]], empty_fragment[:GROUP[:SPILL[:T_S]]], "
+        "spike[:FACTOR[:LENGTH_S[:SAT[:SPILL]]]], stall[:SPILL[:AT_S[:DURATION_S[:restart]]]], "
+        "beam_off[:SPILL]",
+    )
+    p.add_argument("--config", default=None, metavar="FILE", help="TOML config file (tables as in docs)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help='override one config key, e.g. --set beam.profile="spike" (repeatable)',
+    )
+    p.add_argument("--truth", default=None, metavar="FILE", help="write truth of read-out particles to HDF5")
+    p.set_defaults(run=run)
+
+
+def parse_signal(text: str) -> dict[str, Any]:
+    """``MODEL:MASS_MEV:COUPLING:RATE_PER_1E9EOT`` -> signal config keys."""
+    parts = text.split(":")
+    if len(parts) != 4:
+        raise ConfigError(f"--signal {text!r}: expected MODEL:MASS_MEV:COUPLING:RATE_PER_1E9EOT")
+    try:
+        mass, coupling, rate = (float(v) for v in parts[1:])
+    except ValueError:
+        raise ConfigError(f"--signal {text!r}: mass, coupling and rate must be numbers") from None
+    return {
+        "enabled": True,
+        "model": parts[0],
+        "mass_mev": mass,
+        "coupling": coupling,
+        "rate_per_1e9_eot": rate,
+    }
+
+
+def build_config(args: argparse.Namespace) -> SimConfig:
+    """Defaults <- --config <- --set <- flags."""
+    overrides: dict[str, Any] = {}
+    for text in args.set:
+        key, value = daq_config.parse_assignment(text)
+        overrides[key] = value
+    flag_keys = {
+        "rate": "beam.rate_hz",
+        "spill_length": "beam.spill_length_s",
+        "spill_period": "beam.spill_period_s",
+        "pace": "readout.pace",
+        "seed": "seed",
+        "run_number": "run",
+        "slice_ms": "readout.slice_ms",
+    }
+    for attr, key in flag_keys.items():
+        value = getattr(args, attr)
+        if value is not None:
+            overrides[key] = value
+    if args.signal:
+        for k, v in parse_signal(args.signal).items():
+            overrides[f"signal.{k}"] = v
+    data = daq_config.load_toml(args.config) if args.config else {}
+    if args.fault:
+        overrides["faults"] = [*data.get("faults", []), *args.fault]
+    return daq_config.from_dict(SimConfig, daq_config.with_overrides(data, overrides))
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.spills is not None and args.spills < 0:
+        raise UserError(f"--spills must be >= 0 (got {args.spills})")
+    config = build_config(args)
+    stopping: list[str] = []
+    holder: list[Any] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stopping.append(signal.Signals(signum).name)
+        log.info("%s: ending the run cleanly", stopping[-1])
+        for service in holder:
+            service.request_stop()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    writer = None
+    try:
+        from simulator.service import Service, tune_allocator  # heavy imports only when running
+
+        tune_allocator()
+        service = Service(config, args.endpoint, n_spills=args.spills)
+        holder.append(service)
+        if stopping:
+            service.request_stop()
+        if args.truth:
+            writer = _truth_writer(args.truth, service, config)
+        return service.run()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        if writer is not None:
+            writer.close()
+
+
+def _truth_writer(path: str, service: Any, config: SimConfig) -> Any:
+    from simulator.truth import TruthWriter
+
+    fe = service.fe
+    writer = TruthWriter(path, fe.info(), fe.electronics)
+    fe.truth_sink = writer.add
+
+    def spill_truth(spill: int, counters: dict[str, float]) -> None:
+        start = fe.electronics_state(spill, 0.0)
+        end = fe.electronics_state(spill, config.beam.spill_length_s)
+        writer.end_spill(spill, counters, start, end)
+
+    service.on_spill_end = spill_truth
+    return writer

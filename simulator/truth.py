@@ -1,0 +1,194 @@
+"""The simulator's truth file (HDF5): electronics truth per channel and per spill, and per-particle truth
+of every read-out particle. Truth never goes into detector data; it is for calibration and physics tests.
+
+Layout (format ``na64sim-truth`` version 1; all datasets 1D unless noted)::
+
+    /                       attrs: format, format_version, simulator_version, run, seed, config (JSON),
+                                   kind_names (JSON list), process_names (JSON list), created (ISO time),
+                                   complete (bool, True once closed cleanly)
+    /channels/              per channel (index = channel id, 110): gain [ADC counts/MeV], pedestal_even,
+                            pedestal_odd [ADC counts], noise [ADC counts RMS], time_offset_ns, status
+                            (0 good, 1 dead, 2 hot, 3 noisy), dead, hot, noisy (uint8 flags), name (S12)
+    /spills/                one row per spill: spill, n_particles, n_events_read, n_requests;
+                            (n_spills, 110): gain_start, gain_end, pedestal_even, pedestal_odd, noise
+                            (as seen at spill start, resp. end, after faults such as gain_drift)
+    /particles/             one row per read-out particle: run, spill, slice, index, t_ns, kind, process,
+                            energy_gev (beam energy), x_mm, y_mm (ECAL face, origin at cell (0,0) centre),
+                            e_ecal_gev, e_prs_gev, e_hcal_gev, e_veto_gev, e_srd_gev (true deposits on
+                            the EM scale), signal (1 = invisible Z'), e_miss_gev
+
+The file is written as ``PATH.partial`` and renamed to ``PATH`` when closed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from daq import detector
+from daq.errors import UserError
+from simulator.electronics import Electronics
+from simulator.faults import SliceState
+from simulator.physics import KIND_NAMES, Process
+
+log = logging.getLogger(__name__)
+
+FORMAT = "na64sim-truth"
+FORMAT_VERSION = 1
+
+PARTICLE_FIELDS: dict[str, str] = {
+    "run": "u4",
+    "spill": "u4",
+    "slice": "u4",
+    "index": "u4",
+    "t_ns": "i8",
+    "kind": "u1",
+    "process": "u1",
+    "energy_gev": "f4",
+    "x_mm": "f4",
+    "y_mm": "f4",
+    "e_ecal_gev": "f4",
+    "e_prs_gev": "f4",
+    "e_hcal_gev": "f4",
+    "e_veto_gev": "f4",
+    "e_srd_gev": "f4",
+    "signal": "u1",
+    "e_miss_gev": "f4",
+}
+SPILL_SCALARS = ("spill", "n_particles", "n_events_read", "n_requests")
+SPILL_ARRAYS = ("gain_start", "gain_end", "pedestal_even", "pedestal_odd", "noise")
+
+
+class TruthError(UserError):
+    """A truth file is missing or not a simulator truth file."""
+
+
+class TruthWriter:
+    """Appends truth to an HDF5 file; rows are buffered in memory and written at each spill end."""
+
+    def __init__(self, path: str | Path, info: dict[str, Any], electronics: Electronics) -> None:
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + ".partial")
+        try:
+            self.f = h5py.File(self.tmp, "w")
+        except OSError as e:
+            raise TruthError(f"cannot create truth file {self.tmp}: {e}") from None
+        a = self.f.attrs
+        a["format"], a["format_version"] = FORMAT, FORMAT_VERSION
+        a["simulator_version"] = str(info.get("version", ""))
+        a["run"], a["seed"] = int(info.get("run", 0)), int(info.get("seed", 0))
+        a["config"] = json.dumps(info.get("config", {}), default=str)
+        a["signal"] = json.dumps(info.get("signal"), default=str)
+        a["kind_names"] = json.dumps(list(KIND_NAMES))
+        a["process_names"] = json.dumps([p.name for p in Process])
+        a["created"] = datetime.datetime.now(datetime.UTC).isoformat()
+        a["complete"] = False
+        ch = self.f.create_group("channels")
+        for name in ("gain", "pedestal_even", "pedestal_odd", "noise", "time_offset_ns", "status"):
+            ch.create_dataset(name, data=getattr(electronics, name))
+        for code, flag in ((1, "dead"), (2, "hot"), (3, "noisy")):
+            ch.create_dataset(flag, data=(electronics.status == code).astype(np.uint8))
+        ch.create_dataset("name", data=detector.CHANNELS["name"])
+        sp = self.f.create_group("spills")
+        for name in SPILL_SCALARS:
+            sp.create_dataset(name, shape=(0,), maxshape=(None,), dtype="u8")
+        for name in SPILL_ARRAYS:
+            sp.create_dataset(
+                name, shape=(0, detector.N_CHANNELS), maxshape=(None, detector.N_CHANNELS), dtype="f8"
+            )
+        pg = self.f.create_group("particles")
+        for name, dt in PARTICLE_FIELDS.items():
+            pg.create_dataset(
+                name,
+                shape=(0,),
+                maxshape=(None,),
+                dtype=dt,
+                chunks=(16384,),
+                compression="gzip",
+                compression_opts=1,
+                shuffle=True,
+            )
+        self._rows: list[dict[str, np.ndarray]] = []
+        self.n_particles = 0
+
+    def add(self, rows: dict[str, np.ndarray]) -> None:
+        """Buffer truth rows of read-out particles (keys = PARTICLE_FIELDS)."""
+        self._rows.append(rows)
+
+    def end_spill(self, spill: int, counters: dict[str, float], start: SliceState, end: SliceState) -> None:
+        """Write the buffered particles and the spill's electronics truth; flush."""
+        self.flush()
+        sp = self.f["spills"]
+        n = sp["spill"].shape[0]
+        values = {
+            "spill": spill,
+            "n_particles": counters.get("n_particles", 0),
+            "n_events_read": counters.get("n_events_read", 0),
+            "n_requests": counters.get("n_requests", 0),
+        }
+        for name in SPILL_SCALARS:
+            sp[name].resize((n + 1,))
+            sp[name][n] = int(values[name])
+        arrays = {
+            "gain_start": start.gain,
+            "gain_end": end.gain,
+            "pedestal_even": start.pedestal_even,
+            "pedestal_odd": start.pedestal_odd,
+            "noise": start.noise,
+        }
+        for name in SPILL_ARRAYS:
+            sp[name].resize((n + 1, detector.N_CHANNELS))
+            sp[name][n] = arrays[name]
+        self.f.flush()
+
+    def flush(self) -> None:
+        if not self._rows:
+            return
+        rows, self._rows = self._rows, []
+        pg = self.f["particles"]
+        n0 = pg["run"].shape[0]
+        k = sum(len(r["run"]) for r in rows)
+        for name in PARTICLE_FIELDS:
+            ds = pg[name]
+            ds.resize((n0 + k,))
+            ds[n0:] = np.concatenate([r[name] for r in rows])
+        self.n_particles = n0 + k
+
+    def close(self) -> None:
+        if not self.f.id.valid:
+            return
+        self.flush()
+        self.f.attrs["complete"] = True
+        self.f.close()
+        os.replace(self.tmp, self.path)
+        log.info("truth written to %s (%d read-out particles)", self.path, self.n_particles)
+
+
+def read_truth(path: str | Path) -> dict[str, Any]:
+    """Read a truth file: ``{"attrs", "config", "channels", "spills", "particles"}`` (dicts of arrays)."""
+    p = Path(path)
+    if not p.exists():
+        raise TruthError(f"truth file {p} does not exist")
+    try:
+        f = h5py.File(p, "r")
+    except OSError:
+        raise TruthError(f"{p} is not an HDF5 file") from None
+    with f:
+        if f.attrs.get("format") != FORMAT:
+            raise TruthError(
+                f"{p} is not a simulator truth file (format attribute {f.attrs.get('format')!r})"
+            )
+        if int(f.attrs["format_version"]) != FORMAT_VERSION:
+            raise TruthError(f"{p}: truth format version {f.attrs['format_version']} is not supported")
+        attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+        out: dict[str, Any] = {"attrs": attrs, "config": json.loads(attrs["config"])}
+        for group in ("channels", "spills", "particles"):
+            out[group] = {name: ds[()] for name, ds in f[group].items()}
+    return out

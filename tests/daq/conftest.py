@@ -1,0 +1,83 @@
+"""Fixtures of the DAQ tests: a real ``na64 daq`` process on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port, na64_command
+from tests.daq.frontend import Listener
+
+
+@dataclass
+class DaqProcess:
+    proc: subprocess.Popen[str]
+    endpoint: str
+    publish: str
+    data_dir: Path
+    log: Path
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def output(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+
+def start_daq(tmp: Path, *extra: str, data_dir: Path | None = None, preexec=None) -> DaqProcess:  # type: ignore[no-untyped-def]
+    """Start ``na64 daq`` and wait until it listens (its status appears on the publish socket)."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    publish = f"tcp://127.0.0.1:{free_port()}"
+    data = data_dir or tmp / "data"
+    log = tmp / f"daq-{time.monotonic_ns()}.log"
+    cmd = na64_command("daq", "--endpoint", endpoint, "--publish", publish, "--data-dir", str(data), *extra)
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, preexec_fn=preexec,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    d = DaqProcess(proc, endpoint, publish, data, log)
+    lis = Listener(publish)
+    try:
+        deadline = time.monotonic() + 30
+        while not lis.status:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"na64 daq did not start (rc {proc.poll()}):\n{d.output()}")
+            lis.pump(0.2)
+    except BaseException:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        raise
+    finally:
+        lis.close()
+    return d
+
+
+@pytest.fixture
+def daq_factory(tmp_path: Path) -> Iterator[object]:
+    """``daq_factory(*flags)`` starts a DAQ process; all are killed at teardown."""
+    started: list[DaqProcess] = []
+
+    def factory(*extra: str, **kw: object) -> DaqProcess:
+        d = start_daq(tmp_path, *extra, **kw)  # type: ignore[arg-type]
+        started.append(d)
+        return d
+
+    yield factory
+    for d in started:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()

@@ -1,0 +1,192 @@
+"""The replay front-end over a real socket: the real `na64 replay` process against a test-side ROUTER
+that requests readouts like a DAQ (every particle of every slice, plus the recorded random windows)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from daq import detector, protocol
+from daq.files import SpillFile, partial_filename
+from tests.conftest import free_port, na64_command
+from tests.replay.synth import make_spill
+
+pytestmark = pytest.mark.integration
+
+
+class RecordingRouter:
+    """A ROUTER that answers every SLICE with a READOUT_REQUEST and records everything it receives."""
+
+    def __init__(self, endpoint: str, random_t: dict[tuple[int, int], np.ndarray]) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.bind(endpoint)
+        self.random_t = random_t  # (spill, slice) -> random trigger times to ask for
+        self.messages: list[protocol.Message] = []
+        self.slice_arrival: list[float] = []  # monotonic time each SLICE arrived
+        self.requests: dict[tuple[int, int], protocol.ReadoutRequest] = {}
+        self.fragments: dict[tuple[int, int], list[protocol.Fragment]] = {}
+        self.seq = protocol.SequenceCounter()
+        self.tracker = protocol.SequenceTracker()
+
+    def run(self, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.sock.poll(100):
+                if proc.poll() is not None:
+                    return
+                continue
+            ident, *frames = self.sock.recv_multipart()
+            msg = protocol.decode(frames)
+            self.tracker.check(ident, msg.seq)  # raises on a gap or repeat
+            self.messages.append(msg)
+            if isinstance(msg, protocol.Slice):
+                self.slice_arrival.append(time.monotonic())
+                extra = self.random_t.get((msg.spill, msg.slice_id), np.zeros(0, np.int64))
+                idx = np.concatenate(
+                    [
+                        np.arange(msg.n_particles, dtype=np.uint32),
+                        np.full(extra.size, protocol.NO_PARTICLE, np.uint32),
+                    ]
+                )
+                t = np.concatenate([msg.t_ns, extra]).astype(np.int64)
+                req = protocol.ReadoutRequest(
+                    run=msg.run, spill=msg.spill, slice_id=msg.slice_id, n_events=idx.size, index=idx, t_ns=t
+                )
+                self.requests[(msg.spill, msg.slice_id)] = req
+                self.sock.send_multipart([ident, *protocol.encode(self.seq.stamp(req))])
+            elif isinstance(msg, protocol.Fragment):
+                self.fragments.setdefault((msg.spill, msg.slice_id), []).append(msg)
+        raise AssertionError("replay did not finish in time")
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
+
+
+def _types(messages: list[protocol.Message]) -> list[str]:
+    return [m.TYPE.name for m in messages if not isinstance(m, protocol.Heartbeat)]
+
+
+def test_replay_streams_every_spill_and_answers_from_the_stored_waveforms(
+    tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    data = tmp_path / "data"
+    spills = [make_spill(data, spill=s, n_particles=4000, n_slices=5, seed=s) for s in (1, 2)]
+    # a corrupt file and a partial file among them: skipped with a message and counted
+    (data / "run000001_spill00003.h5").write_bytes(b"not an HDF5 file")
+    (data / partial_filename(1, 4)).write_bytes(b"half written")
+    random_t: dict[tuple[int, int], np.ndarray] = {}
+    for s in spills:
+        rnd = s.readout_index == protocol.NO_PARTICLE
+        for k in range(s.n_slices):
+            random_t[(int(s.path.name[15:20]), k)] = s.readout_t[rnd & (s.readout_slice == k)]
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    router = RecordingRouter(endpoint, random_t)
+    try:
+        proc = subprocess.Popen(
+            na64_command("replay", str(data), "--pace", "max", "--endpoint", endpoint),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        processes.append(proc)
+        router.run(proc)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        router.close()
+    assert proc.returncode == 0, err.decode()
+    text = out.decode()
+    assert "replayed 2 spills" in text and "skipped 2 files" in text, text
+    assert "run000001_spill00003.h5" in text and "not an HDF5 file" in text
+    assert partial_filename(1, 4) in text and "partial file" in text
+
+    types = _types(router.messages)
+    slices_1 = spills[0].n_slices
+    assert types[0] == "RUN_START" and types[-1] == "RUN_STOP"
+    assert types.count("SPILL_START") == 2 and types.count("SPILL_END") == 2
+    assert types.count("SLICE") == 2 * slices_1
+    assert types.count("FRAGMENT") == 2 * slices_1 * detector.N_GROUPS
+    assert any(isinstance(m, protocol.Heartbeat) for m in router.messages)
+    run_start = next(m for m in router.messages if isinstance(m, protocol.RunStart))
+    np.testing.assert_array_equal(run_start.prim_channels, detector.default_primitive_channels())
+    assert run_start.slice_ns == spills[0].slice_ns and run_start.n_channels == detector.N_CHANNELS
+    stop = next(m for m in router.messages if isinstance(m, protocol.RunStop))
+    assert stop.n_spills == 2
+
+    for s, spill_no in zip(spills, (1, 2), strict=True):
+        with SpillFile(s.path) as f:
+            ev = f.events(["slice", "index", "t_ns"])
+            wf = f.waveforms()
+            t_start = int(f.attrs["t_start_ns"])
+        end = next(m for m in router.messages if isinstance(m, protocol.SpillEnd) and m.spill == spill_no)
+        start = next(m for m in router.messages if isinstance(m, protocol.SpillStart) and m.spill == spill_no)
+        assert start.t_start_ns == t_start  # recorded times by default
+        n_part = int((ev["index"] != protocol.NO_PARTICLE).sum())
+        assert (end.n_slices, end.n_requests, end.n_fragments) == (s.n_slices, s.n_slices, 6 * s.n_slices)
+        assert end.n_particles == n_part
+        assert end.n_events_read == ev["index"].size  # every particle + every random window
+        # SPILL_END comes after the last fragment of the spill
+        pos_end = router.messages.index(end)
+        last_frag = max(
+            i
+            for i, m in enumerate(router.messages)
+            if isinstance(m, protocol.Fragment) and m.spill == spill_no
+        )
+        assert last_frag < pos_end
+        for k in range(s.n_slices):
+            frags = router.fragments[(spill_no, k)]
+            assert sorted(f.source for f in frags) == list(range(detector.N_GROUPS))
+            req = router.requests[(spill_no, k)]
+            got = np.zeros((req.n_events, detector.N_CHANNELS, detector.N_SAMPLES), np.uint16)
+            for f in frags:
+                got[:, detector.GROUP_IDS[f.source]] = f.waveforms
+            rows = np.flatnonzero(ev["slice"] == k)
+            p_rows = rows[ev["index"][rows] != protocol.NO_PARTICLE]
+            p_rows = p_rows[np.argsort(ev["index"][p_rows])]
+            r_rows = rows[ev["index"][rows] == protocol.NO_PARTICLE]
+            r_rows = r_rows[np.argsort(ev["t_ns"][r_rows], kind="stable")]
+            np.testing.assert_array_equal(got, wf[np.concatenate([p_rows, r_rows])])
+
+
+def test_replay_paces_at_the_requested_speed(
+    tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    s = make_spill(tmp_path / "d", n_particles=2000, n_slices=10, slice_ns=20_000_000)  # 0.2 s of beam
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    router = RecordingRouter(endpoint, {})
+    try:
+        proc = subprocess.Popen(
+            na64_command("replay", str(s.path), "--speed", "0.5", "--endpoint", endpoint),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        processes.append(proc)
+        router.run(proc)
+        proc.communicate(timeout=30)
+    finally:
+        router.close()
+    assert proc.returncode == 0
+    arrival = router.slice_arrival
+    assert len(arrival) == 10
+    # at half speed a 20 ms slice is sent every 40 ms: 9 intervals = 0.36 s
+    span = arrival[-1] - arrival[0]
+    assert 0.3 < span < 0.6, span
+
+
+def test_nothing_replayable_is_a_user_error(tmp_path: Path) -> None:
+    bad = tmp_path / "run000001_spill00001.h5"
+    bad.write_bytes(b"junk")
+    res = subprocess.run(
+        na64_command("replay", str(bad), "--pace", "max", "--endpoint", f"tcp://127.0.0.1:{free_port()}"),
+        capture_output=True,
+        timeout=60,
+    )
+    assert res.returncode == 2
+    assert b"none of the 1 files could be replayed" in res.stderr
+    res = subprocess.run(na64_command("replay", str(tmp_path / "nope")), capture_output=True, timeout=60)
+    assert res.returncode == 2 and b"no such file or directory" in res.stderr

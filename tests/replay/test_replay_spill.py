@@ -1,0 +1,187 @@
+"""RecordedSpill: regrouping recorded particles into their slices and answering readout requests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from daq import detector, protocol
+from daq.trigger import Batch, Trigger, TriggerConfig
+from simulator.replay_spill import (
+    AnswerCounts,
+    ReplayError,
+    equivalence_overrides,
+    load_spill,
+    slice_length_ns,
+    spill_end_ns,
+    toml_value,
+)
+from tests.replay.synth import SynthSpill, make_spill
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> SynthSpill:
+    return make_spill(
+        tmp_path_factory.mktemp("synth"),
+        n_particles=20_000,
+        n_slices=12,
+        last_slice_ns=4_000_000,
+        missing_group_every=7,
+    )
+
+
+def test_slices_carry_exactly_the_recorded_particles_in_original_order(synth: SynthSpill) -> None:
+    rs = load_spill(synth.path)
+    assert rs.n_slices == synth.n_slices
+    assert rs.end_ns == 11 * synth.slice_ns + 4_000_000
+    is_p = synth.readout_index != protocol.NO_PARTICLE
+    bounds = np.searchsorted(synth.t_ns, np.arange(synth.n_slices) * synth.slice_ns)
+    total = 0
+    for k in range(rs.n_slices):
+        msg = rs.slice_message(k)
+        t0, length = rs.slice_window(k)
+        assert (msg.t0_ns, msg.length_ns, msg.slice_id) == (t0, length, k)
+        assert length == (4_000_000 if k == rs.n_slices - 1 else synth.slice_ns)
+        sel = is_p & (synth.readout_slice == k)
+        idx = np.sort(synth.readout_index[sel]).astype(np.int64)
+        want = bounds[k] + idx
+        np.testing.assert_array_equal(msg.t_ns, synth.t_ns[want])
+        np.testing.assert_array_equal(msg.amp, synth.amp[:, want])
+        assert np.all(np.diff(msg.t_ns) >= 0)
+        total += msg.n_particles
+        protocol.decode(protocol.encode(msg))  # a valid wire message
+    assert total == int(is_p.sum()) == rs.n_particles
+    assert rs.n_random == int((~is_p).sum()) > 0
+
+
+def _request(rs_slice: int, index: list[int], t_ns: list[int] | None = None) -> protocol.ReadoutRequest:
+    idx = np.array(index, dtype=np.uint32)
+    t = None if t_ns is None else np.array(t_ns, dtype=np.int64)
+    return protocol.ReadoutRequest(run=1, spill=1, slice_id=rs_slice, n_events=len(index), index=idx, t_ns=t)
+
+
+def test_answers_are_the_stored_waveforms_of_the_requested_particles(synth: SynthSpill) -> None:
+    rs = load_spill(synth.path)
+    from daq.files import SpillFile
+
+    with SpillFile(synth.path) as f:
+        wf = f.waveforms()
+        ev = f.events(["slice", "index", "t_ns", "missing_groups"])
+    k = 4
+    msg = rs.slice_message(k)
+    # every particle of the replayed slice, plus a random window recorded in this slice
+    rnd_rows = np.flatnonzero((ev["slice"] == k) & (ev["index"] == protocol.NO_PARTICLE))
+    assert rnd_rows.size
+    n = msg.n_particles
+    req = _request(k, [*range(n), protocol.NO_PARTICLE], [*msg.t_ns.tolist(), int(ev["t_ns"][rnd_rows[0]])])
+    counts = AnswerCounts()
+    frags = rs.answer(req, counts)
+    assert [f.source for f in frags] == list(range(detector.N_GROUPS))
+    full = np.zeros((n + 1, detector.N_CHANNELS, detector.N_SAMPLES), np.uint16)
+    for f in frags:
+        if f.empty:  # the group was missing in every entry: impossible here (n + 1 entries)
+            pytest.fail("unexpected header-only fragment")
+        np.testing.assert_array_equal(f.index, req.index)
+        full[:, detector.GROUP_IDS[f.source]] = f.waveforms
+        protocol.decode(protocol.encode(f))
+    # the recorded event of particle j of slice k: same slice, index = j-th smallest recorded index
+    part_rows = np.flatnonzero((ev["slice"] == k) & (ev["index"] != protocol.NO_PARTICLE))
+    part_rows = part_rows[np.argsort(ev["index"][part_rows])]
+    np.testing.assert_array_equal(full[:n], wf[part_rows])
+    np.testing.assert_array_equal(full[n], wf[rnd_rows[0]])
+    assert counts.as_dict() == {
+        "n_requests": 1,
+        "n_fragments": 6,
+        "n_events_read": n + 1,
+        "random_unavailable": 0,
+        "bad_index": 0,
+        "unknown_slice": 0,
+        "empty_groups": 0,
+    }
+
+
+def test_missing_groups_of_every_entry_give_header_only_fragments(synth: SynthSpill) -> None:
+    rs = load_spill(synth.path)
+    rows = np.flatnonzero(rs.missing_groups)  # VETO missing every 7th event
+    pos = np.flatnonzero(np.isin(rs.p_row, rows))[0]
+    k = int(rs.p_slice[pos])
+    j = pos - rs.particles(k).start
+    counts = AnswerCounts()
+    frags = rs.answer(_request(k, [j]), counts)
+    assert [f.empty for f in frags] == [g == detector.Detector.VETO for g in range(detector.N_GROUPS)]
+    assert counts.empty_groups == 1
+
+
+def test_unavailable_random_windows_bad_indices_and_unknown_slices_are_counted(synth: SynthSpill) -> None:
+    rs = load_spill(synth.path)
+    counts = AnswerCounts()
+    frags = rs.answer(_request(2, [protocol.NO_PARTICLE], [2_000_001]), counts)
+    assert counts.random_unavailable == 1
+    assert all(f.n_events == 1 and not f.waveforms.any() for f in frags)  # all-zero window
+    frags = rs.answer(_request(2, [10_000]), counts)
+    assert counts.bad_index == 1 and all(f.empty for f in frags)
+    frags = rs.answer(_request(99, []), counts)
+    assert counts.unknown_slice == 1 and all(f.empty for f in frags)
+    frags = rs.answer(_request(3, []), counts)  # K = 0 is answered with empty arrays, not header-only
+    assert all(not f.empty and f.waveforms.shape[0] == 0 for f in frags)
+    assert counts.n_requests == 4 and counts.n_fragments == 24
+
+
+def test_replaying_into_the_recorded_trigger_settings_reaccepts_every_recorded_event(
+    synth: SynthSpill,
+) -> None:
+    """The pure core of replay equivalence: the live trigger on the replayed slices, with the settings
+    of equivalence_overrides(), reads out exactly the recorded particles and random windows."""
+    rs = load_spill(synth.path)
+    from daq.config import from_dict
+
+    cfg = from_dict(TriggerConfig, equivalence_overrides(rs.trigger_config))
+    assert cfg.beam_prescale == 1
+    trig = Trigger(cfg, None, rs.prim_channels)
+    trig.new_spill()
+    got_t, got_mask = [], []
+    for k in range(rs.n_slices):
+        msg = rs.slice_message(k)
+        d = trig.evaluate(Batch.from_slice(msg))
+        got_t.append(d.t_ns)
+        got_mask.append(d.trigger_mask)
+        # only random triggers can fall in a dead time here, exactly as they did when recording
+        assert d.counts["dead_time_lost"] == d.counts["fired_random"] - d.counts["triggers_random"]
+    t = np.concatenate(got_t)
+    mask = np.concatenate(got_mask)
+    order = np.lexsort((synth.readout_mask, synth.readout_t))
+    np.testing.assert_array_equal(t, synth.readout_t[order])
+    beam = np.uint32(2)
+    particle = synth.readout_index[order] != protocol.NO_PARTICLE
+    want = np.where(particle, synth.readout_mask[order] | beam, synth.readout_mask[order])
+    np.testing.assert_array_equal(mask, want)
+
+
+def test_slice_length_comes_from_the_file_or_the_front_end_config() -> None:
+    assert slice_length_ns({"slice_ns": 5_000_000}, {}, None) == 5_000_000
+    assert slice_length_ns({}, {"config": {"readout": {"slice_ms": 20.0}}}, None) == 20_000_000
+    assert slice_length_ns({}, {"slice_ns": 7}, None) == 7
+    assert slice_length_ns({"slice_ns": 5}, {}, 2.5) == 2_500_000
+    with pytest.raises(ReplayError, match="--slice-ms"):
+        slice_length_ns({}, {"name": "x"}, None)
+
+
+def test_spill_end_from_the_arrival_time_histogram() -> None:
+    edges = np.linspace(0, 0.123, 101)
+    assert spill_end_ns({"arrival_time": (np.zeros(100), edges)}, 99, 10) == 123_000_000
+    assert spill_end_ns({}, 13, 10_000_000) == 130_000_000
+
+
+def test_wrong_slice_length_is_reported(tmp_path: Path) -> None:
+    s = make_spill(tmp_path, n_particles=3000, n_slices=4)
+    with pytest.raises(ReplayError, match="not inside slice"):
+        load_spill(s.path, slice_ms=3.0)
+
+
+def test_toml_values() -> None:
+    assert toml_value(True) == "true"
+    assert toml_value(3) == "3" and toml_value(0.5) == "0.5"
+    assert toml_value(["ECAL23", 2]) == '["ECAL23",2]'
+    assert toml_value((2, 3)) == "[2,3]"

@@ -1,0 +1,276 @@
+"""Front-end core: electronics truth, waveforms, readout answers, faults, truth rows (no sockets)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from daq import detector, protocol
+from daq.config import from_dict
+from daq.errors import ConfigError
+from simulator import electronics as el
+from simulator.config import SimConfig
+from simulator.faults import parse_fault
+from simulator.frontend import FrontEnd
+from simulator.physics import Kind
+
+BEAM_CELL = detector.ecal_id(*detector.BEAM_CELL)
+
+
+def make(rate: float = 2e6, faults: tuple[str, ...] = (), **sections: dict) -> FrontEnd:
+    data: dict = {"beam": {"rate_hz": rate, **sections.pop("beam", {})}, "faults": list(faults), **sections}
+    return FrontEnd(from_dict(SimConfig, data))
+
+
+def request(fe: FrontEnd, spill: int, sid: int, index: np.ndarray, t_ns: np.ndarray | None = None
+            ) -> list[protocol.Fragment]:
+    idx = np.asarray(index, dtype=np.uint32)
+    req = protocol.ReadoutRequest(run=1, spill=spill, slice_id=sid, n_events=idx.size, index=idx, t_ns=t_ns)
+    return fe.answer(protocol.decode(protocol.encode(req)))  # type: ignore[arg-type]
+
+
+def stitched(frags: list[protocol.Fragment]) -> np.ndarray:
+    """(K, 110, ns) from the six fragments."""
+    return np.concatenate([f.waveforms for f in sorted(frags, key=lambda f: f.source)], axis=1)  # type: ignore[misc]
+
+
+def amplitude(wf: np.ndarray, ped: np.ndarray) -> np.ndarray:
+    """Pulse height with parabolic interpolation of the maximum (float, (K, C))."""
+    x = wf.astype(np.float64) - ped
+    k = np.clip(np.argmax(x, axis=-1), 1, x.shape[-1] - 2)
+    a, b, c = (np.take_along_axis(x, (k + d)[..., None], axis=-1)[..., 0] for d in (-1, 0, 1))
+    den = a - 2 * b + c
+    return np.where(den < 0, b - (a - c) ** 2 / (8 * den), b)
+
+
+# ---------------------------------------------------------------- electronics truth
+def test_electronics_truth_follows_nominal_values() -> None:
+    fe = make()
+    e = fe.electronics
+    ratio = e.gain / detector.nominal_gains()
+    block = [detector.ecal_id(x, y) for x, y in detector.block_cells()]
+    others = np.setdiff1d(np.arange(detector.N_CHANNELS), block + [b + 30 for b in block])
+    assert 0.95 < ratio[others].mean() < 1.02 and 0.05 < ratio[others].std() < 0.11
+    assert ratio.min() >= 0.75 and ratio.max() <= 1.10
+    assert ratio[block].std() < 0.02  # the trigger block is HV-equalised
+    assert np.all((e.pedestal_even > 100) & (e.pedestal_even < 300))
+    assert 1.0 < np.abs(e.pedestal_odd - e.pedestal_even).mean() < 5.0
+    assert np.all((e.noise >= 1) & (e.noise <= 3))
+
+
+@pytest.mark.parametrize("fwhm", [30.0, 40.0, 70.0])
+def test_pulse_shape_fwhm(fwhm: float) -> None:
+    tau = el.shape_tau(3, fwhm)
+    assert el.fwhm_of(3, tau) == pytest.approx(fwhm, abs=0.2)
+    assert el.pulse(np.array([0.0]), 3, tau)[0] == pytest.approx(1.0)
+
+
+def test_saturation_at_adc_max() -> None:
+    fe = make()
+    shapes, st = fe.shapes, fe.electronics_state(1, 0.0)
+    pulses = el.WindowPulses(np.array([0]), np.array([0.0]), np.full((1, detector.N_CHANNELS), 10_000, np.float32))
+    wf = el.waveforms(1, np.array([5000]), pulses, shapes, st.baseline, st.noise32, np.random.default_rng(0),
+                      10.0, np.zeros(detector.N_CHANNELS))
+    assert wf.max() == detector.ADC_MAX
+    assert wf.dtype == np.uint16
+
+
+# ---------------------------------------------------------------- slices and readout
+def test_slices_are_deterministic_given_the_seed() -> None:
+    a, b, c = make(), make(), FrontEnd(from_dict(SimConfig, {"seed": 2}))
+    for fe in (a, b, c):
+        fe.begin_spill(1, 0)
+    sa, sb, sc = a.slice_message(1, 0), b.slice_message(1, 0), c.slice_message(1, 0)
+    np.testing.assert_array_equal(sa.t_ns, sb.t_ns)
+    np.testing.assert_array_equal(sa.amp, sb.amp)
+    assert sa.amp.shape == (29, sa.n_particles) and sa.amp.dtype == np.uint16
+    assert sa.t_ns.shape != sc.t_ns.shape or not np.array_equal(sa.t_ns, sc.t_ns)
+
+
+def test_answer_has_one_fragment_per_group_in_request_order() -> None:
+    fe = make()
+    fe.begin_spill(1, 0)
+    msg = fe.slice_message(1, 0)
+    fe.prepare(1, 1)
+    idx = np.array([17, 3, 900, 3], np.uint32)  # any order, repeats allowed
+    frags = request(fe, 1, 0, idx)
+    assert sorted(f.source for f in frags) == list(range(detector.N_GROUPS))
+    for f in frags:
+        ids = detector.GROUP_IDS[f.source]
+        assert (f.run, f.spill, f.slice_id, f.n_events) == (1, 1, 0, 4)
+        assert f.waveforms is not None and f.waveforms.shape == (4, ids.size, 32)
+        np.testing.assert_array_equal(f.index, idx)
+    wf = stitched(frags)
+    np.testing.assert_array_equal(wf[1], wf[3]) if False else None  # noise differs between windows
+    assert np.argmax(wf[0, BEAM_CELL]) in (8, 9, 10, 11)
+    c = fe.counters[1]
+    assert (c.n_requests, c.n_fragments, c.n_events_read) == (1, 6, 4)
+    assert msg.n_particles == c.n_particles
+
+
+def test_empty_request_gets_empty_arrays() -> None:
+    fe = make()
+    fe.begin_spill(1, 0)
+    fe.slice_message(1, 0)
+    frags = request(fe, 1, 0, np.zeros(0))
+    assert len(frags) == 6
+    for f in frags:
+        assert f.index is not None and f.index.shape == (0,)
+        assert f.waveforms is not None and f.waveforms.shape == (0, detector.GROUP_IDS[f.source].size, 32)
+        protocol.decode(protocol.encode(f))
+
+
+def test_expired_and_unknown_slices_get_header_only_fragments() -> None:
+    fe = make(rate=2e4, readout={"latency_buffer_s": 0.05})
+    fe.begin_spill(1, 0)
+    for i in range(20):
+        fe.prepare(1, i)
+        fe.slice_message(1, i)
+    frags = request(fe, 1, 0, np.array([0]))  # evicted: the buffer holds 5 slices + 2
+    assert len(frags) == 6 and all(f.empty for f in frags)
+    frags = request(fe, 1, 50, np.array([0]))  # never sent
+    assert all(f.empty for f in frags)
+    request(fe, 7, 0, np.array([0]))  # unknown spill
+    c = fe.counters[1]
+    assert (c.n_expired, c.n_unknown, c.n_empty_fragments) == (1, 1, 12)
+    assert fe.run_unknown_requests == 1
+
+
+def test_primitives_match_waveform_pulse_heights() -> None:
+    """Low rate (no pile-up): the beam-cell and counter waveform amplitudes (parabolic max - pedestal)
+    agree with the primitives within 3% + 8 counts for >= 98% of 300 electrons."""
+    fe = make(rate=2e4)
+    fe.begin_spill(1, 0)
+    prims, wfs = [], []
+    for i in range(20):
+        msg = fe.slice_message(1, i)
+        fe.prepare(1, i + 1)
+        idx = np.flatnonzero(fe.buffer[(1, i)].batch.kind == Kind.ELECTRON)[:15].astype(np.uint32)
+        prims.append(msg.amp[:, idx])
+        wfs.append(stitched(request(fe, 1, i, idx)))
+    amp = np.concatenate(prims, axis=1).astype(np.float64)
+    wf = np.concatenate(wfs)
+    st = fe.electronics_state(1, 0.0)
+    rows = {0: detector.counter_id("S0"), 5 + 4: BEAM_CELL}  # prim row -> channel
+    assert fe.prim_channels[5 + 4] == BEAM_CELL
+    for row, ch in rows.items():
+        a = amplitude(wf[:, ch, :], st.baseline[ch] - 0.5)
+        ok = np.abs(a - amp[row]) <= 0.03 * amp[row] + 8
+        assert ok.mean() >= 0.98, (row, a[:5], amp[row][:5])
+
+
+def test_pileup_adds_pulses_at_their_own_time() -> None:
+    """A random-trigger window 100 ns before a particle shows that particle's pulse 8 samples late."""
+    fe = make(rate=2e4)
+    fe.begin_spill(1, 0)
+    msg = fe.slice_message(1, 0)
+    fe.prepare(1, 1)
+    b = fe.buffer[(1, 0)].batch
+    i = int(np.flatnonzero((b.kind == Kind.ELECTRON) & (np.diff(np.r_[0, b.t_ns]) > 5000))[1])
+    t = np.array([msg.t_ns[i] - 100, msg.t_ns[i]], np.int64)
+    wf = stitched(request(fe, 1, 0, np.array([protocol.NO_PARTICLE, i]), t))
+    k_rand, k_self = int(np.argmax(wf[0, BEAM_CELL])), int(np.argmax(wf[1, BEAM_CELL]))
+    assert k_rand - k_self == 8
+    assert fe.counters[1].n_random == 1
+
+
+def test_bad_index_is_counted_and_answered() -> None:
+    fe = make(rate=2e4)
+    fe.begin_spill(1, 0)
+    msg = fe.slice_message(1, 0)
+    frags = request(fe, 1, 0, np.array([msg.n_particles + 5]))
+    assert all(f.n_events == 1 for f in frags)
+    assert fe.counters[1].n_bad_index == 1
+
+
+def test_truth_rows_of_read_out_particles() -> None:
+    rows: list[dict[str, np.ndarray]] = []
+    fe = make()
+    fe.truth_sink = rows.append
+    fe.begin_spill(1, 0)
+    msg = fe.slice_message(1, 0)
+    idx = np.array([5, 1, protocol.NO_PARTICLE], np.uint32)
+    request(fe, 1, 0, idx, np.array([msg.t_ns[5], msg.t_ns[1], 1000], np.int64))
+    (row,) = rows
+    np.testing.assert_array_equal(row["index"], [5, 1])  # random triggers have no particle truth
+    np.testing.assert_array_equal(row["t_ns"], msg.t_ns[[5, 1]])
+    b = fe.buffer[(1, 0)].batch
+    assert row["e_ecal_gev"][0] == pytest.approx(b.e_ecal[5] * 0.99, rel=0.02)  # minus lateral leakage
+    assert set(row) >= {"run", "spill", "slice", "kind", "process", "energy_gev", "x_mm", "y_mm", "e_prs_gev",
+                        "e_hcal_gev", "e_veto_gev", "e_srd_gev", "signal", "e_miss_gev"}
+
+
+# ---------------------------------------------------------------- faults
+def test_fault_parsing_and_errors() -> None:
+    f = parse_fault("gain_drift:ECAL:-3")
+    assert f.value == -3 and len(f.channels) == 30
+    assert parse_fault("dead:ECAL22").channels == (detector.channel_id("ECAL22"),)
+    assert parse_fault("no_answer:hcal:3:1.5").group == detector.Detector.HCAL
+    assert parse_fault("stall:1:0.5:1:restart").restart
+    for bad in ("bogus", "dead", "dead:ECAL99", "hot:S0:2", "stall:1:0:1:again", "no_answer:TRACKER"):
+        with pytest.raises(ValueError, match="fault"):
+            parse_fault(bad)
+    with pytest.raises(ConfigError, match="faults"):
+        from_dict(SimConfig, {"faults": ["dead:nowhere"]})
+
+
+def test_dead_noisy_and_hot_channels() -> None:
+    fe = make(rate=2e4, faults=("dead:ECAL23", "noisy:ECAL21:20", "hot:SRD0:0.5"))
+    assert fe.electronics.status[detector.channel_id("ECAL23")] == 1
+    fe.begin_spill(1, 0)
+    msg = fe.slice_message(1, 0)
+    fe.prepare(1, 1)
+    idx = np.flatnonzero(fe.buffer[(1, 0)].batch.kind == Kind.ELECTRON)[:40].astype(np.uint32)
+    wf = stitched(request(fe, 1, 0, idx)).astype(np.float64)
+    st = fe.electronics_state(1, 0.0)
+    dead = detector.channel_id("ECAL23")
+    assert st.gain[dead] == 0
+    assert np.abs(wf[:, dead] - st.baseline[dead] + 0.5).max() < 15  # pedestal + noise only
+    assert msg.amp[list(fe.prim_channels).index(dead)].max() < 20
+    noisy = detector.channel_id("ECAL21")
+    assert 15 < (wf[:, noisy, :4] - wf[:, noisy, :4].mean()).std() < 25
+    hot = detector.channel_id("SRD0")
+    assert 0 < st.hot_prob[hot] and (wf[:, hot].max(axis=1) - st.baseline[hot].max() > 150).sum() >= 10
+
+
+def test_gain_drift_and_pedestal_jump() -> None:
+    fe = make(faults=("gain_drift:ECAL:-2", "pedestal_jump:PRS:20:2"))
+    fe.begin_spill(1, 0)
+    fe.begin_spill(2, 0)
+    g0 = fe.electronics.gain
+    ecal = detector.ECAL_IDS
+    np.testing.assert_allclose(fe.electronics_state(1, 0.0).gain[ecal], g0[ecal])
+    np.testing.assert_allclose(fe.electronics_state(2, 0.0).gain[ecal], 0.98 * g0[ecal], rtol=1e-3)
+    np.testing.assert_allclose(fe.electronics_state(2, 2.4).gain[ecal], 0.97 * g0[ecal], rtol=1e-3)
+    prs = detector.PRS_IDS
+    assert np.allclose(fe.electronics_state(1, 0.0).pedestal_even[prs], fe.electronics.pedestal_even[prs])
+    assert np.allclose(fe.electronics_state(2, 0.0).pedestal_even[prs], fe.electronics.pedestal_even[prs] + 20)
+
+
+def test_no_answer_and_empty_fragment_faults() -> None:
+    fe = make(rate=2e4, faults=("no_answer:HCAL:1:0.02", "empty_fragment:SRD:1:0.0"))
+    fe.begin_spill(1, 0)
+    for i in range(4):
+        fe.slice_message(1, i)
+    first = request(fe, 1, 0, np.array([0]))
+    assert len(first) == 6 and [f.empty for f in sorted(first, key=lambda f: f.source)] == [
+        False, False, False, False, True, False]
+    later = request(fe, 1, 3, np.array([0]))  # 30 ms into the spill: HCAL silent from 20 ms on
+    assert sorted(f.source for f in later) == [0, 1, 3, 4, 5]
+    c = fe.counters[1]
+    assert (c.n_silent, c.n_empty_fragments, c.n_fragments) == (1, 2, 11)
+
+
+def test_spike_and_beam_off() -> None:
+    fe = make(rate=2e5, faults=("spike:5:0.05:2000", "beam_off:2"))
+    fe.begin_spill(1, 0)
+    n_spike = len(fe.prepare(1, 0).batch)
+    n_after = len(fe.prepare(1, 10).batch)
+    assert n_spike == pytest.approx(5 * n_after, rel=0.25)
+    st = fe.electronics_state(1, 0.0)
+    assert st.saturation[BEAM_CELL] == 2000 and np.isinf(fe.electronics_state(1, 0.2).saturation).all()
+    prim = fe.slice_message(1, 0).amp
+    row = list(fe.prim_channels).index(BEAM_CELL)
+    assert prim[row].max() <= 2000 + 10  # PMT saturation (+ noise)
+    fe.begin_spill(2, 0)
+    assert len(fe.prepare(2, 0).batch) == 0
