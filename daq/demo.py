@@ -47,7 +47,7 @@ def register(sub: Any) -> None:
     p.add_argument("--spill-length", type=float, default=4.8, help="spill length in s")
     p.add_argument("--spill-period", type=float, default=10.8, help="spill period in s")
     p.add_argument("--port", type=int, default=5006, help="DQM web page port (on 127.0.0.1)")
-    p.add_argument("--run", type=int, default=1, help="run number")
+    p.add_argument("--run", dest="run_number", type=int, default=1, help="run number")
     p.add_argument("--seed", type=int, default=None, help="simulator random seed")
     p.add_argument("--signal", default=None, help="inject a Z' signal, MODEL:MASS_MEV:COUPLING:RATE_PER_1E9EOT")
     p.add_argument("--fault", action="append", default=[], help="simulator fault NAME[:ARGS] (repeatable)")
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         url = _wait_for_url(dqm, timeout=60)
         print(f"na64 demo: DQM live at {url}  (spill files in {args.data_dir.resolve()}; Ctrl-C stops)", flush=True)
         sim_args = [
-            *level, "simulate", "--endpoint", endpoint, "--rate", repr(args.rate), "--run", str(args.run),
+            *level, "simulate", "--endpoint", endpoint, "--rate", repr(args.rate), "--run", str(args.run_number),
             "--spill-length", repr(args.spill_length), "--spill-period", repr(args.spill_period),
         ]
         if args.spills is not None:
