@@ -235,8 +235,6 @@ def _wait_url(dqm: Proc, timeout: float) -> str:
 
 
 def totals(run_dir: Path) -> dict[str, float]:
-    import hdf5plugin  # noqa: F401
-
     sys.path.insert(0, str(ROOT))
     from daq.files import SpillFile, list_spill_files
 

@@ -149,6 +149,7 @@ def bench_realtime(spill_s: float) -> None:
             time.sleep(0.05)
         _, err = sim.communicate(timeout=60)
         daq.wait(timeout=60)
+        cpu_spill = re.search(r"([\d.]+) CPU s; max lateness", err)
         m = re.search(r"max lateness ([\d.]+) ms(.*)", err)
         late = m.group(1) if m else "?"
         late_slices = re.search(r"'n_late_slices': (\d+)", err)
@@ -167,17 +168,76 @@ def bench_realtime(spill_s: float) -> None:
                 p.wait()
 
 
+def physics_summary() -> None:
+    """The measured physics numbers quoted in docs/simulator.md."""
+    import math
+
+    from simulator.config import BeamConfig, TailsConfig
+    from simulator.physics import BeamModel, Process, arrival_times
+    from simulator.randoms import ExactRandoms, particle_keys
+
+    tails0 = TailsConfig(radiative_fraction=0.0, electronuclear_fraction=0.0, dimuon_fraction=0.0)
+    for e0 in (10.0, 30.0, 100.0, 150.0):
+        beam = BeamConfig(energy_gev=e0, momentum_spread=0.0, pion_fraction=0.0, kaon_fraction=0.0,
+                          antiproton_fraction=0.0, muon_fraction=0.0, halo_fraction=0.0)
+        b = BeamModel(SimConfig(beam=beam, tails=tails0)).generate(100_000, ExactRandoms(np.random.default_rng(1)))
+        e = b.e_prs.astype(np.float64) + b.e_ecal
+        f = b.e_prs / e
+        print(f"  ECAL+PRS at {e0:5.0f} GeV: mean {e.mean():7.2f} GeV, sigma/E {e.std() / e.mean():.4f} "
+              f"(formula {math.hypot(0.1 / math.sqrt(e0), 0.04):.4f}); PRS share {f.mean():.4f} +- {f.std():.4f}")
+    fe = FrontEnd(SimConfig())
+    fe.begin_spill(1, 0)
+    prim = fe.prim_channels.astype(int)
+    for label, gains in (("nominal", detector.nominal_gains()[prim]), ("true", fe.electronics.gain[prim])):
+        acc = n = 0
+        by: dict[int, int] = {}
+        for i in range(100):
+            rec = fe.prepare(1, i)
+            amp = rec.amp.astype(np.float64) if rec.amp is not None else np.zeros((29, 0))
+            e = amp / gains[:, None] / 1000
+            t = ((amp[0] > 150) & (amp[1] > 150) & (amp[2] > 150) & (amp[3] < 1000) & (amp[4] < 1000)
+                 & (e[17:29].sum(0) > 0.3) & (e[5:17].sum(0) < 80))
+            acc += int(t.sum())
+            n += t.size
+            for p, c in zip(*np.unique(rec.batch.process[t], return_counts=True), strict=True):
+                by[int(p)] = by.get(int(p), 0) + int(c)
+        parts = ", ".join(f"{Process(k).name.lower()} {v / n * 2e6:.0f}" for k, v in sorted(by.items()))
+        print(f"  S_phys rate at 2 MHz with {label} gains: {acc / n * 2e6:.0f} Hz ({n} particles; Hz by process: "
+              f"{parts})")
+        fe = FrontEnd(SimConfig())
+        fe.begin_spill(1, 0)
+    t = arrival_times(2e6, 0, 100_000_000, np.random.default_rng(2))
+    lo = np.searchsorted(t, t - fe.window_before_ns)
+    hi = np.searchsorted(t, t + fe.window_after_ns, "right")
+    print(f"  pile-up: {((hi - lo) > 1).mean():.3f} of particles share their readout window (expected "
+          f"{1 - math.exp(-2e6 * (fe.window_before_ns + fe.window_after_ns) * 1e-9):.3f})")
+    model = fe.model
+    b = model.generate(400_000, ExactRandoms(np.random.default_rng(3)))
+    keys = particle_keys(1, 1, 0, np.arange(len(b)))
+    srd = slice(int(detector.SRD_IDS[0]), int(detector.SRD_IDS[-1]) + 1)
+    for name, sel in (("electrons", b.kind == 0), ("hadrons", (b.kind >= 1) & (b.kind <= 3)), ("muons", b.kind == 4)):
+        idx = np.flatnonzero(sel)[:20000]
+        d = model.deposits(b.take(idx), keys[idx])[:, srd]
+        ok = ((d > 1).sum(1) >= 2) & (d < 80).all(1)
+        print(f"  SRD tag (>=2 of 3 modules > 1 MeV, each < 80 MeV): {ok.mean():.4f} of {name}; median sum "
+              f"{np.median(d.sum(1)):.1f} MeV")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--realtime-s", type=float, default=5.0)
     ap.add_argument("--skip-realtime", action="store_true")
+    ap.add_argument("--physics", action="store_true", help="also print the measured physics numbers")
     args = ap.parse_args()
     print(f"numpy {np.__version__}, {os.cpu_count()} CPUs, {detector.N_CHANNELS} channels")
     bench_primitives(args.slices)
     bench_waveforms()
     if not args.skip_realtime:
         bench_realtime(args.realtime_s)
+    if args.physics:
+        print("physics:")
+        physics_summary()
 
 
 if __name__ == "__main__":

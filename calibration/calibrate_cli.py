@@ -41,6 +41,7 @@ CALO_IDS = np.concatenate([detector.ECAL_IDS, detector.PRS_IDS])
 BEAM_COUNTER_IDS = np.array([detector.counter_id(n) for n in detector.BEAM_COUNTERS], np.intp)
 HOLE_VETO_IDS = np.array([detector.counter_id(n) for n in detector.VETO_COUNTERS], np.intp)
 READ_CHUNK = 2000  # events per read of waveforms
+DEFAULT_ZERO_SUPPRESS = 5.0  # daq.waveform.RecoConfig default, if a file does not record its own
 
 
 # ============================================================================ argument parsing
@@ -108,12 +109,18 @@ def register(subparsers: Any) -> None:
                 metavar="GEV",
                 help="beam energy in GeV (reference.beam_energy_gev, default 100)",
             )
+        if name == "timing":
+            sp.add_argument(
+                "--recorded-with",
+                metavar="FILE",
+                help="constants the files were recorded with (default: --base or nominal, if their id matches)",
+            )
         if name == "gains":
             sp.add_argument(
                 "--containment",
                 type=float,
                 metavar="F",
-                help="shower containment in ECAL+PRS (reference.containment, default 0.996)",
+                help="shower containment in ECAL+PRS (reference.containment, default 0.994)",
             )
         sp.set_defaults(run=func)
 
@@ -223,6 +230,14 @@ class Inputs:
         if total == 0:
             raise CalibrationError(f"calibrate {self.step}: no {what} in {len(self.files)} spill file(s)")
         return {k: np.concatenate(v) for k, v in chunks.items()}
+
+    def zero_suppress_sigma(self) -> float:
+        """The DAQ's zero-suppression threshold (reco.zero_suppress_sigma) the files were recorded with."""
+        from daq.files import SpillFile
+
+        with SpillFile(self.files[0]) as f:
+            value = f.config.get("reco", {}).get("zero_suppress_sigma", DEFAULT_ZERO_SUPPRESS)
+        return float(value)
 
     def _note(self, f: Any, path: Path) -> None:
         self.runs.add(f.run)
@@ -381,7 +396,7 @@ def _start_accumulator(state: dict[str, Any], pc: Any) -> None:
         *ped_fit.initial_pedestals(first),
         threshold=pc.threshold_sigma,
         guard=(pc.guard_before, pc.guard_after),
-        veto_channels=ped_fit.BEAM_COUNTER_IDS,
+        veto_channels=ped_fit.MARKER_IDS,
     )
     acc.add(first)
     state["acc"], state["buffer"] = acc, []
@@ -408,6 +423,9 @@ def _gains(args: argparse.Namespace) -> int:
 
     data = inputs.read(BEAM_BIT, fields, args.max_events, "beam-trigger events")
     amp = data["amp"].astype(np.float64)
+    zs = gc.zero_suppress_sigma if gc.zero_suppress_sigma >= 0 else inputs.zero_suppress_sigma()
+    amp[amp < zs * base.noise[None, :]] = 0.0  # the DAQ's zero suppression: its sums see the same cells
+    log.info("calibrate gains: amplitudes below %.1f x noise set to zero (as the DAQ's energy sums)", zs)
     keep = ~data["saturated"] if gc.exclude_saturated else np.ones(amp.shape[0], bool)
     n_sat = int(data["saturated"].sum())
     if "pileup" in data:
@@ -605,8 +623,11 @@ def _timing(args: argparse.Namespace) -> int:
         args.max_events,
         "triggered events",
     )
+    # the DAQ subtracted the offsets of the constants it recorded with: add them back (raw peak times)
+    recorded = _recorded_with(args, base, inputs)
+    raw = data["t"] + recorded.time_offset_ns[None, :].astype(np.float32)
     res = timing.time_offsets(
-        data["t"], data["amp"], tc.threshold_sigma * base.noise, data["pileup"], min_entries=tc.min_entries
+        raw, data["amp"], tc.threshold_sigma * base.noise, data["pileup"], min_entries=tc.min_entries
     )
     ids = np.flatnonzero(res.determined)
     log.info(
@@ -618,12 +639,36 @@ def _timing(args: argparse.Namespace) -> int:
     results = {
         "n_reference": res.n_reference,
         "determined": len(ids),
+        "recorded_with": recorded.version,
         "not_determined": _names(np.flatnonzero(~res.determined)),
     }
     method = (
         "truncated mean of peak time minus the mean time of S0, S2, S3, over clear pulses without pile-up"
     )
     return _finish(args, base, new, inputs, method, as_dict(cfg)["timing"], results)
+
+
+def _recorded_with(args: argparse.Namespace, base: Constants, inputs: Inputs) -> Constants:
+    """The constants the files were recorded with (their time offsets were subtracted by the DAQ)."""
+    ids = inputs.calibration_ids
+    if args.recorded_with:
+        rec = cc.load(args.recorded_with)
+        if ids - {rec.version}:
+            raise CalibrationError(
+                f"calibrate timing: files were recorded with {', '.join(sorted(ids))}, "
+                f"--recorded-with {args.recorded_with} is {rec.version}"
+            )
+        return rec
+    if len(ids) == 1:
+        (only,) = ids
+        if only == base.version:
+            return base
+        if only == cc.nominal().version:
+            return cc.nominal()
+    raise CalibrationError(
+        f"calibrate timing: files were recorded with calibration {', '.join(sorted(ids))}; give that "
+        "constants file with --recorded-with (its time offsets were subtracted from the peak times)"
+    )
 
 
 # ============================================================================ show / compare

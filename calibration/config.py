@@ -26,8 +26,8 @@ class ReferenceConfig:
 
     beam_energy_gev: float = 100.0
     #: mean share of an electron's energy deposited in the 30 ECAL + 30 PRS cells, for showers centred
-    #: in a cell not listed in containment_map (0.996: beam on cell (2,3), 5 mm spot, simulator profile)
-    containment: float = 0.996
+    #: in a cell not listed in containment_map (0.994: median for the beam on cell (2,3), simulator shower model)
+    containment: float = 0.994
     #: per shower-centre cell (ECAL cell name -> containment); edge cells lose several % off the face
     containment_map: dict[str, float] = field(default_factory=dict)
     hcal_mip_mev: float = 2500.0  # most probable muon deposit per HCAL module (in its crossed cell)
@@ -99,6 +99,9 @@ class GainConfig:
     cell_tolerance: float = 0.02  # per-cell peak off by more than this is logged as a warning
     exclude_saturated: bool = True  # drop events with a saturated calorimeter sample
     exclude_pileup: bool = False  # drop events whose most energetic cell has the pile-up flag
+    #: amplitudes below this x noise count as zero, as in the DAQ's energy sums (which must use the same
+    #: reconstruction the gains were fitted with); < 0: take reco.zero_suppress_sigma from the files
+    zero_suppress_sigma: float = -1.0
     srd_min_entries: int = 100
     counter_min_entries: int = 100
 

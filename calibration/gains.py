@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from calibration.fitting import gaussian_core
+from calibration.fitting import Peak, gaussian_core
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,41 +70,18 @@ def shower_gains(
         raise ValueError("target_mev must be > 0")
     ok = np.all(np.isfinite(a), axis=1)
     prior_w = 1.0 / (prior_rel * k0) ** 2
-    k = k0.copy()
-    cov = np.diag(1.0 / prior_w)
-    n_used = 0
-    peak = gaussian_core((a[ok] @ k) / t[ok], k=window)
-    it = 0
-    for it in range(1, iterations + 1):  # noqa: B007 (it is reported)
-        if not peak.ok or peak.n < min_events or not peak.sigma > 0:
-            raise ValueError(
-                f"only {peak.n} electron-like events near the expected peak (need {min_events}); "
-                "check the beam energy, containment and starting gains"
-            )
-        ratio = (a @ k) / t
-        sel = ok & (np.abs(ratio - peak.position) < window * peak.sigma)
-        n_used = int(sel.sum())
-        if n_used < min_events:
-            raise ValueError(f"only {n_used} events in the fit window (need {min_events})")
-        aa = a[sel]
-        tt = t[sel]
-        # residual variance per event: sigma of the calibrated sum, in MeV (relative width x target)
-        w = 1.0 / (peak.sigma * tt) ** 2
-        normal = (aa * w[:, None]).T @ aa + np.diag(prior_w)
-        rhs = (aa * w[:, None]).T @ tt + prior_w * k0
-        try:
-            k_new = np.linalg.solve(normal, rhs)
-            cov = np.linalg.inv(normal)
-        except np.linalg.LinAlgError as e:
-            raise ValueError(f"singular normal equations: {e}") from None
-        k_new = np.where(k_new > 0, k_new, k0)  # an unphysical solution keeps its prior
-        change = float(np.max(np.abs(k_new / k - 1.0)))
-        k = k_new
-        peak = gaussian_core((a[ok] @ k) / t[ok], k=window)
-        if change < 1e-5:
-            break
+    # pass 1: every cell free (with the prior) -> which cells the data determine;
+    # pass 2: only those free, the others fixed at their starting gain, so the sum stays consistent
+    free = np.ones(n_cells, dtype=bool)
+    k, cov, n_used, peak, it = _iterate(a, t, ok, k0, prior_w, free, window, iterations, min_events)
     rel = np.sqrt(np.maximum(np.diag(cov), 0.0)) / k
     determined = rel < max_rel_error
+    if not determined.all():
+        k, cov, n_used, peak, it2 = _iterate(
+            a, t, ok, k0, prior_w, determined, window, iterations, min_events
+        )
+        it += it2
+        rel = np.sqrt(np.maximum(np.diag(cov), 0.0)) / k
     gain = np.where(determined, 1.0 / k, g0)
     gain_error = np.where(determined, rel * gain, math.nan)
     return ShowerGainResult(
@@ -117,6 +94,67 @@ def shower_gains(
         resolution=peak.sigma,
         iterations=it,
     )
+
+
+def _iterate(
+    a: np.ndarray,
+    t: np.ndarray,
+    ok: np.ndarray,
+    k0: np.ndarray,
+    prior_w: np.ndarray,
+    free: np.ndarray,
+    window: float,
+    iterations: int,
+    min_events: int,
+) -> tuple[np.ndarray, np.ndarray, int, Peak, int]:
+    """Alternate event selection (Gaussian core of sum/target) and the least-squares solve for the ``free``
+    cells (the others stay at k0). Returns k, its covariance (zero for fixed cells), events used, the
+    final peak of sum/target and the number of iterations."""
+    n_cells = k0.size
+    k = k0.copy()
+    cov = np.zeros((n_cells, n_cells))
+    fi = np.flatnonzero(free)
+    n_used = 0
+    peak = gaussian_core((a[ok] @ k) / t[ok], k=window)
+    it = 0
+    for it in range(1, iterations + 1):  # noqa: B007 (it is returned)
+        if not peak.ok or peak.n < min_events or not peak.sigma > 0:
+            raise ValueError(
+                f"only {peak.n} electron-like events near the expected peak (need {min_events}); "
+                "check the beam energy, containment and starting gains"
+            )
+        ratio = (a @ k) / t
+        sel = ok & (np.abs(ratio - peak.position) < window * peak.sigma)
+        n_used = int(sel.sum())
+        if n_used < min_events:
+            raise ValueError(f"only {n_used} events in the fit window (need {min_events})")
+        aa = a[sel][:, fi]
+        # the fixed cells' energy is known: subtract it from the target
+        tt = t[sel] - a[sel][:, ~free] @ k0[~free]
+        # residual variance per event: sigma of the calibrated sum, in MeV (relative width x target)
+        w = 1.0 / (peak.sigma * t[sel]) ** 2
+        normal = (aa * w[:, None]).T @ aa + np.diag(prior_w[fi])
+        rhs = (aa * w[:, None]).T @ tt + prior_w[fi] * k0[fi]
+        try:
+            k_free = np.linalg.solve(normal, rhs)
+            cov_free = np.linalg.inv(normal)
+        except np.linalg.LinAlgError as e:
+            raise ValueError(f"singular normal equations: {e}") from None
+        k_new = k0.copy()
+        k_new[fi] = np.where(k_free > 0, k_free, k0[fi])  # an unphysical solution keeps its prior
+        if fi.size < n_cells:
+            # the fixed cells are only known to prior_rel: propagate that into the free cells' errors
+            fixed = np.flatnonzero(~free)
+            jac = -cov_free @ ((aa * w[:, None]).T @ a[sel][:, fixed])
+            cov_free = cov_free + (jac / prior_w[fixed]) @ jac.T
+        cov = np.zeros((n_cells, n_cells))
+        cov[np.ix_(fi, fi)] = cov_free
+        change = float(np.max(np.abs(k_new / k - 1.0)))
+        k = k_new
+        peak = gaussian_core((a[ok] @ k) / t[ok], k=window)
+        if change < 1e-5:
+            break
+    return k, cov, n_used, peak, it
 
 
 @dataclass(frozen=True, eq=False)

@@ -19,7 +19,7 @@ import numpy as np
 
 from calibration.constants import Constants
 from calibration.fitting import Peak, gaussian_core
-from calibration.pedestals import BEAM_COUNTER_IDS, PedestalAccumulator, PedestalResult, initial_pedestals
+from calibration.pedestals import MARKER_IDS, PedestalAccumulator, PedestalResult, initial_pedestals
 from daq import detector
 
 BEAM_BIT = 1 << 1
@@ -108,7 +108,7 @@ class PedestalMonitor:
         first = np.concatenate(self._buffer)
         self._buffer = []
         self._acc = PedestalAccumulator(
-            *initial_pedestals(first), threshold=self.threshold, veto_channels=BEAM_COUNTER_IDS
+            *initial_pedestals(first), threshold=self.threshold, veto_channels=MARKER_IDS
         )
         self._acc.add(first)
 

@@ -105,8 +105,9 @@ class PedestalAccumulator:
 
     ``ped_even``, ``ped_odd`` and ``noise`` are the starting estimates (e.g. from
     :func:`initial_pedestals` on a first chunk, or the current constants for monitoring).
-    ``veto_channels``: channels whose pulses mark a beam particle (the beam counters): the samples around
-    such a pulse are cut in every channel, which removes pile-up too small to see in a channel itself.
+    ``veto_channels``: channels whose pulses mark a particle (the counters, :data:`MARKER_IDS`): the
+    samples around such a pulse are cut in every channel, which removes pile-up too small to see in a
+    channel itself.
     """
 
     def __init__(
@@ -215,19 +216,20 @@ class PedestalAccumulator:
         )
 
 
-#: the beam counters S0, S2, S3: every beam particle crosses them
-BEAM_COUNTER_IDS = np.array([detector.counter_id(n) for n in detector.BEAM_COUNTERS], dtype=np.intp)
+#: the counters S0, S2, S3 (every beam particle crosses them) and V1, V2 (halo particles): a pulse in any
+#: of them marks a particle crossing the detector at that time
+MARKER_IDS = np.asarray(detector.COUNTER_IDS, dtype=np.intp)
 
 
 def pedestals(
     waveforms: np.ndarray,
     threshold: float = 3.0,
     guard: tuple[int, int] = (3, 8),
-    veto_channels: np.ndarray | None = BEAM_COUNTER_IDS,
+    veto_channels: np.ndarray | None = MARKER_IDS,
 ) -> PedestalResult:
     """Two-pass pedestal and noise estimate from one array of (mostly random-trigger) waveforms.
 
-    ``veto_channels`` default to the beam counters (pass None for arrays that are not all 110 channels).
+    ``veto_channels`` default to the five counters (pass None for arrays that are not all 110 channels).
     """
     acc = PedestalAccumulator(
         *initial_pedestals(waveforms), threshold=threshold, guard=guard, veto_channels=veto_channels

@@ -264,8 +264,6 @@ class RecordedPrimitives:
 
 def load_recorded(path: str | Path) -> RecordedPrimitives:
     """Read the trigger-relevant content of a spill file (through :mod:`daq.files`)."""
-    import hdf5plugin  # noqa: F401  (compression filters; daq.files does not register them itself)
-
     from daq.files import SpillFile
 
     p = Path(path)

@@ -89,43 +89,57 @@ def reconstruct(
     if n_s < max(cfg.n_pedestal + 3, 3):
         raise ValueError(f"{n_s} samples are too few for a {cfg.n_pedestal}-sample pedestal")
     sig = w.astype(np.float32)
-    ped_e = sig[:, :, 0 : cfg.n_pedestal : 2].mean(axis=-1)
-    ped_o = sig[:, :, 1 : cfg.n_pedestal : 2].mean(axis=-1)
-    sig[:, :, 0::2] -= ped_e[..., None]
-    sig[:, :, 1::2] -= ped_o[..., None]
-    imax = sig.argmax(axis=-1)
-    amp = np.take_along_axis(sig, imax[..., None], axis=-1)[..., 0]
+    flat = sig.reshape(-1, n_s)
+    n_ped = cfg.n_pedestal - cfg.n_pedestal % 2  # whole (even, odd) pairs
+    ped = flat[:, 0:2].copy()  # (E*C, 2): even, odd pedestals
+    for k in range(2, n_ped, 2):
+        ped += flat[:, k : k + 2]
+    ped *= np.float32(2.0 / n_ped)
+    flat -= ped[:, np.arange(n_s) % 2]  # each sample minus the pedestal of its parity
+    ped_e = ped[:, 0].reshape(n_ev, n_ch)
+    ped_o = ped[:, 1].reshape(n_ev, n_ch)
+    rows = np.arange(flat.shape[0])
+    imax = flat.argmax(axis=1)
+    amp = flat[rows, imax]
     # parabolic interpolation around the maximum (not at the window edges)
     ic = np.clip(imax, 1, n_s - 2)
-    ym = np.take_along_axis(sig, (ic - 1)[..., None], axis=-1)[..., 0]
-    y0 = np.take_along_axis(sig, ic[..., None], axis=-1)[..., 0]
-    yp = np.take_along_axis(sig, (ic + 1)[..., None], axis=-1)[..., 0]
+    ym, y0, yp = flat[rows, ic - 1], flat[rows, ic], flat[rows, ic + 1]
     den = ym - 2.0 * y0 + yp
     with np.errstate(divide="ignore", invalid="ignore"):
-        delta = np.where(den < 0, 0.5 * (ym - yp) / den, 0.0)
-    delta = np.where(imax == ic, np.clip(delta, -0.5, 0.5), 0.0)
-    t_peak = (imax + delta).astype(np.float32) * np.float32(sample_period_ns)
+        delta = np.where(den < 0, 0.5 * (ym - yp) / den, np.float32(0))
+    delta = np.where(imax == ic, np.clip(delta, -0.5, 0.5), np.float32(0)).astype(np.float32)
+    t_raw = (imax + delta).astype(np.float32) * np.float32(sample_period_ns)
+    t_peak = t_raw.reshape(n_ev, n_ch)
     if time_offset_ns is not None:
-        t_peak -= np.asarray(time_offset_ns, dtype=np.float32)
+        t_peak = t_peak - np.asarray(time_offset_ns, dtype=np.float32)
     # zero suppression threshold per channel
-    thr = np.zeros(n_ch, np.float32) if noise is None else np.float32(cfg.zero_suppress_sigma) * np.asarray(
+    thr_ch = np.zeros(n_ch, np.float32) if noise is None else np.float32(cfg.zero_suppress_sigma) * np.asarray(
         noise, dtype=np.float32
     )
+    thr = np.broadcast_to(thr_ch, (n_ev, n_ch)).ravel()
     above = amp > thr
-    # pile-up: another local maximum far from the main one, or a main pulse out of time
-    core = sig[:, :, 1:-1]
-    local = (core > sig[:, :, :-2]) & (core >= sig[:, :, 2:])
-    second = core > np.maximum(cfg.pileup_fraction * amp, thr)[..., None]
-    far = np.abs(np.arange(1, n_s - 1) - imax[..., None]) >= cfg.pileup_separation
-    pileup = np.any(local & second & far, axis=-1)
-    raw_t = (imax + delta) * sample_period_ns
-    pileup |= np.abs(raw_t - cfg.expected_peak_ns) > cfg.peak_window_ns
-    pileup &= above
+    # pile-up, only for pulses above threshold: another local maximum far from the main one, or a main
+    # pulse out of time
+    pileup = np.zeros(flat.shape[0], bool)
+    sel = np.flatnonzero(above)
+    if sel.size:
+        sub = flat[sel]
+        core = sub[:, 1:-1]
+        local = (core > sub[:, :-2]) & (core >= sub[:, 2:])
+        local &= core > np.maximum(np.float32(cfg.pileup_fraction) * amp[sel], thr[sel])[:, None]
+        # far[i, j]: sample j + 1 is at least pileup_separation samples from a maximum at sample i
+        far = np.abs(np.arange(1, n_s - 1)[None, :] - np.arange(n_s)[:, None]) >= cfg.pileup_separation
+        local &= far[imax[sel]]
+        pileup[sel] = local.view(np.uint8).max(axis=1).astype(bool) | (
+            np.abs(t_raw[sel] - np.float32(cfg.expected_peak_ns)) > cfg.peak_window_ns
+        )
     gev_per_count = (1.0 / (1000.0 * np.asarray(gain, dtype=np.float64))).astype(np.float32)
-    energy = np.where(above, amp * gev_per_count, np.float32(0)).astype(np.float32)
+    amp2 = amp.reshape(n_ev, n_ch)
+    energy = np.where(above.reshape(n_ev, n_ch), amp2 * gev_per_count, np.float32(0)).astype(np.float32)
     if status is not None:
         energy[:, np.asarray(status) == DEAD] = 0
-    return Reco(ped_e, ped_o, amp.astype(np.float32), t_peak, pileup, energy)
+    return Reco(ped_e, ped_o, amp2.astype(np.float32, copy=False), t_peak.astype(np.float32, copy=False),
+                pileup.reshape(n_ev, n_ch), energy)
 
 
 def event_sums(energy: np.ndarray, beam_energy_gev: float = 100.0) -> np.ndarray:

@@ -13,13 +13,13 @@ from __future__ import annotations
 import dataclasses
 from collections import deque
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from dqm.checks import CheckResult, State
 
 
-class Lifecycle(str, Enum):
+class Lifecycle(StrEnum):
     RAISED = "raised"
     ACKNOWLEDGED = "acknowledged"
     CLEARED = "cleared"

@@ -46,6 +46,7 @@ from bokeh.palettes import Category10_10, Viridis256
 from bokeh.plotting import figure
 
 from daq import detector
+from dqm.book import TIME_ROWS
 from dqm.config import DqmConfig
 from dqm.snapshot import CHANNEL_NAMES, RANGES, Axes, Snapshot
 
@@ -377,10 +378,10 @@ class SessionView:
                                 y_axis_label="particles / bin")
         self.arrival_fig.step(x="t", y="n", source=self.arrival_src, mode="after")
         self.ttimes_src = ColumnDataSource({"t": np.zeros(100), **{k: np.zeros(100) for k in
-                                                                   ("physics", "beam", "random", "saturated")}})
+                                                                   TIME_ROWS}})
         self.ttimes_fig = _fig("Monitored triggers vs time in spill", x_axis_label="time in spill [s]",
                                y_axis_label="events / bin")
-        for i, k in enumerate(("physics", "beam", "random", "saturated")):
+        for i, k in enumerate(TIME_ROWS):
             self.ttimes_fig.step(x="t", y=k, source=self.ttimes_src, mode="after", color=Category10_10[i],
                                  legend_label=k)
         self.trig_fig = _fig("Triggers per spill", x_axis_label="spill (0 = latest)")
@@ -601,8 +602,7 @@ class SessionView:
             counts, edges = snap.arrival
             self.arrival_src.data = {"t": edges[:-1], "n": counts}
         t = rv.time_edges[:-1]
-        self.ttimes_src.data = {"t": t, "physics": rv.times[0], "beam": rv.times[1], "random": rv.times[2],
-                                "saturated": rv.times[3]}
+        self.ttimes_src.data = {"t": t, **{k: rv.times[i] for i, k in enumerate(TIME_ROWS)}}
         self._apply_history(snap)
 
     def _apply_waveforms(self, snap: Snapshot, rv: Any) -> None:

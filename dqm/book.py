@@ -22,7 +22,9 @@ N_CH = detector.N_CHANNELS
 #: trigger types kept apart in per-type accumulators (row order)
 TYPES = ("physics", "beam", "random")
 #: rows of the time-in-spill histogram
-TIME_ROWS = ("physics", "beam", "random", "saturated")
+#: "saturated": a calorimeter channel at the top of the ADC range; "signal_like": physics trigger with
+#: E_ECAL < signal_like_ecal_gev and E_HCAL < signal_like_hcal_gev (what PMT saturation produces)
+TIME_ROWS = ("physics", "beam", "random", "saturated", "signal_like")
 TIME_MAX_NS = 12_000_000_000
 TIME_BINS = 2400
 SPECTRUM_BINS = 100
@@ -50,9 +52,13 @@ class BookSpec:
     )
     #: energy above which a calorimeter channel counts as saturated (GeV)
     saturation_gev: NDArray[np.float64] = field(
-        default_factory=lambda: 0.97 * (detector.ADC_MAX - detector.NOMINAL_PEDESTAL) / detector.nominal_gains() / 1e3
+        default_factory=lambda: 0.99 * (detector.ADC_MAX - detector.NOMINAL_PEDESTAL) / detector.nominal_gains() / 1e3
     )
+    signal_like_ecal_gev: float = 70.0
+    signal_like_hcal_gev: float = 1.0
     presamples: int = 6
+    #: max - min of a channel's pre-samples above which they hold a pulse, not pedestal (ADC counts)
+    presample_max_spread: float = 25.0
     veto_mip_gev: float = 0.01
 
     @classmethod
@@ -70,7 +76,10 @@ class BookSpec:
             tuple(self.hit_threshold_gev),
             tuple(self.spectrum_max_gev),
             self.presamples,
+            self.presample_max_spread,
             self.veto_mip_gev,
+            self.signal_like_ecal_gev,
+            self.signal_like_hcal_gev,
         )
 
     def axes_1d(self) -> dict[str, bh.axis.Regular]:
@@ -127,6 +136,7 @@ class Book:
             "ped_sum2": np.zeros((2, N_CH)),
             # monitored waveforms, and those in which a whole readout group is zero (no data from a source)
             "wf_n": np.zeros(1),
+            "ped_piled_up": np.zeros(1),  # channel waveforms skipped for pedestals (pulse in the pre-samples)
             "wf_zero_group": np.zeros(detector.N_GROUPS),
         }
 
@@ -180,8 +190,10 @@ class Book:
         saturated = (energy[:, _CALO] >= self.spec.saturation_gev[_CALO]).any(axis=1)
         a["n_saturated"][0] += np.count_nonzero(saturated)
         t = b.t_ns.astype(np.float64)
-        rows = np.concatenate([np.full(np.count_nonzero(s), i) for i, s in enumerate((phys, beam, rnd, saturated))])
-        self.times.fill(rows, np.concatenate([t[phys], t[beam], t[rnd], t[saturated]]))
+        signal_like = phys & (b.e_ecal < self.spec.signal_like_ecal_gev) & (b.e_hcal < self.spec.signal_like_hcal_gev)
+        sels = (phys, beam, rnd, saturated, signal_like)
+        rows = np.concatenate([np.full(np.count_nonzero(s), i) for i, s in enumerate(sels)])
+        self.times.fill(rows, np.concatenate([t[s] for s in sels]))
 
     def _fill_pedestals(self, wf: NDArray[np.uint16]) -> None:
         a = self.arrays
@@ -191,6 +203,10 @@ class Book:
         for g, ids in enumerate(detector.GROUP_IDS):
             a["wf_zero_group"][g] += not live[ids].any()
         pre = wf[:, : self.spec.presamples].astype(np.float64)
+        # a pulse (pile-up) inside the pre-samples is not pedestal: skip that channel in this waveform
+        clean = live & (np.ptp(pre, axis=1) <= self.spec.presample_max_spread)
+        a["ped_piled_up"][0] += np.count_nonzero(live & ~clean)
+        live = clean
         pre[~live] = np.nan
         for row, cols in enumerate((pre[:, 0::2], pre[:, 1::2])):
             a["ped_n"][row] += np.where(live, cols.shape[1], 0)

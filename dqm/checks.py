@@ -23,7 +23,7 @@ import numpy as np
 from daq import detector
 from dqm import metrics
 from dqm.baseline import Baseline
-from dqm.book import Book
+from dqm.book import TIME_ROWS, Book
 from dqm.config import DqmConfig
 
 
@@ -136,8 +136,9 @@ class DeadChannelCheck:
         dead = np.zeros(detector.N_CHANNELS, bool)
         judged = 0
         if ctx.baseline is not None:
-            expected = (ctx.baseline.hit_rate * book.arrays["n_type"][:2, None]).sum(axis=0)
-            observed = book.arrays["hits"].sum(axis=0)
+            # beam triggers only: an unbiased sample of electrons whatever a fault does to the physics trigger
+            expected = ctx.baseline.hit_rate[1] * book.arrays["n_type"][1]
+            observed = book.arrays["hits"][1]
             sel = expected >= cfg.min_expected
             judged += int(sel.sum())
             dead |= sel & (observed < cfg.dead_fraction * expected)
@@ -166,10 +167,11 @@ class HotChannelCheck:
         book = ctx.book
         hot = np.zeros(detector.N_CHANNELS, bool)
         judged = False
-        if ctx.baseline is not None and book.arrays["n_type"][:2].sum() > 0:
-            expected = (ctx.baseline.hit_rate * book.arrays["n_type"][:2, None]).sum(axis=0)
-            observed = book.arrays["hits"].sum(axis=0)
-            n_sig = book.arrays["n_type"][:2].sum()
+        if ctx.baseline is not None and book.arrays["n_type"][1] > 0:
+            # beam triggers only (see DeadChannelCheck)
+            expected = ctx.baseline.hit_rate[1] * book.arrays["n_type"][1]
+            observed = book.arrays["hits"][1]
+            n_sig = book.arrays["n_type"][1]
             limit = np.maximum(cfg.hot_factor * expected + 5 * np.sqrt(expected) + 5, cfg.hot_min_fraction * n_sig)
             hot |= observed > limit
             judged = True
@@ -356,19 +358,20 @@ class SaturationCheck:
                 spike = metrics.early_spike(counts, edges_ns, length_ns, cfg.early_fraction)
         if length_ns <= 0:
             return CheckResult(self.name, State.UNKNOWN, "spill length unknown")
-        f_early, f_late, n_early = metrics.early_saturation(ctx.book, length_ns, cfg.early_fraction)
-        saturating = (
-            n_early >= cfg.min_events
-            and f_early >= cfg.saturated_fraction
-            and (not math.isfinite(f_late) or f_early > cfg.spike_factor * f_late)
-        )
+        sat = metrics.early_excess(ctx.book, TIME_ROWS.index("saturated"), length_ns, cfg.early_fraction)
+        sig = metrics.early_excess(ctx.book, TIME_ROWS.index("signal_like"), length_ns, cfg.early_fraction)
         spiking = math.isfinite(spike) and spike >= cfg.spike_factor
-        text = f"early/median intensity {spike:.2f}, saturated early {100 * f_early:.1f}% late {100 * f_late:.1f}%"
-        if saturating:
-            return CheckResult(self.name, State.ERROR, "early-spill saturation: " + text, f_early)
+        text = (
+            f"early/median intensity {spike:.2f}; first {100 * cfg.early_fraction:.0f}% of the spill: "
+            f"{sat.observed:.0f} saturated events (expected {sat.expected:.1f}), {sig.observed:.0f} signal-like "
+            f"(expected {sig.expected:.1f})"
+        )
+        if sat.significant(cfg.spike_factor) or sig.significant(cfg.spike_factor):
+            return CheckResult(self.name, State.ERROR, "early-spill saturation pattern: " + text,
+                               max(sat.observed, sig.observed))
         if spiking:
             return CheckResult(self.name, State.WARN, "early-spill intensity spike: " + text, spike)
-        if not math.isfinite(spike) and n_early < cfg.min_events:
+        if not math.isfinite(spike) and sat.n_early < cfg.min_events:
             return CheckResult(self.name, State.UNKNOWN, text)
         return CheckResult(self.name, State.OK, text, spike)
 

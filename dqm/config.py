@@ -162,14 +162,13 @@ class SourceCheckConfig:
 
 @dataclass(frozen=True)
 class SaturationCheckConfig:
-    """Early-spill saturation pattern: intensity spike and saturated ECAL cells early in the spill."""
+    """Early-spill saturation pattern: an intensity spike early in the spill (WARN), with an excess of
+    saturated or signal-like events there (ERROR) compared with the rest of the spill."""
 
     enabled: bool = True
     early_fraction: float = 0.2
-    #: early intensity over the median of the rest
+    #: early intensity over the median of the rest (WARN); early excess factor over the rate later (ERROR)
     spike_factor: float = 2.0
-    #: fraction of early events with a saturated ECAL cell (and spike_factor x the later fraction)
-    saturated_fraction: float = 0.02
     min_events: int = 50
 
     def __post_init__(self) -> None:

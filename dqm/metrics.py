@@ -167,17 +167,32 @@ def early_spike(counts: NDArray[np.float64], edges: NDArray[np.float64], spill_l
     return float(counts[early].mean() / base)
 
 
-def early_saturation(book: Book, spill_length_ns: float, early_fraction: float) -> tuple[float, float, float]:
-    """(saturated fraction of events early, later, number of early events) from the time histogram."""
+@dataclass(frozen=True)
+class EarlyExcess:
+    """Events of one kind in the first part of the spill vs what the rest of the spill predicts."""
+
+    observed: float
+    expected: float
+    n_early: float
+
+    def significant(self, factor: float, min_count: float = 5) -> bool:
+        """More than ``factor`` x expected and 3 sigma (Poisson) above it, with at least ``min_count``."""
+        return self.observed >= min_count and self.observed > factor * self.expected + 3 * math.sqrt(
+            max(self.expected, 1.0)
+        )
+
+
+def early_excess(book: Book, row: int, spill_length_ns: float, early_fraction: float) -> EarlyExcess:
+    """Row ``row`` of the time-in-spill histogram early in the spill vs its rate in the rest of the spill."""
     v = book.times.values()
     centers = book.times.axes[1].centers
     early = centers < early_fraction * spill_length_ns
+    late = ~early & (centers < spill_length_ns)
     events = v[0] + v[1] + v[2]
-    sat = v[3]
-    n_early, n_late = events[early].sum(), events[~early].sum()
-    f_early = float(sat[early].sum() / n_early) if n_early > 0 else math.nan
-    f_late = float(sat[~early].sum() / n_late) if n_late > 0 else math.nan
-    return f_early, f_late, float(n_early)
+    n_early = float(events[early].sum())
+    observed = float(v[row][early].sum())
+    rate_late = float(v[row][late].sum()) / max((1 - early_fraction) * spill_length_ns, 1.0)
+    return EarlyExcess(observed, rate_late * early_fraction * spill_length_ns, n_early)
 
 
 def arrival_histogram(summary: Mapping[str, Any]) -> tuple[NDArray[np.float64], NDArray[np.float64]] | None:

@@ -32,8 +32,6 @@ log = logging.getLogger(__name__)
 
 def spill_book(path: Path, config: DqmConfig | None = None) -> dict[str, Any]:
     """The DQM book and summary of every spill of one file (the per-file task of a parallel run)."""
-    import hdf5plugin  # noqa: F401  (compression filters of the waveforms)
-
     config = config or DqmConfig()
     mon = Monitor(config, live=False, spill_checks=[], live_checks=[])
     spills: list[dict[str, Any]] = []

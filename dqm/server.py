@@ -207,10 +207,8 @@ class DqmService:
             await asyncio.gather(*tasks, return_exceptions=True)
             if self.mqtt is not None and mqtt_task is not None:
                 await self.mqtt.stop("shutdown", timeout=2.0)
-                try:
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                     await asyncio.wait_for(mqtt_task, timeout=2.0)
-                except (TimeoutError, asyncio.CancelledError):
-                    pass
             server.stop()
             server.unlisten()
         return 0

@@ -149,8 +149,8 @@ def file_messages(paths: Iterable[str | Path], beam_energy_gev: float = 100.0,
                 )
                 seq += 1
             summary = f.summary()
-        summary.setdefault("run", f.run)
-        summary.setdefault("spill", f.spill)
+            summary.setdefault("run", f.run)
+            summary.setdefault("spill", f.spill)
         yield protocol.Summary.of(protocol.Summary.KIND_SPILL, json.dumps(summary, default=_json_default),
                                   run=summary["run"], spill=summary["spill"], seq=seq)
         seq += 1

@@ -306,7 +306,7 @@ class ReadoutConfig:
     pace: Literal["realtime", "max"] = "realtime"
     max_inflight_slices: int = 100  # max pacing: slices sent but not yet requested (0 = unlimited)
     linger_s: float = 5.0  # at exit, how long queued messages may still be sent
-    noise_pool_size: int = 1 << 22  # pre-drawn random numbers per pool
+    noise_pool_size: int = 1 << 20  # pre-drawn random numbers per pool
     pileup_before_ns: float = 300.0  # particles this long before a window's trigger still add pulses
 
     def __post_init__(self) -> None:
@@ -380,7 +380,10 @@ class SimConfig:
             raise ValueError("readout.latency_buffer_s must hold at least two slices")
         from simulator import faults
 
-        faults.parse_faults(self.faults)  # raises ValueError naming the bad fault
+        try:
+            faults.parse_faults(self.faults)
+        except ValueError as e:
+            raise ValueError(f"faults: {e}") from None
 
 
 def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> SimConfig:

@@ -124,11 +124,13 @@ class PulseShapes:
                 )
         del span
         self.shape_of_channel = detector.CHANNELS["shape"].astype(np.intp)
+        self.flat_windows = self.windows.reshape(-1, self.n_samples)  # row = class * n_pos + position
 
     def rows(self, peak_ns: np.ndarray) -> np.ndarray:
         """Row index in ``windows`` of pulses peaking at ``peak_ns`` after sample 0 (clipped to the table)."""
-        i = np.rint((peak_ns - self.p_min) * (1.0 / SHAPE_RES_NS))
-        return np.clip(i, 0, self.n_pos - 1).astype(np.intp)
+        i = (peak_ns - (self.p_min - 0.5 * SHAPE_RES_NS)) * (1.0 / SHAPE_RES_NS)  # floor(x + 0.5) = round
+        np.clip(i, 0, self.n_pos - 1, out=i)
+        return i.astype(np.intp)
 
 
 # ---------------------------------------------------------------- primitive noise
@@ -248,7 +250,9 @@ def waveforms(
             p = sel[nz_p]
             win = pulses.win[p]
             peak = phase[win] + pulses.dt_ns[p] + time_offset_ns[nz_c]
-            contrib = shapes.windows[shapes.shape_of_channel[nz_c], shapes.rows(peak)]  # (M, ns)
+            flat_rows = shapes.rows(peak)
+            flat_rows += shapes.shape_of_channel[nz_c] * shapes.n_pos
+            contrib = np.take(shapes.flat_windows, flat_rows, axis=0)  # (M, ns)
             contrib *= h[nz_p, nz_c][:, None]
             flat[win * nch + nz_c] += contrib
     np.clip(w, 0, detector.ADC_MAX, out=w)

@@ -70,6 +70,7 @@ class SpillCounters:
     n_stalled_slices: int = 0  # slices not produced during a stall
     n_late_slices: int = 0  # realtime: slices sent later than one slice length after their deadline
     max_lateness_ms: float = 0.0
+    cpu_s: float = 0.0  # CPU time of the front-end process during the spill
     requested: set[int] = field(default_factory=set)
     sent: set[int] = field(default_factory=set)
 
@@ -109,6 +110,7 @@ class FrontEnd:
         self.shapes = PulseShapes(config.electronics)
         self.prim_channels = detector.default_primitive_channels(config.beam.beam_cell)
         self._prim = self.prim_channels.astype(np.intp)
+        self._work = np.empty(0, np.float32)
         self.prim_noise = PrimitiveNoise(self.electronics.noise[self._prim], noise_rng, 1 << 17)
         self._noisy_prim = self.faults.of("noisy")
         self.wave_pool = self.readout_rng.standard_normal(pool, dtype=np.float32)
@@ -124,6 +126,14 @@ class FrontEnd:
         ns = config.electronics.n_samples
         self.window_after_ns = (ns - config.electronics.peak_sample + 1) * detector.SAMPLE_PERIOD_NS + 40.0
         self.window_before_ns = config.readout.pileup_before_ns
+
+    def warm_up(self) -> None:
+        """Build the random pools, scaled tables and caches now, not in the first slice of the run
+        (does not touch the beam generator's state used by the run... except the pools, which are part
+        of the seeded sequence)."""
+        state = self.electronics_state(1, 0.0)
+        batch = self.model.generate(1000, self.randoms)
+        self._primitives(batch, state)
 
     # ------------------------------------------------------------ run and spill markers
     def info(self) -> dict[str, object]:
@@ -218,7 +228,10 @@ class FrontEnd:
 
     def _primitives(self, batch: Batch, state: SliceState) -> np.ndarray:
         prim = self._prim
-        heights = self.model.primitives(batch, state.gain[prim].astype(np.float32))
+        n = len(batch)
+        if self._work.size < prim.size * n:  # one reused float32 work buffer: no fresh pages per slice
+            self._work = np.empty(prim.size * max(n, int(self._work.size / prim.size * 1.5)), np.float32)
+        heights = self.model.primitives(batch, state.gain32[prim], out=self._work[: prim.size * n].reshape(prim.size, n))
         sat = state.saturation[prim]
         if np.isfinite(sat).any():
             np.minimum(heights, sat.astype(np.float32)[:, None], out=heights)

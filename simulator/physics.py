@@ -138,7 +138,7 @@ def arrival_times(rate_hz: float, t0_ns: int, length_ns: int, rng: np.random.Gen
     last = 0.0
     while True:
         m = int(expected + 6 * math.sqrt(expected) + 16)
-        t = np.cumsum(rng.standard_exponential(m))
+        t = np.cumsum(rng.standard_exponential(m, dtype=np.float32), dtype=np.float64)
         t *= mean_gap
         t += last
         if t[-1] >= length_ns:
@@ -173,7 +173,8 @@ class BeamModel:
         self._scaled: tuple[np.ndarray, np.ndarray] | None = None
         self._scaled_gain = np.zeros(0, np.float32)
         self._rare = self._rare_table()
-        self._rare_store: dict[int, tuple[dict[str, np.ndarray], int]] = {}
+        empty = {name: np.zeros(0) for name in self._RARE_FIELDS}
+        self._rare_queue: tuple[dict[str, np.ndarray], int] = (empty, 0)
         sig = config.signal
         self.brems: zprime.BremsSampler | None = None
         self.signal_total_width = 0.0
@@ -257,39 +258,42 @@ class BeamModel:
         batch.bin = self.grid.bins(batch.x, batch.y)
         self._counters(batch, r)
         codes, probs = self._rare
-        if codes.size:
-            n_rare = int(rng.binomial(n, min(float(probs.sum()), 1.0)))
-            if n_rare:
-                idx = np.sort(rng.choice(n, n_rare, replace=False))
-                cat = codes[rng.choice(codes.size, n_rare, p=probs / probs.sum())]
+        p_rare = min(float(probs.sum()), 1.0)
+        if codes.size and n:
+            idx = bernoulli_positions(n, p_rare, rng)
+            if idx.size:
                 if isinstance(r, rnd.PooledRandoms):
-                    self._fill_rare(batch, idx, cat, rng)
+                    self._fill_rare(batch, idx, rng)
                 else:
+                    cat = codes[rng.choice(codes.size, idx.size, p=probs / probs.sum())]
                     self._apply_rare(batch, idx, cat, rng)
         return batch
 
     _RARE_FIELDS = ("kind", "process", "e_beam", "e_prs", "e_ecal", "e_hcal", "e_miss")
 
-    def _fill_rare(self, b: Batch, idx: np.ndarray, cat: np.ndarray, rng: np.random.Generator) -> None:
-        """Rare particles from per-category stores drawn ahead in blocks (each used once): the
-        per-slice cost stays small although each category needs dozens of numpy calls to draw."""
-        order = np.argsort(cat, kind="stable")
-        idx, cat = idx[order], cat[order]
-        bounds = np.flatnonzero(np.diff(cat)) + 1
-        for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, cat.size], strict=True):
-            code = int(cat[lo])
-            m = int(hi - lo)
-            store = self._rare_store.get(code)
-            if store is None or store[1] + m > store[0]["kind"].size:
-                store = (self._draw_rare_block(code, max(4 * m, 256), rng), 0)
-            values, cursor = store
-            at = idx[lo:hi]
+    def _fill_rare(self, b: Batch, idx: np.ndarray, rng: np.random.Generator) -> None:
+        """Rare particles from a queue drawn ahead in blocks (categories mixed by their probabilities,
+        each particle used once): the per-slice cost stays small although drawing them takes dozens of
+        numpy calls per category."""
+        m = idx.size
+        done = 0
+        while done < m:
+            values, cursor = self._rare_queue
+            size = values["kind"].size
+            if cursor >= size:
+                self._rare_queue = (self._draw_rare_block(max(4096, 4 * m), rng), 0)
+                continue
+            k = min(m - done, size - cursor)
+            at = idx[done : done + k]
             for name in self._RARE_FIELDS:
-                getattr(b, name)[at] = values[name][cursor : cursor + m]
-            self._rare_store[code] = (values, cursor + m)
+                getattr(b, name)[at] = values[name][cursor : cursor + k]
+            self._rare_queue = (values, cursor + k)
+            done += k
 
-    def _draw_rare_block(self, code: int, size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def _draw_rare_block(self, size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         c = self.config
+        codes, probs = self._rare
+        cat = codes[rng.choice(codes.size, size, p=probs / probs.sum())]
         e0 = c.beam.energy_gev
         tmp = Batch(
             kind=np.zeros(size, np.uint8),
@@ -304,17 +308,15 @@ class BeamModel:
             e_miss=np.zeros(size, np.float32),
             counters=np.zeros((N_COUNTERS, size), np.float32),
         )
-        self._apply_rare(tmp, np.arange(size), np.full(size, code), rng)
+        self._apply_rare(tmp, np.arange(size), cat, rng)
         return {name: getattr(tmp, name) for name in self._RARE_FIELDS}
 
     def _halo(self, b: Batch, rng: np.random.Generator) -> None:
-        n = len(b)
-        n_halo = int(rng.binomial(n, self.config.beam.halo_fraction)) if n else 0
-        if n_halo:
-            idx = rng.choice(n, n_halo, replace=False)
+        idx = bernoulli_positions(len(b), self.config.beam.halo_fraction, rng)
+        if idx.size:
             s = self.config.beam.halo_sigma_mm
-            b.x[idx] = self.spot_centre[0] + s * rng.standard_normal(n_halo)
-            b.y[idx] = self.spot_centre[1] + s * rng.standard_normal(n_halo)
+            b.x[idx] = self.spot_centre[0] + s * rng.standard_normal(idx.size)
+            b.y[idx] = self.spot_centre[1] + s * rng.standard_normal(idx.size)
 
     def _counters(self, b: Batch, r: rnd.Randoms) -> None:
         """Counter deposits (MeV): S0 S2 S3 if within their radius, V1 V2 if outside the hole."""
@@ -669,6 +671,26 @@ _DOWNSTREAM = np.array(
     ],
     dtype=np.uint8,
 )
+
+
+def bernoulli_positions(n: int, p: float, rng: np.random.Generator) -> np.ndarray:
+    """Sorted positions in [0, n) of the successes of n Bernoulli(p) trials, drawn as geometric gaps
+    (cost proportional to n p, not n)."""
+    if n <= 0 or p <= 0:
+        return np.zeros(0, np.int64)
+    if p >= 0.2:
+        return np.flatnonzero(rng.random(n) < p)
+    out: list[np.ndarray] = []
+    last = -1
+    while True:
+        m = int(n * p + 5 * math.sqrt(n * p) + 10)
+        pos = last + np.cumsum(rng.geometric(p, m))
+        if pos[-1] >= n:
+            out.append(pos[: np.searchsorted(pos, n)])
+            break
+        out.append(pos)
+        last = int(pos[-1])
+    return out[0] if len(out) == 1 else np.concatenate(out)
 
 
 def _poisson_from_uniform(u: np.ndarray, mean: np.ndarray) -> np.ndarray:

@@ -22,13 +22,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import zmq
 
 from daq import detector, protocol
-from daq.errors import ProtocolError, UserError
+from daq.errors import DaqError, ProtocolError, UserError
 from daq.files import SpillFileError
 from simulator.replay_spill import AnswerCounts, RecordedSpill, ReplayError, frontend_info_json, load_spill
 
@@ -58,6 +58,8 @@ class ReplayConfig:
     linger_s: float = 5.0
     #: SPILL_START/SPILL_END carry the recorded wall-clock times (else the replay's own clock)
     original_times: bool = True
+    #: give up when the DAQ takes no message, or sends no readout request while slices wait, this long
+    stall_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.speed is not None and not self.speed > 0:
@@ -68,6 +70,8 @@ class ReplayConfig:
             raise ValueError(f"max_inflight_slices must be >= 1 (got {self.max_inflight_slices})")
         if not self.heartbeat_s > 0:
             raise ValueError(f"heartbeat_s must be > 0 (got {self.heartbeat_s})")
+        if not self.stall_timeout_s > 0:
+            raise ValueError(f"stall_timeout_s must be > 0 (got {self.stall_timeout_s})")
         if self.slice_ms is not None and not 0.001 <= self.slice_ms <= 10_000:
             raise ValueError(f"slice_ms must be in 0.001..10000 (got {self.slice_ms})")
 
@@ -124,7 +128,22 @@ class ReplayReport:
         )
 
 
-def gap_s(prev: RecordedSpill | None, cur: RecordedSpill) -> float:
+class SpillTiming(NamedTuple):
+    """What pacing and run bookkeeping keep of a spill once it is replayed (not its data)."""
+
+    run: int
+    t_start_ns: int
+    end_ns: int
+    prim_channels: np.ndarray
+    n_samples: int
+    slice_ns: int
+
+    @classmethod
+    def of(cls, s: RecordedSpill) -> SpillTiming:
+        return cls(s.run, s.t_start_ns, s.end_ns, s.prim_channels, s.n_samples, s.slice_ns)
+
+
+def gap_s(prev: SpillTiming | None, cur: SpillTiming) -> float:
     """Beam time between the start of ``prev`` and the start of ``cur`` (pure scheduling rule).
 
     The recorded SPILL_START times give the spacing within a run; across runs, with unknown times or
@@ -139,6 +158,10 @@ def gap_s(prev: RecordedSpill | None, cur: RecordedSpill) -> float:
         if length <= recorded <= MAX_GAP_S:
             return recorded
     return length + DEFAULT_GAP_S
+
+
+class ReplayStalled(DaqError):
+    """The DAQ stopped taking messages or answering with readout requests (not running, or stuck)."""
 
 
 class Replayer:
@@ -170,6 +193,7 @@ class Replayer:
         cfg = self.config
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, int(cfg.linger_s * 1000))
+        sock.setsockopt(zmq.SNDTIMEO, int(cfg.stall_timeout_s * 1000))
         try:
             sock.connect(cfg.endpoint)
         except zmq.ZMQError as e:
@@ -181,12 +205,13 @@ class Replayer:
         self._state = protocol.FrontEndState.RUNNING
         self._heartbeat(force=True)
         paths = [Path(f) for f in files]
-        started: RecordedSpill | None = None  # the RUN_START in force (its run, channels, samples)
-        prev: RecordedSpill | None = None
+        started: SpillTiming | None = None  # the first spill of the run in force (its RUN_START)
+        prev: SpillTiming | None = None
         n_spills_run = 0
         beam_clock = 0.0  # beam time of the current spill's start, s since the first spill
         pace0: float | None = None  # wall time of the first spill's start
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay-read")
+        pending: concurrent.futures.Future[RecordedSpill] | None = None
         try:
             pending = pool.submit(load_spill, paths[0], cfg.slice_ms) if paths else None
             for i, path in enumerate(paths):
@@ -205,8 +230,9 @@ class Replayer:
                     log.warning(
                         "%s: spill recorded with status %r (see its losses); replaying it", path, spill.status
                     )
+                timing = SpillTiming.of(spill)
                 if started is not None and spill.run == started.run:
-                    why = _incompatible(started, spill)
+                    why = _incompatible(started, timing)
                     if why:
                         self._skip(path, f"{path}: cannot join run {spill.run} as replayed so far: {why}")
                         continue
@@ -214,21 +240,21 @@ class Replayer:
                     if started is not None:
                         self._send(protocol.RunStop(run=started.run, n_spills=n_spills_run))
                     self._run_start(spill, paths)
-                    started, n_spills_run = spill, 0
-                beam_clock += gap_s(prev, spill)
+                    started, n_spills_run = timing, 0
+                beam_clock += gap_s(prev, timing)
                 if pace0 is None:  # the pacing clock starts with the first spill, not with reading it
                     pace0 = time.monotonic()
                 self._play(spill, pace0, beam_clock)
                 self.report.beam_s = beam_clock + spill.end_ns / 1e9
                 n_spills_run += 1
-                prev = spill
+                prev, spill = timing, None  # the data may go: at most this spill and the next in memory
             if started is not None:
                 self._send(protocol.RunStop(run=started.run, n_spills=n_spills_run))
             self._state = protocol.FrontEndState.IDLE
             self._heartbeat(force=True)
         finally:
-            for f in [pending] if paths and pending is not None else []:
-                f.cancel()
+            if pending is not None:
+                pending.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
             sock.close()  # linger: queued messages still go out, bounded by linger_s
             self._sock = None
@@ -346,12 +372,18 @@ class Replayer:
     # ------------------------------------------------------------ socket
     def _wait_to_send(self, due: float | None, n_sent: int) -> bool:
         """Serve requests until the next slice may go (its time, or room in flight); False on stop."""
+        since = time.monotonic()
         while not self.stop.is_set():
             now = time.monotonic()
             if due is None:
                 if n_sent - self._counts.n_requests < self.config.max_inflight_slices:
                     self._service(0.0)
                     return True
+                if now - since > self.config.stall_timeout_s:
+                    raise ReplayStalled(
+                        f"the DAQ at {self.config.endpoint} sent no readout request for "
+                        f"{self.config.stall_timeout_s:.0f} s ({n_sent - self._counts.n_requests} slices waiting)"
+                    )
                 self._service(0.05)
             elif now >= due:
                 self._service(0.0)
@@ -415,7 +447,12 @@ class Replayer:
 
     def _send(self, msg: protocol.Message, beat: bool = True) -> None:
         assert self._sock is not None
-        self._sock.send_multipart(protocol.encode(self._seq.stamp(msg)), copy=False)
+        try:
+            self._sock.send_multipart(protocol.encode(self._seq.stamp(msg)), copy=False)
+        except zmq.Again:
+            raise ReplayStalled(
+                f"the DAQ at {self.config.endpoint} has taken no message for {self.config.stall_timeout_s:.0f} s"
+            ) from None
         if beat:
             self._heartbeat()
 
@@ -425,7 +462,7 @@ class Replayer:
             log.warning(fmt, *args)
 
 
-def _incompatible(first: RecordedSpill, spill: RecordedSpill) -> str:
+def _incompatible(first: SpillTiming, spill: SpillTiming) -> str:
     """Why a spill cannot join the RUN_START of an earlier spill of its run ('' if it can)."""
     if not np.array_equal(first.prim_channels, spill.prim_channels):
         return "its primitive channels differ"

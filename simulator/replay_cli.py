@@ -44,6 +44,12 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--max-inflight", type=int, default=64, help="max pace: slices waiting for their request")
     p.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=30.0,
+        help="s without the DAQ taking messages or requesting readouts before giving up (exit 1)",
+    )
+    p.add_argument(
         "--own-times",
         action="store_true",
         help="SPILL_START/END carry the replay's clock, not the recorded times",
@@ -78,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
             max_inflight_slices=args.max_inflight,
             slice_ms=args.slice_ms,
             original_times=not args.own_times,
+            stall_timeout_s=args.stall_timeout,
         )
     except ValueError as e:
         raise ConfigError(f"replay: {e}") from None

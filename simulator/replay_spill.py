@@ -73,8 +73,8 @@ class RecordedSpill:
     #: recorded random-trigger windows sorted by trigger time, and their event rows
     r_t_ns: np.ndarray  # (R,) int64
     r_row: np.ndarray  # (R,) int64
-    waveforms: np.ndarray  # (E, 110, S) uint16, by event row
-    missing_groups: np.ndarray  # (E,) uint8
+    waveforms: np.ndarray  # (E + 1, 110, S) uint16 by event row; row E is all zero (``zero_row``)
+    missing_groups: np.ndarray  # (E + 1,) uint8
     status: str = "ok"
     frontend_info: dict[str, Any] = field(default_factory=dict)
     trigger_config: dict[str, Any] = field(default_factory=dict)
@@ -84,6 +84,13 @@ class RecordedSpill:
 
     def __post_init__(self) -> None:
         self._bounds = np.searchsorted(self.p_slice, np.arange(self.n_slices + 1), side="left")
+        if self.waveforms.shape[0] != self.missing_groups.shape[0] or self.waveforms[-1].any():
+            raise ValueError("waveforms and missing_groups need one extra, all-zero last row")
+
+    @property
+    def zero_row(self) -> int:
+        """Row of the all-zero window (answers for random windows the file does not have)."""
+        return int(self.waveforms.shape[0] - 1)
 
     # ------------------------------------------------------------ slices
     @property
@@ -152,12 +159,8 @@ class RecordedSpill:
             rr[found] = self.r_row[pos[found]]
             rows[rnd] = rr
             counts.random_unavailable += int(np.count_nonzero(~found))
-        have = rows >= 0
-        wf = np.zeros((k, detector.N_CHANNELS, self.n_samples), dtype=np.uint16)
-        if have.any():
-            wf[have] = self.waveforms[rows[have]]
-        missing = np.zeros(k, dtype=np.uint8)
-        missing[have] = self.missing_groups[rows[have]]
+        rows[rows < 0] = self.zero_row  # an all-zero window for what the file does not have
+        missing = self.missing_groups[rows]
         idx_u32 = np.asarray(request.index, dtype=np.uint32)
         out = []
         for g, chans in enumerate(_GROUP_SLICES):
@@ -167,7 +170,7 @@ class RecordedSpill:
                     protocol.Fragment(run=self.run, spill=self.spill, slice_id=request.slice_id, source=g)
                 )
                 continue
-            group_wf = np.ascontiguousarray(wf[:, chans, :])
+            group_wf = self.waveforms[rows, chans, :]  # one gather, C-contiguous (K, M, S)
             out.append(
                 protocol.Fragment(
                     source=g,
@@ -206,7 +209,10 @@ def build_spill(
     end_ns: int,
     **extra: Any,
 ) -> RecordedSpill:
-    """Regroup a file's events into replay form (pure). ``events`` needs slice, index, t_ns, missing_groups."""
+    """Regroup a file's events into replay form (pure). ``events`` needs slice, index, t_ns, missing_groups.
+
+    ``waveforms`` holds the E events' windows, optionally followed by one all-zero row (else it is added).
+    """
     index = np.asarray(events["index"])
     slice_id = np.asarray(events["slice"]).astype(np.int64)
     is_rnd = index == protocol.NO_PARTICLE
@@ -240,10 +246,17 @@ def build_spill(
         p_row=order.astype(np.int64),
         r_t_ns=r_t[r_order],
         r_row=rnd[r_order].astype(np.int64),
-        waveforms=waveforms,
-        missing_groups=np.asarray(events["missing_groups"], dtype=np.uint8),
+        waveforms=waveforms if waveforms.shape[0] == index.shape[0] + 1 else _with_zero_row(waveforms),
+        missing_groups=np.append(np.asarray(events["missing_groups"], dtype=np.uint8), np.uint8(0)),
         **extra,
     )
+
+
+def _with_zero_row(waveforms: np.ndarray) -> np.ndarray:
+    out = np.empty((waveforms.shape[0] + 1, *waveforms.shape[1:]), dtype=waveforms.dtype)
+    out[:-1] = waveforms
+    out[-1] = 0
+    return out
 
 
 def slice_length_ns(attrs: dict[str, Any], frontend_info: dict[str, Any], override_ms: float | None) -> int:
@@ -274,8 +287,6 @@ def spill_end_ns(histograms: dict[str, tuple[np.ndarray, np.ndarray]], n_slices:
 
 def load_spill(path: str | Path, slice_ms: float | None = None) -> RecordedSpill:
     """Read one spill file into replay form; any problem is a :class:`SpillFileError`/:class:`ReplayError`."""
-    import hdf5plugin  # noqa: F401  (registers the lz4/zstd filters the waveforms are compressed with)
-
     p = Path(path)
     try:
         with SpillFile(p) as f:
@@ -284,9 +295,11 @@ def load_spill(path: str | Path, slice_ms: float | None = None) -> RecordedSpill
             ev = f.events(["slice", "index", "t_ns", "missing_groups"])
             prim = f.primitives()
             n = f.n_events
-            wf = np.empty((n, detector.N_CHANNELS, f.n_samples), dtype=np.uint16)
+            wf = np.empty((n + 1, detector.N_CHANNELS, f.n_samples), dtype=np.uint16)
+            wf[n] = 0  # the all-zero window
             for lo in range(0, n, READ_BLOCK):
-                wf[lo : lo + READ_BLOCK] = f.waveforms(slice(lo, lo + READ_BLOCK))
+                hi = min(lo + READ_BLOCK, n)
+                wf[lo:hi] = f.waveforms(slice(lo, hi))
             counters = f.counters
             histograms = f.histograms()
             trigger = f.trigger_config

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -25,6 +26,7 @@ import zmq
 from daq import protocol
 from daq.errors import ProtocolError
 from simulator.config import SimConfig
+from simulator.faults import Fault
 from simulator.frontend import FrontEnd, TruthSink
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,8 @@ class Service:
         self.n_decode_errors = 0
         self.spills_done = 0
         self.realtime = config.readout.pace == "realtime"
+        self._stall_started = 0.0
+        self._stall_slices = 0
 
     def request_stop(self) -> None:
         """Ask the run to end cleanly (safe to call from a signal handler)."""
@@ -99,6 +103,7 @@ class Service:
             self.config.seed,
         )
         try:
+            self.fe.warm_up()
             self.state = State.RUNNING
             self._send(self.fe.run_start())
             self._heartbeat_if_due()
@@ -124,19 +129,23 @@ class Service:
         fe = self.fe
         self.spill = spill
         self.state = State.IN_SPILL
+        cpu0 = time.process_time()
         self._send(fe.begin_spill(spill, time.time_ns()))
         c = fe.counters[spill]
         slice_s = fe.slice_ns / 1e9
         stall = fe.faults.stall(spill)
+        stall_lo = stall_hi = -1
+        if stall is not None:  # slice range of the stall, in integer ns to avoid rounding at the edges
+            stall_lo = math.ceil(round(stall.t_s * 1e9) / fe.slice_ns)
+            stall_hi = math.ceil(round((stall.t_s + stall.length_s) * 1e9) / fe.slice_ns)
         fe.prepare(spill, 0)
         last_sent = time.monotonic()
         for i in range(fe.n_slices):
             if self.stop_requested:
                 break
             deadline = t_spill + (i + 1) * slice_s
-            t_slice = i * slice_s
-            if stall is not None and stall.t_s <= t_slice < stall.t_s + stall.length_s:
-                self._stalled(stall, spill, i, deadline)
+            if stall is not None and stall_lo <= i < stall_hi:
+                self._stalled(stall, spill, i, deadline, last=i + 1 == stall_hi)
                 continue
             if self.realtime:
                 self._serve_until(deadline)
@@ -166,29 +175,31 @@ class Service:
                 self.config.readout.request_timeout_s,
             )
         self._send(fe.end_spill(spill, time.time_ns()))
+        c.cpu_s = time.process_time() - cpu0
         self.spills_done += 1
         self.state = State.RUNNING
         self._log_spill(spill)
         if self.on_spill_end is not None:
             self.on_spill_end(spill, c.public())
 
-    def _stalled(self, stall: object, spill: int, i: int, deadline: float) -> None:
+    def _stalled(self, stall: Fault, spill: int, i: int, deadline: float, last: bool) -> None:
         """One slice period of a front-end stall: nothing sent or answered, heartbeats say STALLED."""
         fe = self.fe
         if self.state != State.STALLED:
-            log.warning(
-                "spill %d: front-end stalls at slice %d (fault %s)", spill, i, getattr(stall, "text", "")
-            )
+            log.warning("spill %d: front-end stalls at slice %d (fault %s)", spill, i, stall.text)
+            self._stall_started = time.monotonic()
+            self._stall_slices = 0
         self.state = State.STALLED
         fe.skip_slice(spill, i)
-        end = deadline if self.realtime else time.monotonic()
+        self._stall_slices += 1
+        # a stall lasts its length in wall-clock time, also when behind schedule or in max pacing
+        end = max(deadline if self.realtime else 0.0, self._stall_started + self._stall_slices * fe.slice_ns / 1e9)
         while time.monotonic() < end and not self.stop_requested:
             self._heartbeat_if_due()
             time.sleep(min(0.01, max(end - time.monotonic(), 0)))
-        stall_end = getattr(stall, "t_s", 0.0) + getattr(stall, "length_s", 0.0)
-        if (i + 1) * fe.slice_ns / 1e9 >= stall_end - 1e-9:
+        if last:
             self.state = State.IN_SPILL
-            if getattr(stall, "restart", False):
+            if stall.restart:
                 log.warning("spill %d: front-end restarts (sequence numbers from 0, new RUN_START)", spill)
                 self.seq = protocol.SequenceCounter()
                 self._send(fe.run_start())
@@ -228,14 +239,15 @@ class Service:
             and k not in ("n_slices", "n_requests", "n_fragments", "n_events_read", "n_particles")
         }
         log.info(
-            "spill %d done: %d particles in %d slices, %d requests, %d events read, %d fragments; max "
-            "lateness %.1f ms%s",
+            "spill %d done: %d particles in %d slices, %d requests, %d events read, %d fragments; "
+            "%.2f CPU s; max lateness %.1f ms%s",
             spill,
             c.n_particles,
             c.n_slices,
             c.n_requests,
             c.n_events_read,
             c.n_fragments,
+            c.cpu_s,
             c.max_lateness_ms,
             f"; {extra}" if extra else "",
         )

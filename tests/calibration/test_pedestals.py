@@ -48,9 +48,9 @@ def test_without_the_counter_veto_small_pileup_biases_the_cells_near_the_beam(
 
 def test_chunks_add_up_to_one_pass(windows: np.ndarray) -> None:
     start = P.initial_pedestals(windows[:500])
-    one = P.PedestalAccumulator(*start, veto_channels=P.BEAM_COUNTER_IDS)
+    one = P.PedestalAccumulator(*start, veto_channels=P.MARKER_IDS)
     one.add(windows[:1200])
-    chunked = P.PedestalAccumulator(*start, veto_channels=P.BEAM_COUNTER_IDS)
+    chunked = P.PedestalAccumulator(*start, veto_channels=P.MARKER_IDS)
     for i in range(0, 1200, 300):
         chunked.add(windows[i : i + 300])
     a, b = one.result(), chunked.result()

@@ -156,8 +156,8 @@ def feed() -> Iterator[Callable[..., Feed]]:
     feeds: list[Feed] = []
 
     def start(spill_period_s: float = 1.0, config: SynthConfig | None = None, spills: int = 0,
-              batches_per_s: float = 40.0, run: int = 1) -> Feed:
-        endpoint = f"tcp://127.0.0.1:{free_port()}"
+              batches_per_s: float = 40.0, run: int = 1, endpoint: str | None = None) -> Feed:
+        endpoint = endpoint or f"tcp://127.0.0.1:{free_port()}"
         stop = threading.Event()
         cfg = config or SynthConfig(events_per_spill=400, batch_size=20, spill_length_s=0.4 * spill_period_s)
         thread = threading.Thread(target=publish, args=(endpoint, spills, run, spill_period_s, batches_per_s, cfg),
@@ -186,6 +186,9 @@ class DqmProcess:
             self.proc.send_signal(sig or signal.SIGTERM)
         return self.proc.wait(15)
 
+    def output(self) -> str:
+        return self.log.read_text()
+
 
 @pytest.fixture
 def dqm_process(tmp_path: Path) -> Iterator[Callable[..., DqmProcess]]:
@@ -195,8 +198,9 @@ def dqm_process(tmp_path: Path) -> Iterator[Callable[..., DqmProcess]]:
     def start(*args: str, timeout: float = 30.0) -> DqmProcess:
         log = tmp_path / f"dqm{len(procs)}.log"
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        proc = subprocess.Popen(na64_command("dqm", *args), stdout=subprocess.PIPE, stderr=log.open("w"),
-                                text=True, cwd=ROOT, env=env)
+        with log.open("w") as err:
+            proc = subprocess.Popen(na64_command("dqm", *args), stdout=subprocess.PIPE, stderr=err, text=True,
+                                    cwd=ROOT, env=env)
         p = DqmProcess(proc, "", log)
         procs.append(p)
         line = _read_line(proc, timeout)
@@ -211,6 +215,8 @@ def dqm_process(tmp_path: Path) -> Iterator[Callable[..., DqmProcess]]:
         if p.proc.poll() is None:
             p.proc.kill()
             p.proc.wait(10)
+        if p.proc.stdout is not None:
+            p.proc.stdout.close()
 
 
 def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:

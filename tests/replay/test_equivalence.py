@@ -11,11 +11,10 @@ from __future__ import annotations
 import dataclasses
 import shlex
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import hdf5plugin  # noqa: F401  (lz4 filter for reading the waveforms)
 import numpy as np
 import pytest
 
@@ -23,15 +22,16 @@ from daq import protocol
 from daq.files import SpillFile, list_spill_files
 from daq.trigger import BEAM, RANDOM
 from tests.conftest import free_port, na64_command
+from tests.replay.plugin import record_spills
 
 pytestmark = pytest.mark.integration
 
-SIM = ["--pace", "max", "--spills", "2", "--spill-length", "0.2", "--rate", "2e5", "--seed", "7"]
+SIM = ("--pace", "max", "--spills", "2", "--spill-length", "0.2", "--rate", "2e5", "--seed", "7")
 #: recording: a prescale giving ~100 beam triggers per spill, and a random trigger every 5 ms
-RECORD_SET = ["--set", "trigger.beam_prescale=400", "--set", "trigger.random_period_ns=5000000"]
+RECORD_SET = ("--set", "trigger.beam_prescale=400", "--set", "trigger.random_period_ns=5000000")
 
 
-def _daq(data: Path, extra: list[str]) -> list[str]:
+def _daq(data: Path, extra: Sequence[str]) -> list[str]:
     return na64_command(
         "daq",
         "--endpoint",
@@ -68,9 +68,7 @@ def recorded_and_replayed(
     root = tmp_path_factory.mktemp("equivalence")
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        rec_daq = _daq(root / "recorded", RECORD_SET)
-        _run_pair(rec_daq, na64_command("simulate", "--endpoint", _endpoint(rec_daq), *SIM), procs)
-        recorded = list_spill_files(root / "recorded")
+        recorded = record_spills(root / "recorded", SIM, RECORD_SET)
         settings = subprocess.run(
             na64_command("replay", str(root / "recorded"), "--print-daq-settings"),
             capture_output=True,

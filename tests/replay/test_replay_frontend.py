@@ -190,3 +190,67 @@ def test_nothing_replayable_is_a_user_error(tmp_path: Path) -> None:
     assert b"none of the 1 files could be replayed" in res.stderr
     res = subprocess.run(na64_command("replay", str(tmp_path / "nope")), capture_output=True, timeout=60)
     assert res.returncode == 2 and b"no such file or directory" in res.stderr
+
+
+def test_sigterm_ends_the_spill_and_the_run_cleanly(
+    tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    import signal
+    import threading
+
+    s = make_spill(tmp_path / "d", n_particles=3000, n_slices=50, slice_ns=20_000_000)  # 1 s of beam
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    router = RecordingRouter(endpoint, {})
+    try:
+        proc = subprocess.Popen(
+            na64_command("replay", str(s.path), "--speed", "1", "--endpoint", endpoint),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        processes.append(proc)
+
+        def stop_when_streaming() -> None:
+            while len(router.slice_arrival) < 5 and proc.poll() is None:
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGTERM)
+
+        threading.Thread(target=stop_when_streaming, daemon=True).start()
+        router.run(proc)
+        proc.communicate(timeout=30)
+    finally:
+        router.close()
+    assert proc.returncode == 0
+    types = _types(router.messages)
+    assert types[-2:] == ["SPILL_END", "RUN_STOP"]
+    end = next(m for m in router.messages if isinstance(m, protocol.SpillEnd))
+    assert 5 <= end.n_slices < 50 and end.n_requests == end.n_slices
+
+
+def test_a_daq_that_never_answers_stops_the_replay_with_an_error(tmp_path: Path) -> None:
+    s = make_spill(tmp_path / "d", n_particles=2000, n_slices=10)
+    ctx = zmq.Context()
+    sink = ctx.socket(zmq.ROUTER)  # takes messages, never requests a readout
+    port = sink.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        res = subprocess.run(
+            na64_command(
+                "replay",
+                str(s.path),
+                "--pace",
+                "max",
+                "--max-inflight",
+                "2",
+                "--stall-timeout",
+                "1",
+                "--endpoint",
+                f"tcp://127.0.0.1:{port}",
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        sink.close(0)
+        ctx.term()
+    assert res.returncode == 1
+    assert "sent no readout request for 1 s (2 slices waiting)" in res.stderr

@@ -185,3 +185,18 @@ def test_toml_values() -> None:
     assert toml_value(3) == "3" and toml_value(0.5) == "0.5"
     assert toml_value(["ECAL23", 2]) == '["ECAL23",2]'
     assert toml_value((2, 3)) == "[2,3]"
+
+
+def test_spill_spacing_follows_the_recorded_start_times_within_a_run() -> None:
+    from simulator.replay import DEFAULT_GAP_S, SpillTiming, gap_s
+
+    def t(run: int, start_s: float, length_s: float = 4.8) -> SpillTiming:
+        return SpillTiming(run, int(start_s * 1e9), int(length_s * 1e9), np.zeros(0), 32, 10_000_000)
+
+    assert gap_s(None, t(1, 100)) == 0.0
+    assert gap_s(t(1, 100), t(1, 110.8)) == pytest.approx(10.8)  # the SPS cycle
+    # overlapping start times: recorded at max pace
+    assert gap_s(t(1, 100), t(1, 102)) == pytest.approx(4.8 + DEFAULT_GAP_S)
+    assert gap_s(t(1, 100), t(1, 1000)) == pytest.approx(4.8 + DEFAULT_GAP_S)  # a pause in data taking
+    assert gap_s(t(1, 100), t(2, 110.8)) == pytest.approx(4.8 + DEFAULT_GAP_S)  # another run
+    assert gap_s(t(1, 0), t(1, 10.8)) == pytest.approx(4.8 + DEFAULT_GAP_S)  # unknown start times

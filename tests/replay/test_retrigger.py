@@ -218,3 +218,29 @@ def test_cli_user_errors(spills: list[SynthSpill], tmp_path: Path) -> None:
         timeout=60,
     )
     assert res.returncode == 2 and "ecal_max_gev must be > 0" in res.stderr
+
+
+def test_cli_on_spills_recorded_by_the_real_chain(recorded_spills: list[Path], tmp_path: Path) -> None:
+    out_json = tmp_path / "out.json"
+    res = subprocess.run(
+        na64_command(
+            "retrigger",
+            str(recorded_spills[0].parent),
+            "--set",
+            "ecal_max_gev=60",
+            "--json",
+            str(out_json),
+            "--workers",
+            "0",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    total = json.loads(out_json.read_text())
+    assert total["mismatch"] == 0 and "WARNING" not in res.stdout  # recorded bits reproduced exactly
+    assert total["n_spills"] == len(recorded_spills)
+    assert 0 < total["new"]["physics"] < total["recorded"]["physics"]
+    assert total["new"]["random"] == total["recorded"]["random"] > 0
+    assert total["physics_gained"] == 0  # a tighter S_EC gains nothing

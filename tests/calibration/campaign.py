@@ -1,0 +1,159 @@
+"""Real calibration runs for the end-to-end tests: ``na64 simulate`` -> ``na64 daq`` processes, spill files.
+
+A calibration *campaign* is what a shift crew would take: short runs at reduced intensity (2e5 Hz, less
+pile-up and saturation), a prescaled beam trigger every 20th particle and a random trigger every 100 us,
+with the beam moved onto each ECAL cell it can reach (a scan), plus a muon run for the MIP peaks.
+
+The simulator draws the detector truth (gains, pedestals) from the seed and the run number, with a
+narrower gain spread for the trigger-block cells around the configured beam cell. So that every scan
+point sees the same detector, all runs use the same seed and run number and the same gain spread
+everywhere (``electronics.block_gain_spread = electronics.gain_spread``); each run writes to its own
+data directory. :func:`same_detector` checks the truth files agree.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from daq import detector
+from tests.conftest import free_port, na64_command
+
+SEED = 7
+RATE_HZ = 2e5
+SPILL_S = 0.1  # 2e4 particles: ~1000 beam triggers, ~1000 random windows per run
+#: DAQ settings of a calibration run: beam trigger every 20th S_trig particle, random trigger every 100 us,
+#: short dead time; a 1x1 physics-trigger block on the default beam cell, which is inside the 3x4
+#: primitive block of every beam cell a scan can reach (the physics trigger is not used here)
+DAQ_CAL = (
+    "--set",
+    "trigger.beam_prescale=20",
+    "--set",
+    "trigger.random_period_ns=100000",
+    "--set",
+    "trigger.dead_time_ns=500",
+    "--set",
+    "trigger.block_size=[1,1]",
+)
+SIM_COMMON = ("--seed", str(SEED), "--run", "1", "--set", "electronics.block_gain_spread=0.1")
+#: beam cells a scan can reach: the simulator needs the 3x4 primitive block around the beam cell on the grid
+SCAN_CELLS = [(x, y) for y in (2, 3, 4) for x in (1, 2, 3)]
+
+
+@dataclass(frozen=True)
+class Run:
+    data: Path
+    truth: Path
+    seconds: float
+
+
+def take_run(
+    root: Path,
+    name: str,
+    procs: list[subprocess.Popen[bytes]],
+    sim_args: tuple[str, ...] = (),
+    daq_args: tuple[str, ...] = DAQ_CAL,
+    spills: int = 1,
+    spill_s: float = SPILL_S,
+    rate_hz: float = RATE_HZ,
+    timeout: float = 90.0,
+) -> Run:
+    """One run: a DAQ process (stops after the run) and a simulator process at max pace."""
+    out = root / name
+    out.mkdir(parents=True)
+    port, pub = free_port(), free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    t0 = time.monotonic()
+    with (out / "daq.log").open("wb") as dlog, (out / "sim.log").open("wb") as slog:
+        daq = subprocess.Popen(
+            na64_command(
+                "daq",
+                "--endpoint",
+                endpoint,
+                "--publish",
+                f"tcp://127.0.0.1:{pub}",
+                "--data-dir",
+                str(out / "data"),
+                "--stop-after-run",
+                "--min-free-mb",
+                "10",
+                *daq_args,
+            ),
+            stdout=dlog,
+            stderr=subprocess.STDOUT,
+        )
+        procs.append(daq)
+        sim = subprocess.Popen(
+            na64_command(
+                "simulate",
+                "--endpoint",
+                endpoint,
+                "--pace",
+                "max",
+                "--spills",
+                str(spills),
+                "--spill-length",
+                str(spill_s),
+                "--spill-period",
+                str(spill_s),
+                "--rate",
+                str(rate_hz),
+                "--truth",
+                str(out / "truth.h5"),
+                *SIM_COMMON,
+                *sim_args,
+            ),
+            stdout=slog,
+            stderr=subprocess.STDOUT,
+        )
+        procs.append(sim)
+        try:
+            sim_rc = sim.wait(timeout=timeout)
+            daq_rc = daq.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"run {name} timed out; logs in {out}") from None
+    assert sim_rc == 0 and daq_rc == 0, (
+        f"run {name}: simulate exit {sim_rc}, daq exit {daq_rc}; logs in {out}"
+    )
+    files = sorted((out / "data").glob("run*.h5"))
+    assert len(files) == spills, f"run {name}: {len(files)} spill files, expected {spills}"
+    return Run(out / "data", out / "truth.h5", time.monotonic() - t0)
+
+
+def truth_channels(run: Run) -> dict[str, np.ndarray]:
+    from simulator.truth import read_truth
+
+    return read_truth(run.truth)["channels"]
+
+
+def same_detector(runs: list[Run]) -> dict[str, np.ndarray]:
+    """The per-channel truth, checked to be identical in every run."""
+    first = truth_channels(runs[0])
+    for r in runs[1:]:
+        other = truth_channels(r)
+        for key in ("gain", "pedestal_even", "pedestal_odd", "noise", "time_offset_ns"):
+            np.testing.assert_array_equal(other[key], first[key], err_msg=f"truth {key} differs in {r.truth}")
+    return first
+
+
+def amplitude_response(shape: detector.PulseShape, n: int = 20000) -> float:
+    """Mean ratio of the DAQ's amplitude (``daq.waveform``: maximum sample minus pedestal) to the true pulse
+    height, for the simulator's pulse shape of a class, with the trigger's sub-sample phase uniform."""
+    from daq import waveform
+    from simulator import electronics
+    from simulator.config import ElectronicsConfig
+
+    cfg = ElectronicsConfig()
+    shapes = electronics.PulseShapes(cfg)
+    rng = np.random.default_rng(0)
+    period = detector.SAMPLE_PERIOD_NS
+    peak = cfg.peak_sample * period - rng.uniform(0.0, period, n)
+    t = np.arange(cfg.n_samples) * period
+    w = 1000.0 * electronics.pulse(t[None, :] - peak[:, None], cfg.shape_order, shapes.tau[shape])
+    w += detector.NOMINAL_PEDESTAL
+    reco = waveform.reconstruct(np.rint(w)[:, None, :].astype(np.uint16), np.ones(1))
+    return float(np.mean(reco.amplitude[:, 0]) / 1000.0)

@@ -1,0 +1,258 @@
+"""End to end: constants derived from real ``na64 simulate`` -> ``na64 daq`` spill files, checked against the
+simulator's truth; then applied by the DAQ to fresh spills; then a gain drift seen by the monitoring.
+
+Statistics (see campaign.py): 9 scan runs (beam on ECAL cells x 1..3, y 2..4) + 1 muon run, each one
+spill of 0.1 s at 2e5 Hz = 2e4 particles, ~1000 beam triggers (prescale 20) and ~1000 random windows;
+so ~9000 electrons (~900 centred on each scanned cell), ~10000 random windows, ~500 muons.
+The figures measured are printed (``pytest -s``) and written to test-artifacts/calibration_e2e.json.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from calibration import constants as cc
+from calibration import monitoring
+from daq import detector
+from daq.cli import main
+from daq.files import SpillFile, list_spill_files
+from tests.calibration import campaign
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+FIGURES: dict[str, object] = {}
+
+
+@dataclass(frozen=True)
+class Campaign:
+    root: Path
+    scan: list[campaign.Run]
+    muons: campaign.Run
+    truth: dict[str, np.ndarray]
+    constants: cc.Constants
+    path: Path  # the final constants file
+
+
+def _calibrate(*argv: str) -> None:
+    assert main(["calibrate", *argv]) == 0
+
+
+@pytest.fixture(scope="module")
+def cal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Campaign]:
+    root = tmp_path_factory.mktemp("campaign")
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        scan = [
+            campaign.take_run(root, f"scan{x}{y}", procs, ("--set", f"beam.beam_cell=[{x},{y}]"))
+            for x, y in campaign.SCAN_CELLS
+        ]
+        muons = campaign.take_run(root, "muons", procs, ("--set", "beam.muon_fraction=0.5"))
+        FIGURES["seconds_per_run"] = round(float(np.mean([r.seconds for r in [*scan, muons]])), 2)
+        truth = campaign.same_detector([*scan, muons])
+        dirs = [str(r.data) for r in [*scan, muons]]
+        c = root / "cal"
+        _calibrate("pedestals", *dirs, "--out", str(c / "1-peds.json"), "--version", "e2e-peds")
+        _calibrate(
+            "gains",
+            *[str(r.data) for r in scan],
+            "--base",
+            str(c / "1-peds.json"),
+            "--out",
+            str(c / "2-gains.json"),
+            "--config",
+            str(_containment_config(root)),
+        )
+        _calibrate("mip", str(muons.data), "--base", str(c / "2-gains.json"), "--out", str(c / "3-mip.json"))
+        _calibrate(
+            "timing",
+            *dirs,
+            "--base",
+            str(c / "3-mip.json"),
+            "--out",
+            str(c / "cal.json"),
+            "--version",
+            "e2e-v1",
+            "--run-range",
+            "1:",
+        )
+        yield Campaign(root, scan, muons, truth, cc.load(c / "cal.json"), c / "cal.json")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+        artifacts = Path(__file__).resolve().parents[2] / "test-artifacts"
+        artifacts.mkdir(exist_ok=True)
+        (artifacts / "calibration_e2e.json").write_text(json.dumps(FIGURES, indent=1) + "\n")
+
+
+def _containment_config(root: Path) -> Path:
+    """Containment per shower-centre cell from simulation (the simulator's shower model, in process):
+    mean (ECAL + PRS deposit) / beam energy of electrons aimed at each scanned cell."""
+    from simulator import config as sim_config
+    from simulator import physics
+    from simulator.randoms import particle_keys
+
+    lines = ["[reference.containment_map]"]
+    for x, y in campaign.SCAN_CELLS:
+        cfg = sim_config.load(overrides={"beam.beam_cell": [x, y]})
+        model = physics.model_for(cfg)
+        batch = physics.generate(20000, np.random.default_rng(1), cfg)
+        electrons = batch.take(
+            np.flatnonzero(
+                (batch.kind == physics.Kind.ELECTRON) & (batch.process == physics.Process.ELECTRON)
+            )
+        )
+        dep = model.deposits(electrons, particle_keys(1, 1, 0, np.arange(len(electrons), dtype=np.uint64)))
+        calo = dep[:, detector.ECAL_IDS].sum(axis=1) + dep[:, detector.PRS_IDS].sum(axis=1)
+        ratio = calo / (1000.0 * electrons.e_beam)
+        lines.append(f"ECAL{x}{y} = {float(np.median(ratio)):.5f}")
+    path = root / "containment.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_pedestals_within_0_2_counts_of_the_truth(cal: Campaign) -> None:
+    d = np.concatenate(
+        [
+            cal.constants.pedestal_even - cal.truth["pedestal_even"],
+            cal.constants.pedestal_odd - cal.truth["pedestal_odd"],
+        ]
+    )
+    noise = cal.constants.noise / cal.truth["noise"] - 1
+    FIGURES["pedestal_max_abs_diff"] = round(float(np.max(np.abs(d))), 4)
+    FIGURES["pedestal_rms_diff"] = round(float(np.sqrt(np.mean(d**2))), 4)
+    FIGURES["noise_max_rel_diff"] = round(float(np.max(np.abs(noise))), 4)
+    print("pedestals vs truth:", FIGURES)
+    assert np.max(np.abs(d)) <= 0.2, detector.channel_name(int(np.argmax(np.abs(d)) % detector.N_CHANNELS))
+    assert np.max(np.abs(noise)) < 0.1
+    assert (cal.constants.status == cc.GOOD).all()  # no fault injected: every channel good
+
+
+def test_ecal_gains_within_1_percent_rms_of_the_truth(cal: Campaign) -> None:
+    """Scanned cells, compared with truth x the DAQ amplitude estimator's response to the EM pulse shape
+    (its maximum sample is on average 2.3% below the pulse height; the calibration absorbs that)."""
+    beta = campaign.amplitude_response(detector.PulseShape.EM)
+    ids = np.array([detector.ecal_id(x, y) for x, y in campaign.SCAN_CELLS])
+    ratio = cal.constants.gain[ids] / cal.truth["gain"][ids]
+    rel = ratio / beta - 1
+    FIGURES["ecal_cells"] = int(ids.size)
+    FIGURES["ecal_amplitude_response"] = round(beta, 4)
+    FIGURES["ecal_gain_ratio_mean_raw"] = round(float(ratio.mean()), 4)
+    FIGURES["ecal_gain_rms_rel_diff"] = round(float(np.sqrt(np.mean(rel**2))), 4)
+    FIGURES["ecal_gain_max_rel_diff"] = round(float(np.max(np.abs(rel))), 4)
+    print("ECAL gains vs truth:", {k: v for k, v in FIGURES.items() if k.startswith("ecal")})
+    assert np.isfinite(cal.constants.errors["gain"][ids]).all()
+    assert np.sqrt(np.mean(rel**2)) <= 0.01
+    assert np.max(np.abs(rel)) <= 0.025
+
+
+def test_hcal_mip_gains_within_3_percent(cal: Campaign) -> None:
+    """The 4 HCAL cells the muons cross (the simulator puts muons through each module's central cell)."""
+    beta = campaign.amplitude_response(detector.PulseShape.HADRONIC)
+    ids = np.array([detector.hcal_id(m, 1, 1) for m in range(detector.HCAL_MODULES)])
+    rel = cal.constants.gain[ids] / (beta * cal.truth["gain"][ids]) - 1
+    FIGURES["hcal_mip_cells"] = int(ids.size)
+    FIGURES["hcal_gain_max_rel_diff"] = round(float(np.max(np.abs(rel))), 4)
+    veto_beta = campaign.amplitude_response(detector.PulseShape.FAST)
+    veto = cal.constants.gain[detector.VETO_IDS] / (veto_beta * cal.truth["gain"][detector.VETO_IDS]) - 1
+    FIGURES["veto_gain_max_rel_diff"] = round(float(np.max(np.abs(veto))), 4)
+    print("MIP gains vs truth:", {k: v for k, v in FIGURES.items() if k.startswith(("hcal", "veto"))})
+    assert np.isfinite(cal.constants.errors["gain"][ids]).all()
+    assert np.max(np.abs(rel)) <= 0.03
+    assert np.max(np.abs(veto)) <= 0.05
+
+
+def test_time_offsets_follow_the_truth(cal: Campaign) -> None:
+    ok = np.isfinite(cal.constants.errors["time_offset_ns"])
+    ref = cal.truth["time_offset_ns"][[detector.counter_id(c) for c in detector.BEAM_COUNTERS]].mean()
+    diff = cal.constants.time_offset_ns - (cal.truth["time_offset_ns"] - ref)
+    spreads = []
+    for shape in detector.PulseShape:  # each pulse shape has its own constant peak-time delay
+        sel = ok & (detector.CHANNELS["shape"] == shape)
+        if sel.sum() >= 3:
+            spreads.append(float(np.std(diff[sel])))
+    FIGURES["time_offset_channels"] = int(ok.sum())
+    FIGURES["time_offset_rms_ns_within_shape"] = round(max(spreads), 3)
+    assert ok.sum() >= 40
+    assert max(spreads) < 0.5
+
+
+def test_constants_file_records_how_it_was_made(cal: Campaign) -> None:
+    prov = cal.constants.provenance
+    assert cal.constants.version == "e2e-v1" and cal.constants.run_min == 1 and cal.constants.run_max is None
+    assert [s["step"] for s in prov["steps"]] == ["pedestals", "gains", "mip", "timing"]
+    assert len(prov["steps"][0]["inputs"]) == 10 and prov["steps"][1]["results"]["n_events"] > 5000
+    assert all(s["software_version"] and s["git_hash"] for s in prov["steps"])
+
+
+def test_derived_constants_put_the_electron_peak_at_the_beam_energy(cal: Campaign) -> None:
+    """A fresh 100 GeV run (default beam cell and trigger block) recorded with the derived constants."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        fresh = campaign.take_run(
+            cal.root,
+            "fresh",
+            procs,
+            ("--seed", str(campaign.SEED)),
+            daq_args=(*campaign.DAQ_CAL[:-2], "--calibration", str(cal.path)),
+        )
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    (path,) = list_spill_files(fresh.data)
+    with SpillFile(path) as f:
+        assert f.attrs["calibration_id"] == "e2e-v1"
+        ev = f.events(["trigger_mask", "e_ecal"])
+    beam = (ev["trigger_mask"] & monitoring.BEAM_BIT) != 0
+    peak = monitoring.electron_peak(ev["e_ecal"][beam], 100.0)
+    FIGURES["closure_electron_peak_gev"] = round(peak.position_gev, 3)
+    FIGURES["closure_electron_peak_error_gev"] = round(peak.error_gev, 3)
+    FIGURES["closure_electron_peak_n"] = peak.n
+    print("closure:", {k: v for k, v in FIGURES.items() if k.startswith("closure")})
+    assert peak.n > 500
+    assert abs(peak.ratio - 1.0) <= 0.01
+
+
+def test_gain_drift_shows_in_the_per_spill_monitoring(cal: Campaign) -> None:
+    """The simulator's gain_drift fault (ECAL -2% per spill), 3 spills recorded with the derived constants."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        drift = campaign.take_run(
+            cal.root,
+            "drift",
+            procs,
+            ("--fault", "gain_drift:ECAL:-2"),
+            daq_args=(*campaign.DAQ_CAL[:-2], "--calibration", str(cal.path)),
+            spills=3,
+            spill_s=0.05,
+        )
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    ratios, errors = [], []
+    for path in list_spill_files(drift.data):
+        with SpillFile(path) as f:
+            ev = f.events(["trigger_mask", "e_ecal"])
+            random = (ev["trigger_mask"] & monitoring.RANDOM_BIT) != 0
+            doc = monitoring.spill_monitor(
+                ev["trigger_mask"], ev["e_ecal"], None, f.waveforms(np.flatnonzero(random)), cal.constants
+            )
+        ratios.append(doc["electron_peak"]["ratio"])
+        errors.append(doc["electron_peak"]["ratio_error"])
+        shift = np.array(doc["pedestal_shift"], dtype=float)
+        assert np.nanmax(np.abs(shift)) < 0.5  # the pedestals did not move
+    steps = np.diff(ratios)
+    FIGURES["drift_peak_ratio_per_spill"] = [round(r, 4) for r in ratios]
+    print("gain drift:", FIGURES["drift_peak_ratio_per_spill"])
+    assert np.all(steps < -5 * max(errors))  # each spill's drop is significant
+    np.testing.assert_allclose(steps, -0.02 * ratios[0], atol=0.006)

@@ -1,0 +1,166 @@
+"""The DQM page in a real headless Chromium (playwright with the system chromium).
+
+With a real simulated run streaming (na64 simulate -> na64 daq -> na64 dqm), the page renders, the EOT
+counter increases, the view is in the URL, and there are no JavaScript errors; a screenshot is kept in
+test-artifacts/. With two browsers, a frozen or vanished one does not slow the other.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REQUIRE_EXTERNAL, free_port, na64_command, require_program
+from tests.dqm.conftest import DqmProcess, Feed
+
+pytestmark = [pytest.mark.integration, pytest.mark.external]
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    path = require_program("chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if REQUIRE_EXTERNAL:
+            pytest.fail("the playwright package is not installed (NA64_REQUIRE_EXTERNAL=1)")
+        pytest.skip("the playwright package is not installed")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+class Page:
+    """A page that records JavaScript errors."""
+
+    def __init__(self, browser: Any) -> None:
+        self.context = browser.new_context(viewport={"width": 1500, "height": 1000})
+        self.page = self.context.new_page()
+        self.errors: list[str] = []
+        self.page.on("console", lambda m: self.errors.append(f"console {m.type}: {m.text}") if m.type == "error"
+                     else None)
+        self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+
+    def open(self, url: str) -> None:
+        self.page.goto(url)
+        self.page.wait_for_selector("#na64-eot", timeout=30000)
+
+    def eot(self) -> int:
+        return int(self.page.locator("#na64-eot").inner_text())
+
+    def updates(self) -> int:
+        return int(self.page.evaluate("window.na64 ? window.na64.updates : 0"))
+
+    def wait(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+    def close(self) -> None:
+        self.context.close()
+
+
+CONFIG = "update_ms = 250\nclose_delay_s = 0.5\n"
+
+
+def test_page_renders_and_updates_while_a_simulated_run_streams(
+    browser: Any, dqm_process: Callable[..., DqmProcess], tmp_path: Path, artifacts_dir: Path
+) -> None:
+    ep, pub = free_port(), free_port()
+    cfg = tmp_path / "dqm.toml"
+    cfg.write_text(CONFIG)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        with (tmp_path / "daq.log").open("w") as daq_log, (tmp_path / "sim.log").open("w") as sim_log:
+            procs.append(subprocess.Popen(na64_command(
+                "daq", "--endpoint", f"tcp://127.0.0.1:{ep}", "--publish", f"tcp://127.0.0.1:{pub}",
+                "--data-dir", str(tmp_path / "data")), stderr=daq_log))
+            dqm = dqm_process("--source", f"tcp://127.0.0.1:{pub}", "--port", "0", "--config", str(cfg))
+            procs.append(subprocess.Popen(na64_command(
+                "simulate", "--endpoint", f"tcp://127.0.0.1:{ep}", "--rate", "2e5", "--spill-length", "0.5",
+                "--spill-period", "1.2", "--spills", "30"), stderr=sim_log))
+        page = Page(browser)
+        page.open(dqm.url + "?tab=summary&range=run")
+        page.wait(lambda: page.eot() > 0, 30, "a first spill (EOT > 0)")
+        first = page.eot()
+        page.wait(lambda: page.eot() > first, 20, "the EOT counter to increase")
+        assert page.updates() > 2
+        page.page.wait_for_selector("text=dead_channels", timeout=5000)  # traffic lights are there
+        page.page.screenshot(path=str(artifacts_dir / "dqm-summary.png"))
+        # every tab renders; the URL follows the view
+        for title, name in (("Physics", "physics"), ("ECAL/PRS", "ecal"), ("HCAL/VETO/SRD", "hcal"),
+                            ("Rates", "rates"), ("Waveforms", "waveforms"), ("Checks", "checks")):
+            page.page.get_by_text(title, exact=True).first.click()
+            page.wait(lambda n=name: f"tab={n}" in page.page.url, 10, f"URL with tab={name}")
+            page.page.locator(".bk-Canvas >> visible=true").first.wait_for(timeout=15000)
+            time.sleep(0.8)
+            page.page.screenshot(path=str(artifacts_dir / f"dqm-{name}.png"))
+        latencies = page.page.evaluate("window.na64.lat")
+        assert latencies, "no latency samples"
+        med = sorted(latencies)[len(latencies) // 2]
+        print(f"DAQ publish -> visible latency: median {med:.0f} ms over {len(latencies)} updates")
+        assert med < 3000
+        assert page.errors == [], page.errors
+        page.close()
+
+        # a link with a view opens that view
+        linked = Page(browser)
+        linked.open(dqm.url + "?tab=ecal&cell=1,2&range=last")
+        linked.page.wait_for_selector("text=Spectrum of ECAL12", timeout=15000)
+        assert "tab=ecal" in linked.page.url or "cell=" not in linked.page.url
+        assert linked.errors == [], linked.errors
+        linked.close()
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(5)
+
+
+def test_a_frozen_or_vanished_browser_does_not_slow_another(
+    browser: Any, dqm_process: Callable[..., DqmProcess], feed: Callable[..., Feed], tmp_path: Path
+) -> None:
+    f = feed(spill_period_s=0.5)
+    cfg = tmp_path / "dqm.toml"
+    cfg.write_text("update_ms = 200\nclose_delay_s = 0.3\n")
+    dqm = dqm_process("--source", f.endpoint, "--port", "0", "--config", str(cfg))
+    a, b = Page(browser), Page(browser)
+    a.open(dqm.url)
+    b.open(dqm.url)
+    b.wait(lambda: b.updates() > 3, 20, "updates in browser B")
+
+    def rate(page: Page, seconds: float) -> float:
+        n0, t0 = page.updates(), time.monotonic()
+        time.sleep(seconds)
+        return (page.updates() - n0) / (time.monotonic() - t0)
+
+    before = rate(b, 3.0)
+    # freeze A's JavaScript for 6 s: it stops acknowledging; the server stops sending to it
+    a.page.evaluate("setTimeout(() => { const t = Date.now(); while (Date.now() - t < 6000) {} }, 0)")
+    during = rate(b, 3.0)
+    a.close()  # A vanishes
+    after = rate(b, 3.0)
+    print(f"browser B updates/s: before {before:.1f}, A frozen {during:.1f}, A gone {after:.1f}")
+    assert before > 1.0
+    assert during > 0.5 * before and after > 0.5 * before
+    assert b.errors == [], b.errors
+    b.close()
+    assert dqm.stop() == 0

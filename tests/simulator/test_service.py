@@ -1,0 +1,250 @@
+"""``na64 simulate`` as a real process over a real ZeroMQ socket, against a test-side ROUTER playing the DAQ."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zmq
+
+from daq import detector, protocol
+from simulator.truth import read_truth
+from tests.conftest import na64_command
+
+pytestmark = pytest.mark.integration
+
+T = protocol.MessageType
+
+
+@pytest.fixture
+def router() -> Iterator[tuple[zmq.Socket[bytes], str]]:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    yield sock, f"tcp://127.0.0.1:{port}"
+    sock.close()
+    ctx.term()
+
+
+def start(processes: list[subprocess.Popen[bytes]], endpoint: str, *args: str) -> subprocess.Popen[bytes]:
+    p = subprocess.Popen(na64_command("--log-level", "WARNING", "simulate", "--endpoint", endpoint, *args))
+    processes.append(p)
+    return p
+
+
+class FakeDaq:
+    """Receives everything, checks order and sequence numbers, requests readouts like a trigger would."""
+
+    def __init__(self, sock: zmq.Socket[bytes], proc: subprocess.Popen[bytes] | None = None) -> None:
+        self.sock = sock
+        self.proc = proc
+        self.seq = protocol.SequenceTracker()
+        self.messages: list[protocol.Message] = []
+        self.requests: dict[tuple[int, int], np.ndarray] = {}
+        self.fragments: dict[tuple[int, int], list[protocol.Fragment]] = {}
+        self.slices: dict[tuple[int, int], protocol.Slice] = {}
+        self.sent_random: dict[tuple[int, int], int] = {}
+
+    def recv(self, timeout_s: float = 20.0) -> protocol.Message:
+        deadline = time.monotonic() + timeout_s
+        while not self.sock.poll(100):
+            if self.proc is not None and self.proc.poll() is not None and not self.sock.poll(500):
+                raise AssertionError(f"the simulator exited with code {self.proc.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("no message from the simulator")
+        ident, *frames = self.sock.recv_multipart(copy=False)
+        msg = protocol.decode(frames)
+        self.seq.check(bytes(ident.bytes), msg.seq)
+        self.ident = ident.bytes
+        self.messages.append(msg)
+        if isinstance(msg, protocol.Slice):
+            self.slices[(msg.spill, msg.slice_id)] = msg
+        if isinstance(msg, protocol.Fragment):
+            self.fragments.setdefault((msg.spill, msg.slice_id), []).append(msg)
+        return msg
+
+    def request(self, msg: protocol.Slice, random_trigger: bool = True) -> None:
+        """Physics-like selection on the primitives (PRS block > 0.3 GeV, nominal gains) plus every
+        200th particle, plus one random-trigger window."""
+        gains = detector.nominal_gains()[detector.default_primitive_channels().astype(int)]
+        e_prs = (msg.amp[17:29] / gains[17:29, None]).sum(axis=0) / 1000
+        idx = np.flatnonzero((e_prs > 0.3) & (np.arange(msg.n_particles) % 200 == 0)).astype(np.uint32)
+        t = np.asarray(msg.t_ns)[idx]
+        if random_trigger:
+            idx = np.append(idx, np.uint32(protocol.NO_PARTICLE))
+            t = np.append(t, msg.t0_ns + msg.length_ns // 2)
+            self.sent_random[(msg.spill, msg.slice_id)] = 1
+        req = protocol.ReadoutRequest(run=msg.run, spill=msg.spill, slice_id=msg.slice_id, n_events=idx.size,
+                                      index=idx, t_ns=t.astype(np.int64))
+        self.requests[(msg.spill, msg.slice_id)] = idx
+        self.sock.send_multipart([self.ident, *protocol.encode(req)], copy=False)
+
+
+def test_run_over_a_real_socket(router: tuple[zmq.Socket[bytes], str], processes: list, tmp_path: Path) -> None:
+    sock, endpoint = router
+    truth = tmp_path / "truth.h5"
+    p = start(processes, endpoint, "--pace", "max", "--spills", "2", "--spill-length", "0.1", "--rate", "2e5",
+              "--seed", "5", "--run", "7", "--truth", str(truth))
+    daq = FakeDaq(sock, p)
+    ends: dict[int, protocol.SpillEnd] = {}
+    while True:
+        msg = daq.recv()
+        if isinstance(msg, protocol.Slice):
+            daq.request(msg)
+        elif isinstance(msg, protocol.SpillEnd):
+            ends[msg.spill] = msg
+        elif isinstance(msg, protocol.RunStop):
+            break
+    assert p.wait(timeout=20) == 0
+
+    types = [m.TYPE for m in daq.messages if m.TYPE != T.HEARTBEAT]
+    assert types[0] == T.RUN_START and types[-1] == T.RUN_STOP
+    start_msg = daq.messages[0]
+    assert isinstance(start_msg, protocol.RunStart)
+    assert (start_msg.run, start_msg.n_channels, start_msg.n_samples, start_msg.sample_period_ps) == (7, 110, 32, 12500)
+    np.testing.assert_array_equal(start_msg.prim_channels, detector.default_primitive_channels())
+    info = json.loads(bytes(start_msg.info).decode())  # type: ignore[arg-type]
+    assert info["seed"] == 5 and info["config"]["beam"]["rate_hz"] == 2e5
+    assert any(m.TYPE == T.HEARTBEAT for m in daq.messages)
+    assert sorted(ends) == [1, 2]
+
+    for spill in (1, 2):
+        own = [m for m in daq.messages if m.spill == spill and m.TYPE in (T.SPILL_START, T.SLICE, T.FRAGMENT,
+                                                                           T.SPILL_END)]
+        assert own[0].TYPE == T.SPILL_START and own[-1].TYPE == T.SPILL_END  # fragments before SPILL_END
+        slices = [m for m in own if isinstance(m, protocol.Slice)]
+        assert [s.slice_id for s in slices] == list(range(10))
+        n_frag = n_events = 0
+        for s in slices:
+            key = (spill, s.slice_id)
+            frags = daq.fragments[key]
+            idx = daq.requests[key]
+            assert sorted(f.source for f in frags) == list(range(6))
+            for f in frags:
+                ids = detector.GROUP_IDS[f.source]
+                assert (f.run, f.n_events) == (7, idx.size)
+                assert f.waveforms is not None and f.waveforms.shape == (idx.size, ids.size, 32)
+                np.testing.assert_array_equal(f.index, idx)
+            n_frag += len(frags)
+            n_events += idx.size
+        end = ends[spill]
+        assert end.n_slices == 10 and end.n_requests == 10
+        assert end.n_fragments == n_frag and end.n_events_read == n_events
+        assert end.n_particles == sum(s.n_particles for s in slices)
+        assert 0.8 * 2e4 < end.n_particles < 1.2 * 2e4
+
+    t = read_truth(truth)
+    parts = t["particles"]
+    want = {(sp, sl, int(i)) for (sp, sl), idx in daq.requests.items() for i in idx if i != protocol.NO_PARTICLE}
+    got = set(zip(parts["spill"].tolist(), parts["slice"].tolist(), parts["index"].tolist(), strict=True))
+    assert got == want and np.all(parts["run"] == 7)
+    k = 0
+    s = daq.slices[(int(parts["spill"][k]), int(parts["slice"][k]))]
+    assert parts["t_ns"][k] == s.t_ns[parts["index"][k]]
+    assert t["channels"]["gain"].shape == (110,) and t["attrs"]["seed"] == 5 and t["attrs"]["complete"]
+    np.testing.assert_array_equal(t["spills"]["spill"], [1, 2])
+
+
+def test_sigterm_ends_spill_and_run_cleanly(router: tuple[zmq.Socket[bytes], str], processes: list) -> None:
+    sock, endpoint = router
+    p = start(processes, endpoint, "--rate", "2e5", "--spill-length", "30", "--spill-period", "31",
+              "--slice-ms", "20")
+    daq = FakeDaq(sock, p)
+    n_slices = 0
+    while n_slices < 5:
+        msg = daq.recv()
+        if isinstance(msg, protocol.Slice):
+            daq.request(msg, random_trigger=False)
+            n_slices += 1
+    p.send_signal(signal.SIGTERM)
+    end = None
+    while True:
+        msg = daq.recv(10)
+        if isinstance(msg, protocol.Slice):
+            daq.request(msg, random_trigger=False)
+            n_slices += 1
+        elif isinstance(msg, protocol.SpillEnd):
+            end = msg
+        elif isinstance(msg, protocol.RunStop):
+            break
+    assert p.wait(timeout=10) == 0
+    assert end is not None and end.n_slices == n_slices and end.n_requests == n_slices
+    assert isinstance(daq.messages[-1], protocol.RunStop) and daq.messages[-1].n_spills == 1
+
+
+def test_stall_fault_and_restart(router: tuple[zmq.Socket[bytes], str], processes: list) -> None:
+    """stall:1:0.1:0.2:restart, realtime: slices 10..29 never come, heartbeats say STALLED meanwhile, then
+    the front-end restarts (sequence numbers from 0, a new RUN_START) and the spill goes on."""
+    sock, endpoint = router
+    p = start(processes, endpoint, "--rate", "2e4", "--spill-length", "0.5", "--spills", "1",
+              "--fault", "stall:1:0.1:0.2:restart", "--set", "readout.heartbeat_s=0.05")
+    daq = FakeDaq(sock, p)
+    daq.seq = _Lenient()  # type: ignore[assignment]
+    while True:
+        msg = daq.recv()
+        if isinstance(msg, protocol.Slice):
+            daq.request(msg, random_trigger=False)
+        elif isinstance(msg, protocol.RunStop):
+            break
+    assert p.wait(timeout=10) == 0
+    ids = [m.slice_id for m in daq.messages if isinstance(m, protocol.Slice)]
+    assert ids == list(range(10)) + list(range(30, 50))
+    states = [m.state for m in daq.messages if isinstance(m, protocol.Heartbeat)]
+    assert protocol.FrontEndState.STALLED in states
+    starts = [i for i, m in enumerate(daq.messages) if m.TYPE == T.RUN_START]
+    assert len(starts) == 2 and daq.messages[starts[1]].seq == 0
+    end = next(m for m in daq.messages if isinstance(m, protocol.SpillEnd))
+    assert end.n_slices == 30
+
+
+class _Lenient:
+    def check(self, sender: Any, seq: int) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [(["--config", "/nonexistent/sim.toml"], "/nonexistent/sim.toml"), (["--fault", "melt:ECAL"], "melt"),
+     (["--signal", "B-L:abc"], "--signal"), (["--set", "beam.rate_hz=-5"], "beam"),
+     (["--signal", "B-7L:100:1e-4:10"], "model")],
+)
+def test_user_errors_are_one_line_exit_2(args: list[str], needle: str) -> None:
+    r = subprocess.run(na64_command("simulate", *args), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+
+
+def test_help_lists_the_flags() -> None:
+    r = subprocess.run(na64_command("simulate", "--help"), capture_output=True, text=True, timeout=60)
+    for flag in ("--endpoint", "--rate", "--spills", "--spill-length", "--spill-period", "--pace", "--seed",
+                 "--signal", "--fault", "--config", "--truth", "--run", "--slice-ms"):
+        assert flag in r.stdout
+
+
+def test_config_file_and_flag_precedence(tmp_path: Path) -> None:
+    from simulator.simulate_cli import build_config
+
+    cfg = tmp_path / "sim.toml"
+    cfg.write_text('faults = ["dead:ECAL22"]\n[beam]\nrate_hz = 1e5\nspill_length_s = 2.0\n'
+                   '[readout]\npace = "max"\n')
+    import argparse
+
+    from simulator.simulate_cli import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["simulate", "--config", str(cfg), "--rate", "3e5", "--fault", "hot:S0",
+                              "--set", "beam.spill_period_s=5.0"])
+    c = build_config(args)
+    assert c.beam.rate_hz == 3e5 and c.beam.spill_length_s == 2.0 and c.beam.spill_period_s == 5.0
+    assert c.readout.pace == "max" and c.faults == ("dead:ECAL22", "hot:S0")
+    time.sleep(0)
