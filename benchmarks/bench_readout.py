@@ -13,6 +13,7 @@ CPU share of each process. Exit code 1 if any target is missed.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import socket
@@ -64,9 +65,20 @@ def main() -> int:
     daq_log = open(Path(tmp.name) / "daq.log", "w+")  # noqa: SIM115
     sim_log = open(Path(tmp.name) / "sim.log", "w+")  # noqa: SIM115
     daq = subprocess.Popen(
-        [*py, "daq", "--endpoint", endpoint, "--publish", publish, "--data-dir", str(data), "--stop-after-run",
-         *args.daq_arg],
-        stdout=daq_log, stderr=subprocess.STDOUT,
+        [
+            *py,
+            "daq",
+            "--endpoint",
+            endpoint,
+            "--publish",
+            publish,
+            "--data-dir",
+            str(data),
+            "--stop-after-run",
+            *args.daq_arg,
+        ],
+        stdout=daq_log,
+        stderr=subprocess.STDOUT,
     )
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
@@ -81,10 +93,26 @@ def main() -> int:
             if daq.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit("na64 daq did not start")
         sim = subprocess.Popen(
-            [*py, "simulate", "--endpoint", endpoint, "--rate", str(args.rate), "--spills", str(args.spills),
-             "--spill-length", str(args.spill_length), "--spill-period", str(args.spill_period),
-             "--slice-ms", str(args.slice_ms), "--pace", "realtime"],
-            stdout=sim_log, stderr=subprocess.STDOUT,
+            [
+                *py,
+                "simulate",
+                "--endpoint",
+                endpoint,
+                "--rate",
+                str(args.rate),
+                "--spills",
+                str(args.spills),
+                "--spill-length",
+                str(args.spill_length),
+                "--spill-period",
+                str(args.spill_period),
+                "--slice-ms",
+                str(args.slice_ms),
+                "--pace",
+                "realtime",
+            ],
+            stdout=sim_log,
+            stderr=subprocess.STDOUT,
         )
         t_start = time.monotonic()
         limit = t_start + 120 + args.spills * args.spill_period * 1.5
@@ -111,10 +139,14 @@ def main() -> int:
         ctx.term()
 
     ok = True
-    print(f"\nna64 simulate --rate {args.rate:g} --spills {args.spills} --spill-length {args.spill_length} "
-          f"--spill-period {args.spill_period} --pace realtime  ->  na64 daq (separate processes)")
-    print(f"{'spill':>5} {'particles':>10} {'EOT':>10} {'accepted':>8} {'written':>8} {'phys/beam/rand':>16} "
-          f"{'dead%':>6} {'losses':>14} {'fe==daq':>7} {'close s':>7} {'MB':>6}")
+    print(
+        f"\nna64 simulate --rate {args.rate:g} --spills {args.spills} --spill-length {args.spill_length} "
+        f"--spill-period {args.spill_period} --pace realtime  ->  na64 daq (separate processes)"
+    )
+    print(
+        f"{'spill':>5} {'particles':>10} {'EOT':>10} {'accepted':>8} {'written':>8} {'phys/beam/rand':>16} "
+        f"{'dead%':>6} {'losses':>14} {'fe==daq':>7} {'close s':>7} {'MB':>6}"
+    )
     for spill in range(1, args.spills + 1):
         if spill not in summaries:
             print(f"{spill:>5} NO SUMMARY")
@@ -123,15 +155,21 @@ def main() -> int:
         s, t_recv = summaries[spill]
         c, fe = s["counters"], s["frontend"]
         losses = {k: v for k, v in s["losses"].items() if v and k not in ("dead_time", "monitor_skipped")}
-        same = (fe.get("n_slices") == c["n_slices"] and fe.get("n_requests") == c["n_requests"]
-                and fe.get("n_fragments") == c["n_fragments"] == 6 * c["n_requests"]
-                and fe.get("n_events_read") == c["n_events_read"] and fe.get("n_particles") == c["n_particles"])
+        same = (
+            fe.get("n_slices") == c["n_slices"]
+            and fe.get("n_requests") == c["n_requests"]
+            and fe.get("n_fragments") == c["n_fragments"] == 6 * c["n_requests"]
+            and fe.get("n_events_read") == c["n_events_read"]
+            and fe.get("n_particles") == c["n_particles"]
+        )
         close_s = (t_recv - s["t_end_ns"]) / 1e9 if s["t_end_ns"] else float("nan")
         tr = s["triggers"]
-        print(f"{spill:>5} {s['n_particles']:>10,} {s['n_beam']:>10,} {s['n_accepted']:>8,} "
-              f"{s['n_events_written']:>8,} {tr['physics']:>6}/{tr['beam']}/{tr['random']:<4} "
-              f"{100 * s['dead_time_fraction']:>6.2f} {json.dumps(losses) if losses else 'none':>14} "
-              f"{'yes' if same else 'NO':>7} {close_s:>7.3f} {s['write_mb']:>6.1f}")
+        print(
+            f"{spill:>5} {s['n_particles']:>10,} {s['n_beam']:>10,} {s['n_accepted']:>8,} "
+            f"{s['n_events_written']:>8,} {tr['physics']:>6}/{tr['beam']}/{tr['random']:<4} "
+            f"{100 * s['dead_time_fraction']:>6.2f} {json.dumps(losses) if losses else 'none':>14} "
+            f"{'yes' if same else 'NO':>7} {close_s:>7.3f} {s['write_mb']:>6.1f}"
+        )
         ok &= s["status"] == "ok" and not losses and same and s["n_events_written"] == s["n_accepted"]
         ok &= close_s < 1.0
         if s["file"]:
@@ -140,19 +178,24 @@ def main() -> int:
     if len(samples) >= 2:
         (t0, d0, s0), (t1, d1, s1) = samples[0], samples[-1]
         wall = t1 - t0
-        print(f"\nCPU over {wall:.1f} s wall: na64 daq {d1 - d0:.1f} s ({100 * (d1 - d0) / wall:.1f}% of one core), "
-              f"na64 simulate {s1 - s0:.1f} s ({100 * (s1 - s0) / wall:.1f}%)")
+        print(
+            f"\nCPU over {wall:.1f} s wall: na64 daq {d1 - d0:.1f} s ({100 * (d1 - d0) / wall:.1f}% of one core), "
+            f"na64 simulate {s1 - s0:.1f} s ({100 * (s1 - s0) / wall:.1f}%)"
+        )
         # in-spill share: samples inside [spill start, spill start + length] of the simulator's schedule
-        busy = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(samples, samples[1:], strict=False)
-                if b[0] > a[0]]
+        busy = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in itertools.pairwise(samples) if b[0] > a[0]]
         busy.sort()
         if busy:
             top = busy[int(0.9 * (len(busy) - 1))]
-            print(f"na64 daq CPU share in 0.25 s windows: median {100 * busy[len(busy) // 2]:.1f}%, "
-                  f"90th percentile {100 * top:.1f}%, max {100 * busy[-1]:.1f}% of one core")
+            print(
+                f"na64 daq CPU share in 0.25 s windows: median {100 * busy[len(busy) // 2]:.1f}%, "
+                f"90th percentile {100 * top:.1f}%, max {100 * busy[-1]:.1f}% of one core"
+            )
             in_spill = args.spill_length / args.spill_period
-            print(f"(the beam is on {100 * in_spill:.0f}% of the time: the in-spill share is about "
-                  f"{100 * (d1 - d0) / wall / in_spill:.1f}% of one core)")
+            print(
+                f"(the beam is on {100 * in_spill:.0f}% of the time: the in-spill share is about "
+                f"{100 * (d1 - d0) / wall / in_spill:.1f}% of one core)"
+            )
     daq_log.seek(0)
     tail = [line for line in daq_log.read().splitlines() if "WARNING" in line or "ERROR" in line]
     if tail:

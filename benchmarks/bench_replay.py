@@ -5,7 +5,8 @@
 
 Processes (real sockets, free loopback ports): ``na64 replay DIR --pace max`` -> ``na64 daq`` (with the
 replay settings of ``na64 replay --print-daq-settings``) -> ``na64 dqm --source`` (Bokeh server). The
-clock runs from the start of the replay to the DAQ closing the last spill file (``--stop-after-run``).
+clock runs from the start of the replay process to the DAQ closing the last spill file (its final name
+appears).
 
 Prints spills/s, events/s, recorded particles/s and the speed relative to real time, for two
 definitions of real time: the run's duration in the SPS cycle (spills x spill period, 10.8 s by default)
@@ -56,20 +57,27 @@ class Proc:
         self.cpu_s = 0.0
         self.code: int | None = None
 
-    def wait(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+    def poll(self) -> int | None:
+        """Exit code if the process has ended (reaped with wait4 to get its CPU time), else None."""
+        if self.code is None:
             pid, status, usage = os.wait4(self.p.pid, os.WNOHANG)
             if pid:
                 self.cpu_s = usage.ru_utime + usage.ru_stime
                 self.code = os.waitstatus_to_exitcode(status)
                 self.p.returncode = self.code
-                return self.code
+        return self.code
+
+    def wait(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code = self.poll()
+            if code is not None:
+                return code
             time.sleep(0.01)
         raise TimeoutError(f"{self.name} did not finish within {timeout:.0f} s")
 
     def stop(self) -> None:
-        if self.code is None and self.p.poll() is None:
+        if self.poll() is None:
             self.p.terminate()
             with contextlib.suppress(TimeoutError):
                 self.wait(15)
@@ -157,11 +165,17 @@ def replay(run_dir: Path, out_dir: Path) -> dict[str, float]:
             "replay", na64("replay", str(run_dir), "--pace", "max", "--endpoint", endpoint), capture=True
         )
         procs.append(rep)
+        n_files = len(list(run_dir.glob("run*_spill*.h5")))
+        wall = 0.0
+        while rep.poll() is None or len(list(out_dir.glob("run*_spill*.h5"))) < n_files:
+            if daq.poll() is not None:
+                break
+            time.sleep(0.01)
+        wall = time.monotonic() - t0  # the last spill file is closed (renamed to its final name)
         if rep.wait(3600) != 0:
             raise SystemExit(f"replay failed: {rep.p.stderr.read() if rep.p.stderr else ''}")
         if daq.wait(600) != 0:
             raise SystemExit(f"daq failed: {daq.p.stderr.read() if daq.p.stderr else ''}")
-        wall = time.monotonic() - t0
         summary = rep.p.stdout.read() if rep.p.stdout else ""
         print(summary.strip())
         dqm.stop()
@@ -189,7 +203,7 @@ def replay_to_sink(run_dir: Path) -> float:
         "replay", na64("replay", str(run_dir), "--pace", "max", "--endpoint", f"tcp://127.0.0.1:{port}")
     )
     try:
-        while rep.p.poll() is None:
+        while rep.poll() is None:
             if not sock.poll(50):
                 continue
             ident, *frames = sock.recv_multipart(copy=False)
@@ -226,7 +240,7 @@ def _wait_url(dqm: Proc, timeout: float) -> str:
     threading.Thread(target=pump, daemon=True).start()
     deadline = time.monotonic() + timeout
     while not found:
-        if dqm.p.poll() is not None:
+        if dqm.poll() is not None:
             raise SystemExit(f"the DQM exited: {dqm.p.stderr.read() if dqm.p.stderr else ''}")
         if time.monotonic() > deadline:
             raise SystemExit("the DQM did not start")

@@ -120,7 +120,7 @@ def register(subparsers: Any) -> None:
                 "--containment",
                 type=float,
                 metavar="F",
-                help="shower containment in ECAL+PRS (reference.containment, default 0.994)",
+                help="shower containment in ECAL+PRS (reference.containment, default 0.986)",
             )
         sp.set_defaults(run=func)
 
@@ -550,7 +550,9 @@ def _mip(args: argparse.Namespace) -> int:
         "beam-trigger events",
     )
     amp = data["amp"].astype(np.float64)
-    energy = amp / base.gain / 1000.0  # GeV with the starting gains
+    # GeV with the starting gains, zero-suppressed as in the DAQ (the maximum sample of noise is > 0)
+    zs = inputs.zero_suppress_sigma()
+    energy = np.where(amp > zs * base.noise[None, :], amp, 0.0) / base.gain / 1000.0
     sel = spectra.MuonSelection(
         mc.ecal_max_gev, mc.prs_max_gev, mc.hcal_module_min_gev, mc.hcal_module_max_gev, mc.hcal_min_modules
     )

@@ -50,12 +50,15 @@ def shower_gains(
     iterations: int = 5,
     max_rel_error: float = 0.02,
     min_events: int = 50,
+    max_start_offset: float = 0.3,
 ) -> ShowerGainResult:
     """Per-cell gains (ADC counts / MeV) from electron showers; see the module docstring.
 
     ``amp`` (E, C): amplitudes in ADC counts of the C calorimeter cells (ECAL and PRS) per event;
     ``target_mev``: expected deposit in those cells (scalar or (E,)), i.e. beam energy x containment;
-    ``prior_gain`` (C,): starting gains (nominal or the previous constants).
+    ``prior_gain`` (C,): starting gains (nominal or the previous constants). If the electron peak with
+    the starting gains is more than ``max_start_offset`` (relative) away from the target, the beam energy,
+    containment or starting gains are wrong and ValueError is raised instead of fitting it away.
     """
     a = np.asarray(amp, dtype=np.float64)
     if a.ndim != 2:
@@ -72,6 +75,12 @@ def shower_gains(
     prior_w = 1.0 / (prior_rel * k0) ** 2
     # pass 1: every cell free (with the prior) -> which cells the data determine;
     # pass 2: only those free, the others fixed at their starting gain, so the sum stays consistent
+    start = gaussian_core((a[ok] @ k0) / t[ok], k=window)
+    if start.ok and abs(start.position - 1.0) > max_start_offset:
+        raise ValueError(
+            f"with the starting gains the electron peak is at {start.position:.2f} x the expected energy "
+            f"(more than {max_start_offset:.0%} off): check the beam energy, containment and starting gains"
+        )
     free = np.ones(n_cells, dtype=bool)
     k, cov, n_used, peak, it = _iterate(a, t, ok, k0, prior_w, free, window, iterations, min_events)
     rel = np.sqrt(np.maximum(np.diag(cov), 0.0)) / k

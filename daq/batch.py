@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -43,7 +44,7 @@ class EventBatch:
             return self.sums[SUM_NAMES.index(name)]
         return np.asarray(getattr(self, name))
 
-    def take(self, sel: slice | np.ndarray) -> EventBatch:
+    def take(self, sel: builtins.slice | np.ndarray) -> EventBatch:
         """A sub-batch (copies for index arrays, views for slices)."""
         kw = {}
         for f in fields(self):
@@ -65,10 +66,17 @@ class EventBatch:
     def empty(n_prim: int, n_samples: int = detector.N_SAMPLES) -> EventBatch:
         n = detector.N_CHANNELS
         return EventBatch(
-            event_id=np.zeros(0, np.uint64), slice=np.zeros(0, np.uint32), index=np.zeros(0, np.uint32),
-            t_ns=np.zeros(0, np.int64), trigger_mask=np.zeros(0, np.uint32),
-            missing_groups=np.zeros(0, np.uint8), sums=np.zeros((len(SUM_NAMES), 0), np.float32),
-            energy=np.zeros((0, n), np.float32), amplitude=np.zeros((0, n), np.float32),
-            peak_time=np.zeros((0, n), np.float32), pileup=np.zeros((0, n), bool),
-            waveforms=np.zeros((0, n, n_samples), np.uint16), prim_amp=np.zeros((n_prim, 0), np.uint16),
+            event_id=np.zeros(0, np.uint64),
+            slice=np.zeros(0, np.uint32),
+            index=np.zeros(0, np.uint32),
+            t_ns=np.zeros(0, np.int64),
+            trigger_mask=np.zeros(0, np.uint32),
+            missing_groups=np.zeros(0, np.uint8),
+            sums=np.zeros((len(SUM_NAMES), 0), np.float32),
+            energy=np.zeros((0, n), np.float32),
+            amplitude=np.zeros((0, n), np.float32),
+            peak_time=np.zeros((0, n), np.float32),
+            pileup=np.zeros((0, n), bool),
+            waveforms=np.zeros((0, n, n_samples), np.uint16),
+            prim_amp=np.zeros((n_prim, 0), np.uint16),
         )

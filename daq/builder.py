@@ -43,7 +43,10 @@ LOSS_REASONS = (
 NOT_DATA_LOSS = frozenset({"dead_time", "monitor_skipped", "spill_counter_mismatch"})
 
 _GROUP_SLICES = tuple(slice(int(ids[0]), int(ids[-1]) + 1) for ids in detector.GROUP_IDS)
-assert all(np.array_equal(np.arange(s.start, s.stop), ids) for s, ids in zip(_GROUP_SLICES, detector.GROUP_IDS, strict=True))
+assert all(
+    np.array_equal(np.arange(s.start, s.stop), ids)
+    for s, ids in zip(_GROUP_SLICES, detector.GROUP_IDS, strict=True)
+)
 
 
 class Losses(Counter[str]):
@@ -127,8 +130,16 @@ class Readout:
             amp[:, part] = prim_amp[:, index[part].astype(np.intp)]
         ids = np.arange(self.next_event_id, self.next_event_id + k, dtype=np.uint64)
         self.next_event_id += k
-        p = Pending(spill, slice_id, now, index.astype(np.uint32), t_ns.astype(np.int64),
-                    trigger_mask.astype(np.uint32), ids, amp)
+        p = Pending(
+            spill,
+            slice_id,
+            now,
+            index.astype(np.uint32),
+            t_ns.astype(np.int64),
+            trigger_mask.astype(np.uint32),
+            ids,
+            amp,
+        )
         self.pending[(spill, slice_id)] = p
         self.n_requests += 1
         return p
@@ -210,10 +221,19 @@ class Readout:
     def build(self, p: Pending) -> EventBatch:
         """Reconstruct and calibrate the events of a completed (or expired) request."""
         c = self.constants
-        wf = p.waveforms if p.waveforms is not None else np.zeros((p.k, detector.N_CHANNELS, self.n_samples), np.uint16)
+        wf = (
+            p.waveforms
+            if p.waveforms is not None
+            else np.zeros((p.k, detector.N_CHANNELS, self.n_samples), np.uint16)
+        )
         if p.k:
             r = reconstruct(
-                wf, c.gain, noise=c.noise, time_offset_ns=c.time_offset_ns, status=c.status, config=self.reco,
+                wf,
+                c.gain,
+                noise=c.noise,
+                time_offset_ns=c.time_offset_ns,
+                status=c.status,
+                config=self.reco,
                 sample_period_ns=self.sample_period_ns,
             )
             energy, amplitude, peak_time, pileup = r.energy, r.amplitude, r.peak_time, r.pileup
@@ -247,7 +267,11 @@ class Readout:
 def compare_counters(daq: Mapping[str, int], frontend: Mapping[str, int]) -> dict[str, tuple[int, int]]:
     """Counters that disagree: name -> (DAQ's count, front-end's count)."""
     names = ("n_slices", "n_requests", "n_fragments", "n_events_read", "n_particles")
-    return {n: (int(daq[n]), int(frontend[n])) for n in names if n in daq and n in frontend and daq[n] != frontend[n]}
+    return {
+        n: (int(daq[n]), int(frontend[n]))
+        for n in names
+        if n in daq and n in frontend and daq[n] != frontend[n]
+    }
 
 
 class SpillHistograms:
@@ -258,8 +282,12 @@ class SpillHistograms:
     """
 
     def __init__(
-        self, arrival_bins: int = 100, ecal_bins: int = 240, ecal_max_gev: float = 120.0,
-        prs_bins: int = 200, prs_max_gev: float = 10.0,
+        self,
+        arrival_bins: int = 100,
+        ecal_bins: int = 240,
+        ecal_max_gev: float = 120.0,
+        prs_bins: int = 200,
+        prs_max_gev: float = 10.0,
     ) -> None:
         self.arrival_bins = arrival_bins
         self._t_ms = np.zeros(0, np.int64)
@@ -269,7 +297,9 @@ class SpillHistograms:
         self.prs = np.zeros(prs_bins, np.int64)
         self.t_end_ns = 0
 
-    def fill(self, t_ns: np.ndarray, e_ecal: np.ndarray, e_prs: np.ndarray, t_end_ns: int | None = None) -> None:
+    def fill(
+        self, t_ns: np.ndarray, e_ecal: np.ndarray, e_prs: np.ndarray, t_end_ns: int | None = None
+    ) -> None:
         if t_ns.size:
             ms = np.clip(t_ns // 1_000_000, 0, 3_600_000)
             counts = np.bincount(ms)
@@ -305,9 +335,13 @@ def _bincount(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.bincount(idx, minlength=nb)
 
 
-def histograms_json(hists: Mapping[str, tuple[np.ndarray, np.ndarray, str]]) -> dict[str, dict[str, list[float]]]:
-    return {name: {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
-            for name, (counts, edges, _unit) in hists.items()}
+def histograms_json(
+    hists: Mapping[str, tuple[np.ndarray, np.ndarray, str]],
+) -> dict[str, dict[str, list[float]]]:
+    return {
+        name: {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
+        for name, (counts, edges, _unit) in hists.items()
+    }
 
 
 def sum_counts(items: Iterable[Mapping[str, int]]) -> dict[str, int]:

@@ -23,23 +23,52 @@ def register(subparsers: Any) -> None:
         "(marked incomplete) and exit 0.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--endpoint", default="tcp://127.0.0.1:5555",
-                   help="ZeroMQ endpoint to bind for front-ends (non-loopback only if given explicitly)")
-    p.add_argument("--publish", default="tcp://127.0.0.1:5556", help="ZeroMQ endpoint to bind for the DQM feed")
+    p.add_argument(
+        "--endpoint",
+        default="tcp://127.0.0.1:5555",
+        help="ZeroMQ endpoint to bind for front-ends (non-loopback only if given explicitly)",
+    )
+    p.add_argument(
+        "--publish", default="tcp://127.0.0.1:5556", help="ZeroMQ endpoint to bind for the DQM feed"
+    )
     p.add_argument("--data-dir", default="na64-data", type=Path, help="directory of the spill files")
     p.add_argument("--config", type=Path, default=None, help="DAQ configuration file (TOML, see docs/daq.md)")
-    p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a configuration key, e.g. --set trigger.ecal_max_gev=70 (repeatable)")
-    p.add_argument("--calibration", action="append", default=[], type=Path, metavar="FILE",
-                   help="calibration constants file (repeatable; the one valid for the run is used at RUN_START; "
-                   "default: nominal constants)")
-    p.add_argument("--stop-after-run", action="store_true",
-                   help="exit 0 once the first run has stopped and its last spill file is closed")
-    p.add_argument("--min-free-mb", type=float, default=None,
-                   help="do not record a spill when less than this is free (default: storage.min_free_mb = 500)")
-    p.add_argument("--fragment-timeout", type=float, default=None, metavar="S",
-                   help="seconds to wait for the fragments of a readout request "
-                   "(default: readout.fragment_timeout_s = 5)")
+    p.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a configuration key, e.g. --set trigger.ecal_max_gev=70 (repeatable)",
+    )
+    p.add_argument(
+        "--calibration",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="calibration constants file (repeatable; the one valid for the run is used at RUN_START; "
+        "default: nominal constants)",
+    )
+    p.add_argument(
+        "--stop-after-run",
+        action="store_true",
+        help="exit 0 once the first run has stopped and its last spill file is closed",
+    )
+    p.add_argument(
+        "--min-free-mb",
+        type=float,
+        default=None,
+        help="do not record a spill when less than this is free (default: storage.min_free_mb = 500)",
+    )
+    p.add_argument(
+        "--fragment-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds to wait for the fragments of a readout request "
+        "(default: readout.fragment_timeout_s = 5)",
+    )
     p.set_defaults(run=run_daq)
 
     q = subparsers.add_parser(
@@ -69,8 +98,12 @@ def run_daq(args: argparse.Namespace) -> int:
     for path in args.calibration:
         load(path)  # fail now, with one clear line, rather than at RUN_START
     service = DaqService(
-        config, endpoint=args.endpoint, publish=args.publish, data_dir=args.data_dir,
-        calibration=args.calibration, stop_after_run=args.stop_after_run,
+        config,
+        endpoint=args.endpoint,
+        publish=args.publish,
+        data_dir=args.data_dir,
+        calibration=args.calibration,
+        stop_after_run=args.stop_after_run,
     )
     return asyncio.run(service.run())
 
@@ -118,7 +151,9 @@ def inspect_file(path: Path) -> dict[str, Any]:
 def _wall(ns: int) -> str:
     if not ns:
         return "?"
-    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return (
+        dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
 
 
 def format_summary(d: dict[str, Any]) -> str:
@@ -128,7 +163,9 @@ def format_summary(d: dict[str, Any]) -> str:
     fe_text = (
         f"slices {fe.get('n_slices', 0):,}  requests {fe.get('n_requests', 0):,}  fragments "
         f"{fe.get('n_fragments', 0):,}  events read {fe.get('n_events_read', 0):,}  particles "
-        f"{fe.get('n_particles', 0):,}" if fe else "no SPILL_END counters"
+        f"{fe.get('n_particles', 0):,}"
+        if fe
+        else "no SPILL_END counters"
     )
     rng = d["event_time_range_ns"]
     events_t = f"{rng[0] / 1e9:.3f}-{rng[1] / 1e9:.3f} s into the spill" if rng else "no events"

@@ -102,7 +102,9 @@ class DaqConfig:
 
 
 def load_config(
-    path: str | Path | None = None, assignments: list[str] | None = None, overrides: dict[str, Any] | None = None
+    path: str | Path | None = None,
+    assignments: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> DaqConfig:
     """TOML file (optional), then ``KEY=VALUE`` assignments, then programmatic overrides (dotted keys)."""
     data: dict[str, Any] = cfgmod.load_toml(path) if path else {}

@@ -60,9 +60,26 @@ RECO_DATASETS: dict[str, np.dtype] = {
 }
 #: spill-summary keys (contract with the DQM; see docs/daq.md)
 SUMMARY_KEYS = (
-    "run", "spill", "status", "file", "n_beam", "n_particles", "triggers", "n_accepted",
-    "n_events_written", "dead_time_lost", "dead_time_fraction", "losses", "frontend", "t_start_ns",
-    "t_end_ns", "spill_length_s", "write_seconds", "write_mb", "free_disk_bytes", "calibration_id",
+    "run",
+    "spill",
+    "status",
+    "file",
+    "n_beam",
+    "n_particles",
+    "triggers",
+    "n_accepted",
+    "n_events_written",
+    "dead_time_lost",
+    "dead_time_fraction",
+    "losses",
+    "frontend",
+    "t_start_ns",
+    "t_end_ns",
+    "spill_length_s",
+    "write_seconds",
+    "write_mb",
+    "free_disk_bytes",
+    "calibration_id",
     "histograms",
 )
 
@@ -167,14 +184,18 @@ class SpillFile:
         a = self._h5.attrs
         fmt = _plain(a.get("format"))
         if fmt != FORMAT:
-            raise SpillFileError(f"{self.path}: not a spill file (format attribute is {fmt!r}, expected {FORMAT!r})")
+            raise SpillFileError(
+                f"{self.path}: not a spill file (format attribute is {fmt!r}, expected {FORMAT!r})"
+            )
         version = _plain(a.get("format_version"))
         if version not in SUPPORTED_VERSIONS:
             raise SpillFileError(
                 f"{self.path}: format_version {version!r} is not supported (this reader reads "
                 f"{', '.join(map(str, SUPPORTED_VERSIONS))})"
             )
-        missing = [k for k in ("events", "reco", "waveforms", "channels", "counters", "losses") if k not in self._h5]
+        missing = [
+            k for k in ("events", "reco", "waveforms", "channels", "counters", "losses") if k not in self._h5
+        ]
         if missing:
             raise SpillFileError(f"{self.path}: not a complete spill file (missing /{missing[0]})")
 
@@ -323,8 +344,11 @@ class SpillFile:
         Random-trigger events (index ``NO_PARTICLE``) have the trigger time and zero amplitudes.
         """
         g = self._h5["primitives"]
-        return {"t_ns": np.asarray(g["t_ns"][()]), "amp": np.asarray(g["amp"][()]),
-                "channels": np.asarray(g["channels"][()])}
+        return {
+            "t_ns": np.asarray(g["t_ns"][()]),
+            "amp": np.asarray(g["amp"][()]),
+            "channels": np.asarray(g["channels"][()]),
+        }
 
     def histograms(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Per-spill histograms of the full primitive stream: name -> (counts, edges)."""

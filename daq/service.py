@@ -169,7 +169,7 @@ class DaqService:
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.RCVHWM, 10_000)
         # the DQM feed is only ever sent to without blocking: a plain (synchronous) socket on the same context
-        self.pub = zmq.Context.shadow(ctx.underlying).socket(zmq.XPUB)
+        self.pub: zmq.Socket[bytes] = zmq.Context.shadow(ctx.underlying).socket(zmq.XPUB)
         self.pub.setsockopt(zmq.XPUB_NODROP, 1)
         self.pub.setsockopt(zmq.SNDHWM, self.config.monitor.sndhwm)
         self.pub.setsockopt(zmq.LINGER, 0)
@@ -183,7 +183,9 @@ class DaqService:
             self.bound_publish = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
             self.writer = WriterThread(self.data_dir, self.config.writer)
             log.info(
-                "DAQ listening on %s, publishing on %s, writing to %s", self.bound_endpoint, self.bound_publish,
+                "DAQ listening on %s, publishing on %s, writing to %s",
+                self.bound_endpoint,
+                self.bound_publish,
                 self.data_dir,
             )
             loop = asyncio.get_running_loop()
@@ -215,8 +217,8 @@ class DaqService:
             if t in done and not t.cancelled() and t.exception() is not None:
                 log.error("DAQ task %s failed", t.get_name(), exc_info=t.exception())
                 code = 1
-        for t in (recv, house, stop):
-            t.cancel()
+        for task in (recv, house, stop):
+            task.cancel()
         await asyncio.gather(recv, house, stop, return_exceptions=True)
         # close what is open, wait for the files, say goodbye
         if self.spill is not None:
@@ -242,8 +244,12 @@ class DaqService:
         if reason not in logged:
             logged.add(reason)
             where = f"run {sp.run} spill {sp.number}" if sp is not None else "outside a spill"
-            log.warning("loss %s (%s): %s (further ones this spill are counted, not logged)", reason, where,
-                        detail or f"{n}")
+            log.warning(
+                "loss %s (%s): %s (further ones this spill are counted, not logged)",
+                reason,
+                where,
+                detail or f"{n}",
+            )
 
     def _absorb_readout_losses(self, detail: str = "") -> None:
         r = self.run_state
@@ -333,8 +339,11 @@ class DaqService:
             self._loss("run_rejected", 1, str(e))
             return
         if msg.n_channels != detector.N_CHANNELS:
-            log.warning("front-end declares %d channels, the detector model has %d", msg.n_channels,
-                        detector.N_CHANNELS)
+            log.warning(
+                "front-end declares %d channels, the detector model has %d",
+                msg.n_channels,
+                detector.N_CHANNELS,
+            )
         period_ns = msg.sample_period_ps / 1000.0 if msg.sample_period_ps else detector.SAMPLE_PERIOD_NS
         readout = Readout(constants, msg.n_samples, len(prim), self.config.reco, period_ns)
         self.run_state = Run(msg.run, ident, trig, readout, prim, msg.n_samples, period_ns, info, cal_id)
@@ -342,8 +351,14 @@ class DaqService:
         self.losses_run = Losses()
         self.eot_run = self.events_run = self.spills_run = 0
         self._run_stopped = False
-        log.info("run %d started (front-end %s, %d primitive channels, %d samples, calibration %s)", msg.run,
-                 ident.hex(), len(prim), msg.n_samples, cal_id)
+        log.info(
+            "run %d started (front-end %s, %d primitive channels, %d samples, calibration %s)",
+            msg.run,
+            ident.hex(),
+            len(prim),
+            msg.n_samples,
+            cal_id,
+        )
 
     def _constants_for(self, run: int) -> tuple[Any, str]:
         from calibration.constants import CalibrationError, nominal, select
@@ -367,8 +382,13 @@ class DaqService:
             self._loss("spill_end_missing", 1, f"RUN_STOP while spill {self.spill.number} is open")
             await self._end_spill(complete=False)
         await self._flush_run()
-        log.info("run %d stopped by the front-end (%d spills, EOT %d, %d events)", msg.run, self.spills_run,
-                 self.eot_run, self.events_run)
+        log.info(
+            "run %d stopped by the front-end (%d spills, EOT %d, %d events)",
+            msg.run,
+            self.spills_run,
+            self.eot_run,
+            self.events_run,
+        )
         self.run_state = None
         self._run_stopped = True
         self._maybe_stop_after_run()
@@ -395,12 +415,19 @@ class DaqService:
             return
         if self.spill is not None:
             self.spill.ended_by = "next spill started"
-            self._loss("spill_end_missing", 1, f"SPILL_START {msg.spill} while spill {self.spill.number} is open")
+            self._loss(
+                "spill_end_missing", 1, f"SPILL_START {msg.spill} while spill {self.spill.number} is open"
+            )
             await self._end_spill(complete=False)
         h = self.config.histograms
         now = time.monotonic()
         sp = Spill(
-            run=r.number, number=msg.spill, ident=ident, t_start_ns=msg.t_start_ns, started=now, last_msg=now,
+            run=r.number,
+            number=msg.spill,
+            ident=ident,
+            t_start_ns=msg.t_start_ns,
+            started=now,
+            last_msg=now,
             hist=SpillHistograms(h.arrival_bins, h.ecal_bins, h.ecal_max_gev, h.prs_bins, h.prs_max_gev),
         )
         self.spill = sp
@@ -415,15 +442,23 @@ class DaqService:
         need = int(self.config.storage.min_free_mb * 1e6)
         if self._free < need:
             sp.record = False
-            sp.fail_reason = f"only {self._free / 1e6:.0f} MB free in {self.data_dir} (need {need / 1e6:.0f} MB)"
+            sp.fail_reason = (
+                f"only {self._free / 1e6:.0f} MB free in {self.data_dir} (need {need / 1e6:.0f} MB)"
+            )
             self.alarms["disk"] = sp.fail_reason
             log.error("run %d spill %d will not be recorded: %s", r.number, sp.number, sp.fail_reason)
         else:
             self.alarms.pop("disk", None)
             header = SpillHeader(
-                run=r.number, spill=sp.number, t_start_ns=msg.t_start_ns, config=self._config_record(),
-                trigger=self.config.trigger.thresholds(), calibration_id=r.calibration_id,
-                frontend_info=r.frontend_info, prim_channels=r.prim_channels, n_samples=r.n_samples,
+                run=r.number,
+                spill=sp.number,
+                t_start_ns=msg.t_start_ns,
+                config=self._config_record(),
+                trigger=self.config.trigger.thresholds(),
+                calibration_id=r.calibration_id,
+                frontend_info=r.frontend_info,
+                prim_channels=r.prim_channels,
+                n_samples=r.n_samples,
                 sample_period_ns=r.sample_period_ns,
             )
             await self._to_writer(("open", header))
@@ -432,7 +467,9 @@ class DaqService:
     def _config_record(self) -> dict[str, Any]:
         d = cfgmod.to_dict(self.config)
         d["service"] = {
-            "endpoint": self.endpoint, "publish": self.publish, "data_dir": str(self.data_dir),
+            "endpoint": self.endpoint,
+            "publish": self.publish,
+            "data_dir": str(self.data_dir),
             "calibration": [str(p) for p in self.calibration_paths],
         }
         return d
@@ -440,11 +477,17 @@ class DaqService:
     async def _on_spill_end(self, ident: bytes, msg: protocol.SpillEnd) -> None:
         sp = self.spill
         if sp is None or msg.spill != sp.number or msg.run != sp.run:
-            self._loss("unexpected_message", 1, f"SPILL_END run {msg.run} spill {msg.spill} without its SPILL_START")
+            self._loss(
+                "unexpected_message", 1, f"SPILL_END run {msg.run} spill {msg.spill} without its SPILL_START"
+            )
             return
         sp.frontend = {
-            "n_slices": msg.n_slices, "n_requests": msg.n_requests, "n_fragments": msg.n_fragments,
-            "n_events_read": msg.n_events_read, "n_particles": msg.n_particles, "t_end_ns": msg.t_end_ns,
+            "n_slices": msg.n_slices,
+            "n_requests": msg.n_requests,
+            "n_fragments": msg.n_fragments,
+            "n_events_read": msg.n_events_read,
+            "n_particles": msg.n_particles,
+            "t_end_ns": msg.t_end_ns,
         }
         sp.t_end_ns = msg.t_end_ns
         sp.ended_by = "SPILL_END"
@@ -454,14 +497,22 @@ class DaqService:
     async def _on_slice(self, ident: bytes, msg: protocol.Slice) -> None:
         sp, r = self.spill, self.run_state
         if sp is None or r is None or msg.run != sp.run or msg.spill != sp.number:
-            self._loss("unexpected_message", 1, f"SLICE {msg.slice_id} (run {msg.run} spill {msg.spill}) outside a spill")
+            self._loss(
+                "unexpected_message",
+                1,
+                f"SLICE {msg.slice_id} (run {msg.run} spill {msg.spill}) outside a spill",
+            )
             return
         if msg.slice_id in sp.slices:
             self._loss("duplicate", 1, f"SLICE {msg.slice_id} received twice")
             return
         if msg.amp.shape[0] != r.prim_channels.size:
-            self._loss("decode_error", 1, f"SLICE {msg.slice_id}: {msg.amp.shape[0]} primitive rows, "
-                       f"RUN_START declared {r.prim_channels.size}")
+            self._loss(
+                "decode_error",
+                1,
+                f"SLICE {msg.slice_id}: {msg.amp.shape[0]} primitive rows, "
+                f"RUN_START declared {r.prim_channels.size}",
+            )
             self._loss("decode_error.shape", 1)
             return
         sp.slices.add(msg.slice_id)
@@ -474,9 +525,16 @@ class DaqService:
         self.eot_run += d.counts["n_strig"]
         self._loss("dead_time", d.counts["dead_time_lost"], "triggers lost in dead time")
         # one READOUT_REQUEST per slice, always with the t_ns frame
-        r.readout.add_request(sp.number, msg.slice_id, d.index, d.t_ns, d.trigger_mask, msg.amp, time.monotonic())
+        r.readout.add_request(
+            sp.number, msg.slice_id, d.index, d.t_ns, d.trigger_mask, msg.amp, time.monotonic()
+        )
         req = protocol.ReadoutRequest(
-            run=sp.run, spill=sp.number, slice_id=msg.slice_id, n_events=d.n_readout, index=d.index, t_ns=d.t_ns,
+            run=sp.run,
+            spill=sp.number,
+            slice_id=msg.slice_id,
+            n_events=d.n_readout,
+            index=d.index,
+            t_ns=d.t_ns,
         )
         if not await self._send_to(ident, req):
             r.readout.cancel(sp.number, msg.slice_id)
@@ -547,27 +605,38 @@ class DaqService:
             self._absorb_readout_losses()
         ro = r.readout if r is not None else None
         daq_counts = {
-            "n_slices": sp.counters["n_slices"], "n_requests": ro.n_requests if ro else 0,
-            "n_fragments": ro.n_fragments if ro else 0, "n_events_read": ro.n_events_read if ro else 0,
+            "n_slices": sp.counters["n_slices"],
+            "n_requests": ro.n_requests if ro else 0,
+            "n_fragments": ro.n_fragments if ro else 0,
+            "n_events_read": ro.n_events_read if ro else 0,
             "n_particles": sp.counters["n_particles"],
         }
         if sp.frontend:
             bad = compare_counters(daq_counts, sp.frontend)
             if bad:
                 self._loss(
-                    "spill_counter_mismatch", len(bad),
+                    "spill_counter_mismatch",
+                    len(bad),
                     "; ".join(f"{k}: DAQ {a}, front-end {b}" for k, (a, b) in bad.items()),
                 )
         self.spill = None
         c = sp.counters
         counters = {
-            "n_beam": c["n_strig"], "n_particles": c["n_particles"], "n_slices": c["n_slices"],
-            "n_requests": daq_counts["n_requests"], "n_fragments": daq_counts["n_fragments"],
+            "n_beam": c["n_strig"],
+            "n_particles": c["n_particles"],
+            "n_slices": c["n_slices"],
+            "n_requests": daq_counts["n_requests"],
+            "n_fragments": daq_counts["n_fragments"],
             "n_events_read": daq_counts["n_events_read"],
-            "fired_physics": c["fired_physics"], "fired_beam": c["fired_beam"], "fired_random": c["fired_random"],
-            "triggers_physics": c["triggers_physics"], "triggers_beam": c["triggers_beam"],
-            "triggers_random": c["triggers_random"], "n_accepted": c["n_accepted"],
-            "n_events_built": sp.n_events_built, "n_events_incomplete": c["n_events_incomplete"],
+            "fired_physics": c["fired_physics"],
+            "fired_beam": c["fired_beam"],
+            "fired_random": c["fired_random"],
+            "triggers_physics": c["triggers_physics"],
+            "triggers_beam": c["triggers_beam"],
+            "triggers_random": c["triggers_random"],
+            "n_accepted": c["n_accepted"],
+            "n_events_built": sp.n_events_built,
+            "n_events_incomplete": c["n_events_incomplete"],
             "dead_time_lost": c["dead_time_lost"],
         }
         status = "ok" if complete and not sp.losses.data_lost() else "incomplete"
@@ -578,22 +647,43 @@ class DaqService:
         length_s = (t_end_ns - sp.t_start_ns) / 1e9 if sp.t_start_ns and t_end_ns else sp.hist.t_end_ns / 1e9
         dead_ns = self.config.trigger.dead_time_ns
         summary: dict[str, Any] = {
-            "run": sp.run, "spill": sp.number, "status": status, "file": None,
-            "n_beam": counters["n_beam"], "n_particles": counters["n_particles"],
-            "triggers": {"physics": c["triggers_physics"], "beam": c["triggers_beam"], "random": c["triggers_random"]},
-            "n_accepted": c["n_accepted"], "n_events_written": 0,
+            "run": sp.run,
+            "spill": sp.number,
+            "status": status,
+            "file": None,
+            "n_beam": counters["n_beam"],
+            "n_particles": counters["n_particles"],
+            "triggers": {
+                "physics": c["triggers_physics"],
+                "beam": c["triggers_beam"],
+                "random": c["triggers_random"],
+            },
+            "n_accepted": c["n_accepted"],
+            "n_events_written": 0,
             "dead_time_lost": c["dead_time_lost"],
             "dead_time_fraction": round(min(1.0, c["n_accepted"] * dead_ns / sp.beam_time_ns), 6)
-            if sp.beam_time_ns else 0.0,
-            "losses": sp.losses.as_dict(), "frontend": dict(sp.frontend),
-            "t_start_ns": sp.t_start_ns, "t_end_ns": t_end_ns, "spill_length_s": round(length_s, 6),
-            "write_seconds": 0.0, "write_mb": 0.0, "free_disk_bytes": self._free,
+            if sp.beam_time_ns
+            else 0.0,
+            "losses": sp.losses.as_dict(),
+            "frontend": dict(sp.frontend),
+            "t_start_ns": sp.t_start_ns,
+            "t_end_ns": t_end_ns,
+            "spill_length_s": round(length_s, 6),
+            "write_seconds": 0.0,
+            "write_mb": 0.0,
+            "free_disk_bytes": self._free,
             "calibration_id": r.calibration_id if r else "",
-            "ended_by": sp.ended_by, "counters": counters,
+            "ended_by": sp.ended_by,
+            "counters": counters,
         }
         log.info(
-            "run %d spill %d ended (%s): EOT %d, %d particles, %d accepted, losses %s", sp.run, sp.number,
-            sp.ended_by, counters["n_beam"], counters["n_particles"], c["n_accepted"],
+            "run %d spill %d ended (%s): EOT %d, %d particles, %d accepted, losses %s",
+            sp.run,
+            sp.number,
+            sp.ended_by,
+            counters["n_beam"],
+            counters["n_particles"],
+            c["n_accepted"],
             {k: v for k, v in sp.losses.items() if v} or "none",
         )
         if sp.record:
@@ -601,8 +691,13 @@ class DaqService:
 
             fut: concurrent.futures.Future[WriteResult] = concurrent.futures.Future()
             final = SpillFinal(
-                status=status, t_end_ns=t_end_ns, counters=counters, losses=sp.losses.as_dict(),
-                frontend=sp.frontend, histograms=hists, summary=summary,
+                status=status,
+                t_end_ns=t_end_ns,
+                counters=counters,
+                losses=sp.losses.as_dict(),
+                frontend=sp.frontend,
+                histograms=hists,
+                summary=summary,
             )
             await self._to_writer(("close", final, fut))
             task = asyncio.create_task(self._after_close(fut, summary, hists, sp))
@@ -612,9 +707,7 @@ class DaqService:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    async def _after_close(
-        self, fut: Any, summary: dict[str, Any], hists: dict[str, Any], sp: Spill
-    ) -> None:
+    async def _after_close(self, fut: Any, summary: dict[str, Any], hists: dict[str, Any], sp: Spill) -> None:
         try:
             if fut is not None:
                 res: WriteResult = await asyncio.wrap_future(fut)
@@ -631,7 +724,9 @@ class DaqService:
                     self.losses_run["write_error"] += lost
                     sp.losses["write_error"] += lost
                     summary["losses"] = sp.losses.as_dict()
-                    log.error("run %d spill %d failed: %s (%d events lost)", res.run, res.spill, res.error, lost)
+                    log.error(
+                        "run %d spill %d failed: %s (%d events lost)", res.run, res.spill, res.error, lost
+                    )
                 else:
                     self.alarms.pop("write", None)
             self._free = free_bytes(self.data_dir)
@@ -642,11 +737,15 @@ class DaqService:
             self._publish(protocol.Summary.of(protocol.Summary.KIND_SPILL, json.dumps(summary)), keep=True)
             log.info(
                 "spill summary run %d spill %d: status %s, file %s, %d events written, %.3f s writing",
-                summary["run"], summary["spill"], summary["status"], summary["file"], summary["n_events_written"],
+                summary["run"],
+                summary["spill"],
+                summary["status"],
+                summary["file"],
+                summary["n_events_written"],
                 summary["write_seconds"],
             )
         finally:
-            self._closing.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._closing.discard(asyncio.current_task())
             self._maybe_stop_after_run()
 
     # ------------------------------------------------------------ housekeeping and publishing
@@ -695,10 +794,17 @@ class DaqService:
         self._monitor, self._monitor_n = [], 0
         sp = self.spill
         msg = protocol.Events(
-            run=self.run_state.number if self.run_state else 0, spill=sp.number if sp else 0,
-            n_events=len(b), n_skipped=self._monitor_skipped_since,
-            event_id=b.event_id, t_ns=b.t_ns, trigger_mask=b.trigger_mask, sums=b.sums, energy=b.energy,
-            peak_time=b.peak_time, waveforms=b.waveforms[-1:],
+            run=self.run_state.number if self.run_state else 0,
+            spill=sp.number if sp else 0,
+            n_events=len(b),
+            n_skipped=self._monitor_skipped_since,
+            event_id=b.event_id,
+            t_ns=b.t_ns,
+            trigger_mask=b.trigger_mask,
+            sums=b.sums,
+            energy=b.energy,
+            peak_time=b.peak_time,
+            waveforms=b.waveforms[-1:],
         )
         if self._publish(msg, keep=False):
             self._monitor_skipped_since = 0
@@ -735,7 +841,11 @@ class DaqService:
             "spill": sp.number if sp else None,
             "uptime_s": round(now - self.started, 3),
             "frontends": {
-                fe.ident.hex(): {"last_seen_s": round(now - fe.last_seen, 3), "state": fe.state, "name": fe.name}
+                fe.ident.hex(): {
+                    "last_seen_s": round(now - fe.last_seen, 3),
+                    "state": fe.state,
+                    "name": fe.name,
+                }
                 for fe in self.frontends.values()
             },
             "losses_run": losses,
@@ -751,7 +861,9 @@ class DaqService:
         }
 
     def _publish_status(self) -> None:
-        self._publish(protocol.Summary.of(protocol.Summary.KIND_STATUS, json.dumps(self.status())), keep=False)
+        self._publish(
+            protocol.Summary.of(protocol.Summary.KIND_STATUS, json.dumps(self.status())), keep=False
+        )
 
 
 def _name_from_info(info: str) -> str:

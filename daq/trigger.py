@@ -46,7 +46,12 @@ S_PRS = 1 << 9
 S_EC = 1 << 10
 #: bit -> name, for display
 BIT_NAMES: dict[int, str] = {
-    PHYSICS: "PHYSICS", BEAM: "BEAM", RANDOM: "RANDOM", S_TRIG: "S_TRIG", S_PRS: "S_PRS", S_EC: "S_EC",
+    PHYSICS: "PHYSICS",
+    BEAM: "BEAM",
+    RANDOM: "RANDOM",
+    S_TRIG: "S_TRIG",
+    S_PRS: "S_PRS",
+    S_EC: "S_EC",
 }
 #: relative tolerance at which an energy is taken to sit exactly at a threshold
 THRESHOLD_RTOL = 1e-6
@@ -167,14 +172,18 @@ class Batch:
     @classmethod
     def from_slice(cls, msg: Any) -> Batch:
         """From a decoded ``protocol.Slice``."""
-        return cls(t_ns=msg.t_ns, amp=msg.amp, t0_ns=msg.t0_ns, length_ns=msg.length_ns, slice_id=msg.slice_id)
+        return cls(
+            t_ns=msg.t_ns, amp=msg.amp, t0_ns=msg.t0_ns, length_ns=msg.length_ns, slice_id=msg.slice_id
+        )
 
 
 #: bits of the compact per-particle condition code (uint8) and their trigger-mask bits
 _C_STRIG, _C_PRS, _C_EC, _C_PHYS = 1, 2, 4, 8
 _CODE_TO_MASK = np.array(
     [
-        (S_TRIG if c & _C_STRIG else 0) | (S_PRS if c & _C_PRS else 0) | (S_EC if c & _C_EC else 0)
+        (S_TRIG if c & _C_STRIG else 0)
+        | (S_PRS if c & _C_PRS else 0)
+        | (S_EC if c & _C_EC else 0)
         | (PHYSICS if c & _C_PHYS else 0)
         for c in range(256)
     ],
@@ -231,8 +240,16 @@ class Decisions:
 
 #: keys of ``Decisions.counts``
 COUNT_NAMES = (
-    "n_particles", "n_strig", "fired_physics", "fired_beam", "fired_random", "triggers_physics",
-    "triggers_beam", "triggers_random", "n_accepted", "dead_time_lost",
+    "n_particles",
+    "n_strig",
+    "fired_physics",
+    "fired_beam",
+    "fired_random",
+    "triggers_physics",
+    "triggers_beam",
+    "triggers_random",
+    "n_accepted",
+    "dead_time_lost",
 )
 
 
@@ -286,10 +303,10 @@ class Trigger:
     def conditions(self, amp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Condition bits per particle (S_TRIG, S_PRS, S_EC; PHYSICS where all three; uint32) and the
         block energies E_PRS, E_ECAL (GeV). Pure: no state is used or changed."""
-        code, e_prs, e_ecal = self._code(amp)
+        code, e_prs, e_ecal, _ = self._code(amp)
         return _CODE_TO_MASK[code], e_prs, e_ecal
 
-    def _code(self, amp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _code(self, amp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         cfg = self.config
         n = amp.shape[1]
         c = self._counter_rows
@@ -303,7 +320,7 @@ class Trigger:
         ecal, prs = self._blocks
         e_ecal, s_ec = ecal.energy_below(amp, cfg.ecal_max_gev)
         e_prs, s_prs = prs.energy_above(amp, cfg.prs_min_gev)
-        code = strig.view(np.uint8)  # bit 0
+        code = strig.astype(np.uint8)  # bit 0 (strig itself is kept for the caller)
         t8 = tmp.view(np.uint8)
         np.left_shift(s_prs.view(np.uint8), 1, out=t8)
         code |= t8
@@ -313,19 +330,19 @@ class Trigger:
         np.equal(code, 7, out=tmp)
         np.left_shift(t8, 3, out=t8)
         code |= t8
-        return code, e_prs, e_ecal
+        return code, e_prs, e_ecal, strig
 
     def evaluate(self, batch: Batch) -> Decisions:
         """Run the trigger on a batch: conditions, prescale, random clock, dead time; updates the state."""
         cfg, st = self.config, self.state
-        code, e_prs, e_ecal = self._code(batch.amp)
-        n_strig = int(np.count_nonzero(code & _C_STRIG)) if code.size else 0
+        code, e_prs, e_ecal, strig = self._code(batch.amp)
+        n_strig = int(np.count_nonzero(strig))
         # prescaled beam trigger: the particles whose S_trig ordinal (over the run) is a multiple of N
         beam_pos = np.zeros(0, np.intp)
         if cfg.beam_prescale > 0 and n_strig:
             first = cfg.beam_prescale - 1 - (st.n_strig % cfg.beam_prescale)
             if first < n_strig:
-                beam_pos = np.flatnonzero(code & _C_STRIG)[first :: cfg.beam_prescale]
+                beam_pos = np.flatnonzero(strig)[first :: cfg.beam_prescale]
         st.n_strig += n_strig
         # random clock: grid points (k + 1/2) x period inside [t0, t1)
         rand_t = np.zeros(0, np.int64)
@@ -340,18 +357,15 @@ class Trigger:
                 nxt = int(rand_t[-1]) + period
             st.next_random_ns = nxt
         # candidates in time order (particles first at equal times), then the dead time
-        phys = code & _C_PHYS
-        phys_pos = np.flatnonzero(phys)
+        phys_pos = np.flatnonzero(code >= _C_PHYS)  # bit 3 is the highest bit of the code
+        cand_pos = np.union1d(phys_pos, beam_pos) if beam_pos.size else phys_pos
+        cand_mask = _CODE_TO_MASK[code[cand_pos]]
         if beam_pos.size:
-            phys[beam_pos] = _C_PHYS
-            cand_pos = np.flatnonzero(phys)
-            cand_mask = _CODE_TO_MASK[code[cand_pos]]
             cand_mask[np.searchsorted(cand_pos, beam_pos)] |= BEAM
-        else:
-            cand_pos = phys_pos
-            cand_mask = _CODE_TO_MASK[code[cand_pos]]
         cand_t = np.concatenate([batch.t_ns[cand_pos].astype(np.int64, copy=False), rand_t])
-        cand_index = np.concatenate([cand_pos.astype(np.uint32), np.full(rand_t.size, NO_PARTICLE, np.uint32)])
+        cand_index = np.concatenate(
+            [cand_pos.astype(np.uint32), np.full(rand_t.size, NO_PARTICLE, np.uint32)]
+        )
         cand_mask = np.concatenate([cand_mask, np.full(rand_t.size, RANDOM, np.uint32)])
         if rand_t.size or not _is_sorted(cand_t):
             order = np.argsort(cand_t, kind="stable")
@@ -511,7 +525,9 @@ def make_batch(
         per_channel[detector.counter_id(name)] = np.broadcast_to(np.asarray(value, dtype=np.float64), (n,))
 
     def put(cell_id: int, gev: Any) -> None:
-        per_channel[cell_id] += np.broadcast_to(np.asarray(gev, dtype=np.float64), (n,)) * 1000.0 * gains[cell_id]
+        per_channel[cell_id] += (
+            np.broadcast_to(np.asarray(gev, dtype=np.float64), (n,)) * 1000.0 * gains[cell_id]
+        )
 
     put(detector.ecal_id(*beam_cell), ecal_block_gev)
     put(detector.prs_id(*beam_cell), prs_block_gev)
@@ -520,7 +536,9 @@ def make_batch(
     for (x, y), gev in (prs_cells_gev or {}).items():
         put(detector.prs_id(x, y), gev)
     amp = np.clip(np.rint(per_channel[prim]), 0, 65535).astype(np.uint16)
-    times = np.arange(n, dtype=np.int64) * 1000 if t_ns is None else np.broadcast_to(
-        np.asarray(t_ns, dtype=np.int64), (n,)
-    ).copy()
+    times = (
+        np.arange(n, dtype=np.int64) * 1000
+        if t_ns is None
+        else np.broadcast_to(np.asarray(t_ns, dtype=np.int64), (n,)).copy()
+    )
     return Batch(t_ns=times, amp=np.ascontiguousarray(amp), t0_ns=t0_ns, length_ns=length_ns)

@@ -113,8 +113,10 @@ def reconstruct(
     if time_offset_ns is not None:
         t_peak = t_peak - np.asarray(time_offset_ns, dtype=np.float32)
     # zero suppression threshold per channel
-    thr_ch = np.zeros(n_ch, np.float32) if noise is None else np.float32(cfg.zero_suppress_sigma) * np.asarray(
-        noise, dtype=np.float32
+    thr_ch = (
+        np.zeros(n_ch, np.float32)
+        if noise is None
+        else np.float32(cfg.zero_suppress_sigma) * np.asarray(noise, dtype=np.float32)
     )
     thr = np.broadcast_to(thr_ch, (n_ev, n_ch)).ravel()
     above = amp > thr
@@ -138,8 +140,14 @@ def reconstruct(
     energy = np.where(above.reshape(n_ev, n_ch), amp2 * gev_per_count, np.float32(0)).astype(np.float32)
     if status is not None:
         energy[:, np.asarray(status) == DEAD] = 0
-    return Reco(ped_e, ped_o, amp2.astype(np.float32, copy=False), t_peak.astype(np.float32, copy=False),
-                pileup.reshape(n_ev, n_ch), energy)
+    return Reco(
+        ped_e,
+        ped_o,
+        amp2.astype(np.float32, copy=False),
+        t_peak.astype(np.float32, copy=False),
+        pileup.reshape(n_ev, n_ch),
+        energy,
+    )
 
 
 def event_sums(energy: np.ndarray, beam_energy_gev: float = 100.0) -> np.ndarray:
@@ -157,7 +165,11 @@ def event_sums(energy: np.ndarray, beam_energy_gev: float = 100.0) -> np.ndarray
 
 # ---------------------------------------------------------------- synthetic pulses (tests, benchmarks)
 #: pulse-shape time constant (ns) of each detector.PulseShape: FWHM ~ 3 x tau for the shape below
-SHAPE_TAU_NS = {detector.PulseShape.EM: 13.0, detector.PulseShape.HADRONIC: 23.0, detector.PulseShape.FAST: 10.0}
+SHAPE_TAU_NS = {
+    detector.PulseShape.EM: 13.0,
+    detector.PulseShape.HADRONIC: 23.0,
+    detector.PulseShape.FAST: 10.0,
+}
 
 
 def pulse(t_ns: np.ndarray, peak_ns: np.ndarray | float, tau_ns: np.ndarray | float) -> np.ndarray:
@@ -188,8 +200,12 @@ def synthesize(
     peak = np.broadcast_to(np.asarray(peak_ns, dtype=np.float64), amp.shape)
     tau = np.broadcast_to(np.asarray(tau_ns, dtype=np.float64), amp.shape)
     w = amp[..., None] * pulse(t, peak[..., None], tau[..., None])
-    w[..., 0::2] += np.asarray(pedestal_even, dtype=np.float64)[..., None] if np.ndim(pedestal_even) else pedestal_even
-    w[..., 1::2] += np.asarray(pedestal_odd, dtype=np.float64)[..., None] if np.ndim(pedestal_odd) else pedestal_odd
+    w[..., 0::2] += (
+        np.asarray(pedestal_even, dtype=np.float64)[..., None] if np.ndim(pedestal_even) else pedestal_even
+    )
+    w[..., 1::2] += (
+        np.asarray(pedestal_odd, dtype=np.float64)[..., None] if np.ndim(pedestal_odd) else pedestal_odd
+    )
     if noise > 0:
         w += (rng or np.random.default_rng()).normal(0.0, noise, w.shape)
     return np.clip(np.rint(w), 0, detector.ADC_MAX).astype(np.uint16)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from daq import __version__, detector
-from daq.batch import SUM_NAMES, EventBatch
+from daq.batch import EventBatch
 from daq.errors import WriteError
 from daq.files import (
     EVENT_COLUMNS,
@@ -41,8 +41,10 @@ from daq.files import (
 
 log = logging.getLogger(__name__)
 
+#: buffered events are written in blocks of this many waveform chunks (fewer, larger h5py calls)
+FLUSH_CHUNKS = 16
 #: codec names accepted by ``writer.compression``
-CODECS = ("none", "gzip", "lz4", "zstd", "blosc-lz4", "blosc-zstd")
+CODECS = ("none", "gzip", "lz4", "zstd", "blosc-lz4", "blosc-zstd", "bitshuffle-lz4")
 
 
 def codec_options(name: str, level: int | None = None) -> dict[str, Any]:
@@ -57,10 +59,14 @@ def codec_options(name: str, level: int | None = None) -> dict[str, Any]:
         return dict(hdf5plugin.LZ4())
     if name == "zstd":
         return dict(hdf5plugin.Zstd(clevel=3 if level is None else level))
+    if name == "bitshuffle-lz4":
+        return dict(hdf5plugin.Bitshuffle(cname="lz4"))
     if name in ("blosc-lz4", "blosc-zstd"):
         return dict(
             hdf5plugin.Blosc(
-                cname=name.split("-")[1], clevel=5 if level is None else level, shuffle=hdf5plugin.Blosc.SHUFFLE
+                cname="lz4" if name == "blosc-lz4" else "zstd",
+                clevel=5 if level is None else level,
+                shuffle=hdf5plugin.Blosc.SHUFFLE,
             )
         )
     raise ValueError(f"unknown codec {name!r}; known: {', '.join(CODECS)}")
@@ -97,11 +103,14 @@ def free_bytes(path: str | Path) -> int:
 class WriterConfig:
     """HDF5 writer settings (``[writer]`` in the DAQ config)."""
 
-    compression: str = "lz4"
+    compression: str = "bitshuffle-lz4"
     compression_level: int | None = None
     chunk_events: int = 64
     queue_size: int = 256  # batches waiting for the writer thread (back-pressure beyond)
     fsync: bool = True
+    #: fdatasync the partial file every this many MB during the spill, so that closing it only has the
+    #: tail to flush (0: only at the end)
+    sync_every_mb: float = 32.0
 
     def __post_init__(self) -> None:
         if self.compression not in CODECS:
@@ -110,6 +119,8 @@ class WriterConfig:
             raise ValueError(f"chunk_events must be in 1..4096 (got {self.chunk_events})")
         if self.queue_size < 1:
             raise ValueError(f"queue_size must be >= 1 (got {self.queue_size})")
+        if self.sync_every_mb < 0:
+            raise ValueError(f"sync_every_mb must be >= 0 (got {self.sync_every_mb})")
 
 
 @dataclass(frozen=True)
@@ -229,6 +240,7 @@ class SpillWriter:
         self.seconds = 0.0
         self._pending: list[EventBatch] = []
         self._n_pending = 0
+        self._synced = 0
         t0 = time.perf_counter()
         self._raw = _GuardedFile(self.partial_path)
         try:
@@ -287,8 +299,12 @@ class SpillWriter:
                 name, shape=(0, n_ch), maxshape=(None, n_ch), dtype=dtype, chunks=(512, n_ch), **opts
             )
         f.create_dataset(
-            "waveforms", shape=(0, n_ch, n_s), maxshape=(None, n_ch, n_s), dtype="<u2",
-            chunks=(cfg.chunk_events, n_ch, n_s), **opts,
+            "waveforms",
+            shape=(0, n_ch, n_s),
+            maxshape=(None, n_ch, n_s),
+            dtype="<u2",
+            chunks=(cfg.chunk_events, n_ch, n_s),
+            **opts,
         )
         pr = f.create_group("primitives")
         pr.create_dataset("channels", data=np.asarray(h.prim_channels, dtype="<u2"))
@@ -298,6 +314,12 @@ class SpillWriter:
         )
         for g in ("counters", "losses", "frontend", "histograms"):
             f.create_group(g)
+        # dataset handles, looked up once (h5py lookups cost more than small writes)
+        self._columns = {name: f["events"][name] for name in EVENT_COLUMNS}
+        self._reco = {name: f["reco"][name] for name in RECO_DATASETS}
+        self._waveforms = f["waveforms"]
+        self._prim_t = f["primitives/t_ns"]
+        self._prim_amp = f["primitives/amp"]
 
     # ------------------------------------------------------------ events
     def append(self, batch: EventBatch) -> None:
@@ -307,7 +329,7 @@ class SpillWriter:
         self.n_appended += len(batch)
         self._pending.append(batch)
         self._n_pending += len(batch)
-        if self._n_pending >= 4 * self.config.chunk_events:
+        if self._n_pending >= FLUSH_CHUNKS * self.config.chunk_events:
             self._flush(final=False)
             self.check()
 
@@ -325,31 +347,30 @@ class SpillWriter:
             self._pending, self._n_pending = [], 0
         if n:
             self._write(batch)
+            every = self.config.sync_every_mb * 1e6
+            if self.config.fsync and every and not final:
+                size = os.fstat(self._raw.fileno()).st_size
+                if size - self._synced >= every:
+                    os.fdatasync(self._raw.fileno())
+                    self._synced = size
         self.seconds += time.perf_counter() - t0
 
     def _write(self, b: EventBatch) -> None:
-        f = self._h5
         lo, n = self.n_written, len(b)
         hi = lo + n
-        for name in EVENT_COLUMNS:
-            ds = f["events"][name]
+        for name, ds in self._columns.items():
             ds.resize((hi,))
             ds[lo:hi] = b.column(name)
-        reco = f["reco"]
-        for name, arr in (
-            ("energy", b.energy), ("amplitude", b.amplitude), ("peak_time", b.peak_time),
-            ("pileup", b.pileup.view(np.uint8) if b.pileup.dtype == bool else b.pileup),
-        ):
-            ds = reco[name]
+        for name, ds in self._reco.items():
+            arr = getattr(b, name)
             ds.resize((hi, ds.shape[1]))
-            ds[lo:hi] = arr
-        wf = f["waveforms"]
+            ds[lo:hi] = arr.view(np.uint8) if arr.dtype == bool else arr
+        wf = self._waveforms
         wf.resize((hi, *wf.shape[1:]))
         wf[lo:hi] = b.waveforms
-        pr = f["primitives"]
-        pr["t_ns"].resize((hi,))
-        pr["t_ns"][lo:hi] = b.t_ns
-        pa = pr["amp"]
+        self._prim_t.resize((hi,))
+        self._prim_t[lo:hi] = b.t_ns
+        pa = self._prim_amp
         pa.resize((pa.shape[0], hi))
         pa[:, lo:hi] = b.prim_amp
         self.n_written = hi
@@ -385,7 +406,9 @@ class SpillWriter:
         a["created"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         summary = {k: v for k, v in final.summary.items() if k != "histograms"}
         summary.update(
-            status=final.status, file=self.final_path.name, n_events_written=self.n_written,
+            status=final.status,
+            file=self.final_path.name,
+            n_events_written=self.n_written,
             write_seconds=round(self.seconds + time.perf_counter() - t0, 4),
         )
         f.flush()
@@ -402,11 +425,21 @@ class SpillWriter:
         self.seconds += time.perf_counter() - t0
         size = self.final_path.stat().st_size
         log.info(
-            "closed %s: %d events, %.1f MB, %.3f s writing", self.final_path.name, self.n_written, size / 1e6,
+            "closed %s: %d events, %.1f MB, %.3f s writing",
+            self.final_path.name,
+            self.n_written,
+            size / 1e6,
             self.seconds,
         )
         return WriteResult(
-            self.header.run, self.header.spill, self.final_path, final.status, self.n_written, 0, size, self.seconds
+            self.header.run,
+            self.header.spill,
+            self.final_path,
+            final.status,
+            self.n_written,
+            0,
+            size,
+            self.seconds,
         )
 
     def abort(self) -> None:

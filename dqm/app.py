@@ -240,7 +240,7 @@ class SessionView:
     # ------------------------------------------------------------ layout
     def _build(self, view: View) -> None:
         self._history_source = ColumnDataSource({"index": np.zeros(1), "n_beam": np.zeros(1)})
-        self.header = Div(text="NA64 DQM: waiting for data", css_classes=["na64-header"], width=1400)
+        self.header = Div(text="NA64 DQM: waiting for data", css_classes=["na64-header"], width=1400, height=44)
         self.meta = ColumnDataSource({"seq": [0], "send_ms": [0.0], "eot": [0], "run": [-1], "spill": [-1]})
         self.ack = Div(text="0", visible=False, tags=[self.meta])  # tags: puts meta into the document
         self.ack.on_change("text", self._on_ack)
@@ -257,7 +257,7 @@ class SessionView:
 
         self.holders = [column(Div(text="loading ...")) for _ in TAB_TITLES]
         self.panels = [TabPanel(child=holder, title=t) for holder, t in zip(self.holders, TAB_TITLES, strict=True)]
-        self.built: set[int] = set()
+        self.built: int | None = None
         self.tabs = Tabs(active=view.tab, tabs=self.panels)
         self._ensure_tab(view.tab)
         url = CustomJS(args={"tabs": self.tabs, "rng": self.range, "cell": self.cell,
@@ -273,10 +273,13 @@ class SessionView:
         self.doc.add_next_tick_callback(self.update)
 
     def _ensure_tab(self, i: int) -> None:
-        """Build a tab's plots the first time it is shown (a session starts with one tab's models)."""
-        if i in self.built:
+        """Build the plots of the shown tab and drop those of the tab shown before: a session (and its
+        browser) only ever holds one tab's plots, so neither grows with the number of tabs visited."""
+        if self.built == i:
             return
-        self.built.add(i)
+        if self.built is not None:
+            self.holders[self.built].children = [Div(text="loading ...")]
+        self.built = i
         self.holders[i].children = [getattr(self, f"_build_{TABS[i]}")()]
 
     def _tap_selects_cell(self, src: ColumnDataSource) -> None:
@@ -285,8 +288,8 @@ class SessionView:
 
     def _build_summary(self) -> Any:
         # summary
-        self.lights = Div(text="", width=700)
-        self.numbers = Div(text="", width=600)
+        self.lights = Div(text="", width=700, height=480)
+        self.numbers = Div(text="", width=600, height=170)
         self.alarm_src = ColumnDataSource({k: [] for k in ("name", "severity", "state", "message", "raised")})
         self.alarm_table = DataTable(source=self.alarm_src, width=700, height=220, index_position=None, columns=[
             TableColumn(field="name", title="alarm", width=130), TableColumn(field="severity", title="sev", width=50),
@@ -430,7 +433,7 @@ class SessionView:
         self.noise_fig.line(x="ch", y="base_noise", source=self.ped_src, color="gray", legend_label="baseline")
         for f in (self.ped_fig, self.noise_fig):
             f.add_tools(HoverTool(tooltips=[("channel", "@name"), ("value", "@$name{0.00}")]))
-        self.wave_info = Div(text="", width=600)
+        self.wave_info = Div(text="", width=600, height=24)
         waves = column(row(column(self.wave_info, self.wave_fig)), row(self.ped_fig), row(self.noise_fig))
         return waves
 

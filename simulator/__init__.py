@@ -9,6 +9,7 @@ Modules: :mod:`~simulator.config` (settings), :mod:`~simulator.physics` (particl
 :mod:`~simulator.truth` (HDF5 truth file), :mod:`~simulator.simulate_cli` (``na64 simulate``).
 """
 
-from daq import __version__
+import daq
 
+__version__ = daq.__version__
 __all__ = ["__version__"]

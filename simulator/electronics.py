@@ -125,6 +125,7 @@ class PulseShapes:
         del span
         self.shape_of_channel = detector.CHANNELS["shape"].astype(np.intp)
         self.flat_windows = self.windows.reshape(-1, self.n_samples)  # row = class * n_pos + position
+        self.row_offset = self.shape_of_channel * self.n_pos  # first row of each channel's class
 
     def rows(self, peak_ns: np.ndarray) -> np.ndarray:
         """Row index in ``windows`` of pulses peaking at ``peak_ns`` after sample 0 (clipped to the table)."""
@@ -145,9 +146,10 @@ class PrimitiveNoise:
         self.pool *= self.rms[:, None]
         self.pool += np.float32(0.5)
         self._cursor = 0
+        self._row = 0
 
     def add_to(self, amp: np.ndarray) -> None:
-        """``amp`` (rows, n) += noise (+0.5 rounding offset), in place; n/128 values per row renewed."""
+        """``amp`` (rows, n) += noise (+0.5 rounding offset), in place; n/8 values of one row renewed."""
         rows, n = amp.shape
         if n == 0:
             return
@@ -159,13 +161,17 @@ class PrimitiveNoise:
             return
         o = int(self.rng.integers(0, self.size - n))
         amp += self.pool[:, o : o + n]
+        # renew one row per call, round robin (each row is fully redrawn every ~15 s of 2 MHz beam)
+        row = self._row
         c = self._cursor
-        k = min(max(n // 128, 1), self.size - c)
-        fresh = self.rng.standard_normal((rows, k), dtype=np.float32)
-        fresh *= self.rms[:, None]
+        k = min(max(n // 8, 1), self.size - c)
+        fresh = self.rng.standard_normal(k, dtype=np.float32)
+        fresh *= self.rms[row]
         fresh += np.float32(0.5)
-        self.pool[:, c : c + k] = fresh
-        self._cursor = (c + k) % self.size
+        self.pool[row, c : c + k] = fresh
+        self._row = (row + 1) % self.rms.size
+        if self._row == 0:
+            self._cursor = (c + k) % self.size
 
 
 def digitise_primitives(
@@ -244,14 +250,14 @@ def waveforms(
         for r in range(int(rank.max()) + 1):
             sel = np.flatnonzero(rank == r)
             h = pulses.heights[sel]
-            nz_p, nz_c = np.nonzero(h > MIN_PULSE)
+            nz_p, nz_c = np.nonzero(h > MIN_PULSE)  # only channels with a deposit
             if nz_p.size == 0:
                 continue
             p = sel[nz_p]
             win = pulses.win[p]
             peak = phase[win] + pulses.dt_ns[p] + time_offset_ns[nz_c]
             flat_rows = shapes.rows(peak)
-            flat_rows += shapes.shape_of_channel[nz_c] * shapes.n_pos
+            flat_rows += shapes.row_offset[nz_c]
             contrib = np.take(shapes.flat_windows, flat_rows, axis=0)  # (M, ns)
             contrib *= h[nz_p, nz_c][:, None]
             flat[win * nch + nz_c] += contrib

@@ -71,14 +71,24 @@ class SpillCounters:
     n_late_slices: int = 0  # realtime: slices sent later than one slice length after their deadline
     max_lateness_ms: float = 0.0
     cpu_s: float = 0.0  # CPU time of the front-end process during the spill
+    # bookkeeping while the spill is open (cleared at SPILL_END so that long runs stay small)
     requested: set[int] = field(default_factory=set)
     sent: set[int] = field(default_factory=set)
+    outstanding: int = 0  # slices sent but not yet requested
+    last_sent: int = -1
+    stalled_ids: set[int] = field(default_factory=set)
+    closed: bool = False
 
     def public(self) -> dict[str, float]:
         d = asdict(self)
-        d.pop("requested")
-        d.pop("sent")
+        for name in ("requested", "sent", "stalled_ids", "closed", "last_sent", "outstanding"):
+            d.pop(name)
         return d
+
+    def was_sent(self, slice_id: int) -> bool:
+        if not self.closed:
+            return slice_id in self.sent
+        return 0 <= slice_id <= self.last_sent and slice_id not in self.stalled_ids
 
 
 class FrontEnd:
@@ -111,7 +121,7 @@ class FrontEnd:
         self.prim_channels = detector.default_primitive_channels(config.beam.beam_cell)
         self._prim = self.prim_channels.astype(np.intp)
         self._work = np.empty(0, np.float32)
-        self.prim_noise = PrimitiveNoise(self.electronics.noise[self._prim], noise_rng, 1 << 17)
+        self.prim_noise = PrimitiveNoise(self.electronics.noise[self._prim], noise_rng, 1 << 16)
         self._noisy_prim = self.faults.of("noisy")
         self.wave_pool = self.readout_rng.standard_normal(pool, dtype=np.float32)
         self.slice_ns = round(config.readout.slice_ms * 1e6)
@@ -119,7 +129,6 @@ class FrontEnd:
         self.n_slices = math.ceil(self.spill_ns / self.slice_ns)
         self.buffer: OrderedDict[tuple[int, int], SliceRecord] = OrderedDict()
         self.keep = math.ceil(config.readout.latency_buffer_s * 1e9 / self.slice_ns) + 2
-        self.sent_keys: set[tuple[int, int]] = set()
         self.counters: dict[int, SpillCounters] = {}
         self.spill_index: dict[int, int] = {}
         self.run_unknown_requests = 0
@@ -178,6 +187,9 @@ class FrontEnd:
 
     def end_spill(self, spill: int, wall_ns: int) -> protocol.SpillEnd:
         c = self.counters[spill]
+        c.closed = True
+        c.sent.clear()
+        c.requested.clear()
         return protocol.SpillEnd(
             run=self.config.run,
             spill=spill,
@@ -194,8 +206,7 @@ class FrontEnd:
 
     def spill_complete(self, spill: int) -> bool:
         """True when every slice sent in ``spill`` has been requested (and so answered)."""
-        c = self.counters[spill]
-        return c.sent <= c.requested
+        return self.counters[spill].outstanding == 0
 
     def electronics_state(self, spill: int, t_s: float) -> SliceState:
         return self.faults.state(self.spill_index.get(spill, 0), spill, t_s)
@@ -231,7 +242,9 @@ class FrontEnd:
         n = len(batch)
         if self._work.size < prim.size * n:  # one reused float32 work buffer: no fresh pages per slice
             self._work = np.empty(prim.size * max(n, int(self._work.size / prim.size * 1.5)), np.float32)
-        heights = self.model.primitives(batch, state.gain32[prim], out=self._work[: prim.size * n].reshape(prim.size, n))
+        heights = self.model.primitives(
+            batch, state.gain32[prim], out=self._work[: prim.size * n].reshape(prim.size, n)
+        )
         sat = state.saturation[prim]
         if np.isfinite(sat).any():
             np.minimum(heights, sat.astype(np.float32)[:, None], out=heights)
@@ -259,7 +272,8 @@ class FrontEnd:
         c.n_slices += 1
         c.n_particles += len(rec.batch)
         c.sent.add(slice_id)
-        self.sent_keys.add((spill, slice_id))
+        c.outstanding += 1
+        c.last_sent = max(c.last_sent, slice_id)
         return protocol.Slice(
             run=self.config.run,
             spill=spill,
@@ -276,6 +290,7 @@ class FrontEnd:
         rec = self.prepare(spill, slice_id)
         rec.amp = None
         self.counters[spill].n_stalled_slices += 1
+        self.counters[spill].stalled_ids.add(slice_id)
 
     # ------------------------------------------------------------ readout
     def answer(self, req: protocol.ReadoutRequest) -> list[protocol.Fragment]:
@@ -287,10 +302,13 @@ class FrontEnd:
             log.warning("readout request for unknown spill %d slice %d: header-only answer", spill, sid)
             return self._header_only(req, None)
         c.n_requests += 1
-        c.requested.add(sid)
+        sent = c.was_sent(sid)
+        if sent and not c.closed and sid not in c.requested:
+            c.requested.add(sid)
+            c.outstanding -= 1
         rec = self.buffer.get((spill, sid))
-        if rec is None or (spill, sid) not in self.sent_keys:
-            if (spill, sid) in self.sent_keys:
+        if rec is None or not sent:
+            if sent:
                 c.n_expired += 1
             else:
                 c.n_unknown += 1
@@ -376,7 +394,12 @@ class FrontEnd:
                 )
         wins, dts, subs, keys, states, invs = [], [], [], [], [], []
         n_unique = 0
-        for sid in (rec.slice_id - 1, rec.slice_id, rec.slice_id + 1):
+        sources = [rec.slice_id]
+        if k and int(trig.min()) - self.window_before_ns < rec.t0_ns:
+            sources.insert(0, rec.slice_id - 1)  # pile-up from the end of the previous slice
+        if k and int(trig.max()) + self.window_after_ns >= rec.t0_ns + rec.length_ns:
+            sources.append(rec.slice_id + 1)  # ... or from the start of the next one
+        for sid in sources:
             src = self.buffer.get((rec.spill, sid))
             if src is None or src.batch.t_ns is None or len(src.batch) == 0:
                 continue

@@ -590,7 +590,7 @@ class BeamModel:
         )
         srd_h = -c.srd.hadron_mean_mev * np.log(u[:, _U_SRDH])
         dep[:, _SRD] = np.where((b.kind == Kind.ELECTRON)[:, None], srd_e, srd_h)
-        downstream = np.flatnonzero(np.isin(b.process, _DOWNSTREAM))
+        downstream = np.flatnonzero(_IS_DOWNSTREAM[b.process])
         if downstream.size:
             sub = b.take(downstream)
             us = u[downstream]
@@ -659,7 +659,7 @@ _COUNTER = slice(int(detector.COUNTER_IDS[0]), int(detector.COUNTER_IDS[-1]) + 1
 _U_HMOD, _U_HLAT, _U_HMIP = slice(0, 8), slice(8, 26), slice(26, 34)
 _U_VN, _U_VE, _U_SRD, _U_SRDH = slice(34, 37), slice(37, 43), slice(43, 49), slice(49, 52)
 _N_U = 52
-#: processes that put energy downstream of the ECAL (HCAL, VETO)
+#: processes that put energy downstream of the ECAL (HCAL, VETO), and a lookup by process code
 _DOWNSTREAM = np.array(
     [
         Process.ELECTRONUCLEAR,
@@ -671,6 +671,8 @@ _DOWNSTREAM = np.array(
     ],
     dtype=np.uint8,
 )
+_IS_DOWNSTREAM = np.zeros(256, bool)
+_IS_DOWNSTREAM[_DOWNSTREAM] = True
 
 
 def bernoulli_positions(n: int, p: float, rng: np.random.Generator) -> np.ndarray:

@@ -26,8 +26,6 @@ log = logging.getLogger(__name__)
 
 #: read waveforms in blocks of this many events (keeps each h5py call, and the GIL hold, short)
 READ_BLOCK = 2048
-#: bit g of ``missing_groups``: readout group g had no data
-ALL_GROUPS = (1 << detector.N_GROUPS) - 1
 _GROUP_SLICES = tuple(slice(int(ids[0]), int(ids[-1]) + 1) for ids in detector.GROUP_IDS)
 
 

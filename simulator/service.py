@@ -166,7 +166,7 @@ class Service:
         timeout = last_sent + self.config.readout.request_timeout_s
         while not fe.spill_complete(spill) and time.monotonic() < timeout:
             self._serve_until(min(timeout, time.monotonic() + 0.05))
-        missing = len(c.sent - c.requested)
+        missing = c.outstanding
         if missing:
             log.warning(
                 "spill %d: %d slices were never requested (timeout %.1f s)",
@@ -193,7 +193,9 @@ class Service:
         fe.skip_slice(spill, i)
         self._stall_slices += 1
         # a stall lasts its length in wall-clock time, also when behind schedule or in max pacing
-        end = max(deadline if self.realtime else 0.0, self._stall_started + self._stall_slices * fe.slice_ns / 1e9)
+        end = max(
+            deadline if self.realtime else 0.0, self._stall_started + self._stall_slices * fe.slice_ns / 1e9
+        )
         while time.monotonic() < end and not self.stop_requested:
             self._heartbeat_if_due()
             time.sleep(min(0.01, max(end - time.monotonic(), 0)))
@@ -218,12 +220,12 @@ class Service:
             return
         c = self.fe.counters[spill]
         deadline = time.monotonic() + self.config.readout.request_timeout_s
-        while len(c.sent) - len(c.requested & c.sent) >= limit and not self.stop_requested:
+        while c.outstanding >= limit and not self.stop_requested:
             if time.monotonic() > deadline:
                 log.warning(
                     "spill %d: DAQ lags by %d slices for %.1f s; going on",
                     spill,
-                    len(c.sent - c.requested),
+                    c.outstanding,
                     self.config.readout.request_timeout_s,
                 )
                 return

@@ -113,6 +113,8 @@ def take_run(
         procs.append(sim)
         try:
             sim_rc = sim.wait(timeout=timeout)
+            if sim_rc != 0:
+                daq.terminate()  # the run never started or ended early: do not wait for a RUN_STOP
             daq_rc = daq.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             raise AssertionError(f"run {name} timed out; logs in {out}") from None

@@ -82,5 +82,7 @@ def test_refuses_input_it_cannot_fit() -> None:
         shower_gains(amp[:20], 1e5, prior)
     with pytest.raises(ValueError, match="prior_gain"):
         shower_gains(amp, 1e5, prior[:5])
+    with pytest.raises(ValueError, match=r"electron peak is at 2.0\d x the expected"):
+        shower_gains(amp, 5e4, prior)  # told 50 GeV for a 100 GeV beam
     with pytest.raises(ValueError, match="target_mev"):
         shower_gains(amp, -1.0, prior)

@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +38,9 @@ class DaqProcess:
         return self.log.read_text() if self.log.exists() else ""
 
 
-def start_daq(tmp: Path, *extra: str, data_dir: Path | None = None, preexec=None) -> DaqProcess:  # type: ignore[no-untyped-def]
+def start_daq(
+    tmp: Path, *extra: str, data_dir: Path | None = None, preexec: Callable[[], None] | None = None
+) -> DaqProcess:
     """Start ``na64 daq`` and wait until it listens (its status appears on the publish socket)."""
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     publish = f"tcp://127.0.0.1:{free_port()}"
@@ -46,8 +48,14 @@ def start_daq(tmp: Path, *extra: str, data_dir: Path | None = None, preexec=None
     log = tmp / f"daq-{time.monotonic_ns()}.log"
     cmd = na64_command("daq", "--endpoint", endpoint, "--publish", publish, "--data-dir", str(data), *extra)
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, preexec_fn=preexec,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            preexec_fn=preexec,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     d = DaqProcess(proc, endpoint, publish, data, log)
     lis = Listener(publish)
     try:

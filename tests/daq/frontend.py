@@ -96,17 +96,24 @@ class FakeFrontEnd:
 
     def run_start(self) -> None:
         info = json.dumps({"name": "test-frontend", "seed": self.seed})
-        self.send(protocol.RunStart(
-            run=self.run, n_samples=self.n_samples, n_channels=detector.N_CHANNELS,
-            prim_channels=self.prim_channels, info=protocol.RunStart.info_bytes(info),
-        ))
+        self.send(
+            protocol.RunStart(
+                run=self.run,
+                n_samples=self.n_samples,
+                n_channels=detector.N_CHANNELS,
+                prim_channels=self.prim_channels,
+                info=protocol.RunStart.info_bytes(info),
+            )
+        )
 
     def spill_start(self, spill: int) -> None:
         self.spill = spill
         self.counters = Counters()
         self.send(protocol.SpillStart(run=self.run, spill=spill, t_start_ns=time.time_ns()))
 
-    def make_slice(self, slice_id: int, n: int, slice_ns: int = 1_000_000, low_fraction: float = 0.2) -> SentSlice:
+    def make_slice(
+        self, slice_id: int, n: int, slice_ns: int = 1_000_000, low_fraction: float = 0.2
+    ) -> SentSlice:
         """n particles: mostly 100 GeV electrons (ECAL block ~95 GeV), ``low_fraction`` with a low ECAL
         energy (physics candidates), 10% failing S_trig (V1 fires)."""
         rng = self.rng
@@ -118,13 +125,18 @@ class FakeFrontEnd:
         e_prs = np.clip(rng.normal(3.0, 1.0, n), 0.05, None)
         v1 = np.where(rng.random(n) < 0.1, 2000, 0)
         batch = make_batch(
-            counters={"V1": v1}, ecal_block_gev=e_ecal * 0.8, ecal_cells_gev={(1, 3): e_ecal * 0.1, (3, 3): e_ecal * 0.1},
-            prs_block_gev=e_prs, t_ns=t,
+            counters={"V1": v1},
+            ecal_block_gev=e_ecal * 0.8,
+            ecal_cells_gev={(1, 3): e_ecal * 0.1, (3, 3): e_ecal * 0.1},
+            prs_block_gev=e_prs,
+            t_ns=t,
         )
         full = np.zeros((n, detector.N_CHANNELS), np.float64)
         full[:, self.prim_channels.astype(np.intp)] = batch.amp.T
         hc = detector.hcal_id(3, 1, 1)
-        full[:, hc] = np.rint(np.clip(100.0 - e_ecal, 0, None) * 1000 * detector.NOMINAL_GAIN[detector.Detector.HCAL])
+        full[:, hc] = np.rint(
+            np.clip(100.0 - e_ecal, 0, None) * 1000 * detector.NOMINAL_GAIN[detector.Detector.HCAL]
+        )
         full[:, detector.SRD_IDS] = 1200.0
         full = np.clip(full, 0, detector.ADC_MAX - 300)  # keep pulses inside the 12-bit range
         amp = np.minimum(batch.amp, detector.ADC_MAX - 300).astype(np.uint16)
@@ -135,18 +147,34 @@ class FakeFrontEnd:
         self.slices[(self.spill, s.slice_id)] = s
         self.counters.n_slices += 1
         self.counters.n_particles += s.t_ns.size
-        return self.send(protocol.Slice(
-            run=self.run, spill=self.spill, slice_id=s.slice_id, t0_ns=s.slice_id * slice_ns, length_ns=slice_ns,
-            n_particles=s.t_ns.size, t_ns=s.t_ns, amp=s.amp,
-        ), seq)
+        return self.send(
+            protocol.Slice(
+                run=self.run,
+                spill=self.spill,
+                slice_id=s.slice_id,
+                t0_ns=s.slice_id * slice_ns,
+                length_ns=slice_ns,
+                n_particles=s.t_ns.size,
+                t_ns=s.t_ns,
+                amp=s.amp,
+            ),
+            seq,
+        )
 
     def waveforms(self, s: SentSlice, index: np.ndarray) -> np.ndarray:
         """Waveforms (K, 110, S) of the requested entries; random triggers get pedestals only."""
         amp = np.zeros((index.size, detector.N_CHANNELS))
         part = index != NO_PARTICLE
         amp[part] = s.full_amp[index[part].astype(np.intp)]
-        return synthesize(amp, peak_ns=125.0, pedestal_even=200, pedestal_odd=203, noise=1.0,
-                          n_samples=self.n_samples, rng=self.rng)
+        return synthesize(
+            amp,
+            peak_ns=125.0,
+            pedestal_even=200,
+            pedestal_odd=203,
+            noise=1.0,
+            n_samples=self.n_samples,
+            rng=self.rng,
+        )
 
     def recv_request(self, timeout_s: float = 10.0) -> protocol.ReadoutRequest:
         if not self.sock.poll(int(timeout_s * 1000)):
@@ -173,13 +201,21 @@ class FakeFrontEnd:
             elif what == "truncated":
                 k = max(index.size - 1, 0)
                 frag = protocol.Fragment(
-                    **base, n_events=k, n_channels=len(ids), n_samples=self.n_samples,
-                    index=index[:k].astype(np.uint32), waveforms=np.ascontiguousarray(wf[:k][:, ids]),
+                    **base,
+                    n_events=k,
+                    n_channels=len(ids),
+                    n_samples=self.n_samples,
+                    index=index[:k].astype(np.uint32),
+                    waveforms=np.ascontiguousarray(wf[:k][:, ids]),
                 )
             else:
                 frag = protocol.Fragment(
-                    **base, n_events=index.size, n_channels=len(ids), n_samples=self.n_samples,
-                    index=index.astype(np.uint32), waveforms=np.ascontiguousarray(wf[:, ids]),
+                    **base,
+                    n_events=index.size,
+                    n_channels=len(ids),
+                    n_samples=self.n_samples,
+                    index=index.astype(np.uint32),
+                    waveforms=np.ascontiguousarray(wf[:, ids]),
                 )
                 sent_any = True
             self.send(frag)
@@ -191,7 +227,9 @@ class FakeFrontEnd:
             self.counters.n_events_read += index.size
         self.answered[(req.spill, req.slice_id)] = (index.copy(), np.asarray(req.t_ns).copy(), wf)
 
-    def serve(self, n: int, policy: Policy = always_ok, timeout_s: float = 10.0) -> list[protocol.ReadoutRequest]:
+    def serve(
+        self, n: int, policy: Policy = always_ok, timeout_s: float = 10.0
+    ) -> list[protocol.ReadoutRequest]:
         out = []
         for _ in range(n):
             req = self.recv_request(timeout_s)

@@ -29,8 +29,15 @@ def request(ro: Readout, slice_id: int = 1, k: int = 3, now: float = 0.0) -> tup
 def fragment(index: np.ndarray, wf: np.ndarray, g: int, slice_id: int = 1, **kw: object) -> protocol.Fragment:
     ids = detector.GROUP_IDS[g]
     args: dict[str, object] = {
-        "run": 1, "spill": 1, "slice_id": slice_id, "source": g, "n_events": index.size, "n_channels": len(ids),
-        "n_samples": wf.shape[2], "index": index, "waveforms": np.ascontiguousarray(wf[:, ids]),
+        "run": 1,
+        "spill": 1,
+        "slice_id": slice_id,
+        "source": g,
+        "n_events": index.size,
+        "n_channels": len(ids),
+        "n_samples": wf.shape[2],
+        "index": index,
+        "waveforms": np.ascontiguousarray(wf[:, ids]),
     }
     args.update(kw)
     return protocol.Fragment(**args)  # type: ignore[arg-type]
@@ -70,8 +77,12 @@ def test_empty_truncated_duplicate_unexpected_and_timeout() -> None:
     assert ro.expire(now=1.0, timeout_s=5.0) == []
     (out,) = ro.expire(now=10.0, timeout_s=5.0)  # groups 4 and 5 never came
     assert out.missing_groups.tolist() == [0b111110] * 3
-    assert dict(ro.losses) == {"empty_fragment": 1, "truncated_fragment": 2, "unexpected_fragment": 3,
-                               "fragment_timeout": 2}
+    assert dict(ro.losses) == {
+        "empty_fragment": 1,
+        "truncated_fragment": 2,
+        "unexpected_fragment": 3,
+        "fragment_timeout": 2,
+    }
     assert not out.waveforms[:, detector.GROUP_IDS[1]].any() and out.waveforms[:, detector.GROUP_IDS[0]].any()
     assert not out.energy[:, detector.GROUP_IDS[2]].any()
     # a late fragment of the closed request is unexpected
@@ -82,8 +93,9 @@ def test_zero_event_requests_complete_without_losses() -> None:
     ro = Readout(nominal(), n_prim=N_PRIM)
     index, wf = request(ro, k=0)
     for g in range(detector.N_GROUPS):
-        out, reason = ro.add_fragment(fragment(index, wf, g) if g % 2 else protocol.Fragment(
-            run=1, spill=1, slice_id=1, source=g))  # header-only answers of an empty request are fine
+        out, reason = ro.add_fragment(
+            fragment(index, wf, g) if g % 2 else protocol.Fragment(run=1, spill=1, slice_id=1, source=g)
+        )  # header-only answers of an empty request are fine
         assert reason is None
     assert out is not None and len(out) == 0 and not ro.losses
 
@@ -113,7 +125,11 @@ def test_compare_counters_and_losses() -> None:
 def test_spill_histograms() -> None:
     h = SpillHistograms(arrival_bins=10, ecal_bins=12, ecal_max_gev=120.0, prs_bins=10, prs_max_gev=10.0)
     t = np.array([0, 999_999, 1_000_000, 45_000_000, 49_999_999], np.int64)
-    h.fill(t, np.array([0.0, 5.0, 119.9, 150.0, 60.0], np.float32), np.array([0.1, 0.2, 3.0, 11.0, 9.99], np.float32))
+    h.fill(
+        t,
+        np.array([0.0, 5.0, 119.9, 150.0, 60.0], np.float32),
+        np.array([0.1, 0.2, 3.0, 11.0, 9.99], np.float32),
+    )
     h.fill(t[:0], t[:0].astype(np.float32), t[:0].astype(np.float32), t_end_ns=50_000_000)
     res = h.result()
     counts, edges, unit = res["arrival_time"]

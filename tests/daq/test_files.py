@@ -35,30 +35,49 @@ def batch(n: int, first_id: int = 0, seed: int = 0) -> EventBatch:
     index = np.arange(n, dtype=np.uint32)
     index[::5] = NO_PARTICLE
     return EventBatch(
-        event_id=np.arange(first_id, first_id + n, dtype=np.uint64), slice=np.full(n, 3, np.uint32), index=index,
-        t_ns=np.arange(n, dtype=np.int64) * 1000 + first_id, trigger_mask=rng.integers(0, 2048, n).astype(np.uint32),
-        missing_groups=(np.arange(n) % 3 == 0).astype(np.uint8), sums=rng.random((6, n)).astype(np.float32),
-        energy=rng.random((n, 110)).astype(np.float32), amplitude=rng.random((n, 110)).astype(np.float32),
-        peak_time=rng.random((n, 110)).astype(np.float32), pileup=rng.random((n, 110)) > 0.8,
+        event_id=np.arange(first_id, first_id + n, dtype=np.uint64),
+        slice=np.full(n, 3, np.uint32),
+        index=index,
+        t_ns=np.arange(n, dtype=np.int64) * 1000 + first_id,
+        trigger_mask=rng.integers(0, 2048, n).astype(np.uint32),
+        missing_groups=(np.arange(n) % 3 == 0).astype(np.uint8),
+        sums=rng.random((6, n)).astype(np.float32),
+        energy=rng.random((n, 110)).astype(np.float32),
+        amplitude=rng.random((n, 110)).astype(np.float32),
+        peak_time=rng.random((n, 110)).astype(np.float32),
+        pileup=rng.random((n, 110)) > 0.8,
         waveforms=rng.integers(190, 260, (n, 110, 32)).astype(np.uint16),
         prim_amp=rng.integers(0, 4000, (N_PRIM, n)).astype(np.uint16),
     )
 
 
 def write(tmp: Path, batches: list[EventBatch], run: int = 2, spill: int = 9, **cfg: object) -> Path:
-    header = SpillHeader(run=run, spill=spill, t_start_ns=1_700_000_000_000_000_000, config={"trigger": {"x": 1}},
-                         trigger={"prs_min_gev": 0.3, "ecal_max_gev": 80.0, "beam_prescale": 2000,
-                                  "dead_time_ns": 5000, "random_period_ns": 10_000_000},
-                         calibration_id="cal-7", frontend_info='{"name": "fe"}')
+    header = SpillHeader(
+        run=run,
+        spill=spill,
+        t_start_ns=1_700_000_000_000_000_000,
+        config={"trigger": {"x": 1}},
+        trigger={
+            "prs_min_gev": 0.3,
+            "ecal_max_gev": 80.0,
+            "beam_prescale": 2000,
+            "dead_time_ns": 5000,
+            "random_period_ns": 10_000_000,
+        },
+        calibration_id="cal-7",
+        frontend_info='{"name": "fe"}',
+    )
     w = SpillWriter(tmp, header, WriterConfig(fsync=False, **cfg))  # type: ignore[arg-type]
     assert w.partial_path.exists() and not w.final_path.exists()
     for b in batches:
         w.append(b)
     n = sum(len(b) for b in batches)
     final = SpillFinal(
-        status="ok", t_end_ns=1_700_000_004_800_000_000,
+        status="ok",
+        t_end_ns=1_700_000_004_800_000_000,
         counters={"n_beam": 12345, "n_particles": 13000, "n_accepted": n, "triggers_physics": 4},
-        losses={"duplicate": 0, "dead_time": 3}, frontend={"n_slices": 480},
+        losses={"duplicate": 0, "dead_time": 3},
+        frontend={"n_slices": 480},
         histograms={"ecal_block_gev": (np.arange(4), np.linspace(0, 120, 5), "GeV")},
         summary={"run": run, "spill": spill, "n_beam": 12345, "triggers": {"physics": 4}},
     )
@@ -130,7 +149,7 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
         SpillFile(tmp_path / "run000001_spill00001.h5")
     text = tmp_path / "notes.h5"
     text.write_text("hello")
-    with pytest.raises(SpillFileError, match="notes.h5: not an HDF5 file"):
+    with pytest.raises(SpillFileError, match=r"notes\.h5: not an HDF5 file"):
         SpillFile(text)
     other = tmp_path / "other.h5"
     with h5py.File(other, "w") as f:
@@ -174,18 +193,28 @@ def test_writer_thread_open_append_close_and_failure(tmp_path: Path) -> None:
         assert wt.try_put(("append", batch(10)))
         assert wt.try_put(("close", SpillFinal(), fut))
         res = fut.result(30)
-        assert res.status == "ok" and res.n_events_written == 10 and res.path is not None and res.path.exists()
+        assert (
+            res.status == "ok" and res.n_events_written == 10 and res.path is not None and res.path.exists()
+        )
         # a spill whose file cannot be created fails, and the thread goes on
         blocker = tmp_path / "data" / partial_filename(1, 2)
         blocker.mkdir()
         fut2: concurrent.futures.Future = concurrent.futures.Future()
-        for cmd in (("open", SpillHeader(run=1, spill=2)), ("append", batch(4)), ("close", SpillFinal(), fut2)):
+        for cmd in (
+            ("open", SpillHeader(run=1, spill=2)),
+            ("append", batch(4)),
+            ("close", SpillFinal(), fut2),
+        ):
             assert wt.try_put(cmd)
         res2 = fut2.result(30)
         assert res2.status == "failed" and res2.path is None and res2.n_events_lost == 4
         assert "cannot create" in res2.error
         fut3: concurrent.futures.Future = concurrent.futures.Future()
-        for cmd in (("open", SpillHeader(run=1, spill=3)), ("append", batch(2)), ("close", SpillFinal(), fut3)):
+        for cmd in (
+            ("open", SpillHeader(run=1, spill=3)),
+            ("append", batch(2)),
+            ("close", SpillFinal(), fut3),
+        ):
             assert wt.try_put(cmd)
         assert fut3.result(30).status == "ok"
     finally:
@@ -208,8 +237,9 @@ def test_inspect_cli(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "run 2  spill 9  status ok" in out.stdout and "EOT        12,345" in out.stdout
     assert "lz4" in out.stdout and "physics 4" in out.stdout
-    js = subprocess.run(na64_command("inspect", "--json", str(tmp_path)), capture_output=True, text=True,
-                        timeout=60)
+    js = subprocess.run(
+        na64_command("inspect", "--json", str(tmp_path)), capture_output=True, text=True, timeout=60
+    )
     assert js.returncode == 0
     (doc,) = json.loads(js.stdout)
     assert doc["n_beam"] == 12345 and doc["n_events_written"] == 5 and doc["calibration_id"] == "cal-7"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -48,12 +50,19 @@ def electron(**kw: object) -> Batch:
 
 def test_a_handful_of_particles() -> None:
     trig = Trigger(quiet())
-    batch = make_batch(ecal_block_gev=[40.0, 100.0, 40.0, 40.0], prs_block_gev=[2.0, 2.0, 0.0, 2.0],
-                       counters={"V1": [0, 0, 0, 2000]}, t_ns=[100, 2000, 3000, 4000])
+    batch = make_batch(
+        ecal_block_gev=[40.0, 100.0, 40.0, 40.0],
+        prs_block_gev=[2.0, 2.0, 0.0, 2.0],
+        counters={"V1": [0, 0, 0, 2000]},
+        t_ns=[100, 2000, 3000, 4000],
+    )
     d = trig.evaluate(batch)
     assert d.accept.tolist() == [True, False, False, False]
     assert [mask_names(int(m)) for m in d.mask] == [
-        ["PHYSICS", "S_TRIG", "S_PRS", "S_EC"], ["S_TRIG", "S_PRS"], ["S_TRIG", "S_EC"], ["S_PRS", "S_EC"],
+        ["PHYSICS", "S_TRIG", "S_PRS", "S_EC"],
+        ["S_TRIG", "S_PRS"],
+        ["S_TRIG", "S_EC"],
+        ["S_PRS", "S_EC"],
     ]
     assert d.e_ecal == pytest.approx([40.0, 100.0, 40.0, 40.0], abs=ECAL_COUNT_GEV)
     assert d.index.tolist() == [0] and d.t_ns.tolist() == [100]
@@ -152,11 +161,19 @@ def test_a_block_outside_the_primitives_is_a_config_error() -> None:
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("prs_min_gev", -0.1), ("ecal_max_gev", 0), ("s0_adc", 70000), ("beam_prescale", -1),
-     ("random_period_ns", -5), ("dead_time_ns", -1), ("masked_cells", ["HCAL0_11"]), ("beam_cell", [4, 5])],
+    [
+        ("prs_min_gev", -0.1),
+        ("ecal_max_gev", 0),
+        ("s0_adc", 70000),
+        ("beam_prescale", -1),
+        ("random_period_ns", -5),
+        ("dead_time_ns", -1),
+        ("masked_cells", ["HCAL0_11"]),
+        ("beam_cell", [4, 5]),
+    ],
 )
 def test_invalid_settings_name_the_key(key: str, value: object) -> None:
-    with pytest.raises(ConfigError, match=f"config error at trigger"):
+    with pytest.raises(ConfigError, match="config error at trigger"):
         from_dict(TriggerConfig, {key: value}, "trigger")
 
 
@@ -172,8 +189,11 @@ def test_calibrated_gains_change_the_energies() -> None:
 def test_calibrated_and_nominal_paths_agree_away_from_thresholds() -> None:
     rng = np.random.default_rng(4)
     n = 5000
-    batch = make_batch(ecal_block_gev=rng.uniform(0, 120, n), prs_block_gev=rng.uniform(0, 1, n),
-                       ecal_cells_gev={(1, 2): rng.uniform(0, 5, n)})
+    batch = make_batch(
+        ecal_block_gev=rng.uniform(0, 120, n),
+        prs_block_gev=rng.uniform(0, 1, n),
+        ecal_cells_gev={(1, 2): rng.uniform(0, 5, n)},
+    )
     gains = detector.nominal_gains() * (1 + 1e-9 * rng.random(detector.N_CHANNELS))  # not exactly equal
     uniform = Trigger(quiet()).evaluate(batch)
     general = Trigger(quiet(), nominal().replace(gain=gains)).evaluate(batch)
@@ -274,13 +294,14 @@ particles = st.integers(min_value=1, max_value=60).flatmap(
 
 def _batch(p: tuple[list[float], list[float], list[int], list[int]]) -> Batch:
     e, prs, v1, t = p
-    return make_batch(ecal_block_gev=e, prs_block_gev=prs, counters={"V1": v1}, t_ns=np.sort(t),
-                      length_ns=30_000)
+    return make_batch(
+        ecal_block_gev=e, prs_block_gev=prs, counters={"V1": v1}, t_ns=np.sort(t), length_ns=30_000
+    )
 
 
 @settings(max_examples=60, deadline=None)
 @given(particles, st.floats(1, 120), st.floats(0, 40))
-def test_raising_the_ecal_threshold_never_removes_a_physics_event(p, low: float, more: float) -> None:  # type: ignore[no-untyped-def]
+def test_raising_the_ecal_threshold_never_removes_a_physics_event(p, low: float, more: float) -> None:
     b = _batch(p)
     before = Trigger(quiet(ecal_max_gev=low)).evaluate(b)
     after = Trigger(quiet(ecal_max_gev=low + more)).evaluate(b)
@@ -290,7 +311,7 @@ def test_raising_the_ecal_threshold_never_removes_a_physics_event(p, low: float,
 
 @settings(max_examples=60, deadline=None)
 @given(particles, st.floats(0, 2), st.floats(0, 1))
-def test_lowering_the_prs_threshold_never_removes_a_physics_event(p, high: float, less: float) -> None:  # type: ignore[no-untyped-def]
+def test_lowering_the_prs_threshold_never_removes_a_physics_event(p, high: float, less: float) -> None:
     b = _batch(p)
     before = Trigger(quiet(prs_min_gev=high)).evaluate(b)
     after = Trigger(quiet(prs_min_gev=max(high - less, 0))).evaluate(b)
@@ -299,7 +320,7 @@ def test_lowering_the_prs_threshold_never_removes_a_physics_event(p, high: float
 
 @settings(max_examples=60, deadline=None)
 @given(particles, st.lists(st.integers(0, 30_000), max_size=4))
-def test_splitting_a_batch_changes_nothing(p, cuts: list[int]) -> None:  # type: ignore[no-untyped-def]
+def test_splitting_a_batch_changes_nothing(p, cuts: list[int]) -> None:
     """Prescale, random clock and dead time carry across batches: any split gives the same triggers."""
     b = _batch(p)
     cfg = TriggerConfig(beam_prescale=3, random_period_ns=4000, dead_time_ns=2500)
@@ -308,7 +329,7 @@ def test_splitting_a_batch_changes_nothing(p, cuts: list[int]) -> None:  # type:
     edges = sorted({0, 30_000, *cuts})
     got_t: list[int] = []
     got_m: list[int] = []
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    for lo, hi in itertools.pairwise(edges):
         sel = (b.t_ns >= lo) & (b.t_ns < hi)
         d = trig.evaluate(Batch(t_ns=b.t_ns[sel], amp=b.amp[:, sel], t0_ns=lo, length_ns=hi - lo))
         got_t += d.t_ns.tolist()
@@ -319,7 +340,7 @@ def test_splitting_a_batch_changes_nothing(p, cuts: list[int]) -> None:  # type:
 
 @settings(max_examples=40, deadline=None)
 @given(particles)
-def test_accepted_triggers_respect_the_dead_time(p) -> None:  # type: ignore[no-untyped-def]
+def test_accepted_triggers_respect_the_dead_time(p) -> None:
     d = Trigger(TriggerConfig(beam_prescale=2, random_period_ns=3000, dead_time_ns=1000)).evaluate(_batch(p))
     assert np.all(np.diff(d.t_ns) >= 1000)
     assert d.counts["n_accepted"] == d.n_readout

@@ -75,7 +75,9 @@ def test_pileup_second_pulse_and_out_of_time_pulse() -> None:
     small = one_channel(20.0, peak_ns=300.0)  # out of time but tiny: flagged only above threshold
     r = reconstruct(np.concatenate([clean, second, late, small]), GAINS, noise=noise)
     assert r.pileup[:, 0].tolist() == [False, True, True, True]
-    r = reconstruct(np.concatenate([clean, second, late, one_channel(5.0, peak_ns=300.0)]), GAINS, noise=noise)
+    r = reconstruct(
+        np.concatenate([clean, second, late, one_channel(5.0, peak_ns=300.0)]), GAINS, noise=noise
+    )
     assert r.pileup[3, 0] == False  # noqa: E712  below 5 sigma: no pulse, no pile-up
 
 

@@ -19,12 +19,19 @@ BEAM_CELL = detector.ecal_id(*detector.BEAM_CELL)
 
 def make(rate: float = 2e6, faults: tuple[str, ...] = (), seed: int = 1, **sections: dict) -> FrontEnd:
     readout = {"noise_pool_size": 1 << 18, **sections.pop("readout", {})}
-    data: dict = {"beam": {"rate_hz": rate}, "faults": list(faults), "seed": seed, "readout": readout, **sections}
+    data: dict = {
+        "beam": {"rate_hz": rate},
+        "faults": list(faults),
+        "seed": seed,
+        "readout": readout,
+        **sections,
+    }
     return FrontEnd(from_dict(SimConfig, data))
 
 
-def request(fe: FrontEnd, spill: int, sid: int, index: np.ndarray, t_ns: np.ndarray | None = None
-            ) -> list[protocol.Fragment]:
+def request(
+    fe: FrontEnd, spill: int, sid: int, index: np.ndarray, t_ns: np.ndarray | None = None
+) -> list[protocol.Fragment]:
     idx = np.asarray(index, dtype=np.uint32)
     req = protocol.ReadoutRequest(run=1, spill=spill, slice_id=sid, n_events=idx.size, index=idx, t_ns=t_ns)
     return fe.answer(protocol.decode(protocol.encode(req)))  # type: ignore[arg-type]
@@ -32,7 +39,7 @@ def request(fe: FrontEnd, spill: int, sid: int, index: np.ndarray, t_ns: np.ndar
 
 def stitched(frags: list[protocol.Fragment]) -> np.ndarray:
     """(K, 110, ns) from the six fragments."""
-    return np.concatenate([f.waveforms for f in sorted(frags, key=lambda f: f.source)], axis=1)  # type: ignore[misc]
+    return np.concatenate([f.waveforms for f in sorted(frags, key=lambda f: f.source)], axis=1)
 
 
 def amplitude(wf: np.ndarray, ped: np.ndarray) -> np.ndarray:
@@ -69,9 +76,20 @@ def test_pulse_shape_fwhm(fwhm: float) -> None:
 def test_saturation_at_adc_max() -> None:
     fe = make()
     shapes, st = fe.shapes, fe.electronics_state(1, 0.0)
-    pulses = el.WindowPulses(np.array([0]), np.array([0.0]), np.full((1, detector.N_CHANNELS), 10_000, np.float32))
-    wf = el.waveforms(1, np.array([5000]), pulses, shapes, st.baseline, st.noise32, np.random.default_rng(0),
-                      10.0, np.zeros(detector.N_CHANNELS))
+    pulses = el.WindowPulses(
+        np.array([0]), np.array([0.0]), np.full((1, detector.N_CHANNELS), 10_000, np.float32)
+    )
+    wf = el.waveforms(
+        1,
+        np.array([5000]),
+        pulses,
+        shapes,
+        st.baseline,
+        st.noise32,
+        np.random.default_rng(0),
+        10.0,
+        np.zeros(detector.N_CHANNELS),
+    )
     assert wf.max() == detector.ADC_MAX
     assert wf.dtype == np.uint16
 
@@ -217,8 +235,22 @@ def test_truth_rows_of_read_out_particles() -> None:
     np.testing.assert_array_equal(row["t_ns"], msg.t_ns[[5, 1]])
     b = fe.buffer[(1, 0)].batch
     assert row["e_ecal_gev"][0] == pytest.approx(b.e_ecal[5] * 0.99, rel=0.02)  # minus lateral leakage
-    assert set(row) >= {"run", "spill", "slice", "kind", "process", "energy_gev", "x_mm", "y_mm", "e_prs_gev",
-                        "e_hcal_gev", "e_veto_gev", "e_srd_gev", "signal", "e_miss_gev"}
+    assert set(row) >= {
+        "run",
+        "spill",
+        "slice",
+        "kind",
+        "process",
+        "energy_gev",
+        "x_mm",
+        "y_mm",
+        "e_prs_gev",
+        "e_hcal_gev",
+        "e_veto_gev",
+        "e_srd_gev",
+        "signal",
+        "e_miss_gev",
+    }
 
 
 # ---------------------------------------------------------------- faults
@@ -251,7 +283,7 @@ def test_dead_noisy_and_hot_channels() -> None:
     noisy = detector.channel_id("ECAL21")
     assert 15 < (wf[:, noisy, :4] - wf[:, noisy, :4].mean()).std() < 25
     hot = detector.channel_id("SRD0")
-    assert 0 < st.hot_prob[hot] and (wf[:, hot].max(axis=1) - st.baseline[hot].max() > 150).sum() >= 10
+    assert st.hot_prob[hot] > 0 and (wf[:, hot].max(axis=1) - st.baseline[hot].max() > 150).sum() >= 10
 
 
 def test_gain_drift_and_pedestal_jump() -> None:
@@ -265,7 +297,9 @@ def test_gain_drift_and_pedestal_jump() -> None:
     np.testing.assert_allclose(fe.electronics_state(2, 2.4).gain[ecal], 0.97 * g0[ecal], rtol=1e-3)
     prs = detector.PRS_IDS
     assert np.allclose(fe.electronics_state(1, 0.0).pedestal_even[prs], fe.electronics.pedestal_even[prs])
-    assert np.allclose(fe.electronics_state(2, 0.0).pedestal_even[prs], fe.electronics.pedestal_even[prs] + 20)
+    assert np.allclose(
+        fe.electronics_state(2, 0.0).pedestal_even[prs], fe.electronics.pedestal_even[prs] + 20
+    )
 
 
 def test_no_answer_and_empty_fragment_faults() -> None:
@@ -275,7 +309,13 @@ def test_no_answer_and_empty_fragment_faults() -> None:
         fe.slice_message(1, i)
     first = request(fe, 1, 0, np.array([0]))
     assert len(first) == 6 and [f.empty for f in sorted(first, key=lambda f: f.source)] == [
-        False, False, False, False, True, False]
+        False,
+        False,
+        False,
+        False,
+        True,
+        False,
+    ]
     later = request(fe, 1, 3, np.array([0]))  # 30 ms into the spill: HCAL silent from 20 ms on
     assert sorted(f.source for f in later) == [0, 1, 3, 4, 5]
     c = fe.counters[1]

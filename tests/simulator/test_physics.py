@@ -18,8 +18,15 @@ NO_TAILS = TailsConfig(radiative_fraction=0.0, electronuclear_fraction=0.0, dimu
 
 
 def electrons_only(energy: float = 100.0, spread: float = 0.0) -> SimConfig:
-    beam = BeamConfig(energy_gev=energy, momentum_spread=spread, pion_fraction=0.0, kaon_fraction=0.0,
-                      antiproton_fraction=0.0, muon_fraction=0.0, halo_fraction=0.0)
+    beam = BeamConfig(
+        energy_gev=energy,
+        momentum_spread=spread,
+        pion_fraction=0.0,
+        kaon_fraction=0.0,
+        antiproton_fraction=0.0,
+        muon_fraction=0.0,
+        halo_fraction=0.0,
+    )
     return SimConfig(beam=beam, tails=NO_TAILS)
 
 
@@ -98,8 +105,12 @@ def test_particle_composition_as_configured() -> None:
     r = PooledRandoms(np.random.default_rng(5), 1 << 20)
     kinds = np.concatenate([model.generate(200_000, r).kind for _ in range(10)])
     n = kinds.size
-    for kind, p in ((Kind.PION, config.beam.pion_fraction), (Kind.KAON, config.beam.kaon_fraction),
-                    (Kind.ANTIPROTON, config.beam.antiproton_fraction), (Kind.MUON, config.beam.muon_fraction)):
+    for kind, p in (
+        (Kind.PION, config.beam.pion_fraction),
+        (Kind.KAON, config.beam.kaon_fraction),
+        (Kind.ANTIPROTON, config.beam.antiproton_fraction),
+        (Kind.MUON, config.beam.muon_fraction),
+    ):
         got = int((kinds == kind).sum())
         assert abs(got - n * p) < 5 * math.sqrt(n * p * (1 - p)) + 1, (kind, got, n * p)
 
@@ -209,8 +220,18 @@ def test_signal_injection_rates_and_spectra() -> None:
     sig = {"enabled": True, "model": "B-L", "mass_mev": 250.0, "coupling": 1e-4, "rate_per_1e9_eot": 2e6}
     from daq.config import from_dict
 
-    config = from_dict(SimConfig, {"signal": sig, "beam": {"pion_fraction": 0.0, "kaon_fraction": 0.0,
-                                                          "antiproton_fraction": 0.0, "muon_fraction": 0.0}})
+    config = from_dict(
+        SimConfig,
+        {
+            "signal": sig,
+            "beam": {
+                "pion_fraction": 0.0,
+                "kaon_fraction": 0.0,
+                "antiproton_fraction": 0.0,
+                "muon_fraction": 0.0,
+            },
+        },
+    )
     model = BeamModel(config)
     r = PooledRandoms(np.random.default_rng(12), 1 << 20)
     batches = [model.generate(200_000, r) for _ in range(10)]
@@ -238,7 +259,31 @@ def test_signal_injection_rates_and_spectra() -> None:
 
 
 def test_resonant_production_off_when_er_above_beam_energy() -> None:
-    config = replace(SimConfig(), signal=replace(SimConfig().signal, enabled=True, mass_mev=400.0,
-                                                  rate_per_1e9_eot=1e6))
+    config = replace(
+        SimConfig(), signal=replace(SimConfig().signal, enabled=True, mass_mev=400.0, rate_per_1e9_eot=1e6)
+    )
     assert zprime.resonant_energy_gev(400.0) > 100
     assert BeamModel(config).resonant_fraction == 0.0
+
+
+def test_intensity_profiles() -> None:
+    from daq.config import from_dict
+
+    def cfg(**beam: object) -> SimConfig:
+        return from_dict(SimConfig, {"beam": beam})
+
+    assert physics.intensity(1.0, SimConfig()) == 1.0
+    ramp = cfg(profile="ramp", ramp_start=0.5)
+    assert physics.intensity(0.0, ramp) == 0.5 and physics.intensity(2.4, ramp) == pytest.approx(0.75)
+    assert physics.intensity(4.8, ramp) == 1.0
+    spike = cfg(profile="spike", spike_factor=3.0, spike_length_s=0.2)
+    assert physics.intensity(0.1, spike) == 3.0 and physics.intensity(0.3, spike) == 1.0
+
+
+def test_bernoulli_positions_statistics() -> None:
+    rng = np.random.default_rng(13)
+    counts = [physics.bernoulli_positions(20_000, 0.01, rng).size for _ in range(400)]
+    assert np.mean(counts) == pytest.approx(200, rel=0.02)
+    assert np.var(counts) == pytest.approx(200 * 0.99, rel=0.2)  # binomial
+    pos = physics.bernoulli_positions(20_000, 0.01, rng)
+    assert np.all(np.diff(pos) > 0) and pos.min() >= 0 and pos.max() < 20_000

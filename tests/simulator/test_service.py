@@ -82,17 +82,41 @@ class FakeDaq:
             idx = np.append(idx, np.uint32(protocol.NO_PARTICLE))
             t = np.append(t, msg.t0_ns + msg.length_ns // 2)
             self.sent_random[(msg.spill, msg.slice_id)] = 1
-        req = protocol.ReadoutRequest(run=msg.run, spill=msg.spill, slice_id=msg.slice_id, n_events=idx.size,
-                                      index=idx, t_ns=t.astype(np.int64))
+        req = protocol.ReadoutRequest(
+            run=msg.run,
+            spill=msg.spill,
+            slice_id=msg.slice_id,
+            n_events=idx.size,
+            index=idx,
+            t_ns=t.astype(np.int64),
+        )
         self.requests[(msg.spill, msg.slice_id)] = idx
         self.sock.send_multipart([self.ident, *protocol.encode(req)], copy=False)
 
 
-def test_run_over_a_real_socket(router: tuple[zmq.Socket[bytes], str], processes: list, tmp_path: Path) -> None:
+def test_run_over_a_real_socket(
+    router: tuple[zmq.Socket[bytes], str], processes: list, tmp_path: Path
+) -> None:
     sock, endpoint = router
     truth = tmp_path / "truth.h5"
-    p = start(processes, endpoint, "--pace", "max", "--spills", "2", "--spill-length", "0.1", "--rate", "2e5",
-              "--seed", "5", "--run", "7", "--truth", str(truth))
+    p = start(
+        processes,
+        endpoint,
+        "--pace",
+        "max",
+        "--spills",
+        "2",
+        "--spill-length",
+        "0.1",
+        "--rate",
+        "2e5",
+        "--seed",
+        "5",
+        "--run",
+        "7",
+        "--truth",
+        str(truth),
+    )
     daq = FakeDaq(sock, p)
     ends: dict[int, protocol.SpillEnd] = {}
     while True:
@@ -109,7 +133,12 @@ def test_run_over_a_real_socket(router: tuple[zmq.Socket[bytes], str], processes
     assert types[0] == T.RUN_START and types[-1] == T.RUN_STOP
     start_msg = daq.messages[0]
     assert isinstance(start_msg, protocol.RunStart)
-    assert (start_msg.run, start_msg.n_channels, start_msg.n_samples, start_msg.sample_period_ps) == (7, 110, 32, 12500)
+    assert (start_msg.run, start_msg.n_channels, start_msg.n_samples, start_msg.sample_period_ps) == (
+        7,
+        110,
+        32,
+        12500,
+    )
     np.testing.assert_array_equal(start_msg.prim_channels, detector.default_primitive_channels())
     info = json.loads(bytes(start_msg.info).decode())  # type: ignore[arg-type]
     assert info["seed"] == 5 and info["config"]["beam"]["rate_hz"] == 2e5
@@ -117,8 +146,11 @@ def test_run_over_a_real_socket(router: tuple[zmq.Socket[bytes], str], processes
     assert sorted(ends) == [1, 2]
 
     for spill in (1, 2):
-        own = [m for m in daq.messages if m.spill == spill and m.TYPE in (T.SPILL_START, T.SLICE, T.FRAGMENT,
-                                                                           T.SPILL_END)]
+        own = [
+            m
+            for m in daq.messages
+            if m.spill == spill and m.TYPE in (T.SPILL_START, T.SLICE, T.FRAGMENT, T.SPILL_END)
+        ]
         assert own[0].TYPE == T.SPILL_START and own[-1].TYPE == T.SPILL_END  # fragments before SPILL_END
         slices = [m for m in own if isinstance(m, protocol.Slice)]
         assert [s.slice_id for s in slices] == list(range(10))
@@ -143,7 +175,9 @@ def test_run_over_a_real_socket(router: tuple[zmq.Socket[bytes], str], processes
 
     t = read_truth(truth)
     parts = t["particles"]
-    want = {(sp, sl, int(i)) for (sp, sl), idx in daq.requests.items() for i in idx if i != protocol.NO_PARTICLE}
+    want = {
+        (sp, sl, int(i)) for (sp, sl), idx in daq.requests.items() for i in idx if i != protocol.NO_PARTICLE
+    }
     got = set(zip(parts["spill"].tolist(), parts["slice"].tolist(), parts["index"].tolist(), strict=True))
     assert got == want and np.all(parts["run"] == 7)
     k = 0
@@ -151,12 +185,28 @@ def test_run_over_a_real_socket(router: tuple[zmq.Socket[bytes], str], processes
     assert parts["t_ns"][k] == s.t_ns[parts["index"][k]]
     assert t["channels"]["gain"].shape == (110,) and t["attrs"]["seed"] == 5 and t["attrs"]["complete"]
     np.testing.assert_array_equal(t["spills"]["spill"], [1, 2])
+    ecal = detector.ECAL_IDS
+    g0 = t["channels"]["gain"][ecal]
+    np.testing.assert_allclose(t["spills"]["gain_start"][1, ecal], 0.98 * g0, rtol=1e-6)  # -2% per spill
+    np.testing.assert_allclose(t["spills"]["gain_end"][1, ecal], 0.96 * g0, rtol=1e-6)
+    hcal = detector.HCAL_IDS
+    np.testing.assert_array_equal(t["spills"]["gain_end"][1, hcal], t["channels"]["gain"][hcal])
 
 
 def test_sigterm_ends_spill_and_run_cleanly(router: tuple[zmq.Socket[bytes], str], processes: list) -> None:
     sock, endpoint = router
-    p = start(processes, endpoint, "--rate", "2e5", "--spill-length", "30", "--spill-period", "31",
-              "--slice-ms", "20")
+    p = start(
+        processes,
+        endpoint,
+        "--rate",
+        "2e5",
+        "--spill-length",
+        "30",
+        "--spill-period",
+        "31",
+        "--slice-ms",
+        "20",
+    )
     daq = FakeDaq(sock, p)
     n_slices = 0
     while n_slices < 5:
@@ -184,8 +234,20 @@ def test_stall_fault_and_restart(router: tuple[zmq.Socket[bytes], str], processe
     """stall:1:0.1:0.2:restart, realtime: slices 10..29 never come, heartbeats say STALLED meanwhile, then
     the front-end restarts (sequence numbers from 0, a new RUN_START) and the spill goes on."""
     sock, endpoint = router
-    p = start(processes, endpoint, "--rate", "2e4", "--spill-length", "0.5", "--spills", "1",
-              "--fault", "stall:1:0.1:0.2:restart", "--set", "readout.heartbeat_s=0.05")
+    p = start(
+        processes,
+        endpoint,
+        "--rate",
+        "2e4",
+        "--spill-length",
+        "0.5",
+        "--spills",
+        "1",
+        "--fault",
+        "stall:1:0.1:0.2:restart",
+        "--set",
+        "readout.heartbeat_s=0.05",
+    )
     daq = FakeDaq(sock, p)
     daq.seq = _Lenient()  # type: ignore[assignment]
     while True:
@@ -212,9 +274,13 @@ class _Lenient:
 
 @pytest.mark.parametrize(
     ("args", "needle"),
-    [(["--config", "/nonexistent/sim.toml"], "/nonexistent/sim.toml"), (["--fault", "melt:ECAL"], "melt"),
-     (["--signal", "B-L:abc"], "--signal"), (["--set", "beam.rate_hz=-5"], "beam"),
-     (["--signal", "B-7L:100:1e-4:10"], "model")],
+    [
+        (["--config", "/nonexistent/sim.toml"], "/nonexistent/sim.toml"),
+        (["--fault", "melt:ECAL"], "melt"),
+        (["--signal", "B-L:abc"], "--signal"),
+        (["--set", "beam.rate_hz=-5"], "beam"),
+        (["--signal", "B-7L:100:1e-4:10"], "model"),
+    ],
 )
 def test_user_errors_are_one_line_exit_2(args: list[str], needle: str) -> None:
     r = subprocess.run(na64_command("simulate", *args), capture_output=True, text=True, timeout=60)
@@ -225,8 +291,21 @@ def test_user_errors_are_one_line_exit_2(args: list[str], needle: str) -> None:
 
 def test_help_lists_the_flags() -> None:
     r = subprocess.run(na64_command("simulate", "--help"), capture_output=True, text=True, timeout=60)
-    for flag in ("--endpoint", "--rate", "--spills", "--spill-length", "--spill-period", "--pace", "--seed",
-                 "--signal", "--fault", "--config", "--truth", "--run", "--slice-ms"):
+    for flag in (
+        "--endpoint",
+        "--rate",
+        "--spills",
+        "--spill-length",
+        "--spill-period",
+        "--pace",
+        "--seed",
+        "--signal",
+        "--fault",
+        "--config",
+        "--truth",
+        "--run",
+        "--slice-ms",
+    ):
         assert flag in r.stdout
 
 
@@ -234,16 +313,28 @@ def test_config_file_and_flag_precedence(tmp_path: Path) -> None:
     from simulator.simulate_cli import build_config
 
     cfg = tmp_path / "sim.toml"
-    cfg.write_text('faults = ["dead:ECAL22"]\n[beam]\nrate_hz = 1e5\nspill_length_s = 2.0\n'
-                   '[readout]\npace = "max"\n')
+    cfg.write_text(
+        'faults = ["dead:ECAL22"]\n[beam]\nrate_hz = 1e5\nspill_length_s = 2.0\n[readout]\npace = "max"\n'
+    )
     import argparse
 
     from simulator.simulate_cli import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
-    args = parser.parse_args(["simulate", "--config", str(cfg), "--rate", "3e5", "--fault", "hot:S0",
-                              "--set", "beam.spill_period_s=5.0"])
+    args = parser.parse_args(
+        [
+            "simulate",
+            "--config",
+            str(cfg),
+            "--rate",
+            "3e5",
+            "--fault",
+            "hot:S0",
+            "--set",
+            "beam.spill_period_s=5.0",
+        ]
+    )
     c = build_config(args)
     assert c.beam.rate_hz == 3e5 and c.beam.spill_length_s == 2.0 and c.beam.spill_period_s == 5.0
     assert c.readout.pace == "max" and c.faults == ("dead:ECAL22", "hot:S0")

@@ -77,7 +77,9 @@ def test_dark_matter_channel_raises_invisible_br() -> None:
     mass=st.floats(1.5, 1500.0),
     g=st.floats(1e-6, 1e-2),
 )
-def test_br_is_a_fraction_independent_of_coupling_and_widths_scale_as_g2(model: str, mass: float, g: float) -> None:
+def test_br_is_a_fraction_independent_of_coupling_and_widths_scale_as_g2(
+    model: str, mass: float, g: float
+) -> None:
     br = z.invisible_branching_ratio(model, mass, g)
     assert 0.0 < br < 1.0
     assert br == pytest.approx(z.invisible_branching_ratio(model, mass, 2 * g), rel=1e-9)
@@ -95,7 +97,9 @@ def test_resonant_energy() -> None:
 def test_peak_cross_section_factor() -> None:
     w = z.partial_widths("B-L", 100.0, 1e-4)
     inv = w["nu_e"] + w["nu_mu"] + w["nu_tau"]
-    assert z.peak_cross_section_factor("B-L", 100.0, 1e-4) == pytest.approx(w["ee"] * inv / sum(w.values()) ** 2)
+    assert z.peak_cross_section_factor("B-L", 100.0, 1e-4) == pytest.approx(
+        w["ee"] * inv / sum(w.values()) ** 2
+    )
 
 
 @pytest.mark.parametrize("mass", [1.0, 16.7, 100.0])
