@@ -35,12 +35,14 @@ LOSS_REASONS = (
     "request_failed",
     "spill_counter_mismatch",
     "spill_end_missing",
+    "frontend_restart",
+    "internal_error",
     "dead_time",
     "write_error",
     "monitor_skipped",
 )
 #: reasons that do not mean recorded data is missing (the spill stays "ok")
-NOT_DATA_LOSS = frozenset({"dead_time", "monitor_skipped", "spill_counter_mismatch"})
+NOT_DATA_LOSS = frozenset({"dead_time", "monitor_skipped", "frontend_restart"})
 
 _GROUP_SLICES = tuple(slice(int(ids[0]), int(ids[-1]) + 1) for ids in detector.GROUP_IDS)
 assert all(

@@ -269,7 +269,7 @@ class DaqService:
                 log.error("message handling failed: %s", e)
             except Exception:
                 log.exception("unexpected error handling a message; the DAQ goes on")
-                self._loss("decode_error.internal", 1, "internal error (see traceback)")
+                self._loss("internal_error", 1, "internal error (see traceback)")
 
     def _frontend(self, ident: bytes) -> FrontEnd:
         fe = self.frontends.get(ident)
@@ -320,6 +320,18 @@ class DaqService:
 
     # ------------------------------------------------------------ run / spill markers
     async def _on_run_start(self, ident: bytes, msg: protocol.RunStart) -> None:
+        r = self.run_state
+        if (
+            r is not None
+            and msg.run == r.number
+            and ident == r.ident
+            and msg.n_samples == r.n_samples
+            and np.array_equal(np.asarray(msg.prim_channels), r.prim_channels)
+        ):
+            # the front-end restarted within its run (sequence numbers from 0): go on with the same run
+            # and spill; requests it had not answered time out and are counted
+            self._loss("frontend_restart", 1, f"front-end {ident.hex()} sent RUN_START {msg.run} again")
+            return
         if self.spill is not None:
             self.spill.ended_by = "run restarted"
             self._loss("spill_end_missing", 1, f"RUN_START {msg.run} while spill {self.spill.number} is open")

@@ -58,3 +58,6 @@ def artifacts_dir() -> Path:
     path = Path(os.environ.get("NA64_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+# fixtures for trigger unit tests against recorded spills and canned simulator scenarios (see docs/replay.md)
+pytest_plugins = ["tests.replay.plugin"]

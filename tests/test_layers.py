@@ -41,7 +41,9 @@ def modules(package: str) -> list[tuple[str, Path]]:
 def within(module: str, allowed: set[str]) -> bool:
     """True if ``module`` is an allowed module or a name imported from one (``from daq import files``
     names the module daq.files, so names from the bare ``daq`` package count as modules)."""
-    parent = module.rsplit(".", 1)[0]
+    parent, _, name = module.rpartition(".")
+    if name.startswith("__"):  # a dunder attribute such as daq.__version__
+        return parent in allowed
     return module in allowed or (parent in allowed and parent != "daq")
 
 

@@ -113,7 +113,7 @@ def test_compare_counters_and_losses() -> None:
     daq = {"n_slices": 5, "n_requests": 5, "n_fragments": 30, "n_events_read": 9, "n_particles": 100}
     assert compare_counters(daq, dict(daq)) == {}
     assert compare_counters(daq, {**daq, "n_particles": 99, "t_end_ns": 3}) == {"n_particles": (100, 99)}
-    losses = Losses({"dead_time": 4, "monitor_skipped": 2})
+    losses = Losses({"dead_time": 4, "monitor_skipped": 2, "frontend_restart": 1})
     assert not losses.data_lost()
     assert set(LOSS_REASONS) <= set(losses.as_dict())
     losses["decode_error.checksum"] += 1

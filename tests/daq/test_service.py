@@ -375,3 +375,27 @@ def test_a_trigger_block_outside_the_primitives_rejects_the_run(daq_factory: Any
         lis.close()
     assert daq.stop() == 0
     assert "PRS" in status["alarms"]["run"] and status["losses_run"]["run_rejected"] == 1
+
+
+def test_a_frontend_restart_within_the_run_keeps_the_spill(daq_factory: Any) -> None:
+    daq = daq_factory()
+    lis = Listener(daq.publish)
+    fe = FakeFrontEnd(daq.endpoint, run=11)
+    try:
+        fe.run_start()
+        fe.spill_start(1)
+        fe.send_slice(fe.make_slice(0, 500))
+        fe.serve(1)
+        fe.seq = 0  # the front-end process restarts: numbers from 0, RUN_START again
+        fe.run_start()
+        fe.send_slice(fe.make_slice(1, 500))
+        fe.serve(1)
+        fe.spill_end()
+        s = lis.wait_summary(11, 1)
+    finally:
+        fe.close()
+        lis.close()
+    assert daq.stop() == 0
+    assert s["losses"]["frontend_restart"] == 1 and s["losses"]["sequence_gap"] == 0
+    assert s["losses"]["duplicate"] == 0 and s["status"] == "ok"
+    assert s["counters"]["n_slices"] == 2 and s["n_events_written"] == s["n_accepted"]

@@ -99,24 +99,8 @@ def test_run_over_a_real_socket(
 ) -> None:
     sock, endpoint = router
     truth = tmp_path / "truth.h5"
-    p = start(
-        processes,
-        endpoint,
-        "--pace",
-        "max",
-        "--spills",
-        "2",
-        "--spill-length",
-        "0.1",
-        "--rate",
-        "2e5",
-        "--seed",
-        "5",
-        "--run",
-        "7",
-        "--truth",
-        str(truth),
-    )
+    args = "--pace max --spills 2 --spill-length 0.1 --rate 2e5 --seed 5 --run 7 --fault gain_drift:ECAL:-2"
+    p = start(processes, endpoint, *args.split(), "--truth", str(truth))
     daq = FakeDaq(sock, p)
     ends: dict[int, protocol.SpillEnd] = {}
     while True:
