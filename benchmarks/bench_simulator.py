@@ -53,10 +53,12 @@ def bench_primitives(n_slices: int) -> float:
     med = float(np.median(per))
     best = float(np.percentile(per, 10))
     n_slice = n / n_slices
-    print(f"primitives (max pacing, steady state): {n} particles in {dt:.2f} CPU s -> {n / dt / 1e6:.2f} M "
-          f"particles/s overall; per slice of {n_slice:.0f} particles: median {med * 1e3:.2f} ms "
-          f"({n_slice / med / 1e6:.2f} M/s), best decile {best * 1e3:.2f} ms ({n_slice / best / 1e6:.2f} M/s); "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(
+        f"primitives (max pacing, steady state): {n} particles in {dt:.2f} CPU s -> {n / dt / 1e6:.2f} M "
+        f"particles/s overall; per slice of {n_slice:.0f} particles: median {med * 1e3:.2f} ms "
+        f"({n_slice / med / 1e6:.2f} M/s), best decile {best * 1e3:.2f} ms ({n_slice / best / 1e6:.2f} M/s); "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
     return n / dt
 
 

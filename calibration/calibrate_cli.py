@@ -120,7 +120,7 @@ def register(subparsers: Any) -> None:
                 "--containment",
                 type=float,
                 metavar="F",
-                help="shower containment in ECAL+PRS (reference.containment, default 0.986)",
+                help="shower containment in ECAL+PRS (reference.containment, default 0.994)",
             )
         sp.set_defaults(run=func)
 
@@ -241,8 +241,8 @@ class Inputs:
 
     def _note(self, f: Any, path: Path) -> None:
         self.runs.add(f.run)
-        if path.name not in self.used:
-            self.used.append(path.name)
+        if str(path) not in self.used:
+            self.used.append(str(path))
         self.calibration_ids.add(str(f.attrs.get("calibration_id", "")))
 
 

@@ -25,10 +25,10 @@ class ReferenceConfig:
     """Expected deposits (MeV unless stated) for the particles each calibration uses."""
 
     beam_energy_gev: float = 100.0
-    #: share of an electron's energy the reconstruction sees in the 30 ECAL + 30 PRS cells (lateral leakage
-    #: and cells below the DAQ's zero suppression, 5 x noise), for showers centred in a cell not listed in
-    #: containment_map (0.986: median for the beam on cell (2,3), simulator shower model, 5 x 2 counts)
-    containment: float = 0.986
+    #: share of an electron's energy deposited in the 30 ECAL + 30 PRS cells (the rest leaks off the face),
+    #: for showers centred in a cell not listed in containment_map (0.994: median for the beam on cell (2,3),
+    #: simulator shower model). Reconstruction losses (zero suppression) are absorbed by the gains.
+    containment: float = 0.994
     #: per shower-centre cell (ECAL cell name -> containment); edge cells lose several % off the face
     containment_map: dict[str, float] = field(default_factory=dict)
     hcal_mip_mev: float = 2500.0  # most probable muon deposit per HCAL module (in its crossed cell)

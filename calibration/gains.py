@@ -11,7 +11,12 @@ The second term is a weak prior (relative width ``p``, default 15%: the spread o
 matters for cells the showers hardly reach, which keep their starting gain and are reported as not
 determined. sigma is the measured width of the calibrated sum. The sample is iteratively restricted to
 the Gaussian core of sum/T (+-``window`` sigma), which removes radiative electrons, hadrons, muons and
-pile-up outliers. Errors come from the inverse normal matrix.
+pile-up outliers. Cells whose error is below ``max_rel_error`` are determined; the fit is repeated with the
+others fixed at their starting gains (so the calibrated sum stays consistent), and the prior uncertainty
+of those fixed cells is propagated into the errors (inverse normal matrix). Least squares with
+fluctuating amplitudes puts the sum low by ~resolution^2 (0.2% at 100 GeV), so the determined gains are
+finally scaled together to put the peak (Gaussian core, +-2 sigma) of sum/T at 1: least squares fixes the
+cells relative to each other, the peak fixes the absolute scale.
 
 :func:`cell_peaks` then checks the calibration per cell: the peak of the calibrated sum for the events
 whose most energetic ECAL cell is that cell should sit at the target.
@@ -36,7 +41,7 @@ class ShowerGainResult:
     determined: np.ndarray  # bool: the data fix the gain to better than max_rel_error
     n_events: int  # events in the final fit
     n_input: int  # events offered
-    peak: float  # peak of calibrated sum / target after the fit (1 ideally)
+    peak: float  # mean of the +-window sigma core of calibrated sum / target (the +-2 sigma core is 1)
     resolution: float  # sigma of calibrated sum / target (relative energy resolution)
     iterations: int
 
@@ -91,6 +96,15 @@ def shower_gains(
         )
         it += it2
         rel = np.sqrt(np.maximum(np.diag(cov), 0.0)) / k
+    # absolute scale: least squares with fluctuations in the amplitudes puts the sum low by ~resolution^2;
+    # scale the determined cells so the peak (Gaussian core, +-2 sigma) of sum/target is exactly 1
+    if determined.any():
+        for _ in range(10):
+            core = gaussian_core((a[ok] @ k) / t[ok], k=2.0)
+            if not core.ok or abs(core.position - 1.0) < 1e-6:
+                break
+            k = np.where(determined, k / core.position, k)
+        peak = gaussian_core((a[ok] @ k) / t[ok], k=window)
     gain = np.where(determined, 1.0 / k, g0)
     gain_error = np.where(determined, rel * gain, math.nan)
     return ShowerGainResult(

@@ -178,13 +178,14 @@ class Batch:
 
 
 #: bits of the compact per-particle condition code (uint8) and their trigger-mask bits
-_C_STRIG, _C_PRS, _C_EC, _C_PHYS = 1, 2, 4, 8
+_C_STRIG, _C_PRS, _C_EC, _C_PHYS, _C_BEAM = 1, 2, 4, 8, 16
 _CODE_TO_MASK = np.array(
     [
         (S_TRIG if c & _C_STRIG else 0)
         | (S_PRS if c & _C_PRS else 0)
         | (S_EC if c & _C_EC else 0)
         | (PHYSICS if c & _C_PHYS else 0)
+        | (BEAM if c & _C_BEAM else 0)
         for c in range(256)
     ],
     dtype=np.uint32,
@@ -213,9 +214,7 @@ class Decisions:
     @property
     def mask(self) -> np.ndarray:
         """(N,) uint32 trigger bits per particle (computed on access)."""
-        m = _CODE_TO_MASK[self.code]
-        m[self.beam_pos] |= BEAM
-        return m
+        return _CODE_TO_MASK[self.code]
 
     @property
     def accept(self) -> np.ndarray:
@@ -357,11 +356,13 @@ class Trigger:
                 nxt = int(rand_t[-1]) + period
             st.next_random_ns = nxt
         # candidates in time order (particles first at equal times), then the dead time
-        phys_pos = np.flatnonzero(code >= _C_PHYS)  # bit 3 is the highest bit of the code
-        cand_pos = np.union1d(phys_pos, beam_pos) if beam_pos.size else phys_pos
-        cand_mask = _CODE_TO_MASK[code[cand_pos]]
+        n_phys_before = 0
         if beam_pos.size:
-            cand_mask[np.searchsorted(cand_pos, beam_pos)] |= BEAM
+            n_phys_before = int(np.count_nonzero(code[beam_pos] & _C_PHYS))
+            code[beam_pos] |= _C_BEAM
+        cand_pos = np.flatnonzero(code >= _C_PHYS)  # PHYSICS (bit 3) or BEAM (bit 4)
+        cand_mask = _CODE_TO_MASK[code[cand_pos]]
+        n_phys = int(cand_pos.size - beam_pos.size + n_phys_before)
         cand_t = np.concatenate([batch.t_ns[cand_pos].astype(np.int64, copy=False), rand_t])
         cand_index = np.concatenate(
             [cand_pos.astype(np.uint32), np.full(rand_t.size, NO_PARTICLE, np.uint32)]
@@ -375,7 +376,7 @@ class Trigger:
         counts = {
             "n_particles": batch.n,
             "n_strig": n_strig,
-            "fired_physics": int(phys_pos.size),
+            "fired_physics": n_phys,
             "fired_beam": int(beam_pos.size),
             "fired_random": int(rand_t.size),
             "triggers_physics": int(np.count_nonzero(tmask & PHYSICS)),

@@ -76,16 +76,28 @@ class AlarmBook:
         new: Alarm | None = None
         if bad and (old is None or not old.open):
             new = Alarm(
-                name=result.name, lifecycle=Lifecycle.RAISED, severity=result.state, message=result.message,
-                run=run, spill=spill, raised_at=now, updated_at=now,
+                name=result.name,
+                lifecycle=Lifecycle.RAISED,
+                severity=result.state,
+                message=result.message,
+                run=run,
+                spill=spill,
+                raised_at=now,
+                updated_at=now,
                 times_raised=1 if old is None else old.times_raised + 1,
             )
         elif bad and old is not None and result.state != old.severity:
             rising = result.state > old.severity
             new = dataclasses.replace(
-                old, severity=result.state, message=result.message, run=run, spill=spill, updated_at=now,
+                old,
+                severity=result.state,
+                message=result.message,
+                run=run,
+                spill=spill,
+                updated_at=now,
                 lifecycle=Lifecycle.RAISED if rising else old.lifecycle,
-                acked_at=None if rising else old.acked_at, acked_by="" if rising else old.acked_by,
+                acked_at=None if rising else old.acked_at,
+                acked_by="" if rising else old.acked_by,
             )
         elif bad and old is not None:
             # same severity: keep the latest message without a transition
@@ -93,8 +105,14 @@ class AlarmBook:
             return None
         elif result.state is State.OK and old is not None and old.open:
             new = dataclasses.replace(
-                old, lifecycle=Lifecycle.CLEARED, severity=State.OK, message=result.message, run=run,
-                spill=spill, cleared_at=now, updated_at=now,
+                old,
+                lifecycle=Lifecycle.CLEARED,
+                severity=State.OK,
+                message=result.message,
+                run=run,
+                spill=spill,
+                cleared_at=now,
+                updated_at=now,
             )
         if new is None:
             return None
@@ -107,7 +125,9 @@ class AlarmBook:
         old = self.alarms.get(name)
         if old is None or old.lifecycle is not Lifecycle.RAISED:
             return None
-        new = dataclasses.replace(old, lifecycle=Lifecycle.ACKNOWLEDGED, acked_at=now, acked_by=by, updated_at=now)
+        new = dataclasses.replace(
+            old, lifecycle=Lifecycle.ACKNOWLEDGED, acked_at=now, acked_by=by, updated_at=now
+        )
         self.alarms[name] = new
         self.log.append(new)
         return new

@@ -136,8 +136,13 @@ requestAnimationFrame(() => {
 
 
 # ---------------------------------------------------------------- small builders
-def _fig(title: str, width: int = 460, height: int = 300, tools: str = "pan,box_zoom,wheel_zoom,reset,save",
-         **kw: Any) -> Any:
+def _fig(
+    title: str,
+    width: int = 460,
+    height: int = 300,
+    tools: str = "pan,box_zoom,wheel_zoom,reset,save",
+    **kw: Any,
+) -> Any:
     p = figure(title=title, width=width, height=height, tools=tools, **kw)
     p.toolbar.logo = None
     return p
@@ -147,13 +152,27 @@ def _hist_source(edges: np.ndarray) -> ColumnDataSource:
     return ColumnDataSource({"left": edges[:-1], "right": edges[1:], "top": np.zeros(edges.size - 1)})
 
 
-def _hist_plot(title: str, edges: np.ndarray, xlabel: str, log_y: bool = False, color: str = "#1f77b4",
-               width: int = 460) -> tuple[Any, ColumnDataSource]:
+def _hist_plot(
+    title: str, edges: np.ndarray, xlabel: str, log_y: bool = False, color: str = "#1f77b4", width: int = 460
+) -> tuple[Any, ColumnDataSource]:
     src = _hist_source(edges)
-    p = _fig(title, width=width, y_axis_type="log" if log_y else "linear", x_axis_label=xlabel,
-             y_axis_label="entries")
-    p.quad(left="left", right="right", top="top", bottom=0.5 if log_y else 0, source=src, fill_color=color,
-           line_color=color, fill_alpha=0.6)
+    p = _fig(
+        title,
+        width=width,
+        y_axis_type="log" if log_y else "linear",
+        x_axis_label=xlabel,
+        y_axis_label="entries",
+    )
+    p.quad(
+        left="left",
+        right="right",
+        top="top",
+        bottom=0.5 if log_y else 0,
+        source=src,
+        fill_color=color,
+        line_color=color,
+        fill_alpha=0.6,
+    )
     if log_y:
         p.y_range = Range1d(0.5, 10)
     return p, src
@@ -165,12 +184,23 @@ def _set_hist(src: ColumnDataSource, counts: np.ndarray, fig: Any = None, log_y:
         fig.y_range.end = max(10.0, float(np.max(counts, initial=0)) * 2)
 
 
-def _image_plot(title: str, ex: np.ndarray, ey: np.ndarray, xlabel: str, ylabel: str) -> tuple[Any, ColumnDataSource]:
+def _image_plot(
+    title: str, ex: np.ndarray, ey: np.ndarray, xlabel: str, ylabel: str
+) -> tuple[Any, ColumnDataSource]:
     mapper = LogColorMapper(palette=Viridis256, low=1, high=10, nan_color="rgba(0,0,0,0)")
-    p = _fig(title, width=460, height=380, x_range=(ex[0], ex[-1]), y_range=(ey[0], ey[-1]),
-             x_axis_label=xlabel, y_axis_label=ylabel)
+    p = _fig(
+        title,
+        width=460,
+        height=380,
+        x_range=(ex[0], ex[-1]),
+        y_range=(ey[0], ey[-1]),
+        x_axis_label=xlabel,
+        y_axis_label=ylabel,
+    )
     src = ColumnDataSource({"image": [np.full((ey.size - 1, ex.size - 1), np.nan, np.float32)]})
-    p.image(image="image", x=ex[0], y=ey[0], dw=ex[-1] - ex[0], dh=ey[-1] - ey[0], color_mapper=mapper, source=src)
+    p.image(
+        image="image", x=ex[0], y=ey[0], dw=ex[-1] - ex[0], dh=ey[-1] - ey[0], color_mapper=mapper, source=src
+    )
     p.add_layout(ColorBar(color_mapper=mapper, width=8), "right")
     return p, src
 
@@ -182,19 +212,42 @@ def _set_image(src: ColumnDataSource, counts2d: np.ndarray, mapper: Any) -> None
     mapper.high = max(10.0, float(np.nanmax(img, initial=1.0)) if np.isfinite(img).any() else 10.0)
 
 
-def _cell_map(title: str, ids: np.ndarray, xs: np.ndarray, ys: np.ndarray, width: int, height: int,
-              unit: str) -> tuple[Any, ColumnDataSource, LinearColorMapper]:
+def _cell_map(
+    title: str, ids: np.ndarray, xs: np.ndarray, ys: np.ndarray, width: int, height: int, unit: str
+) -> tuple[Any, ColumnDataSource, LinearColorMapper]:
     mapper = LinearColorMapper(palette=Viridis256, low=0, high=1)
-    src = ColumnDataSource({
-        "x": xs + 0.5, "y": ys + 0.5, "name": [CHANNEL_NAMES[i] for i in ids], "value": np.zeros(ids.size),
-        "label": [""] * ids.size,
-    })
+    src = ColumnDataSource(
+        {
+            "x": xs + 0.5,
+            "y": ys + 0.5,
+            "name": [CHANNEL_NAMES[i] for i in ids],
+            "value": np.zeros(ids.size),
+            "label": [""] * ids.size,
+        }
+    )
     p = _fig(title, width=width, height=height, tools="tap,save", match_aspect=True)
-    p.rect(x="x", y="y", width=0.95, height=0.95, source=src,
-           fill_color={"field": "value", "transform": mapper}, line_color="white",
-           nonselection_fill_alpha=1.0, selection_line_color="red", selection_line_width=3)
-    p.text(x="x", y="y", text="label", source=src, text_align="center", text_baseline="middle",
-           text_font_size="8pt", text_color="white")
+    p.rect(
+        x="x",
+        y="y",
+        width=0.95,
+        height=0.95,
+        source=src,
+        fill_color={"field": "value", "transform": mapper},
+        line_color="white",
+        nonselection_fill_alpha=1.0,
+        selection_line_color="red",
+        selection_line_width=3,
+    )
+    p.text(
+        x="x",
+        y="y",
+        text="label",
+        source=src,
+        text_align="center",
+        text_baseline="middle",
+        text_font_size="8pt",
+        text_color="white",
+    )
     p.add_tools(HoverTool(tooltips=[("channel", "@name"), (unit, "@value{0.000}")]))
     p.xaxis.visible = p.yaxis.visible = False
     p.xgrid.visible = p.ygrid.visible = False
@@ -222,8 +275,9 @@ def _when(t: Any) -> str:
 class SessionView:
     """All models of one browser session and how a snapshot maps onto them."""
 
-    def __init__(self, doc: Document, hub: SnapshotHub, controller: Controller, config: DqmConfig,
-                 view: View) -> None:
+    def __init__(
+        self, doc: Document, hub: SnapshotHub, controller: Controller, config: DqmConfig, view: View
+    ) -> None:
         self.doc = doc
         self.hub = hub
         self.controller = controller
@@ -240,14 +294,18 @@ class SessionView:
     # ------------------------------------------------------------ layout
     def _build(self, view: View) -> None:
         self._history_source = ColumnDataSource({"index": np.zeros(1), "n_beam": np.zeros(1)})
-        self.header = Div(text="NA64 DQM: waiting for data", css_classes=["na64-header"], width=1400, height=44)
+        self.header = Div(
+            text="NA64 DQM: waiting for data", css_classes=["na64-header"], width=1400, height=44
+        )
         self.meta = ColumnDataSource({"seq": [0], "send_ms": [0.0], "eot": [0], "run": [-1], "spill": [-1]})
         self.ack = Div(text="0", visible=False, tags=[self.meta])  # tags: puts meta into the document
         self.ack.on_change("text", self._on_ack)
         self.meta.js_on_change("data", CustomJS(args={"meta": self.meta, "ack": self.ack}, code=_META_JS))
         # the state in the first document the browser gets counts as acknowledged once it is shown
-        self.doc.js_on_event("document_ready", CustomJS(args={"meta": self.meta, "ack": self.ack},
-                                                        code="ack.text = String(meta.data.seq[0]);"))
+        self.doc.js_on_event(
+            "document_ready",
+            CustomJS(args={"meta": self.meta, "ack": self.ack}, code="ack.text = String(meta.data.seq[0]);"),
+        )
         self.range = RadioButtonGroup(
             labels=["Spill", f"Last {self.config.last_n_spills} spills", "Run"], active=view.range
         )
@@ -256,12 +314,22 @@ class SessionView:
         self.reset_button.on_click(self._on_reset)
 
         self.holders = [column(Div(text="loading ...")) for _ in TAB_TITLES]
-        self.panels = [TabPanel(child=holder, title=t) for holder, t in zip(self.holders, TAB_TITLES, strict=True)]
+        self.panels = [
+            TabPanel(child=holder, title=t) for holder, t in zip(self.holders, TAB_TITLES, strict=True)
+        ]
         self.built: int | None = None
         self.tabs = Tabs(active=view.tab, tabs=self.panels)
         self._ensure_tab(view.tab)
-        url = CustomJS(args={"tabs": self.tabs, "rng": self.range, "cell": self.cell,
-                             "tab_names": list(TABS), "range_names": list(RANGES)}, code=_URL_JS)
+        url = CustomJS(
+            args={
+                "tabs": self.tabs,
+                "rng": self.range,
+                "cell": self.cell,
+                "tab_names": list(TABS),
+                "range_names": list(RANGES),
+            },
+            code=_URL_JS,
+        )
         self.tabs.js_on_change("active", url)
         self.range.js_on_change("active", url)
         self.cell.js_on_change("value", url)
@@ -283,19 +351,32 @@ class SessionView:
         self.holders[i].children = [getattr(self, f"_build_{TABS[i]}")()]
 
     def _tap_selects_cell(self, src: ColumnDataSource) -> None:
-        src.selected.js_on_change("indices", CustomJS(args={"src": src, "sel": self.cell}, code=(
-            "const i = src.selected.indices; if (i.length) { sel.value = src.data.name[i[0]]; }")))
+        src.selected.js_on_change(
+            "indices",
+            CustomJS(
+                args={"src": src, "sel": self.cell},
+                code=("const i = src.selected.indices; if (i.length) { sel.value = src.data.name[i[0]]; }"),
+            ),
+        )
 
     def _build_summary(self) -> Any:
         # summary
         self.lights = Div(text="", width=700, height=480)
         self.numbers = Div(text="", width=600, height=170)
         self.alarm_src = ColumnDataSource({k: [] for k in ("name", "severity", "state", "message", "raised")})
-        self.alarm_table = DataTable(source=self.alarm_src, width=700, height=220, index_position=None, columns=[
-            TableColumn(field="name", title="alarm", width=130), TableColumn(field="severity", title="sev", width=50),
-            TableColumn(field="state", title="state", width=90), TableColumn(field="raised", title="raised", width=70),
-            TableColumn(field="message", title="message", width=360),
-        ])
+        self.alarm_table = DataTable(
+            source=self.alarm_src,
+            width=700,
+            height=220,
+            index_position=None,
+            columns=[
+                TableColumn(field="name", title="alarm", width=130),
+                TableColumn(field="severity", title="sev", width=50),
+                TableColumn(field="state", title="state", width=90),
+                TableColumn(field="raised", title="raised", width=70),
+                TableColumn(field="message", title="message", width=360),
+            ],
+        )
         self.ack_select = Select(title="", value="", options=[""], width=200)
         self.ack_button = Button(label="Acknowledge", button_type="primary", width=120)
         self.ack_all = Button(label="Acknowledge all", width=130)
@@ -314,24 +395,32 @@ class SessionView:
         ax = self.axes
         e_beam = self.config.beam_energy_gev
         # physics
-        self.emiss_fig, self.emiss_src = _hist_plot("Missing energy, physics triggers", ax.h1["e_miss"],
-                                                    "E_miss = E_beam - E_ECAL [GeV]", log_y=True)
-        self.emiss_fig.add_layout(BoxAnnotation(left=e_beam - self.config.signal_ecal_max_gev, fill_color="red",
-                                                fill_alpha=0.08))
-        self.ecalhcal_fig, self.ecalhcal_src = _image_plot("E_ECAL vs E_HCAL, physics triggers",
-                                                           *ax.h2["ecal_hcal"], "E_ECAL [GeV]", "E_HCAL [GeV]")
-        self.ecalhcal_fig.add_layout(BoxAnnotation(right=self.config.signal_ecal_max_gev, top=1.0,
-                                                   fill_color="red", fill_alpha=0.15))
-        self.prsecal_fig, self.prsecal_src = _image_plot("PRS vs ECAL energy, physics and beam triggers",
-                                                         *ax.h2["prs_ecal"], "E_ECAL [GeV]", "E_PRS [GeV]")
-        self.peak_fig, self.peak_src = _hist_plot("ECAL electron peak, beam triggers", ax.h1["ecal_sum_beam"],
-                                                  "E_ECAL [GeV]")
+        self.emiss_fig, self.emiss_src = _hist_plot(
+            "Missing energy, physics triggers", ax.h1["e_miss"], "E_miss = E_beam - E_ECAL [GeV]", log_y=True
+        )
+        self.emiss_fig.add_layout(
+            BoxAnnotation(left=e_beam - self.config.signal_ecal_max_gev, fill_color="red", fill_alpha=0.08)
+        )
+        self.ecalhcal_fig, self.ecalhcal_src = _image_plot(
+            "E_ECAL vs E_HCAL, physics triggers", *ax.h2["ecal_hcal"], "E_ECAL [GeV]", "E_HCAL [GeV]"
+        )
+        self.ecalhcal_fig.add_layout(
+            BoxAnnotation(right=self.config.signal_ecal_max_gev, top=1.0, fill_color="red", fill_alpha=0.15)
+        )
+        self.prsecal_fig, self.prsecal_src = _image_plot(
+            "PRS vs ECAL energy, physics and beam triggers", *ax.h2["prs_ecal"], "E_ECAL [GeV]", "E_PRS [GeV]"
+        )
+        self.peak_fig, self.peak_src = _hist_plot(
+            "ECAL electron peak, beam triggers", ax.h1["ecal_sum_beam"], "E_ECAL [GeV]"
+        )
         self.peak_span = Span(location=e_beam, dimension="height", line_color="red", line_dash="dashed")
         self.peak_fig.add_layout(self.peak_span)
-        self.hcal_phys_fig, self.hcal_phys_src = _hist_plot("HCAL energy, physics triggers", ax.h1["hcal_sum_phys"],
-                                                            "E_HCAL [GeV]", log_y=True)
-        physics = column(row(self.emiss_fig, self.ecalhcal_fig, self.prsecal_fig),
-                         row(self.peak_fig, self.hcal_phys_fig))
+        self.hcal_phys_fig, self.hcal_phys_src = _hist_plot(
+            "HCAL energy, physics triggers", ax.h1["hcal_sum_phys"], "E_HCAL [GeV]", log_y=True
+        )
+        physics = column(
+            row(self.emiss_fig, self.ecalhcal_fig, self.prsecal_fig), row(self.peak_fig, self.hcal_phys_fig)
+        )
         return physics
 
     def _build_ecal(self) -> Any:
@@ -344,10 +433,14 @@ class SessionView:
         self.ecal_occ = _cell_map("ECAL occupancy", e_ids, cx[e_ids], cy[e_ids], 340, 360, "fraction")
         self.prs_mean = _cell_map("PRS mean energy [GeV]", p_ids, cx[p_ids], cy[p_ids], 340, 360, "GeV")
         self.prs_occ = _cell_map("PRS occupancy", p_ids, cx[p_ids], cy[p_ids], 340, 360, "fraction")
-        self.spec_fig, self.spec_src = _hist_plot("Cell spectrum", ax.spectrum_edges(0), "E [GeV]", log_y=True)
+        self.spec_fig, self.spec_src = _hist_plot(
+            "Cell spectrum", ax.spectrum_edges(0), "E [GeV]", log_y=True
+        )
         for _, src, _ in (self.ecal_mean, self.ecal_occ, self.prs_mean, self.prs_occ):
             self._tap_selects_cell(src)
-        return column(row(self.ecal_mean[0], self.ecal_occ[0], self.spec_fig), row(self.prs_mean[0], self.prs_occ[0]))
+        return column(
+            row(self.ecal_mean[0], self.ecal_occ[0], self.spec_fig), row(self.prs_mean[0], self.prs_occ[0])
+        )
 
     def _build_hcal(self) -> Any:
         ax = self.axes
@@ -356,37 +449,58 @@ class SessionView:
         # hcal, veto, srd, counters
         h_ids = np.asarray(detector.HCAL_IDS)
         hx = detector.CHANNELS["module"][h_ids] * 4.0 + cx[h_ids]
-        self.hcal_mean = _cell_map("HCAL mean energy [GeV] (modules 1-4)", h_ids, hx, cy[h_ids], 700, 240, "GeV")
+        self.hcal_mean = _cell_map(
+            "HCAL mean energy [GeV] (modules 1-4)", h_ids, hx, cy[h_ids], 700, 240, "GeV"
+        )
         self.hcal_occ = _cell_map("HCAL occupancy", h_ids, hx, cy[h_ids], 700, 240, "fraction")
-        self.veto_fig, self.veto_src = _hist_plot("VETO, physics triggers", ax.h1["veto_mip_phys"],
-                                                  "sum of slabs [MIP]", log_y=True)
-        self.srd_fig, self.srd_src = _hist_plot("SRD sum, beam triggers", ax.h1["srd_sum_beam"], "E_SRD [GeV]")
+        self.veto_fig, self.veto_src = _hist_plot(
+            "VETO, physics triggers", ax.h1["veto_mip_phys"], "sum of slabs [MIP]", log_y=True
+        )
+        self.srd_fig, self.srd_src = _hist_plot(
+            "SRD sum, beam triggers", ax.h1["srd_sum_beam"], "E_SRD [GeV]"
+        )
         self.counter_fig = _fig("Counters (S0 S2 S3 V1 V2)", x_axis_label="E [MeV]", y_axis_label="entries")
         self.counter_src = ColumnDataSource(
-            {"x": ax.spectrum_edges(int(detector.COUNTER_IDS[0]))[:-1] * 1e3,
-             **{f"c{i}": np.zeros(100) for i in range(5)}}
+            {
+                "x": ax.spectrum_edges(int(detector.COUNTER_IDS[0]))[:-1] * 1e3,
+                **{f"c{i}": np.zeros(100) for i in range(5)},
+            }
         )
         for i, name in enumerate(detector.COUNTER_NAMES):
-            self.counter_fig.step(x="x", y=f"c{i}", source=self.counter_src, color=Category10_10[i],
-                                  legend_label=name, mode="after")
+            self.counter_fig.step(
+                x="x",
+                y=f"c{i}",
+                source=self.counter_src,
+                color=Category10_10[i],
+                legend_label=name,
+                mode="after",
+            )
         for _, src, _ in (self.hcal_mean, self.hcal_occ):
             self._tap_selects_cell(src)
-        return column(row(self.hcal_mean[0], self.veto_fig), row(self.hcal_occ[0], self.srd_fig), row(self.counter_fig))
+        return column(
+            row(self.hcal_mean[0], self.veto_fig), row(self.hcal_occ[0], self.srd_fig), row(self.counter_fig)
+        )
 
     def _build_rates(self) -> Any:
         # rates
         h = self._history_source
         self.arrival_src = ColumnDataSource({"t": np.zeros(100), "n": np.zeros(100)})
-        self.arrival_fig = _fig("Beam intensity in the last spill", x_axis_label="time in spill [s]",
-                                y_axis_label="particles / bin")
+        self.arrival_fig = _fig(
+            "Beam intensity in the last spill",
+            x_axis_label="time in spill [s]",
+            y_axis_label="particles / bin",
+        )
         self.arrival_fig.step(x="t", y="n", source=self.arrival_src, mode="after")
-        self.ttimes_src = ColumnDataSource({"t": np.zeros(100), **{k: np.zeros(100) for k in
-                                                                   TIME_ROWS}})
-        self.ttimes_fig = _fig("Monitored triggers vs time in spill", x_axis_label="time in spill [s]",
-                               y_axis_label="events / bin")
+        self.ttimes_src = ColumnDataSource({"t": np.zeros(100), **{k: np.zeros(100) for k in TIME_ROWS}})
+        self.ttimes_fig = _fig(
+            "Monitored triggers vs time in spill",
+            x_axis_label="time in spill [s]",
+            y_axis_label="events / bin",
+        )
         for i, k in enumerate(TIME_ROWS):
-            self.ttimes_fig.step(x="t", y=k, source=self.ttimes_src, mode="after", color=Category10_10[i],
-                                 legend_label=k)
+            self.ttimes_fig.step(
+                x="t", y=k, source=self.ttimes_src, mode="after", color=Category10_10[i], legend_label=k
+            )
         self.trig_fig = _fig("Triggers per spill", x_axis_label="spill (0 = latest)")
         for i, k in enumerate(("physics", "beam", "random")):
             self.trig_fig.line(x="index", y=k, source=h, color=Category10_10[i], legend_label=k)
@@ -398,39 +512,69 @@ class SessionView:
         from dqm.monitor import LOSS_REASONS
 
         for i, reason in enumerate((*LOSS_REASONS, "other")):
-            self.loss_fig.line(x="index", y=f"loss_{reason}", source=h, legend_label=reason,
-                               color=Category10_10[i % 10], line_dash="solid" if i < 10 else "dashed")
+            self.loss_fig.line(
+                x="index",
+                y=f"loss_{reason}",
+                source=h,
+                legend_label=reason,
+                color=Category10_10[i % 10],
+                line_dash="solid" if i < 10 else "dashed",
+            )
         self.loss_fig.legend.label_text_font_size = "7pt"
         self.loss_fig.legend.location = "top_left"
         self.write_fig = _fig("Write rate [MB/s]", x_axis_label="spill (0 = latest)")
         self.write_fig.line(x="index", y="write_mb_s", source=h)
         self.disk_fig = _fig("Free disk [GB]", x_axis_label="spill (0 = latest)")
         self.disk_fig.line(x="index", y="free_disk_gb", source=h)
-        rates = column(row(self.arrival_fig, self.ttimes_fig, self.trig_fig),
-                       row(self.eotcum_fig, self.dead_fig, self.write_fig),
-                       row(self.loss_fig, self.disk_fig))
+        rates = column(
+            row(self.arrival_fig, self.ttimes_fig, self.trig_fig),
+            row(self.eotcum_fig, self.dead_fig, self.write_fig),
+            row(self.loss_fig, self.disk_fig),
+        )
         return rates
 
     def _build_waveforms(self) -> Any:
         # waveforms, pedestals
         ns = detector.N_SAMPLES
-        self.wave_src = ColumnDataSource({"t": np.arange(ns) * detector.SAMPLE_PERIOD_NS, "adc": np.zeros(ns)})
-        self.wave_fig = _fig("Latest event: waveform", width=600, x_axis_label="time [ns]",
-                             y_axis_label="ADC counts")
+        self.wave_src = ColumnDataSource(
+            {"t": np.arange(ns) * detector.SAMPLE_PERIOD_NS, "adc": np.zeros(ns)}
+        )
+        self.wave_fig = _fig(
+            "Latest event: waveform", width=600, x_axis_label="time [ns]", y_axis_label="ADC counts"
+        )
         self.wave_fig.line(x="t", y="adc", source=self.wave_src, line_width=2)
         self.wave_fig.scatter(x="t", y="adc", source=self.wave_src, size=4)
         chan = np.arange(detector.N_CHANNELS, dtype=float)
-        self.ped_src = ColumnDataSource({"ch": chan, "name": CHANNEL_NAMES, "mean": np.zeros(chan.size),
-                                         "noise": np.zeros(chan.size), "base_mean": np.zeros(chan.size),
-                                         "base_noise": np.zeros(chan.size)})
-        self.ped_fig = _fig("Pedestal mean per channel (pre-samples)", width=700, x_axis_label="channel id",
-                            y_axis_label="ADC counts")
+        self.ped_src = ColumnDataSource(
+            {
+                "ch": chan,
+                "name": CHANNEL_NAMES,
+                "mean": np.zeros(chan.size),
+                "noise": np.zeros(chan.size),
+                "base_mean": np.zeros(chan.size),
+                "base_noise": np.zeros(chan.size),
+            }
+        )
+        self.ped_fig = _fig(
+            "Pedestal mean per channel (pre-samples)",
+            width=700,
+            x_axis_label="channel id",
+            y_axis_label="ADC counts",
+        )
         self.ped_fig.scatter(x="ch", y="mean", source=self.ped_src, size=5, legend_label="now")
         self.ped_fig.line(x="ch", y="base_mean", source=self.ped_src, color="gray", legend_label="baseline")
-        self.noise_fig = _fig("Noise per channel (pre-sample RMS)", width=700, x_axis_label="channel id",
-                              y_axis_label="ADC counts")
-        self.noise_fig.scatter(x="ch", y="noise", source=self.ped_src, size=5, color="#d62728", legend_label="now")
-        self.noise_fig.line(x="ch", y="base_noise", source=self.ped_src, color="gray", legend_label="baseline")
+        self.noise_fig = _fig(
+            "Noise per channel (pre-sample RMS)",
+            width=700,
+            x_axis_label="channel id",
+            y_axis_label="ADC counts",
+        )
+        self.noise_fig.scatter(
+            x="ch", y="noise", source=self.ped_src, size=5, color="#d62728", legend_label="now"
+        )
+        self.noise_fig.line(
+            x="ch", y="base_noise", source=self.ped_src, color="gray", legend_label="baseline"
+        )
         for f in (self.ped_fig, self.noise_fig):
             f.add_tools(HoverTool(tooltips=[("channel", "@name"), ("value", "@$name{0.00}")]))
         self.wave_info = Div(text="", width=600, height=24)
@@ -440,17 +584,31 @@ class SessionView:
     def _build_checks(self) -> Any:
         # checks history, alarm log
         self.matrix_src = ColumnDataSource({"x": [], "y": [], "color": [], "state": []})
-        self.matrix_fig = figure(title="Check states, last 50 spills (right = latest)", width=1000, height=520,
-                                 y_range=list(reversed(self.hub.check_names)) or ["-"], x_range=(-0.5, 49.5),
-                                 tools="hover,save", tooltips=[("check", "@y"), ("state", "@state")])
+        self.matrix_fig = figure(
+            title="Check states, last 50 spills (right = latest)",
+            width=1000,
+            height=520,
+            y_range=list(reversed(self.hub.check_names)) or ["-"],
+            x_range=(-0.5, 49.5),
+            tools="hover,save",
+            tooltips=[("check", "@y"), ("state", "@state")],
+        )
         self.matrix_fig.rect(x="x", y="y", width=0.9, height=0.9, color="color", source=self.matrix_src)
         self.matrix_fig.toolbar.logo = None
         self.log_src = ColumnDataSource({k: [] for k in ("time", "name", "state", "severity", "message")})
-        self.log_table = DataTable(source=self.log_src, width=1000, height=300, index_position=None, columns=[
-            TableColumn(field="time", title="time", width=70), TableColumn(field="name", title="alarm", width=150),
-            TableColumn(field="state", title="state", width=100), TableColumn(field="severity", title="sev", width=60),
-            TableColumn(field="message", title="message", width=600),
-        ])
+        self.log_table = DataTable(
+            source=self.log_src,
+            width=1000,
+            height=300,
+            index_position=None,
+            columns=[
+                TableColumn(field="time", title="time", width=70),
+                TableColumn(field="name", title="alarm", width=150),
+                TableColumn(field="state", title="state", width=100),
+                TableColumn(field="severity", title="sev", width=60),
+                TableColumn(field="message", title="message", width=600),
+            ],
+        )
         checks = column(self.matrix_fig, self.log_table)
         return checks
 
@@ -518,8 +676,13 @@ class SessionView:
             f"<span>alarms <b id='na64-alarms' style='color:{color}'>{h['open_alarms']}</b></span>"
             f"<span style='font-size:12px;color:#666'>{mode} · ref: {html.escape(snap.reference_source)}</span></div>"
         )
-        self.meta.data = {"seq": [self.sent_seq], "send_ms": [float(h["last_send_ms"])], "eot": [h["eot_run"]],
-                          "run": [h["run"]], "spill": [h["spill"]]}
+        self.meta.data = {
+            "seq": [self.sent_seq],
+            "send_ms": [float(h["last_send_ms"])],
+            "eot": [h["eot_run"]],
+            "run": [h["run"]],
+            "spill": [h["spill"]],
+        }
 
     def _apply_summary(self, snap: Snapshot, rv: Any) -> None:
         rows = "".join(
@@ -547,8 +710,10 @@ class SessionView:
         )
         al = snap.alarms
         self.alarm_src.data = {
-            "name": [a["name"] for a in al], "severity": [a["severity"] for a in al],
-            "state": [a["state"] for a in al], "message": [a["message"] for a in al],
+            "name": [a["name"] for a in al],
+            "severity": [a["severity"] for a in al],
+            "state": [a["state"] for a in al],
+            "message": [a["message"] for a in al],
             "raised": [_when(a["raised_at"]) for a in al],
         }
         options = [a["name"] for a in al if a["state"] == "raised"] or [""]
@@ -570,8 +735,12 @@ class SessionView:
             self.peak_span.location = rv.peak
         self.peak_fig.title.text = f"ECAL electron peak, beam triggers: {_fmt(rv.peak)} GeV"
 
-    def _apply_maps(self, maps: list[tuple[Any, ColumnDataSource, LinearColorMapper]], values: list[np.ndarray],
-                    ids: np.ndarray) -> None:
+    def _apply_maps(
+        self,
+        maps: list[tuple[Any, ColumnDataSource, LinearColorMapper]],
+        values: list[np.ndarray],
+        ids: np.ndarray,
+    ) -> None:
         for (_, src, mapper), vals in zip(maps, values, strict=True):
             v = np.nan_to_num(vals[ids])
             src.data.update(value=v, label=[f"{x:.2g}" for x in v])  # type: ignore[attr-defined]
@@ -592,8 +761,9 @@ class SessionView:
         self.spec_fig.title.text = f"Spectrum of {self.cell.value} (physics + beam triggers)"
 
     def _apply_hcal(self, snap: Snapshot, rv: Any) -> None:
-        self._apply_maps([self.hcal_mean, self.hcal_occ], [rv.mean_energy, rv.occupancy],
-                         np.asarray(detector.HCAL_IDS))
+        self._apply_maps(
+            [self.hcal_mean, self.hcal_occ], [rv.mean_energy, rv.occupancy], np.asarray(detector.HCAL_IDS)
+        )
         _set_hist(self.veto_src, rv.h1["veto_mip_phys"], self.veto_fig, log_y=True)
         _set_hist(self.srd_src, rv.h1["srd_sum_beam"])
         self.counter_src.data.update(  # type: ignore[attr-defined]
@@ -621,22 +791,32 @@ class SessionView:
         nan = np.full(detector.N_CHANNELS, np.nan)
         bm = snap.baseline_ped_mean if snap.baseline_ped_mean is not None else nan
         bn = snap.baseline_noise if snap.baseline_noise is not None else nan
-        self.ped_src.data.update(mean=rv.ped_mean, noise=rv.ped_noise, base_mean=bm,  # type: ignore[attr-defined]
-                                 base_noise=bn)
+        self.ped_src.data.update(
+            mean=rv.ped_mean,
+            noise=rv.ped_noise,
+            base_mean=bm,  # type: ignore[attr-defined]
+            base_noise=bn,
+        )
 
     def _apply_checks(self, snap: Snapshot, rv: Any) -> None:
         names = snap.check_names
         m = snap.check_matrix
         ys, xs = np.nonzero(m >= -1)
         states = [STATE_OF_VALUE[int(v)] for v in m[ys, xs]]
-        self.matrix_src.data = {"x": xs.astype(float), "y": [names[i] for i in ys],
-                                "color": [STATE_COLORS[s] if int(v) >= 0 else "#eeeeee"
-                                          for s, v in zip(states, m[ys, xs], strict=True)],
-                                "state": states}
+        self.matrix_src.data = {
+            "x": xs.astype(float),
+            "y": [names[i] for i in ys],
+            "color": [
+                STATE_COLORS[s] if int(v) >= 0 else "#eeeeee" for s, v in zip(states, m[ys, xs], strict=True)
+            ],
+            "state": states,
+        }
         lg = snap.alarm_log
         self.log_src.data = {
-            "time": [_when(a["updated_at"]) for a in lg], "name": [a["name"] for a in lg],
-            "state": [a["state"] for a in lg], "severity": [a["severity"] for a in lg],
+            "time": [_when(a["updated_at"]) for a in lg],
+            "name": [a["name"] for a in lg],
+            "state": [a["state"] for a in lg],
+            "severity": [a["severity"] for a in lg],
             "message": [a["message"] for a in lg],
         }
 

@@ -52,7 +52,9 @@ class BookSpec:
     )
     #: energy above which a calorimeter channel counts as saturated (GeV)
     saturation_gev: NDArray[np.float64] = field(
-        default_factory=lambda: 0.99 * (detector.ADC_MAX - detector.NOMINAL_PEDESTAL) / detector.nominal_gains() / 1e3
+        default_factory=lambda: (
+            0.99 * (detector.ADC_MAX - detector.NOMINAL_PEDESTAL) / detector.nominal_gains() / 1e3
+        )
     )
     signal_like_ecal_gev: float = 70.0
     signal_like_hcal_gev: float = 1.0
@@ -109,7 +111,8 @@ class Book:
         self.spec = spec
         self.h1 = {name: bh.Histogram(ax, storage=bh.storage.Double()) for name, ax in spec.axes_1d().items()}
         self.h2 = {
-            name: bh.Histogram(ax, ay, storage=bh.storage.Double()) for name, (ax, ay) in spec.axes_2d().items()
+            name: bh.Histogram(ax, ay, storage=bh.storage.Double())
+            for name, (ax, ay) in spec.axes_2d().items()
         }
         #: per-channel spectra of physics+beam events, energy / spectrum_max in [0, 1)
         self.spectra = bh.Histogram(
@@ -190,7 +193,9 @@ class Book:
         saturated = (energy[:, _CALO] >= self.spec.saturation_gev[_CALO]).any(axis=1)
         a["n_saturated"][0] += np.count_nonzero(saturated)
         t = b.t_ns.astype(np.float64)
-        signal_like = phys & (b.e_ecal < self.spec.signal_like_ecal_gev) & (b.e_hcal < self.spec.signal_like_hcal_gev)
+        signal_like = (
+            phys & (b.e_ecal < self.spec.signal_like_ecal_gev) & (b.e_hcal < self.spec.signal_like_hcal_gev)
+        )
         sels = (phys, beam, rnd, saturated, signal_like)
         rows = np.concatenate([np.full(np.count_nonzero(s), i) for i, s in enumerate(sels)])
         self.times.fill(rows, np.concatenate([t[s] for s in sels]))
@@ -271,5 +276,3 @@ class Book:
                 raise ValueError(f"arrays.{k} has shape {got.shape}, expected {arr.shape}")
             arr[...] = got
         return book
-
-

@@ -46,8 +46,13 @@ class CheckResult:
 
     def to_json(self) -> dict[str, Any]:
         value = None if self.value is None or not math.isfinite(self.value) else self.value
-        return {"name": self.name, "state": self.state.name, "message": self.message, "value": value,
-                "details": list(self.details)}
+        return {
+            "name": self.name,
+            "state": self.state.name,
+            "message": self.message,
+            "value": value,
+            "details": list(self.details),
+        }
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,7 +119,8 @@ class ReferenceCheck:
         expected = ctx.baseline.book.h1[self.hist].values()
         if observed.sum() < cfg.min_entries or expected.sum() < cfg.min_entries:
             return CheckResult(
-                self.name, State.UNKNOWN,
+                self.name,
+                State.UNKNOWN,
                 f"{self.hist}: {observed.sum():.0f} entries, need {cfg.min_entries}",
             )
         if cfg.method == "ks":
@@ -155,7 +161,9 @@ class DeadChannelCheck:
             return CheckResult(self.name, State.UNKNOWN, "not enough events or waveforms to judge channels")
         state = _level(len(ids), cfg.warn, cfg.error) if len(ids) else State.OK
         msg = f"{len(ids)} dead: {_names(ids)}" if len(ids) else f"no dead channel ({judged} judged)"
-        return CheckResult(self.name, state, msg, float(len(ids)), tuple(detector.channel_name(int(i)) for i in ids))
+        return CheckResult(
+            self.name, state, msg, float(len(ids)), tuple(detector.channel_name(int(i)) for i in ids)
+        )
 
 
 @dataclass(frozen=True)
@@ -172,7 +180,9 @@ class HotChannelCheck:
             expected = ctx.baseline.hit_rate[1] * book.arrays["n_type"][1]
             observed = book.arrays["hits"][1]
             n_sig = book.arrays["n_type"][1]
-            limit = np.maximum(cfg.hot_factor * expected + 5 * np.sqrt(expected) + 5, cfg.hot_min_fraction * n_sig)
+            limit = np.maximum(
+                cfg.hot_factor * expected + 5 * np.sqrt(expected) + 5, cfg.hot_min_fraction * n_sig
+            )
             hot |= observed > limit
             judged = True
         ped = metrics.pedestals(book)
@@ -182,14 +192,18 @@ class HotChannelCheck:
             limit_noise = np.full(detector.N_CHANNELS, cfg.hot_noise_adc)
             if ctx.baseline is not None:
                 base = ctx.baseline.pedestals.noise
-                limit_noise = np.where(np.isfinite(base), np.minimum(limit_noise, 3 * base + 1.0), limit_noise)
+                limit_noise = np.where(
+                    np.isfinite(base), np.minimum(limit_noise, 3 * base + 1.0), limit_noise
+                )
             hot |= ok & (ped.noise > limit_noise)
         if not judged:
             return CheckResult(self.name, State.UNKNOWN, "not enough events to judge channels")
         ids = np.flatnonzero(hot)
         state = _level(len(ids), cfg.warn, cfg.error) if len(ids) else State.OK
         msg = f"{len(ids)} hot/noisy: {_names(ids)}" if len(ids) else "no hot channel"
-        return CheckResult(self.name, state, msg, float(len(ids)), tuple(detector.channel_name(int(i)) for i in ids))
+        return CheckResult(
+            self.name, state, msg, float(len(ids)), tuple(detector.channel_name(int(i)) for i in ids)
+        )
 
 
 @dataclass(frozen=True)
@@ -215,8 +229,9 @@ class PedestalCheck:
             if len(bad)
             else f"pedestals stable (max shift {shift[worst]:.1f} ADC)"
         )
-        return CheckResult(self.name, state, msg, float(shift[worst]),
-                           tuple(detector.channel_name(int(i)) for i in bad))
+        return CheckResult(
+            self.name, state, msg, float(shift[worst]), tuple(detector.channel_name(int(i)) for i in bad)
+        )
 
 
 @dataclass(frozen=True)
@@ -236,8 +251,10 @@ class ElectronPeakCheck:
         rel = peak.mean / expected - 1.0
         state = _level(abs(rel), cfg.warn, cfg.error)
         return CheckResult(
-            self.name, state,
-            f"ECAL electron peak {peak.mean:.2f} GeV, {100 * rel:+.1f}% vs {expected:.2f} ({source})", rel,
+            self.name,
+            state,
+            f"ECAL electron peak {peak.mean:.2f} GeV, {100 * rel:+.1f}% vs {expected:.2f} ({source})",
+            rel,
         )
 
 
@@ -260,12 +277,15 @@ class TriggerRateCheck:
             rel = acc / ctx.baseline.acceptance - 1.0
             state = _level(abs(rel), cfg.warn, cfg.error)
             return CheckResult(
-                self.name, state,
-                f"physics triggers {physics} = {acc:.2e}/EOT, {100 * rel:+.0f}% vs {ctx.baseline.source}", acc,
+                self.name,
+                state,
+                f"physics triggers {physics} = {acc:.2e}/EOT, {100 * rel:+.0f}% vs {ctx.baseline.source}",
+                acc,
             )
         ok = cfg.acceptance_min <= acc <= cfg.acceptance_max
         return CheckResult(
-            self.name, State.OK if ok else State.ERROR,
+            self.name,
+            State.OK if ok else State.ERROR,
             f"physics triggers {physics} = {acc:.2e}/EOT (allowed {cfg.acceptance_min:g}..{cfg.acceptance_max:g})",
             acc,
         )
@@ -284,7 +304,8 @@ class EotCheck:
             return CheckResult(self.name, State.UNKNOWN, f"EOT {n_beam}: beam off", float(n_beam))
         rel = n_beam / ctx.baseline.eot_per_spill - 1.0
         return CheckResult(
-            self.name, _level(abs(rel), cfg.warn, cfg.error),
+            self.name,
+            _level(abs(rel), cfg.warn, cfg.error),
             f"EOT {n_beam}, {100 * rel:+.0f}% vs {ctx.baseline.eot_per_spill:.3g} ({ctx.baseline.source})",
             float(n_beam),
         )
@@ -298,7 +319,9 @@ class BeamOffCheck:
         cfg = ctx.config.checks.rates
         n_beam, _ = _spill_numbers(ctx.summary)
         if n_beam < cfg.beam_off_eot:
-            return CheckResult(self.name, State.ERROR, f"beam off: {n_beam} EOT in spill {ctx.spill}", float(n_beam))
+            return CheckResult(
+                self.name, State.ERROR, f"beam off: {n_beam} EOT in spill {ctx.spill}", float(n_beam)
+            )
         return CheckResult(self.name, State.OK, f"beam on: {n_beam} EOT", float(n_beam))
 
 
@@ -317,8 +340,13 @@ class LossCheck:
         accepted = max(int(ctx.summary.get("n_accepted", 0) or 0), 1)
         state = State.ERROR if total > cfg.error_fraction * accepted else State.WARN
         text = ", ".join(f"{k} {v}" for k, v in sorted(losses.items()))
-        return CheckResult(self.name, state, f"{total} lost ({text}) of {accepted} accepted", float(total),
-                           tuple(sorted(losses)))
+        return CheckResult(
+            self.name,
+            state,
+            f"{total} lost ({text}) of {accepted} accepted",
+            float(total),
+            tuple(sorted(losses)),
+        )
 
 
 @dataclass(frozen=True)
@@ -337,7 +365,9 @@ class MissingSourceCheck:
         if missing:
             problems.append(f"no data from {', '.join(missing)}")
         if problems:
-            return CheckResult(self.name, State.ERROR, "; ".join(problems), float(len(problems)), tuple(missing))
+            return CheckResult(
+                self.name, State.ERROR, "; ".join(problems), float(len(problems)), tuple(missing)
+            )
         return CheckResult(self.name, State.OK, "all sources present", 0.0)
 
 
@@ -367,8 +397,12 @@ class SaturationCheck:
             f"(expected {sig.expected:.1f})"
         )
         if sat.significant(cfg.spike_factor) or sig.significant(cfg.spike_factor):
-            return CheckResult(self.name, State.ERROR, "early-spill saturation pattern: " + text,
-                               max(sat.observed, sig.observed))
+            return CheckResult(
+                self.name,
+                State.ERROR,
+                "early-spill saturation pattern: " + text,
+                max(sat.observed, sig.observed),
+            )
         if spiking:
             return CheckResult(self.name, State.WARN, "early-spill intensity spike: " + text, spike)
         if not math.isfinite(spike) and sat.n_early < cfg.min_events:
@@ -383,8 +417,9 @@ class DeadTimeCheck:
     def evaluate(self, ctx: SpillContext) -> CheckResult:
         cfg = ctx.config.checks.run_state
         f = float(ctx.summary.get("dead_time_fraction", math.nan) or 0.0)
-        return CheckResult(self.name, _level(f, cfg.dead_time_warn, cfg.dead_time_error),
-                           f"dead time {100 * f:.2f}%", f)
+        return CheckResult(
+            self.name, _level(f, cfg.dead_time_warn, cfg.dead_time_error), f"dead time {100 * f:.2f}%", f
+        )
 
 
 @dataclass(frozen=True)
@@ -424,7 +459,9 @@ class DaqHeartbeatCheck:
                 return CheckResult(self.name, State.UNKNOWN, "waiting for the DAQ")
             return CheckResult(self.name, State.ERROR, f"no DAQ status since start ({ctx.uptime_s:.0f} s)")
         if ctx.status_age_s > timeout:
-            return CheckResult(self.name, State.ERROR, f"DAQ silent for {ctx.status_age_s:.1f} s", ctx.status_age_s)
+            return CheckResult(
+                self.name, State.ERROR, f"DAQ silent for {ctx.status_age_s:.1f} s", ctx.status_age_s
+            )
         state = (ctx.status or {}).get("state", "?")
         return CheckResult(self.name, State.OK, f"DAQ {state}", ctx.status_age_s)
 

@@ -230,8 +230,10 @@ class MqttConfig:
     client_id: str = ""
 
     def __post_init__(self) -> None:
-        _need(bool(self.topic_prefix) and not any(c in self.topic_prefix for c in "#+"),
-              f"topic_prefix must be non-empty without wildcards (got {self.topic_prefix!r})")
+        _need(
+            bool(self.topic_prefix) and not any(c in self.topic_prefix for c in "#+"),
+            f"topic_prefix must be non-empty without wildcards (got {self.topic_prefix!r})",
+        )
         _need(self.keepalive_s >= 1, "keepalive_s must be >= 1")
         _need(0 < self.backoff_min_s <= self.backoff_max_s, "need 0 < backoff_min_s <= backoff_max_s")
         _need(self.max_queued >= 1, "max_queued must be >= 1")

@@ -27,19 +27,49 @@ def register(subparsers: Any) -> None:
         ),
     )
     p.add_argument("files", nargs="*", metavar="FILES", help="spill files or directories (offline mode)")
-    p.add_argument("--source", default=None, metavar="ENDPOINT",
-                   help=f"DAQ monitoring endpoint (live mode; the default when no FILES: {DEFAULT_SOURCE})")
-    p.add_argument("--host", default="127.0.0.1", help="address the web server binds to (default: 127.0.0.1; others only when given)")
-    p.add_argument("--port", type=int, default=5006, help="web server port, 0 for any free port (default: 5006)")
-    p.add_argument("--allow-origin", action="append", default=[], metavar="HOST[:PORT]",
-                   help="extra websocket origin allowed to connect (repeatable), e.g. a reverse proxy")
-    p.add_argument("--mqtt", default=None, metavar="URL",
-                   help="MQTT broker for alarms and status, e.g. mqtt://127.0.0.1:1883 (default: no MQTT)")
-    p.add_argument("--reference", default=None, metavar="FILE",
-                   help="reference file from `na64 dqm-reference` (default: the run's first good spills)")
-    p.add_argument("--config", default=None, metavar="FILE", help="TOML file with check thresholds and options")
-    p.add_argument("--beam-energy", type=float, default=None, metavar="GEV",
-                   help="beam energy in GeV (default: config value, 100)")
+    p.add_argument(
+        "--source",
+        default=None,
+        metavar="ENDPOINT",
+        help=f"DAQ monitoring endpoint (live mode; the default when no FILES: {DEFAULT_SOURCE})",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address the web server binds to (default: 127.0.0.1; others only when given)",
+    )
+    p.add_argument(
+        "--port", type=int, default=5006, help="web server port, 0 for any free port (default: 5006)"
+    )
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="extra websocket origin allowed to connect (repeatable), e.g. a reverse proxy",
+    )
+    p.add_argument(
+        "--mqtt",
+        default=None,
+        metavar="URL",
+        help="MQTT broker for alarms and status, e.g. mqtt://127.0.0.1:1883 (default: no MQTT)",
+    )
+    p.add_argument(
+        "--reference",
+        default=None,
+        metavar="FILE",
+        help="reference file from `na64 dqm-reference` (default: the run's first good spills)",
+    )
+    p.add_argument(
+        "--config", default=None, metavar="FILE", help="TOML file with check thresholds and options"
+    )
+    p.add_argument(
+        "--beam-energy",
+        type=float,
+        default=None,
+        metavar="GEV",
+        help="beam energy in GeV (default: config value, 100)",
+    )
     p.add_argument("--show", action="store_true", help="open the page in a browser")
     p.set_defaults(run=run_dqm)
 
@@ -51,13 +81,25 @@ def register(subparsers: Any) -> None:
     )
     r.add_argument("files", nargs="+", metavar="FILES", help="spill files or directories of a good run")
     r.add_argument("--out", required=True, metavar="REF", help="reference file to write (JSON)")
-    r.add_argument("--config", default=None, metavar="FILE", help="TOML file (thresholds, axes) as for `na64 dqm`")
+    r.add_argument(
+        "--config", default=None, metavar="FILE", help="TOML file (thresholds, axes) as for `na64 dqm`"
+    )
     r.add_argument("--beam-energy", type=float, default=None, metavar="GEV", help="beam energy in GeV")
-    r.add_argument("--min-spills", type=int, default=1, help="fail unless at least this many good spills (default: 1)")
-    r.add_argument("--workers", type=int, default=None,
-                   help="fill the spills in parallel on a local dask cluster of N processes (default: serial)")
-    r.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                   help="fill the spills in parallel on an existing dask cluster (scheduler address)")
+    r.add_argument(
+        "--min-spills", type=int, default=1, help="fail unless at least this many good spills (default: 1)"
+    )
+    r.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="fill the spills in parallel on a local dask cluster of N processes (default: serial)",
+    )
+    r.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="fill the spills in parallel on an existing dask cluster (scheduler address)",
+    )
     r.set_defaults(run=run_reference)
 
 
@@ -73,7 +115,11 @@ def _check_host(host: str) -> str:
 
 def _check_origin(origin: str) -> str:
     host, _, port = origin.partition(":")
-    if not host or any(c in origin for c in "/ ") or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+    if (
+        not host
+        or any(c in origin for c in "/ ")
+        or (port and not (port.isdigit() and 0 < int(port) < 65536))
+    ):
         raise DqmUserError(f"--allow-origin {origin!r}: expected HOST or HOST:PORT")
     return origin
 
@@ -94,8 +140,14 @@ def run_dqm(args: argparse.Namespace) -> int:
     if ref is not None:
         log.info("checks compare with %s", ref.source)
     service = DqmService(
-        config, source=source, files=args.files, host=_check_host(args.host), port=args.port,
-        allow_origins=[_check_origin(o) for o in args.allow_origin], mqtt_url=args.mqtt, reference=ref,
+        config,
+        source=source,
+        files=args.files,
+        host=_check_host(args.host),
+        port=args.port,
+        allow_origins=[_check_origin(o) for o in args.allow_origin],
+        mqtt_url=args.mqtt,
+        reference=ref,
     )
     if args.show:
         import threading
@@ -113,8 +165,14 @@ def run_reference(args: argparse.Namespace) -> int:
     if getattr(args, "workers", None) is not None or getattr(args, "scheduler", None):
         from dqm import offline  # parallel filling (daq.offline on dask), same reference document
 
-        prov = offline.promote(args.files, args.out, config, min_spills=args.min_spills, workers=args.workers,
-                               scheduler=args.scheduler)
+        prov = offline.promote(
+            args.files,
+            args.out,
+            config,
+            min_spills=args.min_spills,
+            workers=args.workers,
+            scheduler=args.scheduler,
+        )
     else:
         prov = reference.promote(args.files, args.out, config, min_spills=args.min_spills)
     print(f"reference {args.out}: {prov['n_spills']} spills, {prov['n_events']} events, runs {prov['runs']}")

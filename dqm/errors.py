@@ -1,9 +1,9 @@
 """Errors of the DQM.
 
-    Na64Error
-    ├── UserError
-    │   └── DqmUserError          bad DQM input from a person: reference file, endpoint, option
-    └── DqmError                  a run-time failure of the DQM service
+Na64Error
+├── UserError
+│   └── DqmUserError          bad DQM input from a person: reference file, endpoint, option
+└── DqmError                  a run-time failure of the DQM service
 """
 
 from __future__ import annotations

@@ -148,8 +148,9 @@ def kolmogorov_p(lam: float) -> float:
     return min(max(total, 0.0), 1.0)
 
 
-def early_spike(counts: NDArray[np.float64], edges: NDArray[np.float64], spill_length_ns: float,
-                early_fraction: float) -> float:
+def early_spike(
+    counts: NDArray[np.float64], edges: NDArray[np.float64], spill_length_ns: float, early_fraction: float
+) -> float:
     """Intensity in the first ``early_fraction`` of the spill over the median intensity of the rest.
 
     ``counts``/``edges`` are particles vs time in spill (ns). Returns nan when the rest is empty.

@@ -41,8 +41,16 @@ log = logging.getLogger(__name__)
 
 #: loss reasons shown as separate series (the DAQ contract); anything else is summed as "other"
 LOSS_REASONS = (
-    "sequence_gap", "duplicate", "decode_error", "fragment_timeout", "empty_fragment", "truncated_fragment",
-    "unexpected_fragment", "spill_counter_mismatch", "write_error", "monitor_skipped",
+    "sequence_gap",
+    "duplicate",
+    "decode_error",
+    "fragment_timeout",
+    "empty_fragment",
+    "truncated_fragment",
+    "unexpected_fragment",
+    "spill_counter_mismatch",
+    "write_error",
+    "monitor_skipped",
 )
 #: at most this many spills are open (events seen, summary not yet) before the oldest is closed anyway
 MAX_OPEN_SPILLS = 2
@@ -237,7 +245,9 @@ class Monitor:
             while len(self.open) >= MAX_OPEN_SPILLS:
                 (old_run, old_spill), old = self.open.popitem(last=False)
                 self.counters.summaries_missing += 1
-                log.warning("run %d spill %d: no spill summary arrived; closed without checks", old_run, old_spill)
+                log.warning(
+                    "run %d spill %d: no spill summary arrived; closed without checks", old_run, old_spill
+                )
                 self._retire(old)
             book = self.open[key] = Book(self.spec)
         book.fill(batch)
@@ -251,8 +261,11 @@ class Monitor:
         if batch.waveform is not None and batch.n:
             self.waveform = np.array(batch.waveform)
             self.waveform_info = {
-                "event_id": int(batch.event_id[-1]), "trigger_mask": int(batch.mask[-1]),
-                "t_ns": int(batch.t_ns[-1]), "run": batch.run, "spill": batch.spill,
+                "event_id": int(batch.event_id[-1]),
+                "trigger_mask": int(batch.mask[-1]),
+                "t_ns": int(batch.t_ns[-1]),
+                "run": batch.run,
+                "spill": batch.spill,
             }
         if batch.n:
             self.last_event_id = int(batch.event_id[-1])
@@ -324,8 +337,9 @@ class Monitor:
         self.recent[(run, spill)] = book
         while len(self.recent) > 3:
             self.recent.popitem(last=False)
-        ctx = SpillContext(run=run, spill=spill, summary=summary, book=book, baseline=self.baseline,
-                           config=self.config)
+        ctx = SpillContext(
+            run=run, spill=spill, summary=summary, book=book, baseline=self.baseline, config=self.config
+        )
         results = tuple(_safe_evaluate(check, ctx) for check in self.spill_checks)
         self._retire(book)
         self.last_summary, self.last_summary_time = dict(summary), now
@@ -340,12 +354,19 @@ class Monitor:
         notices: list[Notice] = [SpillClosed(record, results, summary)]
         notices += self._apply(results, now, run, spill)
         log.info(
-            "run %d spill %d closed: EOT %d, %d events monitored, %s", run, spill, n_beam, book.n_events,
-            ", ".join(f"{r.name} {r.state.name}" for r in results if r.state >= State.WARN) or "all checks OK",
+            "run %d spill %d closed: EOT %d, %d events monitored, %s",
+            run,
+            spill,
+            n_beam,
+            book.n_events,
+            ", ".join(f"{r.name} {r.state.name}" for r in results if r.state >= State.WARN)
+            or "all checks OK",
         )
         return notices
 
-    def _maybe_extend_baseline(self, book: Book, summary: Mapping[str, Any], results: Sequence[CheckResult]) -> None:
+    def _maybe_extend_baseline(
+        self, book: Book, summary: Mapping[str, Any], results: Sequence[CheckResult]
+    ) -> None:
         if self.reference is not None or self.run_baseline is not None:
             return
         bad = {r.name for r in results if r.state is State.ERROR}
@@ -362,7 +383,9 @@ class Monitor:
         if len(self._baseline_summaries) >= self.config.baseline_spills:
             spills = [s.get("spill") for s in self._baseline_summaries]
             self.run_baseline = Baseline.build(
-                self._baseline_book, self._baseline_summaries, f"run {self.run} spills {spills[0]}-{spills[-1]}",
+                self._baseline_book,
+                self._baseline_summaries,
+                f"run {self.run} spills {spills[0]}-{spills[-1]}",
                 self.config.checks.electron_peak.min_events,
             )
             log.info("baseline from %s", self.run_baseline.source)
@@ -477,21 +500,36 @@ def _num(x: Any, default: float = math.nan) -> float:
         return default
 
 
-def _record(run: int, spill: int, now: float, s: Mapping[str, Any], book: Book,
-            results: Sequence[CheckResult], eot_run: int) -> SpillRecord:
+def _record(
+    run: int,
+    spill: int,
+    now: float,
+    s: Mapping[str, Any],
+    book: Book,
+    results: Sequence[CheckResult],
+    eot_run: int,
+) -> SpillRecord:
     trig = s.get("triggers") or {}
     h = book.h1["ecal_sum_beam"]
     peak = metrics.find_peak(h.values(), h.axes[0].edges, 10)
     losses = s.get("losses") or {}
     return SpillRecord(
-        run=run, spill=spill, time=now, status=str(s.get("status", "?")),
-        n_beam=int(_num(s.get("n_beam"), 0)), eot_run=eot_run,
-        physics=int(_num(trig.get("physics"), 0)), beam=int(_num(trig.get("beam"), 0)),
+        run=run,
+        spill=spill,
+        time=now,
+        status=str(s.get("status", "?")),
+        n_beam=int(_num(s.get("n_beam"), 0)),
+        eot_run=eot_run,
+        physics=int(_num(trig.get("physics"), 0)),
+        beam=int(_num(trig.get("beam"), 0)),
         random=int(_num(trig.get("random"), 0)),
         dead_time_fraction=_num(s.get("dead_time_fraction")),
         losses={str(k): int(_num(v, 0)) for k, v in losses.items()} if isinstance(losses, dict) else {},
-        write_mb=_num(s.get("write_mb")), write_seconds=_num(s.get("write_seconds")),
-        spill_length_s=_num(s.get("spill_length_s")), free_disk_bytes=_num(s.get("free_disk_bytes")),
-        n_monitored=book.n_events, peak_gev=math.nan if peak is None else peak.mean,
+        write_mb=_num(s.get("write_mb")),
+        write_seconds=_num(s.get("write_seconds")),
+        spill_length_s=_num(s.get("spill_length_s")),
+        free_disk_bytes=_num(s.get("free_disk_bytes")),
+        n_monitored=book.n_events,
+        peak_gev=math.nan if peak is None else peak.mean,
         results={r.name: r.state for r in results},
     )

@@ -64,8 +64,9 @@ class BrokerAddress:
 class MqttPublisher:
     """Owns the MQTT connection. Use from the event loop thread only."""
 
-    def __init__(self, address: BrokerAddress, config: MqttConfig | None = None,
-                 on_ack: AckHandler | None = None) -> None:
+    def __init__(
+        self, address: BrokerAddress, config: MqttConfig | None = None, on_ack: AckHandler | None = None
+    ) -> None:
         self.address = address
         self.config = config or MqttConfig()
         self.prefix = self.config.topic_prefix.rstrip("/")
@@ -123,9 +124,12 @@ class MqttPublisher:
         while not self._stopping:
             try:
                 async with aiomqtt.Client(
-                    self.address.host, self.address.port, identifier=self.client_id,
+                    self.address.host,
+                    self.address.port,
+                    identifier=self.client_id,
                     will=aiomqtt.Will(self.topic("status"), self.will_payload, qos=1, retain=True),
-                    keepalive=cfg.keepalive_s, timeout=5.0,
+                    keepalive=cfg.keepalive_s,
+                    timeout=5.0,
                 ) as client:
                     self.connected = True
                     self.connects += 1

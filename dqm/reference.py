@@ -46,8 +46,9 @@ def _spec_dict(spec: BookSpec) -> dict[str, Any]:
     }
 
 
-def promote(paths: Sequence[str | Path], out: str | Path, config: DqmConfig | None = None,
-            min_spills: int = 1) -> dict[str, Any]:
+def promote(
+    paths: Sequence[str | Path], out: str | Path, config: DqmConfig | None = None, min_spills: int = 1
+) -> dict[str, Any]:
     """Fill from spill files and write a reference file; returns its provenance. Bad spills are skipped."""
     config = config or DqmConfig()
     mon = Monitor(config, live=False, spill_checks=[], live_checks=[])
@@ -122,8 +123,10 @@ def load(path: str | Path, config: DqmConfig | None = None) -> Baseline:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise DqmUserError(f"{p} is not a DQM reference file (format is not {FORMAT!r})")
     if doc.get("format_version") != FORMAT_VERSION:
-        raise DqmUserError(f"{p}: reference format_version {doc.get('format_version')!r} is not supported "
-                           f"(this DQM reads {FORMAT_VERSION})")
+        raise DqmUserError(
+            f"{p}: reference format_version {doc.get('format_version')!r} is not supported "
+            f"(this DQM reads {FORMAT_VERSION})"
+        )
     spec = BookSpec.from_config(config)
     want = _spec_dict(spec)
     got = doc.get("spec") or {}

@@ -79,8 +79,11 @@ class DqmService:
         self.lock = threading.Lock()
         self.monitor = Monitor(config, reference=reference, live=self.mode == "live")
         self.hub = SnapshotHub(snapshot.Axes.of(self.monitor.spec), self.monitor.check_names())
-        self.mqtt = MqttPublisher(BrokerAddress.parse(mqtt_url), config.mqtt, on_ack=self._ack_from_mqtt) \
-            if mqtt_url else None
+        self.mqtt = (
+            MqttPublisher(BrokerAddress.parse(mqtt_url), config.mqtt, on_ack=self._ack_from_mqtt)
+            if mqtt_url
+            else None
+        )
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self._live: LiveSource | None = None
@@ -114,8 +117,11 @@ class DqmService:
         with self.lock:
             notices = self.monitor.acknowledge(name, time.time(), by)
         if notices:
-            log.info("alarm(s) acknowledged by %s: %s", by, ", ".join(
-                n.alarm.name for n in notices if isinstance(n, AlarmChanged)))
+            log.info(
+                "alarm(s) acknowledged by %s: %s",
+                by,
+                ", ".join(n.alarm.name for n in notices if isinstance(n, AlarmChanged)),
+            )
         self._publish_notices(notices)
 
     def _ack_from_mqtt(self, name: str, by: str) -> None:
@@ -134,11 +140,17 @@ class DqmService:
                 self.mqtt.retain(self.mqtt.topic("alarms", n.alarm.name), n.alarm.to_json())
             elif isinstance(n, SpillClosed):
                 self.mqtt.queue(self.mqtt.topic("spill"), spill_payload(n))
-        self.mqtt.retain(self.mqtt.topic("checks"),
-                         {"run": run, "spill": spill, "updated_at": time.time(), "checks": results})
+        self.mqtt.retain(
+            self.mqtt.topic("checks"),
+            {"run": run, "spill": spill, "updated_at": time.time(), "checks": results},
+        )
         worst = max((a.severity for a in open_alarms), default=None)
-        self.mqtt.set_status(run=run, spill=spill, open_alarms=len(open_alarms),
-                             worst=worst.name if worst is not None else "OK")
+        self.mqtt.set_status(
+            run=run,
+            spill=spill,
+            open_alarms=len(open_alarms),
+            worst=worst.name if worst is not None else "OK",
+        )
 
     async def _snapshot_loop(self) -> None:
         period = self.config.update_ms / 1000
@@ -146,8 +158,11 @@ class DqmService:
         while True:
             with self.lock:
                 version = self.monitor.version
-                snap = snapshot.build(self.monitor, mode=self.mode, source=self.source_name) \
-                    if version != last_version else None
+                snap = (
+                    snapshot.build(self.monitor, mode=self.mode, source=self.source_name)
+                    if version != last_version
+                    else None
+                )
             if snap is not None:
                 last_version = version
                 self.snapshots += 1
@@ -174,18 +189,30 @@ class DqmService:
         origins = websocket_origins(self.host, self.port, self.allow_origins)
         app = Application(FunctionHandler(self.hub.make_app(self, self.config)))
         server = Server(
-            {"/": app}, io_loop=IOLoop.current(), address=self.host, port=self.port,
-            allow_websocket_origin=origins, unused_session_lifetime_milliseconds=5000,
-            check_unused_sessions_milliseconds=2000, keep_alive_milliseconds=10000,
+            {"/": app},
+            io_loop=IOLoop.current(),
+            address=self.host,
+            port=self.port,
+            allow_websocket_origin=origins,
+            unused_session_lifetime_milliseconds=5000,
+            check_unused_sessions_milliseconds=2000,
+            keep_alive_milliseconds=10000,
         )
         server.start()
         tasks: list[asyncio.Task[Any]] = []
         mqtt_task: asyncio.Task[None] | None = None
         try:
             if self.mqtt is not None:
-                self.mqtt.set_status(state="online", url=self.url, mode=self.mode, source=self.source_name,
-                                     pid=os.getpid(), version=__version__, started_at=self.started_at,
-                                     client_id=self.mqtt.client_id)
+                self.mqtt.set_status(
+                    state="online",
+                    url=self.url,
+                    mode=self.mode,
+                    source=self.source_name,
+                    pid=os.getpid(),
+                    version=__version__,
+                    started_at=self.started_at,
+                    client_id=self.mqtt.client_id,
+                )
                 mqtt_task = asyncio.create_task(self.mqtt.run(), name="mqtt")
             if self._live is not None:
                 self._live.start()
@@ -194,8 +221,14 @@ class DqmService:
             tasks.append(asyncio.create_task(self._snapshot_loop(), name="snapshots"))
             tasks.append(asyncio.create_task(self._tick_loop(), name="ticks"))
             print(f"DQM at {self.url}", flush=True)
-            log.info("DQM at %s (%s: %s; websocket origins %s; MQTT %s)", self.url, self.mode, self.source_name,
-                     ", ".join(origins), self.mqtt.address if self.mqtt else "off")
+            log.info(
+                "DQM at %s (%s: %s; websocket origins %s; MQTT %s)",
+                self.url,
+                self.mode,
+                self.source_name,
+                ", ".join(origins),
+                self.mqtt.address if self.mqtt else "off",
+            )
             await self._stop.wait()
             log.info("stopping")
         finally:
@@ -217,9 +250,24 @@ class DqmService:
 def spill_payload(n: SpillClosed) -> dict[str, Any]:
     """The MQTT per-spill message: the DAQ summary without histograms, plus the DQM's check results."""
     s = n.summary
-    keep = ("run", "spill", "status", "file", "n_beam", "n_particles", "triggers", "n_accepted", "n_events_written",
-            "dead_time_fraction", "losses", "spill_length_s", "write_seconds", "write_mb", "free_disk_bytes",
-            "calibration_id")
+    keep = (
+        "run",
+        "spill",
+        "status",
+        "file",
+        "n_beam",
+        "n_particles",
+        "triggers",
+        "n_accepted",
+        "n_events_written",
+        "dead_time_fraction",
+        "losses",
+        "spill_length_s",
+        "write_seconds",
+        "write_mb",
+        "free_disk_bytes",
+        "calibration_id",
+    )
     out: dict[str, Any] = {k: s[k] for k in keep if k in s}
     out["run"], out["spill"] = n.record.run, n.record.spill
     out["n_monitored"] = n.record.n_monitored

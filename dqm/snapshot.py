@@ -130,7 +130,7 @@ def _history(mon: Monitor) -> dict[str, NDArray[np.float64]]:
     def col(values: list[float]) -> NDArray[np.float64]:
         arr = np.full(n, np.nan)
         if values:
-            arr[-len(values):] = values
+            arr[-len(values) :] = values
         return arr
 
     out["index"] = np.arange(n, dtype=np.float64) - (n - 1)  # 0 = the latest spill
@@ -142,14 +142,24 @@ def _history(mon: Monitor) -> dict[str, NDArray[np.float64]]:
     out["beam"] = col([r.beam for r in recs])
     out["random"] = col([r.random for r in recs])
     out["dead_time"] = col([r.dead_time_fraction for r in recs])
-    out["write_mb_s"] = col([r.write_mb / r.spill_length_s if r.spill_length_s > 0 else math.nan for r in recs])
+    out["write_mb_s"] = col(
+        [r.write_mb / r.spill_length_s if r.spill_length_s > 0 else math.nan for r in recs]
+    )
     out["free_disk_gb"] = col([r.free_disk_bytes / 1e9 for r in recs])
     out["peak_gev"] = col([r.peak_gev for r in recs])
     for reason in LOSS_REASONS:
         out[f"loss_{reason}"] = col([float(r.losses.get(reason, 0)) for r in recs])
     out["loss_other"] = col(
-        [float(sum(v for k, v in r.losses.items() if k not in LOSS_REASONS and "." not in k and k != "dead_time"))
-         for r in recs]
+        [
+            float(
+                sum(
+                    v
+                    for k, v in r.losses.items()
+                    if k not in LOSS_REASONS and "." not in k and k != "dead_time"
+                )
+            )
+            for r in recs
+        ]
     )
     return out
 

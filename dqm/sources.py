@@ -48,8 +48,14 @@ def check_endpoint(endpoint: str) -> str:
 class LiveSource:
     """Subscribes to the DAQ's monitoring feed in a background thread."""
 
-    def __init__(self, endpoint: str, handler: Handler, on_error: ErrorHandler | None = None,
-                 rcvhwm: int = 2000, context: zmq.Context | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        handler: Handler,
+        on_error: ErrorHandler | None = None,
+        rcvhwm: int = 2000,
+        context: zmq.Context | None = None,
+    ) -> None:
         self.endpoint = check_endpoint(endpoint)
         self.handler = handler
         self.on_error = on_error
@@ -116,8 +122,9 @@ class LiveSource:
                 log.exception("error handling %s (%d so far)", type(msg).__name__, self.handler_errors)
 
 
-def file_messages(paths: Iterable[str | Path], beam_energy_gev: float = 100.0,
-                  batch_size: int = FILE_BATCH) -> Iterator[protocol.Message]:
+def file_messages(
+    paths: Iterable[str | Path], beam_energy_gev: float = 100.0, batch_size: int = FILE_BATCH
+) -> Iterator[protocol.Message]:
     """EVENTS batches and the SPILL summary of every spill file, as the DAQ would have published them.
 
     Each batch carries the waveforms of its last event only, like the live feed. Files are read
@@ -128,31 +135,47 @@ def file_messages(paths: Iterable[str | Path], beam_energy_gev: float = 100.0,
     seq = 0
     for path in list_spill_files(list(paths)):
         with SpillFile(path) as f:
-            cols = f.events(["event_id", "t_ns", "trigger_mask", "e_prs", "e_ecal", "e_hcal", "e_veto", "e_srd",
-                             "e_miss"])
+            cols = f.events(
+                ["event_id", "t_ns", "trigger_mask", "e_prs", "e_ecal", "e_hcal", "e_veto", "e_srd", "e_miss"]
+            )
             energy = f.energy()
             peak_time = f.peak_time()
             n = f.n_events
             lasts = [min(i + batch_size, n) - 1 for i in range(0, n, batch_size)]
             waveforms = f.waveforms(np.asarray(lasts, np.int64)) if lasts else None
             if energy.shape[1:] != (detector.N_CHANNELS,):
-                raise DqmUserError(f"{path}: energy has {energy.shape[1:]} channels, expected {detector.N_CHANNELS}")
+                raise DqmUserError(
+                    f"{path}: energy has {energy.shape[1:]} channels, expected {detector.N_CHANNELS}"
+                )
             sums = np.stack([cols[name] for name in protocol.Events.SUMS]).astype(np.float32)
             for k, i in enumerate(range(0, n, batch_size)):
                 j = min(i + batch_size, n)
                 assert waveforms is not None
                 yield protocol.Events(
-                    run=f.run, spill=f.spill, seq=seq, n_events=j - i, n_skipped=0,
-                    event_id=cols["event_id"][i:j], t_ns=cols["t_ns"][i:j], trigger_mask=cols["trigger_mask"][i:j],
-                    sums=np.ascontiguousarray(sums[:, i:j]), energy=energy[i:j], peak_time=peak_time[i:j],
+                    run=f.run,
+                    spill=f.spill,
+                    seq=seq,
+                    n_events=j - i,
+                    n_skipped=0,
+                    event_id=cols["event_id"][i:j],
+                    t_ns=cols["t_ns"][i:j],
+                    trigger_mask=cols["trigger_mask"][i:j],
+                    sums=np.ascontiguousarray(sums[:, i:j]),
+                    energy=energy[i:j],
+                    peak_time=peak_time[i:j],
                     waveforms=waveforms[k : k + 1],
                 )
                 seq += 1
             summary = f.summary()
             summary.setdefault("run", f.run)
             summary.setdefault("spill", f.spill)
-        yield protocol.Summary.of(protocol.Summary.KIND_SPILL, json.dumps(summary, default=_json_default),
-                                  run=summary["run"], spill=summary["spill"], seq=seq)
+        yield protocol.Summary.of(
+            protocol.Summary.KIND_SPILL,
+            json.dumps(summary, default=_json_default),
+            run=summary["run"],
+            spill=summary["spill"],
+            seq=seq,
+        )
         seq += 1
         log.info("read %s: %d events", path, n)
 

@@ -109,7 +109,9 @@ class SyntheticDaq:
         """Raw samples (110, 32) for one event's channel energies."""
         f = self.config.faults
         ns = detector.N_SAMPLES
-        ped = np.where(np.arange(ns) % 2 == 0, self.ped_even[:, None], self.ped_odd[:, None]) + f.pedestal_shift
+        ped = (
+            np.where(np.arange(ns) % 2 == 0, self.ped_even[:, None], self.ped_odd[:, None]) + f.pedestal_shift
+        )
         t = np.arange(ns) * detector.SAMPLE_PERIOD_NS
         shape = np.exp(-0.5 * ((t - 125.0) / 17.0) ** 2)
         amp = energy.astype(np.float64) * 1e3 * GAINS
@@ -123,13 +125,17 @@ class SyntheticDaq:
             wf[detector.GROUP_IDS[f.missing_group]] = 0
         return np.clip(np.round(wf), 0, detector.ADC_MAX).astype(np.uint16)
 
-    def batch(self, run: int, spill: int, t_ns: np.ndarray, n_skipped: int = 0,
-              send_time_ns: int = 0) -> protocol.Events:
+    def batch(
+        self, run: int, spill: int, t_ns: np.ndarray, n_skipped: int = 0, send_time_ns: int = 0
+    ) -> protocol.Events:
         cfg = self.config
         n = t_ns.shape[0]
         u = self.rng.random(n)
-        mask = np.where(u < cfg.random_fraction, RANDOM,
-                        np.where(u < cfg.random_fraction + cfg.beam_fraction, BEAM | S_TRIG, PHYSICS | S_TRIG))
+        mask = np.where(
+            u < cfg.random_fraction,
+            RANDOM,
+            np.where(u < cfg.random_fraction + cfg.beam_fraction, BEAM | S_TRIG, PHYSICS | S_TRIG),
+        )
         mask = mask.astype(np.uint32)
         energy = self.energies(mask)
         if cfg.faults.early_saturation:
@@ -139,9 +145,17 @@ class SyntheticDaq:
         ids = np.arange(self.event_id, self.event_id + n, dtype=np.uint64)
         self.event_id += n
         msg = make_events(
-            run=run, spill=spill, t_ns=t_ns, mask=mask, energy=energy, waveform=self.waveform(energy[-1]),
-            event_id=ids, n_skipped=n_skipped, e_miss_beam_gev=cfg.beam_energy_gev,
-            send_time_ns=send_time_ns, seq=self.seq,
+            run=run,
+            spill=spill,
+            t_ns=t_ns,
+            mask=mask,
+            energy=energy,
+            waveform=self.waveform(energy[-1]),
+            event_id=ids,
+            n_skipped=n_skipped,
+            e_miss_beam_gev=cfg.beam_energy_gev,
+            send_time_ns=send_time_ns,
+            seq=self.seq,
         )
         self.seq += 1
         return msg
@@ -175,32 +189,59 @@ class SyntheticDaq:
         self.eot_run += n_beam
         self.spills_run += 1
         return {
-            "run": run, "spill": spill, "status": "incomplete" if f.lost_fragments else "ok",
-            "file": f"run{run:06d}_spill{spill:05d}.h5", "n_beam": n_beam, "n_particles": int(n_beam * 1.01),
-            "triggers": {"physics": physics, "beam": beam, "random": random}, "n_accepted": n,
-            "n_events_written": n - f.lost_fragments, "dead_time_lost": n // 100,
-            "dead_time_fraction": 0.01, "losses": losses, "frontend": {},
-            "t_start_ns": 0, "t_end_ns": int(length_ns), "spill_length_s": cfg.spill_length_s,
-            "write_seconds": 0.05, "write_mb": n * 0.007, "free_disk_bytes": 500e9,
+            "run": run,
+            "spill": spill,
+            "status": "incomplete" if f.lost_fragments else "ok",
+            "file": f"run{run:06d}_spill{spill:05d}.h5",
+            "n_beam": n_beam,
+            "n_particles": int(n_beam * 1.01),
+            "triggers": {"physics": physics, "beam": beam, "random": random},
+            "n_accepted": n,
+            "n_events_written": n - f.lost_fragments,
+            "dead_time_lost": n // 100,
+            "dead_time_fraction": 0.01,
+            "losses": losses,
+            "frontend": {},
+            "t_start_ns": 0,
+            "t_end_ns": int(length_ns),
+            "spill_length_s": cfg.spill_length_s,
+            "write_seconds": 0.05,
+            "write_mb": n * 0.007,
+            "free_disk_bytes": 500e9,
             "calibration_id": "nominal",
             "histograms": {"arrival_time": {"edges": edges.tolist(), "counts": counts.tolist()}},
         }
 
     def summary_message(self, run: int, spill: int) -> protocol.Summary:
-        msg = protocol.Summary.of(protocol.Summary.KIND_SPILL, json.dumps(self.spill_summary(run, spill)),
-                                  run=run, spill=spill, seq=self.seq)
+        msg = protocol.Summary.of(
+            protocol.Summary.KIND_SPILL,
+            json.dumps(self.spill_summary(run, spill)),
+            run=run,
+            spill=spill,
+            seq=self.seq,
+        )
         self.seq += 1
         return msg
 
-    def status_message(self, run: int, spill: int, state: str = "running", uptime_s: float = 0.0,
-                       frontend_age_s: float = 0.2) -> protocol.Summary:
+    def status_message(
+        self, run: int, spill: int, state: str = "running", uptime_s: float = 0.0, frontend_age_s: float = 0.2
+    ) -> protocol.Summary:
         doc = {
-            "state": state, "run": run, "spill": spill, "uptime_s": uptime_s,
+            "state": state,
+            "run": run,
+            "spill": spill,
+            "uptime_s": uptime_s,
             "frontends": {"0": {"last_seen_s": frontend_age_s, "state": "running"}},
-            "losses_run": {}, "eot_run": self.eot_run, "events_run": self.event_id,
-            "spills_run": self.spills_run, "free_disk_bytes": 500e9, "data_dir": "synthetic",
+            "losses_run": {},
+            "eot_run": self.eot_run,
+            "events_run": self.event_id,
+            "spills_run": self.spills_run,
+            "free_disk_bytes": 500e9,
+            "data_dir": "synthetic",
         }
-        msg = protocol.Summary.of(protocol.Summary.KIND_STATUS, json.dumps(doc), run=run, spill=spill, seq=self.seq)
+        msg = protocol.Summary.of(
+            protocol.Summary.KIND_STATUS, json.dumps(doc), run=run, spill=spill, seq=self.seq
+        )
         self.seq += 1
         return msg
 
@@ -210,9 +251,16 @@ class SyntheticDaq:
         yield self.summary_message(run, spill)
 
 
-def publish(endpoint: str, spills: int = 0, run: int = 1, spill_period_s: float = 1.0,
-            batches_per_s: float = 50.0, config: SynthConfig | None = None, seed: int = 1,
-            stop: Any = None) -> int:
+def publish(
+    endpoint: str,
+    spills: int = 0,
+    run: int = 1,
+    spill_period_s: float = 1.0,
+    batches_per_s: float = 50.0,
+    config: SynthConfig | None = None,
+    seed: int = 1,
+    stop: Any = None,
+) -> int:
     """Publish a synthetic run on an XPUB socket (like the DAQ): EVENTS batches paced in time, a spill
     summary at each spill end, a status document every second. ``spills=0`` runs until ``stop`` is set
     (a ``threading.Event``). Returns the number of spills published."""

@@ -2,7 +2,8 @@
 
 A calibration *campaign* is what a shift crew would take: short runs at reduced intensity (2e5 Hz, less
 pile-up and saturation), a prescaled beam trigger every 20th particle and a random trigger every 100 us,
-with the beam moved onto each ECAL cell it can reach (a scan), plus a muon run for the MIP peaks.
+with the beam moved onto each ECAL cell it can reach (a scan). The calibration beam is a mixed e-/mu-
+beam (30% muons) so the same runs give the MIP peaks.
 
 The simulator draws the detector truth (gains, pedestals) from the seed and the run number, with a
 narrower gain spread for the trigger-block cells around the configured beam cell. So that every scan
@@ -126,6 +127,18 @@ def take_run(
     return Run(out / "data", out / "truth.h5", time.monotonic() - t0)
 
 
+def take_runs(
+    root: Path, specs: dict[str, dict[str, object]], procs: list[subprocess.Popen[bytes]], parallel: int = 2
+) -> dict[str, Run]:
+    """Several independent runs, ``parallel`` at a time (each is a DAQ and a simulator process);
+    ``specs`` maps a run name to keyword arguments of :func:`take_run`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(parallel) as pool:
+        futures = {name: pool.submit(take_run, root, name, procs, **kw) for name, kw in specs.items()}  # type: ignore[arg-type]
+        return {name: f.result() for name, f in futures.items()}
+
+
 def truth_channels(run: Run) -> dict[str, np.ndarray]:
     from simulator.truth import read_truth
 
@@ -159,3 +172,40 @@ def amplitude_response(shape: detector.PulseShape, n: int = 20000) -> float:
     w += detector.NOMINAL_PEDESTAL
     reco = waveform.reconstruct(np.rint(w)[:, None, :].astype(np.uint16), np.ones(1))
     return float(np.mean(reco.amplitude[:, 0]) / 1000.0)
+
+
+def shower_reference(
+    cells: list[tuple[int, int]],
+    truth: dict[str, np.ndarray] | None = None,
+    beta: float = 1.0,
+    n: int = 20000,
+) -> dict[tuple[int, int], tuple[float, float]]:
+    """For electrons aimed at each cell, from the simulator's shower model (in process): the median share
+    of the beam energy deposited in the ECAL + PRS cells (containment), and the median share of that
+    deposit in cells above the DAQ's zero suppression (5 x noise, with the truth gains x ``beta``; 1 if no
+    truth is given)."""
+    from simulator import config as sim_config
+    from simulator import physics
+    from simulator.randoms import particle_keys
+
+    ids = np.concatenate([detector.ECAL_IDS, detector.PRS_IDS])
+    out = {}
+    for x, y in cells:
+        cfg = sim_config.load(overrides={"beam.beam_cell": [x, y]})
+        model = physics.model_for(cfg)
+        batch = physics.generate(n, np.random.default_rng(1), cfg)
+        electrons = batch.take(
+            np.flatnonzero(
+                (batch.kind == physics.Kind.ELECTRON) & (batch.process == physics.Process.ELECTRON)
+            )
+        )
+        keys = particle_keys(1, 1, 0, np.arange(len(electrons), dtype=np.uint64))
+        dep = model.deposits(electrons, keys)[:, ids].astype(np.float64)
+        total = dep.sum(axis=1)
+        containment = float(np.median(total / (1000.0 * electrons.e_beam)))
+        above = 1.0
+        if truth is not None:
+            threshold_mev = 5.0 * truth["noise"][ids] / (beta * truth["gain"][ids])
+            above = float(np.median(np.where(dep > threshold_mev, dep, 0.0).sum(axis=1) / total))
+        out[(x, y)] = (containment, above)
+    return out

@@ -33,8 +33,9 @@ class Broker:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([str(self.path), "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [str(self.path), "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wait_port(self.port, 10)
 
     def stop(self) -> None:
@@ -155,13 +156,23 @@ def feed() -> Iterator[Callable[..., Feed]]:
     """Start a synthetic DAQ feed (XPUB, like the DAQ) in a thread: feed(spill_period_s=..., config=...)."""
     feeds: list[Feed] = []
 
-    def start(spill_period_s: float = 1.0, config: SynthConfig | None = None, spills: int = 0,
-              batches_per_s: float = 40.0, run: int = 1, endpoint: str | None = None) -> Feed:
+    def start(
+        spill_period_s: float = 1.0,
+        config: SynthConfig | None = None,
+        spills: int = 0,
+        batches_per_s: float = 40.0,
+        run: int = 1,
+        endpoint: str | None = None,
+    ) -> Feed:
         endpoint = endpoint or f"tcp://127.0.0.1:{free_port()}"
         stop = threading.Event()
         cfg = config or SynthConfig(events_per_spill=400, batch_size=20, spill_length_s=0.4 * spill_period_s)
-        thread = threading.Thread(target=publish, args=(endpoint, spills, run, spill_period_s, batches_per_s, cfg),
-                                  kwargs={"stop": stop}, daemon=True)
+        thread = threading.Thread(
+            target=publish,
+            args=(endpoint, spills, run, spill_period_s, batches_per_s, cfg),
+            kwargs={"stop": stop},
+            daemon=True,
+        )
         thread.start()
         f = Feed(endpoint, stop, thread)
         feeds.append(f)
@@ -199,8 +210,9 @@ def dqm_process(tmp_path: Path) -> Iterator[Callable[..., DqmProcess]]:
         log = tmp_path / f"dqm{len(procs)}.log"
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with log.open("w") as err:
-            proc = subprocess.Popen(na64_command("dqm", *args), stdout=subprocess.PIPE, stderr=err, text=True,
-                                    cwd=ROOT, env=env)
+            proc = subprocess.Popen(
+                na64_command("dqm", *args), stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT, env=env
+            )
         p = DqmProcess(proc, "", log)
         procs.append(p)
         line = _read_line(proc, timeout)
@@ -221,7 +233,9 @@ def dqm_process(tmp_path: Path) -> Iterator[Callable[..., DqmProcess]]:
 
 def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
     out: list[str] = []
-    t = threading.Thread(target=lambda: out.append(proc.stdout.readline() if proc.stdout else ""), daemon=True)
+    t = threading.Thread(
+        target=lambda: out.append(proc.stdout.readline() if proc.stdout else ""), daemon=True
+    )
     t.start()
     t.join(timeout)
     if not out:

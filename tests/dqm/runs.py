@@ -18,15 +18,32 @@ def record_run(directory: Path, *sim_args: str, spills: int = 3, timeout: float 
     daq_log = (directory.parent / f"{directory.name}.daq.log").open("w")
     sim_log = (directory.parent / f"{directory.name}.sim.log").open("w")
     daq = subprocess.Popen(
-        na64_command("daq", "--endpoint", f"tcp://127.0.0.1:{ep}", "--publish", f"tcp://127.0.0.1:{pub}",
-                     "--data-dir", str(directory), "--stop-after-run", "--fragment-timeout", "1"),
+        na64_command(
+            "daq",
+            "--endpoint",
+            f"tcp://127.0.0.1:{ep}",
+            "--publish",
+            f"tcp://127.0.0.1:{pub}",
+            "--data-dir",
+            str(directory),
+            "--stop-after-run",
+            "--fragment-timeout",
+            "1",
+        ),
         stderr=daq_log,
     )
     sim = None
     try:
         sim = subprocess.Popen(
-            na64_command("simulate", "--endpoint", f"tcp://127.0.0.1:{ep}", "--spills", str(spills), *SIM_ARGS,
-                         *sim_args),
+            na64_command(
+                "simulate",
+                "--endpoint",
+                f"tcp://127.0.0.1:{ep}",
+                "--spills",
+                str(spills),
+                *SIM_ARGS,
+                *sim_args,
+            ),
             stderr=sim_log,
         )
         assert sim.wait(timeout) == 0, (directory.parent / f"{directory.name}.sim.log").read_text()[-2000:]

@@ -13,11 +13,24 @@ from dqm.book import Book, BookSpec
 N = detector.N_CHANNELS
 
 
-def batch(energy: np.ndarray, mask: list[int], t_ns: list[int] | None = None, waveform: np.ndarray | None = None,
-          spill: int = 1) -> Batch:
+def batch(
+    energy: np.ndarray,
+    mask: list[int],
+    t_ns: list[int] | None = None,
+    waveform: np.ndarray | None = None,
+    spill: int = 1,
+) -> Batch:
     n = len(mask)
-    return Batch.from_events(make_events(run=1, spill=spill, t_ns=np.asarray(t_ns or [0] * n), mask=np.asarray(mask),
-                                         energy=energy, waveform=waveform))
+    return Batch.from_events(
+        make_events(
+            run=1,
+            spill=spill,
+            t_ns=np.asarray(t_ns or [0] * n),
+            mask=np.asarray(mask),
+            energy=energy,
+            waveform=waveform,
+        )
+    )
 
 
 def test_fill_sorts_events_by_trigger_type() -> None:
@@ -74,9 +87,16 @@ def test_wrong_channel_count_is_a_batch_error() -> None:
     from daq import protocol
 
     msg = protocol.Events(
-        run=1, spill=1, n_events=2, event_id=np.arange(2, dtype=np.uint64), t_ns=np.zeros(2, np.int64),
-        trigger_mask=np.ones(2, np.uint32), sums=np.zeros((6, 2), np.float32), energy=np.zeros((2, 50), np.float32),
-        peak_time=np.zeros((2, 50), np.float32), waveforms=np.zeros((0, 50, 32), np.uint16),
+        run=1,
+        spill=1,
+        n_events=2,
+        event_id=np.arange(2, dtype=np.uint64),
+        t_ns=np.zeros(2, np.int64),
+        trigger_mask=np.ones(2, np.uint32),
+        sums=np.zeros((6, 2), np.float32),
+        energy=np.zeros((2, 50), np.float32),
+        peak_time=np.zeros((2, 50), np.float32),
+        waveforms=np.zeros((0, 50, 32), np.uint16),
     )
     try:
         Batch.from_events(msg)

@@ -18,10 +18,18 @@ import pytest
 from tests.conftest import REQUIRE_EXTERNAL, free_port, na64_command, require_program
 from tests.dqm.conftest import DqmProcess, Feed
 
-pytestmark = [pytest.mark.integration, pytest.mark.external]
+pytestmark = [pytest.mark.integration, pytest.mark.external, pytest.mark.slow]
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +56,10 @@ class Page:
         self.context = browser.new_context(viewport={"width": 1500, "height": 1000})
         self.page = self.context.new_page()
         self.errors: list[str] = []
-        self.page.on("console", lambda m: self.errors.append(f"console {m.type}: {m.text}") if m.type == "error"
-                     else None)
+        self.page.on(
+            "console",
+            lambda m: self.errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None,
+        )
         self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
 
     def open(self, url: str) -> None:
@@ -72,7 +82,8 @@ class Page:
 
     def view(self) -> dict[str, Any]:
         """Active tab, range and cell of the page's Bokeh widgets."""
-        return dict(self.page.evaluate("""() => {
+        return dict(
+            self.page.evaluate("""() => {
             const out = {};
             for (const m of Bokeh.documents[0].all_models) {
               const name = m.constructor.__name__;
@@ -81,7 +92,8 @@ class Page:
               if (name === "Select" && m.options.length > 100) out.cell = m.value;
             }
             return out;
-        }"""))
+        }""")
+        )
 
     def close(self) -> None:
         self.context.close()
@@ -99,13 +111,39 @@ def test_page_renders_and_updates_while_a_simulated_run_streams(
     procs: list[subprocess.Popen[bytes]] = []
     try:
         with (tmp_path / "daq.log").open("w") as daq_log, (tmp_path / "sim.log").open("w") as sim_log:
-            procs.append(subprocess.Popen(na64_command(
-                "daq", "--endpoint", f"tcp://127.0.0.1:{ep}", "--publish", f"tcp://127.0.0.1:{pub}",
-                "--data-dir", str(tmp_path / "data")), stderr=daq_log))
+            procs.append(
+                subprocess.Popen(
+                    na64_command(
+                        "daq",
+                        "--endpoint",
+                        f"tcp://127.0.0.1:{ep}",
+                        "--publish",
+                        f"tcp://127.0.0.1:{pub}",
+                        "--data-dir",
+                        str(tmp_path / "data"),
+                    ),
+                    stderr=daq_log,
+                )
+            )
             dqm = dqm_process("--source", f"tcp://127.0.0.1:{pub}", "--port", "0", "--config", str(cfg))
-            procs.append(subprocess.Popen(na64_command(
-                "simulate", "--endpoint", f"tcp://127.0.0.1:{ep}", "--rate", "2e5", "--spill-length", "0.5",
-                "--spill-period", "1.2", "--spills", "30"), stderr=sim_log))
+            procs.append(
+                subprocess.Popen(
+                    na64_command(
+                        "simulate",
+                        "--endpoint",
+                        f"tcp://127.0.0.1:{ep}",
+                        "--rate",
+                        "2e5",
+                        "--spill-length",
+                        "0.5",
+                        "--spill-period",
+                        "1.2",
+                        "--spills",
+                        "30",
+                    ),
+                    stderr=sim_log,
+                )
+            )
         page = Page(browser)
         page.open(dqm.url + "?tab=summary&range=run")
         t0 = time.monotonic()
@@ -117,8 +155,14 @@ def test_page_renders_and_updates_while_a_simulated_run_streams(
         page.page.wait_for_selector("text=dead_channels", timeout=5000)  # traffic lights are there
         page.page.screenshot(path=str(artifacts_dir / "dqm-summary.png"))
         # every tab renders; the URL follows the view
-        for title, name in (("Physics", "physics"), ("ECAL/PRS", "ecal"), ("HCAL/VETO/SRD", "hcal"),
-                            ("Rates", "rates"), ("Waveforms", "waveforms"), ("Checks", "checks")):
+        for title, name in (
+            ("Physics", "physics"),
+            ("ECAL/PRS", "ecal"),
+            ("HCAL/VETO/SRD", "hcal"),
+            ("Rates", "rates"),
+            ("Waveforms", "waveforms"),
+            ("Checks", "checks"),
+        ):
             page.page.get_by_text(title, exact=True).first.click()
             page.wait(lambda n=name: f"tab={n}" in page.page.url, 10, f"URL with tab={name}")
             page.page.locator(".bk-Canvas >> visible=true").first.wait_for(timeout=15000)

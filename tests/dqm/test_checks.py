@@ -53,8 +53,9 @@ def primed() -> tuple[Monitor, SyntheticDaq]:
         ({"early_saturation": True}, "early_saturation", State.ERROR, "saturation"),
     ],
 )
-def test_fault_raises_the_right_alarm(primed: tuple[Monitor, SyntheticDaq], faults: dict[str, Any], alarm: str,
-                                      severity: State, text: str) -> None:
+def test_fault_raises_the_right_alarm(
+    primed: tuple[Monitor, SyntheticDaq], faults: dict[str, Any], alarm: str, severity: State, text: str
+) -> None:
     mon, daq = primed
     daq.with_faults(**faults)
     changes = run_spills(mon, daq, range(GOOD_SPILLS + 1, GOOD_SPILLS + 2))
@@ -145,6 +146,11 @@ def test_alarm_lifecycle() -> None:
     assert cleared is not None and cleared.lifecycle is Lifecycle.CLEARED and cleared.cleared_at == 6.0
     again = book.update(err, 7.0, 1, 6)
     assert again is not None and again.times_raised == 2
-    assert [x.lifecycle for x in book.log] == [Lifecycle.RAISED, Lifecycle.ACKNOWLEDGED, Lifecycle.RAISED,
-                                               Lifecycle.CLEARED, Lifecycle.RAISED]
+    assert [x.lifecycle for x in book.log] == [
+        Lifecycle.RAISED,
+        Lifecycle.ACKNOWLEDGED,
+        Lifecycle.RAISED,
+        Lifecycle.CLEARED,
+        Lifecycle.RAISED,
+    ]
     assert book.open_alarms()[0].name == "x"

@@ -22,7 +22,7 @@ from dqm.sources import file_messages
 from tests.conftest import na64_command
 from tests.dqm.runs import record_run
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +30,12 @@ def ref(tmp_path_factory: pytest.TempPathFactory) -> Baseline:
     base = tmp_path_factory.mktemp("good")
     record_run(base / "data", spills=4)
     out = base / "ref.json"
-    res = subprocess.run(na64_command("dqm-reference", str(base / "data"), "--out", str(out)), capture_output=True,
-                         text=True, timeout=120)
+    res = subprocess.run(
+        na64_command("dqm-reference", str(base / "data"), "--out", str(out)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     assert "4 spills" in res.stdout
     doc = json.loads(out.read_text())
@@ -68,8 +72,9 @@ def test_good_run_raises_no_alarm(ref: Baseline, tmp_path: Path) -> None:
         ("spike:4:0.08", 1, "early_saturation", "early-spill saturation pattern", 1),
     ],
 )
-def test_fault_raises_its_alarm(ref: Baseline, tmp_path: Path, fault: str, spill: int, alarm: str, text: str,
-                                starts: int) -> None:
+def test_fault_raises_its_alarm(
+    ref: Baseline, tmp_path: Path, fault: str, spill: int, alarm: str, text: str, starts: int
+) -> None:
     record_run(tmp_path / "data", "--fault", fault, spills=spill)
     raised = alarms_of(tmp_path / "data", ref)
     hits = [a for a in raised if a[1] == alarm]

@@ -76,7 +76,10 @@ def test_arrival_histogram_accepts_seconds_or_ns_and_rejects_garbage() -> None:
     assert list(edges) == [0, 1e8, 2e8] and list(counts) == [5, 6]
     ns = {"histograms": {"arrival_time": {"edges": [0, 1e8, 2e8], "counts": [5, 6]}}}
     assert list(metrics.arrival_histogram(ns)[1]) == [0, 1e8, 2e8]  # type: ignore[index]
-    for bad in ({}, {"histograms": {"arrival_time": {"edges": [0, 1], "counts": [1, 2]}}},
-                {"histograms": {"arrival_time": {"edges": [1, 0, 2], "counts": [1, 2]}}},
-                {"histograms": {"arrival_time": "x"}}):
+    for bad in (
+        {},
+        {"histograms": {"arrival_time": {"edges": [0, 1], "counts": [1, 2]}}},
+        {"histograms": {"arrival_time": {"edges": [1, 0, 2], "counts": [1, 2]}}},
+        {"histograms": {"arrival_time": "x"}},
+    ):
         assert metrics.arrival_histogram(bad) is None

@@ -96,10 +96,18 @@ def test_bad_input_is_counted_not_fatal(daq: SyntheticDaq) -> None:
     mon.handle(protocol.Summary.of(1, "{not json", run=1, spill=1), 0.0)
     mon.handle(protocol.Summary.of(1, "[1, 2]", run=1, spill=1), 0.0)
     mon.handle(protocol.Summary.of(1, json.dumps({"run": "x", "spill": 1}), run=1, spill=1), 0.0)
-    bad = protocol.Events(run=1, spill=1, n_events=1, event_id=np.zeros(1, np.uint64), t_ns=np.zeros(1, np.int64),
-                          trigger_mask=np.ones(1, np.uint32), sums=np.zeros((6, 1), np.float32),
-                          energy=np.zeros((1, 3), np.float32), peak_time=np.zeros((1, 3), np.float32),
-                          waveforms=np.zeros((0, 3, 32), np.uint16))
+    bad = protocol.Events(
+        run=1,
+        spill=1,
+        n_events=1,
+        event_id=np.zeros(1, np.uint64),
+        t_ns=np.zeros(1, np.int64),
+        trigger_mask=np.ones(1, np.uint32),
+        sums=np.zeros((6, 1), np.float32),
+        energy=np.zeros((1, 3), np.float32),
+        peak_time=np.zeros((1, 3), np.float32),
+        waveforms=np.zeros((0, 3, 32), np.uint16),
+    )
     mon.handle(bad, 0.0)
     mon.handle(protocol.Heartbeat(), 0.0)
     assert mon.counters.bad_summaries == 3

@@ -46,8 +46,13 @@ def state_of(listener: Listener, topic: str) -> str | None:
     return msg.get("state") if isinstance(msg, dict) else None
 
 
-def test_alarm_lifecycle_spills_and_status(broker: Broker, listen: Callable[..., Listener], config: Path,
-                                           dqm_process: Callable[..., DqmProcess], feed: Callable[..., Feed]) -> None:
+def test_alarm_lifecycle_spills_and_status(
+    broker: Broker,
+    listen: Callable[..., Listener],
+    config: Path,
+    dqm_process: Callable[..., DqmProcess],
+    feed: Callable[..., Feed],
+) -> None:
     mq = listen(broker.port)
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     dqm = dqm_process("--source", endpoint, "--port", "0", "--mqtt", broker.url, "--config", str(config))
@@ -74,7 +79,12 @@ def test_alarm_lifecycle_spills_and_status(broker: Broker, listen: Callable[...,
     assert s["checks"]["beam_off"] == "OK" and s["n_monitored"] > 0
     assert "histograms" not in s  # kept small
     checks = mq.wait(lambda: mq.latest(f"{P}/checks"), 5, "checks")
-    assert {c["name"] for c in checks["checks"]} >= {"dead_channels", "electron_peak", "losses", "daq_heartbeat"}
+    assert {c["name"] for c in checks["checks"]} >= {
+        "dead_channels",
+        "electron_peak",
+        "losses",
+        "daq_heartbeat",
+    }
 
     # clean stop: offline status, exit 0
     assert dqm.stop(signal.SIGTERM) == 0
@@ -86,11 +96,20 @@ def test_alarm_lifecycle_spills_and_status(broker: Broker, listen: Callable[...,
     late.wait(lambda: state_of(late, alarm) == "cleared", 10, "retained alarm state")
 
 
-def test_last_will_when_the_dqm_is_killed(broker: Broker, listen: Callable[..., Listener], config: Path,
-                                          dqm_process: Callable[..., DqmProcess]) -> None:
+def test_last_will_when_the_dqm_is_killed(
+    broker: Broker, listen: Callable[..., Listener], config: Path, dqm_process: Callable[..., DqmProcess]
+) -> None:
     mq = listen(broker.port)
-    dqm = dqm_process("--source", f"tcp://127.0.0.1:{free_port()}", "--port", "0", "--mqtt", broker.url,
-                      "--config", str(config))
+    dqm = dqm_process(
+        "--source",
+        f"tcp://127.0.0.1:{free_port()}",
+        "--port",
+        "0",
+        "--mqtt",
+        broker.url,
+        "--config",
+        str(config),
+    )
     mq.wait(lambda: state_of(mq, f"{P}/status") == "online", 10, "status online")
     dqm.proc.kill()
     dqm.proc.wait(10)
@@ -98,9 +117,13 @@ def test_last_will_when_the_dqm_is_killed(broker: Broker, listen: Callable[..., 
     assert mq.latest(f"{P}/status")["reason"] == "connection lost"
 
 
-def test_reconnects_after_broker_restart_and_republishes(broker: Broker, listen: Callable[..., Listener],
-                                                          config: Path, dqm_process: Callable[..., DqmProcess],
-                                                          feed: Callable[..., Feed]) -> None:
+def test_reconnects_after_broker_restart_and_republishes(
+    broker: Broker,
+    listen: Callable[..., Listener],
+    config: Path,
+    dqm_process: Callable[..., DqmProcess],
+    feed: Callable[..., Feed],
+) -> None:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     mq = listen(broker.port)
     dqm = dqm_process("--source", endpoint, "--port", "0", "--mqtt", broker.url, "--config", str(config))
@@ -123,8 +146,16 @@ def test_reconnects_after_broker_restart_and_republishes(broker: Broker, listen:
 
 
 def test_unreachable_broker_does_not_block(config: Path, dqm_process: Callable[..., DqmProcess]) -> None:
-    dqm = dqm_process("--source", f"tcp://127.0.0.1:{free_port()}", "--port", "0", "--mqtt",
-                      f"mqtt://127.0.0.1:{free_port()}", "--config", str(config))
+    dqm = dqm_process(
+        "--source",
+        f"tcp://127.0.0.1:{free_port()}",
+        "--port",
+        "0",
+        "--mqtt",
+        f"mqtt://127.0.0.1:{free_port()}",
+        "--config",
+        str(config),
+    )
     t = time.monotonic()
     with urllib.request.urlopen(dqm.url, timeout=10) as r:
         assert r.status == 200 and b"bokeh" in r.read().lower()

@@ -335,3 +335,17 @@ def test_spike_and_beam_off() -> None:
     assert prim[row].max() <= 2000 + 10  # PMT saturation (+ noise)
     fe.begin_spill(2, 0)
     assert len(fe.prepare(2, 0).batch) == 0
+
+
+def test_isolated_waveforms_helper() -> None:
+    """The pure helper: a 1 GeV deposit in ECAL22 peaks at sample 10 with height gain x 1000 counts."""
+    fe = make()
+    dep = np.zeros((3, detector.N_CHANNELS), np.float32)
+    ch = detector.channel_id("ECAL22")
+    dep[:, ch] = 1000.0
+    wf = el.isolated_waveforms(dep, fe.electronics, fe.shapes, np.random.default_rng(1))
+    assert wf.shape == (3, detector.N_CHANNELS, 32) and wf.dtype == np.uint16
+    height = wf[:, ch].max(axis=1) - fe.electronics.pedestal_even[ch]
+    expected = 1000 * fe.electronics.gain[ch]
+    assert np.all(np.abs(height - expected) < 0.02 * expected + 8)
+    assert np.all(np.abs(np.argmax(wf[:, ch], axis=1) - 10) <= 1)
