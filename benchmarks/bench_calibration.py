@@ -20,12 +20,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from calibration import constants, monitoring  # noqa: E402
-from calibration.fitting import fit_moyal, sample_moyal  # noqa: E402
-from calibration.gains import shower_gains  # noqa: E402
-from calibration.pedestals import pedestals  # noqa: E402
-from daq import detector  # noqa: E402
-from tests.calibration import synth  # noqa: E402
+from calibration import constants, monitoring
+from calibration.fitting import fit_moyal, sample_moyal
+from calibration.gains import shower_gains
+from calibration.pedestals import pedestals
+from daq import detector
+from tests.calibration import synth
 
 
 def best_of(func, repeat: int = 3) -> float:  # type: ignore[no-untyped-def]
@@ -47,8 +47,10 @@ def main() -> None:
 
     w = synth.random_windows(rng, truth, args.windows)
     t = best_of(lambda: pedestals(w))
-    print(f"pedestals: {args.windows} windows in {t:.2f} s = {args.windows / t:,.0f} windows/s "
-          f"({args.windows * detector.N_CHANNELS * detector.N_SAMPLES / t / 1e6:.1f} M samples/s)")
+    print(
+        f"pedestals: {args.windows} windows in {t:.2f} s = {args.windows / t:,.0f} windows/s "
+        f"({args.windows * detector.N_CHANNELS * detector.N_SAMPLES / t / 1e6:.1f} M samples/s)"
+    )
 
     per_cell = max(args.electrons // 30, 10)
     amps, targets = [], []

@@ -141,6 +141,7 @@ def bench_latency_and_memory(spills: int, sessions: int) -> None:
             page.close()
             # sessions opened and closed repeatedly, data still flowing
             feeder2, stop2 = feed_thread(endpoint, 0, period, 2000)
+            page_sizes(browser, url)
             before = rss_mb(dqm.pid)
             samples = []
             for i in range(sessions):
@@ -165,6 +166,29 @@ def bench_latency_and_memory(spills: int, sessions: int) -> None:
     finally:
         stop_feed.set()
         stop(dqm)
+
+
+def page_sizes(browser: object, url: str) -> None:
+    """Websocket bytes per second and largest frame received by a page, for each tab."""
+    for tab in ("summary", "physics", "ecal", "hcal", "rates", "waveforms", "checks"):
+        page = browser.new_page()  # type: ignore[attr-defined]
+        frames: list[int] = []
+
+        def on_ws(ws: object, frames: list[int] = frames) -> None:
+            ws.on("framereceived", lambda payload: frames.append(len(payload)))  # type: ignore[attr-defined]
+
+        page.on("websocket", on_ws)
+        page.goto(f"{url}?tab={tab}")
+        page.wait_for_selector("#na64-eot", timeout=60000)
+        time.sleep(2.0)
+        n0 = len(frames)
+        time.sleep(4.0)
+        steady = frames[n0:]
+        print(
+            f"[payload] tab {tab:9s}: first document {sum(frames[:n0]) / 1e3:.0f} kB; then "
+            f"{sum(steady) / 4e3:.1f} kB/s, largest frame {max(steady, default=0) / 1e3:.1f} kB"
+        )
+        page.close()
 
 
 def daq_run(mode: str, spills: int) -> dict[str, float]:

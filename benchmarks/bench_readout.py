@@ -47,6 +47,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per thread name of a process (the DAQ's writer thread is named na64-writer)."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICK
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate", type=float, default=2e6)
@@ -87,6 +100,7 @@ def main() -> int:
     summaries: dict[int, tuple[dict[str, Any], int]] = {}
     sim: subprocess.Popen[bytes] | None = None
     samples: list[tuple[float, float, float]] = []
+    threads: dict[str, float] = {}
     try:
         deadline = time.monotonic() + 60
         while not sub.poll(200):  # the first status document: the DAQ is up
@@ -128,6 +142,9 @@ def main() -> int:
                     doc = json.loads(msg.text)
                     summaries[doc["spill"]] = (doc, time.time_ns())
                     print(f"  spill {doc['spill']} summary received: status {doc['status']}", flush=True)
+            if daq.poll() is None:
+                for name, sec in thread_cpu(daq.pid).items():
+                    threads[name] = max(threads.get(name, 0.0), sec)
         sim.wait(60)
         daq.wait(60)
     finally:
@@ -182,7 +199,6 @@ def main() -> int:
             f"\nCPU over {wall:.1f} s wall: na64 daq {d1 - d0:.1f} s ({100 * (d1 - d0) / wall:.1f}% of one core), "
             f"na64 simulate {s1 - s0:.1f} s ({100 * (s1 - s0) / wall:.1f}%)"
         )
-        # in-spill share: samples inside [spill start, spill start + length] of the simulator's schedule
         busy = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in itertools.pairwise(samples) if b[0] > a[0]]
         busy.sort()
         if busy:
@@ -191,15 +207,23 @@ def main() -> int:
                 f"na64 daq CPU share in 0.25 s windows: median {100 * busy[len(busy) // 2]:.1f}%, "
                 f"90th percentile {100 * top:.1f}%, max {100 * busy[-1]:.1f}% of one core"
             )
-            in_spill = args.spill_length / args.spill_period
+        beam_s = args.spills * args.spill_length
+        print(
+            f"CPU per second of beam ({args.rate:g} Hz): na64 daq {(d1 - d0) / beam_s:.2f} s, "
+            f"na64 simulate {(s1 - s0) / beam_s:.2f} s"
+        )
+        if threads:
             print(
-                f"(the beam is on {100 * in_spill:.0f}% of the time: the in-spill share is about "
-                f"{100 * (d1 - d0) / wall / in_spill:.1f}% of one core)"
+                "na64 daq CPU by thread, whole process life (s): "
+                + ", ".join(f"{k} {v:.1f}" for k, v in sorted(threads.items(), key=lambda kv: -kv[1]))
             )
     daq_log.seek(0)
-    tail = [line for line in daq_log.read().splitlines() if "WARNING" in line or "ERROR" in line]
+    lines = daq_log.read().splitlines()
+    tail = [line for line in lines if "WARNING" in line or "ERROR" in line]
     if tail:
         print("\nDAQ warnings/errors:\n  " + "\n  ".join(tail[:20]))
+    ends = [line for line in lines if " ended (" in line or "closed run" in line or "spill summary" in line]
+    print("\nDAQ spill ends:\n  " + "\n  ".join(ends[:30]))
     print("\nRESULT:", "all targets met" if ok else "TARGETS MISSED")
     return 0 if ok else 1
 

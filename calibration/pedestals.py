@@ -34,6 +34,8 @@ def _as_windows(waveforms: np.ndarray) -> np.ndarray:
     return w
 
 
+#: windows used for the first (median-based) estimate in :func:`pedestals`
+INITIAL_WINDOWS = 1000
 #: a "large" pulse (hot-channel search): above this many noise sigma
 BIG_PULSE_SIGMA = 10.0
 
@@ -232,7 +234,10 @@ def pedestals(
     ``veto_channels`` default to the five counters (pass None for arrays that are not all 110 channels).
     """
     acc = PedestalAccumulator(
-        *initial_pedestals(waveforms), threshold=threshold, guard=guard, veto_channels=veto_channels
+        *initial_pedestals(np.asarray(waveforms)[:INITIAL_WINDOWS]),
+        threshold=threshold,
+        guard=guard,
+        veto_channels=veto_channels,
     )
     acc.add(waveforms)
     return acc.result()

@@ -177,32 +177,21 @@ class Batch:
         )
 
 
-#: bits of the compact per-particle condition code (uint8) and their trigger-mask bits
-_C_STRIG, _C_PRS, _C_EC, _C_PHYS, _C_BEAM = 1, 2, 4, 8, 16
-_CODE_TO_MASK = np.array(
-    [
-        (S_TRIG if c & _C_STRIG else 0)
-        | (S_PRS if c & _C_PRS else 0)
-        | (S_EC if c & _C_EC else 0)
-        | (PHYSICS if c & _C_PHYS else 0)
-        | (BEAM if c & _C_BEAM else 0)
-        for c in range(256)
-    ],
-    dtype=np.uint32,
-)
-
-
 @dataclass(frozen=True, eq=False)
 class Decisions:
     """Trigger outcome for one batch.
 
-    Per particle: ``mask`` (condition bits, plus PHYSICS/BEAM where that trigger fired, before dead
-    time), ``accept`` (read out), ``e_prs``/``e_ecal`` block energies in GeV. Per readout entry (accepted
+    Per particle (N,): the conditions ``strig``, ``s_prs``, ``s_ec`` and ``physics`` (bool), ``mask``
+    (uint32 bits: the conditions, plus PHYSICS/BEAM where that trigger fired, before dead time),
+    ``accept`` (read out), ``e_prs``/``e_ecal`` block energies in GeV. Per readout entry (accepted
     triggers in time order, random triggers included): ``index`` (NO_PARTICLE for random), ``t_ns`` and
     ``trigger_mask``. ``counts``: per-batch counters (see :data:`COUNT_NAMES`).
     """
 
-    code: np.ndarray  # (N,) uint8 compact condition bits (internal; use ``mask``)
+    strig: np.ndarray
+    s_prs: np.ndarray
+    s_ec: np.ndarray
+    physics: np.ndarray
     beam_pos: np.ndarray  # particles that fired the prescaled beam trigger
     e_prs: np.ndarray
     e_ecal: np.ndarray
@@ -214,12 +203,14 @@ class Decisions:
     @property
     def mask(self) -> np.ndarray:
         """(N,) uint32 trigger bits per particle (computed on access)."""
-        return _CODE_TO_MASK[self.code]
+        m = _mask_bits(self.strig, self.s_prs, self.s_ec, self.physics)
+        m[self.beam_pos] |= BEAM
+        return m
 
     @property
     def accept(self) -> np.ndarray:
         """(N,) bool: particles read out (after dead time)."""
-        acc = np.zeros(self.code.shape[0], dtype=bool)
+        acc = np.zeros(self.strig.shape[0], dtype=bool)
         acc[self.index[self.index != NO_PARTICLE]] = True
         return acc
 
@@ -227,14 +218,13 @@ class Decisions:
     def n_readout(self) -> int:
         return int(self.index.shape[0])
 
-    @property
-    def strig(self) -> np.ndarray:
-        return (self.code & _C_STRIG) != 0
 
-    @property
-    def physics(self) -> np.ndarray:
-        """Particles that fired the physics trigger (before dead time)."""
-        return (self.code & _C_PHYS) != 0
+def _mask_bits(strig: np.ndarray, s_prs: np.ndarray, s_ec: np.ndarray, phys: np.ndarray) -> np.ndarray:
+    m = strig.astype(np.uint32) * np.uint32(S_TRIG)
+    m |= s_prs.astype(np.uint32) * np.uint32(S_PRS)
+    m |= s_ec.astype(np.uint32) * np.uint32(S_EC)
+    m |= phys.astype(np.uint32) * np.uint32(PHYSICS)
+    return m
 
 
 #: keys of ``Decisions.counts``
@@ -302,10 +292,12 @@ class Trigger:
     def conditions(self, amp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Condition bits per particle (S_TRIG, S_PRS, S_EC; PHYSICS where all three; uint32) and the
         block energies E_PRS, E_ECAL (GeV). Pure: no state is used or changed."""
-        code, e_prs, e_ecal, _ = self._code(amp)
-        return _CODE_TO_MASK[code], e_prs, e_ecal
+        strig, s_prs, s_ec, phys, e_prs, e_ecal = self._conditions(amp)
+        return _mask_bits(strig, s_prs, s_ec, phys), e_prs, e_ecal
 
-    def _code(self, amp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _conditions(
+        self, amp: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         cfg = self.config
         n = amp.shape[1]
         c = self._counter_rows
@@ -319,22 +311,14 @@ class Trigger:
         ecal, prs = self._blocks
         e_ecal, s_ec = ecal.energy_below(amp, cfg.ecal_max_gev)
         e_prs, s_prs = prs.energy_above(amp, cfg.prs_min_gev)
-        code = strig.astype(np.uint8)  # bit 0 (strig itself is kept for the caller)
-        t8 = tmp.view(np.uint8)
-        np.left_shift(s_prs.view(np.uint8), 1, out=t8)
-        code |= t8
-        np.left_shift(s_ec.view(np.uint8), 2, out=t8)
-        code |= t8
-        # PHYSICS (bit 3) where bits 0-2 are all set
-        np.equal(code, 7, out=tmp)
-        np.left_shift(t8, 3, out=t8)
-        code |= t8
-        return code, e_prs, e_ecal, strig
+        np.logical_and(strig, s_prs, out=tmp)
+        tmp &= s_ec
+        return strig, s_prs, s_ec, tmp, e_prs, e_ecal
 
     def evaluate(self, batch: Batch) -> Decisions:
         """Run the trigger on a batch: conditions, prescale, random clock, dead time; updates the state."""
         cfg, st = self.config, self.state
-        code, e_prs, e_ecal, strig = self._code(batch.amp)
+        strig, s_prs, s_ec, phys, e_prs, e_ecal = self._conditions(batch.amp)
         n_strig = int(np.count_nonzero(strig))
         # prescaled beam trigger: the particles whose S_trig ordinal (over the run) is a multiple of N
         beam_pos = np.zeros(0, np.intp)
@@ -356,13 +340,14 @@ class Trigger:
                 nxt = int(rand_t[-1]) + period
             st.next_random_ns = nxt
         # candidates in time order (particles first at equal times), then the dead time
-        n_phys_before = 0
+        phys_pos = np.flatnonzero(phys)
         if beam_pos.size:
-            n_phys_before = int(np.count_nonzero(code[beam_pos] & _C_PHYS))
-            code[beam_pos] |= _C_BEAM
-        cand_pos = np.flatnonzero(code >= _C_PHYS)  # PHYSICS (bit 3) or BEAM (bit 4)
-        cand_mask = _CODE_TO_MASK[code[cand_pos]]
-        n_phys = int(cand_pos.size - beam_pos.size + n_phys_before)
+            cand_pos = np.union1d(phys_pos, beam_pos)
+            cand_mask = _mask_bits(strig[cand_pos], s_prs[cand_pos], s_ec[cand_pos], phys[cand_pos])
+            cand_mask[np.searchsorted(cand_pos, beam_pos)] |= BEAM
+        else:
+            cand_pos = phys_pos
+            cand_mask = np.full(cand_pos.size, S_TRIG | S_PRS | S_EC | PHYSICS, np.uint32)
         cand_t = np.concatenate([batch.t_ns[cand_pos].astype(np.int64, copy=False), rand_t])
         cand_index = np.concatenate(
             [cand_pos.astype(np.uint32), np.full(rand_t.size, NO_PARTICLE, np.uint32)]
@@ -376,7 +361,7 @@ class Trigger:
         counts = {
             "n_particles": batch.n,
             "n_strig": n_strig,
-            "fired_physics": n_phys,
+            "fired_physics": int(phys_pos.size),
             "fired_beam": int(beam_pos.size),
             "fired_random": int(rand_t.size),
             "triggers_physics": int(np.count_nonzero(tmask & PHYSICS)),
@@ -385,7 +370,7 @@ class Trigger:
             "n_accepted": int(index.size),
             "dead_time_lost": int(cand_t.size - index.size),
         }
-        return Decisions(code, beam_pos, e_prs, e_ecal, index, t_ns, tmask, counts)
+        return Decisions(strig, s_prs, s_ec, phys, beam_pos, e_prs, e_ecal, index, t_ns, tmask, counts)
 
     def new_spill(self) -> None:
         self.state.new_spill()

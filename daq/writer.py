@@ -42,7 +42,7 @@ from daq.files import (
 log = logging.getLogger(__name__)
 
 #: buffered events are written in blocks of this many waveform chunks (fewer, larger h5py calls)
-FLUSH_CHUNKS = 16
+FLUSH_CHUNKS = 8
 #: codec names accepted by ``writer.compression``
 CODECS = ("none", "gzip", "lz4", "zstd", "blosc-lz4", "blosc-zstd", "bitshuffle-lz4")
 
@@ -110,7 +110,7 @@ class WriterConfig:
     fsync: bool = True
     #: fdatasync the partial file every this many MB during the spill, so that closing it only has the
     #: tail to flush (0: only at the end)
-    sync_every_mb: float = 32.0
+    sync_every_mb: float = 16.0
 
     def __post_init__(self) -> None:
         if self.compression not in CODECS:
@@ -416,20 +416,24 @@ class SpillWriter:
         a["summary"] = json.dumps(summary, sort_keys=True)
         f.close()
         self.check()
+        t_sync = time.perf_counter()
         if self.config.fsync:
             os.fsync(self._raw.fileno())
         self._raw.close()
         os.replace(self.partial_path, self.final_path)
         if self.config.fsync:
             _fsync_dir(self.data_dir)
-        self.seconds += time.perf_counter() - t0
+        t_end = time.perf_counter()
+        self.seconds += t_end - t0
         size = self.final_path.stat().st_size
         log.info(
-            "closed %s: %d events, %.1f MB, %.3f s writing",
+            "closed %s: %d events, %.1f MB, %.3f s writing in all; close %.3f s (fsync %.3f s)",
             self.final_path.name,
             self.n_written,
             size / 1e6,
             self.seconds,
+            t_end - t0,
+            t_end - t_sync,
         )
         return WriteResult(
             self.header.run,
@@ -450,6 +454,16 @@ class SpillWriter:
             self._raw.close()
         with contextlib.suppress(OSError):
             self.partial_path.unlink()
+
+
+def _set_os_thread_name(name: bytes) -> None:
+    """Name the current thread for the OS (top -H, /proc/PID/task/*/comm), Linux only."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").prctl(15, name[:15], 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
 
 
 def _fsync_dir(path: Path) -> None:
@@ -511,6 +525,7 @@ class WriterThread:
 
     # -------------------------------------------------- writer side
     def _run(self) -> None:
+        _set_os_thread_name(b"na64-writer")
         while True:
             cmd = self._queue.get()
             kind = cmd[0]

@@ -24,24 +24,18 @@ import numpy as np
 from bokeh.document import Document
 from bokeh.layouts import column, row
 from bokeh.models import (
-    BoxAnnotation,
-    Button,
-    ColorBar,
     ColumnDataSource,
     CustomJS,
-    DataTable,
-    Div,
+    FactorRange,
     HoverTool,
     LinearColorMapper,
     LogColorMapper,
-    RadioButtonGroup,
     Range1d,
-    Select,
-    Span,
-    TableColumn,
     TabPanel,
     Tabs,
 )
+from bokeh.models.annotations import BoxAnnotation, ColorBar, Span
+from bokeh.models.widgets import Button, DataTable, Div, RadioButtonGroup, Select, TableColumn
 from bokeh.palettes import Category10_10, Viridis256
 from bokeh.plotting import figure
 
@@ -174,12 +168,12 @@ def _hist_plot(
         fill_alpha=0.6,
     )
     if log_y:
-        p.y_range = Range1d(0.5, 10)
+        p.y_range = Range1d(start=0.5, end=10)
     return p, src
 
 
 def _set_hist(src: ColumnDataSource, counts: np.ndarray, fig: Any = None, log_y: bool = False) -> None:
-    src.data.update(top=np.asarray(counts, np.float64))  # type: ignore[attr-defined]
+    src.data.update(top=np.asarray(counts, np.float64))
     if fig is not None and log_y:
         fig.y_range.end = max(10.0, float(np.max(counts, initial=0)) * 2)
 
@@ -208,7 +202,7 @@ def _image_plot(
 def _set_image(src: ColumnDataSource, counts2d: np.ndarray, mapper: Any) -> None:
     img = np.asarray(counts2d, np.float32).T.copy()
     img[img <= 0] = np.nan
-    src.data.update(image=[img])  # type: ignore[attr-defined]
+    src.data.update(image=[img])
     mapper.high = max(10.0, float(np.nanmax(img, initial=1.0)) if np.isfinite(img).any() else 10.0)
 
 
@@ -309,7 +303,7 @@ class SessionView:
         self.range = RadioButtonGroup(
             labels=["Spill", f"Last {self.config.last_n_spills} spills", "Run"], active=view.range
         )
-        self.cell = Select(title="", value=view.cell, options=CHANNEL_NAMES, width=140)
+        self.cell = Select(title="", value=view.cell, options=list[str | None](CHANNEL_NAMES), width=140)
         self.reset_button = Button(label="Reset histograms", button_type="warning", width=150)
         self.reset_button.on_click(self._on_reset)
 
@@ -377,7 +371,7 @@ class SessionView:
                 TableColumn(field="message", title="message", width=360),
             ],
         )
-        self.ack_select = Select(title="", value="", options=[""], width=200)
+        self.ack_select = Select(title="", value="", options=list[str | None]([""]), width=200)
         self.ack_button = Button(label="Acknowledge", button_type="primary", width=120)
         self.ack_all = Button(label="Acknowledge all", width=130)
         self.ack_button.on_click(lambda: self._on_acknowledge(self.ack_select.value))
@@ -588,8 +582,8 @@ class SessionView:
             title="Check states, last 50 spills (right = latest)",
             width=1000,
             height=520,
-            y_range=list(reversed(self.hub.check_names)) or ["-"],
-            x_range=(-0.5, 49.5),
+            y_range=FactorRange(factors=list(reversed(self.hub.check_names)) or ["-"]),
+            x_range=Range1d(start=-0.5, end=49.5),
             tools="hover,save",
             tooltips=[("check", "@y"), ("state", "@state")],
         )
@@ -655,10 +649,11 @@ class SessionView:
         self.deferred = False
         self.applied = key
         self.sent_seq += 1
-        self._ensure_tab(self.tabs.active)
+        active = int(self.tabs.active or 0)
+        self._ensure_tab(active)
         self._apply_header(snap)
-        tab = TABS[self.tabs.active]
-        rv = snap.ranges[RANGES[self.range.active]]
+        tab = TABS[active]
+        rv = snap.ranges[RANGES[int(self.range.active or 0)]]
         getattr(self, f"_apply_{tab}")(snap, rv)
 
     def _apply_header(self, snap: Snapshot) -> None:
@@ -743,7 +738,7 @@ class SessionView:
     ) -> None:
         for (_, src, mapper), vals in zip(maps, values, strict=True):
             v = np.nan_to_num(vals[ids])
-            src.data.update(value=v, label=[f"{x:.2g}" for x in v])  # type: ignore[attr-defined]
+            src.data.update(value=v, label=[f"{x:.2g}" for x in v])
             mapper.high = max(float(v.max(initial=0)), 1e-6)
 
     def _apply_ecal(self, snap: Snapshot, rv: Any) -> None:
@@ -766,7 +761,7 @@ class SessionView:
         )
         _set_hist(self.veto_src, rv.h1["veto_mip_phys"], self.veto_fig, log_y=True)
         _set_hist(self.srd_src, rv.h1["srd_sum_beam"])
-        self.counter_src.data.update(  # type: ignore[attr-defined]
+        self.counter_src.data.update(
             {f"c{i}": rv.spectra[int(c)] for i, c in enumerate(detector.COUNTER_IDS)}
         )
 
@@ -781,7 +776,7 @@ class SessionView:
     def _apply_waveforms(self, snap: Snapshot, rv: Any) -> None:
         ch = CHANNEL_NAMES.index(self.cell.value)
         if snap.waveform is not None:
-            self.wave_src.data.update(adc=snap.waveform[ch])  # type: ignore[attr-defined]
+            self.wave_src.data.update(adc=snap.waveform[ch])
             info = snap.waveform_info
             self.wave_info.text = (
                 f"<b>{self.cell.value}</b>: event {info.get('event_id')} (run {info.get('run')} spill "
@@ -794,7 +789,7 @@ class SessionView:
         self.ped_src.data.update(
             mean=rv.ped_mean,
             noise=rv.ped_noise,
-            base_mean=bm,  # type: ignore[attr-defined]
+            base_mean=bm,
             base_noise=bn,
         )
 
@@ -846,7 +841,7 @@ class SnapshotHub:
         """The Bokeh function-handler app for this hub."""
 
         def app(doc: Document) -> None:
-            request = doc.session_context.request if doc.session_context else None
+            request = getattr(doc.session_context, "request", None)
             view = parse_view(request.arguments if request is not None else None)
             session = SessionView(doc, self, controller, config, view)
             self._sessions.add(session)  # weak: the document's callbacks keep the session alive

@@ -203,7 +203,7 @@ class Book:
     def _fill_pedestals(self, wf: NDArray[np.uint16]) -> None:
         a = self.arrays
         # a channel always shows its pedestal: all-zero samples mean the source sent nothing
-        live = wf.any(axis=1)
+        live: NDArray[np.bool_] = np.asarray(wf.any(axis=1))
         a["wf_n"][0] += 1
         for g, ids in enumerate(detector.GROUP_IDS):
             a["wf_zero_group"][g] += not live[ids].any()

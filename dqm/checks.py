@@ -78,13 +78,15 @@ class LiveContext:
 
 
 class SpillCheck(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def evaluate(self, ctx: SpillContext) -> CheckResult: ...
 
 
 class LiveCheck(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def evaluate(self, ctx: LiveContext) -> CheckResult: ...
 
@@ -361,7 +363,7 @@ class MissingSourceCheck:
         missing: list[str] = []
         if n >= cfg.min_waveforms:
             frac = ctx.book.arrays["wf_zero_group"] / n
-            missing = [detector.Detector(g).name for g in np.flatnonzero(frac >= cfg.zero_fraction)]
+            missing = [detector.Detector(int(g)).name for g in np.flatnonzero(frac >= cfg.zero_fraction)]
         if missing:
             problems.append(f"no data from {', '.join(missing)}")
         if problems:

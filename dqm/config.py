@@ -52,16 +52,16 @@ class ReferenceCheckConfig:
 
 @dataclass(frozen=True)
 class ChannelCheckConfig:
-    """Dead and hot channels from occupancy (vs baseline) and pre-sample noise."""
+    """Dead and hot channels: hits in beam triggers (vs the baseline) and pre-sample noise."""
 
     enabled: bool = True
-    #: a channel is judged by occupancy only when the baseline expects at least this many hits
+    #: a channel is judged by its hits only when the baseline expects at least this many in the spill
     min_expected: float = 25.0
-    #: dead: observed hits < dead_fraction * expected (and noise below dead_noise_adc when known)
+    #: dead: hits in beam triggers < dead_fraction * expected, or pre-sample RMS <= dead_noise_adc
     dead_fraction: float = 0.2
-    #: hot: observed hits > hot_factor * expected + 5 sigma, or noise > hot_noise_adc
+    #: hot: hits in beam triggers > hot_factor * expected + 5 sqrt(expected) + 5, or noise too high
     hot_factor: float = 4.0
-    #: ... and in at least this fraction of the spill's physics and beam triggers
+    #: ... and in at least this fraction of the spill's beam triggers
     hot_min_fraction: float = 0.005
     #: pre-sample RMS (ADC counts) at or below which a channel is dead (a live channel has noise)
     dead_noise_adc: float = 0.25

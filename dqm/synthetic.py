@@ -74,14 +74,14 @@ class SyntheticDaq:
         # every non-random event: an electron showering around the beam cell
         sig = (mask & (PHYSICS | BEAM)) != 0
         phys = (mask & PHYSICS) != 0
-        e_cal = np.where(phys, rng.uniform(0.05, 0.8, n), 1.0) * beam_e * rng.normal(1.0, 0.02, n)
+        e_cal: np.ndarray = np.where(phys, rng.uniform(0.05, 0.8, n), 1.0) * beam_e * rng.normal(1.0, 0.02, n)
         bx, by = detector.BEAM_CELL
         share = np.zeros((detector.ECAL_NY, detector.ECAL_NX))
         for x in range(detector.ECAL_NX):
             for y in range(detector.ECAL_NY):
                 share[y, x] = np.exp(-1.6 * np.hypot(x - bx, y - by))
         share /= share.sum()
-        prs_frac = rng.uniform(0.03, 0.06, n)
+        prs_frac = np.asarray(rng.uniform(0.03, 0.06, n))
         ecal = (1 - prs_frac)[:, None] * e_cal[:, None] * share.ravel()[None] * cfg.faults.ecal_gain
         prs = prs_frac[:, None] * e_cal[:, None] * share.ravel()[None]
         e[:, detector.ECAL_IDS] = np.where(sig[:, None], ecal, 0)
@@ -269,7 +269,7 @@ def publish(
     import zmq
 
     daq = SyntheticDaq(config, seed)
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = ctx.socket(zmq.XPUB)
     sock.setsockopt(zmq.XPUB_NODROP, 1)
     sock.setsockopt(zmq.SNDHWM, 100)

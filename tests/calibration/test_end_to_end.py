@@ -37,6 +37,7 @@ class Campaign:
     root: Path
     scan: list[campaign.Run]
     drift: campaign.Run
+    faults: campaign.Run
     truth: dict[str, np.ndarray]
     constants: cc.Constants
     path: Path  # the final constants file
@@ -60,7 +61,13 @@ def cal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Campaign]:
             "sim_args": ("--fault", "gain_drift:ECAL:-2"),
             "daq_args": campaign.DAQ_CAL[:-2],
             "spills": 3,
-            "spill_s": 0.05,
+            "spill_s": 0.08,
+        }
+        # faults for the channel status: a noisy HCAL cell (15 counts RMS), a hot SRD module (spurious
+        # pulses in 3% of the windows)
+        specs["faults"] = {
+            "sim_args": ("--fault", "noisy:HCAL1_00", "--fault", "hot:SRD1:0.03"),
+            "spill_s": 0.2,
         }
         runs = campaign.take_runs(root, specs, procs)
         scan = [runs[f"scan{x}{y}"] for x, y in campaign.SCAN_CELLS]
@@ -93,7 +100,9 @@ def cal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Campaign]:
             "--run-range",
             "1:",
         )
-        yield Campaign(root, scan, runs["drift"], truth, cc.load(c / "cal.json"), c / "cal.json")
+        yield Campaign(
+            root, scan, runs["drift"], runs["faults"], truth, cc.load(c / "cal.json"), c / "cal.json"
+        )
     finally:
         for p in procs:
             if p.poll() is None:
@@ -172,18 +181,27 @@ def test_hcal_mip_gains_within_3_percent(cal: Campaign) -> None:
 
 
 def test_time_offsets_follow_the_truth(cal: Campaign) -> None:
-    ok = np.isfinite(cal.constants.errors["time_offset_ns"])
+    """Offsets relative to the counters, per pulse-shape class (each class has its own constant peak-time
+    delay): the precise channels (error < 0.1 ns) agree with the truth within 0.3 ns RMS, and every
+    determined channel is within 4 of its quoted errors (+ 0.1 ns)."""
+    err = cal.constants.errors["time_offset_ns"]
+    ok = np.isfinite(err)
     ref = cal.truth["time_offset_ns"][[detector.counter_id(c) for c in detector.BEAM_COUNTERS]].mean()
     diff = cal.constants.time_offset_ns - (cal.truth["time_offset_ns"] - ref)
-    spreads = []
-    for shape in detector.PulseShape:  # each pulse shape has its own constant peak-time delay
+    spreads, worst_pull = [], 0.0
+    for shape in detector.PulseShape:
+        precise = ok & (err < 0.1) & (detector.CHANNELS["shape"] == shape)
+        if precise.sum() < 3:
+            continue
+        delay = float(np.mean(diff[precise]))
+        spreads.append(float(np.std(diff[precise])))
         sel = ok & (detector.CHANNELS["shape"] == shape)
-        if sel.sum() >= 3:
-            spreads.append(float(np.std(diff[sel])))
+        worst_pull = max(worst_pull, float(np.max(np.abs(diff[sel] - delay) / (err[sel] + 0.1))))
     FIGURES["time_offset_channels"] = int(ok.sum())
     FIGURES["time_offset_rms_ns_within_shape"] = round(max(spreads), 3)
-    assert ok.sum() >= 40
-    assert max(spreads) < 0.5
+    assert ok.sum() >= 40 and len(spreads) == len(detector.PulseShape)
+    assert max(spreads) < 0.3
+    assert worst_pull < 4
 
 
 def test_constants_file_records_how_it_was_made(cal: Campaign) -> None:
@@ -224,7 +242,7 @@ def test_derived_constants_put_the_electron_peak_at_the_beam_energy(cal: Campaig
 
 
 def test_gain_drift_shows_in_the_per_spill_monitoring(cal: Campaign) -> None:
-    """The simulator's gain_drift fault (ECAL -2% per spill), 3 spills of 0.05 s (~500 beam triggers each)
+    """The simulator's gain_drift fault (ECAL -2% per spill), 3 spills of 0.08 s (~800 beam triggers each)
     recorded with nominal constants, monitored against the derived constants' pedestals."""
     ratios, errors = [], []
     for path in list_spill_files(cal.drift.data):
@@ -239,7 +257,21 @@ def test_gain_drift_shows_in_the_per_spill_monitoring(cal: Campaign) -> None:
         shift = np.array(doc["pedestal_shift"], dtype=float)
         assert np.nanmax(np.abs(shift)) < 0.5  # the pedestals did not move
     steps = np.diff(ratios)
+    slope = np.polyfit(np.arange(len(ratios)), ratios, 1)[0]
     FIGURES["drift_peak_ratio_per_spill"] = [round(r, 4) for r in ratios]
-    print("gain drift:", FIGURES["drift_peak_ratio_per_spill"])
-    assert np.all(steps < -5 * max(errors))  # each spill's drop is significant
-    np.testing.assert_allclose(steps, -0.02 * ratios[0], atol=0.006)
+    FIGURES["drift_peak_ratio_error"] = round(max(errors), 4)
+    FIGURES["drift_slope_per_spill"] = round(float(slope), 4)
+    print("gain drift:", FIGURES["drift_peak_ratio_per_spill"], "slope", FIGURES["drift_slope_per_spill"])
+    assert np.all(steps < -3 * max(errors))  # each spill's drop is significant
+    assert slope == pytest.approx(-0.02 * ratios[0], abs=0.005)
+
+
+def test_status_finds_the_noisy_and_the_hot_channel(cal: Campaign, tmp_path: Path) -> None:
+    out = tmp_path / "peds.json"
+    assert main(["calibrate", "pedestals", str(cal.faults.data), "--out", str(out)]) == 0
+    c = cc.load(out)
+    bad = {detector.channel_name(int(i)): cc.STATUS_NAMES[c.status[i]] for i in np.flatnonzero(c.status)}
+    FIGURES["status_with_faults"] = bad
+    assert bad == {"HCAL1_00": "noisy", "SRD1": "hot"}
+    reasons = c.provenance["steps"][0]["results"]["status_reasons"]
+    assert any(r.startswith("SRD1: hot") for r in reasons)
