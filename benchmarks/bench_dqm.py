@@ -111,7 +111,7 @@ def bench_latency_and_memory(spills: int, sessions: int) -> None:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     dqm, url = start_dqm("--source", endpoint)
     period = 0.6
-    feeder, stop_feed = feed_thread(endpoint, spills, period, 2000)
+    feeder, stop_feed = feed_thread(endpoint, 0, period, 2000)  # runs until the end of the benchmark
     rss: list[tuple[int, float]] = []
     try:
         with sync_playwright() as p:
@@ -120,7 +120,8 @@ def bench_latency_and_memory(spills: int, sessions: int) -> None:
             page.goto(url)
             page.wait_for_selector("#na64-eot", timeout=60000)
             t0 = time.monotonic()
-            while feeder.is_alive():
+            spill = 0
+            while spill < spills and feeder.is_alive():
                 spill = int(page.evaluate("window.na64 ? window.na64.spill : 0") or 0)
                 rss.append((spill, rss_mb(dqm.pid)))
                 time.sleep(1.0)
@@ -140,7 +141,6 @@ def bench_latency_and_memory(spills: int, sessions: int) -> None:
             print(f"[memory] second half of the run: min {min(tail):.0f} MB, max {max(tail):.0f} MB")
             page.close()
             # sessions opened and closed repeatedly, data still flowing
-            feeder2, stop2 = feed_thread(endpoint, 0, period, 2000)
             page_sizes(browser, url)
             before = rss_mb(dqm.pid)
             samples = []
@@ -160,8 +160,6 @@ def bench_latency_and_memory(spills: int, sessions: int) -> None:
             )
             with urllib.request.urlopen(url, timeout=10):
                 pass
-            stop2.set()
-            feeder2.join(10)
             browser.close()
     finally:
         stop_feed.set()
@@ -180,13 +178,14 @@ def page_sizes(browser: object, url: str) -> None:
         page.on("websocket", on_ws)
         page.goto(f"{url}?tab={tab}")
         page.wait_for_selector("#na64-eot", timeout=60000)
-        time.sleep(2.0)
+        page.wait_for_timeout(2000)  # (playwright delivers events only inside its own calls)
         n0 = len(frames)
-        time.sleep(4.0)
+        page.wait_for_timeout(4000)
         steady = frames[n0:]
+        updates = page.evaluate("window.na64 ? window.na64.updates : -1")
         print(
             f"[payload] tab {tab:9s}: first document {sum(frames[:n0]) / 1e3:.0f} kB; then "
-            f"{sum(steady) / 4e3:.1f} kB/s, largest frame {max(steady, default=0) / 1e3:.1f} kB"
+            f"{sum(steady) / 4e3:.1f} kB/s, largest frame {max(steady, default=0) / 1e3:.1f} kB ({updates} updates)"
         )
         page.close()
 
@@ -258,7 +257,7 @@ def bench_daq_cost(spills: int) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--spills", type=int, default=30)
+    ap.add_argument("--spills", type=int, default=45)
     ap.add_argument("--sessions", type=int, default=20)
     ap.add_argument("--daq-spills", type=int, default=3)
     ap.add_argument("--skip-daq", action="store_true")

@@ -145,7 +145,7 @@ class MipConfig:
 @dataclass(frozen=True)
 class TimingConfig:
     threshold_sigma: float = 10.0  # a pulse's time counts when its amplitude exceeds this x noise
-    min_entries: int = 30
+    min_entries: int = 100  # a truncated mean over fewer, tail-prone entries is not trusted
 
     def __post_init__(self) -> None:
         _positive("threshold_sigma", self.threshold_sigma)

@@ -47,7 +47,7 @@ def time_offsets(
     threshold: np.ndarray | float,
     pileup: np.ndarray | None = None,
     ref_ids: np.ndarray | None = None,
-    min_entries: int = 30,
+    min_entries: int = 100,
 ) -> TimingResult:
     """Per-channel offsets from (E, 110) peak times (ns) and amplitudes (ADC counts).
 

@@ -303,7 +303,7 @@ class SpillHistograms:
         self, t_ns: np.ndarray, e_ecal: np.ndarray, e_prs: np.ndarray, t_end_ns: int | None = None
     ) -> None:
         if t_ns.size:
-            ms = np.clip(t_ns // 1_000_000, 0, 3_600_000)
+            ms = np.minimum(np.maximum(t_ns // 1_000_000, 0), 3_600_000)
             counts = np.bincount(ms)
             if counts.size > self._t_ms.size:
                 self._t_ms = np.concatenate([self._t_ms, np.zeros(counts.size - self._t_ms.size, np.int64)])
@@ -333,7 +333,7 @@ def _bincount(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     nb = edges.size - 1
     scale = np.float32(nb / (edges[-1] - edges[0]))
     idx = (values * scale).astype(np.int32)  # values >= 0 (block energies)
-    np.clip(idx, 0, nb - 1, out=idx)
+    np.minimum(np.maximum(idx, 0, out=idx), nb - 1, out=idx)
     return np.bincount(idx, minlength=nb)
 
 

@@ -270,7 +270,7 @@ class DaqService:
         """
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
-        fd = self.router.getsockopt(zmq.FD)
+        fd = int(self.router.getsockopt(zmq.FD))
         loop.add_reader(fd, ready.set)
         try:
             while True:
@@ -285,10 +285,16 @@ class DaqService:
                     if n % 64 == 0:
                         await asyncio.sleep(0)  # let housekeeping run during long bursts
                 ready.clear()
-                if self.router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                if int(self.router.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                    await asyncio.sleep(0)  # never spin without giving the loop a turn
                     continue
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(ready.wait(), 0.1)
+                # wake up on the fd, or after 0.1 s anyway (no asyncio.wait_for: in Python 3.11 it can
+                # swallow a cancellation that coincides with its timeout)
+                backup = loop.call_later(0.1, ready.set)
+                try:
+                    await ready.wait()
+                finally:
+                    backup.cancel()
         finally:
             loop.remove_reader(fd)
 

@@ -415,6 +415,10 @@ def _dead_time(t: np.ndarray, st: TriggerState, dead_ns: int) -> np.ndarray:
     return keep
 
 
+#: largest value of an unsigned integer by size in bytes (np.iinfo is slow to construct)
+_UMAX = {2: 65535, 4: 4294967295}
+
+
 class _BlockSum:
     """Energy sum of some primitive rows with per-row gains, and a threshold comparison.
 
@@ -460,14 +464,14 @@ class _BlockSum:
         e, counts = self.energy(amp)
         if counts is not None:  # exact integer comparison: sum > thr * gain
             k = int(np.floor(thr_gev * 1000.0 * self.gains[0] * (1 + THRESHOLD_RTOL)))
-            return e, counts > min(k, np.iinfo(counts.dtype).max)
+            return e, counts > min(k, _UMAX[counts.dtype.itemsize])
         return e, e > np.float32(thr_gev * (1 + THRESHOLD_RTOL))
 
     def energy_below(self, amp: np.ndarray, thr_gev: float) -> tuple[np.ndarray, np.ndarray]:
         e, counts = self.energy(amp)
         if counts is not None:  # sum < thr * gain
             k = int(np.ceil(thr_gev * 1000.0 * self.gains[0] * (1 - THRESHOLD_RTOL)))
-            if k > np.iinfo(counts.dtype).max:
+            if k > _UMAX[counts.dtype.itemsize]:
                 return e, np.ones(counts.shape, bool)
             return e, counts < k
         return e, e < np.float32(thr_gev * (1 - THRESHOLD_RTOL))

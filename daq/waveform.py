@@ -111,12 +111,12 @@ def reconstruct(
     imax = flat.argmax(axis=1)
     amp = flat[rows, imax]
     # parabolic interpolation around the maximum (not at the window edges)
-    ic = np.clip(imax, 1, n_s - 2)
+    ic = np.minimum(np.maximum(imax, 1), n_s - 2)
     ym, y0, yp = flat[rows, ic - 1], flat[rows, ic], flat[rows, ic + 1]
     den = ym - 2.0 * y0 + yp
-    with np.errstate(divide="ignore", invalid="ignore"):
-        delta = np.where(den < 0, 0.5 * (ym - yp) / den, np.float32(0))
-    delta = np.where(imax == ic, np.clip(delta, -0.5, 0.5), np.float32(0)).astype(np.float32)
+    curved = den < 0
+    delta = np.where(curved, 0.5 * (ym - yp) / np.where(curved, den, np.float32(-1)), np.float32(0))
+    delta = np.where(imax == ic, np.minimum(np.maximum(delta, -0.5), 0.5), np.float32(0)).astype(np.float32)
     t_raw = (imax + delta).astype(np.float32) * np.float32(sample_period_ns)
     t_peak = t_raw.reshape(n_ev, n_ch)
     if time_offset_ns is not None:

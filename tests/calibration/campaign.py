@@ -22,15 +22,18 @@ from pathlib import Path
 import numpy as np
 
 from daq import detector
-from tests.conftest import free_port, na64_command
+from tests.conftest import na64_command
 
 SEED = 7
 RATE_HZ = 2e5
 SPILL_S = 0.1  # 2e4 particles: ~1000 beam triggers, ~1000 random windows per run
 #: DAQ settings of a calibration run: beam trigger every 20th S_trig particle, random trigger every 100 us,
-#: short dead time; a 1x1 physics-trigger block on the default beam cell, which is inside the 3x4
-#: primitive block of every beam cell a scan can reach (the physics trigger is not used here)
+#: short dead time, no physics trigger (S_PRS > 1000 GeV never fires; with the beam on one cell it would
+#: flood the readout); the physics-trigger block is 1x1 on the default beam cell, which is inside the 3x4
+#: primitive block of every beam cell a scan can reach (otherwise the DAQ rejects the run)
 DAQ_CAL = (
+    "--set",
+    "trigger.prs_min_gev=1000",
     "--set",
     "trigger.beam_prescale=20",
     "--set",
@@ -40,6 +43,9 @@ DAQ_CAL = (
     "--set",
     "trigger.block_size=[1,1]",
 )
+#: DAQ settings of an ordinary run at 2e5 Hz (default physics trigger and dead time) with more beam and
+#: random triggers than the default, for statistics in short spills
+DAQ_RUN = ("--set", "trigger.beam_prescale=20", "--set", "trigger.random_period_ns=100000")
 SIM_COMMON = ("--seed", str(SEED), "--run", "1", "--set", "electronics.block_gain_spread=0.1")
 #: beam cells a scan can reach: the simulator needs the 3x4 primitive block around the beam cell on the grid
 SCAN_CELLS = [(x, y) for y in (2, 3, 4) for x in (1, 2, 3)]
@@ -62,11 +68,12 @@ def take_run(
     spill_s: float = SPILL_S,
     rate_hz: float = RATE_HZ,
     timeout: float = 90.0,
+    ports: tuple[int, int] | None = None,
 ) -> Run:
     """One run: a DAQ process (stops after the run) and a simulator process at max pace."""
     out = root / name
     out.mkdir(parents=True)
-    port, pub = free_port(), free_port()
+    port, pub = ports or distinct_ports(2)
     endpoint = f"tcp://127.0.0.1:{port}"
     t0 = time.monotonic()
     with (out / "daq.log").open("wb") as dlog, (out / "sim.log").open("wb") as slog:
@@ -124,7 +131,41 @@ def take_run(
     )
     files = sorted((out / "data").glob("run*.h5"))
     assert len(files) == spills, f"run {name}: {len(files)} spill files, expected {spills}"
+    _check_frontend(files[0], sim_args, out)
     return Run(out / "data", out / "truth.h5", time.monotonic() - t0)
+
+
+def _check_frontend(path: Path, sim_args: tuple[str, ...], out: Path) -> None:
+    """The file was recorded from this run's simulator (no cross-talk between runs taken in parallel)."""
+    from daq.files import SpillFile
+
+    with SpillFile(path) as f:
+        info = f.frontend_info
+        complete = float(np.mean(f.events(["missing_groups"])["missing_groups"] == 0))
+    assert complete > 0.99, f"{path}: only {complete:.1%} of the events are complete; logs in {out}"
+    beam = info.get("config", {}).get("beam", {})
+    for key, value in zip(sim_args[::2], sim_args[1::2], strict=False):
+        if key == "--set" and value.startswith("beam."):
+            name, raw = value[len("beam.") :].split("=", 1)
+            assert str(beam.get(name)).replace(" ", "") == raw.replace(" ", ""), (
+                f"{path} was recorded from another front-end ({name} = {beam.get(name)}); logs in {out}"
+            )
+
+
+def distinct_ports(n: int) -> list[int]:
+    """``n`` different free TCP ports on 127.0.0.1 (all bound at once, so they cannot repeat)."""
+    import socket
+
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def take_runs(
@@ -134,8 +175,12 @@ def take_runs(
     ``specs`` maps a run name to keyword arguments of :func:`take_run`."""
     from concurrent.futures import ThreadPoolExecutor
 
+    ports = distinct_ports(2 * len(specs))  # chosen up front: threads picking free ports could collide
     with ThreadPoolExecutor(parallel) as pool:
-        futures = {name: pool.submit(take_run, root, name, procs, **kw) for name, kw in specs.items()}  # type: ignore[arg-type]
+        futures = {
+            name: pool.submit(take_run, root, name, procs, ports=(ports[2 * i], ports[2 * i + 1]), **kw)  # type: ignore[arg-type]
+            for i, (name, kw) in enumerate(specs.items())
+        }
         return {name: f.result() for name, f in futures.items()}
 
 

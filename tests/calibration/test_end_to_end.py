@@ -59,7 +59,7 @@ def cal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Campaign]:
         # the gain-drift run does not need the derived constants: take it with the scan
         specs["drift"] = {
             "sim_args": ("--fault", "gain_drift:ECAL:-2"),
-            "daq_args": campaign.DAQ_CAL[:-2],
+            "daq_args": campaign.DAQ_RUN,
             "spills": 3,
             "spill_s": 0.08,
         }
@@ -213,7 +213,7 @@ def test_constants_file_records_how_it_was_made(cal: Campaign) -> None:
 
 
 def test_derived_constants_put_the_electron_peak_at_the_beam_energy(cal: Campaign) -> None:
-    """A fresh 100 GeV run (default beam cell and trigger block) recorded with the derived constants."""
+    """A fresh 100 GeV run (default beam cell and physics trigger) recorded with the derived constants."""
     procs: list[subprocess.Popen[bytes]] = []
     try:
         fresh = campaign.take_run(
@@ -221,7 +221,7 @@ def test_derived_constants_put_the_electron_peak_at_the_beam_energy(cal: Campaig
             "fresh",
             procs,
             ("--seed", str(campaign.SEED)),
-            daq_args=(*campaign.DAQ_CAL[:-2], "--calibration", str(cal.path)),
+            daq_args=(*campaign.DAQ_RUN, "--calibration", str(cal.path)),
         )
     finally:
         for p in procs:

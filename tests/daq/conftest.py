@@ -30,9 +30,13 @@ class DaqProcess:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
+            self.proc.send_signal(signal.SIGABRT)  # faulthandler writes every thread's stack to the log
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            raise AssertionError(f"na64 daq did not stop after {sig!r}:\n{self.output()[-6000:]}") from None
 
     def output(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
@@ -47,6 +51,7 @@ def start_daq(
     data = data_dir or tmp / "data"
     log = tmp / f"daq-{time.monotonic_ns()}.log"
     cmd = na64_command("daq", "--endpoint", endpoint, "--publish", publish, "--data-dir", str(data), *extra)
+    cmd[1:1] = ["-X", "faulthandler"]
     with log.open("w") as out:
         proc = subprocess.Popen(
             cmd,
