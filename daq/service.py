@@ -839,26 +839,33 @@ class DaqService:
         if not self._monitor or (now < self._next_monitor and not force):
             return
         self._next_monitor = now + 1.0 / self.config.monitor.batches_per_s
-        b = EventBatch.concat(self._monitor)
+        parts = [b for b in self._monitor if len(b)]
         self._monitor, self._monitor_n = [], 0
+        if not parts:
+            return
+        n = sum(len(b) for b in parts)
+
+        def cat(name: str, axis: int = 0) -> np.ndarray:  # only what the DQM gets (not the waveforms)
+            return np.concatenate([getattr(b, name) for b in parts], axis=axis)
+
         sp = self.spill
         msg = protocol.Events(
             run=self.run_state.number if self.run_state else 0,
             spill=sp.number if sp else 0,
-            n_events=len(b),
+            n_events=n,
             n_skipped=self._monitor_skipped_since,
-            event_id=b.event_id,
-            t_ns=b.t_ns,
-            trigger_mask=b.trigger_mask,
-            sums=b.sums,
-            energy=b.energy,
-            peak_time=b.peak_time,
-            waveforms=b.waveforms[-1:],
+            event_id=cat("event_id"),
+            t_ns=cat("t_ns"),
+            trigger_mask=cat("trigger_mask"),
+            sums=cat("sums", axis=1),
+            energy=cat("energy"),
+            peak_time=cat("peak_time"),
+            waveforms=parts[-1].waveforms[-1:],
         )
         if self._publish(msg, keep=False):
             self._monitor_skipped_since = 0
         else:
-            self._monitor_skipped(len(b))
+            self._monitor_skipped(n)
 
     def _publish(self, msg: protocol.Message, keep: bool) -> bool:
         """Send on the XPUB socket without blocking; ``keep``: retry later instead of dropping."""

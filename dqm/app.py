@@ -282,6 +282,7 @@ class SessionView:
         self.deferred = False
         self.skipped = 0
         self.last_ack = time.monotonic()
+        self._sent: dict[str, Any] = {}
         self.applied: tuple[Any, ...] = ()
         self._build(view)
 
@@ -342,6 +343,7 @@ class SessionView:
         if self.built is not None:
             self.holders[self.built].children = [Div(text="loading ...")]
         self.built = i
+        self._sent.clear()
         self.holders[i].children = [getattr(self, f"_build_{TABS[i]}")()]
 
     def _tap_selects_cell(self, src: ColumnDataSource) -> None:
@@ -717,8 +719,16 @@ class SessionView:
             self.ack_select.value = options[0]
         self._apply_history(snap)
 
+    def _changed(self, what: str, key: Any) -> bool:
+        """True (and remembered) if ``what`` has not been sent with this ``key`` since the tab was built."""
+        if self._sent.get(what) == key:
+            return False
+        self._sent[what] = key
+        return True
+
     def _apply_history(self, snap: Snapshot) -> None:
-        self._history_source.data = dict(snap.history)
+        if self._changed("history", (snap.header["run"], snap.header["spills"])):
+            self._history_source.data = dict(snap.history)
 
     def _apply_physics(self, snap: Snapshot, rv: Any) -> None:
         _set_hist(self.emiss_src, rv.h1["e_miss"], self.emiss_fig, log_y=True)
@@ -794,6 +804,17 @@ class SessionView:
         )
 
     def _apply_checks(self, snap: Snapshot, rv: Any) -> None:
+        lg = snap.alarm_log
+        if self._changed("alarm_log", (len(lg), lg[0]["updated_at"] if lg else 0)):
+            self.log_src.data = {
+                "time": [_when(a["updated_at"]) for a in lg],
+                "name": [a["name"] for a in lg],
+                "state": [a["state"] for a in lg],
+                "severity": [a["severity"] for a in lg],
+                "message": [a["message"] for a in lg],
+            }
+        if not self._changed("matrix", (snap.header["run"], snap.header["spills"])):
+            return
         names = snap.check_names
         m = snap.check_matrix
         ys, xs = np.nonzero(m >= -1)
@@ -805,14 +826,6 @@ class SessionView:
                 STATE_COLORS[s] if int(v) >= 0 else "#eeeeee" for s, v in zip(states, m[ys, xs], strict=True)
             ],
             "state": states,
-        }
-        lg = snap.alarm_log
-        self.log_src.data = {
-            "time": [_when(a["updated_at"]) for a in lg],
-            "name": [a["name"] for a in lg],
-            "state": [a["state"] for a in lg],
-            "severity": [a["severity"] for a in lg],
-            "message": [a["message"] for a in lg],
         }
 
 

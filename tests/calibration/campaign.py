@@ -58,7 +58,24 @@ class Run:
     seconds: float
 
 
-def take_run(
+class PortTaken(RuntimeError):
+    """The DAQ could not bind its port (another process took it after it was chosen)."""
+
+
+def take_run(root: Path, name: str, procs: list[subprocess.Popen[bytes]], **kw: object) -> Run:
+    """One run: a DAQ process (stops after the run) and a simulator process at max pace; retried once
+    with new ports if the DAQ's port was taken meanwhile. Keyword arguments as :func:`_attempt`."""
+    try:
+        return _attempt(root, name, procs, **kw)  # type: ignore[arg-type]
+    except PortTaken:
+        import shutil
+
+        shutil.rmtree(root / name)
+        kw["ports"] = tuple(distinct_ports(2))
+        return _attempt(root, name, procs, **kw)  # type: ignore[arg-type]
+
+
+def _attempt(
     root: Path,
     name: str,
     procs: list[subprocess.Popen[bytes]],
@@ -67,10 +84,9 @@ def take_run(
     spills: int = 1,
     spill_s: float = SPILL_S,
     rate_hz: float = RATE_HZ,
-    timeout: float = 90.0,
+    timeout: float = 180.0,
     ports: tuple[int, int] | None = None,
 ) -> Run:
-    """One run: a DAQ process (stops after the run) and a simulator process at max pace."""
     out = root / name
     out.mkdir(parents=True)
     port, pub = ports or distinct_ports(2)
@@ -119,16 +135,32 @@ def take_run(
             stderr=subprocess.STDOUT,
         )
         procs.append(sim)
+        deadline = time.monotonic() + timeout
+        while sim.poll() is None:
+            if daq.poll() not in (None, 0):  # the DAQ failed (e.g. its port was taken): stop the simulator
+                sim.terminate()
+                sim.wait(timeout=30)
+                break
+            if time.monotonic() > deadline:
+                sim.kill()
+                daq.kill()
+                raise AssertionError(f"run {name} timed out; logs in {out}")
+            time.sleep(0.05)
+        if sim.returncode != 0:
+            daq.terminate()  # the run never started or ended early: do not wait for a RUN_STOP
         try:
-            sim_rc = sim.wait(timeout=timeout)
-            if sim_rc != 0:
-                daq.terminate()  # the run never started or ended early: do not wait for a RUN_STOP
             daq_rc = daq.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"run {name} timed out; logs in {out}") from None
-    assert sim_rc == 0 and daq_rc == 0, (
-        f"run {name}: simulate exit {sim_rc}, daq exit {daq_rc}; logs in {out}"
-    )
+            daq.kill()
+            raise AssertionError(f"run {name}: the DAQ did not stop; logs in {out}") from None
+    sim_rc = sim.returncode
+    if daq_rc != 0 and "cannot bind" in (out / "daq.log").read_text(errors="replace"):
+        raise PortTaken(f"run {name}: a DAQ port was taken by another process")
+    if sim_rc != 0 or daq_rc != 0:
+        tail = (out / "sim.log").read_text(errors="replace")[-400:] + (out / "daq.log").read_text(
+            errors="replace"
+        )[-400:]
+        raise AssertionError(f"run {name}: simulate exit {sim_rc}, daq exit {daq_rc}; logs in {out}:\n{tail}")
     files = sorted((out / "data").glob("run*.h5"))
     assert len(files) == spills, f"run {name}: {len(files)} spill files, expected {spills}"
     _check_frontend(files[0], sim_args, out)

@@ -220,7 +220,6 @@ def test_derived_constants_put_the_electron_peak_at_the_beam_energy(cal: Campaig
             cal.root,
             "fresh",
             procs,
-            ("--seed", str(campaign.SEED)),
             daq_args=(*campaign.DAQ_RUN, "--calibration", str(cal.path)),
         )
     finally:
