@@ -148,6 +148,7 @@ class DaqService:
         self._stop = asyncio.Event()
         self._monitor: list[EventBatch] = []
         self._monitor_n = 0
+        self._monitor_spill = 0  # spill of the buffered monitoring events (EVENTS carry their own spill)
         self._monitor_skipped_since = 0
         self._next_monitor = 0.0
         self._next_status = 0.0
@@ -635,7 +636,7 @@ class DaqService:
             await self._to_writer(("append", batch))
         else:
             self._loss("write_error", n, f"{n} events not recorded: {sp.fail_reason}")
-        self._to_monitor(batch)
+        self._to_monitor(batch, sp.number)
 
     async def _to_writer(self, cmd: tuple[Any, ...]) -> None:
         assert self.writer is not None
@@ -651,6 +652,7 @@ class DaqService:
             for batch in r.readout.flush(sp.number):
                 await self._events(batch)
             self._absorb_readout_losses()
+        self._flush_monitor(time.monotonic(), force=True)  # the spill's last events go out before its summary
         ro = r.readout if r is not None else None
         daq_counts = {
             "n_slices": sp.counters["n_slices"],
@@ -820,7 +822,10 @@ class DaqService:
                 while True:  # subscription messages of XPUB (not used, but drained)
                     self.pub.recv(flags=zmq.NOBLOCK)
 
-    def _to_monitor(self, batch: EventBatch) -> None:
+    def _to_monitor(self, batch: EventBatch, spill: int) -> None:
+        if self._monitor and spill != self._monitor_spill:
+            self._flush_monitor(time.monotonic(), force=True)  # one EVENTS message never mixes spills
+        self._monitor_spill = spill
         room = self.config.monitor.max_events_per_batch - self._monitor_n
         if room <= 0:
             self._monitor_skipped(len(batch))
@@ -848,10 +853,9 @@ class DaqService:
         def cat(name: str, axis: int = 0) -> np.ndarray:  # only what the DQM gets (not the waveforms)
             return np.concatenate([getattr(b, name) for b in parts], axis=axis)
 
-        sp = self.spill
         msg = protocol.Events(
             run=self.run_state.number if self.run_state else 0,
-            spill=sp.number if sp else 0,
+            spill=self._monitor_spill,
             n_events=n,
             n_skipped=self._monitor_skipped_since,
             event_id=cat("event_id"),

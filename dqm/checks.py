@@ -252,10 +252,14 @@ class ElectronPeakCheck:
             expected, source = ctx.config.beam_energy_gev * cfg.expected_fraction, "beam energy"
         rel = peak.mean / expected - 1.0
         state = _level(abs(rel), cfg.warn, cfg.error)
+        # a shift within the statistical precision of this spill's peak is no drift
+        stat = peak.sigma / math.sqrt(max(peak.n, 1.0))
+        if abs(peak.mean - expected) < cfg.significance * stat:
+            state = State.OK
         return CheckResult(
             self.name,
             state,
-            f"ECAL electron peak {peak.mean:.2f} GeV, {100 * rel:+.1f}% vs {expected:.2f} ({source})",
+            f"ECAL electron peak {peak.mean:.2f} +- {stat:.2f} GeV, {100 * rel:+.1f}% vs {expected:.2f} ({source})",
             rel,
         )
 

@@ -101,6 +101,9 @@ class PeakCheckConfig:
     warn: float = 0.02
     error: float = 0.05
     min_events: int = 30
+    #: ... and only if the shift exceeds this many sigma / sqrt(n) of the spill's peak (the iterated
+    #: truncated mean scatters somewhat more than that, hence more than 3)
+    significance: float = 4.0
     #: used when there is neither a reference nor a run baseline yet; as a fraction of the beam energy
     expected_fraction: float = 0.98
 
