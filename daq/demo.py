@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any
 
 from daq.errors import DaqError, UserError
 
@@ -41,7 +41,9 @@ def register(sub: Any) -> None:
         "localhost; spill files go to --data-dir. Stops after --spills N, or on Ctrl-C.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--spills", type=int, default=None, help="stop cleanly after N spills (default: run until Ctrl-C)")
+    p.add_argument(
+        "--spills", type=int, default=None, help="stop cleanly after N spills (default: run until Ctrl-C)"
+    )
     p.add_argument("--data-dir", type=Path, default=Path("na64-data"), help="where spill files are written")
     p.add_argument("--rate", type=float, default=2e6, help="beam rate in Hz")
     p.add_argument("--spill-length", type=float, default=4.8, help="spill length in s")
@@ -49,7 +51,9 @@ def register(sub: Any) -> None:
     p.add_argument("--port", type=int, default=5006, help="DQM web page port (on 127.0.0.1)")
     p.add_argument("--run", dest="run_number", type=int, default=1, help="run number")
     p.add_argument("--seed", type=int, default=None, help="simulator random seed")
-    p.add_argument("--signal", default=None, help="inject a Z' signal, MODEL:MASS_MEV:COUPLING:RATE_PER_1E9EOT")
+    p.add_argument(
+        "--signal", default=None, help="inject a Z' signal, MODEL:MASS_MEV:COUPLING:RATE_PER_1E9EOT"
+    )
     p.add_argument("--fault", action="append", default=[], help="simulator fault NAME[:ARGS] (repeatable)")
     p.add_argument("--linger", type=float, default=3.0, help="seconds the DQM stays up after the last spill")
     p.set_defaults(run=run)
@@ -95,7 +99,7 @@ class Child:
 def _wait_for_url(child: Child, timeout: float) -> str:
     """Read the DQM's stdout until it prints its URL; forward everything it prints."""
     assert child.proc.stdout is not None
-    stream: TextIO = child.proc.stdout
+    stream: IO[str] = child.proc.stdout
     deadline = time.monotonic() + timeout
     found: list[str] = []
 
@@ -152,17 +156,41 @@ def run(args: argparse.Namespace) -> int:
     try:
         daq = Child(
             "daq",
-            [*level, "daq", "--endpoint", endpoint, "--publish", publish, "--data-dir", str(args.data_dir),
-             "--stop-after-run"],
+            [
+                *level,
+                "daq",
+                "--endpoint",
+                endpoint,
+                "--publish",
+                publish,
+                "--data-dir",
+                str(args.data_dir),
+                "--stop-after-run",
+            ],
         )
         children.append(daq)
-        dqm = Child("dqm", [*level, "dqm", "--source", publish, "--port", str(args.port)], stdout=subprocess.PIPE)
+        dqm = Child(
+            "dqm", [*level, "dqm", "--source", publish, "--port", str(args.port)], stdout=subprocess.PIPE
+        )
         children.append(dqm)
         url = _wait_for_url(dqm, timeout=60)
-        print(f"na64 demo: DQM live at {url}  (spill files in {args.data_dir.resolve()}; Ctrl-C stops)", flush=True)
+        print(
+            f"na64 demo: DQM live at {url}  (spill files in {args.data_dir.resolve()}; Ctrl-C stops)",
+            flush=True,
+        )
         sim_args = [
-            *level, "simulate", "--endpoint", endpoint, "--rate", repr(args.rate), "--run", str(args.run_number),
-            "--spill-length", repr(args.spill_length), "--spill-period", repr(args.spill_period),
+            *level,
+            "simulate",
+            "--endpoint",
+            endpoint,
+            "--rate",
+            repr(args.rate),
+            "--run",
+            str(args.run_number),
+            "--spill-length",
+            repr(args.spill_length),
+            "--spill-period",
+            repr(args.spill_period),
         ]
         if args.spills is not None:
             sim_args += ["--spills", str(args.spills)]
@@ -189,8 +217,11 @@ def _supervise(sim: Child, daq: Child, dqm: Child, stop_requested: threading.Eve
         time.sleep(0.1)
     failed = [c.name for c in (daq, dqm) if not c.running()]
     if failed:
-        log.error("%s exited unexpectedly (code %s): stopping the demo", failed[0],
-                  {"daq": daq, "dqm": dqm}[failed[0]].proc.returncode)
+        log.error(
+            "%s exited unexpectedly (code %s): stopping the demo",
+            failed[0],
+            {"daq": daq, "dqm": dqm}[failed[0]].proc.returncode,
+        )
     sim_code = sim.stop(timeout=30)  # ends the current spill with SPILL_END and the run with RUN_STOP
     try:
         daq_code = daq.proc.wait(timeout=30)  # --stop-after-run: exits once the last spill file is closed

@@ -59,5 +59,6 @@ def artifacts_dir() -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
 
+
 # fixtures for trigger unit tests against recorded spills and canned simulator scenarios (see docs/replay.md)
 pytest_plugins = ["tests.replay.plugin"]

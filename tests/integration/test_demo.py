@@ -39,8 +39,19 @@ def test_demo_two_quick_spills_exits_by_itself(tmp_path: Path) -> None:
     data = tmp_path / "data"
     port = free_port()
     cmd = na64_command(
-        "demo", "--spills", "2", "--spill-length", "0.5", "--spill-period", "1",
-        "--data-dir", str(data), "--port", str(port), "--linger", "1",
+        "demo",
+        "--spills",
+        "2",
+        "--spill-length",
+        "0.5",
+        "--spill-period",
+        "1",
+        "--data-dir",
+        str(data),
+        "--port",
+        str(port),
+        "--linger",
+        "1",
     )
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -66,7 +77,9 @@ def test_demo_two_quick_spills_exits_by_itself(tmp_path: Path) -> None:
         listing = subprocess.run([h5dump, "-H", str(path)], capture_output=True, text=True, timeout=60)
         assert listing.returncode == 0, listing.stderr
         assert "format_version" in listing.stdout and "waveforms" in listing.stdout
-        inspected = subprocess.run(na64_command("inspect", str(path)), capture_output=True, text=True, timeout=60)
+        inspected = subprocess.run(
+            na64_command("inspect", str(path)), capture_output=True, text=True, timeout=60
+        )
         assert inspected.returncode == 0, inspected.stderr
         assert "EOT" in inspected.stdout
 
@@ -75,11 +88,21 @@ def test_demo_sigterm_stops_everything_and_closes_the_spill(tmp_path: Path) -> N
     """SIGTERM in the middle of a long spill: every child exits, the open spill file is closed properly."""
     data = tmp_path / "data"
     cmd = na64_command(
-        "demo", "--spill-length", "30", "--spill-period", "31", "--rate", "2e5",
-        "--data-dir", str(data), "--port", str(free_port()),
+        "demo",
+        "--spill-length",
+        "30",
+        "--spill-period",
+        "31",
+        "--rate",
+        "2e5",
+        "--data-dir",
+        str(data),
+        "--port",
+        str(free_port()),
     )
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         wait_for(lambda: any(data.glob("*.partial")) or proc.poll() is not None, 90, "a spill in progress")
         time.sleep(1.0)
@@ -100,19 +123,40 @@ def test_demo_sigterm_stops_everything_and_closes_the_spill(tmp_path: Path) -> N
         assert f.n_events > 0
 
 
-def test_services_as_separate_processes_file_matches_what_the_frontend_sent(tmp_path: Path, processes) -> None:  # type: ignore[no-untyped-def]
+def test_services_as_separate_processes_file_matches_what_the_frontend_sent(
+    tmp_path: Path, processes
+) -> None:  # type: ignore[no-untyped-def]
     """Simulator, DAQ and DQM started by hand on real sockets; the file agrees with the front-end's counts."""
     data = tmp_path / "data"
     endpoint, publish = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     port = free_port()
-    daq = subprocess.Popen(na64_command("daq", "--endpoint", endpoint, "--publish", publish,
-                                        "--data-dir", str(data), "--stop-after-run"))
+    daq = subprocess.Popen(
+        na64_command(
+            "daq", "--endpoint", endpoint, "--publish", publish, "--data-dir", str(data), "--stop-after-run"
+        )
+    )
     processes.append(daq)
-    dqm = subprocess.Popen(na64_command("dqm", "--source", publish, "--port", str(port)),
-                           stdout=subprocess.DEVNULL)
+    dqm = subprocess.Popen(
+        na64_command("dqm", "--source", publish, "--port", str(port)), stdout=subprocess.DEVNULL
+    )
     processes.append(dqm)
-    sim = subprocess.Popen(na64_command("simulate", "--endpoint", endpoint, "--rate", "1e6", "--spills", "1",
-                                        "--spill-length", "0.5", "--spill-period", "0.8", "--seed", "7"))
+    sim = subprocess.Popen(
+        na64_command(
+            "simulate",
+            "--endpoint",
+            endpoint,
+            "--rate",
+            "1e6",
+            "--spills",
+            "1",
+            "--spill-length",
+            "0.5",
+            "--spill-period",
+            "0.8",
+            "--seed",
+            "7",
+        )
+    )
     processes.append(sim)
     assert sim.wait(timeout=120) == 0
     assert daq.wait(timeout=60) == 0
