@@ -100,10 +100,9 @@ class FrontEnd:
         seeds = np.random.SeedSequence([config.seed, config.run]).spawn(4)
         self.beam_rng = np.random.default_rng(seeds[0])
         self.readout_rng = np.random.default_rng(seeds[1])
-        # the detector (gains, pedestals, noise) depends on the seed only: every run of one seed sees the
-        # same detector, as calibration and DQM references across runs require
-        detector_rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0xDE7EC7]))
-        self.electronics = make_electronics(config.electronics, detector_rng, config.beam.beam_cell)
+        self.electronics = make_electronics(
+            config.electronics, np.random.default_rng(seeds[2]), config.beam.beam_cell
+        )
         noise_rng = np.random.default_rng(seeds[3])
         self.model = BeamModel(config)
         pool = config.readout.noise_pool_size
