@@ -21,7 +21,6 @@ import os
 import re
 import resource
 import shlex
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,13 +28,9 @@ import threading
 import time
 from pathlib import Path
 
+from daq.demo import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def na64(*args: str) -> list[str]:

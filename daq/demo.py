@@ -215,7 +215,8 @@ def _supervise(sim: Child, daq: Child, dqm: Child, stop_requested: threading.Eve
     """Wait for the run to end (or a stop request / a child failure) and stop everything in order."""
     while sim.running() and daq.running() and dqm.running() and not stop_requested.is_set():
         time.sleep(0.1)
-    failed = [c.name for c in (daq, dqm) if not c.running()]
+    # the DAQ exits 0 by itself once the run is over (--stop-after-run); only an error exit is a failure
+    failed = [c.name for c in (daq, dqm) if not c.running() and c.proc.returncode != 0]
     if failed:
         log.error(
             "%s exited unexpectedly (code %s): stopping the demo",

@@ -378,7 +378,6 @@ class SessionView:
         self.ack_all = Button(label="Acknowledge all", width=130)
         self.ack_button.on_click(lambda: self._on_acknowledge(self.ack_select.value))
         self.ack_all.on_click(lambda: self._on_acknowledge("all"))
-        self._history_source = ColumnDataSource({"index": np.zeros(1)})
         self.eot_fig = _fig("EOT per spill", width=600, height=220, x_axis_label="spill (0 = latest)")
         self.eot_fig.vbar(x="index", top="n_beam", width=0.8, source=self._history_source, color="#1f77b4")
         summary = column(

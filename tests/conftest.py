@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from daq.demo import free_port as free_port  # re-exported: one helper for tests and benchmarks
 
 #: set by .ci/run: a missing external program (mosquitto, chromium) fails the test instead of skipping it
 REQUIRE_EXTERNAL = os.environ.get("NA64_REQUIRE_EXTERNAL") == "1"
@@ -29,11 +30,18 @@ def require_program(name: str) -> str:
     return path
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+#: headless Chromium on this closed network: without the background-networking flags it keeps trying
+#: (and failing) to reach Google's hosts
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def na64_command(*args: str) -> list[str]:

@@ -15,21 +15,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REQUIRE_EXTERNAL, free_port, na64_command, require_program
+from tests.conftest import CHROMIUM_ARGS, REQUIRE_EXTERNAL, free_port, na64_command, require_program
 from tests.dqm.conftest import DqmProcess, Feed
 
 pytestmark = [pytest.mark.integration, pytest.mark.external, pytest.mark.slow]
-
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")
