@@ -31,7 +31,7 @@ import numpy as np
 import zmq
 
 from daq import config as cfgmod
-from daq import detector, protocol
+from daq import detector, protocol, reco_kernel
 from daq.batch import EventBatch
 from daq.builder import Losses, Readout, SpillHistograms, compare_counters, histograms_json
 from daq.daq_config import DaqConfig
@@ -161,6 +161,7 @@ class DaqService:
     # ------------------------------------------------------------ life cycle
     async def run(self) -> int:
         tune_malloc()
+        reco_kernel.warm_up()  # compile or load the reconstruction kernel before the first event
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._free = free_bytes(self.data_dir)
         # plain (synchronous) sockets: the receiver drains every waiting message per wake-up (see

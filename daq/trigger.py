@@ -281,6 +281,9 @@ class Trigger:
         self._counter_thr = np.array(
             [config.s0_adc, config.s2_adc, config.s3_adc, config.v1_adc, config.v2_adc], dtype=np.uint16
         )
+        lo = int(self._counter_rows[0])
+        contiguous = np.array_equal(self._counter_rows, np.arange(lo, lo + 5))
+        self._counter_slice: slice | None = slice(lo, lo + 5) if contiguous else None
         ecal_ids, prs_ids = config.block_channels()
         self._blocks = [
             _BlockSum(rows(ecal_ids, "ECAL block"), gains[ecal_ids]),
@@ -299,21 +302,24 @@ class Trigger:
         self, amp: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         cfg = self.config
-        n = amp.shape[1]
-        c = self._counter_rows
-        thr = self._counter_thr
-        strig = np.empty(n, bool)
-        tmp = np.empty(n, bool)
-        np.greater(amp[c[0]], thr[0], out=strig)
-        for i, fire in ((1, True), (2, True), (3, False), (4, False)):
-            (np.greater if fire else np.less_equal)(amp[c[i]], thr[i], out=tmp)
-            strig &= tmp
+        # one pass for the largest amplitude: the integer block sums run in uint16 when that is exact
+        amp_max = int(amp.max()) if amp.size else 0
+        # counters: all of S0 S2 S3 fire, none of V1 V2 (one comparison over the five rows)
+        fire = self._counter_block(amp) > self._counter_thr[:, None]
+        strig = np.logical_and.reduce(fire[:3], axis=0)
+        strig &= ~np.logical_or.reduce(fire[3:], axis=0)
         ecal, prs = self._blocks
-        e_ecal, s_ec = ecal.energy_below(amp, cfg.ecal_max_gev)
-        e_prs, s_prs = prs.energy_above(amp, cfg.prs_min_gev)
-        np.logical_and(strig, s_prs, out=tmp)
-        tmp &= s_ec
-        return strig, s_prs, s_ec, tmp, e_prs, e_ecal
+        e_ecal, s_ec = ecal.energy_below(amp, cfg.ecal_max_gev, amp_max)
+        e_prs, s_prs = prs.energy_above(amp, cfg.prs_min_gev, amp_max)
+        phys = strig & s_prs
+        phys &= s_ec
+        return strig, s_prs, s_ec, phys, e_prs, e_ecal
+
+    def _counter_block(self, amp: np.ndarray) -> np.ndarray:
+        """(5, N) amplitudes of S0 S2 S3 V1 V2 (a view when the rows are contiguous in that order)."""
+        if self._counter_slice is not None:
+            return amp[self._counter_slice]
+        return amp[self._counter_rows]
 
     def evaluate(self, batch: Batch) -> Decisions:
         """Run the trigger on a batch: conditions, prescale, random clock, dead time; updates the state."""
@@ -339,34 +345,52 @@ class Trigger:
                 rand_t = np.arange(nxt, t1, period, dtype=np.int64)
                 nxt = int(rand_t[-1]) + period
             st.next_random_ns = nxt
-        # candidates in time order (particles first at equal times), then the dead time
+        # candidates: PHYSICS particles (all condition bits set), prescaled BEAM particles, RANDOM times
         phys_pos = np.flatnonzero(phys)
+        index_parts = [phys_pos.astype(np.uint32)]
+        mask_parts = [np.full(phys_pos.size, S_TRIG | S_PRS | S_EC | PHYSICS, np.uint32)]
         if beam_pos.size:
-            cand_pos = np.union1d(phys_pos, beam_pos)
-            cand_mask = _mask_bits(strig[cand_pos], s_prs[cand_pos], s_ec[cand_pos], phys[cand_pos])
-            cand_mask[np.searchsorted(cand_pos, beam_pos)] |= BEAM
+            beam_phys = phys[beam_pos]
+            only = beam_pos[~beam_phys]  # beam triggers of particles that are not PHYSICS candidates
+            index_parts.append(only.astype(np.uint32))
+            bits = s_prs[only].astype(np.uint32) * np.uint32(S_PRS)
+            bits |= s_ec[only].astype(np.uint32) * np.uint32(S_EC)
+            bits |= np.uint32(S_TRIG | BEAM)
+            mask_parts.append(bits)
+            if beam_phys.any():
+                mask_parts[0][np.searchsorted(phys_pos, beam_pos[beam_phys])] |= BEAM
+        if rand_t.size:
+            index_parts.append(np.full(rand_t.size, NO_PARTICLE, np.uint32))
+            mask_parts.append(np.full(rand_t.size, RANDOM, np.uint32))
+        if len(index_parts) > 1:
+            cand_index = np.concatenate(index_parts)
+            cand_mask = np.concatenate(mask_parts)
+            cand_t = np.concatenate([batch.t_ns[cand_index[: cand_index.size - rand_t.size]], rand_t])
         else:
-            cand_pos = phys_pos
-            cand_mask = np.full(cand_pos.size, S_TRIG | S_PRS | S_EC | PHYSICS, np.uint32)
-        cand_t = np.concatenate([batch.t_ns[cand_pos].astype(np.int64, copy=False), rand_t])
-        cand_index = np.concatenate(
-            [cand_pos.astype(np.uint32), np.full(rand_t.size, NO_PARTICLE, np.uint32)]
-        )
-        cand_mask = np.concatenate([cand_mask, np.full(rand_t.size, RANDOM, np.uint32)])
-        if rand_t.size or not _is_sorted(cand_t):
-            order = np.argsort(cand_t, kind="stable")
+            cand_index, cand_mask = index_parts[0], mask_parts[0]
+            cand_t = batch.t_ns[phys_pos]
+        cand_t = cand_t.astype(np.int64, copy=False)
+        if cand_t.size > 1:
+            # time order; at equal times particles first (by index), random triggers last
+            order = np.lexsort((cand_index, cand_t))
             cand_t, cand_index, cand_mask = cand_t[order], cand_index[order], cand_mask[order]
         keep = _dead_time(cand_t, st, cfg.dead_time_ns)
-        index, t_ns, tmask = cand_index[keep], cand_t[keep], cand_mask[keep]
+        if keep is None:
+            index, t_ns, tmask = cand_index, cand_t, cand_mask
+        else:
+            index, t_ns, tmask = cand_index[keep], cand_t[keep], cand_mask[keep]
+        n_physics = int(np.count_nonzero(tmask & PHYSICS))
+        n_beam = int(np.count_nonzero(tmask & BEAM))
+        n_random = int(np.count_nonzero(tmask & RANDOM)) if rand_t.size else 0
         counts = {
             "n_particles": batch.n,
             "n_strig": n_strig,
             "fired_physics": int(phys_pos.size),
             "fired_beam": int(beam_pos.size),
             "fired_random": int(rand_t.size),
-            "triggers_physics": int(np.count_nonzero(tmask & PHYSICS)),
-            "triggers_beam": int(np.count_nonzero(tmask & BEAM)),
-            "triggers_random": int(np.count_nonzero(tmask & RANDOM)),
+            "triggers_physics": n_physics,
+            "triggers_beam": n_beam,
+            "triggers_random": n_random,
             "n_accepted": int(index.size),
             "dead_time_lost": int(cand_t.size - index.size),
         }
@@ -376,42 +400,39 @@ class Trigger:
         self.state.new_spill()
 
 
-def _is_sorted(t: np.ndarray) -> bool:
-    return t.size < 2 or bool(np.all(t[1:] >= t[:-1]))
+def _dead_time(t: np.ndarray, st: TriggerState, dead_ns: int) -> np.ndarray | None:
+    """Indices of the candidates (sorted times ``t``) kept by a non-paralysable dead time (None: all).
 
-
-def _dead_time(t: np.ndarray, st: TriggerState, dead_ns: int) -> np.ndarray:
-    """Indices of the candidates (sorted times ``t``) kept by a non-paralysable dead time.
-
-    Vectorized: a candidate more than ``dead_ns`` after its predecessor (and after the dead time carried
-    in ``st``) is always accepted; only within the rare clusters of closer candidates is the greedy rule
-    applied step by step (one step per accepted trigger of the cluster).
+    Candidates before the dead time carried in ``st`` are dropped. A candidate at least ``dead_ns``
+    after its predecessor is always accepted, so the greedy rule only has to be followed through the
+    rare chains of closer candidates (one step per close pair; a slice has a few dozen candidates).
     """
     n = t.size
     if n == 0:
-        return np.zeros(0, np.intp)
-    i0 = int(np.searchsorted(t, st.dead_until_ns, "left"))  # earlier ones fall in the carried dead time
-    if dead_ns == 0:
-        keep = np.arange(i0, n)
+        return None
+    first = 0 if t[0] >= st.dead_until_ns else int(np.searchsorted(t, st.dead_until_ns, "left"))
+    close = np.flatnonzero(np.diff(t[first:]) < dead_ns) + first if dead_ns > 0 and n - first > 1 else None
+    if close is None or close.size == 0:
+        keep = None if first == 0 else np.arange(first, n)
     else:
-        start = np.zeros(n, dtype=bool)
-        start[1:] = np.diff(t) >= dead_ns
-        if i0 < n:
-            start[i0] = True
-        start[:i0] = False
-        keep_mask = start.copy()
-        starts = np.flatnonzero(start)
-        ends = np.append(starts[1:], n)
-        for a, b in zip(starts[ends - starts > 1].tolist(), ends[ends - starts > 1].tolist(), strict=True):
-            i = a
-            while True:
-                i = a + int(np.searchsorted(t[a:b], t[i] + dead_ns, "left"))
-                if i >= b:
-                    break
-                keep_mask[i] = True
+        tl = t.tolist()
+        rejected = []
+        prev, acc = -2, 0
+        for i in close.tolist():  # i + 1 follows i within the dead time
+            if i != prev + 1:  # i starts a chain, and is accepted
+                acc = tl[i]
+            if tl[i + 1] - acc < dead_ns:
+                rejected.append(i + 1)
+            else:
+                acc = tl[i + 1]
+            prev = i
+        keep_mask = np.ones(n, bool)
+        keep_mask[:first] = False
+        keep_mask[rejected] = False
         keep = np.flatnonzero(keep_mask)
-    if keep.size:
-        st.dead_until_ns = max(st.dead_until_ns, int(t[keep[-1]]) + dead_ns)
+    last = n - 1 if keep is None else (int(keep[-1]) if keep.size else -1)
+    if last >= 0:
+        st.dead_until_ns = max(st.dead_until_ns, int(t[last]) + dead_ns)
     return keep
 
 
@@ -439,16 +460,19 @@ class _BlockSum:
     def _rows(self, amp: np.ndarray, s: int, e: int) -> np.ndarray:
         return amp[self._slice, s:e] if self.contiguous else amp[self.rows, s:e]
 
-    def energy(self, amp: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(E in GeV float32, integer count sum or None)."""
+    def energy(self, amp: np.ndarray, amp_max: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(E in GeV float32, integer count sum or None); ``amp_max``: max(amp) if known."""
         n = amp.shape[1]
         if self.rows.size == 0:
             return np.zeros(n, np.float32), np.zeros(n, np.uint32)
         if self.uniform:
-            # uint16 sums are exact while rows x max(amp) < 65536 (always true for 12-bit ADCs)
+            # uint16 sums are exact while rows x max(amp) < 65536 (always true for 12-bit ADCs and blocks
+            # of up to 16 cells)
             block = amp[self._slice] if self.contiguous else amp[self.rows]
-            safe = n == 0 or int(block.max()) * self.rows.size < 65536
-            counts = block.sum(axis=0, dtype=np.uint16 if safe else np.uint32)
+            if amp_max is None:
+                amp_max = int(block.max()) if n else 0
+            narrow = amp_max * self.rows.size <= _UMAX[2]
+            counts = block.sum(axis=0, dtype=np.uint16 if narrow else np.uint32)
             e = counts.astype(np.float32)
             e *= self.gev_per_count
             return e, counts
@@ -460,15 +484,19 @@ class _BlockSum:
             np.dot(self.weights, tmp[:, :k], out=out[s : s + k])
         return out, None
 
-    def energy_above(self, amp: np.ndarray, thr_gev: float) -> tuple[np.ndarray, np.ndarray]:
-        e, counts = self.energy(amp)
+    def energy_above(
+        self, amp: np.ndarray, thr_gev: float, amp_max: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        e, counts = self.energy(amp, amp_max)
         if counts is not None:  # exact integer comparison: sum > thr * gain
             k = int(np.floor(thr_gev * 1000.0 * self.gains[0] * (1 + THRESHOLD_RTOL)))
             return e, counts > min(k, _UMAX[counts.dtype.itemsize])
         return e, e > np.float32(thr_gev * (1 + THRESHOLD_RTOL))
 
-    def energy_below(self, amp: np.ndarray, thr_gev: float) -> tuple[np.ndarray, np.ndarray]:
-        e, counts = self.energy(amp)
+    def energy_below(
+        self, amp: np.ndarray, thr_gev: float, amp_max: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        e, counts = self.energy(amp, amp_max)
         if counts is not None:  # sum < thr * gain
             k = int(np.ceil(thr_gev * 1000.0 * self.gains[0] * (1 - THRESHOLD_RTOL)))
             if k > _UMAX[counts.dtype.itemsize]:

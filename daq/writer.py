@@ -41,8 +41,11 @@ from daq.files import (
 
 log = logging.getLogger(__name__)
 
-#: buffered events are written in blocks of this many waveform chunks (fewer, larger h5py calls)
-FLUSH_CHUNKS = 8
+#: buffered events are written in blocks of this many waveform chunks: 64 x 64 = 4096 events, one whole
+#: chunk of every event column. Each h5py write costs ~0.1-0.2 ms whatever its size, so with 19 datasets
+#: blocks of 512 events spent ~15 us per event in call overhead, blocks of 4096 ~2 us
+#: (benchmarks/bench_writer.py); the block (~40 MB) is small next to the machine's memory.
+FLUSH_CHUNKS = 64
 #: codec names accepted by ``writer.compression``
 CODECS = ("none", "gzip", "lz4", "zstd", "blosc-lz4", "blosc-zstd", "bitshuffle-lz4")
 

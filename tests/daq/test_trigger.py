@@ -24,6 +24,8 @@ from daq.trigger import (
     Batch,
     Trigger,
     TriggerConfig,
+    TriggerState,
+    _dead_time,
     make_batch,
     mask_names,
 )
@@ -347,3 +349,27 @@ def test_accepted_triggers_respect_the_dead_time(p) -> None:
     fired = d.counts["fired_physics"] + d.counts["fired_beam"] + d.counts["fired_random"]
     both = int(np.count_nonzero((d.mask & PHYSICS) & ((d.mask & BEAM) >> 1)))
     assert d.counts["n_accepted"] + d.counts["dead_time_lost"] == fired - both
+
+
+def _greedy_dead_time(t: list[int], dead_until: int, dead_ns: int) -> list[int]:
+    """Reference: accept a candidate when it is not within the dead time of the last accepted one."""
+    kept, until = [], dead_until
+    for i, ti in enumerate(t):
+        if ti >= until:
+            kept.append(i)
+            until = ti + dead_ns
+    return kept
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 20_000), max_size=60),
+    st.integers(-5_000, 5_000),
+    st.integers(0, 3_000),
+)
+def test_dead_time_matches_the_greedy_rule(times, dead_until, dead_ns) -> None:
+    t = np.sort(np.array(times, dtype=np.int64))
+    state = TriggerState(dead_until_ns=dead_until)
+    keep = _dead_time(t, state, dead_ns)
+    got = list(range(t.size)) if keep is None else keep.tolist()
+    assert got == _greedy_dead_time(t.tolist(), dead_until, dead_ns)

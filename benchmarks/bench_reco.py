@@ -1,0 +1,78 @@
+"""Waveform reconstruction alone: microseconds per event (110 channels x 32 samples), CPU time, one core.
+
+Events are built like the DAQ sees them: an electron shower in the ECAL/PRS block, a few HCAL, SRD and
+counter pulses, noise in every channel, at random sub-sample phases, in batches of one slice's readout
+(~50 events at 2 MHz). Prints the full ``daq.waveform.reconstruct`` (compiled window pass + numpy for
+the rest), the compiled window pass alone and its plain-numpy reference, and the CPU needed for 5 kHz
+and 20 kHz of events (the live trigger rate and a fast replay).
+
+    python benchmarks/bench_reco.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from daq import detector
+from daq.reco_kernel import warm_up, window_features, window_features_numpy
+from daq.waveform import RecoConfig, reconstruct, synthesize
+
+
+def events(n: int, rng: np.random.Generator) -> np.ndarray:
+    amp = np.zeros((n, detector.N_CHANNELS))
+    amp[:, detector.ECAL_IDS] = rng.exponential(300, (n, 30)) * (rng.random((n, 30)) < 0.4)
+    amp[:, detector.PRS_IDS] = rng.exponential(100, (n, 30)) * (rng.random((n, 30)) < 0.4)
+    amp[:, detector.HCAL_IDS] = rng.exponential(50, (n, 36)) * (rng.random((n, 36)) < 0.1)
+    amp[:, detector.SRD_IDS] = rng.uniform(50, 500, (n, 3))
+    amp[:, detector.counter_id("S0")] = rng.uniform(500, 1500, n)
+    peak = rng.uniform(110, 135, (n, detector.N_CHANNELS))
+    return synthesize(amp, peak_ns=peak, noise=1.5, rng=rng)
+
+
+def cpu_per_call(fn, seconds: float) -> float:
+    fn()
+    n, t0 = 0, time.process_time()
+    while time.process_time() - t0 < seconds:
+        fn()
+        n += 1
+    return (time.process_time() - t0) / n
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=50, help="events per call (one slice's readout)")
+    ap.add_argument("--seconds", type=float, default=2.0, help="CPU seconds per measurement")
+    args = ap.parse_args()
+    rng = np.random.default_rng(1)
+    pool = [events(args.batch, rng) for _ in range(8)]
+    gain = detector.nominal_gains()
+    noise = np.full(detector.N_CHANNELS, 1.5)
+    cfg = RecoConfig()
+    thr = np.full(args.batch * detector.N_CHANNELS, cfg.zero_suppress_sigma * 1.5, np.float32)
+    t0 = time.perf_counter()
+    warm_up()
+    print(f"kernel ready (compiled or loaded from numba's cache) in {time.perf_counter() - t0:.2f} s")
+    k = iter(range(1 << 62))
+
+    def batch() -> np.ndarray:
+        return pool[next(k) % len(pool)]
+
+    rows = [
+        ("reconstruct (full)", lambda: reconstruct(batch(), gain, noise, config=cfg)),
+        ("window pass, compiled", lambda: window_features(batch().reshape(-1, 32), 6, thr, 0.3, 4)),
+        ("window pass, numpy", lambda: window_features_numpy(batch().reshape(-1, 32), 6, thr, 0.3, 4)),
+    ]
+    print(f"{args.batch} events per call, CPU time of this process")
+    print(f"{'':<24} {'us/event':>9} {'CPU at 5 kHz':>13} {'CPU at 20 kHz':>14}")
+    for name, fn in rows:
+        us = cpu_per_call(fn, args.seconds) / args.batch * 1e6
+        print(f"{name:<24} {us:>9.2f} {us * 5e3 / 1e6:>12.1%} {us * 20e3 / 1e6:>13.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
