@@ -28,6 +28,7 @@ clock phase, end of the dead time) is the explicit :class:`TriggerState`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -178,12 +179,30 @@ class Batch:
 
 
 @dataclass(frozen=True, eq=False)
+class BlockEnergy:
+    """A block's energy per particle: ``gev_array`` (float32 GeV), or integer ADC ``sums`` x ``gev_per_count``."""
+
+    gev_array: np.ndarray | None = None
+    sums: np.ndarray | None = None
+    gev_per_count: float = 0.0
+
+    def gev(self) -> np.ndarray:
+        if self.gev_array is not None:
+            return self.gev_array
+        assert self.sums is not None
+        e = self.sums.astype(np.float32)
+        e *= np.float32(self.gev_per_count)
+        return e
+
+
+@dataclass(frozen=True, eq=False)
 class Decisions:
     """Trigger outcome for one batch.
 
     Per particle (N,): the conditions ``strig``, ``s_prs``, ``s_ec`` and ``physics`` (bool), ``mask``
     (uint32 bits: the conditions, plus PHYSICS/BEAM where that trigger fired, before dead time),
-    ``accept`` (read out), ``e_prs``/``e_ecal`` block energies in GeV. Per readout entry (accepted
+    ``accept`` (read out), ``e_prs``/``e_ecal`` block energies in GeV (float32, computed on first access
+    from the integer block sums when the block's gains are equal). Per readout entry (accepted
     triggers in time order, random triggers included): ``index`` (NO_PARTICLE for random), ``t_ns`` and
     ``trigger_mask``. ``counts``: per-batch counters (see :data:`COUNT_NAMES`).
     """
@@ -193,12 +212,20 @@ class Decisions:
     s_ec: np.ndarray
     physics: np.ndarray
     beam_pos: np.ndarray  # particles that fired the prescaled beam trigger
-    e_prs: np.ndarray
-    e_ecal: np.ndarray
+    prs_energy: BlockEnergy
+    ecal_energy: BlockEnergy
     index: np.ndarray
     t_ns: np.ndarray
     trigger_mask: np.ndarray
     counts: dict[str, int] = field(default_factory=dict)
+
+    @functools.cached_property
+    def e_prs(self) -> np.ndarray:
+        return self.prs_energy.gev()
+
+    @functools.cached_property
+    def e_ecal(self) -> np.ndarray:
+        return self.ecal_energy.gev()
 
     @property
     def mask(self) -> np.ndarray:
@@ -296,11 +323,11 @@ class Trigger:
         """Condition bits per particle (S_TRIG, S_PRS, S_EC; PHYSICS where all three; uint32) and the
         block energies E_PRS, E_ECAL (GeV). Pure: no state is used or changed."""
         strig, s_prs, s_ec, phys, e_prs, e_ecal = self._conditions(amp)
-        return _mask_bits(strig, s_prs, s_ec, phys), e_prs, e_ecal
+        return _mask_bits(strig, s_prs, s_ec, phys), e_prs.gev(), e_ecal.gev()
 
     def _conditions(
         self, amp: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, BlockEnergy, BlockEnergy]:
         cfg = self.config
         # one pass for the largest amplitude: the integer block sums run in uint16 when that is exact
         amp_max = int(amp.max()) if amp.size else 0
@@ -460,11 +487,11 @@ class _BlockSum:
     def _rows(self, amp: np.ndarray, s: int, e: int) -> np.ndarray:
         return amp[self._slice, s:e] if self.contiguous else amp[self.rows, s:e]
 
-    def energy(self, amp: np.ndarray, amp_max: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        """(E in GeV float32, integer count sum or None); ``amp_max``: max(amp) if known."""
+    def energy(self, amp: np.ndarray, amp_max: int | None = None) -> BlockEnergy:
+        """The block energy per particle; ``amp_max``: max(amp) if known."""
         n = amp.shape[1]
         if self.rows.size == 0:
-            return np.zeros(n, np.float32), np.zeros(n, np.uint32)
+            return BlockEnergy(sums=np.zeros(n, np.uint32))
         if self.uniform:
             # uint16 sums are exact while rows x max(amp) < 65536 (always true for 12-bit ADCs and blocks
             # of up to 16 cells)
@@ -472,37 +499,35 @@ class _BlockSum:
             if amp_max is None:
                 amp_max = int(block.max()) if n else 0
             narrow = amp_max * self.rows.size <= _UMAX[2]
-            counts = block.sum(axis=0, dtype=np.uint16 if narrow else np.uint32)
-            e = counts.astype(np.float32)
-            e *= self.gev_per_count
-            return e, counts
+            sums = block.sum(axis=0, dtype=np.uint16 if narrow else np.uint32)
+            return BlockEnergy(sums=sums, gev_per_count=float(self.gev_per_count))
         out = np.empty(n, np.float32)
         tmp = np.empty((self.rows.size, min(n, _CHUNK)), np.float32)
         for s in range(0, n, _CHUNK):
             k = min(_CHUNK, n - s)
             np.copyto(tmp[:, :k], self._rows(amp, s, s + k), casting="unsafe")
             np.dot(self.weights, tmp[:, :k], out=out[s : s + k])
-        return out, None
+        return BlockEnergy(gev_array=out)
 
     def energy_above(
         self, amp: np.ndarray, thr_gev: float, amp_max: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        e, counts = self.energy(amp, amp_max)
-        if counts is not None:  # exact integer comparison: sum > thr * gain
+    ) -> tuple[BlockEnergy, np.ndarray]:
+        e = self.energy(amp, amp_max)
+        if e.sums is not None:  # exact integer comparison: sum > thr * gain
             k = int(np.floor(thr_gev * 1000.0 * self.gains[0] * (1 + THRESHOLD_RTOL)))
-            return e, counts > min(k, _UMAX[counts.dtype.itemsize])
-        return e, e > np.float32(thr_gev * (1 + THRESHOLD_RTOL))
+            return e, e.sums > min(k, _UMAX[e.sums.dtype.itemsize])
+        return e, e.gev() > np.float32(thr_gev * (1 + THRESHOLD_RTOL))
 
     def energy_below(
         self, amp: np.ndarray, thr_gev: float, amp_max: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        e, counts = self.energy(amp, amp_max)
-        if counts is not None:  # sum < thr * gain
+    ) -> tuple[BlockEnergy, np.ndarray]:
+        e = self.energy(amp, amp_max)
+        if e.sums is not None:  # sum < thr * gain
             k = int(np.ceil(thr_gev * 1000.0 * self.gains[0] * (1 - THRESHOLD_RTOL)))
-            if k > _UMAX[counts.dtype.itemsize]:
-                return e, np.ones(counts.shape, bool)
-            return e, counts < k
-        return e, e < np.float32(thr_gev * (1 - THRESHOLD_RTOL))
+            if k > _UMAX[e.sums.dtype.itemsize]:
+                return e, np.ones(e.sums.shape, bool)
+            return e, e.sums < k
+        return e, e.gev() < np.float32(thr_gev * (1 - THRESHOLD_RTOL))
 
 
 # ---------------------------------------------------------------- hand-made batches
