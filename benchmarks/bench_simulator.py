@@ -2,6 +2,10 @@
 
     python benchmarks/bench_simulator.py [--slices 300] [--realtime-s 5] [--skip-realtime]
 
+Targets (issue 3), each printed with MET/MISSED: primitives alone >= 10 M particles/s (max pacing);
+realtime 2 MHz with the waveforms of every readout request: no slice late by more than its own length,
+and <= 0.5 CPU s per s of beam (one core, leaving room for the DAQ on the other).
+
 1. primitives alone: FrontEnd.prepare (arrival times, particles, primitives, noise, digitisation) in
    steady state (latency buffer full), particles/s on this core;
 2. waveforms: FrontEnd.answer for requests of 50 particles (the 5 kHz x 10 ms case), us per window;
@@ -59,7 +63,12 @@ def bench_primitives(n_slices: int) -> float:
         f"({n_slice / med / 1e6:.2f} M/s), best decile {best * 1e3:.2f} ms ({n_slice / best / 1e6:.2f} M/s); "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
+    print(f"  target >= 10 M particles/s (overall): {verdict(n / dt >= 10e6)}")
     return n / dt
+
+
+def verdict(ok: bool) -> str:
+    return "MET" if ok else "MISSED"
 
 
 def bench_waveforms(n_requests: int = 100, k: int = 50) -> float:
@@ -119,6 +128,22 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _thread_cpu(pid: int) -> dict[str, tuple[float, float]]:
+    """(user, system) CPU seconds per thread name of a process (main thread vs ZeroMQ I/O threads)."""
+    out: dict[str, tuple[float, float]] = {}
+    tck = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            text = (task / "stat").read_text()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        f = text.rsplit(")", 1)[1].split()
+        u, s = out.get(name, (0.0, 0.0))
+        out[name] = (u + int(f[11]) / tck, s + int(f[12]) / tck)
+    return out
+
+
 def bench_realtime(spill_s: float) -> None:
     import socket
 
@@ -154,9 +179,11 @@ def bench_realtime(spill_s: float) -> None:
             text=True,
         )
         cpu = 0.0
+        threads: dict[str, tuple[float, float]] = {}
         while sim.poll() is None:
             try:
                 cpu = _cpu_seconds(sim.pid)
+                threads = _thread_cpu(sim.pid)
             except (FileNotFoundError, ProcessLookupError):
                 break
             time.sleep(0.05)
@@ -167,14 +194,21 @@ def bench_realtime(spill_s: float) -> None:
         late = m.group(1) if m else "?"
         late_slices = re.search(r"'n_late_slices': (\d+)", err)
         in_spill = float(cpu_spill.group(1)) if cpu_spill else float("nan")
+        n_late = int(late_slices.group(1)) if late_slices else 0
         print(
             f"realtime 2 MHz, one {spill_s} s spill: simulator process {cpu:.2f} CPU s in total (with start-up); "
             f"{in_spill:.2f} CPU s during the spill -> {in_spill / spill_s:.2f} CPU s per s of beam; max slice "
             f"lateness {late} ms; slices late by more than one slice length: "
-            f"{late_slices.group(1) if late_slices else 0} of {round(spill_s / 0.01)}"
+            f"{n_late} of {round(spill_s / 0.01)}"
         )
+        print(f"  target <= 0.5 CPU s per s of beam: {verdict(in_spill / spill_s <= 0.5)}")
+        print(f"  target no slice late by more than its length: {verdict(n_late == 0)}")
         load = os.getloadavg()
         print(f"  (load average during the run: {load[0]:.1f} on {os.cpu_count()} CPUs)")
+        parts = ", ".join(
+            f"{k}: user {u:.2f} s + system {sy:.2f} s" for k, (u, sy) in sorted(threads.items())
+        )
+        print(f"  simulator threads over the whole run (incl. start-up): {parts}")
         for line in err.splitlines():
             if "spill 1 done" in line:
                 print("  simulator:", line.split(": ", 1)[1])
@@ -277,8 +311,15 @@ def main() -> None:
     args = ap.parse_args()
     print(f"numpy {np.__version__}, {os.cpu_count()} CPUs, {detector.N_CHANNELS} channels")
     tune_allocator()  # as na64 simulate does
-    bench_primitives(args.slices)
-    bench_waveforms()
+    rate = bench_primitives(args.slices)
+    per_window = bench_waveforms()
+    for khz in (3.0, 5.0):
+        cpu = 2e6 / rate + per_window * khz * 1e3 / 1e6
+        print(
+            f"  components at 2 MHz with {khz:.0f} kHz read out: {2e6 / rate:.3f} (primitives) + "
+            f"{per_window * khz * 1e3 / 1e6:.3f} (waveforms) = {cpu:.3f} CPU s per s of beam, without "
+            f"encoding and sockets; target <= 0.5: {verdict(cpu <= 0.5)}"
+        )
     if not args.skip_realtime:
         bench_realtime(args.realtime_s)
     if args.physics:

@@ -46,7 +46,13 @@ class BeamConfig:
     spot_offset_mm: tuple[float, float] = (0.0, 0.0)  # spot centre relative to the beam-cell centre
     halo_fraction: float = 0.01  # particles in a wide halo (they hit the hole vetoes) [est]
     halo_sigma_mm: float = 25.0
-    beam_cell: tuple[int, int] = detector.BEAM_CELL
+    beam_cell: tuple[int, int] = detector.BEAM_CELL  # the trigger block (primitive channels) is around it
+    # steering (calibration scans; the ECAL moves across the beam, counters stay on the beam axis):
+    # aim_cell = ECAL cell the beam is aimed at (default: beam_cell); scan_cells = cells visited in turn,
+    # one per spill (scan_mode "spill") or one drawn per particle (scan_mode "particle")
+    aim_cell: tuple[int, int] | None = None
+    scan_cells: tuple[tuple[int, int], ...] = ()
+    scan_mode: Literal["spill", "particle"] = "spill"
     pion_fraction: float = 0.008  # h/e <~ 1% in total [paper]
     kaon_fraction: float = 0.0015
     antiproton_fraction: float = 0.0005
@@ -69,6 +75,14 @@ class BeamConfig:
         _fraction("halo_fraction", self.halo_fraction)
         _positive("halo_sigma_mm", self.halo_sigma_mm)
         detector.block_cells(self.beam_cell, (1, 1))
+        for cell in ((self.aim_cell,) if self.aim_cell is not None else ()) + tuple(self.scan_cells):
+            if len(cell) != 2 or not (0 <= cell[0] < detector.ECAL_NX and 0 <= cell[1] < detector.ECAL_NY):
+                raise ValueError(
+                    f"aim/scan cell {list(cell)} is not an ECAL cell [x, y] (x 0..{detector.ECAL_NX - 1}, "
+                    f"y 0..{detector.ECAL_NY - 1})"
+                )
+        if self.aim_cell is not None and self.scan_cells:
+            raise ValueError("give either aim_cell or scan_cells, not both")
         for name in ("pion_fraction", "kaon_fraction", "antiproton_fraction", "muon_fraction"):
             _fraction(name, getattr(self, name))
         if self.hadron_fraction + self.muon_fraction > 0.5:
@@ -77,6 +91,13 @@ class BeamConfig:
     @property
     def hadron_fraction(self) -> float:
         return self.pion_fraction + self.kaon_fraction + self.antiproton_fraction
+
+    def aim_cells(self) -> list[tuple[int, int]]:
+        """The ECAL cells the beam is aimed at: scan_cells, or [aim_cell or beam_cell]."""
+        if self.scan_cells:
+            return [(int(x), int(y)) for x, y in self.scan_cells]
+        cell = self.aim_cell if self.aim_cell is not None else self.beam_cell
+        return [(int(cell[0]), int(cell[1]))]
 
 
 @dataclass(frozen=True)
@@ -184,6 +205,10 @@ class HcalConfig:
     pion_lambda_factor: float = 1.0  # interaction length relative to ecal.lambda_int_mm [est]
     kaon_lambda_factor: float = 1.1
     antiproton_lambda_factor: float = 0.8
+    # HCAL cell (x, y), the same in every module, crossed by muons and reached by hadron showers:
+    # "central" (on the beam axis) or "uniform" (each particle one of the 9, like a halo/scan muon
+    # beam for the MIP calibration of every cell)
+    track_cells: Literal["central", "uniform"] = "central"
 
     def __post_init__(self) -> None:
         for name in (
@@ -198,6 +223,8 @@ class HcalConfig:
         _fraction("constant", self.constant, 0.5)
         _fraction("invisible_fraction", self.invisible_fraction, 0.9)
         _fraction("central_share", self.central_share)
+        if self.track_cells not in ("central", "uniform"):
+            raise ValueError(f"track_cells must be 'central' or 'uniform' (got {self.track_cells!r})")
         if any(s < 0 for s in self.module_share) or not math.isclose(
             sum(self.module_share), 1.0, abs_tol=1e-6
         ):
@@ -255,9 +282,9 @@ class ElectronicsConfig:
     gain_min_factor: float = 0.75  # gains are truncated to [min, max] x nominal: the HV is set so that a
     gain_max_factor: float = 1.10  # 100 GeV shower in the beam cell stays below ADC_MAX
     # the ECAL and PRS cells of the trigger block are HV-equalised with the beam before the run [est]: the
-    # S_EC < 80 GeV cut sits 3 sigma below the 100 GeV peak, so a few % miscalibration of the beam cell
-    # would multiply the trigger rate (the DAQ starts with nominal constants)
-    block_gain_spread: float = 0.01
+    # S_EC < 80 GeV cut sits ~3.7 sigma below the 100 GeV peak, so a 1-2% miscalibration of the beam cell
+    # would move the trigger rate a lot (the DAQ starts with nominal constants): exactly nominal by default
+    block_gain_spread: float = 0.0
     pedestal_mean: float = detector.NOMINAL_PEDESTAL  # ADC counts [est: 100-300]
     pedestal_spread: float = 25.0
     even_odd_spread: float = 3.0  # RMS of (odd - even) pedestal, two interleaved ADCs [lit]

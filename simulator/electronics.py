@@ -175,16 +175,20 @@ class PrimitiveNoise:
 
 
 def digitise_primitives(
-    heights: np.ndarray, noise: PrimitiveNoise | None, max_counts: np.ndarray
+    heights: np.ndarray,
+    noise: PrimitiveNoise | None,
+    max_counts: np.ndarray,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Pulse heights (float32 (C, N), modified in place) -> uint16 primitives with noise, clipped to
-    [0, max_counts] (the ADC range above pedestal)."""
+    [0, max_counts] (the ADC range above pedestal), written to ``out`` if given."""
     if noise is not None:
         noise.add_to(heights)
     else:
         heights += np.float32(0.5)
-    np.clip(heights, 0, max_counts[:, None], out=heights)
-    out = np.empty(heights.shape, np.uint16)
+    np.clip(heights, np.float32(0), max_counts[:, None], out=heights)
+    if out is None:
+        out = np.empty(heights.shape, np.uint16)
     np.copyto(out, heights, casting="unsafe")
     return out
 
@@ -233,7 +237,8 @@ def waveforms(
         noise = normal_pool[o : o + m].reshape(n_windows, nch, ns)
     else:
         noise = rng.standard_normal((n_windows, nch, ns), dtype=np.float32)
-    np.multiply(noise, noise_rms.astype(np.float32, copy=False)[None, :, None], out=w)
+    rms = np.repeat(noise_rms.astype(np.float32, copy=False), ns)  # (110 * ns,): contiguous broadcast
+    np.multiply(noise.reshape(n_windows, -1), rms, out=w.reshape(n_windows, -1))
     w += pedestal.astype(np.float32, copy=False)[None]
     # phase: sample 0 is the clock edge peak_sample samples before the edge at or after the trigger
     t = np.asarray(trigger_ns, dtype=np.float64)
@@ -250,6 +255,7 @@ def waveforms(
             contrib = np.take(shapes.flat_windows, rows, axis=0)  # (M, ns)
             contrib *= h[nz_p, nz_c][:, None]
             # pulses of several particles in one channel of one window (pile-up) add up: unbuffered add
+            # (numpy >= 2 runs ufunc.at on 1-d int indices fast; a fancy-index += would drop duplicates)
             target = (win * nch + nz_c) * ns
             np.add.at(w.reshape(-1), (target[:, None] + np.arange(ns)).reshape(-1), contrib.reshape(-1))
     np.clip(w, 0, detector.ADC_MAX, out=w)

@@ -3,8 +3,10 @@
 :class:`BeamModel` turns a count ``n`` into a :class:`Batch` of particles (structure of arrays): kind,
 process, beam energy, impact point, the energies that reach the PRS, ECAL and HCAL, missing energy and
 the five counter deposits. Most particles are ordinary 100 GeV electrons, computed on a branch-free bulk
-path from pooled random numbers; the rare ones (radiative tail, electro-nuclear, dimuons, hadrons, muons,
-halo, signal) are picked sparsely and overwritten with exact draws.
+path from pooled random numbers and a pool of beam-spot entries (:class:`SpotPool`: impact point and
+the gain-scaled block-cell shares, so the primitives need no gathers); the rare ones (radiative tail,
+electro-nuclear, dimuons, hadrons, muons, signal) are picked sparsely and overwritten with exact draws.
+The beam can be aimed at any ECAL cell (calibration scans: ``beam.aim_cell``, ``beam.scan_cells``).
 
 :meth:`BeamModel.primitives` makes the trigger-primitive amplitudes (counters + ECAL/PRS block cells) of
 every particle; :meth:`BeamModel.deposits` gives all 110 channel deposits (MeV, EM scale) of chosen
@@ -30,6 +32,10 @@ from simulator.config import SimConfig
 from simulator.showers import Profile
 
 N_COUNTERS = len(detector.COUNTER_NAMES)
+#: spot-pool entries are renewed in chunks of at least this many (per-call overheads)
+POOL_REFRESH = 8192
+#: rare particles are drawn ahead in blocks of at least this many
+RARE_BLOCK = 16384
 
 
 class Kind(IntEnum):
@@ -86,13 +92,18 @@ class Batch:
     e_miss: np.ndarray  # float32 GeV escaping undetected (Z', neutrinos, muons, neutrons)
     counters: np.ndarray  # float32 (5, N) MeV in S0 S2 S3 V1 V2
     t_ns: np.ndarray | None = None  # int64 ns since spill start
+    #: (pool, offset, generation) when the spot came from a contiguous run of a SpotPool (primitives read
+    #: its pre-scaled block shares); None otherwise. Not copied by take/concat.
+    origin: tuple[SpotPool, int, int] | None = None
+    #: sorted indices of the particles that are not bulk electrons (None: unknown), not copied either
+    special: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.kind.shape[0])
 
     def take(self, index: np.ndarray) -> Batch:
         """The particles at ``index`` (copies)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _NOT_COPIED}
         for name, value in out.items():
             if value is None:
                 continue
@@ -105,16 +116,45 @@ class Batch:
         return (self.process == Process.SIGNAL_BREMS) | (self.process == Process.SIGNAL_RESONANT)
 
 
+_NOT_COPIED = ("origin", "special")
+
+
 def concat(batches: list[Batch]) -> Batch:
     """One batch from several (copies)."""
     out: dict[str, np.ndarray | None] = {}
     for f in dataclasses.fields(Batch):
+        if f.name in _NOT_COPIED:
+            continue
         parts = [getattr(b, f.name) for b in batches]
         if any(p is None for p in parts):
             out[f.name] = None
         else:
             out[f.name] = np.concatenate(parts, axis=1 if f.name == "counters" else 0)
     return Batch(**out)  # type: ignore[arg-type]
+
+
+@dataclass
+class SpotPool:
+    """Pre-drawn beam-spot entries for the bulk electrons: impact point, template bin, which counters it
+    hits and, once the gains are known, the gain-scaled shares of a unit deposit in the 12 ECAL and 12
+    PRS block cells (counts per GeV). A slice copies a contiguous run at a random offset; every call
+    redraws a rotating part (1/32 of its use), so an entry serves ~32 particles (see docs)."""
+
+    x: np.ndarray  # float32 (P,) mm, ECAL face
+    y: np.ndarray
+    bin: np.ndarray  # int32 (P,)
+    s_mask: np.ndarray  # float32 (P,) S0 S2 S3 most probable deposit (MeV) where hit, else 0
+    v_mask: np.ndarray  # float32 (P,) the same for V1 V2
+    aim: int  # index into the aim cells it was drawn for; -1: a cell per entry (scan_mode "particle")
+    ecal: np.ndarray | None = None  # float32 (12, P) counts per GeV of e_ecal
+    prs: np.ndarray | None = None  # float32 (12, P) counts per GeV of e_prs
+    cursor: int = 0
+    generation: int = 0  # bumped whenever entries change
+    debt: float = 0.0  # entries due for renewal (redrawn in chunks of POOL_REFRESH)
+
+    @property
+    def size(self) -> int:
+        return int(self.x.size)
 
 
 # ---------------------------------------------------------------- arrivals and intensity
@@ -128,28 +168,34 @@ def intensity(t_s: float, config: SimConfig) -> float:
     return 1.0
 
 
-def arrival_times(rate_hz: float, t0_ns: int, length_ns: int, rng: np.random.Generator) -> np.ndarray:
-    """Poisson arrival times (int64 ns, sorted) in [t0, t0 + length): cumulative exponential gaps."""
+def arrival_times(
+    rate_hz: float, t0_ns: int, length_ns: int, rng: np.random.Generator, r: rnd.Randoms | None = None
+) -> np.ndarray:
+    """Poisson arrival times (int64 ns, sorted) in [t0, t0 + length): cumulative exponential gaps, drawn
+    from ``r`` (pooled on the hot path) or exactly from ``rng``."""
     mean_gap = 1e9 / rate_hz if rate_hz > 0 else math.inf
     if not math.isfinite(mean_gap) or length_ns <= 0:
         return np.zeros(0, np.int64)
+    source = r if r is not None else rnd.ExactRandoms(rng)
     expected = length_ns / mean_gap
+    end = length_ns / mean_gap * rnd.GAP_UNIT  # in gap units
     chunks: list[np.ndarray] = []
-    last = 0.0
+    last = 0
     while True:
         m = int(expected + 6 * math.sqrt(expected) + 16)
-        t = np.cumsum(rng.standard_exponential(m, dtype=np.float32), dtype=np.float64)
-        t *= mean_gap
+        t = np.cumsum(source.gaps(m), dtype=np.int64)
         t += last
-        if t[-1] >= length_ns:
-            chunks.append(t[: np.searchsorted(t, length_ns)])
+        if t[-1] >= end:
+            chunks.append(t[: np.searchsorted(t, end)])
             break
         chunks.append(t)
-        last = float(t[-1])
+        last = int(t[-1])
     times = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
-    out = times.astype(np.int64)
-    out += t0_ns
-    return out
+    # ns = times x mean_gap / GAP_UNIT in integer fixed point (2^-24 relative: far below 1 ns)
+    times *= np.int64(round(mean_gap / rnd.GAP_UNIT * (1 << 24)))
+    times >>= np.int64(24)
+    times += t0_ns
+    return times
 
 
 # ---------------------------------------------------------------- the model
@@ -159,18 +205,25 @@ class BeamModel:
     def __init__(self, config: SimConfig) -> None:
         self.config = config
         self.grid, self.tables = showers.build_templates(config.ecal)
+        #: (profile, bin, cell): a particle's 30 shares in one or two cache lines (deposits gather rows)
+        self.tables_t = np.ascontiguousarray(self.tables.transpose(0, 2, 1))
         bx, by = config.beam.beam_cell
         cx, cy = detector.cell_center_mm(bx, by)
-        self.spot_centre = (
-            float(cx) + config.beam.spot_offset_mm[0],
-            float(cy) + config.beam.spot_offset_mm[1],
-        )
-        self.beam_axis = (float(cx), float(cy))
+        self.beam_axis = (float(cx), float(cy))  # the VETO is centred here (it moves with the ECAL)
+        aims = config.beam.aim_cells()
+        ax, ay = detector.cell_center_mm(np.array([a[0] for a in aims]), np.array([a[1] for a in aims]))
+        #: centres (mm) of the cells the beam is aimed at: one per spill, or one per particle
+        self.aim_centres = np.stack([ax, ay]).astype(np.float32)  # (2, n_aims)
+        self.per_particle_aim = config.beam.scan_mode == "particle" and len(aims) > 1
+        self.pool: SpotPool | None = None
+        self.pool_size = 1 << 18  # spot entries: 262144 x 116 B = 30 MB
+        self.pool_renew = 1 / 32  # redrawn per call, relative to its use: an entry serves ~32 particles
         cells = detector.block_cells(config.beam.beam_cell)
         self.block_cells = np.array([y * detector.ECAL_NX + x for x, y in cells], dtype=np.intp)
         #: per profile, the block rows of the template (contiguous), for the primitives
         self.block_tables = np.ascontiguousarray(self.tables[:, self.block_cells, :])
         self._scaled: tuple[np.ndarray, np.ndarray] | None = None
+        self._scaled_t: tuple[np.ndarray, ...] = ()
         self._scaled_gain = np.zeros(0, np.float32)
         self._rare = self._rare_table()
         empty = {name: np.zeros(0) for name in self._RARE_FIELDS}
@@ -220,43 +273,84 @@ class BeamModel:
         return codes, probs
 
     # ------------------------------------------------------------ generation
-    def generate(self, n: int, r: rnd.Randoms) -> Batch:
-        """``n`` beam particles (no times): bulk electrons, then sparse rare particles and halo."""
+    def aim_index(self, spill_index: int) -> int:
+        """Index of the aim cell of the ``spill_index``-th spill (0-based); -1 in per-particle scans."""
+        if self.per_particle_aim:
+            return -1
+        return spill_index % self.aim_centres.shape[1]
+
+    def generate(self, n: int, r: rnd.Randoms, spill_index: int = 0) -> Batch:
+        """``n`` beam particles (no times): bulk electrons, then sparse rare particles.
+
+        With :class:`~simulator.randoms.PooledRandoms` the spot (impact point, counters) is a run of the
+        :class:`SpotPool`; otherwise everything is drawn exactly. ``spill_index`` selects the aim cell
+        of a per-spill scan."""
         c = self.config
         e0 = np.float32(c.beam.energy_gev)
-        # pooled normals: one random offset each (iid values; the sum of two offsets, r.normal, is not
-        # needed for sample sizes this far below the pool size)
-        e_beam = np.multiply(r.normal1(n), np.float32(c.beam.momentum_spread) * e0)
-        e_beam += e0
-        e_tot = np.multiply(r.normal1(n), np.float32(c.ecal.resolution(c.beam.energy_gev)))
-        e_tot += np.float32(1.0)
-        e_tot *= e_beam
-        np.maximum(e_tot, 0, out=e_tot)
+        rng = r.rng
+        aim = self.aim_index(spill_index)
+        res = np.float32(c.ecal.resolution(c.beam.energy_gev))
+        spread = np.float32(c.beam.momentum_spread) * e0
         k = (c.ecal.prs_fraction_mean / c.ecal.prs_fraction_rms) ** 2
-        e_prs = np.multiply(r.gamma(k, n), np.float32(c.ecal.prs_fraction_mean / k))
-        e_prs *= e_tot
+        f_scale = np.float32(c.ecal.prs_fraction_mean / k)
+        if isinstance(r, rnd.PooledRandoms):
+            # pools of the final per-particle factors (one random offset each, renewed like all pools):
+            # one pass per quantity instead of draw + scale + shift
+            def beam_energy(m: int) -> np.ndarray:
+                return rng.standard_normal(m, dtype=np.float32) * spread + e0
+
+            def shower_factor(m: int) -> np.ndarray:
+                return rng.standard_normal(m, dtype=np.float32) * res + np.float32(1)
+
+            def prs_share(m: int) -> np.ndarray:
+                return rng.standard_gamma(k, m, dtype=np.float32) * f_scale
+
+            e_beam = r.custom(("e_beam", float(e0), float(spread)), beam_energy, n).copy()
+            e_tot = np.multiply(r.custom(("shower", float(res)), shower_factor, n), e_beam)
+            e_prs = np.multiply(r.custom(("prs_share", k, float(f_scale)), prs_share, n), e_tot)
+        else:
+            e_beam = np.multiply(r.normal1(n), spread)
+            e_beam += e0
+            e_tot = np.multiply(r.normal1(n), res)
+            e_tot += np.float32(1.0)
+            e_tot *= e_beam
+            e_prs = np.multiply(r.gamma(k, n), f_scale)
+            e_prs *= e_tot
+        if res > 0.15:  # e_tot >= 0 unless a normal is below -1/resolution (-24 sigma at 100 GeV)
+            np.maximum(e_tot, np.float32(0), out=e_tot)
+            np.maximum(e_prs, np.float32(0), out=e_prs)
         e_ecal = np.subtract(e_tot, e_prs)
-        x = np.multiply(r.normal1(n), np.float32(c.beam.spot_sigma_mm[0]))
-        x += np.float32(self.spot_centre[0])
-        y = np.multiply(r.normal1(n), np.float32(c.beam.spot_sigma_mm[1]))
-        y += np.float32(self.spot_centre[1])
+        origin: tuple[SpotPool, int, int] | None = None
+        if isinstance(r, rnd.PooledRandoms) and 0 < n <= self.pool_size // 2:
+            pool = self._pool_for(aim, rng)
+            pool.debt += n * self.pool_renew
+            if pool.debt >= POOL_REFRESH:
+                self._pool_fill(pool, pool.cursor, int(pool.debt), rng)
+                pool.debt = 0.0
+            o = int(rng.integers(0, pool.size - n))
+            x, y = pool.x[o : o + n].copy(), pool.y[o : o + n].copy()
+            bins = pool.bin[o : o + n].copy()
+            unit = r.custom("counter_unit", lambda m: self.counter_unit(rng, m), N_COUNTERS * n)
+            counters = self._counters(pool.s_mask[o : o + n], pool.v_mask[o : o + n], unit)
+            origin = (pool, o, pool.generation)
+        else:
+            x, y, s_mask, v_mask = self._draw_spot(n, rng, aim)
+            counters = self._counters(s_mask, v_mask, self.counter_unit(rng, N_COUNTERS * n))
+            bins = self.grid.bins(x, y)
         batch = Batch(
             kind=np.zeros(n, np.uint8),
             process=np.zeros(n, np.uint8),
             e_beam=e_beam,
             x=x,
             y=y,
-            bin=np.zeros(0, np.int32),
+            bin=bins,
             e_prs=e_prs,
             e_ecal=e_ecal,
             e_hcal=np.zeros(n, np.float32),
             e_miss=np.zeros(n, np.float32),
-            counters=np.empty((N_COUNTERS, n), np.float32),
+            counters=counters,
+            origin=origin,
         )
-        rng = r.rng
-        self._halo(batch, rng)
-        batch.bin = self.grid.bins(batch.x, batch.y)
-        self._counters(batch, r)
         codes, probs = self._rare
         p_rare = min(float(probs.sum()), 1.0)
         if codes.size and n:
@@ -267,7 +361,105 @@ class BeamModel:
                 else:
                     cat = codes[rng.choice(codes.size, idx.size, p=probs / probs.sum())]
                     self._apply_rare(batch, idx, cat, rng)
+                batch.special = idx[batch.kind[idx] != Kind.ELECTRON]
+            else:
+                batch.special = idx
         return batch
+
+    # ------------------------------------------------------------ beam spot
+    def _draw_spot(self, k: int, rng: np.random.Generator, aim: int) -> tuple[np.ndarray, ...]:
+        """Impact points (float32 mm, ECAL face) of ``k`` particles and their counter masks.
+
+        The spot is Gaussian around the aim-cell centre (+ spot_offset_mm), a ``halo_fraction`` wider;
+        the counters sit on the beam axis (the aim-cell centre): S0 S2 S3 fire within their radius, the
+        hole vetoes V1 V2 in their ring. The masks are the counters' most probable deposits (MeV) where
+        they are hit, else 0. ``aim`` < 0: each particle aimed at a random scan cell."""
+        b, cc = self.config.beam, self.config.counters
+        z = rng.standard_normal((2, k), dtype=np.float32)
+        xr = z[0] * np.float32(b.spot_sigma_mm[0]) + np.float32(b.spot_offset_mm[0])
+        yr = z[1] * np.float32(b.spot_sigma_mm[1]) + np.float32(b.spot_offset_mm[1])
+        halo = np.flatnonzero(rng.random(k) < b.halo_fraction)
+        if halo.size:
+            h = rng.standard_normal((2, halo.size)) * b.halo_sigma_mm
+            xr[halo] = b.spot_offset_mm[0] + h[0]
+            yr[halo] = b.spot_offset_mm[1] + h[1]
+        r2 = xr * xr + yr * yr
+        s_mask = np.where(r2 <= np.float32(cc.s_radius_mm**2), np.float32(cc.s_mip_mev), np.float32(0))
+        v_on = (r2 > np.float32(cc.v_hole_radius_mm**2)) & (r2 < np.float32(cc.v_outer_radius_mm**2))
+        v_mask = np.where(v_on, np.float32(cc.v_mip_mev), np.float32(0))
+        centres = self.aim_centres
+        if aim >= 0:
+            xr += centres[0, aim]
+            yr += centres[1, aim]
+        else:
+            cell = rng.integers(0, centres.shape[1], k)
+            xr += centres[0, cell]
+            yr += centres[1, cell]
+        return xr, yr, s_mask, v_mask
+
+    def counter_unit(self, rng: np.random.Generator, shape: int | tuple[int, ...]) -> np.ndarray:
+        """Counter deposits in units of their most probable value: max(1 + width x Moyal, 0.1), float32."""
+        w = self.config.counters.mip_width
+        land = rnd.moyal_from_normal(rng.standard_normal(shape))
+        return np.maximum(np.float32(1) + np.float32(w) * land, np.float32(0.1))
+
+    def _counters(
+        self, s_mask: np.ndarray, v_mask: np.ndarray, unit: np.ndarray, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(5, k) counter deposits (MeV) from the masks and unit deposits (5k values, any shape)."""
+        k = s_mask.size
+        if out is None:
+            out = np.empty((N_COUNTERS, k), np.float32)
+        u = unit.reshape(N_COUNTERS, k)
+        np.multiply(u[:3], s_mask, out=out[:3])
+        np.multiply(u[3:], v_mask, out=out[3:])
+        return out
+
+    def _pool_for(self, aim: int, rng: np.random.Generator) -> SpotPool:
+        """The spot pool for this aim (rebuilt, fully drawn, when the aim changes)."""
+        pool = self.pool
+        if pool is None or pool.aim != aim:
+            p = self.pool_size
+            pool = SpotPool(
+                np.empty(p, np.float32),
+                np.empty(p, np.float32),
+                np.empty(p, np.int32),
+                np.empty(p, np.float32),
+                np.empty(p, np.float32),
+                aim,
+                generation=pool.generation + 1 if pool is not None else 0,
+            )
+            self.pool = pool
+            self._pool_fill(pool, 0, p, rng)
+        return pool
+
+    def _pool_fill(self, pool: SpotPool, start: int, k: int, rng: np.random.Generator) -> None:
+        """Redraw ``k`` entries from ``start`` (wrapping), and their block shares if the gains are known."""
+        done = 0
+        while done < k:
+            lo = (start + done) % pool.size
+            m = min(k - done, pool.size - lo)
+            sl = slice(lo, lo + m)
+            x, y, s_mask, v_mask = self._draw_spot(m, rng, pool.aim)
+            pool.x[sl], pool.y[sl], pool.s_mask[sl], pool.v_mask[sl] = x, y, s_mask, v_mask
+            pool.bin[sl] = self.grid.bins(x, y)
+            self._pool_shares(pool, sl)
+            done += m
+        pool.cursor = (start + k) % pool.size
+        pool.generation += 1
+
+    def _pool_shares(self, pool: SpotPool, sl: slice) -> None:
+        if self._scaled is None:
+            pool.ecal = pool.prs = None
+            return
+        if pool.ecal is None or pool.prs is None:
+            pool.ecal = np.empty((self.block_cells.size, pool.size), np.float32)
+            pool.prs = np.empty((self.block_cells.size, pool.size), np.float32)
+            sl = slice(0, pool.size)
+        ecal_tab, prs_tab = self._scaled
+        bins = pool.bin[sl]
+        pool.ecal[:, sl] = np.take(ecal_tab[Profile.EM], bins, axis=1, mode="clip")
+        pool.prs[:, sl] = np.take(prs_tab[Profile.EM_PRS], bins, axis=1, mode="clip")
 
     _RARE_FIELDS = ("kind", "process", "e_beam", "e_prs", "e_ecal", "e_hcal", "e_miss")
 
@@ -281,7 +473,7 @@ class BeamModel:
             values, cursor = self._rare_queue
             size = values["kind"].size
             if cursor >= size:
-                self._rare_queue = (self._draw_rare_block(max(4096, 4 * m), rng), 0)
+                self._rare_queue = (self._draw_rare_block(max(RARE_BLOCK, 4 * m), rng), 0)
                 continue
             k = min(m - done, size - cursor)
             at = idx[done : done + k]
@@ -310,45 +502,6 @@ class BeamModel:
         )
         self._apply_rare(tmp, np.arange(size), cat, rng)
         return {name: getattr(tmp, name) for name in self._RARE_FIELDS}
-
-    def _halo(self, b: Batch, rng: np.random.Generator) -> None:
-        idx = bernoulli_positions(len(b), self.config.beam.halo_fraction, rng)
-        if idx.size:
-            s = self.config.beam.halo_sigma_mm
-            b.x[idx] = self.spot_centre[0] + s * rng.standard_normal(idx.size)
-            b.y[idx] = self.spot_centre[1] + s * rng.standard_normal(idx.size)
-
-    def _counters(self, b: Batch, r: rnd.Randoms) -> None:
-        """Counter deposits (MeV): S0 S2 S3 if within their radius, V1 V2 if outside the hole."""
-        cc = self.config.counters
-        n = len(b)
-        mpv, width = cc.s_mip_mev, cc.mip_width
-
-        def draw(k: int) -> np.ndarray:
-            land = rnd.moyal_from_normal(r.rng.standard_normal(k))
-            return np.maximum(mpv * (1 + width * land), 0.1 * mpv).astype(np.float32)
-
-        if isinstance(r, rnd.PooledRandoms):
-            for i in range(3):
-                np.copyto(b.counters[i], r.custom("s_counter", draw, n))
-        else:
-            b.counters[:3] = draw(3 * n).reshape(3, n)
-        b.counters[3:] = 0.0
-        dx = b.x - np.float32(self.beam_axis[0])
-        dy = b.y - np.float32(self.beam_axis[1])
-        dx *= dx
-        dy *= dy
-        dx += dy  # r^2
-        outside_s = np.flatnonzero(dx > cc.s_radius_mm**2)
-        if outside_s.size:
-            b.counters[:3, outside_s] = 0.0
-            r2 = dx[outside_s]
-            in_v = outside_s[(r2 > cc.v_hole_radius_mm**2) & (r2 < cc.v_outer_radius_mm**2)]
-            if in_v.size:
-                land = rnd.moyal_from_normal(r.rng.standard_normal((2, in_v.size)))
-                b.counters[3:, in_v] = np.maximum(
-                    cc.v_mip_mev * (1 + cc.mip_width * land), 0.1 * cc.v_mip_mev
-                )
 
     # ------------------------------------------------------------ rare particles
     def _landau(
@@ -526,12 +679,20 @@ class BeamModel:
         )
 
     # ------------------------------------------------------------ primitives
-    def primitives(self, b: Batch, scale: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def primitives(
+        self,
+        b: Batch,
+        scale: np.ndarray,
+        out: np.ndarray | None = None,
+        cols: tuple[int, int] | None = None,
+    ) -> np.ndarray:
         """Noise-free primitive pulse heights (float32, (29, N), ADC counts).
 
         ``scale`` (29,) is each primitive channel's gain in counts per MeV (order: 5 counters, 12 ECAL
         block cells, 12 PRS block cells as in ``daq.detector.default_primitive_channels``). The shower
         tables are pre-multiplied by the gains of the first call; later gains apply as a ratio.
+        ``cols`` = (c0, c1): only particles c0..c1-1 (``out`` is then (29, c1 - c0)), so that a caller
+        can work in cache-sized column blocks.
         """
         scale = np.asarray(scale, np.float32)
         if self._scaled is None:
@@ -542,25 +703,44 @@ class BeamModel:
                 (self.block_tables * k[None, :nb, None]).astype(np.float32),
                 (self.block_tables * k[None, nb:, None]).astype(np.float32),
             )
+            #: the same, particle-major (profile, bin, cell): one cache line per particle in a gather
+            self._scaled_t = tuple(np.ascontiguousarray(t.transpose(0, 2, 1)) for t in self._scaled)
         ecal_tab, prs_tab = self._scaled
-        n = len(b)
+        c0, c1 = cols if cols is not None else (0, len(b))
+        n = c1 - c0
         nb = self.block_cells.size
         if out is None:
             out = np.empty((N_COUNTERS + 2 * nb, n), np.float32)
-        np.multiply(b.counters, scale[:N_COUNTERS, None], out=out[:N_COUNTERS])
+        e_ecal, e_prs = b.e_ecal[c0:c1], b.e_prs[c0:c1]
+        np.multiply(b.counters[:, c0:c1], scale[:N_COUNTERS, None], out=out[:N_COUNTERS])
         ecal = out[N_COUNTERS : N_COUNTERS + nb]
         prs = out[N_COUNTERS + nb :]
-        np.take(ecal_tab[Profile.EM], b.bin, axis=1, out=ecal, mode="wrap")  # bins are in range
-        np.take(prs_tab[Profile.EM_PRS], b.bin, axis=1, out=prs, mode="wrap")
-        special = np.flatnonzero(b.kind != Kind.ELECTRON)
-        if special.size:
-            pe, pp = ECAL_PROFILE[b.process[special]], PRS_PROFILE[b.process[special]]
-            bins = b.bin[special]
-            ecal[:, special] = ecal_tab[pe, :, bins].T
-            prs[:, special] = prs_tab[pp, :, bins].T
-        ecal *= b.e_ecal
-        prs *= b.e_prs
-        if not np.array_equal(scale[N_COUNTERS:], self._scaled_gain[N_COUNTERS:]):
+        pool = b.origin[0] if b.origin is not None else None
+        if pool is not None and b.origin is not None and pool.generation == b.origin[2]:
+            if pool.ecal is None or pool.prs is None:
+                self._pool_shares(pool, slice(0, pool.size))
+            assert pool.ecal is not None and pool.prs is not None
+            o = b.origin[1] + c0
+            np.multiply(pool.ecal[:, o : o + n], e_ecal, out=ecal)  # shares x energy: no gathers
+            np.multiply(pool.prs[:, o : o + n], e_prs, out=prs)
+        else:
+            bins = b.bin[c0:c1]
+            np.take(ecal_tab[Profile.EM], bins, axis=1, out=ecal, mode="wrap")  # bins are in range
+            np.take(prs_tab[Profile.EM_PRS], bins, axis=1, out=prs, mode="wrap")
+            ecal *= e_ecal
+            prs *= e_prs
+        if b.special is not None:
+            lo, hi = np.searchsorted(b.special, (c0, c1))
+            special = b.special[lo:hi] - c0
+        else:
+            special = np.flatnonzero(b.kind[c0:c1] != Kind.ELECTRON)
+        if special.size:  # hadrons and muons: their own templates (one row gather per detector)
+            proc = b.process[c0:c1][special]
+            bins = b.bin[c0:c1][special]
+            ecal_t, prs_t = self._scaled_t
+            ecal[:, special] = (ecal_t[ECAL_PROFILE[proc], bins] * e_ecal[special, None]).T
+            prs[:, special] = (prs_t[PRS_PROFILE[proc], bins] * e_prs[special, None]).T
+        if bool((scale[N_COUNTERS:] != self._scaled_gain[N_COUNTERS:]).any()):
             with np.errstate(divide="ignore", invalid="ignore"):
                 ratio = np.where(self._scaled_gain > 0, scale / self._scaled_gain, 0.0).astype(np.float32)
             out[N_COUNTERS:] *= ratio[N_COUNTERS:, None]
@@ -579,34 +759,45 @@ class BeamModel:
         if k == 0:
             return dep
         pe, pp = ECAL_PROFILE[b.process], PRS_PROFILE[b.process]
-        dep[:, _ECAL] = self.tables[pe, :, b.bin] * (b.e_ecal * np.float32(1000.0))[:, None]
-        dep[:, _PRS] = self.tables[pp, :, b.bin] * (b.e_prs * np.float32(1000.0))[:, None]
+        np.multiply(self.tables_t[pe, b.bin], (b.e_ecal * np.float32(1000.0))[:, None], out=dep[:, _ECAL])
+        np.multiply(self.tables_t[pp, b.bin], (b.e_prs * np.float32(1000.0))[:, None], out=dep[:, _PRS])
         dep[:, _COUNTER] = b.counters.T
-        u = rnd.hash_uniform(keys, 0, (_N_U,))
+        # SRD columns for everyone; all columns only for the few particles that reach the HCAL/VETO
+        u_srd = rnd.hash_uniform(keys, 0, (_U_SRDH.stop - _U_SRD.start,), first=_U_SRD.start)
         srd_e = (
             c.srd.electron_mean_mev
             / c.srd.electron_shape
-            * _gamma_wh(_box_muller(u[:, _U_SRD]), c.srd.electron_shape)
+            * _gamma_wh(_box_muller(u_srd[:, : _U_SRD.stop - _U_SRD.start]), c.srd.electron_shape)
         )
-        srd_h = -c.srd.hadron_mean_mev * np.log(u[:, _U_SRDH])
+        srd_h = -c.srd.hadron_mean_mev * np.log(u_srd[:, _U_SRDH.start - _U_SRD.start :])
         dep[:, _SRD] = np.where((b.kind == Kind.ELECTRON)[:, None], srd_e, srd_h)
         downstream = np.flatnonzero(_IS_DOWNSTREAM[b.process])
         if downstream.size:
             sub = b.take(downstream)
-            us = u[downstream]
+            us = rnd.hash_uniform(np.asarray(keys)[downstream], 0, (_N_U,))
             dep[downstream, _HCAL] = self._hcal_cells(sub, us).reshape(downstream.size, -1)
             dep[downstream, _VETO] = self._veto(sub, us)
         return dep
 
     def _hcal_cells(self, b: Batch, u: np.ndarray) -> np.ndarray:
-        """(K, 4 modules, 9 cells) HCAL deposits in MeV."""
+        """(K, 4 modules, 9 cells) HCAL deposits in MeV.
+
+        The particle's track cell (same (x, y) in every module) gets ``central_share`` of a module's
+        shower and the whole MIP of a muon; it is the central cell, or with ``hcal.track_cells =
+        "uniform"`` one of the 9 drawn per particle (hash stream, so the same in every look)."""
         hc = self.config.hcal
+        k = len(b)
         share = np.asarray(hc.module_share)[None, :] * np.exp(0.3 * _box_muller(u[:, _U_HMOD]))
         share /= share.sum(axis=1, keepdims=True)
+        if hc.track_cells == "uniform":
+            cell = np.minimum((u[:, _U_HCELL] * 9).astype(np.intp), 8)
+        else:
+            cell = np.full(k, 4, np.intp)  # central cell (x=1, y=1) of each module, on the beam axis
+        rows = np.arange(k)
         lat = np.exp(0.3 * _box_muller(u[:, _U_HLAT]))
-        lat[:, 4] = 0.0
+        lat[rows, cell] = 0.0
         lat *= (1 - hc.central_share) / lat.sum(axis=1, keepdims=True)
-        lat[:, 4] = hc.central_share  # central cell (x=1, y=1) of each module is on the beam axis
+        lat[rows, cell] = hc.central_share
         cells = (b.e_hcal * 1000.0)[:, None, None] * share[:, :, None] * lat[:, None, :]
         n_mu = np.where(b.process == Process.MUON, 1, 0) + np.where(b.process == Process.DIMUON, 2, 0)
         mips = np.flatnonzero(n_mu > 0)
@@ -614,7 +805,7 @@ class BeamModel:
             land = rnd.moyal_from_normal(_box_muller(u[mips][:, _U_HMIP]))
             per_mod = np.maximum(hc.mip_module_mev * (1 + hc.mip_width * land), 0.1 * hc.mip_module_mev)
             cells[mips] = 0.0
-            cells[mips, :, 4] = per_mod * n_mu[mips, None]
+            cells[mips, :, cell[mips]] = per_mod * n_mu[mips, None]
         return cells.astype(np.float32)
 
     def _veto(self, b: Batch, u: np.ndarray) -> np.ndarray:
@@ -658,7 +849,8 @@ _COUNTER = slice(int(detector.COUNTER_IDS[0]), int(detector.COUNTER_IDS[-1]) + 1
 #: columns of the per-particle hash uniforms used by the secondaries
 _U_HMOD, _U_HLAT, _U_HMIP = slice(0, 8), slice(8, 26), slice(26, 34)
 _U_VN, _U_VE, _U_SRD, _U_SRDH = slice(34, 37), slice(37, 43), slice(43, 49), slice(49, 52)
-_N_U = 52
+_U_HCELL = 52  # HCAL track cell (hcal.track_cells = "uniform")
+_N_U = 53
 #: processes that put energy downstream of the ECAL (HCAL, VETO), and a lookup by process code
 _DOWNSTREAM = np.array(
     [

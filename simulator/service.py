@@ -32,6 +32,8 @@ from simulator.frontend import FrontEnd, TruthSink
 log = logging.getLogger(__name__)
 
 State = protocol.FrontEndState
+#: frames at least this large are sent without a copy
+ZERO_COPY_MIN_BYTES = 256 * 1024
 
 
 def tune_allocator(prefault_mb: int = 400) -> bool:
@@ -258,12 +260,14 @@ class Service:
     def _send(self, msg: protocol.Message) -> None:
         assert self.sock is not None
         frames = protocol.encode(self.seq.stamp(msg))
+        # zero-copy only pays for large frames (SLICE amplitudes): below that pyzmq's bookkeeping of a
+        # zero-copy frame costs more than the memcpy (measured on fragments of ~80 kB)
+        copy = all(len(f) < ZERO_COPY_MIN_BYTES for f in frames)
         waited_since: float | None = None
-        poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN | zmq.POLLOUT)
+        poller: zmq.Poller | None = None
         while True:
             try:
-                self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=copy)
                 if waited_since is not None:
                     log.info("DAQ reading again after %.1f s", time.monotonic() - waited_since)
                 return
@@ -279,6 +283,9 @@ class Service:
                         msg.TYPE.name,
                     )
                     return
+            if poller is None:  # only when the queue is full (a Poller per message costs ~10 us)
+                poller = zmq.Poller()
+                poller.register(self.sock, zmq.POLLIN | zmq.POLLOUT)
             events = dict(poller.poll(100))
             if events.get(self.sock, 0) & zmq.POLLIN:
                 self._receive_all()

@@ -9,6 +9,7 @@ from types import FrameType
 from typing import Any
 
 from daq import config as daq_config
+from daq import detector
 from daq.errors import ConfigError, UserError
 from simulator.config import SimConfig
 
@@ -42,11 +43,43 @@ def register(subparsers: Any) -> None:
         "(default realtime)",
     )
     p.add_argument(
-        "--seed", type=int, default=None, help="random seed (default 1); the run number is mixed in"
+        "--seed",
+        type=int,
+        default=None,
+        help="random seed (default 1): the beam depends on (seed, run), the detector truth (gains, "
+        "pedestals, noise, timing) on the seed only",
     )
     p.add_argument("--run", dest="run_number", type=int, default=None, help="run number (default 1)")
     p.add_argument(
         "--slice-ms", type=float, default=None, help="beam time per SLICE message, ms (default 10)"
+    )
+    p.add_argument(
+        "--aim-cell",
+        default=None,
+        metavar="X,Y",
+        help="aim the beam at ECAL cell (X, Y) (x 0..4, y 0..5; the ECAL moves, the counters stay on the "
+        "beam; the trigger block stays around beam.beam_cell) (default: the beam cell 2,3)",
+    )
+    p.add_argument(
+        "--scan-cells",
+        default=None,
+        metavar="all|X,Y;X,Y;...",
+        help="calibration scan: the beam visits these ECAL cells, one per spill in turn (--scan-mode "
+        "spill) or a random one per particle (--scan-mode particle); 'all' = all 30 cells",
+    )
+    p.add_argument(
+        "--scan-mode",
+        choices=["spill", "particle"],
+        default=None,
+        help="how --scan-cells are visited (default spill)",
+    )
+    p.add_argument(
+        "--hcal-cells",
+        choices=["central", "uniform"],
+        default=None,
+        help="HCAL cell crossed by muons and hit by hadron showers (same in all 4 modules): the central "
+        "one, or uniform over the 9 (muon halo / HCAL scan, for the MIP calibration of every cell) "
+        "(default central)",
     )
     p.add_argument(
         "--signal",
@@ -96,6 +129,24 @@ def parse_signal(text: str) -> dict[str, Any]:
     }
 
 
+def parse_cells(text: str, flag: str) -> list[list[int]]:
+    """``all`` or ``X,Y;X,Y;...`` -> [[x, y], ...] (ECAL cells; ranges checked by the config)."""
+    if text.strip().lower() == "all":
+        return [[x, y] for y in range(detector.ECAL_NY) for x in range(detector.ECAL_NX)]
+    cells = []
+    for part in text.replace(" ", "").split(";"):
+        if not part:
+            continue
+        try:
+            x, y = (int(v) for v in part.split(","))
+        except ValueError:
+            raise ConfigError(f"{flag} {text!r}: expected X,Y cells separated by ';' (or 'all')") from None
+        cells.append([x, y])
+    if not cells:
+        raise ConfigError(f"{flag} {text!r}: no cell given")
+    return cells
+
+
 def build_config(args: argparse.Namespace) -> SimConfig:
     """Defaults <- --config <- --set <- flags."""
     overrides: dict[str, Any] = {}
@@ -115,6 +166,17 @@ def build_config(args: argparse.Namespace) -> SimConfig:
         value = getattr(args, attr)
         if value is not None:
             overrides[key] = value
+    if args.aim_cell:
+        cells = parse_cells(args.aim_cell, "--aim-cell")
+        if len(cells) != 1:
+            raise ConfigError(f"--aim-cell {args.aim_cell!r}: give one cell X,Y")
+        overrides["beam.aim_cell"] = cells[0]
+    if args.scan_cells:
+        overrides["beam.scan_cells"] = parse_cells(args.scan_cells, "--scan-cells")
+    if args.scan_mode:
+        overrides["beam.scan_mode"] = args.scan_mode
+    if args.hcal_cells:
+        overrides["hcal.track_cells"] = args.hcal_cells
     if args.signal:
         for k, v in parse_signal(args.signal).items():
             overrides[f"signal.{k}"] = v

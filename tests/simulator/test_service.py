@@ -264,6 +264,9 @@ class _Lenient:
         (["--signal", "B-L:abc"], "--signal"),
         (["--set", "beam.rate_hz=-5"], "beam"),
         (["--signal", "B-7L:100:1e-4:10"], "model"),
+        (["--scan-cells", "1,2;7,1"], "not an ECAL cell"),
+        (["--scan-cells", "1;2"], "--scan-cells"),
+        (["--aim-cell", "1,1;2,2"], "--aim-cell"),
     ],
 )
 def test_user_errors_are_one_line_exit_2(args: list[str], needle: str) -> None:
@@ -289,6 +292,10 @@ def test_help_lists_the_flags() -> None:
         "--truth",
         "--run",
         "--slice-ms",
+        "--aim-cell",
+        "--scan-cells",
+        "--scan-mode",
+        "--hcal-cells",
     ):
         assert flag in r.stdout
 
@@ -323,3 +330,25 @@ def test_config_file_and_flag_precedence(tmp_path: Path) -> None:
     assert c.beam.rate_hz == 3e5 and c.beam.spill_length_s == 2.0 and c.beam.spill_period_s == 5.0
     assert c.readout.pace == "max" and c.faults == ("dead:ECAL22", "hot:S0")
     time.sleep(0)
+
+
+def test_calibration_flags_build_the_steering_config() -> None:
+    import argparse
+
+    from simulator.simulate_cli import build_config, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    c = build_config(
+        parser.parse_args(
+            ["simulate", "--scan-cells", "all", "--scan-mode", "particle", "--hcal-cells", "uniform"]
+        )
+    )
+    assert len(c.beam.scan_cells) == 30 and set(c.beam.scan_cells) == {
+        (x, y) for x in range(5) for y in range(6)
+    }
+    assert c.beam.scan_mode == "particle" and c.hcal.track_cells == "uniform"
+    c = build_config(parser.parse_args(["simulate", "--aim-cell", "0,5"]))
+    assert c.beam.aim_cell == (0, 5) and c.beam.aim_cells() == [(0, 5)] and c.beam.beam_cell == (2, 3)
+    c = build_config(parser.parse_args(["simulate", "--scan-cells", "0,0; 4,5"]))
+    assert c.beam.aim_cells() == [(0, 0), (4, 5)]
