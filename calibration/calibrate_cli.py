@@ -15,7 +15,9 @@ files through :mod:`daq.files` and hands arrays to the pure fits of the ``calibr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
+import functools
 import json
 import logging
 import math
@@ -31,8 +33,9 @@ from calibration import pedestals as ped_fit
 from calibration import spectra, timing
 from calibration.config import CalibrationConfig, as_dict
 from calibration.constants import CalibrationError, Constants
-from daq import __version__, detector
+from daq import __version__, detector, waveform
 from daq import config as daq_config
+from daq.waveform import RecoConfig
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,7 @@ CALO_IDS = np.concatenate([detector.ECAL_IDS, detector.PRS_IDS])
 BEAM_COUNTER_IDS = np.array([detector.counter_id(n) for n in detector.BEAM_COUNTERS], np.intp)
 HOLE_VETO_IDS = np.array([detector.counter_id(n) for n in detector.VETO_COUNTERS], np.intp)
 READ_CHUNK = 2000  # events per read of waveforms
+COUNTER_MIN_COUNTS = 50.0  # a beam counter fired (MIP ~300 counts at nominal gain)
 DEFAULT_ZERO_SUPPRESS = 5.0  # daq.waveform.RecoConfig default, if a file does not record its own
 
 
@@ -102,6 +106,21 @@ def register(subparsers: Any) -> None:
             metavar="N",
             help="stop reading after N selected events (0: all)",
         )
+        if name in ("gains", "mip", "timing"):
+            group = sp.add_mutually_exclusive_group()
+            group.add_argument(
+                "--workers",
+                type=int,
+                metavar="N",
+                help="read the files in N dask worker processes (a LocalCluster on 127.0.0.1); default: "
+                "in this process",
+            )
+            group.add_argument(
+                "--scheduler",
+                metavar="ADDR",
+                help="read the files on an existing dask cluster (tcp://host:8786); the files must be "
+                "visible to its workers under the same paths",
+            )
         if name in ("gains", "mip"):
             sp.add_argument(
                 "--beam-energy",
@@ -151,6 +170,13 @@ def register(subparsers: Any) -> None:
     sp.set_defaults(run=_compare)
 
 
+def _parallel(args: argparse.Namespace) -> Parallel:
+    workers = getattr(args, "workers", None)
+    if workers is not None and workers < 0:
+        raise CalibrationError(f"--workers must be >= 0 (got {workers})")
+    return Parallel(workers=workers, scheduler=getattr(args, "scheduler", None))
+
+
 def _config(args: argparse.Namespace) -> CalibrationConfig:
     data: dict[str, Any] = daq_config.load_toml(args.config) if args.config else {}
     overrides = dict(daq_config.parse_assignment(a) for a in args.overrides)
@@ -190,6 +216,7 @@ class Inputs:
         self.runs: set[int] = set()
         self.used: list[str] = []
         self.calibration_ids: set[str] = set()
+        self.skipped: list[str] = []
 
     def read(
         self,
@@ -197,36 +224,60 @@ class Inputs:
         fields: Callable[[Any, np.ndarray], dict[str, np.ndarray]],
         max_events: int = 0,
         what: str = "events",
+        parallel: Parallel | None = None,
     ) -> dict[str, np.ndarray]:
-        """Concatenate ``fields(spill_file, index)`` over the events with any of ``bits`` and complete data."""
-        from daq.files import SpillFile
+        """Concatenate ``fields(spill_file, index)`` over the events with any of ``bits`` and complete data.
 
+        With ``parallel`` (``--workers`` / ``--scheduler``) every file is read in a dask worker
+        (:func:`daq.offline.map_spills`; ``fields`` must then be a module-level function or a
+        ``functools.partial`` of one) and the per-spill arrays are concatenated in file order, truncated to
+        ``max_events``: the same arrays as the serial read. Unreadable files are skipped there (logged and
+        counted in the provenance).
+        """
         chunks: dict[str, list[np.ndarray]] = {}
         total = 0
-        for i, path in enumerate(self.files, 1):
-            with SpillFile(path) as f:
-                ev = f.events(["trigger_mask", "missing_groups"])
-                idx = np.flatnonzero(((ev["trigger_mask"] & bits) != 0) & (ev["missing_groups"] == 0))
-                if max_events:
-                    idx = idx[: max(max_events - total, 0)]
-                for start in range(0, idx.size, READ_CHUNK):
-                    for k, v in fields(f, idx[start : start + READ_CHUNK]).items():
-                        chunks.setdefault(k, []).append(v)
-                total += idx.size
-                self._note(f, path)
-                log.info(
-                    "calibrate %s: file %d/%d %s: %d %s (total %d)",
-                    self.step,
-                    i,
-                    len(self.files),
-                    path.name,
-                    idx.size,
-                    what,
-                    total,
-                )
-            if max_events and total >= max_events:
-                log.info("calibrate %s: --max-events %d reached", self.step, max_events)
-                break
+        if parallel is not None and parallel.active:
+            from daq.offline import map_spills
+
+            task = functools.partial(read_spill, bits=bits, fields=fields, max_events=max_events)
+            out = map_spills(task, self.files, scheduler=parallel.scheduler, workers=parallel.workers)
+            for s in out.skipped:
+                self.skipped.append(s.reason)
+            log.info(
+                "calibrate %s: %d files read on %d dask workers in %.1f s (%d skipped)",
+                self.step,
+                len(out.files),
+                out.workers,
+                out.seconds,
+                out.n_skipped,
+            )
+            spills = list(zip(out.files, out.results, strict=True))
+        else:
+            spills = []
+            for path in self.files:
+                spill = read_spill(path, bits, fields, max(max_events - total, 0) if max_events else 0)
+                spills.append((path, spill))
+                total += spill.n
+                if max_events and total >= max_events:
+                    log.info("calibrate %s: --max-events %d reached", self.step, max_events)
+                    break
+            total = 0
+        for i, (path, spill) in enumerate(spills, 1):
+            n = spill.n if not max_events else min(spill.n, max(max_events - total, 0))
+            for k, v in spill.arrays.items():
+                chunks.setdefault(k, []).append(v[:n])
+            total += n
+            self._note(spill, path)
+            log.info(
+                "calibrate %s: file %d/%d %s: %d %s (total %d)",
+                self.step,
+                i,
+                len(self.files),
+                path.name,
+                n,
+                what,
+                total,
+            )
         if total == 0:
             raise CalibrationError(f"calibrate {self.step}: no {what} in {len(self.files)} spill file(s)")
         return {k: np.concatenate(v) for k, v in chunks.items()}
@@ -239,11 +290,56 @@ class Inputs:
             value = f.config.get("reco", {}).get("zero_suppress_sigma", DEFAULT_ZERO_SUPPRESS)
         return float(value)
 
-    def _note(self, f: Any, path: Path) -> None:
-        self.runs.add(f.run)
+    def _note(self, spill: Spill, path: Path) -> None:
+        self.runs.add(spill.run)
         if str(path) not in self.used:
             self.used.append(str(path))
-        self.calibration_ids.add(str(f.attrs.get("calibration_id", "")))
+        self.calibration_ids.add(spill.calibration_id)
+
+
+@dataclasses.dataclass(frozen=True)
+class Parallel:
+    """Where per-file reading runs: ``--workers N`` (a dask LocalCluster) or ``--scheduler ADDR``."""
+
+    workers: int | None = None
+    scheduler: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.scheduler is not None or bool(self.workers)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Spill:
+    """What :func:`read_spill` extracted from one spill file."""
+
+    run: int
+    calibration_id: str
+    n: int  # events selected
+    arrays: dict[str, np.ndarray]
+
+
+def read_spill(
+    path: Path,
+    bits: int,
+    fields: Callable[[Any, np.ndarray], dict[str, np.ndarray]],
+    max_events: int = 0,
+) -> Spill:
+    """``fields(spill_file, index)`` over the complete events of one file with any of ``bits`` (the first
+    ``max_events`` if > 0), read in chunks; module-level so that dask workers can run it."""
+    from daq.files import SpillFile
+
+    chunks: dict[str, list[np.ndarray]] = {}
+    with SpillFile(path) as f:
+        ev = f.events(["trigger_mask", "missing_groups"])
+        idx = np.flatnonzero(((ev["trigger_mask"] & bits) != 0) & (ev["missing_groups"] == 0))
+        if max_events:
+            idx = idx[:max_events]
+        for start in range(0, idx.size, READ_CHUNK):
+            for k, v in fields(f, idx[start : start + READ_CHUNK]).items():
+                chunks.setdefault(k, []).append(v)
+        arrays = {k: np.concatenate(v) for k, v in chunks.items()}
+        return Spill(int(f.run), str(f.attrs.get("calibration_id", "")), int(idx.size), arrays)
 
 
 # ============================================================================ writing results
@@ -332,16 +428,30 @@ def _pedestals(args: argparse.Namespace) -> int:
         )
     rules = ped_fit.StatusRules(pc.dead_noise, pc.noisy_factor, pc.hot_stray, pc.hot_factor)
     status, reasons = ped_fit.classify_channels(res, rules)
+
+    # triggered events: pre-pulse samples (pedestal cross-check) and occupancy (dead channels: live noise,
+    # no signal where their neighbours have one)
+    trig = inputs.read(
+        PHYSICS_BIT | BEAM_BIT,
+        functools.partial(
+            _occupancy_fields, noise=res.noise, n_sigma=pc.occupancy_sigma, prepulse=pc.prepulse_samples
+        ),
+        max(args.max_events, 0) or 20000,
+        "triggered events (pre-pulse samples, signals)",
+    )
+    pre = trig["pre"]
+    n_trig = int(pre.shape[0])
+    occupancy = trig["hits"].sum(axis=0) / n_trig
+    mean = trig["signal"].sum(axis=0) / n_trig
+    spread = np.sqrt(np.maximum(trig["signal2"].sum(axis=0) / n_trig - mean**2, 0.0))
+    dead, dead_reasons = ped_fit.dead_by_signal(
+        mean, spread / math.sqrt(n_trig), n_trig, pc.dead_max_significance, pc.dead_min_expected_significance
+    )
+    fresh = dead & (status == cc.GOOD)
+    status[fresh] = cc.DEAD
+    reasons += [r for r in dead_reasons if fresh[detector.channel_id(r.split(":")[0])]]
     for line in reasons:
         log.warning("calibrate pedestals: %s", line)
-
-    # cross-check: pedestals from the pre-pulse samples of triggered events
-    pre = inputs.read(
-        PHYSICS_BIT | BEAM_BIT,
-        lambda f, idx: {"pre": f.waveforms(idx)[:, :, : pc.prepulse_samples]},
-        max(args.max_events, 0) or 20000,
-        "triggered events (pre-pulse samples)",
-    )["pre"]
     pre_even, pre_odd = ped_fit.prepulse_pedestals(pre, pc.prepulse_samples)
     diff = np.maximum(np.abs(pre_even - res.pedestal_even), np.abs(pre_odd - res.pedestal_odd))
     off = np.flatnonzero(diff > pc.prepulse_tolerance)
@@ -373,6 +483,8 @@ def _pedestals(args: argparse.Namespace) -> int:
         },
         "status_reasons": reasons,
         "pulse_fraction_median": round(float(np.nanmedian(res.pulse_fraction)), 4),
+        "occupancy": dict(zip(_names(np.arange(detector.N_CHANNELS)), _rounded(occupancy, 4), strict=True)),
+        "mean_signal": dict(zip(_names(np.arange(detector.N_CHANNELS)), _rounded(mean, 3), strict=True)),
         "prepulse_max_diff": round(float(np.nanmax(diff)), 3),
         "prepulse_off": _names(off),
     }
@@ -403,37 +515,156 @@ def _start_accumulator(state: dict[str, Any], pc: Any) -> None:
 
 
 # ============================================================================ gains
+def _file_reco(f: Any) -> RecoConfig:
+    """The DAQ's reconstruction settings a spill was recorded with (defaults for keys it lacks)."""
+    known = {fl.name for fl in dataclasses.fields(RecoConfig)}
+    recorded = f.config.get("reco", {}) if isinstance(f.config, dict) else {}
+    return RecoConfig(**{k: v for k, v in recorded.items() if k in known})
+
+
+def fixed_time_signals(
+    wf: np.ndarray, amp: np.ndarray, ids: np.ndarray, centre: np.ndarray, reco: RecoConfig
+) -> np.ndarray:
+    """Fixed-time amplitudes (E, len(ids)) of channels ``ids`` (:func:`calibration.gains.fixed_time_amplitudes`)
+    from full waveforms ``wf`` (E, 110, S). The event time is the beam counters' mean peak time (MIPs of
+    ~300 counts: precise even for a muon, whose ECAL pulse is small), else the peak time of channel
+    ``centre`` (E,) moved to the counters' frame; each channel's delay relative to it is measured from its
+    own large pulses in these events."""
+    n = wf.shape[0]
+    rows = np.arange(n)
+    shapes = detector.CHANNELS["shape"][ids]
+    r = waveform.reconstruct(wf[:, ids, :], np.ones(ids.size), config=reco, shape=shapes)
+    rc = waveform.reconstruct(wf[:, BEAM_COUNTER_IDS, :], np.ones(BEAM_COUNTER_IDS.size), config=reco)
+    fired = (rc.amplitude > COUNTER_MIN_COUNTS) & ~rc.pileup
+    n_fired = fired.sum(axis=1)
+    counter_t = np.where(fired, rc.peak_time, 0.0).sum(axis=1) / np.maximum(n_fired, 1)
+    em = np.array([int(detector.PulseShape.EM)])  # the centre is an ECAL cell
+    rt = waveform.reconstruct(wf[rows, centre][:, None, :], np.ones(1), config=reco, shape=em)
+    centre_t, centre_a = rt.peak_time[:, 0], rt.amplitude[:, 0]
+    both = (n_fired > 0) & (centre_a > 30.0)
+    lag = float(np.median(centre_t[both] - counter_t[both])) if both.any() else 0.0
+    event_t = np.where(n_fired > 0, counter_t, centre_t - lag)
+    delay = gain_fit.relative_delays(r.peak_time, np.where(r.pileup, 0.0, r.amplitude), event_t, 30.0)
+    fwhm = {int(k): v for k, v in waveform.shape_fwhm(reco).items()}
+    return gain_fit.fixed_time_amplitudes(
+        wf[:, ids, :],
+        event_t,
+        shapes,
+        lambda dt, c: waveform.template(dt, reco.pulse_order, fwhm[c]),
+        fwhm,
+        reco.n_pedestal,
+        offset_ns=delay,
+    )
+
+
+def _gains_fields(
+    f: Any, idx: np.ndarray, ecal_gain: np.ndarray, exclude_pileup: bool
+) -> dict[str, np.ndarray]:
+    """Per-chunk extraction of the gains step (runs in dask workers too): the DAQ's amplitudes, the
+    calorimeter cells' fixed-time amplitudes at the event time, saturation, pile-up."""
+    amp = f.amplitude(idx).astype(np.float32)
+    wf = f.waveforms(idx)
+    out = {"amp": amp, "saturated": (wf[:, CALO_IDS, :] >= detector.ADC_MAX).any(axis=(1, 2))}
+    centre = np.argmax(amp[:, detector.ECAL_IDS] / ecal_gain, axis=1) if idx.size else np.zeros(0, np.intp)
+    out["fixed"] = fixed_time_signals(wf, amp, CALO_IDS, detector.ECAL_IDS[centre], _file_reco(f)).astype(
+        np.float32
+    )
+    if exclude_pileup:
+        out["pileup"] = f.pileup(idx)[:, CALO_IDS][np.arange(idx.size), centre]
+    return out
+
+
+def _occupancy_fields(
+    f: Any, idx: np.ndarray, noise: np.ndarray, n_sigma: float, prepulse: int
+) -> dict[str, np.ndarray]:
+    """Per-chunk sums of the pedestal step's triggered events: pre-pulse samples, occupancy above
+    ``n_sigma`` x noise, and each channel's fixed-time signal (sum and sum of squares)."""
+    amp = f.amplitude(idx).astype(np.float32)
+    wf = f.waveforms(idx)
+    centre = np.argmax(amp[:, detector.ECAL_IDS], axis=1) if idx.size else np.zeros(0, np.intp)
+    sig = fixed_time_signals(
+        wf, amp, np.arange(detector.N_CHANNELS), detector.ECAL_IDS[centre], _file_reco(f)
+    )
+    return {
+        "pre": wf[:, :, :prepulse],
+        "hits": (amp > n_sigma * noise[None, :]).sum(axis=0, keepdims=True),
+        "signal": sig.sum(axis=0, keepdims=True),
+        "signal2": (sig**2).sum(axis=0, keepdims=True),
+    }
+
+
 def _gains(args: argparse.Namespace) -> int:
     cfg = _config(args)
     gc, ref = cfg.gains, cfg.reference
     base = _base(args)
     inputs = Inputs(args.files, "gains")
     calo_pos = np.arange(CALO_IDS.size)
-
-    def fields(f: Any, idx: np.ndarray) -> dict[str, np.ndarray]:
-        amp = f.amplitude(idx).astype(np.float32)
-        wf = f.waveforms(idx)
-        sat = (wf[:, CALO_IDS, :] >= detector.ADC_MAX).any(axis=(1, 2))
-        out = {"amp": amp, "saturated": sat}
-        if gc.exclude_pileup:
-            pile = f.pileup(idx)[:, CALO_IDS]
-            centre = np.argmax(amp[:, CALO_IDS] / base.gain[CALO_IDS], axis=1)
-            out["pileup"] = pile[np.arange(idx.size), centre]
-        return out
-
-    data = inputs.read(BEAM_BIT, fields, args.max_events, "beam-trigger events")
+    n_ecal = detector.ECAL_IDS.size
+    fields = functools.partial(
+        _gains_fields, ecal_gain=base.gain[detector.ECAL_IDS], exclude_pileup=gc.exclude_pileup
+    )
+    data = inputs.read(BEAM_BIT, fields, args.max_events, "beam-trigger events", _parallel(args))
     amp = data["amp"].astype(np.float64)
     zs = gc.zero_suppress_sigma if gc.zero_suppress_sigma >= 0 else inputs.zero_suppress_sigma()
-    amp[amp < zs * base.noise[None, :]] = 0.0  # the DAQ's zero suppression: its sums see the same cells
-    log.info("calibrate gains: amplitudes below %.1f x noise set to zero (as the DAQ's energy sums)", zs)
+    thr = zs * base.noise
+    calo_raw = amp[:, CALO_IDS]
+    # what the DAQ sums (cells above its zero suppression), and every cell's share of the shower (the
+    # cells under the threshold with their fixed-time amplitude): the gains are fitted on the latter
+    calo_daq = np.where(calo_raw > thr[CALO_IDS], calo_raw, 0.0)
+    calo = gain_fit.complete_amplitudes(calo_raw, data["fixed"], thr[CALO_IDS])
+    amp[amp <= thr[None, :]] = 0.0  # zero-suppressed as in the DAQ's energies (selections, SRD, counters)
+    log.info(
+        "calibrate gains: cells below %.1f x noise (the DAQ's zero suppression) enter with their fixed-time "
+        "amplitude",
+        zs,
+    )
     keep = ~data["saturated"] if gc.exclude_saturated else np.ones(amp.shape[0], bool)
     n_sat = int(data["saturated"].sum())
     if "pileup" in data:
         keep &= ~data["pileup"]
-    calo = amp[:, CALO_IDS]
+
+    # PRS: MIP peak of the muons crossing each cell, then held fixed in the least squares
+    prior_gain = base.gain[CALO_IDS].copy()
+    prior_rel = np.full(CALO_IDS.size, gc.prior_rel)
+    held = np.zeros(CALO_IDS.size, bool)
+    prs: spectra.PeakGains | None = None
+    n_muons = 0
+    if gc.prs_from_muons:
+        mc = cfg.mip
+        energy0 = amp / base.gain / 1000.0
+        muons = spectra.muon_like(
+            energy0,
+            spectra.MuonSelection(
+                mc.ecal_max_gev,
+                mc.prs_max_gev,
+                mc.hcal_module_min_gev,
+                mc.hcal_module_max_gev,
+                mc.hcal_min_modules,
+            ),
+        )
+        n_muons = int(muons.sum())
+        prs = spectra.peak_gains(
+            data["fixed"][:, n_ecal:],
+            spectra.prs_cell_hits(energy0, muons),
+            detector.PRS_IDS,
+            ref.prs_mip_mev,
+            "moyal",
+            mc.min_entries,
+            mc.max_rel_error,
+        )
+        d = prs.determined
+        prior_gain[n_ecal:][d] = prs.gain[d]
+        prior_rel[n_ecal:][d] = prs.gain_error[d] / prs.gain[d]
+        held[n_ecal:] = d
+        for line in prs.messages:
+            log.info("calibrate gains: PRS MIP not determined: %s", line)
+        log.info(
+            "calibrate gains: %d muon-like events; %d PRS cells from their MIP peak", n_muons, int(d.sum())
+        )
+
     # per-event target: beam energy x containment of the shower-centre cell (most energetic ECAL cell)
     cont = np.array(ref.containment_of())
-    centre = np.argmax(calo[:, : detector.ECAL_IDS.size] / base.gain[detector.ECAL_IDS], axis=1)
+    centre = np.argmax(calo[:, :n_ecal] / base.gain[detector.ECAL_IDS], axis=1)
     target = ref.beam_energy_gev * 1000.0 * cont[centre]
     log.info(
         "calibrate gains: %d beam-trigger events, %d with a saturated sample%s, fitting %d",
@@ -446,27 +677,27 @@ def _gains(args: argparse.Namespace) -> int:
         fit = gain_fit.shower_gains(
             calo[keep],
             target[keep],
-            base.gain[CALO_IDS],
-            prior_rel=gc.prior_rel,
+            prior_gain,
+            prior_rel=prior_rel,
             window=gc.window,
             max_rel_error=gc.max_rel_error,
             min_events=gc.min_events,
+            fixed=held,
         )
     except ValueError as e:
         raise CalibrationError(f"calibrate gains: {e}") from None
     det_ids = CALO_IDS[fit.determined]
     log.info(
         "calibrate gains: %d events in the fit, peak %.4f, resolution %.2f%%; %d ECAL and %d PRS cells "
-        "determined",
+        "determined (+%d PRS from muons)",
         fit.n_events,
         fit.peak,
         100 * fit.resolution,
-        int(fit.determined[: detector.ECAL_IDS.size].sum()),
-        int(fit.determined[detector.ECAL_IDS.size :].sum()),
+        int(fit.determined[:n_ecal].sum()),
+        int(fit.determined[n_ecal:].sum()),
+        int(held.sum()),
     )
-    checks = gain_fit.cell_peaks(
-        calo[keep], fit.gain, target[keep], calo_pos[: detector.ECAL_IDS.size], gc.cell_min_events
-    )
+    checks = gain_fit.cell_peaks(calo[keep], fit.gain, target[keep], calo_pos[:n_ecal], gc.cell_min_events)
     for c in np.flatnonzero(np.abs(checks.peak - 1.0) > gc.cell_tolerance):
         log.warning(
             "calibrate gains: events centred on %s peak at %.3f of the target (%d events)",
@@ -475,6 +706,26 @@ def _gains(args: argparse.Namespace) -> int:
             checks.n_events[c],
         )
     new = base.updated("gain", det_ids, fit.gain[fit.determined], fit.gain_error[fit.determined])
+    if prs is not None and prs.determined.any():
+        d = prs.determined
+        new = new.updated("gain", prs.channels[d], prs.gain[d], prs.gain_error[d])
+
+    # energy scale of the DAQ's sum: containment (reference cell) x share of the shower above the zero
+    # suppression (measured on the electrons with the new gains)
+    full_sum = (calo / fit.gain).sum(axis=1)
+    daq_sum = (calo_daq / fit.gain).sum(axis=1)
+    electrons0 = keep & (np.abs(full_sum / target - fit.peak) < 2.0 * fit.resolution)
+    share = daq_sum[electrons0] / full_sum[electrons0]
+    zs_share = float(np.median(share))
+    zs_share_err = float(1.2533 * np.std(share) / math.sqrt(max(share.size, 1)))
+    ecal_scale = 1.0 / (ref.containment * zs_share)
+    new = new.replace(ecal_scale=ecal_scale, ecal_scale_error=ecal_scale * zs_share_err / zs_share)
+    log.info(
+        "calibrate gains: %.2f%% of the shower above the zero suppression, containment %.4f: E_ECAL scale %.4f",
+        100 * zs_share,
+        ref.containment,
+        ecal_scale,
+    )
 
     # SRD: median of the electrons' synchrotron-radiation deposit
     calib_sum = (calo / fit.gain).sum(axis=1) / target
@@ -510,6 +761,11 @@ def _gains(args: argparse.Namespace) -> int:
     results = {
         "n_events": fit.n_events,
         "n_beam_events": int(amp.shape[0]),
+        "n_muons": n_muons,
+        "prs_from_muons": [] if prs is None else _names(prs.channels[prs.determined]),
+        "zero_suppression_share": round(zs_share, 5),
+        "ecal_scale": round(ecal_scale, 5),
+        "skipped_files": inputs.skipped,
         "n_saturated": n_sat,
         "peak": round(fit.peak, 5),
         "resolution": round(fit.resolution, 5),
@@ -528,9 +784,10 @@ def _gains(args: argparse.Namespace) -> int:
         },
     }
     method = (
-        "ECAL+PRS: least squares, calibrated sum = beam energy x containment (per shower-centre cell), "
-        "Gaussian-core selection, weak prior on the base gains; SRD: median of electron deposits; "
-        "counters: Moyal MIP peak"
+        "ECAL+PRS: least squares, calibrated sum (cells under the zero suppression with their fixed-time "
+        "amplitude) = beam energy x containment (per shower-centre cell), Gaussian-core selection, weak "
+        "prior on the base gains; PRS: Moyal MIP peak of muons, held fixed; E_ECAL scale = 1 / (containment "
+        "x zero-suppression share); SRD: median of electron deposits; counters: Moyal MIP peak"
     )
     return _finish(
         args, base, new, inputs, method, as_dict(cfg)["reference"] | as_dict(cfg)["gains"], results
@@ -538,17 +795,24 @@ def _gains(args: argparse.Namespace) -> int:
 
 
 # ============================================================================ MIP (HCAL, VETO)
+def _amplitude_fields(f: Any, idx: np.ndarray) -> dict[str, np.ndarray]:
+    return {"amp": f.amplitude(idx).astype(np.float32)}
+
+
+def _timing_fields(f: Any, idx: np.ndarray) -> dict[str, np.ndarray]:
+    return {
+        "t": f.peak_time(idx).astype(np.float32),
+        "amp": f.amplitude(idx).astype(np.float32),
+        "pileup": f.pileup(idx),
+    }
+
+
 def _mip(args: argparse.Namespace) -> int:
     cfg = _config(args)
     mc, ref = cfg.mip, cfg.reference
     base = _base(args)
     inputs = Inputs(args.files, "mip")
-    data = inputs.read(
-        BEAM_BIT,
-        lambda f, idx: {"amp": f.amplitude(idx).astype(np.float32)},
-        args.max_events,
-        "beam-trigger events",
-    )
+    data = inputs.read(BEAM_BIT, _amplitude_fields, args.max_events, "beam-trigger events", _parallel(args))
     amp = data["amp"].astype(np.float64)
     # GeV with the starting gains, zero-suppressed as in the DAQ (the maximum sample of noise is > 0)
     zs = inputs.zero_suppress_sigma()
@@ -616,14 +880,7 @@ def _timing(args: argparse.Namespace) -> int:
     base = _base(args)
     inputs = Inputs(args.files, "timing")
     data = inputs.read(
-        BEAM_BIT | PHYSICS_BIT,
-        lambda f, idx: {
-            "t": f.peak_time(idx).astype(np.float32),
-            "amp": f.amplitude(idx).astype(np.float32),
-            "pileup": f.pileup(idx),
-        },
-        args.max_events,
-        "triggered events",
+        BEAM_BIT | PHYSICS_BIT, _timing_fields, args.max_events, "triggered events", _parallel(args)
     )
     # the DAQ subtracted the offsets of the constants it recorded with: add them back (raw peak times)
     recorded = _recorded_with(args, base, inputs)

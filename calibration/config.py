@@ -32,6 +32,7 @@ class ReferenceConfig:
     #: per shower-centre cell (ECAL cell name -> containment); edge cells lose several % off the face
     containment_map: dict[str, float] = field(default_factory=dict)
     hcal_mip_mev: float = 2500.0  # most probable muon deposit per HCAL module (in its crossed cell)
+    prs_mip_mev: float = 45.0  # most probable muon deposit in the PRS cell it crosses (EM scale)
     veto_mip_mev: float = 10.0  # most probable MIP deposit per VETO slab, seen by each of its PMTs
     srd_median_mev: float = 26.74  # median synchrotron-radiation deposit of a 100 GeV e- per SRD module
     counter_mip_mev: float = 0.3  # most probable deposit in S0, S2, S3 (1.5 mm scintillator)
@@ -41,6 +42,7 @@ class ReferenceConfig:
         for name in (
             "beam_energy_gev",
             "hcal_mip_mev",
+            "prs_mip_mev",
             "veto_mip_mev",
             "srd_median_mev",
             "counter_mip_mev",
@@ -78,6 +80,10 @@ class PedestalConfig:
     noisy_factor: float = 3.0
     hot_stray: float = 0.005  # large pulses without a beam-counter pulse, fraction of random windows
     hot_factor: float = 5.0  # ... and this x the median of the detector
+    occupancy_sigma: float = 5.0  # occupancy (provenance): a triggered event's amplitude above this x noise
+    #: dead (live noise, no signal): mean fixed-time signal in triggered events within this many errors of 0
+    dead_max_significance: float = 5.0
+    dead_min_expected_significance: float = 20.0  # ... where its neighbourhood predicts this many errors
 
     def __post_init__(self) -> None:
         _positive("threshold_sigma", self.threshold_sigma)
@@ -100,9 +106,10 @@ class GainConfig:
     cell_tolerance: float = 0.02  # per-cell peak off by more than this is logged as a warning
     exclude_saturated: bool = True  # drop events with a saturated calorimeter sample
     exclude_pileup: bool = False  # drop events whose most energetic cell has the pile-up flag
-    #: amplitudes below this x noise count as zero, as in the DAQ's energy sums (which must use the same
-    #: reconstruction the gains were fitted with); < 0: take reco.zero_suppress_sigma from the files
+    #: the DAQ's zero suppression (amplitude below this x noise: no energy); cells under it enter the fit
+    #: with their fixed-time amplitude; < 0: take reco.zero_suppress_sigma from the files
     zero_suppress_sigma: float = -1.0
+    prs_from_muons: bool = True  # PRS gains from their MIP peak (muons), then fixed in the least squares
     srd_min_entries: int = 100
     counter_min_entries: int = 100
 

@@ -9,6 +9,7 @@ one line per channel keyed by channel name::
      "format_version": 1,
      "version": "cal-run000012-gains",
      "valid_runs": [12, null],
+     "ecal_scale": 1.0142,
      "provenance": {...},
      "channels": {
       "ECAL00": {"pedestal_even": 201.37, "pedestal_odd": 203.1, "noise": 1.52, "gain": 0.04487, ...},
@@ -75,6 +76,11 @@ class Constants:
     run_min: int = 0
     run_max: int | None = None  # None: open-ended
     provenance: Mapping[str, Any] = field(default_factory=dict)
+    #: calorimeter energy scale: the DAQ multiplies its ECAL+PRS sum (E_ECAL) by it, correcting the shower
+    #: energy the cells do not see (leakage off the face, cells under the zero suppression); the gains are
+    #: the cells' own (pulse height per MeV deposited)
+    ecal_scale: float = 1.0
+    ecal_scale_error: float = math.nan
 
     def __post_init__(self) -> None:
         n = detector.N_CHANNELS
@@ -121,6 +127,10 @@ class Constants:
                 f"constants {self.version}: run range {self.run_min}..{self.run_max} is empty"
             )
         object.__setattr__(self, "provenance", dict(self.provenance))
+        scale = self.ecal_scale
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0.5 <= scale <= 2.0:
+            raise CalibrationError(f"constants {self.version}: ecal_scale {scale!r} is not in [0.5, 2]")
+        object.__setattr__(self, "ecal_scale", float(scale))
 
     def _check_positive(self, q: str, a: np.ndarray, strict: bool) -> None:
         bad_mask = ~(a > 0) if strict else a < 0
@@ -190,6 +200,8 @@ def to_json_dict(c: Constants) -> dict[str, Any]:
         "format_version": FORMAT_VERSION,
         "version": c.version,
         "valid_runs": [c.run_min, c.run_max],
+        "ecal_scale": _num(c.ecal_scale),
+        **({"ecal_scale_error": _num(c.ecal_scale_error)} if math.isfinite(c.ecal_scale_error) else {}),
         "provenance": _jsonable(dict(c.provenance)),
         "channels": channels,
     }
@@ -298,6 +310,12 @@ def from_json_dict(data: Mapping[str, Any], source: str = "<dict>") -> Constants
     prov = data.get("provenance", {})
     if not isinstance(prov, Mapping):
         raise fail("'provenance' must be an object")
+    scale = data.get("ecal_scale", 1.0)  # absent in files written before it existed: no correction
+    scale_err = data.get("ecal_scale_error")
+    if isinstance(scale, bool) or not isinstance(scale, int | float):
+        raise fail(f"'ecal_scale' is {scale!r} (expected a number)")
+    if scale_err is not None and (isinstance(scale_err, bool) or not isinstance(scale_err, int | float)):
+        raise fail(f"'ecal_scale_error' is {scale_err!r} (expected a number)")
     try:
         return Constants(
             version=version,
@@ -306,6 +324,8 @@ def from_json_dict(data: Mapping[str, Any], source: str = "<dict>") -> Constants
             run_min=runs[0],
             run_max=runs[1],
             provenance=prov,
+            ecal_scale=scale,
+            ecal_scale_error=math.nan if scale_err is None else float(scale_err),
             **arrays,
         )
     except CalibrationError as e:

@@ -25,11 +25,13 @@ whose most energetic ECAL cell is that cell should sit at the target.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from calibration.fitting import Peak, gaussian_core
+from daq import detector
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,12 +52,14 @@ def shower_gains(
     amp: np.ndarray,
     target_mev: float | np.ndarray,
     prior_gain: np.ndarray,
-    prior_rel: float = 0.15,
+    prior_rel: float | np.ndarray = 0.15,
     window: float = 3.0,
     iterations: int = 5,
     max_rel_error: float = 0.02,
     min_events: int = 50,
     max_start_offset: float = 0.3,
+    fixed: np.ndarray | None = None,
+    min_start_ratio: float = 0.2,
 ) -> ShowerGainResult:
     """Per-cell gains (ADC counts / MeV) from electron showers; see the module docstring.
 
@@ -64,6 +68,10 @@ def shower_gains(
     ``prior_gain`` (C,): starting gains (nominal or the previous constants). If the electron peak with
     the starting gains is more than ``max_start_offset`` (relative) away from the target, the beam energy,
     containment or starting gains are wrong and ValueError is raised instead of fitting it away.
+    Events whose sum with the starting gains is below ``min_start_ratio`` x target (muons) are left out.
+    ``fixed`` (C,) bool: cells held at their starting gain (determined otherwise, e.g. PRS cells from
+    their MIP peak); ``prior_rel`` may be per cell (C,), the fixed cells' relative uncertainty, which is
+    propagated into the errors of the fitted cells.
     """
     a = np.asarray(amp, dtype=np.float64)
     if a.ndim != 2:
@@ -77,20 +85,30 @@ def shower_gains(
     if not np.all(t > 0):
         raise ValueError("target_mev must be > 0")
     ok = np.all(np.isfinite(a), axis=1)
-    prior_w = 1.0 / (prior_rel * k0) ** 2
+    rel0 = np.broadcast_to(np.asarray(prior_rel, dtype=np.float64), (n_cells,))
+    if not np.all(rel0 > 0):
+        raise ValueError("prior_rel must be > 0")
+    prior_w = 1.0 / (rel0 * k0) ** 2
+    held = np.zeros(n_cells, bool) if fixed is None else np.asarray(fixed, dtype=bool)
+    if held.shape != (n_cells,):
+        raise ValueError(f"fixed must be {n_cells} booleans")
     # pass 1: every cell free (with the prior) -> which cells the data determine;
     # pass 2: only those free, the others fixed at their starting gain, so the sum stays consistent
+    # muons and other MIP-like particles (~1% of the beam energy; up to half of a mixed calibration beam)
+    # would pull the first Gaussian-core estimate off the electron peak: they never enter the fit
+    with np.errstate(invalid="ignore"):
+        ok &= (np.where(ok[:, None], a, 0.0) @ k0) / t >= min_start_ratio
     start = gaussian_core((a[ok] @ k0) / t[ok], k=window)
     if start.ok and abs(start.position - 1.0) > max_start_offset:
         raise ValueError(
             f"with the starting gains the electron peak is at {start.position:.2f} x the expected energy "
             f"(more than {max_start_offset:.0%} off): check the beam energy, containment and starting gains"
         )
-    free = np.ones(n_cells, dtype=bool)
+    free = ~held
     k, cov, n_used, peak, it = _iterate(a, t, ok, k0, prior_w, free, window, iterations, min_events)
     rel = np.sqrt(np.maximum(np.diag(cov), 0.0)) / k
-    determined = rel < max_rel_error
-    if not determined.all():
+    determined = free & (rel < max_rel_error)
+    if not np.array_equal(determined, free):
         k, cov, n_used, peak, it2 = _iterate(
             a, t, ok, k0, prior_w, determined, window, iterations, min_events
         )
@@ -178,6 +196,80 @@ def _iterate(
         if change < 1e-5:
             break
     return k, cov, n_used, peak, it
+
+
+def fixed_time_amplitudes(
+    waveforms: np.ndarray,
+    reference_ns: np.ndarray,
+    shape: np.ndarray,
+    template: Callable[[np.ndarray, int], np.ndarray],
+    fwhm_ns: Mapping[int, float],
+    n_pedestal: int = 6,
+    sample_period_ns: float = detector.SAMPLE_PERIOD_NS,
+    offset_ns: np.ndarray | None = None,
+) -> np.ndarray:
+    """Pulse heights (E, C) in ADC counts fitted with the peak time fixed, unbiased by noise.
+
+    For each cell the least-squares fit of its unit-height pulse ``template(dt_ns, shape_class)`` (class
+    ``shape`` (C,), e.g. ``daq.waveform.template``) with its peak fixed at the event's time
+    ``reference_ns`` (E,; ns from the window start, e.g. the shower's peak time), over the samples within
+    ``fwhm_ns[class]`` of it (plus the cell's ``offset_ns`` (C,): its peak-time delay relative to the
+    reference, see :func:`relative_delays`), after subtracting the event's own even/odd pedestal (mean of the first
+    ``n_pedestal`` samples, as the DAQ). The fit is linear in the samples, so noise averages to zero,
+    whereas the maximum sample of a noise-only cell reads ~+2 sigma. Used for the cells under the DAQ's
+    zero suppression (they hold ~1% of a shower's energy: see :func:`complete_amplitudes`) and for small
+    MIP pulses (PRS).
+    """
+    w = np.asarray(waveforms, dtype=np.float32)
+    if w.ndim != 3:
+        raise ValueError(f"waveforms must be (events, cells, samples), got {w.shape}")
+    n_ev, n_ch, n_s = w.shape
+    n_ped = max(2, n_pedestal - n_pedestal % 2)
+    ped = np.empty((n_ev, n_ch, 2), np.float32)
+    ped[..., 0] = w[:, :, 0:n_ped:2].mean(axis=2)
+    ped[..., 1] = w[:, :, 1:n_ped:2].mean(axis=2)
+    y = w - np.tile(ped, (1, 1, (n_s + 1) // 2))[:, :, :n_s]
+    t = np.arange(n_s) * sample_period_ns
+    off = np.zeros(n_ch) if offset_ns is None else np.asarray(offset_ns, dtype=np.float64)
+    # (E, C, S): time of each sample relative to the cell's expected peak
+    dt = t[None, None, :] - np.asarray(reference_ns, dtype=np.float64)[:, None, None] - off[None, :, None]
+    out = np.zeros((n_ev, n_ch))
+    cls = np.asarray(shape)
+    for c in np.unique(cls):
+        cols = np.flatnonzero(cls == c)
+        d = dt[:, cols, :]
+        tmpl = template(d, int(c)) * (np.abs(d) <= fwhm_ns[int(c)])
+        norm = np.einsum("ecs,ecs->ec", tmpl, tmpl)
+        fit = np.einsum("ecs,ecs->ec", y[:, cols, :], tmpl.astype(np.float32))
+        out[:, cols] = fit / np.where(norm > 0, norm, 1.0)
+    return out
+
+
+def relative_delays(
+    peak_time: np.ndarray,
+    amplitude: np.ndarray,
+    reference_ns: np.ndarray,
+    min_amplitude: float | np.ndarray,
+    min_pulses: int = 10,
+) -> np.ndarray:
+    """Per cell (C,): median of (its peak time - the event's reference time) over its pulses above
+    ``min_amplitude`` (0 with fewer than ``min_pulses``): where a small pulse of the cell sits relative to
+    the shower time (cable and shape delays), for :func:`fixed_time_amplitudes`."""
+    t = np.asarray(peak_time, dtype=np.float64) - np.asarray(reference_ns, dtype=np.float64)[:, None]
+    big = np.asarray(amplitude) > np.broadcast_to(np.asarray(min_amplitude, dtype=np.float64), t.shape[1:])
+    out = np.zeros(t.shape[1])
+    n = big.sum(axis=0)
+    for c in np.flatnonzero(n >= min_pulses):
+        out[c] = float(np.median(t[big[:, c], c]))
+    return out
+
+
+def complete_amplitudes(amplitude: np.ndarray, fixed_time: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    """The DAQ's amplitudes (E, C) where they pass its zero suppression (> ``threshold`` (C,)), the
+    fixed-time fit elsewhere: every cell's share of a shower, none lost and no noise bias, so the fitted
+    gains are pulse height per MeV (the detector's own gains) rather than "zero-suppressed sum per MeV"."""
+    a = np.asarray(amplitude, dtype=np.float64)
+    return np.where(a > np.asarray(threshold, dtype=np.float64)[None, :], a, fixed_time)
 
 
 @dataclass(frozen=True, eq=False)

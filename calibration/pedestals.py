@@ -316,3 +316,91 @@ def classify_channels(
             status[ch] = NOISY
             reasons.append(f"{name}: noisy (noise {noise:.2f} counts, detector median {group_noise:.2f})")
     return status, reasons
+
+
+def neighbours(ch: int) -> np.ndarray:
+    """Channels expected to see the same particles as ``ch``: the 4 adjacent cells of its ECAL/PRS grid or
+    HCAL module, the other PMT and slabs of the VETO, the other SRD modules, the other beam counters
+    (S0 S2 S3) or hole vetoes (V1 V2)."""
+    c = detector.CHANNELS
+    det = c["detector"]
+    same = np.flatnonzero((det == det[ch]) & (np.arange(detector.N_CHANNELS) != ch))
+    kind = detector.Detector(int(det[ch]))
+    if kind in (detector.Detector.ECAL, detector.Detector.PRS, detector.Detector.HCAL):
+        adjacent = (np.abs(c["x"][same] - c["x"][ch]) + np.abs(c["y"][same] - c["y"][ch])) == 1
+        return same[adjacent & (c["module"][same] == c["module"][ch])]
+    if kind is detector.Detector.COUNTER:
+        name = detector.channel_name(ch)
+        group = detector.BEAM_COUNTERS if name in detector.BEAM_COUNTERS else detector.VETO_COUNTERS
+        return np.array([detector.counter_id(n) for n in group if n != name], np.intp)
+    return same
+
+
+def expected_signal(mean: np.ndarray, error: np.ndarray, min_significance: float = 5.0) -> np.ndarray:
+    """Per channel (110,): the mean signal its neighbourhood predicts (NaN where it cannot tell).
+
+    Calorimeter grids (ECAL, PRS, each HCAL module): showers spread nearly as a product of an x and a y
+    profile, so cell (x, y) is predicted from each diagonal square as S(x, y') S(x', y) / S(x', y')
+    (x' = x +- 1, y' = y +- 1, all three significant); the median of the available squares. This follows
+    the steep fall-off of a shower (20x from one cell to the next far from its centre). Other channels
+    (counters, SRD, VETO): the median of the channels seeing the same particles (:func:`neighbours`)."""
+    m = np.asarray(mean, dtype=np.float64)
+    e = np.asarray(error, dtype=np.float64)
+    sig = m > min_significance * e
+    c = detector.CHANNELS
+    grid = {
+        (int(c["detector"][i]), int(c["module"][i]), int(c["x"][i]), int(c["y"][i])): i for i in range(m.size)
+    }
+    out = np.full(m.size, np.nan)
+    for ch in range(m.size):
+        kind = detector.Detector(int(c["detector"][ch]))
+        if kind in (detector.Detector.ECAL, detector.Detector.PRS, detector.Detector.HCAL):
+            d, mod, x, y = int(c["detector"][ch]), int(c["module"][ch]), int(c["x"][ch]), int(c["y"][ch])
+            preds = []
+            for dx in (-1, 1):
+                for dy in (-1, 1):
+                    a, b, k = (
+                        grid.get((d, mod, x, y + dy)),
+                        grid.get((d, mod, x + dx, y)),
+                        grid.get((d, mod, x + dx, y + dy)),
+                    )
+                    if a is not None and b is not None and k is not None and sig[a] and sig[b] and sig[k]:
+                        preds.append(m[a] * m[b] / m[k])
+            if preds:
+                out[ch] = float(np.median(preds))
+        else:
+            nb = neighbours(ch)
+            if nb.size:
+                out[ch] = float(np.median(m[nb]))
+    return out
+
+
+def dead_by_signal(
+    mean: np.ndarray,
+    error: np.ndarray,
+    n_events: int,
+    max_significance: float = 5.0,
+    min_expected_significance: float = 20.0,
+) -> tuple[np.ndarray, list[str]]:
+    """Channels with live noise but no signal (a dead PMT or amplifier, gain 0).
+
+    ``mean`` and ``error`` (110,): each channel's mean fixed-time signal (ADC counts; unbiased, so 0 for
+    noise alone) over ``n_events`` triggered events, and its error. Dead: the mean is within
+    ``max_significance`` errors of zero (or negative) while its neighbourhood predicts a signal
+    (:func:`expected_signal`) of more than ``min_expected_significance`` errors. A cell that the particles
+    hardly reach is not judged. Returns the mask and one line per dead channel."""
+    m = np.asarray(mean, dtype=np.float64)
+    e = np.asarray(error, dtype=np.float64)
+    if m.shape != (detector.N_CHANNELS,) or e.shape != m.shape:
+        raise ValueError(f"mean and error must have {detector.N_CHANNELS} entries")
+    expected = expected_signal(m, e)
+    dead = np.zeros(detector.N_CHANNELS, bool)
+    reasons: list[str] = []
+    for ch in np.flatnonzero(np.isfinite(expected)):
+        if expected[ch] > min_expected_significance * e[ch] and m[ch] < max_significance * e[ch]:
+            dead[ch] = True
+            reasons.append(
+                f"{detector.channel_name(int(ch))}: dead (mean signal {m[ch]:.2f} +- {e[ch]:.2f} counts in "
+                f"{n_events} triggered events, its neighbourhood predicts {expected[ch]:.1f})"
+            )
+    return dead, reasons

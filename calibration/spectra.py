@@ -151,6 +151,20 @@ def hcal_cell_hits(energy_gev: np.ndarray, events: np.ndarray, min_share: float 
     return hit.reshape(n_ev, -1)
 
 
+def prs_cell_hits(energy_gev: np.ndarray, events: np.ndarray, min_share: float = 0.5) -> np.ndarray:
+    """(E, 30) bool over PRS cells: the PRS cell in front of the ECAL cell a selected muon crossed (the most
+    energetic ECAL cell, holding at least ``min_share`` of the ECAL energy). The PRS cell is chosen by the
+    ECAL, not by its own amplitude, so its MIP spectrum is not biased by the selection."""
+    e = np.asarray(energy_gev, dtype=np.float64)[:, detector.ECAL_IDS]
+    n_ev = e.shape[0]
+    best = np.argmax(e, axis=1) if n_ev else np.zeros(0, np.intp)
+    top = e[np.arange(n_ev), best]
+    ok = np.asarray(events, dtype=bool) & (top > 0) & (top >= min_share * e.sum(axis=1))
+    hit = np.zeros((n_ev, detector.PRS_IDS.size), bool)  # PRS_IDS[i] sits in front of ECAL_IDS[i]
+    hit[np.flatnonzero(ok), best[ok]] = True
+    return hit
+
+
 def veto_slab_hits(energy_gev: np.ndarray, events: np.ndarray, min_gev: float = 0.003) -> np.ndarray:
     """(E, 6) bool over VETO channels: both PMTs of every slab a selected particle crossed (sqrt(E1 E2) above
     ``min_gev``, about 0.3 MIP)."""

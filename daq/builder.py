@@ -256,7 +256,7 @@ class Readout:
             t_ns=p.t_ns,
             trigger_mask=p.trigger_mask,
             missing_groups=np.full(p.k, p.missing, np.uint8),
-            sums=event_sums(energy, self.reco.beam_energy_gev),
+            sums=event_sums(energy, self.reco.beam_energy_gev, float(getattr(c, "ecal_scale", 1.0))),
             energy=energy,
             amplitude=amplitude,
             peak_time=peak_time,

@@ -1,15 +1,17 @@
 """Real calibration runs for the end-to-end tests: ``na64 simulate`` -> ``na64 daq`` processes, spill files.
 
-A calibration *campaign* is what a shift crew would take: short runs at reduced intensity (2e5 Hz, less
-pile-up and saturation), a prescaled beam trigger every 20th particle and a random trigger every 100 us,
-with the beam moved onto each ECAL cell it can reach (a scan). The calibration beam is a mixed e-/mu-
-beam (30% muons) so the same runs give the MIP peaks.
+A calibration *campaign* is what a shift crew would take: runs at reduced intensity (2e5 Hz, less pile-up
+and saturation) with a prescaled beam trigger every 4th particle and a random trigger every 100 us, while
+the beam is scanned over the ECAL face (the simulator's ``--scan-cells all --scan-mode particle``: every
+particle aimed at a random one of the 30 cells, as the NA64 calibration scans that move the ECAL across
+the beam). The calibration beam is a mixed e-/mu- beam (45% muons) whose muons cross every HCAL cell
+(``--hcal-cells uniform``) and all VETO slabs, so the same runs give the MIP peaks (HCAL, VETO, PRS).
 
-The simulator draws the detector truth (gains, pedestals) from the seed and the run number, with a
-narrower gain spread for the trigger-block cells around the configured beam cell. So that every scan
-point sees the same detector, all runs use the same seed and run number and the same gain spread
-everywhere (``electronics.block_gain_spread = electronics.gain_spread``); each run writes to its own
-data directory. :func:`same_detector` checks the truth files agree.
+The simulator draws the detector truth (gains, pedestals, noise, time offsets) from the seed only, so
+runs with the same seed and different run numbers see the same detector with different particles; the
+trigger-block cells get the same gain spread as the others (``electronics.block_gain_spread = 0.1``; the
+default equalises them to nominal). Each run writes to its own data directory. :func:`same_detector`
+checks the truth files agree.
 """
 
 from __future__ import annotations
@@ -26,29 +28,36 @@ from tests.conftest import na64_command
 
 SEED = 7
 RATE_HZ = 2e5
-SPILL_S = 0.1  # 2e4 particles: ~1000 beam triggers, ~1000 random windows per run
-#: DAQ settings of a calibration run: beam trigger every 20th S_trig particle, random trigger every 100 us,
-#: short dead time, no physics trigger (S_PRS > 1000 GeV never fires; with the beam on one cell it would
-#: flood the readout); the physics-trigger block is 1x1 on the default beam cell, which is inside the 3x4
-#: primitive block of every beam cell a scan can reach (otherwise the DAQ rejects the run)
+SPILL_S = 0.1  # 2e4 particles per spill
+#: DAQ settings of a calibration run: beam trigger every 4th S_trig particle (~10,000 read-outs per 0.2 s
+#: spill), random trigger every 100 us, short dead time, no physics trigger (S_PRS > 1000 GeV never fires;
+#: with the beam on the trigger block it would flood the readout)
 DAQ_CAL = (
     "--set",
     "trigger.prs_min_gev=1000",
     "--set",
-    "trigger.beam_prescale=20",
+    "trigger.beam_prescale=4",
     "--set",
     "trigger.random_period_ns=100000",
     "--set",
     "trigger.dead_time_ns=500",
-    "--set",
-    "trigger.block_size=[1,1]",
 )
 #: DAQ settings of an ordinary run at 2e5 Hz (default physics trigger and dead time) with more beam and
 #: random triggers than the default, for statistics in short spills
 DAQ_RUN = ("--set", "trigger.beam_prescale=20", "--set", "trigger.random_period_ns=100000")
-SIM_COMMON = ("--seed", str(SEED), "--run", "1", "--set", "electronics.block_gain_spread=0.1")
-#: beam cells a scan can reach: the simulator needs the 3x4 primitive block around the beam cell on the grid
-SCAN_CELLS = [(x, y) for y in (2, 3, 4) for x in (1, 2, 3)]
+SIM_COMMON = ("--seed", str(SEED), "--set", "electronics.block_gain_spread=0.1")
+#: the calibration scan: electrons centred on all 30 ECAL cells, muons (45%) through all 36 HCAL cells
+SCAN = (
+    "--scan-cells",
+    "all",
+    "--scan-mode",
+    "particle",
+    "--hcal-cells",
+    "uniform",
+    "--set",
+    "beam.muon_fraction=0.45",
+)
+ALL_CELLS = [(x, y) for y in range(detector.ECAL_NY) for x in range(detector.ECAL_NX)]
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,7 @@ def _attempt(
     rate_hz: float = RATE_HZ,
     timeout: float = 180.0,
     ports: tuple[int, int] | None = None,
+    run: int = 1,
 ) -> Run:
     out = root / name
     out.mkdir(parents=True)
@@ -111,6 +121,9 @@ def _attempt(
             stderr=subprocess.STDOUT,
         )
         procs.append(daq)
+        # the simulator does not wait for a listener: start it only once the DAQ is bound (on a loaded
+        # machine the DAQ's start-up takes seconds, and a spill sent before would be lost)
+        _wait_listening(daq, out / "daq.log", timeout)
         sim = subprocess.Popen(
             na64_command(
                 "simulate",
@@ -128,6 +141,8 @@ def _attempt(
                 str(rate_hz),
                 "--truth",
                 str(out / "truth.h5"),
+                "--run",
+                str(run),
                 *SIM_COMMON,
                 *sim_args,
             ),
@@ -165,6 +180,17 @@ def _attempt(
     assert len(files) == spills, f"run {name}: {len(files)} spill files, expected {spills}"
     _check_frontend(files[0], sim_args, out)
     return Run(out / "data", out / "truth.h5", time.monotonic() - t0)
+
+
+def _wait_listening(daq: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while b"DAQ listening" not in log.read_bytes():
+        if daq.poll() is not None:
+            return  # failed at start-up (e.g. its port was taken): reported by the caller
+        if time.monotonic() > deadline:
+            daq.kill()
+            raise AssertionError(f"the DAQ did not start listening within {timeout} s; log {log}")
+        time.sleep(0.05)
 
 
 def _check_frontend(path: Path, sim_args: tuple[str, ...], out: Path) -> None:
@@ -233,8 +259,8 @@ def same_detector(runs: list[Run]) -> dict[str, np.ndarray]:
 
 
 def amplitude_response(shape: detector.PulseShape, n: int = 20000) -> float:
-    """Mean ratio of the DAQ's amplitude (``daq.waveform``: maximum sample minus pedestal) to the true pulse
-    height, for the simulator's pulse shape of a class, with the trigger's sub-sample phase uniform."""
+    """Mean ratio of the DAQ's amplitude (``daq.waveform``) to the true pulse height, for the simulator's
+    pulse shape of a class, with the trigger's sub-sample phase uniform (1 for an unbiased estimator)."""
     from daq import waveform
     from simulator import electronics
     from simulator.config import ElectronicsConfig
@@ -247,7 +273,9 @@ def amplitude_response(shape: detector.PulseShape, n: int = 20000) -> float:
     t = np.arange(cfg.n_samples) * period
     w = 1000.0 * electronics.pulse(t[None, :] - peak[:, None], cfg.shape_order, shapes.tau[shape])
     w += detector.NOMINAL_PEDESTAL
-    reco = waveform.reconstruct(np.rint(w)[:, None, :].astype(np.uint16), np.ones(1))
+    reco = waveform.reconstruct(
+        np.rint(w)[:, None, :].astype(np.uint16), np.ones(1), shape=np.array([int(shape)])
+    )
     return float(np.mean(reco.amplitude[:, 0]) / 1000.0)
 
 
@@ -268,7 +296,7 @@ def shower_reference(
     ids = np.concatenate([detector.ECAL_IDS, detector.PRS_IDS])
     out = {}
     for x, y in cells:
-        cfg = sim_config.load(overrides={"beam.beam_cell": [x, y]})
+        cfg = sim_config.load(overrides={"beam.aim_cell": [x, y]})
         model = physics.model_for(cfg)
         batch = physics.generate(n, np.random.default_rng(1), cfg)
         electrons = batch.take(

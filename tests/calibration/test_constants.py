@@ -186,3 +186,22 @@ def test_round_trip_property(
     assert back.errors["gain"][ch] == pytest.approx(gain / 7, rel=1e-6)
     assert back.time_offset_ns[ch] == pytest.approx(toff, rel=1e-6, abs=1e-9)
     assert back.valid_for(run_min) and (back.run_max == c.run_max)
+
+
+def test_ecal_scale_round_trip_default_and_validation(tmp_path: Path) -> None:
+    c = cc.nominal().replace(ecal_scale=1.0142, ecal_scale_error=0.0003)
+    back = cc.load(cc.save(c, tmp_path / "c.json"))
+    assert (back.ecal_scale, back.ecal_scale_error) == (1.0142, 0.0003)
+    doc = json.loads((tmp_path / "c.json").read_text())
+    del doc["ecal_scale"], doc["ecal_scale_error"]  # a file written before the scale existed
+    (tmp_path / "old.json").write_text(json.dumps(doc))
+    old = cc.load(tmp_path / "old.json")
+    assert old.ecal_scale == 1.0 and math.isnan(old.ecal_scale_error)
+    doc["ecal_scale"] = 3.0
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    with pytest.raises(CalibrationError, match=r"bad\.json: .*ecal_scale 3\.0"):
+        cc.load(tmp_path / "bad.json")
+    doc["ecal_scale"] = "1"
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    with pytest.raises(CalibrationError, match="'ecal_scale' is '1'"):
+        cc.load(tmp_path / "bad.json")

@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from calibration.gains import cell_peaks, shower_gains
-from daq import detector
+from calibration.gains import (
+    cell_peaks,
+    complete_amplitudes,
+    fixed_time_amplitudes,
+    relative_delays,
+    shower_gains,
+)
+from daq import detector, waveform
 from tests.calibration import synth
 
 SCAN_EVENTS = 400  # electrons per scanned cell: 30 cells x 400 = 12000 events
@@ -86,3 +92,78 @@ def test_refuses_input_it_cannot_fit() -> None:
         shower_gains(amp, 5e4, prior)  # told 50 GeV for a 100 GeV beam
     with pytest.raises(ValueError, match="target_mev"):
         shower_gains(amp, -1.0, prior)
+
+
+def test_fixed_cells_keep_their_gain_and_pass_on_their_uncertainty(
+    scan: tuple[synth.Truth, np.ndarray, np.ndarray],
+) -> None:
+    """PRS cells fixed at (here: their true) gains, as after the MIP step: the ECAL cells are fitted with
+    them held, and a 2% uncertainty on the held cells widens the ECAL errors."""
+    truth, amp, target = scan
+    prior = detector.nominal_gains()[synth.CALO_IDS]
+    held = np.zeros(60, bool)
+    held[30:] = True
+    prior[30:] = truth.gain[synth.CALO_IDS][30:]
+    sharp = shower_gains(amp, target, prior, prior_rel=np.where(held, 1e-4, 0.15), fixed=held)
+    loose = shower_gains(amp, target, prior, prior_rel=np.where(held, 0.02, 0.15), fixed=held)
+    assert not sharp.determined[30:].any() and sharp.determined[:30].all()
+    np.testing.assert_array_equal(sharp.gain[30:], prior[30:])
+    rel = sharp.gain[:30] / truth.gain[synth.CALO_IDS][:30] - 1
+    assert np.sqrt(np.mean(rel**2)) < 0.01
+    assert np.all(loose.gain_error[:30] > sharp.gain_error[:30])
+    with pytest.raises(ValueError, match="fixed"):
+        shower_gains(amp, target, prior, fixed=held[:10])
+
+
+def _template(dt: np.ndarray, cls: int) -> np.ndarray:
+    return waveform.template(dt, 3, waveform.shape_fwhm(waveform.RecoConfig())[detector.PulseShape(cls)])
+
+
+def test_fixed_time_amplitudes_are_unbiased_below_the_threshold() -> None:
+    """Small pulses (2 counts, under a 5 x 1.5 count threshold) and no pulse at all: the fixed-time fit
+    averages to the true height (and to 0), where the DAQ's maximum sample reads ~+2 sigma; a cell's delay
+    relative to the event time is measured from its large pulses."""
+    rng = np.random.default_rng(3)
+    n = 4000
+    amp = np.zeros((n, 3))
+    amp[:, 0] = 2.0  # small EM pulse
+    amp[: n // 2, 2] = 800.0  # a big pulse in half the events, 4 ns late: measures the delay
+    peak = 125.0 + rng.uniform(-3, 3, n)
+    delay = np.array([0.0, 0.0, 4.0])
+    # CR-RC^3 EM pulses (the simulator's and the template's shape) on even/odd pedestals, 1.5 counts noise
+    t = np.arange(detector.N_SAMPLES) * detector.SAMPLE_PERIOD_NS
+    dt = t[None, None, :] - (peak[:, None] + delay[None, :])[:, :, None]
+    w = amp[:, :, None] * _template(dt, 0) + rng.normal(0.0, 1.5, (n, 3, t.size))
+    w[:, :, 0::2] += 200.0
+    w[:, :, 1::2] += 203.0
+    w = np.rint(w).astype(np.uint16)
+    shape = np.zeros(3, int)
+    fwhm = {int(k): v for k, v in waveform.shape_fwhm(waveform.RecoConfig()).items()}
+    r = waveform.reconstruct(w, np.ones(3), shape=shape)
+    d = relative_delays(r.peak_time, r.amplitude, peak, 30.0)
+    assert d[0] == 0.0 and d[1] == 0.0  # no large pulses: no delay measured
+    fit = fixed_time_amplitudes(w, peak, shape, _template, fwhm, 6, offset_ns=d)
+    assert fit[:, 0].mean() == pytest.approx(2.0, abs=0.1)
+    assert fit[:, 1].mean() == pytest.approx(0.0, abs=0.05)
+    assert r.amplitude[:, 1].mean() > 1.5  # what the DAQ's estimator gives for noise alone
+    full = complete_amplitudes(r.amplitude, fit, np.full(3, 7.5))
+    np.testing.assert_array_equal(full[:, 1], fit[:, 1])
+    big = amp[:, 2] > 0
+    np.testing.assert_array_equal(full[big, 2], r.amplitude[big, 2])
+    assert d[2] == pytest.approx(4.0, abs=2.0)  # vertex time of synthesize's pulse vs its true peak
+
+
+def test_a_mixed_beam_with_45_percent_muons_fits_the_electrons(
+    scan: tuple[synth.Truth, np.ndarray, np.ndarray],
+) -> None:
+    """Muons (~1% of the beam energy in the calorimeter) as 45% of the events: they are left out before
+    the electron peak is looked for, and the gains are those of the electrons alone."""
+    _, amp, target = scan
+    n_mu = int(0.45 / 0.55 * amp.shape[0])
+    rng = np.random.default_rng(9)
+    muons = amp[rng.integers(0, amp.shape[0], n_mu)] * 0.01
+    prior = detector.nominal_gains()[synth.CALO_IDS]
+    mixed = shower_gains(np.concatenate([amp, muons]), np.concatenate([target, target[:n_mu]]), prior)
+    alone = shower_gains(amp, target, prior)
+    np.testing.assert_allclose(mixed.gain, alone.gain, rtol=1e-9)
+    assert mixed.n_input == amp.shape[0] + n_mu

@@ -97,3 +97,34 @@ def test_bad_input_shapes() -> None:
         P.initial_pedestals(np.zeros((3, 4)))
     with pytest.raises(ValueError, match="channels"):
         P.PedestalAccumulator(np.zeros(3), np.zeros(3), np.ones(3)).add(np.zeros((2, 4, 32), np.uint16))
+
+
+def test_dead_channel_has_no_signal_where_its_neighbourhood_predicts_one() -> None:
+    """A shower on ECAL23 with a product-like lateral profile (falling 20x per cell far from the centre):
+    a dead cell next to it (mean fixed-time signal 0) is found, and a dead beam counter; a live cell far
+    out with a tiny signal, and cells nobody's particles reach, are not judged dead."""
+    px = np.array([0.002, 0.05, 1.0, 0.05, 0.002])
+    py = np.array([0.0005, 0.01, 0.2, 1.0, 0.2, 0.01])
+    mean = np.zeros(detector.N_CHANNELS)
+    err = np.full(detector.N_CHANNELS, 0.03)
+    for x in range(detector.ECAL_NX):
+        for y in range(detector.ECAL_NY):
+            mean[detector.ecal_id(x, y)] = 3000.0 * px[x] * py[y]
+    for name in detector.BEAM_COUNTERS:
+        mean[detector.counter_id(name)] = 300.0
+    mean[detector.ecal_id(2, 2)] = 0.01  # dead, next to the beam cell
+    mean[detector.counter_id("S2")] = -0.02  # dead counter
+    dead, reasons = P.dead_by_signal(mean, err, 5000)
+    assert {detector.channel_name(int(c)) for c in np.flatnonzero(dead)} == {"ECAL22", "S2"}
+    assert reasons[0].startswith("ECAL22: dead (mean signal 0.01 +- 0.03 counts in 5000 triggered events")
+    expected = P.expected_signal(mean, err)
+    assert expected[detector.ecal_id(2, 2)] == pytest.approx(600.0)  # S(2,3) S(1,2) / S(1,3)
+    assert expected[detector.ecal_id(0, 0)] == pytest.approx(
+        mean[detector.ecal_id(0, 0)], rel=1e-6
+    ) or np.isnan(expected[detector.ecal_id(0, 0)])
+    assert set(P.neighbours(detector.ecal_id(0, 0)).tolist()) == {
+        detector.ecal_id(1, 0),
+        detector.ecal_id(0, 1),
+    }
+    with pytest.raises(ValueError, match="entries"):
+        P.dead_by_signal(mean[:10], err[:10], 100)

@@ -83,3 +83,17 @@ def test_selection_config_is_validated() -> None:
         spectra.MuonSelection(hcal_module_min_gev=5.0, hcal_module_max_gev=1.0)
     with pytest.raises(ValueError, match="amp"):
         spectra.peak_gains(np.zeros((5, 2)), np.zeros((5, 3), bool), np.arange(2), 1.0)
+
+
+def test_prs_cell_in_front_of_the_crossed_ecal_cell() -> None:
+    e = np.zeros((3, detector.N_CHANNELS))
+    e[0, detector.ecal_id(1, 4)] = 0.5  # muon through ECAL14
+    e[1, detector.ecal_id(3, 0)] = 0.5  # selected, but its energy is shared: left out
+    e[1, detector.ecal_id(3, 1)] = 0.6
+    e[2, detector.ecal_id(0, 0)] = 0.5  # not a selected event
+    hits = spectra.prs_cell_hits(e, np.array([True, True, False]), min_share=0.6)
+    assert hits.shape == (3, 30)
+    assert np.flatnonzero(hits[0]).tolist() == [
+        int(np.flatnonzero(detector.prs_id(1, 4) == detector.PRS_IDS)[0])
+    ]
+    assert not hits[1].any() and not hits[2].any()
