@@ -123,6 +123,7 @@ def main() -> int:
             stderr=subprocess.STDOUT,
         )
         t_start = time.monotonic()
+        mono_to_wall = time.time() - t_start  # wall-clock = monotonic + this
         limit = t_start + 120 + args.spills * args.spill_period * 1.5
         next_sample = 0.0
         while daq.poll() is None and time.monotonic() < limit:
@@ -200,6 +201,23 @@ def main() -> int:
             print(
                 f"na64 daq CPU share in 0.25 s windows: median {100 * busy[len(busy) // 2]:.1f}%, "
                 f"90th percentile {100 * top:.1f}%, max {100 * busy[-1]:.1f}% of one core"
+            )
+        # in-spill share: the windows inside [end - spill length, end] of a spill (front-end's SPILL_END)
+        spans = [
+            (doc["t_end_ns"] / 1e9 - mono_to_wall - args.spill_length, doc["t_end_ns"] / 1e9 - mono_to_wall)
+            for doc, _ in summaries.values()
+            if doc.get("t_end_ns")
+        ]
+        in_cpu = in_wall = 0.0
+        for a, b in itertools.pairwise(samples):
+            mid = 0.5 * (a[0] + b[0])
+            if any(lo <= mid <= hi for lo, hi in spans):
+                in_cpu += b[1] - a[1]
+                in_wall += b[0] - a[0]
+        if in_wall > 0:
+            print(
+                f"na64 daq CPU share during the spills (windows inside the {args.spill_length:g} s spills): "
+                f"{100 * in_cpu / in_wall:.1f}% of one core (target <= 50%)"
             )
         beam_s = args.spills * args.spill_length
         print(
