@@ -10,16 +10,22 @@ appears).
 
 Prints spills/s, events/s, recorded particles/s and the speed relative to real time, for two
 definitions of real time: the run's duration in the SPS cycle (spills x spill period, 10.8 s by default)
-and the beam time alone (spills x spill length). Target: >= 20x (spill-period definition).
+and the beam time alone (spills x spill length). Target: >= 20x (spill-period definition): MET/MISSED.
+
+CPU seconds of every process (wait4 rusage) in total and per spill, also net of each process's idle
+start-up cost (measured once: the DAQ and DQM started without traffic, the replay's ``--help``), and
+the front-end alone: the replay into a sink in this process that requests every recorded particle and
+random window of each slice, as the DAQ does. The machine is shared: wall-clock figures depend on the
+load (printed); CPU seconds do not. ``--profile DIR`` runs every process under cProfile (per thread).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import re
-import resource
 import shlex
 import subprocess
 import sys
@@ -33,8 +39,49 @@ from daq.demo import free_port
 ROOT = Path(__file__).resolve().parents[1]
 
 
+#: set by --profile DIR: every na64 process runs under cProfile (one file per process and thread)
+PROFILE_DIR: Path | None = None
+
+
 def na64(*args: str) -> list[str]:
-    return [sys.executable, "-m", "daq", "--log-level", "WARNING", *args]
+    cmd = ["--log-level", "WARNING", *args]
+    if PROFILE_DIR is not None:
+        return [sys.executable, __file__, "--profiled-child", str(PROFILE_DIR / args[0]), *cmd]
+    return [sys.executable, "-m", "daq", *cmd]
+
+
+def profiled_child(prefix: str, argv: list[str]) -> int:
+    """Run ``na64 ARGV`` with a cProfile per thread, timed in thread CPU seconds (waiting for a socket,
+    a lock or the GIL does not count); writes PREFIX.<thread>.prof and PREFIX.threads.txt (CPU s)."""
+    import cProfile
+    import threading
+
+    cpu: list[tuple[str, float]] = []
+    original = threading.Thread.run
+
+    def run(self: threading.Thread) -> None:
+        prof = cProfile.Profile(time.thread_time)  # CPU time of the thread: waits do not count
+        prof.enable()
+        try:
+            original(self)
+        finally:
+            prof.disable()
+            cpu.append((self.name, time.thread_time()))
+            prof.dump_stats(f"{prefix}.{self.name}.prof")
+
+    threading.Thread.run = run  # type: ignore[method-assign]
+    sys.path.insert(0, str(ROOT))
+    from daq.cli import main as cli_main
+
+    prof = cProfile.Profile(time.thread_time)
+    prof.enable()
+    try:
+        return cli_main(argv)
+    finally:
+        prof.disable()
+        cpu.append(("main", time.thread_time()))
+        prof.dump_stats(f"{prefix}.main.prof")
+        Path(f"{prefix}.threads.txt").write_text("".join(f"{n} {c:.3f}\n" for n, c in cpu))
 
 
 class Proc:
@@ -180,15 +227,35 @@ def replay(run_dir: Path, out_dir: Path) -> dict[str, float]:
             p.stop()
 
 
-def replay_to_sink(run_dir: Path) -> float:
-    """The replay front-end alone: into a ROUTER in this process that requests every particle of every
-    slice (and nothing else) and drops the fragments. Returns the wall time of the replay process."""
+def random_windows(run_dir: Path) -> dict[tuple[int, int, int], list[int]]:
+    """Recorded random-trigger times by (run, spill, slice)."""
+    sys.path.insert(0, str(ROOT))
+    from daq import protocol
+    from daq.files import SpillFile, list_spill_files
+
+    out: dict[tuple[int, int, int], list[int]] = {}
+    for path in list_spill_files(run_dir):
+        with SpillFile(path) as f:
+            if any(key[:2] == (f.run, f.spill) for key in out):
+                continue  # the same spill again (a copy): the same windows
+            ev = f.events(["slice", "index", "t_ns"])
+            rnd = ev["index"] == protocol.NO_PARTICLE
+            for k, t in zip(ev["slice"][rnd].tolist(), ev["t_ns"][rnd].tolist(), strict=True):
+                out.setdefault((f.run, f.spill, k), []).append(t)
+    return out
+
+
+def replay_to_sink(run_dir: Path) -> tuple[float, float]:
+    """The replay front-end alone: into a ROUTER in this process that requests, per slice, every particle
+    and the recorded random windows in time order (what the replaying DAQ asks) and drops the fragments.
+    Returns the wall time and the CPU seconds of the replay process."""
     import numpy as np
     import zmq
 
     sys.path.insert(0, str(ROOT))
     from daq import protocol
 
+    randoms = random_windows(run_dir)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     port = sock.bind_to_random_port("tcp://127.0.0.1")
@@ -204,21 +271,55 @@ def replay_to_sink(run_dir: Path) -> float:
             ident, *frames = sock.recv_multipart(copy=False)
             msg = protocol.decode(frames)
             if isinstance(msg, protocol.Slice):
-                idx = np.arange(msg.n_particles, dtype=np.uint32)
+                rt = randoms.get((msg.run, msg.spill, msg.slice_id), [])
+                idx = np.concatenate(
+                    [
+                        np.arange(msg.n_particles, dtype=np.uint32),
+                        np.full(len(rt), protocol.NO_PARTICLE, np.uint32),
+                    ]
+                )
+                t = np.concatenate([np.asarray(msg.t_ns, np.int64), np.asarray(rt, np.int64)])
+                order = np.lexsort((idx, t))
                 req = protocol.ReadoutRequest(
                     run=msg.run,
                     spill=msg.spill,
                     slice_id=msg.slice_id,
                     n_events=idx.size,
-                    index=idx,
-                    t_ns=np.asarray(msg.t_ns),
+                    index=idx[order],
+                    t_ns=t[order],
                 )
                 sock.send_multipart([ident, *protocol.encode(seq.stamp(req))], copy=False)
-        return time.monotonic() - t0
+        rep.wait(60)
+        return time.monotonic() - t0, rep.cpu_s
     finally:
         rep.stop()
         sock.close(0)
         ctx.term()
+
+
+def idle_cpu() -> dict[str, float]:
+    """CPU seconds of each process's start-up without traffic: DAQ and DQM run 2 s idle, replay --help."""
+    publish = f"tcp://127.0.0.1:{free_port()}"
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-replay-idle-") as tmp:
+        daq = Proc(
+            "daq",
+            na64(
+                "daq", "--endpoint", f"tcp://127.0.0.1:{free_port()}", "--publish", publish, "--data-dir", tmp
+            ),
+        )
+        dqm = Proc("dqm", na64("dqm", "--source", publish, "--port", "0"), capture=True)
+        try:
+            _wait_url(dqm, 120)
+            time.sleep(2.0)
+        finally:
+            for p in (daq, dqm):
+                p.stop()
+        out["daq"], out["dqm"] = daq.cpu_s, dqm.cpu_s
+    rep = Proc("replay", na64("replay", "--help"))
+    rep.wait(60)
+    out["replay"] = rep.cpu_s
+    return out
 
 
 def _wait_url(dqm: Proc, timeout: float) -> str:
@@ -262,15 +363,30 @@ def totals(run_dir: Path) -> dict[str, float]:
 
 
 def main() -> int:
+    global PROFILE_DIR
+    if len(sys.argv) > 2 and sys.argv[1] == "--profiled-child":
+        return profiled_child(sys.argv[2], sys.argv[3:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--run-dir", type=Path, default=None, help="replay this run directory (default: record one)"
     )
-    ap.add_argument("--spills", type=int, default=4, help="spills to record")
+    ap.add_argument("--spills", type=int, default=3, help="spills to record")
     ap.add_argument("--rate", type=float, default=2e6, help="beam rate of the recording, Hz")
-    ap.add_argument("--spill-length", type=float, default=1.0, help="spill length of the recording, s")
+    ap.add_argument(
+        "--spill-length",
+        type=float,
+        default=4.8,
+        help="spill length of the recording, s (4.8: full SPS spills)",
+    )
     ap.add_argument("--spill-period", type=float, default=10.8, help="spill period of the recording, s")
     ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="run the replay, DAQ and DQM under cProfile (per thread) into DIR (slower; skips the sink run)",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-replay-") as tmp:
         run_dir = args.run_dir
@@ -278,34 +394,54 @@ def main() -> int:
             run_dir = Path(tmp) / "recorded"
             record(run_dir, args.spills, args.rate, args.spill_length, args.spill_period, args.seed)
         rec = totals(run_dir)
-        sink_wall = replay_to_sink(run_dir)
+        load0 = os.getloadavg()[0]
+        idle = idle_cpu() if args.profile is None else {"replay": 0.0, "daq": 0.0, "dqm": 0.0}
+        sink_wall, sink_cpu = replay_to_sink(run_dir) if args.profile is None else (float("nan"),) * 2
+        if args.profile is not None:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            PROFILE_DIR = args.profile.resolve()
         res = replay(run_dir, Path(tmp) / "replayed")
         out = totals(Path(tmp) / "replayed")
-    wall = res["wall_s"]
+    wall, n = res["wall_s"], max(rec["spills"], 1.0)
+    load1 = os.getloadavg()[0]
+    print(f"load average (1 min) before / after: {load0:.2f} / {load1:.2f} on {os.cpu_count()} cores")
     print(
-        f"run directory: {int(rec['spills'])} spills, {int(rec['events'])} events, "
-        f"{int(rec['particles'])} recorded particles, {rec['beam_s']:.1f} s of beam in {rec['period_s']:.1f} s"
+        f"run directory: {int(rec['spills'])} spills, {int(rec['events'])} events "
+        f"({rec['events'] / n:.0f} per spill), {int(rec['particles'])} recorded particles, "
+        f"{rec['beam_s']:.1f} s of beam in {rec['period_s']:.1f} s"
     )
     print(
         f"replayed through DAQ + live DQM in {wall:.2f} s: {out['spills'] / wall:.2f} spills/s, "
         f"{out['events'] / wall:.0f} events/s, {out['particles'] / wall:.0f} particles/s"
     )
+    speed = rec["period_s"] / wall
     print(
-        f"speed: {rec['period_s'] / wall:.1f} x real time (spill period), "
-        f"{rec['beam_s'] / wall:.1f} x beam time (spill length); target >= 20x real time"
+        f"speed: {speed:.1f} x real time (spill period), {rec['beam_s'] / wall:.1f} x beam time (spill length); "
+        f"target >= 20x real time: {'MET' if speed >= 20 else 'MISSED'}"
     )
+    print("CPU s per process: total, per spill, per spill net of start-up (idle start-up CPU s)")
+    for name in ("replay", "daq", "dqm"):
+        cpu = res[f"cpu_{name}"]
+        print(
+            f"  {name:6s} {cpu:7.2f}  {cpu / n:6.2f}  {(cpu - idle[name]) / n:6.2f}   (start-up {idle[name]:.2f})"
+        )
+    total_net = sum(res[f"cpu_{k}"] - idle[k] for k in ("replay", "daq", "dqm")) / n
+    cores = os.cpu_count() or 1
     print(
-        f"replay front-end alone (into a sink that reads every particle out): {sink_wall:.2f} s = "
-        f"{rec['particles'] / sink_wall:.0f} events/s, {rec['period_s'] / sink_wall:.1f} x real time "
-        "(process start-up included)"
+        f"  all    {sum(res[f'cpu_{k}'] for k in ('replay', 'daq', 'dqm')):7.2f}  "
+        f"{sum(res[f'cpu_{k}'] for k in ('replay', 'daq', 'dqm')) / n:6.2f}  {total_net:6.2f}   "
+        f"=> CPU-bound limit on {cores} cores: {rec['period_s'] / n / max(total_net / cores, 1e-9):.1f} x real time"
     )
+    if not math.isnan(sink_wall):
+        print(
+            f"replay front-end alone (into a sink reading out every particle and random window): "
+            f"{sink_wall:.2f} s = {rec['events'] / sink_wall:.0f} events/s, "
+            f"{rec['period_s'] / sink_wall:.1f} x real time (start-up included); CPU {sink_cpu:.2f} s = "
+            f"{sink_cpu / n:.2f} s per spill, {(sink_cpu - idle['replay']) / n:.2f} net of start-up"
+        )
     print(
         f"events re-recorded: {int(out['events'])} of {int(rec['events'])}; events not sent to the DQM "
-        f"(monitor_skipped): {int(out['skipped'])}"
-    )
-    print(
-        f"CPU s: replay {res['cpu_replay']:.2f}, daq {res['cpu_daq']:.2f}, dqm {res['cpu_dqm']:.2f} "
-        f"(self {resource.getrusage(resource.RUSAGE_SELF).ru_utime:.2f})"
+        f"(monitor_skipped, sampled by the DAQ): {int(out['skipped'])}"
     )
     return 0 if out["events"] == rec["events"] else 1
 

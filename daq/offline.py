@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -116,6 +117,8 @@ def map_spills(
     workers: int | None = None,
     threads_per_worker: int = 1,
     progress_every_s: float = 5.0,
+    on_result: Callable[[Path, T], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> OfflineResult[T]:
     """Apply ``func`` to every spill file in parallel and return the results in input order.
 
@@ -124,35 +127,89 @@ def map_spills(
     stopped afterwards. ``workers=0`` runs everything in this process without dask (debugging, tiny
     inputs). Unreadable files are skipped (logged once each, counted); progress is logged every
     ``progress_every_s`` seconds.
+
+    ``on_result(path, result)`` (optional) is called in this thread, in input order, as soon as a file
+    and all files before it are done (streaming consumers, e.g. the DQM server). ``stop`` (optional)
+    ends the run early: pending tasks are cancelled and the results so far are returned.
     """
     paths = [str(Path(f)) for f in files]
     t0 = time.perf_counter()
     if workers is not None and workers < 0:
         raise UserError(f"--workers must be >= 0 (got {workers})")
     progress = _Progress(len(paths), progress_every_s)
+    ordered = _InOrder(paths, on_result)
     if scheduler is None and (workers == 0 or not paths):
-        rows = []
         for p in paths:
-            rows.append(_guarded(func, p))
+            if stop is not None and stop.is_set():
+                break
+            ordered.add(_guarded(func, p))
             progress.step()
-        return _collect(paths, rows, t0, 0)
+        return _collect(ordered.done_paths(), ordered.rows, t0, 0)
     with _client(scheduler, workers, threads_per_worker, len(paths)) as (client, n_workers):
         log.info("offline run over %d files on %d dask workers", len(paths), n_workers)
         futures = client.map(_guarded, [func] * len(paths), paths, pure=False)
-        rows = []
         from dask.distributed import as_completed
 
         try:
-            for fut in as_completed(futures):
-                rows.append(fut.result())
-                progress.step()
+            done = as_completed(futures)
+            while not done.is_empty():
+                if stop is not None and stop.is_set():
+                    log.info("offline run stopped after %d of %d files", len(ordered.rows), len(paths))
+                    _cancel_and_drain(client, futures)
+                    break
+                batch = done.next_batch(block=False)
+                if not batch:
+                    time.sleep(0.02)
+                    continue
+                for fut in batch:
+                    ordered.add(fut.result())
+                    progress.step()
         except Exception as e:
             for f in futures:
                 f.cancel()
             if isinstance(e, UserError | DaqError):
                 raise
             raise OfflineError(f"offline run failed in a worker: {type(e).__name__}: {e}") from e
-        return _collect(paths, rows, t0, n_workers)
+        return _collect(ordered.done_paths(), ordered.rows, t0, n_workers)
+
+
+def _cancel_and_drain(client: Any, futures: list[Any], timeout_s: float = 5.0) -> None:
+    """Cancel the pending tasks and let the running ones end (bounded), so the cluster closes quietly."""
+    for f in futures:
+        f.cancel()
+    deadline = time.monotonic() + timeout_s
+    with contextlib.suppress(Exception):  # best effort: the cluster is closed next anyway
+        while time.monotonic() < deadline and any(client.processing().values()):
+            time.sleep(0.05)
+
+
+class _InOrder:
+    """Collects per-file rows as they complete; hands kept results to ``on_result`` in input order."""
+
+    def __init__(self, paths: list[str], on_result: Callable[[Path, Any], None] | None) -> None:
+        self.paths, self.on_result = paths, on_result
+        self.rows: list[tuple[str, Any, str]] = []
+        self._index: dict[str, list[int]] = {}
+        for i, p in enumerate(paths):
+            self._index.setdefault(p, []).append(i)
+        self._ready: dict[int, tuple[str, Any, str]] = {}
+        self._next = 0
+
+    def add(self, row: tuple[str, Any, str]) -> None:
+        self.rows.append(row)
+        if self.on_result is None:
+            return
+        self._ready[self._index[row[0]].pop(0)] = row
+        while self._next in self._ready:
+            path, value, reason = self._ready.pop(self._next)
+            self._next += 1
+            if not reason:
+                self.on_result(Path(path), value)
+
+    def done_paths(self) -> list[str]:
+        """The input paths whose row arrived, in input order."""
+        got = {r[0] for r in self.rows}
+        return [p for p in self.paths if p in got]
 
 
 class _Progress:
@@ -212,7 +269,9 @@ def _client(
             threads_per_worker=threads_per_worker,
             processes=True,
             host="127.0.0.1",
-            dashboard_address=None,
+            # no dashboard; its HTTP server (metrics) on a free port, never the shared default 8787
+            dashboard_address="127.0.0.1:0",
+            scheduler_kwargs={"dashboard": False},
         ) as cluster,
         Client(cluster) as client,
     ):

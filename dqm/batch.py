@@ -42,11 +42,18 @@ class Batch:
     e_veto: NDArray[np.float32]
     e_srd: NDArray[np.float32]
     energy: NDArray[np.float32]  # (n, N_CHANNELS)
-    waveform: NDArray[np.uint16] | None  # (N_CHANNELS, n_samples) of the last event, or None
+    #: (W, N_CHANNELS, n_samples) sampled waveforms (the live DAQ sends its batch's last event: W = 1;
+    #: files send one per ``dqm.sources.FILE_BATCH`` events), or None
+    waveforms: NDArray[np.uint16] | None
 
     @property
     def n(self) -> int:
         return int(self.t_ns.shape[0])
+
+    @property
+    def waveform(self) -> NDArray[np.uint16] | None:
+        """(N_CHANNELS, n_samples) of the batch's last sampled event (the waveform view), or None."""
+        return None if self.waveforms is None else self.waveforms[-1]
 
     @classmethod
     def from_events(cls, msg: protocol.Events) -> Batch:
@@ -64,7 +71,7 @@ class Batch:
                     f"EVENTS run {msg.run} spill {msg.spill}: waveforms have {msg.waveforms.shape[1]} "
                     f"channels, expected {detector.N_CHANNELS}"
                 )
-            wf = msg.waveforms[-1]
+            wf = msg.waveforms
         s = msg.sums
         return cls(
             run=msg.run,
@@ -80,7 +87,7 @@ class Batch:
             e_veto=s[SUM_ROWS["e_veto"]],
             e_srd=s[SUM_ROWS["e_srd"]],
             energy=msg.energy,
-            waveform=wf,
+            waveforms=wf,
         )
 
 

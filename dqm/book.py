@@ -148,8 +148,8 @@ class Book:
         """Fill every histogram from one batch."""
         a = self.arrays
         a["n_skipped"][0] += b.n_skipped
-        if b.waveform is not None:
-            self._fill_pedestals(b.waveform)
+        if b.waveforms is not None and b.waveforms.shape[0]:
+            self._fill_pedestals(b.waveforms)
         if b.n == 0:
             return
         e_beam = self.spec.beam_energy_gev
@@ -201,22 +201,27 @@ class Book:
         self.times.fill(rows, np.concatenate([t[s] for s in sels]))
 
     def _fill_pedestals(self, wf: NDArray[np.uint16]) -> None:
+        """Pre-sample sums of (W, N_CH, S) (or one (N_CH, S)) waveforms, vectorized over W.
+
+        Every sum is of integers (ADC counts) in float64, so it does not depend on how the waveforms
+        are batched.
+        """
         a = self.arrays
+        wf = wf.reshape(-1, N_CH, wf.shape[-1])
         # a channel always shows its pedestal: all-zero samples mean the source sent nothing
-        live: NDArray[np.bool_] = np.asarray(wf.any(axis=1))
-        a["wf_n"][0] += 1
+        live: NDArray[np.bool_] = np.asarray(wf.any(axis=2))  # (W, N_CH)
+        a["wf_n"][0] += wf.shape[0]
         for g, ids in enumerate(detector.GROUP_IDS):
-            a["wf_zero_group"][g] += not live[ids].any()
-        pre = wf[:, : self.spec.presamples].astype(np.float64)
+            a["wf_zero_group"][g] += np.count_nonzero(~live[:, ids].any(axis=1))
+        pre = wf[:, :, : self.spec.presamples].astype(np.float64)
         # a pulse (pile-up) inside the pre-samples is not pedestal: skip that channel in this waveform
-        clean = live & (np.ptp(pre, axis=1) <= self.spec.presample_max_spread)
+        clean = live & (np.ptp(pre, axis=2) <= self.spec.presample_max_spread)
         a["ped_piled_up"][0] += np.count_nonzero(live & ~clean)
-        live = clean
-        pre[~live] = np.nan
-        for row, cols in enumerate((pre[:, 0::2], pre[:, 1::2])):
-            a["ped_n"][row] += np.where(live, cols.shape[1], 0)
-            a["ped_sum"][row] += np.nansum(cols, axis=1)
-            a["ped_sum2"][row] += np.nansum(cols * cols, axis=1)
+        pre *= clean[:, :, None]  # channels not used contribute zeros
+        for row, cols in enumerate((pre[:, :, 0::2], pre[:, :, 1::2])):
+            a["ped_n"][row] += np.count_nonzero(clean, axis=0) * cols.shape[2]
+            a["ped_sum"][row] += cols.sum(axis=(0, 2))
+            a["ped_sum2"][row] += (cols * cols).sum(axis=(0, 2))
 
     # ------------------------------------------------------------ arithmetic
     def add(self, other: Book) -> Book:

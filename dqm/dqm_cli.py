@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import ipaddress
 import logging
+import os
 from typing import Any
 
 from dqm.errors import DqmUserError
@@ -71,6 +72,20 @@ def register(subparsers: Any) -> None:
         help="beam energy in GeV (default: config value, 100)",
     )
     p.add_argument("--show", action="store_true", help="open the page in a browser")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="offline: fill the files on a local dask cluster of N processes, 0 = in this process "
+        "(default: one per core, at most one per file; a single file is read in this process)",
+    )
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="offline: fill the files on an existing dask cluster (scheduler address, e.g. tcp://head:8786)",
+    )
     p.set_defaults(run=run_dqm)
 
     r = subparsers.add_parser(
@@ -132,6 +147,7 @@ def run_dqm(args: argparse.Namespace) -> int:
 
     if args.files and args.source:
         raise DqmUserError("give either FILES (offline) or --source (live), not both")
+    workers, scheduler = _offline_engine(args)
     if not 0 <= args.port < 65536:
         raise DqmUserError(f"--port {args.port} is not in 0..65535")
     config = load_config(args.config, beam_energy_gev=args.beam_energy)
@@ -148,6 +164,8 @@ def run_dqm(args: argparse.Namespace) -> int:
         allow_origins=[_check_origin(o) for o in args.allow_origin],
         mqtt_url=args.mqtt,
         reference=ref,
+        workers=workers,
+        scheduler=scheduler,
     )
     if args.show:
         import threading
@@ -155,6 +173,27 @@ def run_dqm(args: argparse.Namespace) -> int:
 
         threading.Timer(1.0, webbrowser.open, args=(service.url,)).start()
     return asyncio.run(service.run())
+
+
+def _offline_engine(args: argparse.Namespace) -> tuple[int, str | None]:
+    """(workers, scheduler) for ``na64 dqm FILES``: 0 workers and no scheduler = read in this process."""
+    workers, scheduler = args.workers, args.scheduler
+    if not args.files:
+        if workers is not None or scheduler:
+            raise DqmUserError("--workers/--scheduler are for offline mode (FILES), not for a live --source")
+        return 0, None
+    if workers is not None and workers < 0:
+        raise DqmUserError(f"--workers must be >= 0 (got {workers})")
+    if scheduler:
+        if workers:
+            raise DqmUserError("give either --workers (a local cluster) or --scheduler (an existing one)")
+        return 0, scheduler
+    if workers is None:
+        from daq.offline import collect_spill_files
+
+        n_files = len(collect_spill_files(args.files)[0])
+        workers = min(os.cpu_count() or 1, n_files) if n_files > 1 else 0
+    return workers, None
 
 
 def run_reference(args: argparse.Namespace) -> int:

@@ -253,6 +253,21 @@ class Monitor:
         book.fill(batch)
         self._after_fill(batch, key[1])
 
+    def add_filled(self, run: int, spill: int, book: Book, n_batches: int) -> None:
+        """Add a book filled elsewhere (a parallel offline worker, :mod:`dqm.offline`) from ``n_batches``
+        EVENTS messages into the open book of (run, spill), counted as if they had been handled here.
+        The spill must be open (one of its messages handled here); its last message sets the waveform view.
+        """
+        key = (run, spill)
+        if key not in self.open:
+            raise KeyError(f"run {run} spill {spill} is not open")
+        self.open[key].add(book)
+        self.counters.messages += n_batches
+        self.counters.batches += n_batches
+        self.counters.events += book.n_events
+        self.counters.skipped_by_daq += int(book.arrays["n_skipped"][0])
+        self.version += 1
+
     def _after_fill(self, batch: Batch, spill: int) -> None:
         self.current_spill = spill
         self.counters.batches += 1

@@ -30,7 +30,7 @@ from dqm.book import Book, BookSpec
 from dqm.config import DqmConfig
 from dqm.errors import DqmUserError
 from dqm.monitor import Monitor, SpillClosed
-from dqm.sources import file_messages
+from dqm.sources import OFFLINE_MESSAGE_EVENTS, file_messages
 
 FORMAT = "na64-dqm-reference"
 FORMAT_VERSION = 1
@@ -56,7 +56,7 @@ def promote(
     summaries: list[dict[str, Any]] = []
     files: list[str] = []
     skipped: list[str] = []
-    for msg in file_messages(paths, config.beam_energy_gev):
+    for msg in file_messages(paths, config.beam_energy_gev, events_per_message=OFFLINE_MESSAGE_EVENTS):
         for notice in mon.handle(msg, time.time()):
             if not isinstance(notice, SpillClosed):
                 continue

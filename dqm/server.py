@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bokeh.application import Application
 from bokeh.application.handlers.function import FunctionHandler
@@ -37,6 +37,10 @@ from dqm.config import DqmConfig
 from dqm.monitor import AlarmChanged, Monitor, Notice, SpillClosed
 from dqm.mqtt import BrokerAddress, MqttPublisher
 from dqm.sources import FileSource, LiveSource
+
+if TYPE_CHECKING:
+    from dqm.book import Book
+    from dqm.offline import ParallelFileSource
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +73,8 @@ class DqmService:
         allow_origins: Sequence[str] = (),
         mqtt_url: str | None = None,
         reference: Baseline | None = None,
+        workers: int | None = None,
+        scheduler: str | None = None,
     ) -> None:
         self.config = config
         self.mode = "live" if source else "offline"
@@ -87,9 +93,16 @@ class DqmService:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self._live: LiveSource | None = None
-        self._files: FileSource | None = None
+        self._files: FileSource | ParallelFileSource | None = None
         if source:
             self._live = LiveSource(source, self._handle, on_error=self._decode_error)
+        elif scheduler is not None or (workers is not None and workers > 0):
+            from dqm.offline import ParallelFileSource  # dask only when asked for
+
+            # files filled on dask workers, handed to the monitor in file order
+            self._files = ParallelFileSource(
+                files, self._handle, self._add_filled, config, workers=workers, scheduler=scheduler
+            )
         else:
             self._files = FileSource(files, self._handle, config.beam_energy_gev)
         self.url = f"http://{host}:{self.port}/"
@@ -102,6 +115,10 @@ class DqmService:
             notices = self.monitor.handle(msg, time.time())
         if notices and self.loop is not None:
             self.loop.call_soon_threadsafe(self._publish_notices, notices)
+
+    def _add_filled(self, run: int, spill: int, book: Book, n_batches: int) -> None:
+        with self.lock:
+            self.monitor.add_filled(run, spill, book, n_batches)
 
     def _decode_error(self, kind: str) -> None:
         with self.lock:

@@ -16,6 +16,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zmq
@@ -29,8 +30,14 @@ log = logging.getLogger(__name__)
 Handler = Callable[[protocol.Message], None]
 ErrorHandler = Callable[[str], None]
 
-#: events per batch when replaying files (the DAQ publishes per slice: tens of events)
+#: files: one waveform (the last event's) is sampled per this many events, like a live batch
 FILE_BATCH = 10
+#: events per EVENTS message for the offline consumers (reference, parallel books, ``na64 dqm FILES``):
+#: big messages carry one sampled waveform per FILE_BATCH events, so the books get the same pedestal
+#: samples as with FILE_BATCH-event messages, with a thousand times fewer fills
+OFFLINE_MESSAGE_EVENTS = 8000
+#: waveforms are read (decompressed) in blocks of this many events
+READ_BLOCK = 1024
 
 
 def check_endpoint(endpoint: str) -> str:
@@ -122,38 +129,82 @@ class LiveSource:
                 log.exception("error handling %s (%d so far)", type(msg).__name__, self.handler_errors)
 
 
+def sampled_waveforms(f: Any, batch_size: int) -> np.ndarray:
+    """(ceil(E / batch_size), 110, S) waveforms of the last event of every ``batch_size`` events of an
+    open :class:`daq.files.SpillFile`, decompressed block by block (never the whole spill at once)."""
+    n = f.n_events
+    lasts = np.minimum(np.arange(batch_size, n + batch_size, batch_size, dtype=np.int64), n) - 1
+    out = np.empty((lasts.size, detector.N_CHANNELS, f.n_samples), np.uint16)
+    step = max(READ_BLOCK // batch_size, 1) * batch_size  # blocks hold whole sampling groups
+    for lo in range(0, n, step):
+        hi = min(lo + step, n)
+        k0, k1 = lo // batch_size, -(-hi // batch_size)
+        out[k0:k1] = f.waveforms(slice(lo, hi))[lasts[k0:k1] - lo]
+    return out
+
+
+def message_bounds(n: int, batch_size: int, per_msg: int) -> list[tuple[int, int]]:
+    """(start, stop) event ranges of the EVENTS messages of an ``n``-event spill.
+
+    Every bound is a multiple of ``batch_size`` (a message holds whole sampling groups). With
+    ``per_msg > batch_size`` the spill's last sampling group is a message of its own, so a consumer can
+    fill everything before it elsewhere (:mod:`dqm.offline`) and still end the spill with the same
+    message, and the same last event and waveform, as a serial reader.
+    """
+    if n <= 0:
+        return []
+    tail = (n - 1) // batch_size * batch_size if per_msg > batch_size else n
+    starts = list(range(0, tail, per_msg))
+    out = list(zip(starts, [*starts[1:], tail], strict=True)) if starts else []
+    if tail < n:
+        out.append((tail, n))
+    return out
+
+
 def file_messages(
-    paths: Iterable[str | Path], beam_energy_gev: float = 100.0, batch_size: int = FILE_BATCH
+    paths: Iterable[str | Path],
+    beam_energy_gev: float = 100.0,
+    batch_size: int = FILE_BATCH,
+    events_per_message: int | None = None,
 ) -> Iterator[protocol.Message]:
     """EVENTS batches and the SPILL summary of every spill file, as the DAQ would have published them.
 
-    Each batch carries the waveforms of its last event only, like the live feed. Files are read
-    through :class:`daq.files.SpillFile`; a bad file raises its ``SpillFileError`` (a UserError).
+    The waveforms of the last event of every ``batch_size`` events are sampled, like the live feed
+    does per batch. A message holds ``events_per_message`` events, rounded down to a multiple of
+    ``batch_size`` (default ``batch_size``: one waveform per message, exactly like live batches; more, e.g.
+    :data:`OFFLINE_MESSAGE_EVENTS`, gives the same books with far fewer messages: every count and
+    pedestal sum is identical, float sums of energies agree to rounding; the last sampling group of a
+    spill is always a message of its own, see :func:`message_bounds`). Files are read through
+    :class:`daq.files.SpillFile`; a bad file raises its ``SpillFileError`` (a UserError).
     """
     from daq.files import SpillFile, list_spill_files  # h5py only when files are read
 
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
+    # whole sampling groups per message: rounded down to a multiple of batch_size
+    per_msg = (
+        batch_size if events_per_message is None else max(events_per_message // batch_size, 1) * batch_size
+    )
     seq = 0
     for path in list_spill_files(list(paths)):
         with SpillFile(path) as f:
+            run, spill = f.run, f.spill
             cols = f.events(
                 ["event_id", "t_ns", "trigger_mask", "e_prs", "e_ecal", "e_hcal", "e_veto", "e_srd", "e_miss"]
             )
             energy = f.energy()
             peak_time = f.peak_time()
             n = f.n_events
-            lasts = [min(i + batch_size, n) - 1 for i in range(0, n, batch_size)]
-            waveforms = f.waveforms(np.asarray(lasts, np.int64)) if lasts else None
             if energy.shape[1:] != (detector.N_CHANNELS,):
                 raise DqmUserError(
                     f"{path}: energy has {energy.shape[1:]} channels, expected {detector.N_CHANNELS}"
                 )
+            waveforms = sampled_waveforms(f, batch_size)
             sums = np.stack([cols[name] for name in protocol.Events.SUMS]).astype(np.float32)
-            for k, i in enumerate(range(0, n, batch_size)):
-                j = min(i + batch_size, n)
-                assert waveforms is not None
+            for i, j in message_bounds(n, batch_size, per_msg):
                 yield protocol.Events(
-                    run=f.run,
-                    spill=f.spill,
+                    run=run,
+                    spill=spill,
                     seq=seq,
                     n_events=j - i,
                     n_skipped=0,
@@ -163,12 +214,12 @@ def file_messages(
                     sums=np.ascontiguousarray(sums[:, i:j]),
                     energy=energy[i:j],
                     peak_time=peak_time[i:j],
-                    waveforms=waveforms[k : k + 1],
+                    waveforms=waveforms[i // batch_size : -(-j // batch_size)],
                 )
                 seq += 1
             summary = f.summary()
-            summary.setdefault("run", f.run)
-            summary.setdefault("spill", f.spill)
+            summary.setdefault("run", run)
+            summary.setdefault("spill", spill)
         yield protocol.Summary.of(
             protocol.Summary.KIND_SPILL,
             json.dumps(summary, default=_json_default),
@@ -215,7 +266,9 @@ class FileSource:
 
     def _run(self) -> None:
         try:
-            for msg in file_messages(self.paths, self.beam_energy_gev):
+            for msg in file_messages(
+                self.paths, self.beam_energy_gev, events_per_message=OFFLINE_MESSAGE_EVENTS
+            ):
                 if self._stop.is_set():
                     return
                 self.handler(msg)

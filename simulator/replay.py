@@ -5,7 +5,8 @@ channels), then per spill SPILL_START, every slice of the spill with the recorde
 (original slice ids, times and primitive amplitudes; slices without recorded particles are sent empty,
 so the DAQ's random-trigger clock sees the whole spill), answers each READOUT_REQUEST from the stored
 waveforms (:class:`~simulator.replay_spill.RecordedSpill`), and sends SPILL_END with its counters once
-every request of the spill is answered (or ``request_timeout_s`` after the last slice), then RUN_STOP.
+every request of the spill is answered (or when none came for ``request_timeout_s`` after the last
+slice), then RUN_STOP.
 
 Pacing: ``speed`` x real time (a slice is sent when its end is due, spills keep their recorded
 spacing), or ``speed=None`` for maximum pace with at most ``max_inflight_slices`` slices waiting for
@@ -47,7 +48,7 @@ class ReplayConfig:
     endpoint: str = "tcp://127.0.0.1:5555"
     #: x real time; None = maximum pace (as fast as the DAQ takes it)
     speed: float | None = 1.0
-    #: SPILL_END at the latest this long after the last slice, even if requests are missing
+    #: SPILL_END when no readout request came for this long after the last slice, even if some are missing
     request_timeout_s: float = 2.0
     #: maximum pace: slices sent but not yet requested by the DAQ
     max_inflight_slices: int = 64
@@ -306,10 +307,14 @@ class Replayer:
             self._send(msg)
             n_sent += 1
             n_particles += msg.n_particles
-        # every request answered, or the request timeout after the last slice
+        # every request answered, or no new request for request_timeout_s after the last slice (a busy
+        # DAQ still working through the slices in flight keeps asking, so it is waited for)
         deadline = time.monotonic() + cfg.request_timeout_s
         while self._counts.n_requests < n_sent and time.monotonic() < deadline:
+            before = self._counts.n_requests
             self._service(min(0.05, max(0.0, deadline - time.monotonic())))
+            if self._counts.n_requests > before:
+                deadline = time.monotonic() + cfg.request_timeout_s
         complete = self._counts.n_requests >= n_sent
         if not complete:
             log.warning(
@@ -427,8 +432,11 @@ class Replayer:
             for g in range(detector.N_GROUPS):
                 self._send(protocol.Fragment(run=req.run, spill=req.spill, slice_id=req.slice_id, source=g))
             return
-        for frag in spill.answer(req, self._counts):
-            self._send(frag)
+        frags = spill.answer(req, self._counts, first_seq=self._seq.next)  # numbered: no re-stamping copies
+        self._seq.next += len(frags)
+        for frag in frags:  # no heartbeat in between: it would take a number before the fragments'
+            self._send(frag, beat=False, numbered=True)
+        self._heartbeat()
 
     def _heartbeat(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -445,10 +453,11 @@ class Replayer:
                 beat=False,
             )
 
-    def _send(self, msg: protocol.Message, beat: bool = True) -> None:
+    def _send(self, msg: protocol.Message, beat: bool = True, numbered: bool = False) -> None:
+        """Encode and send (``numbered``: ``msg`` already carries its sequence number from ``self._seq``)."""
         assert self._sock is not None
         try:
-            self._sock.send_multipart(protocol.encode(self._seq.stamp(msg)), copy=False)
+            self._sock.send_multipart(protocol.encode(msg if numbered else self._seq.stamp(msg)), copy=False)
         except zmq.Again:
             raise ReplayStalled(
                 f"the DAQ at {self.config.endpoint} has taken no message for {self.config.stall_timeout_s:.0f} s"

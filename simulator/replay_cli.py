@@ -40,7 +40,10 @@ def register(sub: Any) -> None:
         "--slice-ms", type=float, default=None, help="slice length for files that do not record it"
     )
     p.add_argument(
-        "--request-timeout", type=float, default=2.0, help="s after the last slice before SPILL_END"
+        "--request-timeout",
+        type=float,
+        default=2.0,
+        help="SPILL_END when no readout request came for this many s after the last slice",
     )
     p.add_argument("--max-inflight", type=int, default=64, help="max pace: slices waiting for their request")
     p.add_argument(

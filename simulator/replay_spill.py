@@ -6,6 +6,10 @@ original ``t_ns`` and primitive amplitudes, in their original order), and answer
 the stored waveforms: particle entries by (slice, index in the replayed slice), random-trigger entries
 (index ``NO_PARTICLE``) by their trigger time. Everything here is pure numpy on arrays already in
 memory; :func:`load_spill` is the only function that reads a file (through :mod:`daq.files`).
+
+The waveforms are kept per readout group, ``(E + 1, M_g, S)`` C-contiguous, so the answer to a request
+whose entries are consecutive event rows (the usual case: the DAQ records the events of a request in
+request order) is a view of memory already there: no gather, no copy before the wire.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from daq.files import SpillFile, SpillFileError
 
 log = logging.getLogger(__name__)
 
-#: read waveforms in blocks of this many events (keeps each h5py call, and the GIL hold, short)
-READ_BLOCK = 2048
+#: read waveforms in blocks of this many events (a multiple of the writer's 64-event chunks; keeps each
+#: h5py call, and the GIL hold, short, and the block in cache while it is split into readout groups)
+READ_BLOCK = 1024
 _GROUP_SLICES = tuple(slice(int(ids[0]), int(ids[-1]) + 1) for ids in detector.GROUP_IDS)
 
 
@@ -71,7 +76,8 @@ class RecordedSpill:
     #: recorded random-trigger windows sorted by trigger time, and their event rows
     r_t_ns: np.ndarray  # (R,) int64
     r_row: np.ndarray  # (R,) int64
-    waveforms: np.ndarray  # (E + 1, 110, S) uint16 by event row; row E is all zero (``zero_row``)
+    #: per readout group, (E + 1, M_g, S) uint16 C-contiguous by event row; row E is all zero (``zero_row``)
+    groups: tuple[np.ndarray, ...]
     missing_groups: np.ndarray  # (E + 1,) uint8
     status: str = "ok"
     frontend_info: dict[str, Any] = field(default_factory=dict)
@@ -82,13 +88,26 @@ class RecordedSpill:
 
     def __post_init__(self) -> None:
         self._bounds = np.searchsorted(self.p_slice, np.arange(self.n_slices + 1), side="left")
-        if self.waveforms.shape[0] != self.missing_groups.shape[0] or self.waveforms[-1].any():
-            raise ValueError("waveforms and missing_groups need one extra, all-zero last row")
+        rows = self.missing_groups.shape[0]
+        if len(self.groups) != detector.N_GROUPS:
+            raise ValueError(f"{len(self.groups)} readout groups of waveforms, expected {detector.N_GROUPS}")
+        for g, (arr, chans) in enumerate(zip(self.groups, _GROUP_SLICES, strict=True)):
+            if arr.shape != (rows, chans.stop - chans.start, self.n_samples) or not arr.flags.c_contiguous:
+                raise ValueError(
+                    f"group {g} waveforms have shape {arr.shape}, expected C-contiguous "
+                    f"({rows}, {chans.stop - chans.start}, {self.n_samples})"
+                )
+            if arr[-1].any():
+                raise ValueError("waveforms and missing_groups need one extra, all-zero last row")
 
     @property
     def zero_row(self) -> int:
         """Row of the all-zero window (answers for random windows the file does not have)."""
-        return int(self.waveforms.shape[0] - 1)
+        return int(self.missing_groups.shape[0] - 1)
+
+    def waveforms(self, rows: np.ndarray) -> np.ndarray:
+        """The (K, 110, S) windows of event rows (a copy; for checks and tools, not the hot path)."""
+        return np.concatenate([arr[np.asarray(rows, dtype=np.int64)] for arr in self.groups], axis=1)
 
     # ------------------------------------------------------------ slices
     @property
@@ -129,13 +148,19 @@ class RecordedSpill:
         )
 
     # ------------------------------------------------------------ readout
-    def answer(self, request: protocol.ReadoutRequest, counts: AnswerCounts) -> list[protocol.Fragment]:
-        """One FRAGMENT per readout group for a request, from the stored waveforms (updates ``counts``)."""
+    def answer(
+        self, request: protocol.ReadoutRequest, counts: AnswerCounts, first_seq: int = 0
+    ) -> list[protocol.Fragment]:
+        """One FRAGMENT per readout group for a request, from the stored waveforms (updates ``counts``).
+
+        The fragments carry sequence numbers ``first_seq``, ``first_seq + 1``, ... (one per group).
+        Their waveforms are views of the stored arrays when the request's rows are consecutive.
+        """
         counts.n_requests += 1
         k = request.n_events
         if request.slice_id >= self.n_slices:
             counts.unknown_slice += 1
-            return self._header_only(request.slice_id, counts)
+            return self._header_only(request.slice_id, counts, first_seq)
         index = np.asarray(request.index, dtype=np.int64)
         rnd = index == protocol.NO_PARTICLE
         sel = self.particles(request.slice_id)
@@ -143,7 +168,7 @@ class RecordedSpill:
         if np.any(index[~rnd] >= n_in_slice):
             counts.bad_index += 1
             log.debug("request for slice %d asks index >= %d", request.slice_id, n_in_slice)
-            return self._header_only(request.slice_id, counts)
+            return self._header_only(request.slice_id, counts, first_seq)
         rows = np.full(k, -1, dtype=np.int64)
         rows[~rnd] = self.p_row[sel.start + index[~rnd]]
         if rnd.any():
@@ -158,17 +183,24 @@ class RecordedSpill:
             rows[rnd] = rr
             counts.random_unavailable += int(np.count_nonzero(~found))
         rows[rows < 0] = self.zero_row  # an all-zero window for what the file does not have
-        missing = self.missing_groups[rows]
+        # consecutive rows (the usual case): a view; else one gather of whole rows
+        run: slice | None = None
+        if k == 0 or (rows[-1] - rows[0] == k - 1 and bool(np.all(rows[1:] - rows[:-1] == 1))):
+            run = slice(int(rows[0]), int(rows[0]) + k) if k else slice(0, 0)
+        missing = self.missing_groups[run if run is not None else rows]
+        all_missing = np.bitwise_and.reduce(missing) if k > 0 else 0
         idx_u32 = np.asarray(request.index, dtype=np.uint32)
         out = []
-        for g, chans in enumerate(_GROUP_SLICES):
-            if k > 0 and np.all(missing & (1 << g)):
+        for g, arr in enumerate(self.groups):
+            if all_missing & (1 << g):
                 counts.empty_groups += 1
                 out.append(
-                    protocol.Fragment(run=self.run, spill=self.spill, slice_id=request.slice_id, source=g)
+                    protocol.Fragment(
+                        run=self.run, spill=self.spill, slice_id=request.slice_id, source=g, seq=first_seq + g
+                    )
                 )
                 continue
-            group_wf = self.waveforms[rows, chans, :]  # one gather, C-contiguous (K, M, S)
+            group_wf = arr[run] if run is not None else arr.take(rows, axis=0)  # C-contiguous (K, M, S)
             out.append(
                 protocol.Fragment(
                     source=g,
@@ -180,16 +212,19 @@ class RecordedSpill:
                     run=self.run,
                     spill=self.spill,
                     slice_id=request.slice_id,
+                    seq=first_seq + g,
                 )
             )
         counts.n_fragments += len(out)
         counts.n_events_read += k
         return out
 
-    def _header_only(self, slice_id: int, counts: AnswerCounts) -> list[protocol.Fragment]:
+    def _header_only(
+        self, slice_id: int, counts: AnswerCounts, first_seq: int = 0
+    ) -> list[protocol.Fragment]:
         counts.n_fragments += detector.N_GROUPS
         return [
-            protocol.Fragment(run=self.run, spill=self.spill, slice_id=slice_id, source=g)
+            protocol.Fragment(run=self.run, spill=self.spill, slice_id=slice_id, source=g, seq=first_seq + g)
             for g in range(detector.N_GROUPS)
         ]
 
@@ -202,14 +237,15 @@ def build_spill(
     spill: int,
     events: dict[str, np.ndarray],
     primitives: dict[str, np.ndarray],
-    waveforms: np.ndarray,
+    groups: tuple[np.ndarray, ...],
     slice_ns: int,
     end_ns: int,
     **extra: Any,
 ) -> RecordedSpill:
     """Regroup a file's events into replay form (pure). ``events`` needs slice, index, t_ns, missing_groups.
 
-    ``waveforms`` holds the E events' windows, optionally followed by one all-zero row (else it is added).
+    ``groups`` holds the E events' windows per readout group (:func:`split_groups`), each followed by one
+    all-zero row.
     """
     index = np.asarray(events["index"])
     slice_id = np.asarray(events["slice"]).astype(np.int64)
@@ -244,16 +280,31 @@ def build_spill(
         p_row=order.astype(np.int64),
         r_t_ns=r_t[r_order],
         r_row=rnd[r_order].astype(np.int64),
-        waveforms=waveforms if waveforms.shape[0] == index.shape[0] + 1 else _with_zero_row(waveforms),
+        groups=tuple(groups),
         missing_groups=np.append(np.asarray(events["missing_groups"], dtype=np.uint8), np.uint8(0)),
         **extra,
     )
 
 
-def _with_zero_row(waveforms: np.ndarray) -> np.ndarray:
-    out = np.empty((waveforms.shape[0] + 1, *waveforms.shape[1:]), dtype=waveforms.dtype)
-    out[:-1] = waveforms
-    out[-1] = 0
+def empty_groups(n_events: int, n_samples: int) -> tuple[np.ndarray, ...]:
+    """Per-group waveform arrays for ``n_events`` windows plus the all-zero row (that row zeroed)."""
+    out = tuple(np.empty((n_events + 1, g.stop - g.start, n_samples), dtype=np.uint16) for g in _GROUP_SLICES)
+    for arr in out:
+        arr[n_events] = 0
+    return out
+
+
+def put_block(groups: tuple[np.ndarray, ...], lo: int, block: np.ndarray) -> None:
+    """Copy a (B, 110, S) block of windows into rows ``lo:lo+B`` of the per-group arrays."""
+    hi = lo + block.shape[0]
+    for arr, chans in zip(groups, _GROUP_SLICES, strict=True):
+        arr[lo:hi] = block[:, chans]
+
+
+def split_groups(waveforms: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(E, 110, S) windows -> per-group arrays with the all-zero row appended (for tests and tools)."""
+    out = empty_groups(waveforms.shape[0], waveforms.shape[2])
+    put_block(out, 0, waveforms)
     return out
 
 
@@ -292,12 +343,10 @@ def load_spill(path: str | Path, slice_ms: float | None = None) -> RecordedSpill
             info = f.frontend_info
             ev = f.events(["slice", "index", "t_ns", "missing_groups"])
             prim = f.primitives()
-            n = f.n_events
-            wf = np.empty((n + 1, detector.N_CHANNELS, f.n_samples), dtype=np.uint16)
-            wf[n] = 0  # the all-zero window
-            for lo in range(0, n, READ_BLOCK):
-                hi = min(lo + READ_BLOCK, n)
-                wf[lo:hi] = f.waveforms(slice(lo, hi))
+            n, n_samples = f.n_events, f.n_samples
+            groups = empty_groups(n, n_samples)
+            for lo in range(0, n, READ_BLOCK):  # decompressed block by block, split while in cache
+                put_block(groups, lo, f.waveforms(slice(lo, min(lo + READ_BLOCK, n))))
             counters = f.counters
             histograms = f.histograms()
             trigger = f.trigger_config
@@ -321,11 +370,11 @@ def load_spill(path: str | Path, slice_ms: float | None = None) -> RecordedSpill
         spill=spill,
         events=ev,
         primitives=prim,
-        waveforms=wf,
+        groups=groups,
         slice_ns=slice_ns,
         end_ns=end,
         prim_channels=np.asarray(prim["channels"], dtype=np.uint16),
-        n_samples=int(wf.shape[2]),
+        n_samples=int(n_samples),
         sample_period_ps=round(sample_period_ns * 1000),
         t_start_ns=int(attrs.get("t_start_ns", 0)),
         t_end_ns=int(attrs.get("t_end_ns", 0)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,7 +104,12 @@ def cluster() -> Iterator[str]:
     from dask.distributed import LocalCluster
 
     with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",  # a free port: never the shared default 8787
+        scheduler_kwargs={"dashboard": False},
     ) as c:
         yield c.scheduler_address
 
@@ -189,3 +195,199 @@ def test_dqm_reference_filled_on_a_cluster_equals_the_serial_one(
     assert prov["n_spills"] == len(recorded_spills)
     a, b = json.loads(serial.read_text()), json.loads(parallel.read_text())
     assert {k: v for k, v in a.items() if k != "created"} == {k: v for k, v in b.items() if k != "created"}
+
+
+# ---------------------------------------------------------------- `na64 dqm FILES` in parallel
+def _monitor_state(mon: object) -> dict[str, object]:
+    """Everything the DQM views show, as plain values (the history without its wall-clock times)."""
+    import dataclasses
+
+    from dqm.monitor import Monitor
+
+    assert isinstance(mon, Monitor)
+    history = []
+    for rec in mon.history:
+        row = dataclasses.asdict(rec)
+        row.pop("time")
+        history.append(row)
+    assert mon.waveform is not None
+    return {
+        "run": mon.run_sum.to_dict(),
+        "last_n": mon.lastn_sum.to_dict(),
+        "last": mon.last_closed.to_dict() if mon.last_closed is not None else None,
+        "history": history,
+        "counters": dataclasses.asdict(mon.counters),
+        "eot_run": mon.eot_run,
+        "waveform": mon.waveform.tolist(),
+        "waveform_info": mon.waveform_info,
+        "results": {k: r.state for k, r in mon.spill_results.items()},
+        "alarms": sorted((a.to_json() for a in mon.alarms.open_alarms()), key=lambda a: str(a["name"])),
+    }
+
+
+def test_dqm_files_filled_on_a_cluster_equal_the_serial_views(
+    recorded_spills: list[Path], cluster: str, tmp_path: Path
+) -> None:
+    """``na64 dqm FILES --scheduler`` (dqm.offline.ParallelFileSource) gives the monitor exactly the state
+    of the serial FileSource: every book, the spill history and checks, counters and the waveform view."""
+    import shutil
+    from collections.abc import Callable
+
+    from daq import protocol
+    from dqm.monitor import Monitor
+    from dqm.offline import ParallelFileSource
+    from dqm.sources import FileSource
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for p in recorded_spills:
+        shutil.copy(p, data / p.name)
+    (data / "run000001_spill00099.h5").write_bytes(b"not HDF5")  # skipped by the parallel source
+
+    def feeder(mon: Monitor) -> Callable[[protocol.Message], None]:
+        def handle(msg: protocol.Message) -> None:
+            mon.handle(msg, 0.0)
+
+        return handle
+
+    serial = Monitor(live=False)
+    src = FileSource(recorded_spills, feeder(serial))
+    src.start()
+    assert src.done.wait(60) and src.error is None
+
+    parallel = Monitor(live=False)
+    par = ParallelFileSource([data], feeder(parallel), parallel.add_filled, scheduler=cluster)
+    par.start()
+    assert par.done.wait(120) and par.error is None
+    assert [s.path.name for s in par.skipped] == ["run000001_spill00099.h5"]
+    assert serial.counters.spills_closed == parallel.counters.spills_closed == len(recorded_spills)
+    assert serial.counters.events == sum(n_events_of(p) for p in recorded_spills) > 0
+    assert _monitor_state(parallel) == _monitor_state(serial)
+
+
+def n_events_of(path: Path) -> int:
+    from daq.files import SpillFile
+
+    with SpillFile(path) as f:
+        return f.n_events
+
+
+def test_big_offline_messages_sample_the_same_waveforms_and_fill_the_same_counts(
+    recorded_spills: list[Path],
+) -> None:
+    """file_messages with 8000-event messages: the same events and sampled waveforms as 10-event
+    messages; every count and pedestal sum of the books is identical, energy sums agree to rounding."""
+    from daq import protocol
+    from dqm.monitor import Monitor
+    from dqm.sources import FILE_BATCH, OFFLINE_MESSAGE_EVENTS, file_messages
+
+    small = list(file_messages(recorded_spills[:1]))
+    big = list(file_messages(recorded_spills[:1], events_per_message=OFFLINE_MESSAGE_EVENTS))
+    ev_s = [m for m in small if isinstance(m, protocol.Events)]
+    ev_b = [m for m in big if isinstance(m, protocol.Events)]
+    assert len(ev_b) < len(ev_s) and ev_b[-1].n_events <= FILE_BATCH  # the last group is its own message
+    for name in ("event_id", "t_ns", "energy", "waveforms"):
+        np.testing.assert_array_equal(
+            np.concatenate([getattr(m, name) for m in ev_s]), np.concatenate([getattr(m, name) for m in ev_b])
+        )
+    books = []
+    for msgs in (small, big):
+        mon = Monitor(live=False, spill_checks=[], live_checks=[])
+        for m in msgs:
+            mon.handle(m, 0.0)
+        assert mon.last_closed is not None
+        books.append(mon.last_closed.to_dict())
+    a, b = books
+    assert (
+        a["h1"] == b["h1"]
+        and a["h2"] == b["h2"]
+        and a["spectra"] == b["spectra"]
+        and a["times"] == b["times"]
+    )
+    for key, arr in a["arrays"].items():
+        if key in ("esum", "rnd_sum", "rnd_sum2"):
+            np.testing.assert_allclose(arr, b["arrays"][key], rtol=1e-12)
+        else:
+            assert arr == b["arrays"][key], key
+    assert a["arrays"]["wf_n"][0] == len(ev_s) > 0
+
+
+def test_pedestals_of_many_waveforms_at_once_equal_one_at_a_time() -> None:
+    from dqm.batch import Batch as DqmBatch
+    from dqm.batch import make_events
+    from dqm.book import Book, BookSpec
+
+    rng = np.random.default_rng(3)
+    wf = rng.integers(100, 110, (25, 110, 32)).astype(np.uint16)
+    wf[3, :30] = 0  # a group without data
+    wf[5, 7, 2] = 900  # a pulse in the pre-samples
+    one, many = Book(BookSpec()), Book(BookSpec())
+    energy = np.zeros((1, 110), np.float32)
+    for w in wf:
+        one.fill(
+            DqmBatch.from_events(
+                make_events(run=1, spill=1, energy=energy, t_ns=np.zeros(1), mask=np.full(1, 4), waveform=w)
+            )
+        )
+    msg = make_events(run=1, spill=1, energy=energy, t_ns=np.zeros(1), mask=np.full(1, 4))
+    import dataclasses
+
+    batch = dataclasses.replace(DqmBatch.from_events(msg), waveforms=wf)
+    many.fill(batch)
+    for key in ("wf_n", "wf_zero_group", "ped_piled_up", "ped_n", "ped_sum", "ped_sum2"):
+        np.testing.assert_array_equal(one.arrays[key], many.arrays[key], err_msg=key)
+    assert many.arrays["wf_n"][0] == 25 and many.arrays["wf_zero_group"][0] == 1
+    assert many.arrays["ped_piled_up"][0] == 1
+
+
+def test_na64_dqm_files_with_workers_serves_the_files_filled_on_a_local_cluster(
+    recorded_spills: list[Path], processes: list[subprocess.Popen[bytes]]
+) -> None:
+    """The real command: ``na64 dqm FILES --workers 2 --port 0`` starts its own LocalCluster, loads
+    the files and serves; SIGTERM stops it cleanly (exit 0)."""
+    import signal
+    import time
+
+    from tests.conftest import na64_command
+
+    cmd = na64_command(
+        "--log-level", "INFO", "dqm", *map(str, recorded_spills), "--workers", "2", "--port", "0"
+    )
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    processes.append(p)
+    assert p.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 120
+    with p.stdout:
+        while time.monotonic() < deadline:
+            line = p.stdout.readline().decode()
+            if not line:
+                break
+            lines.append(line)
+            if "spill file(s) loaded on 2 dask workers" in line:
+                break
+        p.send_signal(signal.SIGTERM)
+        lines += [b.decode() for b in p.stdout]  # until it exits
+    text = "".join(lines)
+    assert "DQM at http://127.0.0.1:" in text, text
+    assert f"offline: {len(recorded_spills)} spill file(s) loaded on 2 dask workers" in text, text
+    assert "closed: EOT" in text  # the spills were checked by the server's monitor
+    assert p.wait(60) == 0
+
+
+def test_results_stream_in_input_order_and_a_stop_ends_the_run_early(data_dir: Path, cluster: str) -> None:
+    import threading
+
+    files, _ = collect_spill_files([data_dir])
+    seen: list[Path] = []
+    out = map_spills(spill_counts, files, scheduler=cluster, on_result=lambda p, _r: seen.append(p))
+    assert seen == out.files and len(seen) == 4  # the unreadable file is skipped, the rest in order
+    stop = threading.Event()
+    got: list[Path] = []
+
+    def first_then_stop(path: Path, _result: object) -> None:
+        got.append(path)
+        stop.set()
+
+    early = map_spills(spill_counts, files, workers=0, on_result=first_then_stop, stop=stop)
+    assert got == [files[0]] and early.files == [files[0]]

@@ -254,3 +254,102 @@ def test_a_daq_that_never_answers_stops_the_replay_with_an_error(tmp_path: Path)
         ctx.term()
     assert res.returncode == 1
     assert "sent no readout request for 1 s (2 slices waiting)" in res.stderr
+
+
+class SlowRouter(RecordingRouter):
+    """A DAQ that is busy: it asks for one slice's readout every ``gap_s`` (never for ``skip`` slices)."""
+
+    def __init__(self, endpoint: str, gap_s: float, skip: set[int]) -> None:
+        super().__init__(endpoint, {})
+        self.gap_s, self.skip = gap_s, skip
+        self.queue: list[tuple[bytes, protocol.Slice]] = []
+        self.next_t = 0.0
+
+    def run(self, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            if self.queue and now >= self.next_t:
+                ident, msg = self.queue.pop(0)
+                self.next_t = now + self.gap_s
+                idx = np.arange(msg.n_particles, dtype=np.uint32)
+                req = protocol.ReadoutRequest(
+                    run=msg.run,
+                    spill=msg.spill,
+                    slice_id=msg.slice_id,
+                    n_events=idx.size,
+                    index=idx,
+                    t_ns=msg.t_ns,
+                )
+                self.sock.send_multipart([ident, *protocol.encode(self.seq.stamp(req))])
+            if not self.sock.poll(10):
+                if proc.poll() is not None:
+                    return
+                continue
+            ident, *frames = self.sock.recv_multipart()
+            got = protocol.decode(frames)
+            self.messages.append(got)
+            if isinstance(got, protocol.Slice) and got.slice_id not in self.skip:
+                self.queue.append((ident, got))
+        raise AssertionError("replay did not finish in time")
+
+
+@pytest.mark.parametrize("skip", [set(), {3}])
+def test_spill_end_waits_for_a_busy_daq_and_times_out_on_a_silent_one(
+    tmp_path: Path, processes: list[subprocess.Popen[bytes]], skip: set[int]
+) -> None:
+    """--request-timeout counts from the last readout request: a DAQ still working through the slices
+    in flight (one request every 0.2 s, 8 slices: 1.6 s > the 0.5 s timeout) gets every answer before
+    SPILL_END; a request that never comes ends the spill 0.5 s after the last one, with a warning."""
+    s = make_spill(tmp_path / "d", n_particles=1000, n_slices=8)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    router = SlowRouter(endpoint, gap_s=0.2, skip=skip)
+    try:
+        proc = subprocess.Popen(
+            na64_command(
+                "replay", str(s.path), "--pace", "max", "--request-timeout", "0.5", "--endpoint", endpoint
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        processes.append(proc)
+        router.run(proc)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        router.close()
+    assert proc.returncode == 0, err
+    end = next(m for m in router.messages if isinstance(m, protocol.SpillEnd))
+    assert end.n_slices == 8 and end.n_requests == 8 - len(skip)
+    answered = {m.slice_id for m in router.messages if isinstance(m, protocol.Fragment)}
+    assert answered == set(range(8)) - skip
+    assert ("1 of 8 readout requests never came" in err.decode()) == bool(skip)
+
+
+def test_messages_are_numbered_without_gaps_when_heartbeats_interleave(tmp_path: Path) -> None:
+    """Fragments are numbered when built: a heartbeat due while they go out must not take a number
+    before theirs (the router's SequenceTracker raises on any gap or repeat)."""
+    import threading
+
+    from simulator.replay import ReplayConfig, Replayer
+
+    s = make_spill(tmp_path / "d", n_particles=3000, n_slices=12)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    router = RecordingRouter(endpoint, {})
+    cfg = ReplayConfig(endpoint=endpoint, speed=None, heartbeat_s=1e-6)  # a heartbeat after every message
+    replayer = Replayer(cfg)
+    thread = threading.Thread(target=replayer.run, args=([s.path],), daemon=True)
+
+    class Done:
+        def poll(self) -> int | None:
+            return None if thread.is_alive() else 0
+
+    try:
+        thread.start()
+        router.run(Done())  # type: ignore[arg-type]
+    finally:
+        thread.join(30)
+        router.close()
+    beats = sum(isinstance(m, protocol.Heartbeat) for m in router.messages)
+    frags = sum(isinstance(m, protocol.Fragment) for m in router.messages)
+    assert frags == 12 * detector.N_GROUPS and beats > frags // 2
+    assert replayer.report.n_spills == 1 and replayer.report.spills[0].complete
