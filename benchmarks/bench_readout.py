@@ -60,7 +60,9 @@ def main() -> int:
     ap.add_argument("--spills", type=int, default=5)
     ap.add_argument("--spill-length", type=float, default=4.8)
     ap.add_argument("--spill-period", type=float, default=10.8)
-    ap.add_argument("--slice-ms", type=float, default=10.0)
+    ap.add_argument(
+        "--slice-ms", type=float, default=20.0, help="SLICE length (default: the simulator default, 20 ms)"
+    )
     ap.add_argument("--data-dir", type=Path, default=None, help="default: a temporary directory, removed")
     ap.add_argument("--daq-arg", action="append", default=[], help="extra argument for na64 daq (repeatable)")
     args = ap.parse_args()

@@ -339,11 +339,11 @@ def neighbours(ch: int) -> np.ndarray:
 def expected_signal(mean: np.ndarray, error: np.ndarray, min_significance: float = 5.0) -> np.ndarray:
     """Per channel (110,): the mean signal its neighbourhood predicts (NaN where it cannot tell).
 
-    Calorimeter grids (ECAL, PRS, each HCAL module): showers spread nearly as a product of an x and a y
-    profile, so cell (x, y) is predicted from each diagonal square as S(x, y') S(x', y) / S(x', y')
+    ECAL and PRS grids: showers spread nearly as a product of an x and a y profile, so cell (x, y) is predicted from each diagonal square as S(x, y') S(x', y) / S(x', y')
     (x' = x +- 1, y' = y +- 1, all three significant); the median of the available squares. This follows
-    the steep fall-off of a shower (20x from one cell to the next far from its centre). Other channels
-    (counters, SRD, VETO): the median of the channels seeing the same particles (:func:`neighbours`)."""
+    the steep fall-off of a shower (20x from one cell to the next far from its centre). HCAL cells: only in
+    a uniformly lit module (:func:`_uniform_module_prediction`). Other channels (counters, SRD, VETO): the
+    median of the channels seeing the same particles (:func:`neighbours`)."""
     m = np.asarray(mean, dtype=np.float64)
     e = np.asarray(error, dtype=np.float64)
     sig = m > min_significance * e
@@ -354,7 +354,9 @@ def expected_signal(mean: np.ndarray, error: np.ndarray, min_significance: float
     out = np.full(m.size, np.nan)
     for ch in range(m.size):
         kind = detector.Detector(int(c["detector"][ch]))
-        if kind in (detector.Detector.ECAL, detector.Detector.PRS, detector.Detector.HCAL):
+        if kind is detector.Detector.HCAL:
+            out[ch] = _uniform_module_prediction(ch, m, sig)
+        elif kind in (detector.Detector.ECAL, detector.Detector.PRS):
             d, mod, x, y = int(c["detector"][ch]), int(c["module"][ch]), int(c["x"][ch]), int(c["y"][ch])
             preds = []
             for dx in (-1, 1):
@@ -373,6 +375,24 @@ def expected_signal(mean: np.ndarray, error: np.ndarray, min_significance: float
             if nb.size:
                 out[ch] = float(np.median(m[nb]))
     return out
+
+
+def _uniform_module_prediction(ch: int, mean: np.ndarray, sig: np.ndarray, max_spread: float = 3.0) -> float:
+    """An HCAL cell's expected signal: the median of the other cells of its module, but only when the module
+    is lit nearly uniformly (all of them significant, largest/smallest <= ``max_spread``), as by a muon
+    calibration beam spread over the face. Muons and hadron-shower cores cross one cell of each module, so
+    the product rule of the calorimeter grids does not hold there: with the beam on the central cell it
+    predicted large signals for live edge cells (NaN: not judged)."""
+    c = detector.CHANNELS
+    same = np.flatnonzero(
+        (c["detector"] == c["detector"][ch]) & (c["module"] == c["module"][ch]) & (np.arange(mean.size) != ch)
+    )
+    if same.size == 0 or not sig[same].all():
+        return float("nan")
+    others = mean[same]
+    if others.max() > max_spread * others.min():
+        return float("nan")
+    return float(np.median(others))
 
 
 def dead_by_signal(

@@ -326,12 +326,12 @@ class ElectronicsConfig:
 class ReadoutConfig:
     """Front-end behaviour: slicing, latency buffer, request timeout, heartbeats, pacing."""
 
-    slice_ms: float = 10.0  # beam time per SLICE message
+    slice_ms: float = 20.0  # beam time per SLICE message (10-20 ms; 20 halves the per-message costs)
     latency_buffer_s: float = 2.0  # beam time kept for readout requests (>= 2 s)
     request_timeout_s: float = 2.0  # SPILL_END at the latest this long after the last slice
     heartbeat_s: float = 1.0
     pace: Literal["realtime", "max"] = "realtime"
-    max_inflight_slices: int = 100  # max pacing: slices sent but not yet requested (0 = unlimited)
+    max_inflight_slices: int = 50  # max pacing: slices sent but not yet requested (0 = unlimited; 1 s)
     linger_s: float = 5.0  # at exit, how long queued messages may still be sent
     noise_pool_size: int = 1 << 20  # pre-drawn random numbers per pool
     pileup_before_ns: float = 300.0  # particles this long before a window's trigger still add pulses

@@ -1,5 +1,6 @@
 """Front-end electronics: per-channel truth (gains, pedestals, noise, timing), pulse shapes, and the
-digitisation of primitives and waveforms. Pure numpy; randomness comes from explicit generators.
+digitisation of primitives and waveforms. numpy, except the per-sample loop of the readout windows
+(:mod:`simulator.kernels`, numba); randomness comes from explicit generators.
 
 Units: deposits in MeV, gains in ADC counts per MeV, pulse heights and samples in ADC counts, times in ns.
 """
@@ -159,9 +160,16 @@ class PrimitiveNoise:
             amp += noise
             amp += np.float32(0.5)
             return
-        o = int(self.rng.integers(0, self.size - n))
+        o = self.offset(n)
         amp += self.pool[:, o : o + n]
-        # renew one row per call, round robin (each row is fully redrawn every ~15 s of 2 MHz beam)
+        self.renew(n)
+
+    def offset(self, n: int) -> int:
+        """A random offset into the pool for ``n`` (< size / 2) values of every row."""
+        return int(self.rng.integers(0, self.size - n))
+
+    def renew(self, n: int) -> None:
+        """Redraw n/8 values of one row (round robin; each row is fully redrawn every ~15 s of 2 MHz)."""
         row = self._row
         c = self._cursor
         k = min(max(n // 8, 1), self.size - c)
@@ -181,7 +189,31 @@ def digitise_primitives(
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Pulse heights (float32 (C, N), modified in place) -> uint16 primitives with noise, clipped to
-    [0, max_counts] (the ADC range above pedestal), written to ``out`` if given."""
+    [0, max_counts] (the ADC range above pedestal), written to ``out`` if given.
+
+    With a noise pool the add, clip and conversion run as one compiled pass
+    (:func:`simulator.kernels.digitise_noisy`), bit for bit :func:`digitise_primitives_numpy`.
+    """
+    n = heights.shape[1]
+    if out is None:
+        out = np.empty(heights.shape, np.uint16)
+    if noise is not None and 0 < n < noise.size // 2:
+        from simulator import kernels  # lazy: numba only where a front-end is simulated
+
+        o = noise.offset(n)
+        kernels.digitise_noisy(heights, noise.pool, o, max_counts, out)
+        noise.renew(n)
+        return out
+    return digitise_primitives_numpy(heights, noise, max_counts, out)
+
+
+def digitise_primitives_numpy(
+    heights: np.ndarray,
+    noise: PrimitiveNoise | None,
+    max_counts: np.ndarray,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """The same as :func:`digitise_primitives` in plain numpy (the reference for the tests)."""
     if noise is not None:
         noise.add_to(heights)
     else:
@@ -204,6 +236,31 @@ class WindowPulses:
     heights: np.ndarray  # float32 (P, 110)
 
 
+def _noise_and_phase(
+    n_windows: int,
+    trigger_ns: np.ndarray,
+    rng: np.random.Generator,
+    peak_sample: float,
+    normal_pool: np.ndarray | None,
+    n_samples: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Standard-normal noise (W, 110, n_samples) float32 -- a contiguous chunk of a pre-drawn pool at a
+    random offset, or fresh draws -- and the phase (W,) float64: where a pulse arriving at the trigger
+    time peaks, in ns after sample 0 (sample 0 is the clock edge ``peak_sample`` samples before the
+    edge at or after the trigger)."""
+    nch = detector.N_CHANNELS
+    period = detector.SAMPLE_PERIOD_NS
+    m = n_windows * nch * n_samples
+    if normal_pool is not None and m <= normal_pool.size // 2:
+        o = int(rng.integers(0, normal_pool.size - m))
+        noise = normal_pool[o : o + m].reshape(n_windows, nch, n_samples)
+    else:
+        noise = rng.standard_normal((n_windows, nch, n_samples), dtype=np.float32)
+    t = np.asarray(trigger_ns, dtype=np.float64)
+    start = np.ceil(t / period) * period - peak_sample * period  # ns, absolute (same frame as t)
+    return noise, t - start
+
+
 def waveforms(
     n_windows: int,
     trigger_ns: np.ndarray,
@@ -223,27 +280,60 @@ def waveforms(
     (110, n_samples) (even/odd pattern), ``noise_rms`` (110,). Each pulse is placed in its window at
     ``dt_ns`` + the channel's time offset, all pulses add (pile-up), and samples saturate at ADC_MAX.
     ``pedestal`` includes the +0.5 rounding offset (the result is truncated to integers).
+
+    The per-sample work runs in a compiled kernel (:mod:`simulator.kernels`); the result is bit
+    for bit that of :func:`waveforms_numpy` given the same generator state.
     """
+    from simulator import kernels  # lazy: numba is imported only by processes that read out
+
+    ns = shapes.n_samples
+    out = np.empty((n_windows, detector.N_CHANNELS, ns), np.uint16)
+    if n_windows == 0:
+        return out
+    noise, phase = _noise_and_phase(n_windows, trigger_ns, rng, peak_sample, normal_pool, ns)
+    kernels.fill_windows(
+        out,
+        noise,
+        noise_rms,
+        pedestal,
+        phase,
+        pulses.win,
+        pulses.dt_ns,
+        pulses.heights,
+        time_offset_ns,
+        shapes.flat_windows,
+        shapes.row_offset,
+        shapes.p_min,
+        SHAPE_RES_NS,
+        shapes.n_pos,
+        MIN_PULSE,
+        detector.ADC_MAX,
+    )
+    return out
+
+
+def waveforms_numpy(
+    n_windows: int,
+    trigger_ns: np.ndarray,
+    pulses: WindowPulses,
+    shapes: PulseShapes,
+    pedestal: np.ndarray,
+    noise_rms: np.ndarray,
+    rng: np.random.Generator,
+    peak_sample: float,
+    time_offset_ns: np.ndarray,
+    normal_pool: np.ndarray | None = None,
+) -> np.ndarray:
+    """The same as :func:`waveforms` in plain numpy (the reference for the tests)."""
     ns = shapes.n_samples
     nch = detector.N_CHANNELS
-    period = detector.SAMPLE_PERIOD_NS
     w = np.empty((n_windows, nch, ns), np.float32)
     if n_windows == 0:
         return w.astype(np.uint16)
-    # noise: a contiguous chunk of a pre-drawn pool at a random offset, or fresh draws
-    m = n_windows * nch * ns
-    if normal_pool is not None and m <= normal_pool.size // 2:
-        o = int(rng.integers(0, normal_pool.size - m))
-        noise = normal_pool[o : o + m].reshape(n_windows, nch, ns)
-    else:
-        noise = rng.standard_normal((n_windows, nch, ns), dtype=np.float32)
+    noise, phase = _noise_and_phase(n_windows, trigger_ns, rng, peak_sample, normal_pool, ns)
     rms = np.repeat(noise_rms.astype(np.float32, copy=False), ns)  # (110 * ns,): contiguous broadcast
     np.multiply(noise.reshape(n_windows, -1), rms, out=w.reshape(n_windows, -1))
     w += pedestal.astype(np.float32, copy=False)[None]
-    # phase: sample 0 is the clock edge peak_sample samples before the edge at or after the trigger
-    t = np.asarray(trigger_ns, dtype=np.float64)
-    start = np.ceil(t / period) * period - peak_sample * period  # ns, absolute (same frame as t)
-    phase = t - start  # where a pulse at the trigger time peaks, ns after sample 0
     if pulses.win.size:
         h = pulses.heights
         nz_p, nz_c = np.nonzero(h > MIN_PULSE)  # only channels with a deposit
@@ -255,7 +345,6 @@ def waveforms(
             contrib = np.take(shapes.flat_windows, rows, axis=0)  # (M, ns)
             contrib *= h[nz_p, nz_c][:, None]
             # pulses of several particles in one channel of one window (pile-up) add up: unbuffered add
-            # (numpy >= 2 runs ufunc.at on 1-d int indices fast; a fancy-index += would drop duplicates)
             target = (win * nch + nz_c) * ns
             np.add.at(w.reshape(-1), (target[:, None] + np.arange(ns)).reshape(-1), contrib.reshape(-1))
     np.clip(w, 0, detector.ADC_MAX, out=w)

@@ -37,7 +37,7 @@ from simulator.physics import Batch, BeamModel, arrival_times, concat, intensity
 
 log = logging.getLogger(__name__)
 
-#: particles per column block of the primitive computation (a 10 ms slice at 2 MHz is one block: on this
+#: particles per column block of the primitive computation (a 10-20 ms slice at 2 MHz is one block: on this
 #: machine smaller cache-sized blocks measured slower, the per-call overheads outweigh the cache gains)
 PRIM_BLOCK = 1 << 16
 PRIM_PAD = 24
@@ -137,7 +137,10 @@ class FrontEnd:
         self.prim_channels = detector.default_primitive_channels(config.beam.beam_cell)
         self._prim = self.prim_channels.astype(np.intp)
         self._work = np.empty(0, np.float32)
-        self.prim_noise = PrimitiveNoise(self.electronics.noise[self._prim], noise_rng, 1 << 16)
+        # noise pool: >= 3 slices of particles at the mean rate (below 2 per slice it would draw afresh)
+        per_slice = config.beam.rate_hz * config.readout.slice_ms * 1e-3
+        noise_size = max(1 << 16, 1 << math.ceil(math.log2(max(3 * per_slice, 1))))
+        self.prim_noise = PrimitiveNoise(self.electronics.noise[self._prim], noise_rng, noise_size)
         self._noisy_prim = self.faults.of("noisy")
         self.wave_pool = self.readout_rng.standard_normal(pool, dtype=np.float32)
         self.slice_ns = round(config.readout.slice_ms * 1e6)
@@ -156,6 +159,9 @@ class FrontEnd:
         """Build the random pools, scaled tables and caches now, not in the first slice of the run
         (does not touch the beam generator's state used by the run... except the pools, which are part
         of the seeded sequence)."""
+        from simulator import kernels  # lazy: numba's import only where windows are read out
+
+        kernels.warm_up()  # compile or load the waveform kernel before the first request
         state = self.electronics_state(1, 0.0)
         batch = self.model.generate(1000, self.randoms)
         self._primitives(batch, state)

@@ -51,7 +51,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--run", dest="run_number", type=int, default=None, help="run number (default 1)")
     p.add_argument(
-        "--slice-ms", type=float, default=None, help="beam time per SLICE message, ms (default 10)"
+        "--slice-ms", type=float, default=None, help="beam time per SLICE message, ms (default 20)"
     )
     p.add_argument(
         "--aim-cell",

@@ -128,3 +128,29 @@ def test_dead_channel_has_no_signal_where_its_neighbourhood_predicts_one() -> No
     }
     with pytest.raises(ValueError, match="entries"):
         P.dead_by_signal(mean[:10], err[:10], 100)
+
+
+def test_hcal_cells_are_judged_only_in_a_uniformly_lit_module() -> None:
+    """Muons through the central HCAL cell only, a little shower leakage around it: the live edge cells are
+    not called dead (the grid product rule would predict the central cell's signal for them); with the
+    muon beam spread over the face, a dead cell is found."""
+    mean = np.zeros(detector.N_CHANNELS)
+    err = np.full(detector.N_CHANNELS, 0.02)
+    for module in range(4):
+        for x in range(3):
+            for y in range(3):
+                ch = detector.hcal_id(module, x, y)
+                mean[ch] = 9.0 if (x, y) == (1, 1) else (0.3 if x == 1 or y == 1 else 0.1)
+    mean[detector.hcal_id(1, 1, 0)] = 0.08  # live, merely little leakage
+    mean[detector.hcal_id(1, 0, 0)] = 0.3  # corner a bit higher than its edge neighbours
+    dead, _ = P.dead_by_signal(mean, err, 5000)
+    assert not dead[detector.HCAL_IDS].any()
+    for module in range(4):
+        for x in range(3):
+            for y in range(3):
+                mean[detector.hcal_id(module, x, y)] = 2.5 + 0.1 * x - 0.05 * y
+    mean[detector.hcal_id(2, 0, 1)] = 0.01
+    dead, reasons = P.dead_by_signal(mean, err, 5000)
+    name = detector.channel_name(detector.hcal_id(2, 0, 1))
+    assert [detector.channel_name(int(c)) for c in np.flatnonzero(dead)] == [name]
+    assert reasons[0].startswith(f"{name}: dead")

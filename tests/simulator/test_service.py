@@ -99,7 +99,7 @@ def test_run_over_a_real_socket(
 ) -> None:
     sock, endpoint = router
     truth = tmp_path / "truth.h5"
-    args = "--pace max --spills 2 --spill-length 0.1 --rate 2e5 --seed 5 --run 7 --fault gain_drift:ECAL:-2"
+    args = "--pace max --spills 2 --spill-length 0.1 --slice-ms 10 --rate 2e5 --seed 5 --run 7 --fault gain_drift:ECAL:-2"
     p = start(processes, endpoint, *args.split(), "--truth", str(truth))
     daq = FakeDaq(sock, p)
     ends: dict[int, protocol.SpillEnd] = {}
@@ -227,6 +227,8 @@ def test_stall_fault_and_restart(router: tuple[zmq.Socket[bytes], str], processe
         "0.5",
         "--spills",
         "1",
+        "--slice-ms",
+        "10",
         "--fault",
         "stall:1:0.1:0.2:restart",
         "--set",
