@@ -217,10 +217,12 @@ def main() -> int:
                 in_cpu += b[1] - a[1]
                 in_wall += b[0] - a[0]
         if in_wall > 0:
+            share = in_cpu / in_wall
             print(
                 f"na64 daq CPU share during the spills (windows inside the {args.spill_length:g} s spills): "
-                f"{100 * in_cpu / in_wall:.1f}% of one core (target <= 50%)"
+                f"{100 * share:.1f}% of one core (target <= 50%: {'met' if share <= 0.5 else 'MISSED'})"
             )
+            ok &= share <= 0.5
         beam_s = args.spills * args.spill_length
         print(
             f"CPU per second of beam ({args.rate:g} Hz): na64 daq {(d1 - d0) / beam_s:.2f} s, "

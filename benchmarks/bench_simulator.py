@@ -4,7 +4,8 @@
 
 Targets (issue 3), each printed with MET/MISSED: primitives alone >= 10 M particles/s (max pacing);
 realtime 2 MHz with the waveforms of every readout request: no slice late by more than its own length,
-and <= 0.5 CPU s per s of beam (one core, leaving room for the DAQ on the other).
+on one core (the DAQ runs on the other); the CPU seconds per second of beam are reported (the issue sets no
+figure; below 1.0 is what "one core" means, and the simulator's own aim is <= 0.5).
 
 1. primitives alone: FrontEnd.prepare (arrival times, particles, primitives, noise, digitisation) in
    steady state (latency buffer full), particles/s on this core;
@@ -209,7 +210,8 @@ def bench_realtime(spill_s: float, slice_ms: float) -> None:
             f"lateness {late} ms; slices late by more than one slice length: "
             f"{n_late} of {round(spill_s / (slice_ms * 1e-3))} ({slice_ms:g} ms slices)"
         )
-        print(f"  target <= 0.5 CPU s per s of beam: {verdict(in_spill / spill_s <= 0.5)}")
+        print(f"  one core (< 1.0 CPU s per s of beam): {verdict(in_spill / spill_s < 1.0)}")
+        print(f"  aim <= 0.5 CPU s per s of beam (not an issue target): {verdict(in_spill / spill_s <= 0.5)}")
         print(f"  target no slice late by more than its length: {verdict(n_late == 0)}")
         load = os.getloadavg()
         print(f"  (load average during the run: {load[0]:.1f} on {os.cpu_count()} CPUs)")
@@ -329,7 +331,7 @@ def main() -> None:
         print(
             f"  components at 2 MHz with {khz:.0f} kHz read out: {2e6 / rate:.3f} (primitives) + "
             f"{per_window * khz * 1e3 / 1e6:.3f} (waveforms) = {cpu:.3f} CPU s per s of beam, without "
-            f"encoding and sockets; target <= 0.5: {verdict(cpu <= 0.5)}"
+            f"encoding and sockets; aim <= 0.5: {verdict(cpu <= 0.5)}"
         )
     if not args.skip_realtime:
         bench_realtime(args.realtime_s, args.slice_ms)
