@@ -129,46 +129,35 @@ def reconstruct(
     thr = np.broadcast_to(thr_ch, (n_ev, n_ch)).ravel()
     # one compiled pass per channel window: pedestals, largest sample and its neighbours, pile-up
     # (imported here: numba costs ~0.5 s to import, which processes that never reconstruct do not pay)
-    from daq.reco_kernel import window_features
+    from daq.reco_kernel import estimate, window_features
 
-    p_even, p_odd, imax, top, ym, y0, yp, second = window_features(
-        w.reshape(-1, n_s), n_ped, thr, cfg.pileup_fraction, cfg.pileup_separation
-    )
+    features = window_features(w.reshape(-1, n_s), n_ped, thr, cfg.pileup_fraction, cfg.pileup_separation)
+    p_even, p_odd = features[0], features[1]
     ped_e = p_even.reshape(n_ev, n_ch)
     ped_o = p_odd.reshape(n_ev, n_ch)
-    ic = np.minimum(np.maximum(imax, 1), n_s - 2)
-    den = ym - 2.0 * y0 + yp
-    curved = den < 0
-    delta = np.where(curved, 0.5 * (ym - yp) / np.where(curved, den, np.float32(-1)), np.float32(0))
-    delta = np.where(imax == ic, np.minimum(np.maximum(delta, -0.5), 0.5), np.float32(0)).astype(np.float32)
-    t_raw = (imax + delta).astype(np.float32) * np.float32(sample_period_ns)
-    amp = top
-    if cfg.amplitude_method != "max":
-        # vertex height of the parabola; at the window edges or without curvature: the maximum sample
-        inner = curved & (imax == ic)
-        vertex = y0 - np.float32(0.25) * (ym - yp) * delta
-        if cfg.amplitude_method == "template":
-            # linear interpolation in the class's table (float32 lookup: 5x faster than np.interp)
-            table = _correction_tables(cfg, float(sample_period_ns))
-            step = table.shape[1] - 2  # table intervals over delta -0.5..0.5 (+ one padding entry)
-            u = (delta + np.float32(0.5)) * np.float32(step)
-            i = np.minimum(u.astype(np.int32), step - 1)
-            frac = u - i
-            i += np.broadcast_to(_shape_classes(shape, n_ch) * table.shape[1], (n_ev, n_ch)).ravel()
-            flat_table = table.ravel()
-            lo = flat_table[i]
-            vertex *= lo + frac * (flat_table[i + 1] - lo)
-        amp = np.where(inner, vertex, top)
+    # amplitude (vertex x template correction), peak time, pile-up and energy: a second compiled pass
+    # over the per-window features (the numpy formulation is reco_kernel.estimate_numpy)
+    method = {"max": 0, "parabola": 1, "template": 2}[cfg.amplitude_method]
+    table = _correction_tables(cfg, float(sample_period_ns))
+    cls_offset = _shape_classes(shape, n_ch).astype(np.int64) * table.shape[1]
+    gev_per_count = (1.0 / (1000.0 * np.asarray(gain, dtype=np.float64))).astype(np.float32)
+    amp, t_raw, pileup, energy = estimate(
+        features,
+        n_s,
+        method,
+        cls_offset,
+        table,
+        float(sample_period_ns),
+        thr_ch,
+        gev_per_count,
+        cfg.expected_peak_ns,
+        cfg.peak_window_ns,
+    )
     t_peak = t_raw.reshape(n_ev, n_ch)
     if time_offset_ns is not None:
         t_peak = t_peak - np.asarray(time_offset_ns, dtype=np.float32)
-    above = amp > thr
-    # pile-up, only for pulses above threshold: another local maximum far from the main one, or a main
-    # pulse out of time
-    pileup = above & (second | (np.abs(t_raw - np.float32(cfg.expected_peak_ns)) > cfg.peak_window_ns))
-    gev_per_count = (1.0 / (1000.0 * np.asarray(gain, dtype=np.float64))).astype(np.float32)
     amp2 = amp.reshape(n_ev, n_ch)
-    energy = np.where(above.reshape(n_ev, n_ch), amp2 * gev_per_count, np.float32(0)).astype(np.float32)
+    energy = energy.reshape(n_ev, n_ch)
     if status is not None:
         energy[:, np.asarray(status) == DEAD] = 0
     return Reco(
