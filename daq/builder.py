@@ -18,6 +18,7 @@ import numpy as np
 from daq import detector
 from daq.batch import EventBatch
 from daq.protocol import NO_PARTICLE, Fragment
+from daq.trigger import BlockEnergy
 from daq.waveform import RecoConfig, event_sums, reconstruct
 
 #: loss reasons (contract with the DQM; see docs/daq.md). ``decode_error.<kind>`` keys break down
@@ -298,21 +299,56 @@ class SpillHistograms:
         self.ecal = np.zeros(ecal_bins, np.int64)
         self.prs = np.zeros(prs_bins, np.int64)
         self.t_end_ns = 0
+        self._luts: dict[tuple[float, float, float, int], np.ndarray] = {}
 
     def fill(
-        self, t_ns: np.ndarray, e_ecal: np.ndarray, e_prs: np.ndarray, t_end_ns: int | None = None
+        self,
+        t_ns: np.ndarray,
+        e_ecal: np.ndarray | BlockEnergy,
+        e_prs: np.ndarray | BlockEnergy,
+        t_end_ns: int | None = None,
     ) -> None:
+        """Add a batch of particles: arrival times (ns) and block energies (GeV arrays, or the trigger's
+        :class:`~daq.trigger.BlockEnergy`, whose integer sums are binned through a lookup table)."""
         if t_ns.size:
-            ms = np.minimum(np.maximum(t_ns // 1_000_000, 0), 3_600_000)
-            counts = np.bincount(ms)
-            if counts.size > self._t_ms.size:
-                self._t_ms = np.concatenate([self._t_ms, np.zeros(counts.size - self._t_ms.size, np.int64)])
-            self._t_ms[: counts.size] += counts
-            self.t_end_ns = max(self.t_end_ns, int(t_ns.max()) + 1)
-            self.ecal += _bincount(e_ecal, self.ecal_edges)
-            self.prs += _bincount(e_prs, self.prs_edges)
+            self._fill_arrival(t_ns)
+            self.ecal += self._binned(e_ecal, self.ecal_edges)
+            self.prs += self._binned(e_prs, self.prs_edges)
         if t_end_ns is not None:
             self.t_end_ns = max(self.t_end_ns, t_end_ns)
+
+    def _fill_arrival(self, t_ns: np.ndarray) -> None:
+        first, last = int(t_ns[0]), int(t_ns[-1])
+        if 0 <= first <= last < _MAX_MS * 1_000_000 and bool(np.all(t_ns[1:] >= t_ns[:-1])):
+            # times in order (as front-ends send them): count per ms by bisection, not per particle
+            lo, hi = first // 1_000_000, last // 1_000_000
+            cuts = np.searchsorted(t_ns, np.arange(lo + 1, hi + 1, dtype=np.int64) * 1_000_000)
+            counts = np.diff(cuts, prepend=0, append=t_ns.size)
+            t_max = last
+        else:
+            ms = np.minimum(np.maximum(t_ns // 1_000_000, 0), _MAX_MS)
+            lo = int(ms.min())
+            counts = np.bincount(ms - lo)
+            t_max = int(t_ns.max())
+        end = lo + counts.size
+        if end > self._t_ms.size:
+            self._t_ms = np.concatenate([self._t_ms, np.zeros(end - self._t_ms.size, np.int64)])
+        self._t_ms[lo:end] += counts
+        self.t_end_ns = max(self.t_end_ns, t_max + 1)
+
+    def _binned(self, e: np.ndarray | BlockEnergy, edges: np.ndarray) -> np.ndarray:
+        if isinstance(e, BlockEnergy):
+            if e.sums is not None and e.sums.dtype == np.uint16:
+                # the bin of every possible 16-bit ADC sum, computed once with the same float32 arithmetic
+                key = (float(e.gev_per_count), float(edges[0]), float(edges[-1]), edges.size)
+                lut = self._luts.get(key)
+                if lut is None:
+                    gev = np.arange(1 << 16, dtype=np.uint16).astype(np.float32) * np.float32(e.gev_per_count)
+                    lut = _bin_index(gev, edges).astype(np.uint16)
+                    self._luts[key] = lut
+                return np.bincount(lut.take(e.sums), minlength=edges.size - 1)
+            e = e.gev()
+        return _bincount(e, edges)
 
     def result(self) -> dict[str, tuple[np.ndarray, np.ndarray, str]]:
         """name -> (counts, edges, unit)."""
@@ -329,12 +365,20 @@ class SpillHistograms:
         }
 
 
-def _bincount(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+#: arrival times are histogrammed up to an hour after the spill start (later ones go to the last ms)
+_MAX_MS = 3_600_000
+
+
+def _bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     nb = edges.size - 1
     scale = np.float32(nb / (edges[-1] - edges[0]))
     idx = (values * scale).astype(np.int32)  # values >= 0 (block energies)
     np.minimum(np.maximum(idx, 0, out=idx), nb - 1, out=idx)
-    return np.bincount(idx, minlength=nb)
+    return idx
+
+
+def _bincount(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    return np.bincount(_bin_index(values, edges), minlength=edges.size - 1)
 
 
 def histograms_json(

@@ -571,7 +571,7 @@ class DaqService:
         sp.counters.update(d.counts)
         sp.counters["n_slices"] += 1
         sp.beam_time_ns += int(msg.length_ns)
-        sp.hist.fill(msg.t_ns, d.e_ecal, d.e_prs, t_end_ns=msg.t0_ns + msg.length_ns)
+        sp.hist.fill(msg.t_ns, d.ecal_energy, d.prs_energy, t_end_ns=msg.t0_ns + msg.length_ns)
         self.eot_run += d.counts["n_strig"]
         self._loss("dead_time", d.counts["dead_time_lost"], "triggers lost in dead time")
         # one READOUT_REQUEST per slice, always with the t_ns frame
