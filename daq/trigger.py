@@ -283,6 +283,8 @@ class Trigger:
         config: TriggerConfig | None = None,
         constants: Any = None,
         prim_channels: Sequence[int] | np.ndarray | None = None,
+        *,
+        compiled: bool = True,
     ) -> None:
         self.config = config = config or TriggerConfig()
         if constants is None:
@@ -316,7 +318,60 @@ class Trigger:
             _BlockSum(rows(ecal_ids, "ECAL block"), gains[ecal_ids]),
             _BlockSum(rows(prs_ids, "PRS block"), gains[prs_ids]),
         ]
+        # the compiled single pass (daq.trigger_kernel) serves equal gains in each block; the numpy
+        # formulation below stays the reference and the path for per-cell (calibrated) gains
+        self._kernel: Any = None
+        if compiled and all(b.uniform for b in self._blocks):
+            from daq import trigger_kernel  # numba's import is paid only by processes that trigger
+
+            trigger_kernel.warm_up()
+            self._kernel = trigger_kernel
+            ecal, prs = self._blocks
+            self._k_rows, self._k_par = trigger_kernel.params(
+                self._counter_rows,
+                self._counter_thr,
+                ecal.rows,
+                prs.rows,
+                ecal.k_below(config.ecal_max_gev),
+                prs.k_above(config.prs_min_gev),
+            )
         self.state = TriggerState()
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the per-particle conditions run in the compiled kernel (else numpy)."""
+        return self._kernel is not None
+
+    def _fused(self, amp: np.ndarray, first: int = -1) -> tuple[Any, ...] | None:
+        """The compiled pass (uniform gains): strig, s_prs, s_ec, phys, E_PRS, E_ECAL, the prescaled
+        S_TRIG particles from ordinal ``first``, the PHYSICS particles, the count of S_TRIG and the (4, N)
+        condition flags; None when it does not apply to ``amp``."""
+        if self._kernel is None or amp.dtype != np.uint16 or amp.ndim != 2:
+            return None
+        par = self._k_par
+        if first >= 0:
+            par = par.copy()
+            par[-2:] = first, self.config.beam_prescale
+        flags, sums, beam_pos, phys_pos, n_strig, overflow = self._kernel.fused(amp, self._k_rows, par)
+        ecal, prs = self._blocks
+        if overflow:  # rare (amplitudes far beyond 12 bits): exact uint32 sums
+            sum_e = amp[ecal.rows].sum(axis=0, dtype=np.uint32)
+            sum_p = amp[prs.rows].sum(axis=0, dtype=np.uint32)
+        else:
+            sum_e, sum_p = sums
+        strig, s_prs, s_ec, phys = flags
+        return (
+            strig,
+            s_prs,
+            s_ec,
+            phys,
+            BlockEnergy(sums=sum_p, gev_per_count=float(prs.gev_per_count)),
+            BlockEnergy(sums=sum_e, gev_per_count=float(ecal.gev_per_count)),
+            beam_pos,
+            phys_pos,
+            int(n_strig),
+            flags,
+        )
 
     # ------------------------------------------------------------ pure parts
     def conditions(self, amp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -328,6 +383,15 @@ class Trigger:
     def _conditions(
         self, amp: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, BlockEnergy, BlockEnergy]:
+        f = self._fused(amp)
+        if f is not None:
+            return f[:6]
+        return self._conditions_numpy(amp)
+
+    def _conditions_numpy(
+        self, amp: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, BlockEnergy, BlockEnergy]:
+        """The reference formulation of the conditions (and the path for per-cell gains)."""
         cfg = self.config
         # one pass for the largest amplitude: the integer block sums run in uint16 when that is exact
         amp_max = int(amp.max()) if amp.size else 0
@@ -351,14 +415,18 @@ class Trigger:
     def evaluate(self, batch: Batch) -> Decisions:
         """Run the trigger on a batch: conditions, prescale, random clock, dead time; updates the state."""
         cfg, st = self.config, self.state
-        strig, s_prs, s_ec, phys, e_prs, e_ecal = self._conditions(batch.amp)
-        n_strig = int(np.count_nonzero(strig))
         # prescaled beam trigger: the particles whose S_trig ordinal (over the run) is a multiple of N
-        beam_pos = np.zeros(0, np.intp)
-        if cfg.beam_prescale > 0 and n_strig:
-            first = cfg.beam_prescale - 1 - (st.n_strig % cfg.beam_prescale)
-            if first < n_strig:
+        first = cfg.beam_prescale - 1 - (st.n_strig % cfg.beam_prescale) if cfg.beam_prescale > 0 else -1
+        f = self._fused(batch.amp, first)
+        if f is not None:
+            strig, s_prs, s_ec, phys, e_prs, e_ecal, beam_pos, phys_pos, n_strig, flags = f
+        else:
+            strig, s_prs, s_ec, phys, e_prs, e_ecal = self._conditions_numpy(batch.amp)
+            n_strig = int(np.count_nonzero(strig))
+            beam_pos = np.zeros(0, np.intp)
+            if first >= 0 and first < n_strig:
                 beam_pos = np.flatnonzero(strig)[first :: cfg.beam_prescale]
+            phys_pos = np.flatnonzero(phys)
         st.n_strig += n_strig
         # random clock: grid points (k + 1/2) x period inside [t0, t1)
         rand_t = np.zeros(0, np.int64)
@@ -372,8 +440,47 @@ class Trigger:
                 rand_t = np.arange(nxt, t1, period, dtype=np.int64)
                 nxt = int(rand_t[-1]) + period
             st.next_random_ns = nxt
+        if f is not None:  # candidates, time order and dead time in one compiled pass
+            index, t_ns, tmask, n_physics, n_beam, n_random, n_cand, st.dead_until_ns = self._kernel.readout(
+                np.asarray(batch.t_ns, dtype=np.int64),
+                flags,
+                phys_pos,
+                beam_pos,
+                rand_t,
+                st.dead_until_ns,
+                cfg.dead_time_ns,
+            )
+        else:
+            index, t_ns, tmask, n_physics, n_beam, n_random, n_cand = self._readout_numpy(
+                batch, s_prs, s_ec, phys, phys_pos, beam_pos, rand_t
+            )
+        counts = {
+            "n_particles": batch.n,
+            "n_strig": n_strig,
+            "fired_physics": int(phys_pos.size),
+            "fired_beam": int(beam_pos.size),
+            "fired_random": int(rand_t.size),
+            "triggers_physics": n_physics,
+            "triggers_beam": n_beam,
+            "triggers_random": n_random,
+            "n_accepted": int(index.size),
+            "dead_time_lost": n_cand - int(index.size),
+        }
+        return Decisions(strig, s_prs, s_ec, phys, beam_pos, e_prs, e_ecal, index, t_ns, tmask, counts)
+
+    def _readout_numpy(
+        self,
+        batch: Batch,
+        s_prs: np.ndarray,
+        s_ec: np.ndarray,
+        phys: np.ndarray,
+        phys_pos: np.ndarray,
+        beam_pos: np.ndarray,
+        rand_t: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int, int, int]:
+        """The reference formulation of the readout list (see ``trigger_kernel.readout``)."""
+        cfg, st = self.config, self.state
         # candidates: PHYSICS particles (all condition bits set), prescaled BEAM particles, RANDOM times
-        phys_pos = np.flatnonzero(phys)
         index_parts = [phys_pos.astype(np.uint32)]
         mask_parts = [np.full(phys_pos.size, S_TRIG | S_PRS | S_EC | PHYSICS, np.uint32)]
         if beam_pos.size:
@@ -409,19 +516,7 @@ class Trigger:
         n_physics = int(np.count_nonzero(tmask & PHYSICS))
         n_beam = int(np.count_nonzero(tmask & BEAM))
         n_random = int(np.count_nonzero(tmask & RANDOM)) if rand_t.size else 0
-        counts = {
-            "n_particles": batch.n,
-            "n_strig": n_strig,
-            "fired_physics": int(phys_pos.size),
-            "fired_beam": int(beam_pos.size),
-            "fired_random": int(rand_t.size),
-            "triggers_physics": n_physics,
-            "triggers_beam": n_beam,
-            "triggers_random": n_random,
-            "n_accepted": int(index.size),
-            "dead_time_lost": int(cand_t.size - index.size),
-        }
-        return Decisions(strig, s_prs, s_ec, phys, beam_pos, e_prs, e_ecal, index, t_ns, tmask, counts)
+        return index, t_ns, tmask, n_physics, n_beam, n_random, int(cand_t.size)
 
     def new_spill(self) -> None:
         self.state.new_spill()
@@ -478,6 +573,9 @@ class _BlockSum:
         self.rows = rows
         self.gains = np.asarray(gains, dtype=np.float64)
         self.uniform = bool(rows.size) and bool(np.all(self.gains == self.gains[0]))
+        #: a block whose cells are all masked sums to 0 whatever the gain: any positive gain gives the
+        #: right comparisons (0 is above no threshold >= 0 and below every threshold > 0)
+        self._gain0 = float(self.gains[0]) if rows.size else 1.0
         self.gev_per_count = np.float32(1.0 / (1000.0 * self.gains[0])) if rows.size else np.float32(0)
         self.weights = (1.0 / (1000.0 * self.gains)).astype(np.float32)
         lo = int(rows.min()) if rows.size else 0
@@ -509,12 +607,20 @@ class _BlockSum:
             np.dot(self.weights, tmp[:, :k], out=out[s : s + k])
         return BlockEnergy(gev_array=out)
 
+    def k_above(self, thr_gev: float) -> int:
+        """Uniform gains: an integer sum is above ``thr_gev`` (beyond the tolerance) when it is > this."""
+        return int(np.floor(thr_gev * 1000.0 * self._gain0 * (1 + THRESHOLD_RTOL)))
+
+    def k_below(self, thr_gev: float) -> int:
+        """Uniform gains: an integer sum is below ``thr_gev`` (beyond the tolerance) when it is < this."""
+        return int(np.ceil(thr_gev * 1000.0 * self._gain0 * (1 - THRESHOLD_RTOL)))
+
     def energy_above(
         self, amp: np.ndarray, thr_gev: float, amp_max: int | None = None
     ) -> tuple[BlockEnergy, np.ndarray]:
         e = self.energy(amp, amp_max)
         if e.sums is not None:  # exact integer comparison: sum > thr * gain
-            k = int(np.floor(thr_gev * 1000.0 * self.gains[0] * (1 + THRESHOLD_RTOL)))
+            k = self.k_above(thr_gev)
             return e, e.sums > min(k, _UMAX[e.sums.dtype.itemsize])
         return e, e.gev() > np.float32(thr_gev * (1 + THRESHOLD_RTOL))
 
@@ -523,7 +629,7 @@ class _BlockSum:
     ) -> tuple[BlockEnergy, np.ndarray]:
         e = self.energy(amp, amp_max)
         if e.sums is not None:  # sum < thr * gain
-            k = int(np.ceil(thr_gev * 1000.0 * self.gains[0] * (1 - THRESHOLD_RTOL)))
+            k = self.k_below(thr_gev)
             if k > _UMAX[e.sums.dtype.itemsize]:
                 return e, np.ones(e.sums.shape, bool)
             return e, e.sums < k

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +43,34 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Compile the numba kernels once (or load them from numba's on-disk cache) before any test: on a fresh
+    checkout the first compilation takes seconds, which the processes started by the tests would
+    otherwise each pay in the middle of a timed exchange."""
+    from daq import reco_kernel, trigger_kernel
+    from simulator import kernels
+
+    reco_kernel.warm_up()
+    trigger_kernel.warm_up()
+    kernels.warm_up()
+
+
+def wait_daq_listening(daq: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> None:
+    """Wait until ``na64 daq`` (its log going to ``log``) has bound its sockets.
+
+    A front-end does not wait for a listener, and the DAQ loads its compiled kernels before it binds
+    (~1-3 s): a simulator started at the same time at ``--pace max`` could otherwise give up on its first
+    slices. Returns early if the DAQ exits (the caller reports it)."""
+    deadline = time.monotonic() + timeout
+    while b"DAQ listening" not in log.read_bytes():
+        if daq.poll() is not None:
+            return
+        if time.monotonic() > deadline:
+            daq.kill()
+            raise AssertionError(f"the DAQ did not start listening within {timeout} s; log {log}")
+        time.sleep(0.05)
 
 
 def na64_command(*args: str) -> list[str]:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from daq import detector
-from tests.conftest import na64_command
+from tests.conftest import na64_command, wait_daq_listening
 
 SEED = 7
 RATE_HZ = 2e5
@@ -123,7 +123,7 @@ def _attempt(
         procs.append(daq)
         # the simulator does not wait for a listener: start it only once the DAQ is bound (on a loaded
         # machine the DAQ's start-up takes seconds, and a spill sent before would be lost)
-        _wait_listening(daq, out / "daq.log", timeout)
+        wait_daq_listening(daq, out / "daq.log", timeout)
         sim = subprocess.Popen(
             na64_command(
                 "simulate",
@@ -180,17 +180,6 @@ def _attempt(
     assert len(files) == spills, f"run {name}: {len(files)} spill files, expected {spills}"
     _check_frontend(files[0], sim_args, out)
     return Run(out / "data", out / "truth.h5", time.monotonic() - t0)
-
-
-def _wait_listening(daq: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while b"DAQ listening" not in log.read_bytes():
-        if daq.poll() is not None:
-            return  # failed at start-up (e.g. its port was taken): reported by the caller
-        if time.monotonic() > deadline:
-            daq.kill()
-            raise AssertionError(f"the DAQ did not start listening within {timeout} s; log {log}")
-        time.sleep(0.05)
 
 
 def _check_frontend(path: Path, sim_args: tuple[str, ...], out: Path) -> None:

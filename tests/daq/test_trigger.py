@@ -373,3 +373,15 @@ def test_dead_time_matches_the_greedy_rule(times, dead_until, dead_ns) -> None:
     keep = _dead_time(t, state, dead_ns)
     got = list(range(t.size)) if keep is None else keep.tolist()
     assert got == _greedy_dead_time(t.tolist(), dead_until, dead_ns)
+
+
+def test_a_block_with_every_cell_masked_sums_to_zero() -> None:
+    """All trigger-block cells masked: E_PRS = E_ECAL = 0, so S_PRS never fires and S_EC always does; the
+    trigger keeps running (no error)."""
+    ecal_cells = [detector.channel_name(c) for c in TriggerConfig().block_channels()[0]]
+    prs_cells = [detector.channel_name(c) for c in TriggerConfig().block_channels()[1]]
+    cfg = TriggerConfig(masked_cells=tuple(ecal_cells + prs_cells))
+    trig = Trigger(cfg)
+    d = trig.evaluate(make_batch(ecal_block_gev=[50.0, 100.0], prs_block_gev=[1.0, 1.0], t_ns=[0, 10_000]))
+    assert d.e_ecal.tolist() == [0.0, 0.0] and d.e_prs.tolist() == [0.0, 0.0]
+    assert not d.s_prs.any() and d.s_ec.all() and not d.physics.any()

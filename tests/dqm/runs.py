@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tests.conftest import free_port, na64_command
+from tests.conftest import free_port, na64_command, wait_daq_listening
 
 #: small, fast runs: 2e5 particles per spill at max pace
 SIM_ARGS = ("--pace", "max", "--rate", "5e5", "--spill-length", "0.4", "--seed", "1", "--run", "1")
@@ -34,6 +34,8 @@ def record_run(directory: Path, *sim_args: str, spills: int = 3, timeout: float 
     )
     sim = None
     try:
+        daq_log.flush()
+        wait_daq_listening(daq, directory.parent / f"{directory.name}.daq.log")
         sim = subprocess.Popen(
             na64_command(
                 "simulate",

@@ -37,7 +37,7 @@ import pytest
 from daq.files import list_spill_files
 from daq.retrigger import RecordedPrimitives, load_recorded
 from simulator.scenarios import ScenarioStream, scenario
-from tests.conftest import free_port, na64_command
+from tests.conftest import free_port, na64_command, wait_daq_listening
 
 #: small recorded spills: 0.2 s at 2e5 Hz, beam prescale 400 (~100 beam triggers), random every 5 ms
 SIM_ARGS = ("--pace", "max", "--spills", "2", "--spill-length", "0.2", "--rate", "2e5", "--seed", "7")
@@ -64,8 +64,12 @@ def record_spills(
         *daq_args,
     )
     procs: list[subprocess.Popen[bytes]] = []
+    data_dir.mkdir(parents=True, exist_ok=True)
+    daq_log = data_dir.parent / f"{data_dir.name}.daq.log"
     try:
-        procs.append(subprocess.Popen(daq_cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+        with daq_log.open("wb") as log:
+            procs.append(subprocess.Popen(daq_cmd, stdout=log, stderr=subprocess.STDOUT))
+        wait_daq_listening(procs[0], daq_log, timeout_s)
         procs.append(
             subprocess.Popen(
                 na64_command("simulate", "--endpoint", endpoint, *sim_args),
@@ -73,8 +77,9 @@ def record_spills(
                 stderr=subprocess.STDOUT,
             )
         )
-        outs = [p.communicate(timeout=timeout_s)[0].decode() for p in reversed(procs)]
-        for p, out in zip(reversed(procs), outs, strict=True):
+        sim_out = procs[1].communicate(timeout=timeout_s)[0].decode()
+        procs[0].wait(timeout=timeout_s)
+        for p, out in ((procs[1], sim_out), (procs[0], daq_log.read_text())):
             if p.returncode != 0:
                 raise RuntimeError(f"{p.args[3] if len(p.args) > 3 else p.args} failed:\n{out}")
     finally:
