@@ -63,7 +63,9 @@ def _features(
         yp[r] = v[ic + 1]
         low = max(frac * best, limit[r])
         found = False
-        for s in range(1, n_s - 1):
+        # a second maximum must exceed ``low`` >= ``limit``, so a window whose largest sample does not
+        # (noise only: most channels of an event) has none
+        for s in range(1, n_s - 1 if best > limit[r] else 1):
             x = v[s]
             if x > low and x > v[s - 1] and x >= v[s + 1] and abs(s - ib) >= sep:
                 found = True

@@ -33,7 +33,16 @@ from simulator.electronics import (
     waveforms,
 )
 from simulator.faults import FaultSet, SliceState, parse_faults
-from simulator.physics import Batch, BeamModel, arrival_times, concat, intensity
+from simulator.physics import (
+    ECAL_PROFILE,
+    N_COUNTERS,
+    PRS_PROFILE,
+    Batch,
+    BeamModel,
+    arrival_times,
+    concat,
+    intensity,
+)
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +146,8 @@ class FrontEnd:
         self.prim_channels = detector.default_primitive_channels(config.beam.beam_cell)
         self._prim = self.prim_channels.astype(np.intp)
         self._work = np.empty(0, np.float32)
+        #: False: always the reference path of the primitives (for the bit-for-bit tests)
+        self.fused_primitives = True
         # noise pool: >= 3 slices of particles at the mean rate (below 2 per slice it would draw afresh)
         per_slice = config.beam.rate_hz * config.readout.slice_ms * 1e-3
         noise_size = max(1 << 16, 1 << math.ceil(math.log2(max(3 * per_slice, 1))))
@@ -260,6 +271,59 @@ class FrontEnd:
         return rec
 
     def _primitives(self, batch: Batch, state: SliceState) -> np.ndarray:
+        """uint16 (29, N) primitives of a slice: the fused kernel for a pooled batch (bulk electrons
+        straight from shares x energy to uint16, hadrons and muons redone from their templates row by
+        row while the row is in the cache), else (hot or noisy
+        channel faults, batches not from the spot pool, huge slices) :meth:`_primitives_reference`.
+        Both give the same primitives bit for bit and draw the same random numbers."""
+        prim = self._prim
+        n = len(batch)
+        noise = self.prim_noise
+        scale = state.gain32[prim]
+        shares = self.model.pooled_shares(batch, scale) if self.fused_primitives else None
+        if (
+            shares is None
+            or self._noisy_prim
+            or bool((state.hot_prob[prim] > 0).any())
+            or not min(n, PRIM_BLOCK) < noise.size // 2
+        ):
+            return self._primitives_reference(batch, state)
+        from simulator import kernels  # lazy: numba only where a front-end is simulated
+
+        pool_ecal, pool_prs, so = shares
+        out = np.empty((prim.size, n), np.uint16)
+        ratio = self.model.gain_ratio(scale)
+        ratio_rows = np.ones(prim.size, np.float32) if ratio is None else ratio
+        sat32 = state.saturation[prim].astype(np.float32)  # inf where nothing saturates: min() no-op
+        ecal_t, prs_t = self.model.special_templates()
+        max_counts = (detector.ADC_MAX - state.pedestal_even[prim]).astype(np.float32)
+        nc = N_COUNTERS
+        for c0 in range(0, n, PRIM_BLOCK):  # the blocks (and noise offsets) of the reference
+            c1 = min(c0 + PRIM_BLOCK, n)
+            o = noise.offset(c1 - c0)
+            special = self.model.special_index(batch, (c0, c1))
+            proc = batch.process[c0:c1][special]
+            kernels.primitives_fused(
+                batch.counters,
+                c0,
+                scale[:nc],
+                pool_ecal,
+                pool_prs,
+                so + c0,
+                batch.e_ecal[c0:c1],
+                batch.e_prs[c0:c1],
+                ratio_rows,
+                sat32,
+                noise.pool,
+                o,
+                max_counts,
+                out[:, c0:c1],
+                (special, ECAL_PROFILE[proc], PRS_PROFILE[proc], batch.bin[c0:c1][special], ecal_t, prs_t),
+            )
+            noise.renew(c1 - c0)
+        return out
+
+    def _primitives_reference(self, batch: Batch, state: SliceState) -> np.ndarray:
         """uint16 (29, N) primitives, computed in column blocks of PRIM_BLOCK particles so that the float
         work buffer stays in the CPU cache through heights, faults, noise, clipping and conversion."""
         prim = self._prim

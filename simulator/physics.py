@@ -169,17 +169,35 @@ def intensity(t_s: float, config: SimConfig) -> float:
 
 
 def arrival_times(
-    rate_hz: float, t0_ns: int, length_ns: int, rng: np.random.Generator, r: rnd.Randoms | None = None
+    rate_hz: float,
+    t0_ns: int,
+    length_ns: int,
+    rng: np.random.Generator,
+    r: rnd.Randoms | None = None,
+    compiled: bool | None = None,
 ) -> np.ndarray:
     """Poisson arrival times (int64 ns, sorted) in [t0, t0 + length): cumulative exponential gaps, drawn
-    from ``r`` (pooled on the hot path) or exactly from ``rng``."""
+    from ``r`` (pooled on the hot path) or exactly from ``rng``. ``compiled`` (default: with pooled
+    randoms) sums and scales in one compiled pass (:func:`simulator.kernels.arrival_chunk`), the same
+    integers as the numpy code."""
     mean_gap = 1e9 / rate_hz if rate_hz > 0 else math.inf
     if not math.isfinite(mean_gap) or length_ns <= 0:
         return np.zeros(0, np.int64)
     source = r if r is not None else rnd.ExactRandoms(rng)
     expected = length_ns / mean_gap
     end = length_ns / mean_gap * rnd.GAP_UNIT  # in gap units
+    # ns = times x mean_gap / GAP_UNIT in integer fixed point (2^-24 relative: far below 1 ns)
+    k = round(mean_gap / rnd.GAP_UNIT * (1 << 24))
     chunks: list[np.ndarray] = []
+    if compiled if compiled is not None else isinstance(r, rnd.PooledRandoms):
+        from simulator import kernels  # lazy: numba only where a front-end is simulated
+
+        s, done = 0, False
+        while not done:
+            m = int(expected + 6 * math.sqrt(expected) + 16)
+            t, s, done = kernels.arrival_chunk(source.gaps(m), s, end, k, t0_ns)
+            chunks.append(t)
+        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
     last = 0
     while True:
         m = int(expected + 6 * math.sqrt(expected) + 16)
@@ -191,8 +209,7 @@ def arrival_times(
         chunks.append(t)
         last = int(t[-1])
     times = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
-    # ns = times x mean_gap / GAP_UNIT in integer fixed point (2^-24 relative: far below 1 ns)
-    times *= np.int64(round(mean_gap / rnd.GAP_UNIT * (1 << 24)))
+    times *= np.int64(k)
     times >>= np.int64(24)
     times += t0_ns
     return times
@@ -218,6 +235,8 @@ class BeamModel:
         self.pool: SpotPool | None = None
         self.pool_size = 1 << 18  # spot entries: 262144 x 116 B = 30 MB
         self.pool_renew = 1 / 32  # redrawn per call, relative to its use: an entry serves ~32 particles
+        #: False: the numpy path of the bulk electrons in generate() (the reference of the fused kernel)
+        self.fused_generate = True
         cells = detector.block_cells(config.beam.beam_cell)
         self.block_cells = np.array([y * detector.ECAL_NX + x for x, y in cells], dtype=np.intp)
         #: per profile, the block rows of the template (contiguous), for the primitives
@@ -305,9 +324,14 @@ class BeamModel:
             def prs_share(m: int) -> np.ndarray:
                 return rng.standard_gamma(k, m, dtype=np.float32) * f_scale
 
-            e_beam = r.custom(("e_beam", float(e0), float(spread)), beam_energy, n).copy()
-            e_tot = np.multiply(r.custom(("shower", float(res)), shower_factor, n), e_beam)
-            e_prs = np.multiply(r.custom(("prs_share", k, float(f_scale)), prs_share, n), e_tot)
+            eb_pool = r.custom(("e_beam", float(e0), float(spread)), beam_energy, n)
+            sh_pool = r.custom(("shower", float(res)), shower_factor, n)
+            pr_pool = r.custom(("prs_share", k, float(f_scale)), prs_share, n)
+            if self.fused_generate and 0 < n <= self.pool_size // 2:
+                return self._generate_fused(n, r, aim, eb_pool, sh_pool, pr_pool, bool(res > 0.15))
+            e_beam = eb_pool.copy()
+            e_tot = np.multiply(sh_pool, e_beam)
+            e_prs = np.multiply(pr_pool, e_tot)
         else:
             e_beam = np.multiply(r.normal1(n), spread)
             e_beam += e0
@@ -351,6 +375,58 @@ class BeamModel:
             counters=counters,
             origin=origin,
         )
+        self._add_rare(batch, r)
+        return batch
+
+    def _generate_fused(
+        self,
+        n: int,
+        r: rnd.PooledRandoms,
+        aim: int,
+        eb_pool: np.ndarray,
+        sh_pool: np.ndarray,
+        pr_pool: np.ndarray,
+        clamp: bool,
+    ) -> Batch:
+        """The pooled path of :meth:`generate` with the bulk-electron arithmetic (energies, counters) in
+        one compiled pass (:func:`simulator.kernels.bulk_electrons`): the same random numbers drawn in
+        the same order, the same float32 operations, the same batch bit for bit."""
+        from simulator import kernels  # lazy: numba only where a front-end is simulated
+
+        rng = r.rng
+        pool = self._pool_for(aim, rng)
+        pool.debt += n * self.pool_renew
+        if pool.debt >= POOL_REFRESH:
+            self._pool_fill(pool, pool.cursor, int(pool.debt), rng)
+            pool.debt = 0.0
+        o = int(rng.integers(0, pool.size - n))
+        x, y = pool.x[o : o + n].copy(), pool.y[o : o + n].copy()
+        bins = pool.bin[o : o + n].copy()
+        unit = r.custom("counter_unit", lambda m: self.counter_unit(rng, m), N_COUNTERS * n)
+        e_beam, e_prs, e_ecal, counters = kernels.bulk_electrons(
+            eb_pool, sh_pool, pr_pool, clamp, pool.s_mask[o : o + n], pool.v_mask[o : o + n], unit
+        )
+        batch = Batch(
+            kind=np.zeros(n, np.uint8),
+            process=np.zeros(n, np.uint8),
+            e_beam=e_beam,
+            x=x,
+            y=y,
+            bin=bins,
+            e_prs=e_prs,
+            e_ecal=e_ecal,
+            e_hcal=np.zeros(n, np.float32),
+            e_miss=np.zeros(n, np.float32),
+            counters=counters,
+            origin=(pool, o, pool.generation),
+        )
+        self._add_rare(batch, r)
+        return batch
+
+    def _add_rare(self, batch: Batch, r: rnd.Randoms) -> None:
+        """Replace a Bernoulli selection of the bulk electrons by rare particles; set ``batch.special``."""
+        rng = r.rng
+        n = len(batch)
         codes, probs = self._rare
         p_rare = min(float(probs.sum()), 1.0)
         if codes.size and n:
@@ -364,7 +440,6 @@ class BeamModel:
                 batch.special = idx[batch.kind[idx] != Kind.ELECTRON]
             else:
                 batch.special = idx
-        return batch
 
     # ------------------------------------------------------------ beam spot
     def _draw_spot(self, k: int, rng: np.random.Generator, aim: int) -> tuple[np.ndarray, ...]:
@@ -694,6 +769,41 @@ class BeamModel:
         ``cols`` = (c0, c1): only particles c0..c1-1 (``out`` is then (29, c1 - c0)), so that a caller
         can work in cache-sized column blocks.
         """
+        scale = self._scale_tables(scale)
+        assert self._scaled is not None
+        ecal_tab, prs_tab = self._scaled
+        c0, c1 = cols if cols is not None else (0, len(b))
+        n = c1 - c0
+        nb = self.block_cells.size
+        if out is None:
+            out = np.empty((N_COUNTERS + 2 * nb, n), np.float32)
+        e_ecal, e_prs = b.e_ecal[c0:c1], b.e_prs[c0:c1]
+        np.multiply(b.counters[:, c0:c1], scale[:N_COUNTERS, None], out=out[:N_COUNTERS])
+        ecal = out[N_COUNTERS : N_COUNTERS + nb]
+        prs = out[N_COUNTERS + nb :]
+        shares = self.pooled_shares(b, scale)
+        if shares is not None:
+            pool_ecal, pool_prs, o = shares
+            o += c0
+            np.multiply(pool_ecal[:, o : o + n], e_ecal, out=ecal)  # shares x energy: no gathers
+            np.multiply(pool_prs[:, o : o + n], e_prs, out=prs)
+        else:
+            bins = b.bin[c0:c1]
+            np.take(ecal_tab[Profile.EM], bins, axis=1, out=ecal, mode="wrap")  # bins are in range
+            np.take(prs_tab[Profile.EM_PRS], bins, axis=1, out=prs, mode="wrap")
+            ecal *= e_ecal
+            prs *= e_prs
+        special, s_ecal, s_prs = self.special_blocks(b, (c0, c1))
+        if special.size:
+            ecal[:, special] = s_ecal
+            prs[:, special] = s_prs
+        ratio = self.gain_ratio(scale)
+        if ratio is not None:
+            out[N_COUNTERS:] *= ratio[N_COUNTERS:, None]
+        return out
+
+    def _scale_tables(self, scale: np.ndarray) -> np.ndarray:
+        """``scale`` as float32; the first call pre-multiplies the block tables by these gains."""
         scale = np.asarray(scale, np.float32)
         if self._scaled is None:
             self._scaled_gain = scale.copy()
@@ -705,46 +815,61 @@ class BeamModel:
             )
             #: the same, particle-major (profile, bin, cell): one cache line per particle in a gather
             self._scaled_t = tuple(np.ascontiguousarray(t.transpose(0, 2, 1)) for t in self._scaled)
-        ecal_tab, prs_tab = self._scaled
-        c0, c1 = cols if cols is not None else (0, len(b))
-        n = c1 - c0
-        nb = self.block_cells.size
-        if out is None:
-            out = np.empty((N_COUNTERS + 2 * nb, n), np.float32)
-        e_ecal, e_prs = b.e_ecal[c0:c1], b.e_prs[c0:c1]
-        np.multiply(b.counters[:, c0:c1], scale[:N_COUNTERS, None], out=out[:N_COUNTERS])
-        ecal = out[N_COUNTERS : N_COUNTERS + nb]
-        prs = out[N_COUNTERS + nb :]
-        pool = b.origin[0] if b.origin is not None else None
-        if pool is not None and b.origin is not None and pool.generation == b.origin[2]:
-            if pool.ecal is None or pool.prs is None:
-                self._pool_shares(pool, slice(0, pool.size))
-            assert pool.ecal is not None and pool.prs is not None
-            o = b.origin[1] + c0
-            np.multiply(pool.ecal[:, o : o + n], e_ecal, out=ecal)  # shares x energy: no gathers
-            np.multiply(pool.prs[:, o : o + n], e_prs, out=prs)
-        else:
-            bins = b.bin[c0:c1]
-            np.take(ecal_tab[Profile.EM], bins, axis=1, out=ecal, mode="wrap")  # bins are in range
-            np.take(prs_tab[Profile.EM_PRS], bins, axis=1, out=prs, mode="wrap")
-            ecal *= e_ecal
-            prs *= e_prs
+        return scale
+
+    def gain_ratio(self, scale: np.ndarray) -> np.ndarray | None:
+        """(29,) float32 factors of the current gains over those the tables were scaled with (the rows
+        after the counters apply), or None when they are unchanged."""
+        scale = self._scale_tables(scale)
+        if not bool((scale[N_COUNTERS:] != self._scaled_gain[N_COUNTERS:]).any()):
+            return None
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self._scaled_gain > 0, scale / self._scaled_gain, 0.0).astype(np.float32)
+
+    def pooled_shares(self, b: Batch, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """(ECAL shares (12, P), PRS shares (12, P), offset of particle 0) of a batch that is an intact
+        run of the spot pool (counts per GeV at the tables' gains), or None (then gather the templates)."""
+        if b.origin is None:
+            return None
+        pool, o, generation = b.origin
+        if pool.generation != generation:
+            return None
+        self._scale_tables(scale)
+        if pool.ecal is None or pool.prs is None:
+            self._pool_shares(pool, slice(0, pool.size))
+        assert pool.ecal is not None and pool.prs is not None
+        return pool.ecal, pool.prs, o
+
+    def special_index(self, b: Batch, cols: tuple[int, int]) -> np.ndarray:
+        """Indices (relative to c0) of the hadrons and muons among particles c0..c1-1."""
+        c0, c1 = cols
         if b.special is not None:
             lo, hi = np.searchsorted(b.special, (c0, c1))
-            special = b.special[lo:hi] - c0
-        else:
-            special = np.flatnonzero(b.kind[c0:c1] != Kind.ELECTRON)
-        if special.size:  # hadrons and muons: their own templates (one row gather per detector)
-            proc = b.process[c0:c1][special]
-            bins = b.bin[c0:c1][special]
-            ecal_t, prs_t = self._scaled_t
-            ecal[:, special] = (ecal_t[ECAL_PROFILE[proc], bins] * e_ecal[special, None]).T
-            prs[:, special] = (prs_t[PRS_PROFILE[proc], bins] * e_prs[special, None]).T
-        if bool((scale[N_COUNTERS:] != self._scaled_gain[N_COUNTERS:]).any()):
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ratio = np.where(self._scaled_gain > 0, scale / self._scaled_gain, 0.0).astype(np.float32)
-            out[N_COUNTERS:] *= ratio[N_COUNTERS:, None]
-        return out
+            return b.special[lo:hi] - c0
+        return np.flatnonzero(b.kind[c0:c1] != Kind.ELECTRON)
+
+    def special_templates(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ECAL, PRS) block templates (profile, bin, cell) float32 at the tables' gains (counts per
+        GeV), particle-major, and :data:`ECAL_PROFILE` / :data:`PRS_PROFILE` map a process to a profile.
+        Call after :meth:`_scale_tables` (e.g. via :meth:`pooled_shares`)."""
+        ecal_t, prs_t = self._scaled_t
+        return ecal_t, prs_t
+
+    def special_blocks(self, b: Batch, cols: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(indices relative to c0, ECAL (12, S), PRS (12, S)) block heights of the hadrons and muons
+        among particles c0..c1-1 (their own templates; one row gather per detector), at the tables'
+        gains. Call after :meth:`_scale_tables`."""
+        c0, c1 = cols
+        special = self.special_index(b, cols)
+        if not special.size:
+            empty = np.zeros((self.block_cells.size, 0), np.float32)
+            return special, empty, empty
+        proc = b.process[c0:c1][special]
+        bins = b.bin[c0:c1][special]
+        ecal_t, prs_t = self._scaled_t
+        s_ecal = (ecal_t[ECAL_PROFILE[proc], bins] * b.e_ecal[c0:c1][special, None]).T
+        s_prs = (prs_t[PRS_PROFILE[proc], bins] * b.e_prs[c0:c1][special, None]).T
+        return special, s_ecal, s_prs
 
     # ------------------------------------------------------------ full deposits
     def deposits(self, b: Batch, keys: np.ndarray) -> np.ndarray:

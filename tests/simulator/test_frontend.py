@@ -584,3 +584,77 @@ def test_pooled_primitives_equal_the_template_gathers() -> None:
     pooled = fe.model.primitives(b, scale)
     b.origin = b.special = None
     np.testing.assert_array_equal(pooled, fe.model.primitives(b, scale))
+
+
+@pytest.mark.parametrize(
+    ("faults", "beam", "slice_ms"),
+    [
+        ((), {}, 20.0),
+        # gain drift (ratio rows), a dead ECAL cell (ratio 0), a saturating spike, a pedestal jump,
+        # many hadrons and muons, slices of two column blocks (80k particles)
+        (
+            ("gain_drift:ECAL:-30", "dead:ECAL22", "spike:1.5:0.05:600:0", "pedestal_jump:PRS:40:1"),
+            {"muon_fraction": 0.05, "pion_fraction": 0.1},
+            40.0,
+        ),
+        (("hot:ECAL23:0.05", "noisy:PRS:20"), {}, 5.0),  # faults drawing beam randoms: the reference path
+    ],
+)
+def test_fused_primitives_equal_the_reference_path(
+    faults: tuple[str, ...], beam: dict, slice_ms: float
+) -> None:
+    """Same seed: the SLICE primitives of the fused kernel paths (bulk-electron energies and counters in
+    one pass; no float heights for bulk electrons, hadrons and muons patched afterwards) equal those of
+    the reference paths (numpy generate, model heights, faults, digitisation kernel) bit for bit, slice after slice and across spills, and both leave the beam
+    generator and the noise pool in the same state."""
+    fes = []
+    for fused in (True, False):
+        fe = make(faults=faults, beam=beam, readout={"slice_ms": slice_ms})
+        fe.fused_primitives = fe.model.fused_generate = fused
+        fes.append(fe)
+    n_special = 0
+    for spill in (1, 2):
+        sids = (0, 1, 2, fes[0].n_slices - 1) if spill == 1 else (0, 3)
+        for fe in fes:
+            fe.begin_spill(spill, 0)
+        for sid in sids:
+            a, b = (fe.slice_message(spill, sid) for fe in fes)
+            assert a.amp.shape == (29, a.n_particles) and a.n_particles > 0
+            np.testing.assert_array_equal(a.t_ns, b.t_ns)
+            np.testing.assert_array_equal(a.amp, b.amp)
+            special = fes[0].buffer[(spill, sid)].batch.special
+            n_special += 0 if special is None else special.size
+    assert np.array_equal(fes[0].prim_noise.pool, fes[1].prim_noise.pool)
+    assert fes[0].beam_rng.random() == fes[1].beam_rng.random()
+    # the reference path allocates its float work buffer; the fused one never does
+    fused = not any(f.startswith(("hot", "noisy")) for f in faults)
+    assert (fes[0]._work.size == 0) == fused and fes[1]._work.size > 0
+    if beam:
+        assert n_special > 1000
+    if "spike" in " ".join(faults):  # the spike saturated ECAL cells in the first slices of spill 1
+        fe = make(faults=faults, beam=beam, readout={"slice_ms": slice_ms})
+        fe.begin_spill(1, 0)
+        amp = fe.slice_message(1, 0).amp
+        assert amp[5:17].max() <= 600 + 50
+
+
+@pytest.mark.parametrize("energy", [100.0, 0.03])  # 30 MeV: resolution 58%, energies clamped at 0
+def test_fused_generate_equals_the_numpy_path(energy: float) -> None:
+    """The compiled bulk-electron pass of generate() gives the numpy path's batch bit for bit (every
+    field, rare particles included) and draws the same random numbers."""
+    batches = []
+    for fused in (True, False):
+        fe = make(beam={"energy_gev": energy, "muon_fraction": 0.05})
+        fe.model.fused_generate = fused
+        batches.append([fe.model.generate(n, fe.randoms) for n in (40000, 1, 25000)])
+        batches[-1].append(fe.beam_rng.random(3))
+    for a, b in zip(batches[0][:-1], batches[1][:-1], strict=True):
+        assert a.origin is not None and b.origin is not None and a.origin[1:] == b.origin[1:]
+        np.testing.assert_array_equal(a.special, b.special)
+        for name in ("kind", "process", "e_beam", "x", "y", "bin", "e_prs", "e_ecal", "e_hcal", "counters"):
+            x, y = getattr(a, name), getattr(b, name)
+            assert x.dtype == y.dtype and x.shape == y.shape
+            np.testing.assert_array_equal(x.view(np.uint8), y.view(np.uint8), err_msg=name)
+    np.testing.assert_array_equal(batches[0][-1], batches[1][-1])
+    if energy < 1:
+        assert (batches[0][0].e_prs == 0).any()  # the clamp was exercised

@@ -287,3 +287,30 @@ def test_bernoulli_positions_statistics() -> None:
     assert np.var(counts) == pytest.approx(200 * 0.99, rel=0.2)  # binomial
     pos = physics.bernoulli_positions(20_000, 0.01, rng)
     assert np.all(np.diff(pos) > 0) and pos.min() >= 0 and pos.max() < 20_000
+
+
+@pytest.mark.parametrize("rate", [2e6, 3e4, 300.0])
+def test_compiled_arrival_times_equal_the_numpy_ones(rate: float) -> None:
+    """The compiled running sum + fixed-point scaling gives the numpy code's int64 times exactly (also
+    for empty slices), and a sum continued over several chunks equals the one-shot sum."""
+    for seed in range(40):
+        out = []
+        for compiled in (True, False):
+            src = ExactRandoms(np.random.default_rng(seed))
+            out.append(arrival_times(rate, 123_456_789, 20_000_000, src.rng, src, compiled=compiled))
+        assert out[0].dtype == out[1].dtype == np.int64
+        np.testing.assert_array_equal(out[0], out[1])
+        assert out[0].size == 0 or (out[0][0] >= 123_456_789 and out[0][-1] < 123_456_789 + 20_000_000)
+    from simulator import kernels
+
+    gaps = ExactRandoms(np.random.default_rng(1)).gaps(1000)
+    end = float(np.cumsum(gaps[:700], dtype=np.int64)[-1]) + 0.5
+    whole, s_whole, done = kernels.arrival_chunk(gaps, 7, end, 2_000_000, 55)
+    first, s, done_first = kernels.arrival_chunk(gaps[:300], 7, end, 2_000_000, 55)
+    rest, s_rest, done_rest = kernels.arrival_chunk(gaps[300:], s, end, 2_000_000, 55)
+    assert done and not done_first and done_rest and s_rest == s_whole and first.size == 300
+    raw = np.cumsum(gaps, dtype=np.int64) + 7
+    count = int(np.searchsorted(raw, end))  # the running sums below ``end``
+    assert 600 < count < 1000 and whole.size == count
+    np.testing.assert_array_equal(whole, ((raw * 2_000_000) >> 24)[:count] + 55)
+    np.testing.assert_array_equal(np.concatenate([first, rest]), whole)
