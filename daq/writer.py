@@ -106,7 +106,7 @@ def free_bytes(path: str | Path) -> int:
 class WriterConfig:
     """HDF5 writer settings (``[writer]`` in the DAQ config)."""
 
-    compression: str = "bitshuffle-lz4"
+    compression: str = "blosc-lz4"
     compression_level: int | None = None
     chunk_events: int = 64
     queue_size: int = 256  # batches waiting for the writer thread (back-pressure beyond)
