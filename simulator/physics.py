@@ -346,14 +346,7 @@ class BeamModel:
         e_ecal = np.subtract(e_tot, e_prs)
         origin: tuple[SpotPool, int, int] | None = None
         if isinstance(r, rnd.PooledRandoms) and 0 < n <= self.pool_size // 2:
-            pool = self._pool_for(aim, rng)
-            pool.debt += n * self.pool_renew
-            if pool.debt >= POOL_REFRESH:
-                self._pool_fill(pool, pool.cursor, int(pool.debt), rng)
-                pool.debt = 0.0
-            o = int(rng.integers(0, pool.size - n))
-            x, y = pool.x[o : o + n].copy(), pool.y[o : o + n].copy()
-            bins = pool.bin[o : o + n].copy()
+            pool, o, x, y, bins = self._pool_slot(aim, rng, n)
             unit = r.custom("counter_unit", lambda m: self.counter_unit(rng, m), N_COUNTERS * n)
             counters = self._counters(pool.s_mask[o : o + n], pool.v_mask[o : o + n], unit)
             origin = (pool, o, pool.generation)
@@ -361,22 +354,7 @@ class BeamModel:
             x, y, s_mask, v_mask = self._draw_spot(n, rng, aim)
             counters = self._counters(s_mask, v_mask, self.counter_unit(rng, N_COUNTERS * n))
             bins = self.grid.bins(x, y)
-        batch = Batch(
-            kind=np.zeros(n, np.uint8),
-            process=np.zeros(n, np.uint8),
-            e_beam=e_beam,
-            x=x,
-            y=y,
-            bin=bins,
-            e_prs=e_prs,
-            e_ecal=e_ecal,
-            e_hcal=np.zeros(n, np.float32),
-            e_miss=np.zeros(n, np.float32),
-            counters=counters,
-            origin=origin,
-        )
-        self._add_rare(batch, r)
-        return batch
+        return self._electron_batch(r, e_beam, e_prs, e_ecal, x, y, bins, counters, origin)
 
     def _generate_fused(
         self,
@@ -394,18 +372,42 @@ class BeamModel:
         from simulator import kernels  # lazy: numba only where a front-end is simulated
 
         rng = r.rng
+        pool, o, x, y, bins = self._pool_slot(aim, rng, n)
+        unit = r.custom("counter_unit", lambda m: self.counter_unit(rng, m), N_COUNTERS * n)
+        e_beam, e_prs, e_ecal, counters = kernels.bulk_electrons(
+            eb_pool, sh_pool, pr_pool, clamp, pool.s_mask[o : o + n], pool.v_mask[o : o + n], unit
+        )
+        return self._electron_batch(
+            r, e_beam, e_prs, e_ecal, x, y, bins, counters, (pool, o, pool.generation)
+        )
+
+    def _pool_slot(
+        self, aim: int, rng: np.random.Generator, n: int
+    ) -> tuple[SpotPool, int, np.ndarray, np.ndarray, np.ndarray]:
+        """n consecutive spots of the aim's pool (refreshed as it is used): the pool, the offset, and
+        copies of their x, y and shower bins."""
         pool = self._pool_for(aim, rng)
         pool.debt += n * self.pool_renew
         if pool.debt >= POOL_REFRESH:
             self._pool_fill(pool, pool.cursor, int(pool.debt), rng)
             pool.debt = 0.0
         o = int(rng.integers(0, pool.size - n))
-        x, y = pool.x[o : o + n].copy(), pool.y[o : o + n].copy()
-        bins = pool.bin[o : o + n].copy()
-        unit = r.custom("counter_unit", lambda m: self.counter_unit(rng, m), N_COUNTERS * n)
-        e_beam, e_prs, e_ecal, counters = kernels.bulk_electrons(
-            eb_pool, sh_pool, pr_pool, clamp, pool.s_mask[o : o + n], pool.v_mask[o : o + n], unit
-        )
+        return pool, o, pool.x[o : o + n].copy(), pool.y[o : o + n].copy(), pool.bin[o : o + n].copy()
+
+    def _electron_batch(
+        self,
+        r: rnd.Randoms,
+        e_beam: np.ndarray,
+        e_prs: np.ndarray,
+        e_ecal: np.ndarray,
+        x: np.ndarray,
+        y: np.ndarray,
+        bins: np.ndarray,
+        counters: np.ndarray,
+        origin: tuple[SpotPool, int, int] | None,
+    ) -> Batch:
+        """The bulk electrons as a Batch, with the rare particles (hadrons, muons, processes) mixed in."""
+        n = e_beam.size
         batch = Batch(
             kind=np.zeros(n, np.uint8),
             process=np.zeros(n, np.uint8),
@@ -418,7 +420,7 @@ class BeamModel:
             e_hcal=np.zeros(n, np.float32),
             e_miss=np.zeros(n, np.float32),
             counters=counters,
-            origin=(pool, o, pool.generation),
+            origin=origin,
         )
         self._add_rare(batch, r)
         return batch
