@@ -423,50 +423,29 @@ def _reserved_zero(msg: Message) -> None:
 
 
 # ---------------------------------------------------------------- encode / decode
-def encode(msg: Message) -> list[bytes | memoryview]:
-    """Encode a message into ZeroMQ frames: header frame first, then one buffer per array (no copy
-    unless an array is not C-contiguous little-endian of the declared dtype)."""
-    msg.check()
-    cls = type(msg)
-    arrays: list[np.ndarray] = []
-    descriptors = bytearray()
-    for spec in cls.FRAMES:
-        value = getattr(msg, spec.name)
-        if value is None:
-            continue
-        a = np.ascontiguousarray(value, dtype=spec.dtype)
-        if a.ndim != spec.ndim:
-            raise ShapeError(f"{cls.TYPE.name}.{spec.name}: rank {a.ndim}, expected {spec.ndim}")
-        dims = [*a.shape, 0, 0, 0][:3]
-        descriptors += DESCRIPTOR.pack(CODE_OF_DTYPE[spec.dtype], a.ndim, 0, *dims)
-        arrays.append(a)
-    body = _BODY_STRUCTS[cls.TYPE].pack(*(getattr(msg, name) for name, _ in cls.BODY))
-    send_ns = msg.send_time_ns or time.time_ns()
-    header = bytearray(
-        HEADER.pack(
-            MAGIC,
-            VERSION,
-            int(cls.TYPE),
-            msg.source,
-            len(arrays),
-            msg.run,
-            msg.spill,
-            len(body),
-            msg.seq,
-            msg.slice_id,
-            send_ns,
-            0,
-            0,
-        )
+@dataclass(frozen=True)
+class _Layout:
+    """What decode needs of one message type, computed once (enum and tuple lookups cost per message)."""
+
+    cls: type[Message]
+    name: str
+    body: struct.Struct
+    body_names: tuple[str, ...]
+    frames: tuple[tuple[str, int, int, np.dtype], ...]  # (name, dtype code, ndim, dtype)
+    min_frames: int
+
+
+_LAYOUTS: dict[int, _Layout] = {
+    t: _Layout(
+        cls=c,
+        name=c.TYPE.name,
+        body=_BODY_STRUCTS[t],
+        body_names=tuple(n for n, _ in c.BODY),
+        frames=tuple((f.name, CODE_OF_DTYPE[f.dtype], f.ndim, f.dtype) for f in c.FRAMES),
+        min_frames=len(c.FRAMES) if c.MIN_FRAMES is None else c.MIN_FRAMES,
     )
-    header += descriptors
-    header += body
-    crc = crc32(header)
-    views = [a.reshape(-1).view(np.uint8).data for a in arrays]
-    for v in views:
-        crc = crc32(v, crc)
-    struct.pack_into("<I", header, CRC_OFFSET, crc)
-    return [bytes(header), *views]
+    for t, c in MESSAGE_CLASSES.items()
+}
 
 
 def decode(frames: Sequence[Any]) -> Message:
@@ -499,23 +478,23 @@ def decode(frames: Sequence[Any]) -> Message:
         raise BadMagicError(f"bad magic {bytes(magic)!r} (expected {MAGIC!r})")
     if version != VERSION:
         raise BadVersionError(f"protocol version {version} is not supported (this decoder speaks {VERSION})")
-    cls = MESSAGE_CLASSES.get(mtype)
-    if cls is None:
+    lay = _LAYOUTS.get(mtype)
+    if lay is None:
         raise UnknownTypeError(f"unknown message type {mtype}")
-    name = cls.TYPE.name
+    name = lay.name
     if n_frames > MAX_FRAMES:
         raise FrameCountError(f"{name}: header declares {n_frames} frames (max {MAX_FRAMES})")
     if len(bufs) - 1 != n_frames:
         raise FrameCountError(f"{name}: header declares {n_frames} array frames, message has {len(bufs) - 1}")
-    body_struct = _BODY_STRUCTS[mtype]
-    if body_len != body_struct.size:
-        raise LengthError(f"{name}: body length {body_len}, expected {body_struct.size}")
+    if body_len != lay.body.size:
+        raise LengthError(f"{name}: body length {body_len}, expected {lay.body.size}")
     expected_head = HEADER_SIZE + DESCRIPTOR_SIZE * n_frames + body_len
     if len(head) != expected_head:
         raise LengthError(f"{name}: header frame is {len(head)} bytes, expected {expected_head}")
-    min_frames = len(cls.FRAMES) if cls.MIN_FRAMES is None else cls.MIN_FRAMES
-    if not (min_frames <= n_frames <= len(cls.FRAMES)) or (cls is Fragment and n_frames == 1):
-        raise FrameCountError(f"{name}: {n_frames} array frames (allowed {min_frames}..{len(cls.FRAMES)})")
+    if not (lay.min_frames <= n_frames <= len(lay.frames)) or (lay.cls is Fragment and n_frames == 1):
+        raise FrameCountError(
+            f"{name}: {n_frames} array frames (allowed {lay.min_frames}..{len(lay.frames)})"
+        )
     got_crc = crc32(head[:CRC_OFFSET])
     got_crc = crc32(b"\0\0\0\0", got_crc)
     got_crc = crc32(head[CRC_OFFSET + 4 :], got_crc)
@@ -525,28 +504,77 @@ def decode(frames: Sequence[Any]) -> Message:
         raise ChecksumError(
             f"{name} seq {seq}: CRC-32 mismatch (header {crc:#010x}, computed {got_crc:#010x})"
         )
-    values: dict[str, Any] = {}
-    for i, spec in enumerate(cls.FRAMES[:n_frames]):
+    values: dict[str, Any] = dict(
+        zip(lay.body_names, lay.body.unpack_from(head, HEADER_SIZE + DESCRIPTOR_SIZE * n_frames), strict=True)
+    )
+    for i in range(n_frames):
+        fname, want_code, want_ndim, dt = lay.frames[i]
         code, ndim, reserved, d0, d1, d2 = DESCRIPTOR.unpack_from(head, HEADER_SIZE + i * DESCRIPTOR_SIZE)
-        dt = DTYPE_CODES.get(code)
-        if dt is None or dt != spec.dtype:
-            raise ShapeError(f"{name}.{spec.name}: dtype code {code}, expected {CODE_OF_DTYPE[spec.dtype]}")
+        if code != want_code:
+            raise ShapeError(f"{name}.{fname}: dtype code {code}, expected {want_code}")
         dims = (d0, d1, d2)
-        if ndim != spec.ndim or reserved != 0 or any(dims[ndim:]):
-            raise ShapeError(f"{name}.{spec.name}: rank {ndim} dims {dims}, expected rank {spec.ndim}")
+        if ndim != want_ndim or reserved != 0 or any(dims[ndim:]):
+            raise ShapeError(f"{name}.{fname}: rank {ndim} dims {dims}, expected rank {want_ndim}")
         shape = dims[:ndim]
-        if any(d > MAX_DIM for d in shape):
-            raise ShapeError(f"{name}.{spec.name}: dimension too large {shape}")
+        if d0 > MAX_DIM or d1 > MAX_DIM or d2 > MAX_DIM:
+            raise ShapeError(f"{name}.{fname}: dimension too large {shape}")
         nbytes = math.prod(shape) * dt.itemsize
         buf = bufs[1 + i]
         if len(buf) != nbytes:
-            raise LengthError(f"{name}.{spec.name}: frame is {len(buf)} bytes, shape {shape} needs {nbytes}")
-        values[spec.name] = np.frombuffer(buf, dtype=dt).reshape(shape)
-    body = body_struct.unpack_from(head, HEADER_SIZE + DESCRIPTOR_SIZE * n_frames)
-    values.update(zip((n for n, _ in cls.BODY), body, strict=True))
-    msg = cls(run=run, spill=spill, seq=seq, slice_id=slice_id, source=source, send_time_ns=send_ns, **values)
+            raise LengthError(f"{name}.{fname}: frame is {len(buf)} bytes, shape {shape} needs {nbytes}")
+        values[fname] = np.frombuffer(buf, dtype=dt).reshape(shape)
+    msg = lay.cls(
+        run=run, spill=spill, seq=seq, slice_id=slice_id, source=source, send_time_ns=send_ns, **values
+    )
     msg.check()
     return msg
+
+
+def encode(msg: Message) -> list[bytes | memoryview]:
+    """Encode a message into ZeroMQ frames: header frame first, then one buffer per array (no copy
+    unless an array is not C-contiguous little-endian of the declared dtype)."""
+    msg.check()
+    lay = _LAYOUTS[msg.TYPE]
+    views: list[memoryview] = []
+    descriptors = bytearray()
+    for fname, code, ndim, dt in lay.frames:
+        value = getattr(msg, fname)
+        if value is None:
+            continue
+        a = value if type(value) is np.ndarray and value.dtype == dt else np.asarray(value, dtype=dt)
+        if not a.flags.c_contiguous:
+            a = np.ascontiguousarray(a)
+        if a.ndim != ndim:
+            raise ShapeError(f"{lay.name}.{fname}: rank {a.ndim}, expected {ndim}")
+        dims = [*a.shape, 0, 0, 0][:3]
+        descriptors += DESCRIPTOR.pack(code, ndim, 0, *dims)
+        views.append(a.reshape(-1).view(np.uint8).data)
+    body = lay.body.pack(*[getattr(msg, name) for name in lay.body_names])
+    send_ns = msg.send_time_ns or time.time_ns()
+    header = bytearray(
+        HEADER.pack(
+            MAGIC,
+            VERSION,
+            int(msg.TYPE),
+            msg.source,
+            len(views),
+            msg.run,
+            msg.spill,
+            len(body),
+            msg.seq,
+            msg.slice_id,
+            send_ns,
+            0,
+            0,
+        )
+    )
+    header += descriptors
+    header += body
+    crc = crc32(header)
+    for v in views:
+        crc = crc32(v, crc)
+    struct.pack_into("<I", header, CRC_OFFSET, crc)
+    return [bytes(header), *views]
 
 
 def with_seq(msg: Message, seq: int) -> Message:
