@@ -23,7 +23,7 @@ import numpy as np
 
 from calibration.constants import nominal
 from daq import detector
-from daq.service import tune_malloc
+from daq.process import tune_malloc
 from daq.trigger import Batch, Trigger, TriggerConfig, make_batch
 
 

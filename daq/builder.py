@@ -52,6 +52,9 @@ assert all(
 )
 
 
+_ALL_GROUPS = (1 << detector.N_GROUPS) - 1
+
+
 class Losses(Counter[str]):
     """Counts by loss reason; ``as_dict()`` lists every known reason (zeros included)."""
 
@@ -79,6 +82,7 @@ class Pending:
     got: np.ndarray = field(default_factory=lambda: np.zeros(detector.N_GROUPS, bool))
     missing: int = 0  # bit g: group g has no data
     waveforms: np.ndarray | None = None  # (K, 110, S), allocated on the first fragment with data
+    filled: int = 0  # bit g: group g's waveforms are in ``waveforms``
     any_data: bool = False
 
     @property
@@ -180,9 +184,10 @@ class Readout:
                 reason = "truncated_fragment"
                 p.missing |= 1 << g
             elif p.k:
-                if p.waveforms is None:
-                    p.waveforms = np.zeros((p.k, detector.N_CHANNELS, self.n_samples), np.uint16)
+                if p.waveforms is None:  # filled group by group; groups without data are zeroed in build
+                    p.waveforms = np.empty((p.k, detector.N_CHANNELS, self.n_samples), np.uint16)
                 p.waveforms[:, _GROUP_SLICES[g], :] = frag.waveforms
+                p.filled |= 1 << g
                 p.any_data = True
         if reason:
             self.losses[reason] += 1
@@ -224,11 +229,13 @@ class Readout:
     def build(self, p: Pending) -> EventBatch:
         """Reconstruct and calibrate the events of a completed (or expired) request."""
         c = self.constants
-        wf = (
-            p.waveforms
-            if p.waveforms is not None
-            else np.zeros((p.k, detector.N_CHANNELS, self.n_samples), np.uint16)
-        )
+        wf = p.waveforms
+        if wf is None:
+            wf = np.zeros((p.k, detector.N_CHANNELS, self.n_samples), np.uint16)
+        elif p.filled != _ALL_GROUPS:
+            for g in range(detector.N_GROUPS):
+                if not p.filled & (1 << g):
+                    wf[:, _GROUP_SLICES[g], :] = 0
         if p.k:
             r = reconstruct(
                 wf,

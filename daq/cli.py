@@ -12,8 +12,14 @@ import argparse
 import importlib
 import importlib.util
 import logging
+import os
 import sys
 from collections.abc import Sequence
+
+# Before numpy is imported: no job here does multi-threaded linear algebra (the calibration fits are
+# small), and OpenBLAS's thread pool costs ~0.2 CPU s per process at start-up and spins in the services.
+# A value set by the user wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from daq import __version__
 from daq.errors import Na64Error, UserError

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import json
 import logging
 import signal
-import sys
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
@@ -36,6 +34,7 @@ from daq.batch import EventBatch
 from daq.builder import Losses, Readout, SpillHistograms, compare_counters, histograms_json
 from daq.daq_config import DaqConfig
 from daq.errors import ConfigError, Na64Error, ProtocolError
+from daq.process import tune_gc, tune_malloc
 from daq.protocol import MessageType
 from daq.trigger import Batch, Trigger
 from daq.writer import SpillFinal, SpillHeader, WriteResult, WriterThread, free_bytes
@@ -49,19 +48,6 @@ def _kind(e: ProtocolError) -> str:
     """``ChecksumError`` -> ``checksum``: the loss sub-key of a protocol error."""
     name = type(e).__name__.removesuffix("Error")
     return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_") or "protocol"
-
-
-def tune_malloc() -> None:
-    """Keep freed large numpy buffers in the heap instead of returning them to the OS after every slice
-    (glibc would otherwise mmap/munmap each >128 kB temporary: page faults cost ~30% of the trigger)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 256 << 20)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass
 
 
 @dataclass
@@ -162,6 +148,7 @@ class DaqService:
     async def run(self) -> int:
         tune_malloc()
         reco_kernel.warm_up()  # compile or load the reconstruction kernel before the first event
+        tune_gc()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._free = free_bytes(self.data_dir)
         # plain (synchronous) sockets: the receiver drains every waiting message per wake-up (see

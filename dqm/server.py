@@ -30,6 +30,7 @@ from bokeh.server.server import Server
 from tornado.ioloop import IOLoop
 
 from daq import __version__, protocol
+from daq.process import tune_gc
 from dqm import snapshot
 from dqm.app import SnapshotHub
 from dqm.baseline import Baseline
@@ -216,6 +217,7 @@ class DqmService:
             keep_alive_milliseconds=10000,
         )
         server.start()
+        tune_gc()
         tasks: list[asyncio.Task[Any]] = []
         mqtt_task: asyncio.Task[None] | None = None
         try:

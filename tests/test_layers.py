@@ -14,6 +14,7 @@ BOTTOM = {
     "daq.protocol",
     "daq.errors",
     "daq.config",
+    "daq.process",
 }  # "daq": its __init__ imports nothing
 COMPOSITION_ROOT = {"daq.cli", "daq.demo", "daq.__main__"}
 
