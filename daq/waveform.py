@@ -30,10 +30,14 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from daq import detector
+
+if TYPE_CHECKING:
+    from daq.reco_kernel import RowParams
 
 DEAD = 1  # calibration status code of a dead channel
 AMPLITUDE_METHODS = ("template", "parabola", "max")
@@ -112,61 +116,147 @@ def reconstruct(
     the pulse-shape class (daq.detector.PulseShape) of each channel, for the amplitude's template
     correction (default: ``daq.detector.CHANNELS["shape"]`` when C is the 110 channels, else EM).
     """
-    cfg = config or RecoConfig()
     w = np.asarray(waveforms)
     if w.ndim != 3:
         raise ValueError(f"waveforms must be (events, channels, samples), got shape {w.shape}")
     n_ev, n_ch, n_s = w.shape
+    p = _row_params(
+        config or RecoConfig(), n_ch, n_s, gain, noise, time_offset_ns, status, float(sample_period_ns), shape
+    )
+    # one compiled pass over the channel windows (imported here: numba costs ~0.5 s to import, which
+    # processes that never reconstruct do not pay); reconstruct_numpy is its numpy formulation
+    from daq.reco_kernel import reconstruct_rows
+
+    return _as_reco(reconstruct_rows(w.reshape(-1, n_s), p), n_ev, n_ch)
+
+
+def reconstruct_numpy(
+    waveforms: np.ndarray,
+    gain: np.ndarray,
+    noise: np.ndarray | None = None,
+    time_offset_ns: np.ndarray | None = None,
+    status: np.ndarray | None = None,
+    config: RecoConfig | None = None,
+    sample_period_ns: float = detector.SAMPLE_PERIOD_NS,
+    shape: np.ndarray | None = None,
+) -> Reco:
+    """:func:`reconstruct` in plain numpy (the reference the compiled pass is tested against, bit for bit)."""
+    from daq.reco_kernel import reconstruct_rows_numpy
+
+    w = np.asarray(waveforms)
+    if w.ndim != 3:
+        raise ValueError(f"waveforms must be (events, channels, samples), got shape {w.shape}")
+    n_ev, n_ch, n_s = w.shape
+    p = _row_params(
+        config or RecoConfig(), n_ch, n_s, gain, noise, time_offset_ns, status, float(sample_period_ns), shape
+    )
+    return _as_reco(reconstruct_rows_numpy(w.reshape(-1, n_s), p), n_ev, n_ch)
+
+
+def _as_reco(rows: tuple[np.ndarray, ...], n_ev: int, n_ch: int) -> Reco:
+    p_even, p_odd, amp, t_peak, energy, pileup = (x.reshape(n_ev, n_ch) for x in rows)
+    return Reco(p_even, p_odd, amp, t_peak, pileup, energy)
+
+
+def _row_params(
+    cfg: RecoConfig,
+    n_ch: int,
+    n_s: int,
+    gain: np.ndarray,
+    noise: np.ndarray | None,
+    time_offset_ns: np.ndarray | None,
+    status: np.ndarray | None,
+    sample_period_ns: float,
+    shape: np.ndarray | None,
+) -> RowParams:
+    """The compiled pass's settings and per-channel constants (validated), cached by the constants' content
+    (the DAQ reconstructs ~100 events per call with the same constants)."""
+    key = (cfg, n_ch, n_s, sample_period_ns, *map(_content, (gain, noise, time_offset_ns, status, shape)))
+    p = _PARAMS.get(key)
+    if p is None:
+        p = _make_row_params(cfg, n_ch, n_s, gain, noise, time_offset_ns, status, sample_period_ns, shape)
+        if len(_PARAMS) >= 16:
+            _PARAMS.clear()
+        _PARAMS[key] = p
+    return p
+
+
+_PARAMS: dict[tuple[object, ...], RowParams] = {}
+
+
+def _content(a: np.ndarray | None) -> tuple[str, tuple[int, ...], bytes] | None:
+    if a is None:
+        return None
+    x = np.asarray(a)
+    return x.dtype.str, x.shape, x.tobytes()
+
+
+def _make_row_params(
+    cfg: RecoConfig,
+    n_ch: int,
+    n_s: int,
+    gain: np.ndarray,
+    noise: np.ndarray | None,
+    time_offset_ns: np.ndarray | None,
+    status: np.ndarray | None,
+    sample_period_ns: float,
+    shape: np.ndarray | None,
+) -> RowParams:
     if n_s < max(cfg.n_pedestal + 3, 3):
         raise ValueError(f"{n_s} samples are too few for a {cfg.n_pedestal}-sample pedestal")
-    n_ped = cfg.n_pedestal - cfg.n_pedestal % 2  # whole (even, odd) pairs
-    # zero suppression threshold per channel
-    thr_ch = (
+    if shape is not None and np.shape(shape) != (n_ch,):
+        raise ValueError(f"shape must be {n_ch} pulse-shape classes (daq.detector.PulseShape)")
+    fixed = _fixed_params(
+        cfg, sample_period_ns, n_ch, None if shape is None else tuple(np.asarray(shape).tolist())
+    )
+    thr = (
         np.zeros(n_ch, np.float32)
         if noise is None
         else np.float32(cfg.zero_suppress_sigma) * np.asarray(noise, dtype=np.float32)
     )
-    thr = np.broadcast_to(thr_ch, (n_ev, n_ch)).ravel()
-    # one compiled pass per channel window: pedestals, largest sample and its neighbours, pile-up
-    # (imported here: numba costs ~0.5 s to import, which processes that never reconstruct do not pay)
-    from daq.reco_kernel import estimate, window_features
-
-    features = window_features(w.reshape(-1, n_s), n_ped, thr, cfg.pileup_fraction, cfg.pileup_separation)
-    p_even, p_odd = features[0], features[1]
-    ped_e = p_even.reshape(n_ev, n_ch)
-    ped_o = p_odd.reshape(n_ev, n_ch)
-    # amplitude (vertex x template correction), peak time, pile-up and energy: a second compiled pass
-    # over the per-window features (the numpy formulation is reco_kernel.estimate_numpy)
-    method = {"max": 0, "parabola": 1, "template": 2}[cfg.amplitude_method]
-    table = _correction_tables(cfg, float(sample_period_ns))
-    cls_offset = _shape_classes(shape, n_ch).astype(np.int64) * table.shape[1]
     gev_per_count = (1.0 / (1000.0 * np.asarray(gain, dtype=np.float64))).astype(np.float32)
-    amp, t_raw, pileup, energy = estimate(
-        features,
-        n_s,
-        method,
+    dead = np.zeros(n_ch, np.bool_) if status is None else np.asarray(status) == DEAD
+    t_off = (
+        fixed.t_off if time_offset_ns is None else np.asarray(time_offset_ns, dtype=np.float32).reshape(n_ch)
+    )
+    for name, a in (("gain", gev_per_count), ("noise", thr), ("status", dead)):
+        if a.shape != (n_ch,):
+            raise ValueError(f"{name} must have one value per channel ({n_ch}), got shape {a.shape}")
+    return fixed._replace(
+        thr=np.ascontiguousarray(thr),
+        gev_per_count=np.ascontiguousarray(gev_per_count),
+        dead=np.ascontiguousarray(dead),
+        t_off=np.ascontiguousarray(t_off),
+        subtract_offset=time_offset_ns is not None,
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _fixed_params(
+    cfg: RecoConfig, sample_period_ns: float, n_ch: int, shape: tuple[int, ...] | None
+) -> RowParams:
+    """The parts of the pass's settings that depend only on the configuration and the channels' shapes."""
+    from daq.reco_kernel import row_params
+
+    table = _correction_tables(cfg, sample_period_ns)
+    cls_offset = (
+        _shape_classes(None if shape is None else np.array(shape), n_ch).astype(np.int64) * table.shape[1]
+    )
+    zeros = np.zeros(n_ch, np.float32)
+    return row_params(
+        cfg.n_pedestal - cfg.n_pedestal % 2,  # whole (even, odd) pairs
+        cfg.pileup_fraction,
+        cfg.pileup_separation,
+        {"max": 0, "parabola": 1, "template": 2}[cfg.amplitude_method],
         cls_offset,
         table,
-        float(sample_period_ns),
-        thr_ch,
-        gev_per_count,
+        sample_period_ns,
+        zeros,
+        zeros,
+        None,
+        None,
         cfg.expected_peak_ns,
         cfg.peak_window_ns,
-    )
-    t_peak = t_raw.reshape(n_ev, n_ch)
-    if time_offset_ns is not None:
-        t_peak = t_peak - np.asarray(time_offset_ns, dtype=np.float32)
-    amp2 = amp.reshape(n_ev, n_ch)
-    energy = energy.reshape(n_ev, n_ch)
-    if status is not None:
-        energy[:, np.asarray(status) == DEAD] = 0
-    return Reco(
-        ped_e,
-        ped_o,
-        amp2.astype(np.float32, copy=False),
-        t_peak.astype(np.float32, copy=False),
-        pileup.reshape(n_ev, n_ch),
-        energy,
     )
 
 
