@@ -1,13 +1,18 @@
-"""The HDF5 spill writer alone: events/s and MB/s for each codec, with realistic waveforms.
+"""The HDF5 spill writer alone: CPU per event, events/s and MB/s for each codec.
 
-Events are 110 channels x 32 samples of 12-bit ADC data: pedestals ~200 counts (even/odd different),
-1.5 counts RMS noise in every channel, an electron shower in the ECAL/PRS cells around the beam cell, a
-few HCAL, SRD and counter pulses (~7 kB raw per event). Each codec writes whole spill files through
-:class:`daq.writer.SpillWriter` (create, append in slice-sized batches, close with fsync and rename), in
-one thread, like the DAQ's writer thread. Target: >= 25 kHz of 7 kB events.
+Events are either the events of a recorded spill file (``--from FILE``: real waveforms and reco columns,
+the best model of the DAQ) or synthetic: 110 channels x 32 samples of 12-bit ADC data, pedestals ~200
+counts (even/odd different), 1.5 counts RMS noise in every channel, an electron shower in the ECAL/PRS
+cells around the beam cell, a few HCAL, SRD and counter pulses (~7 kB raw per event). Each codec writes
+whole spill files through :class:`daq.writer.SpillWriter` (create, append in slice-sized batches of
+``--batch`` events as the DAQ's event builder delivers them, close with fsync and rename), in one thread,
+like the DAQ's writer thread; ``--repeat`` files per codec reuse one event buffer as the writer thread
+does. CPU = the writing thread's user + system time (``time.thread_time``), the figure that matters on
+a shared machine; wall-clock rates depend on the load. Targets: >= 25 kHz of 7 kB events and
+<= 10 us of writer CPU per event (the DAQ at 20x real time).
 
-    python benchmarks/bench_writer.py                   # all codecs, 20 000 events each
-    python benchmarks/bench_writer.py --events 50000 --codec lz4
+    python benchmarks/bench_writer.py                   # all codecs, 20 000 synthetic events each
+    python benchmarks/bench_writer.py --from /tmp/rr/recorded/run000001_spill00001.h5 --codec blosc-lz4 --repeat 5
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from daq import detector
-from daq.batch import EventBatch
+from daq.batch import SUM_NAMES, EventBatch
+from daq.files import SpillFile
 from daq.waveform import RecoConfig, event_sums, reconstruct, synthesize
 from daq.writer import CODECS, SpillFinal, SpillHeader, SpillWriter, WriterConfig
 
@@ -77,46 +83,99 @@ def realistic_batch(n: int, rng: np.random.Generator, first_id: int = 0) -> Even
     )
 
 
+def recorded_batches(path: Path, batch: int) -> list[EventBatch]:
+    """The events of a spill file as batches of ``batch`` events (owned arrays, as the DAQ builds them)."""
+    with SpillFile(path) as f:
+        ev = f.events()
+        wf, energy, amp, pt, pu = f.waveforms(), f.energy(), f.amplitude(), f.peak_time(), f.pileup()
+        prim = f.primitives()["amp"]
+        n = f.n_events
+    out = []
+    for lo in range(0, n, batch):
+        s = slice(lo, min(n, lo + batch))
+        out.append(
+            EventBatch(
+                event_id=ev["event_id"][s].copy(),
+                slice=ev["slice"][s].copy(),
+                index=ev["index"][s].copy(),
+                t_ns=ev["t_ns"][s].copy(),
+                trigger_mask=ev["trigger_mask"][s].copy(),
+                missing_groups=ev["missing_groups"][s].copy(),
+                sums=np.stack([ev[k][s] for k in SUM_NAMES]),
+                energy=energy[s].copy(),
+                amplitude=amp[s].copy(),
+                peak_time=pt[s].copy(),
+                pileup=pu[s].astype(bool),
+                waveforms=wf[s].copy(),
+                prim_amp=np.ascontiguousarray(prim[:, s]),
+            )
+        )
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--events", type=int, default=20_000, help="events per codec (one spill file)")
-    ap.add_argument("--batch", type=int, default=40, help="events per append (a slice's readout)")
+    ap.add_argument("--events", type=int, default=20_000, help="events per file (synthetic events only)")
+    ap.add_argument("--batch", type=int, default=100, help="events per append (a slice's readout)")
+    ap.add_argument("--from", dest="source", type=Path, default=None, help="a spill file to take events from")
+    ap.add_argument("--repeat", type=int, default=1, help="files per codec (the best CPU figure is shown)")
     ap.add_argument("--codec", action="append", choices=CODECS, help="codecs to measure (default: all)")
     ap.add_argument("--dir", type=Path, default=None, help="where to write (default: a temporary directory)")
     args = ap.parse_args()
-    rng = np.random.default_rng(1)
-    pool = [realistic_batch(args.batch, rng, i * args.batch) for i in range(50)]
+    if args.source is not None:
+        pool = recorded_batches(args.source, args.batch)
+        n_file = sum(len(b) for b in pool)
+        what = f"{n_file} events of {args.source.name}"
+    else:
+        rng = np.random.default_rng(1)
+        pool = [realistic_batch(args.batch, rng, i * args.batch) for i in range(50)]
+        n_file = args.events
+        what = f"{n_file} synthetic events"
     raw_per_event = detector.N_CHANNELS * detector.N_SAMPLES * 2
     print(
-        f"{args.events} events per file, appended {args.batch} at a time, {raw_per_event} B of raw samples "
-        "per event; fsync and rename included; CPU = process CPU time (all threads)"
+        f"{what} per file, appended {args.batch} at a time, {raw_per_event} B of raw samples per event; "
+        f"fsync and rename included; best of {args.repeat}; CPU = the writing thread's user+sys time"
     )
     print(
-        f"{'codec':<12} {'events/s':>10} {'raw MB/s':>9} {'file MB':>8} {'B/event':>8} {'ratio':>6} {'CPU s':>6}"
+        f"{'codec':<14} {'CPU us/ev':>9} {'CPU s':>6} {'events/s':>10} {'raw MB/s':>9} {'file MB':>8} "
+        f"{'B/event':>8} {'ratio':>6} {'fsync s':>7}"
     )
     ok = True
     with tempfile.TemporaryDirectory(prefix="bench-writer-", dir=args.dir) as tmp:
         for i, codec in enumerate(args.codec or CODECS):
-            w = SpillWriter(tmp, SpillHeader(run=1, spill=i + 1), WriterConfig(compression=codec))
-            t0, c0 = time.perf_counter(), time.process_time()
-            n = 0
-            while n < args.events:
-                b = pool[(n // args.batch) % len(pool)]
-                w.append(b)
-                n += len(b)
-            res = w.close(SpillFinal(counters={"n_accepted": n}))
-            dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+            best = None
+            block = None
+            for rep in range(args.repeat):
+                header = SpillHeader(run=1, spill=i * args.repeat + rep + 1)
+                t0 = time.perf_counter()
+                w = SpillWriter(tmp, header, WriterConfig(compression=codec), block)
+                block = w.block
+                n = 0
+                while n < n_file:
+                    b = pool[(n // args.batch) % len(pool)]
+                    w.append(b)
+                    n += len(b)
+                res = w.close(SpillFinal(counters={"n_accepted": n}))
+                dt = time.perf_counter() - t0
+                assert res.path is not None
+                res.path.unlink()
+                if best is None or res.cpu_seconds < best[0].cpu_seconds:
+                    best = (res, dt, n)
+            assert best is not None
+            res, dt, n = best
             size = res.bytes
-            rate = n / dt
+            cpu_us = res.cpu_seconds / n * 1e6
             print(
-                f"{codec:<12} {rate:>10,.0f} {n * raw_per_event / dt / 1e6:>9.1f} {size / 1e6:>8.1f} "
-                f"{size / n:>8.0f} {n * raw_per_event / size:>6.2f} {cpu:>6.2f}"
+                f"{codec:<14} {cpu_us:>9.1f} {res.cpu_seconds:>6.3f} {n / dt:>10,.0f} "
+                f"{n * raw_per_event / dt / 1e6:>9.1f} {size / 1e6:>8.1f} {size / n:>8.0f} "
+                f"{n * raw_per_event / size:>6.2f} {res.sync_seconds:>7.3f}"
             )
             if codec == WriterConfig().compression:
-                ok &= rate >= 25_000
-            assert res.path is not None
-            res.path.unlink()
-    print(f"default codec: {WriterConfig().compression}; target >= 25 kHz:", "met" if ok else "MISSED")
+                ok &= n / dt >= 25_000 and cpu_us <= 10.0
+    print(
+        f"default codec: {WriterConfig().compression}; targets >= 25 kHz and <= 10 us CPU per event:",
+        "met" if ok else "MISSED",
+    )
     return 0 if ok else 1
 
 

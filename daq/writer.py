@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from daq import __version__, detector
-from daq.batch import EventBatch
+from daq.batch import SUM_NAMES, EventBatch
+from daq.chunk_codec import BloscChunks, BloscUnavailable
 from daq.errors import WriteError
 from daq.files import (
     EVENT_COLUMNS,
@@ -50,6 +51,10 @@ FLUSH_CHUNKS = 64
 CODECS = ("none", "gzip", "lz4", "zstd", "blosc-lz4", "blosc-zstd", "bitshuffle-lz4")
 
 
+#: blosc's byte shuffle (hdf5plugin.Blosc.SHUFFLE), used by the blosc codecs
+BLOSC_SHUFFLE = 1
+
+
 def codec_options(name: str, level: int | None = None) -> dict[str, Any]:
     """h5py ``create_dataset`` keyword arguments for a codec name (see :data:`CODECS`)."""
     import hdf5plugin
@@ -69,7 +74,7 @@ def codec_options(name: str, level: int | None = None) -> dict[str, Any]:
             hdf5plugin.Blosc(
                 cname="lz4" if name == "blosc-lz4" else "zstd",
                 clevel=5 if level is None else level,
-                shuffle=hdf5plugin.Blosc.SHUFFLE,
+                shuffle=BLOSC_SHUFFLE,
             )
         )
     raise ValueError(f"unknown codec {name!r}; known: {', '.join(CODECS)}")
@@ -168,6 +173,11 @@ class WriteResult:
     bytes: int
     write_seconds: float
     error: str = ""
+    #: CPU time (user + system) of the writing thread from opening to closing the file: the writer
+    #: thread's cost of the spill (its only other work is waiting on the queue)
+    cpu_seconds: float = 0.0
+    #: wall time blocked in fdatasync during the spill and in the final fsync
+    sync_seconds: float = 0.0
 
 
 class _GuardedFile(io.RawIOBase):
@@ -227,10 +237,74 @@ class _GuardedFile(io.RawIOBase):
         super().close()
 
 
+class EventBlock:
+    """A reusable buffer of up to ``capacity`` events in the file's layout (one array per dataset).
+
+    Arriving batches are copied in (:meth:`fill`) and a full block is written with one call per dataset:
+    no concatenation of the batches, and the same memory is reused for every block of every spill (no
+    fresh pages to fault in and clear for each block).
+    """
+
+    #: per-event fields stored as (capacity, ...) arrays; sums and prim_amp are (rows, capacity)
+    _ROWS = ("sums", "prim_amp")
+
+    def __init__(self, capacity: int, n_prim: int, n_samples: int) -> None:
+        n_ch = detector.N_CHANNELS
+        self.capacity, self.n_prim, self.n_samples = capacity, n_prim, n_samples
+        self.n = 0
+        self.arrays: dict[str, np.ndarray] = {
+            "event_id": np.empty(capacity, np.uint64),
+            "slice": np.empty(capacity, np.uint32),
+            "index": np.empty(capacity, np.uint32),
+            "t_ns": np.empty(capacity, np.int64),
+            "trigger_mask": np.empty(capacity, np.uint32),
+            "missing_groups": np.empty(capacity, np.uint8),
+            "sums": np.empty((len(SUM_NAMES), capacity), np.float32),
+            "energy": np.empty((capacity, n_ch), np.float32),
+            "amplitude": np.empty((capacity, n_ch), np.float32),
+            "peak_time": np.empty((capacity, n_ch), np.float32),
+            "pileup": np.empty((capacity, n_ch), np.uint8),  # the file's type; bools are copied as 0/1
+            "waveforms": np.empty((capacity, n_ch, n_samples), np.uint16),
+            "prim_amp": np.empty((n_prim, capacity), np.uint16),
+        }
+
+    def fits(self, capacity: int, n_prim: int, n_samples: int) -> bool:
+        return (self.capacity, self.n_prim, self.n_samples) == (capacity, n_prim, n_samples)
+
+    @property
+    def full(self) -> bool:
+        return self.n >= self.capacity
+
+    def fill(self, batch: EventBatch, start: int = 0) -> int:
+        """Copy events ``start:`` of ``batch`` (as many as fit); returns how many were copied."""
+        k = min(len(batch) - start, self.capacity - self.n)
+        lo, hi = self.n, self.n + k
+        for name, a in self.arrays.items():
+            src = getattr(batch, name)
+            if name in self._ROWS:
+                a[:, lo:hi] = src[:, start : start + k]
+            else:
+                a[lo:hi] = src[start : start + k]
+        self.n = hi
+        return k
+
+    def column(self, name: str, n: int) -> np.ndarray:
+        """The first ``n`` values of an event-table column (the SUM_NAMES are rows of ``sums``)."""
+        if name in SUM_NAMES:
+            return self.arrays["sums"][SUM_NAMES.index(name), :n]
+        return self.arrays[name][:n]
+
+
 class SpillWriter:
     """Writes one spill file; not thread-safe (owned by the writer thread)."""
 
-    def __init__(self, data_dir: str | Path, header: SpillHeader, config: WriterConfig | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: str | Path,
+        header: SpillHeader,
+        config: WriterConfig | None = None,
+        block: EventBlock | None = None,
+    ) -> None:
         import h5py
 
         self.header = header
@@ -241,10 +315,17 @@ class SpillWriter:
         self.n_written = 0
         self.n_appended = 0  # events handed to append() (all lost if the file fails)
         self.seconds = 0.0
-        self._pending: list[EventBatch] = []
-        self._n_pending = 0
+        self.sync_seconds = 0.0  # blocked in fdatasync during the spill (wall)
         self._synced = 0
+        capacity = FLUSH_CHUNKS * config.chunk_events
+        n_prim = len(header.prim_channels)
+        if block is None or not block.fits(capacity, n_prim, header.n_samples):
+            block = EventBlock(capacity, n_prim, header.n_samples)
+        block.n = 0
+        #: the buffer of events not yet written (reused by the next spill: :class:`WriterThread`)
+        self.block = block
         t0 = time.perf_counter()
+        self._cpu0 = time.thread_time()
         self._raw = _GuardedFile(self.partial_path)
         try:
             self._h5 = h5py.File(self._raw, "w", libver=("v110", "latest"))
@@ -321,66 +402,85 @@ class SpillWriter:
         self._columns = {name: f["events"][name] for name in EVENT_COLUMNS}
         self._reco = {name: f["reco"][name] for name in RECO_DATASETS}
         self._waveforms = f["waveforms"]
+        #: waveform chunks compressed outside the GIL and written whole (blosc codecs; else h5py filters)
+        self._wf_chunks: BloscChunks | None = None
+        if cfg.compression in ("blosc-lz4", "blosc-zstd"):
+            try:
+                self._wf_chunks = BloscChunks(
+                    "lz4" if cfg.compression == "blosc-lz4" else "zstd",
+                    5 if cfg.compression_level is None else cfg.compression_level,
+                    BLOSC_SHUFFLE,
+                )
+            except BloscUnavailable as e:
+                log.warning("%s: compressing through h5py", e)
         self._prim_t = f["primitives/t_ns"]
         self._prim_amp = f["primitives/amp"]
 
     # ------------------------------------------------------------ events
     def append(self, batch: EventBatch) -> None:
-        """Buffer a batch; whole chunks are written as soon as they are complete."""
-        if len(batch) == 0:
+        """Copy a batch into the block buffer; a full block (whole chunks of every dataset) is written."""
+        k = len(batch)
+        if k == 0:
             return
-        self.n_appended += len(batch)
-        self._pending.append(batch)
-        self._n_pending += len(batch)
-        if self._n_pending >= FLUSH_CHUNKS * self.config.chunk_events:
-            self._flush(final=False)
-            self.check()
+        self.n_appended += k
+        blk = self.block
+        done = 0
+        while done < k:
+            done += blk.fill(batch, done)
+            if blk.full:
+                self._flush(final=False)
+                self.check()
 
     def _flush(self, final: bool) -> None:
-        if not self._pending:
+        """Write the buffered events (whole blocks while filling; whatever is left at the end)."""
+        blk = self.block
+        n = blk.n
+        if not n:
             return
         t0 = time.perf_counter()
-        batch = EventBatch.concat(self._pending)
-        n = len(batch) if final else (len(batch) // self.config.chunk_events) * self.config.chunk_events
-        if n < len(batch):
-            rest = batch.take(slice(n, None))
-            batch = batch.take(slice(0, n))
-            self._pending, self._n_pending = [rest], len(rest)
-        else:
-            self._pending, self._n_pending = [], 0
-        if n:
-            self._write(batch)
-            every = self.config.sync_every_mb * 1e6
-            if self.config.fsync and every and not final:
-                size = os.fstat(self._raw.fileno()).st_size
-                if size - self._synced >= every:
-                    os.fdatasync(self._raw.fileno())
-                    self._synced = size
+        self._write(blk, n)
+        blk.n = 0
+        every = self.config.sync_every_mb * 1e6
+        if self.config.fsync and every and not final:
+            size = os.fstat(self._raw.fileno()).st_size
+            if size - self._synced >= every:
+                t1 = time.perf_counter()
+                os.fdatasync(self._raw.fileno())
+                self.sync_seconds += time.perf_counter() - t1
+                self._synced = size
         self.seconds += time.perf_counter() - t0
 
-    def _write(self, b: EventBatch) -> None:
-        lo, n = self.n_written, len(b)
+    def _write(self, blk: EventBlock, n: int) -> None:
+        lo = self.n_written
         hi = lo + n
         for name, ds in self._columns.items():
             ds.resize((hi,))
-            ds[lo:hi] = b.column(name)
+            ds[lo:hi] = blk.column(name, n)
         for name, ds in self._reco.items():
-            arr = getattr(b, name)
             ds.resize((hi, ds.shape[1]))
-            ds[lo:hi] = arr.view(np.uint8) if arr.dtype == bool else arr
+            ds[lo:hi] = blk.arrays[name][:n]
         wf = self._waveforms
         wf.resize((hi, *wf.shape[1:]))
-        wf[lo:hi] = b.waveforms
+        src = blk.arrays["waveforms"]
+        ce = self.config.chunk_events
+        if self._wf_chunks is not None and lo % ce == 0 and src.shape[0] % ce == 0:
+            for c0 in range(0, n, ce):  # whole chunks of the block (capacity: a multiple of ce)
+                chunk = src[c0 : c0 + ce]
+                if n - c0 < ce:
+                    chunk[n - c0 :] = 0  # the file's last chunk: rows beyond the extent are not read
+                wf.id.write_direct_chunk((lo + c0, 0, 0), self._wf_chunks.compress(chunk))
+        else:
+            wf[lo:hi] = src[:n]
         self._prim_t.resize((hi,))
-        self._prim_t[lo:hi] = b.t_ns
+        self._prim_t[lo:hi] = blk.arrays["t_ns"][:n]
         pa = self._prim_amp
         pa.resize((pa.shape[0], hi))
-        pa[:, lo:hi] = b.prim_amp
+        pa[:, lo:hi] = blk.arrays["prim_amp"][:, :n]
         self.n_written = hi
 
     @property
     def n_buffered(self) -> int:
-        return self._n_pending
+        return self.block.n
 
     # ------------------------------------------------------------ close
     def close(self, final: SpillFinal) -> WriteResult:
@@ -428,15 +528,22 @@ class SpillWriter:
             _fsync_dir(self.data_dir)
         t_end = time.perf_counter()
         self.seconds += t_end - t0
+        if self.config.fsync:
+            self.sync_seconds += t_end - t_sync
+        cpu = time.thread_time() - self._cpu0
         size = self.final_path.stat().st_size
         log.info(
-            "closed %s: %d events, %.1f MB, %.3f s writing in all; close %.3f s (fsync %.3f s)",
+            "closed %s: %d events, %.1f MB, %.3f s writing in all, %.3f CPU s (%.1f us/event); "
+            "close %.3f s (fsync %.3f s); blocked in fsync/fdatasync %.3f s in all",
             self.final_path.name,
             self.n_written,
             size / 1e6,
             self.seconds,
+            cpu,
+            cpu / max(self.n_written, 1) * 1e6,
             t_end - t0,
             t_end - t_sync,
+            self.sync_seconds,
         )
         return WriteResult(
             self.header.run,
@@ -447,6 +554,8 @@ class SpillWriter:
             0,
             size,
             self.seconds,
+            cpu_seconds=cpu,
+            sync_seconds=self.sync_seconds,
         )
 
     def abort(self) -> None:
@@ -506,6 +615,7 @@ class WriterThread:
         self._queue: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=config.queue_size)
         self._thread = threading.Thread(target=self._run, name="na64-writer", daemon=True)
         self._spill: _SpillState | None = None
+        self._block: EventBlock | None = None  # the event buffer, reused from spill to spill
         self.busy_seconds = 0.0
         self._thread.start()
 
@@ -562,7 +672,8 @@ class WriterThread:
         self._spill = st = _SpillState(header)
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            st.writer = SpillWriter(self.data_dir, header, self.config)
+            st.writer = SpillWriter(self.data_dir, header, self.config, self._block)
+            self._block = st.writer.block
         except Exception as e:
             self._fail(f"cannot create {partial_filename(header.run, header.spill)}: {_reason(e)}")
 

@@ -1,0 +1,147 @@
+"""The spill writer's event buffer (EventBlock): batches of any size land in the file in order, the buffer
+is reused from spill to spill, and a write error in the middle of a spill still fails it cleanly."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from daq.batch import SUM_NAMES, EventBatch
+from daq.files import SpillFile
+from daq.writer import EventBlock, SpillFinal, SpillHeader, SpillWriter, WriterConfig, WriterThread
+from tests.daq.test_files import N_PRIM, batch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def batches(sizes: list[int], seed: int = 0) -> list[EventBatch]:
+    out, first = [], 0
+    for i, k in enumerate(sizes):
+        out.append(batch(k, first_id=first, seed=seed + i))
+        first += k
+    return out
+
+
+def assert_file_holds(path: Path, parts: list[EventBatch]) -> None:
+    """Every per-event dataset of the file equals the concatenation of the batches."""
+    ref = EventBatch.concat(parts)
+    with SpillFile(path) as f:
+        assert f.n_events == len(ref)
+        ev = f.events()
+        for name in ("event_id", "slice", "index", "t_ns", "trigger_mask", "missing_groups", *SUM_NAMES):
+            np.testing.assert_array_equal(ev[name], ref.column(name), err_msg=name)
+        np.testing.assert_array_equal(f.energy(), ref.energy)
+        np.testing.assert_array_equal(f.amplitude(), ref.amplitude)
+        np.testing.assert_array_equal(f.peak_time(), ref.peak_time)
+        np.testing.assert_array_equal(f.pileup(), ref.pileup)
+        np.testing.assert_array_equal(f.waveforms(), ref.waveforms)
+        prim = f.primitives()
+        np.testing.assert_array_equal(prim["t_ns"], ref.t_ns)
+        np.testing.assert_array_equal(prim["amp"], ref.prim_amp)
+
+
+def test_block_fill_splits_a_batch_at_the_block_end() -> None:
+    blk = EventBlock(capacity=8, n_prim=N_PRIM, n_samples=32)
+    b = batch(11, seed=3)
+    assert blk.fill(b) == 8 and blk.full
+    np.testing.assert_array_equal(blk.arrays["waveforms"], b.waveforms[:8])
+    np.testing.assert_array_equal(blk.arrays["prim_amp"], b.prim_amp[:, :8])
+    np.testing.assert_array_equal(blk.column("e_miss", 8), b.column("e_miss")[:8])
+    assert blk.arrays["pileup"].dtype == np.uint8
+    np.testing.assert_array_equal(blk.arrays["pileup"], b.pileup[:8])
+    blk.n = 0
+    assert blk.fill(b, 8) == 3 and blk.n == 3 and not blk.full
+    np.testing.assert_array_equal(blk.arrays["event_id"][:3], b.event_id[8:])
+    assert blk.fits(8, N_PRIM, 32) and not blk.fits(8, N_PRIM + 1, 32) and not blk.fits(16, N_PRIM, 32)
+
+
+@pytest.mark.parametrize("chunk_events", [1, 4, 64])
+def test_batches_of_any_size_are_written_in_order(tmp_path: Path, chunk_events: int) -> None:
+    # chunk_events=4: blocks of 256 events, so batches straddle several block ends
+    parts = batches([37, 100, 1, 0, 300, 255, 2, 1000, 19])
+    w = SpillWriter(
+        tmp_path, SpillHeader(run=1, spill=1), WriterConfig(fsync=False, chunk_events=chunk_events)
+    )
+    capacity = w.block.capacity
+    assert capacity == 64 * chunk_events
+    for b in parts:
+        w.append(b)
+        assert w.n_written % capacity == 0 and w.n_written + w.n_buffered == w.n_appended
+    res = w.close(SpillFinal())
+    assert res.status == "ok" and res.n_events_written == sum(len(b) for b in parts) == 1714
+    assert res.cpu_seconds > 0 and res.sync_seconds == 0.0
+    assert res.path is not None
+    assert_file_holds(res.path, parts)
+
+
+def test_writer_thread_reuses_the_buffer_and_each_file_is_right(tmp_path: Path) -> None:
+    wt = WriterThread(tmp_path, WriterConfig(fsync=True, chunk_events=2, sync_every_mb=0.05))
+    try:
+        files: list[tuple[Path, list[EventBatch]]] = []
+        blocks = []
+        for spill, sizes in ((1, [90, 100, 7]), (2, [3]), (3, [128, 129, 50])):
+            parts = batches(sizes, seed=10 * spill)
+            fut: concurrent.futures.Future = concurrent.futures.Future()
+            assert wt.try_put(("open", SpillHeader(run=4, spill=spill)))
+            for b in parts:
+                assert wt.try_put(("append", b))
+            probe: concurrent.futures.Future = concurrent.futures.Future()
+            assert wt.try_put(("call", lambda: id(wt._block), probe))
+            assert wt.try_put(("close", SpillFinal(), fut))
+            res = fut.result(30)
+            blocks.append(probe.result(30))
+            assert res.status == "ok" and res.path is not None and res.sync_seconds > 0
+            files.append((res.path, parts))
+        assert len(set(blocks)) == 1  # one buffer for the three spills
+        for path, parts in files:
+            assert_file_holds(path, parts)
+    finally:
+        wt.stop()
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import concurrent.futures, json, resource, sys
+    from pathlib import Path
+    from daq.writer import SpillFinal, SpillHeader, WriterConfig, WriterThread
+    from tests.daq.test_files import batch
+
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
+    wt = WriterThread(Path(sys.argv[1]), WriterConfig(fsync=True, chunk_events=2))
+    out = []
+    for spill, n in ((1, 1000), (2, 5)):
+        fut = concurrent.futures.Future()
+        wt.try_put(("open", SpillHeader(run=7, spill=spill)))
+        for i in range(0, n, 100):
+            while not wt.try_put(("append", batch(min(100, n - i), first_id=i, seed=i))):
+                pass
+        wt.try_put(("close", SpillFinal(), fut))
+        r = fut.result(60)
+        out.append([r.status, r.n_events_written, r.n_events_lost, r.error])
+    wt.stop()
+    print(json.dumps(out))
+    """
+)
+
+
+def test_a_write_error_in_the_middle_of_a_spill_fails_it_and_the_next_spill_is_written(
+    tmp_path: Path,
+) -> None:
+    """A real write error: the writing process may not write files larger than 1 MB (RLIMIT_FSIZE)."""
+    data = tmp_path / "data"
+    p = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(data)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert p.returncode == 0, p.stderr
+    (s1, s2) = json.loads(p.stdout.strip().splitlines()[-1])
+    assert s1[0] == "failed" and s1[1] == 0 and s1[2] == 1000
+    assert "File too large" in s1[3] or "No space left" in s1[3]
+    assert s2 == ["ok", 5, 0, ""]
+    assert sorted(x.name for x in data.iterdir()) == ["run000007_spill00002.h5"]  # no partial file left
