@@ -338,6 +338,23 @@ class SpillFile:
         """Raw samples (E, 110, n_samples) uint16 in ADC counts (0 for channels missing from the event)."""
         return self._read("waveforms", sel)
 
+    def read_waveforms_into(self, out: np.ndarray, start: int = 0) -> None:
+        """Read events ``start .. start + len(out) - 1`` of the raw samples into ``out`` (a C-contiguous
+        (k, 110, n_samples) uint16 array, e.g. a buffer reused block after block: no allocation)."""
+        ds = self._h5["waveforms"]
+        k = out.shape[0]
+        if out.dtype != ds.dtype or out.shape[1:] != ds.shape[1:] or not out.flags.c_contiguous:
+            raise ValueError(
+                f"{self.path}: waveform buffer {out.dtype}{out.shape} does not fit (k, {ds.shape[1]}, "
+                f"{ds.shape[2]}) {ds.dtype}"
+            )
+        if not 0 <= start <= start + k <= ds.shape[0]:
+            raise IndexError(
+                f"{self.path}: events {start}..{start + k - 1} out of range 0..{ds.shape[0] - 1}"
+            )
+        if k:
+            ds.read_direct(out, np.s_[start : start + k], np.s_[0:k])
+
     def primitives(self) -> dict[str, np.ndarray]:
         """Trigger primitives of the read-out particles: ``t_ns`` (E,), ``amp`` (C, E), ``channels`` (C,).
 

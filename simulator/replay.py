@@ -8,10 +8,19 @@ waveforms (:class:`~simulator.replay_spill.RecordedSpill`), and sends SPILL_END 
 every request of the spill is answered (or when none came for ``request_timeout_s`` after the last
 slice), then RUN_STOP.
 
+With ``merge_slices = N`` every N consecutive recorded slices go as one slice (ids 0, 1, ...; N times
+longer, the last one cut at the recorded end of the spill; their particles in order): N times fewer
+SLICE, READOUT_REQUEST and FRAGMENT messages for the same particles, trigger decisions and events (the
+trigger's state carries across slices); only the events' ``slice``/``index`` and the slice counts change.
+
 Pacing: ``speed`` x real time (a slice is sent when its end is due, spills keep their recorded
 spacing), or ``speed=None`` for maximum pace with at most ``max_inflight_slices`` slices waiting for
 their readout request. Unreadable or partial files are skipped with a message and counted. One thread
-runs the socket; the next file is read ahead in a helper thread.
+runs the socket and reads each request's waveforms from the open file when the request comes
+(:class:`~simulator.replay_spill.RecordedSpill`); the next file's event table is read ahead in a helper
+thread. Messages are sent by copying their frames into ZeroMQ messages (one memcpy of cache-resident
+data, outside the GIL): cheaper than zero-copy frames, whose release goes through pyzmq's
+garbage-collector thread frame by frame, and the waveform buffers can be reused for the next request.
 """
 
 from __future__ import annotations
@@ -31,7 +40,14 @@ import zmq
 from daq import detector, protocol
 from daq.errors import DaqError, ProtocolError, UserError
 from daq.files import SpillFileError
-from simulator.replay_spill import AnswerCounts, RecordedSpill, ReplayError, frontend_info_json, load_spill
+from simulator.replay_spill import (
+    AnswerCounts,
+    MergeTooLong,
+    RecordedSpill,
+    ReplayError,
+    frontend_info_json,
+    load_spill,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +55,9 @@ log = logging.getLogger(__name__)
 DEFAULT_GAP_S = 1.0
 #: recorded gaps between spills longer than this are shortened to DEFAULT_GAP_S (a pause in data taking)
 MAX_GAP_S = 60.0
+#: upper bound of ``merge_slices`` (the wire's slice length bounds it further, per file)
+MAX_MERGE_SLICES = 10_000
+_SNDMORE = int(zmq.SNDMORE)
 
 
 @dataclass(frozen=True)
@@ -61,6 +80,8 @@ class ReplayConfig:
     original_times: bool = True
     #: give up when the DAQ takes no message, or sends no readout request while slices wait, this long
     stall_timeout_s: float = 30.0
+    #: recorded slices sent as one slice (1: as recorded); see the module doc
+    merge_slices: int = 1
 
     def __post_init__(self) -> None:
         if self.speed is not None and not self.speed > 0:
@@ -75,6 +96,8 @@ class ReplayConfig:
             raise ValueError(f"stall_timeout_s must be > 0 (got {self.stall_timeout_s})")
         if self.slice_ms is not None and not 0.001 <= self.slice_ms <= 10_000:
             raise ValueError(f"slice_ms must be in 0.001..10000 (got {self.slice_ms})")
+        if not 1 <= self.merge_slices <= MAX_MERGE_SLICES:
+            raise ValueError(f"merge_slices must be in 1..{MAX_MERGE_SLICES} (got {self.merge_slices})")
 
 
 @dataclass
@@ -179,6 +202,7 @@ class Replayer:
         self.stop = stop or threading.Event()
         self._seq = protocol.SequenceCounter()
         self._sock: zmq.Socket[Any] | None = None
+        self._send_part: Any = None  # the socket's send (copying)
         self._t_start = time.monotonic()
         self._next_heartbeat = 0.0
         self._state = protocol.FrontEndState.IDLE
@@ -201,6 +225,7 @@ class Replayer:
             sock.close(0)
             raise UserError(f"cannot connect to the DAQ at {cfg.endpoint}: {e}") from None
         self._sock = sock
+        self._send_part = sock.send
         t0 = time.monotonic()
         self._t_start = t0
         self._state = protocol.FrontEndState.RUNNING
@@ -214,41 +239,52 @@ class Replayer:
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay-read")
         pending: concurrent.futures.Future[RecordedSpill] | None = None
         try:
-            pending = pool.submit(load_spill, paths[0], cfg.slice_ms) if paths else None
+            merge = cfg.merge_slices
+            pending = pool.submit(load_spill, paths[0], cfg.slice_ms, merge) if paths else None
             for i, path in enumerate(paths):
                 if self.stop.is_set():
                     break
                 assert pending is not None
                 try:
                     spill = pending.result()
+                except MergeTooLong:
+                    raise  # the user's --merge-slices, not the file: one error line
                 except (SpillFileError, ReplayError) as e:
                     self._skip(path, str(e))
                     spill = None
-                pending = pool.submit(load_spill, paths[i + 1], cfg.slice_ms) if i + 1 < len(paths) else None
+                pending = (
+                    pool.submit(load_spill, paths[i + 1], cfg.slice_ms, merge) if i + 1 < len(paths) else None
+                )
                 if spill is None:
                     continue
-                if spill.status != "ok":
-                    log.warning(
-                        "%s: spill recorded with status %r (see its losses); replaying it", path, spill.status
-                    )
-                timing = SpillTiming.of(spill)
-                if started is not None and spill.run == started.run:
-                    why = _incompatible(started, timing)
-                    if why:
-                        self._skip(path, f"{path}: cannot join run {spill.run} as replayed so far: {why}")
-                        continue
-                if started is None or spill.run != started.run:
-                    if started is not None:
-                        self._send(protocol.RunStop(run=started.run, n_spills=n_spills_run))
-                    self._run_start(spill, paths)
-                    started, n_spills_run = timing, 0
-                beam_clock += gap_s(prev, timing)
-                if pace0 is None:  # the pacing clock starts with the first spill, not with reading it
-                    pace0 = time.monotonic()
-                self._play(spill, pace0, beam_clock)
-                self.report.beam_s = beam_clock + spill.end_ns / 1e9
-                n_spills_run += 1
-                prev, spill = timing, None  # the data may go: at most this spill and the next in memory
+                try:
+                    if spill.status != "ok":
+                        log.warning(
+                            "%s: spill recorded with status %r (see its losses); replaying it",
+                            path,
+                            spill.status,
+                        )
+                    timing = SpillTiming.of(spill)
+                    if started is not None and spill.run == started.run:
+                        why = _incompatible(started, timing)
+                        if why:
+                            self._skip(path, f"{path}: cannot join run {spill.run} as replayed so far: {why}")
+                            continue
+                    if started is None or spill.run != started.run:
+                        if started is not None:
+                            self._send(protocol.RunStop(run=started.run, n_spills=n_spills_run))
+                        self._run_start(spill, paths)
+                        started, n_spills_run = timing, 0
+                    beam_clock += gap_s(prev, timing)
+                    if pace0 is None:  # the pacing clock starts with the first spill, not with reading it
+                        pace0 = time.monotonic()
+                    self._play(spill, pace0, beam_clock)
+                    self.report.beam_s = beam_clock + spill.end_ns / 1e9
+                    n_spills_run += 1
+                    prev = timing
+                finally:
+                    spill.close()
+                    spill = None  # at most this spill and the next one open
             if started is not None:
                 self._send(protocol.RunStop(run=started.run, n_spills=n_spills_run))
             self._state = protocol.FrontEndState.IDLE
@@ -257,6 +293,13 @@ class Replayer:
             if pending is not None:
                 pending.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
+            if (
+                pending is not None
+                and pending.done()
+                and not pending.cancelled()
+                and pending.exception() is None
+            ):
+                pending.result().close()  # read ahead but not replayed (stopped or failed)
             sock.close()  # linger: queued messages still go out, bounded by linger_s
             self._sock = None
         self.report.wall_s = time.monotonic() - t0
@@ -269,7 +312,7 @@ class Replayer:
         self.report.skipped.append((path, reason))
 
     def _run_start(self, spill: RecordedSpill, paths: list[Path]) -> None:
-        info = frontend_info_json([str(p) for p in paths], spill.frontend_info)
+        info = frontend_info_json([str(p) for p in paths], spill.frontend_info, spill.slice_ns, spill.merge)
         self._run = spill.run
         self.report.runs += 1
         self._send(
@@ -284,10 +327,13 @@ class Replayer:
             )
         )
         log.info(
-            "run %d: replay started (%d primitive channels, %d ns slices)",
+            "run %d: replay started (%d primitive channels, %d ns slices%s)",
             spill.run,
             len(spill.prim_channels),
             spill.slice_ns,
+            f": {spill.merge} recorded slices of {spill.recorded_slice_ns} ns each"
+            if spill.merge > 1
+            else "",
         )
 
     def _play(self, spill: RecordedSpill, t0: float, beam_start_s: float) -> None:
@@ -348,6 +394,14 @@ class Replayer:
                 spill.run,
                 spill.spill,
                 c.random_unavailable,
+            )
+        if c.read_errors:
+            log.warning(
+                "run %d spill %d: the waveforms of %d requests could not be read from %s: header-only fragments",
+                spill.run,
+                spill.spill,
+                c.read_errors,
+                spill.path,
             )
         for name in ("bad_index", "unknown_slice"):
             if getattr(c, name):
@@ -432,10 +486,10 @@ class Replayer:
             for g in range(detector.N_GROUPS):
                 self._send(protocol.Fragment(run=req.run, spill=req.spill, slice_id=req.slice_id, source=g))
             return
-        frags = spill.answer(req, self._counts, first_seq=self._seq.next)  # numbered: no re-stamping copies
+        frags = spill.answer_frames(req, self._counts, first_seq=self._seq.next)  # encoded and numbered
         self._seq.next += len(frags)
-        for frag in frags:  # no heartbeat in between: it would take a number before the fragments'
-            self._send(frag, beat=False, numbered=True)
+        for frames in frags:  # no heartbeat in between: it would take a number before the fragments'
+            self._send_frames(frames)
         self._heartbeat()
 
     def _heartbeat(self, force: bool = False) -> None:
@@ -453,17 +507,24 @@ class Replayer:
                 beat=False,
             )
 
-    def _send(self, msg: protocol.Message, beat: bool = True, numbered: bool = False) -> None:
-        """Encode and send (``numbered``: ``msg`` already carries its sequence number from ``self._seq``)."""
-        assert self._sock is not None
+    def _send(self, msg: protocol.Message, beat: bool = True) -> None:
+        """Number (next sequence number), encode and send a message; then a heartbeat if one is due."""
+        self._send_frames(protocol.encode(self._seq.stamp(msg)))
+        if beat:
+            self._heartbeat()
+
+    def _send_frames(self, frames: list[bytes | memoryview]) -> None:
+        """Send an encoded message. Frames are copied into ZeroMQ messages (one memcpy, outside the GIL),
+        so no socket holds a spill's arrays after the send (see the module doc)."""
+        send = self._send_part
         try:
-            self._sock.send_multipart(protocol.encode(msg if numbered else self._seq.stamp(msg)), copy=False)
+            for frame in frames[:-1]:
+                send(frame, _SNDMORE)  # plain int flags: zmq.SNDMORE | 0 is enum arithmetic per frame
+            send(frames[-1], 0)
         except zmq.Again:
             raise ReplayStalled(
                 f"the DAQ at {self.config.endpoint} has taken no message for {self.config.stall_timeout_s:.0f} s"
             ) from None
-        if beat:
-            self._heartbeat()
 
     def _log_once(self, key: str, fmt: str, *args: Any) -> None:
         if key not in self._logged:

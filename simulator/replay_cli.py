@@ -13,7 +13,8 @@ from typing import Any
 
 from daq.errors import ConfigError, UserError
 from daq.files import PARTIAL_SUFFIX, SpillFile, list_spill_files
-from simulator.replay import ReplayConfig, Replayer
+from daq.process import tune_gc, tune_malloc
+from simulator.replay import MAX_MERGE_SLICES, ReplayConfig, Replayer
 from simulator.replay_spill import equivalence_overrides, toml_value
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,17 @@ def register(sub: Any) -> None:
         help="SPILL_END when no readout request came for this many s after the last slice",
     )
     p.add_argument("--max-inflight", type=int, default=64, help="max pace: slices waiting for their request")
+    p.add_argument(
+        "--merge-slices",
+        type=int,
+        default=1,
+        metavar="N",
+        help=f"send every N consecutive recorded slices as one slice N times longer (1..{MAX_MERGE_SLICES}, at most "
+        "4.29 s per slice): N times fewer slice, request and fragment messages for fast replays; the "
+        "same particles, triggers and events, only their `slice` and `index` columns and the slice, "
+        "request and fragment counts change (docs/replay.md). Larger N: larger messages and "
+        "buffers (a request holds up to N slices of waveforms)",
+    )
     p.add_argument(
         "--stall-timeout",
         type=float,
@@ -88,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
             slice_ms=args.slice_ms,
             original_times=not args.own_times,
             stall_timeout_s=args.stall_timeout,
+            merge_slices=args.merge_slices,
         )
     except ValueError as e:
         raise ConfigError(f"replay: {e}") from None
@@ -97,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"no spill files to replay in {', '.join(map(str, args.files))}")
     stop = threading.Event()
     previous = _install_handlers(stop)
+    tune_malloc()
+    tune_gc()
     try:
         report = Replayer(config, stop=stop).run(files)
     finally:

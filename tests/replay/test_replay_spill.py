@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,10 @@ from daq import detector, protocol
 from daq.trigger import Batch, Trigger, TriggerConfig
 from simulator.replay_spill import (
     AnswerCounts,
+    ArrayWaveforms,
+    RecordedSpill,
     ReplayError,
+    encode_fragment,
     equivalence_overrides,
     load_spill,
     slice_length_ns,
@@ -32,8 +37,15 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> SynthSpill:
     )
 
 
-def test_slices_carry_exactly_the_recorded_particles_in_original_order(synth: SynthSpill) -> None:
-    rs = load_spill(synth.path)
+@pytest.fixture(scope="module")
+def rs(synth: SynthSpill) -> Iterator[RecordedSpill]:
+    with load_spill(synth.path) as spill:
+        yield spill
+
+
+def test_slices_carry_exactly_the_recorded_particles_in_original_order(
+    synth: SynthSpill, rs: RecordedSpill
+) -> None:
     assert rs.n_slices == synth.n_slices
     assert rs.end_ns == 11 * synth.slice_ns + 4_000_000
     is_p = synth.readout_index != protocol.NO_PARTICLE
@@ -62,8 +74,9 @@ def _request(rs_slice: int, index: list[int], t_ns: list[int] | None = None) -> 
     return protocol.ReadoutRequest(run=1, spill=1, slice_id=rs_slice, n_events=len(index), index=idx, t_ns=t)
 
 
-def test_answers_are_the_stored_waveforms_of_the_requested_particles(synth: SynthSpill) -> None:
-    rs = load_spill(synth.path)
+def test_answers_are_the_stored_waveforms_of_the_requested_particles(
+    synth: SynthSpill, rs: RecordedSpill
+) -> None:
     from daq.files import SpillFile
 
     with SpillFile(synth.path) as f:
@@ -99,11 +112,11 @@ def test_answers_are_the_stored_waveforms_of_the_requested_particles(synth: Synt
         "bad_index": 0,
         "unknown_slice": 0,
         "empty_groups": 0,
+        "read_errors": 0,
     }
 
 
-def test_missing_groups_of_every_entry_give_header_only_fragments(synth: SynthSpill) -> None:
-    rs = load_spill(synth.path)
+def test_missing_groups_of_every_entry_give_header_only_fragments(rs: RecordedSpill) -> None:
     rows = np.flatnonzero(rs.missing_groups)  # VETO missing every 7th event
     pos = np.flatnonzero(np.isin(rs.p_row, rows))[0]
     k = int(rs.p_slice[pos])
@@ -114,8 +127,7 @@ def test_missing_groups_of_every_entry_give_header_only_fragments(synth: SynthSp
     assert counts.empty_groups == 1
 
 
-def test_unavailable_random_windows_bad_indices_and_unknown_slices_are_counted(synth: SynthSpill) -> None:
-    rs = load_spill(synth.path)
+def test_unavailable_random_windows_bad_indices_and_unknown_slices_are_counted(rs: RecordedSpill) -> None:
     counts = AnswerCounts()
     frags = rs.answer(_request(2, [protocol.NO_PARTICLE], [2_000_001]), counts)
     assert counts.random_unavailable == 1
@@ -130,11 +142,10 @@ def test_unavailable_random_windows_bad_indices_and_unknown_slices_are_counted(s
 
 
 def test_replaying_into_the_recorded_trigger_settings_reaccepts_every_recorded_event(
-    synth: SynthSpill,
+    synth: SynthSpill, rs: RecordedSpill
 ) -> None:
     """The pure core of replay equivalence: the live trigger on the replayed slices, with the settings
     of equivalence_overrides(), reads out exactly the recorded particles and random windows."""
-    rs = load_spill(synth.path)
     from daq.config import from_dict
 
     cfg = from_dict(TriggerConfig, equivalence_overrides(rs.trigger_config))
@@ -200,3 +211,83 @@ def test_spill_spacing_follows_the_recorded_start_times_within_a_run() -> None:
     assert gap_s(t(1, 100), t(1, 1000)) == pytest.approx(4.8 + DEFAULT_GAP_S)  # a pause in data taking
     assert gap_s(t(1, 100), t(2, 110.8)) == pytest.approx(4.8 + DEFAULT_GAP_S)  # another run
     assert gap_s(t(1, 0), t(1, 10.8)) == pytest.approx(4.8 + DEFAULT_GAP_S)  # unknown start times
+
+
+def _requests(rs: RecordedSpill, rng: np.random.Generator) -> list[protocol.ReadoutRequest]:
+    """Requests of every kind: whole slices in order (consecutive rows), shuffled and partial ones
+    (gathers), random windows found and not found, K = 0, bad indices, unknown slices."""
+    out = []
+    for k in range(rs.n_slices):
+        msg = rs.slice_message(k)
+        n = msg.n_particles
+        rnd_t = rs.r_t_ns[(rs.r_t_ns >= k * rs.slice_ns) & (rs.r_t_ns < (k + 1) * rs.slice_ns)]
+        idx = [*range(n), *[protocol.NO_PARTICLE] * len(rnd_t)]
+        t = [*msg.t_ns.tolist(), *rnd_t.tolist()]
+        order = np.lexsort((idx, t))
+        out.append(_request(k, [idx[i] for i in order], [t[i] for i in order]))
+        pick = rng.permutation(n)[: rng.integers(0, min(n, 40) + 1)]
+        out.append(
+            _request(
+                k, [*pick.tolist(), protocol.NO_PARTICLE], [*msg.t_ns[pick].tolist(), k * rs.slice_ns + 1]
+            )
+        )
+    pos = np.flatnonzero(np.isin(rs.p_row, np.flatnonzero(rs.missing_groups)))[0]  # a group missing
+    k = int(rs.p_slice[pos])
+    out += [_request(k, [int(pos - rs.particles(k).start)])]
+    out += [_request(3, []), _request(2, [10_000]), _request(99, [0])]
+    return out
+
+
+def test_encoded_answers_are_the_protocol_encoding_of_the_answers_byte_for_byte(rs: RecordedSpill) -> None:
+    """answer_frames (the replay's hot path: no message objects) == protocol.encode(answer(...))."""
+    rng = np.random.default_rng(5)
+    fast, ref = AnswerCounts(), AnswerCounts()
+    n_data = 0
+    for i, req in enumerate(_requests(rs, rng)):
+        frames = [
+            [bytes(f) for f in m] for m in rs.answer_frames(req, fast, first_seq=6 * i, send_time_ns=77 + i)
+        ]
+        want = [
+            [bytes(f) for f in protocol.encode(dataclasses.replace(frag, send_time_ns=77 + i))]
+            for frag in rs.answer(req, ref, first_seq=6 * i)
+        ]
+        assert frames == want, f"request {i} (slice {req.slice_id})"
+        n_data += sum(len(m) == 3 for m in frames)
+    assert fast == ref
+    assert n_data > 100 and fast.random_unavailable > 0 and fast.bad_index == 1 and fast.unknown_slice == 1
+    assert fast.empty_groups > 0
+
+
+def test_encode_fragment_rejects_waveforms_it_cannot_send_as_they_are() -> None:
+    idx = np.arange(2, dtype=np.uint32).reshape(-1).view(np.uint8).data
+    with pytest.raises(ValueError, match="C-contiguous"):
+        encode_fragment(1, 1, 0, 0, 0, 0, idx, np.zeros((2, 3, 4), np.uint16)[:, ::2])
+    with pytest.raises(ValueError, match="uint16"):
+        encode_fragment(1, 1, 0, 0, 0, 0, idx, np.zeros((2, 3, 4), np.int32))
+
+
+def test_windows_of_any_rows_including_the_all_zero_row(rs: RecordedSpill, synth: SynthSpill) -> None:
+    from daq.files import SpillFile
+
+    with SpillFile(synth.path) as f:
+        wf = f.waveforms()
+    e = rs.n_events
+    rows = np.array([5, 3, 4, e, 3, e - 1, 0, e - 30, e - 31])
+    want = np.concatenate([wf, np.zeros((1, *wf.shape[1:]), wf.dtype)])[rows]
+    np.testing.assert_array_equal(rs.waveforms(rows), want)
+    tail = np.concatenate([wf[e - 2 :], np.zeros((1, *wf.shape[1:]), wf.dtype)])
+    np.testing.assert_array_equal(rs.waveforms(slice(e - 2, e + 1)), tail)
+    mem = dataclasses.replace(rs, source=ArrayWaveforms(wf))  # the same spill from memory
+    np.testing.assert_array_equal(mem.waveforms(rows), want)
+
+
+def test_a_request_whose_waveforms_cannot_be_read_gets_header_only_fragments(rs: RecordedSpill) -> None:
+    class Broken:
+        def read_waveforms_into(self, out: np.ndarray, start: int = 0) -> None:
+            raise OSError("damaged chunk")
+
+    bad = dataclasses.replace(rs, source=Broken())
+    counts = AnswerCounts()
+    msgs = bad.answer_frames(_request(1, [0, 1]), counts, send_time_ns=1)
+    assert [len(m) for m in msgs] == [1] * detector.N_GROUPS  # header only
+    assert counts.read_errors == 1 and counts.n_events_read == 0 and counts.n_fragments == 6
