@@ -412,18 +412,18 @@ def encode_fragment(
     """``protocol.encode`` of a FRAGMENT, byte for byte, without the message object (the replay's hot
     path: ~1400 per spill). ``index``: the request's uint32 indices as bytes; ``waveforms``: (K, M, S)
     C-contiguous little-endian uint16; both None for a header-only fragment."""
-    if waveforms is None or index is None:
-        body = _FRAGMENT_BODY.pack(0, 0, 0)
-        header = bytearray(
+
+    def head(n_frames: int) -> bytearray:
+        return bytearray(
             protocol.HEADER.pack(
                 protocol.MAGIC,
                 protocol.VERSION,
                 _FRAGMENT_TYPE,
                 source,
-                0,
+                n_frames,
                 run,
                 spill,
-                len(body),
+                _FRAGMENT_BODY.size,
                 seq,
                 slice_id,
                 send_time_ns,
@@ -431,7 +431,10 @@ def encode_fragment(
                 0,
             )
         )
-        header += body
+
+    if waveforms is None or index is None:
+        header = head(0)
+        header += _FRAGMENT_BODY.pack(0, 0, 0)
         struct.pack_into("<I", header, protocol.CRC_OFFSET, protocol.crc32(header))
         return [bytes(header)]
     k, m, n = waveforms.shape
@@ -441,23 +444,7 @@ def encode_fragment(
             f"{waveforms.shape} (C-contiguous uint16 expected) for {len(index) // 4} indices"
         )
     body = _FRAGMENT_BODY.pack(k, m, n)
-    header = bytearray(
-        protocol.HEADER.pack(
-            protocol.MAGIC,
-            protocol.VERSION,
-            _FRAGMENT_TYPE,
-            source,
-            2,
-            run,
-            spill,
-            len(body),
-            seq,
-            slice_id,
-            send_time_ns,
-            0,
-            0,
-        )
-    )
+    header = head(2)
     header += protocol.DESCRIPTOR.pack(_INDEX_CODE, 1, 0, k, 0, 0)
     header += protocol.DESCRIPTOR.pack(_WAVEFORM_CODE, 3, 0, k, m, n)
     header += body
