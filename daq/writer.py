@@ -29,7 +29,7 @@ import numpy as np
 
 from daq import __version__, detector
 from daq.batch import SUM_NAMES, EventBatch
-from daq.chunk_codec import BloscChunks, BloscUnavailable
+from daq.chunk_codec import BloscUnavailable, ParallelBloscChunks
 from daq.errors import WriteError
 from daq.files import (
     EVENT_COLUMNS,
@@ -116,9 +116,12 @@ class WriterConfig:
     chunk_events: int = 64
     queue_size: int = 256  # batches waiting for the writer thread (back-pressure beyond)
     fsync: bool = True
-    #: fdatasync the partial file every this many MB during the spill, so that closing it only has the
-    #: tail to flush (0: only at the end)
+    #: fdatasync the partial file every this many MB during the spill (in a helper thread), so that
+    #: closing it only has the tail to flush (0: only at the end)
     sync_every_mb: float = 16.0
+    #: threads compressing the waveform chunks of a block at the same time (blosc codecs; the writer
+    #: thread and helpers, outside the GIL)
+    compress_threads: int = 2
 
     def __post_init__(self) -> None:
         if self.compression not in CODECS:
@@ -127,6 +130,8 @@ class WriterConfig:
             raise ValueError(f"chunk_events must be in 1..4096 (got {self.chunk_events})")
         if self.queue_size < 1:
             raise ValueError(f"queue_size must be >= 1 (got {self.queue_size})")
+        if not 1 <= self.compress_threads <= 16:
+            raise ValueError(f"compress_threads must be in 1..16 (got {self.compress_threads})")
         if self.sync_every_mb < 0:
             raise ValueError(f"sync_every_mb must be >= 0 (got {self.sync_every_mb})")
 
@@ -176,7 +181,8 @@ class WriteResult:
     #: CPU time (user + system) of the writing thread from opening to closing the file: the writer
     #: thread's cost of the spill (its only other work is waiting on the queue)
     cpu_seconds: float = 0.0
-    #: wall time blocked in fdatasync during the spill and in the final fsync
+    #: wall time the writing thread waited for syncs: the final fsync, and a mid-spill fdatasync still
+    #: running at the close (those run in a helper thread while the writer goes on)
     sync_seconds: float = 0.0
 
 
@@ -315,7 +321,9 @@ class SpillWriter:
         self.n_written = 0
         self.n_appended = 0  # events handed to append() (all lost if the file fails)
         self.seconds = 0.0
-        self.sync_seconds = 0.0  # blocked in fdatasync during the spill (wall)
+        self.sync_seconds = 0.0  # this thread waiting for syncs (wall)
+        self.background_sync_seconds = 0.0  # mid-spill fdatasyncs in the helper thread (wall)
+        self._syncing: threading.Thread | None = None
         self._synced = 0
         capacity = FLUSH_CHUNKS * config.chunk_events
         n_prim = len(header.prim_channels)
@@ -403,13 +411,14 @@ class SpillWriter:
         self._reco = {name: f["reco"][name] for name in RECO_DATASETS}
         self._waveforms = f["waveforms"]
         #: waveform chunks compressed outside the GIL and written whole (blosc codecs; else h5py filters)
-        self._wf_chunks: BloscChunks | None = None
+        self._wf_chunks: ParallelBloscChunks | None = None
         if cfg.compression in ("blosc-lz4", "blosc-zstd"):
             try:
-                self._wf_chunks = BloscChunks(
+                self._wf_chunks = ParallelBloscChunks(
                     "lz4" if cfg.compression == "blosc-lz4" else "zstd",
                     5 if cfg.compression_level is None else cfg.compression_level,
                     BLOSC_SHUFFLE,
+                    cfg.compress_threads,
                 )
             except BloscUnavailable as e:
                 log.warning("%s: compressing through h5py", e)
@@ -443,12 +452,34 @@ class SpillWriter:
         every = self.config.sync_every_mb * 1e6
         if self.config.fsync and every and not final:
             size = os.fstat(self._raw.fileno()).st_size
-            if size - self._synced >= every:
-                t1 = time.perf_counter()
-                os.fdatasync(self._raw.fileno())
-                self.sync_seconds += time.perf_counter() - t1
+            if size - self._synced >= every and (self._syncing is None or not self._syncing.is_alive()):
+                # in a helper thread: the disk works while this thread goes on writing (one at a time)
+                self._syncing = threading.Thread(target=self._datasync, name="na64-writer-sync", daemon=True)
+                self._syncing.start()
                 self._synced = size
         self.seconds += time.perf_counter() - t0
+
+    def _datasync(self) -> None:
+        """fdatasync the partial file (helper thread); a failure fails the spill like a failed write."""
+        t0 = time.perf_counter()
+        try:
+            os.fdatasync(self._raw.fileno())
+        except OSError as e:
+            self._raw.error = self._raw.error or e
+        self.background_sync_seconds += time.perf_counter() - t0
+
+    def _wait_sync(self) -> None:
+        """Wait for a mid-spill fdatasync still running (before the file's last writes and its close)."""
+        if self._syncing is not None:
+            t0 = time.perf_counter()
+            self._syncing.join()
+            self._syncing = None
+            self.sync_seconds += time.perf_counter() - t0
+
+    def _close_packers(self) -> None:
+        packers = getattr(self, "_wf_chunks", None)  # absent if the file could not be created
+        if packers is not None:
+            packers.close()
 
     def _write(self, blk: EventBlock, n: int) -> None:
         lo = self.n_written
@@ -464,11 +495,12 @@ class SpillWriter:
         src = blk.arrays["waveforms"]
         ce = self.config.chunk_events
         if self._wf_chunks is not None and lo % ce == 0 and src.shape[0] % ce == 0:
-            for c0 in range(0, n, ce):  # whole chunks of the block (capacity: a multiple of ce)
-                chunk = src[c0 : c0 + ce]
-                if n - c0 < ce:
-                    chunk[n - c0 :] = 0  # the file's last chunk: rows beyond the extent are not read
-                wf.id.write_direct_chunk((lo + c0, 0, 0), self._wf_chunks.compress(chunk))
+            if n % ce:
+                src[n : n - n % ce + ce] = 0  # the file's last chunk: rows beyond the extent are not read
+            starts = range(0, n, ce)  # whole chunks of the block (capacity: a multiple of ce)
+            packed = self._wf_chunks.compress_each([src[c0 : c0 + ce] for c0 in starts])
+            for c0, data in zip(starts, packed, strict=True):
+                wf.id.write_direct_chunk((lo + c0, 0, 0), data)
         else:
             wf[lo:hi] = src[:n]
         self._prim_t.resize((hi,))
@@ -518,6 +550,8 @@ class SpillWriter:
         summary["write_mb"] = round(os.fstat(self._raw.fileno()).st_size / 1e6, 3)
         a["summary"] = json.dumps(summary, sort_keys=True)
         f.close()
+        self._wait_sync()
+        self._close_packers()
         self.check()
         t_sync = time.perf_counter()
         if self.config.fsync:
@@ -534,7 +568,8 @@ class SpillWriter:
         size = self.final_path.stat().st_size
         log.info(
             "closed %s: %d events, %.1f MB, %.3f s writing in all, %.3f CPU s (%.1f us/event); "
-            "close %.3f s (fsync %.3f s); blocked in fsync/fdatasync %.3f s in all",
+            "close %.3f s (fsync %.3f s); waited for syncs %.3f s in all (mid-spill fdatasync %.3f s in "
+            "the background)",
             self.final_path.name,
             self.n_written,
             size / 1e6,
@@ -544,6 +579,7 @@ class SpillWriter:
             t_end - t0,
             t_end - t_sync,
             self.sync_seconds,
+            self.background_sync_seconds,
         )
         return WriteResult(
             self.header.run,
@@ -562,6 +598,8 @@ class SpillWriter:
         """Give up this spill: close what can be closed and delete the partial file."""
         with contextlib.suppress(Exception):
             self._h5.close()
+        self._wait_sync()  # the file descriptor stays open until a running fdatasync is done
+        self._close_packers()
         with contextlib.suppress(Exception):
             self._raw.close()
         with contextlib.suppress(OSError):

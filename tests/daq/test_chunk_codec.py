@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from daq.chunk_codec import BloscChunks
+from daq.chunk_codec import BloscChunks, ParallelBloscChunks
 from daq.writer import codec_options
 
 
@@ -77,3 +77,22 @@ def test_compression_releases_the_gil() -> None:
 def test_rejects_non_contiguous_chunks() -> None:
     with pytest.raises(ValueError, match="contiguous"):
         BloscChunks("lz4", 5, 1).compress(np.zeros((64, 110, 32), np.uint16)[:, ::2])
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_parallel_chunks_come_back_in_order(tmp_path: Path, workers: int) -> None:
+    rng = np.random.default_rng(3)
+    chunks = [(100 * i + rng.normal(0, 2, (64, 110, 32))).astype(np.uint16) for i in range(7)]
+    packer = ParallelBloscChunks("lz4", 5, 1, workers)
+    path = tmp_path / "p.h5"
+    try:
+        with h5py.File(path, "w") as f:
+            ds = f.create_dataset(
+                "w", shape=(7 * 64, 110, 32), dtype="<u2", chunks=(64, 110, 32), **codec_options("blosc-lz4")
+            )
+            for i, data in enumerate(packer.compress_each(chunks)):
+                ds.id.write_direct_chunk((64 * i, 0, 0), data)
+    finally:
+        packer.close()
+    with h5py.File(path) as f:
+        assert np.array_equal(f["w"][:], np.concatenate(chunks))

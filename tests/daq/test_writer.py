@@ -81,6 +81,22 @@ def test_batches_of_any_size_are_written_in_order(tmp_path: Path, chunk_events: 
     assert_file_holds(res.path, parts)
 
 
+@pytest.mark.parametrize("compress_threads", [1, 3])
+def test_mid_spill_syncs_run_beside_the_writer_and_the_file_is_whole(
+    tmp_path: Path, compress_threads: int
+) -> None:
+    parts = batches([300, 700, 1000, 45], seed=4)
+    cfg = WriterConfig(fsync=True, chunk_events=4, sync_every_mb=0.01, compress_threads=compress_threads)
+    w = SpillWriter(tmp_path, SpillHeader(run=1, spill=1), cfg)
+    for b in parts:
+        w.append(b)
+    res = w.close(SpillFinal())
+    assert res.status == "ok" and res.n_events_written == 2045
+    assert w.background_sync_seconds > 0  # fdatasyncs ran in the helper thread
+    assert res.path is not None
+    assert_file_holds(res.path, parts)
+
+
 def test_writer_thread_reuses_the_buffer_and_each_file_is_right(tmp_path: Path) -> None:
     wt = WriterThread(tmp_path, WriterConfig(fsync=True, chunk_events=2, sync_every_mb=0.05))
     try:
@@ -145,3 +161,9 @@ def test_a_write_error_in_the_middle_of_a_spill_fails_it_and_the_next_spill_is_w
     assert "File too large" in s1[3] or "No space left" in s1[3]
     assert s2 == ["ok", 5, 0, ""]
     assert sorted(x.name for x in data.iterdir()) == ["run000007_spill00002.h5"]  # no partial file left
+
+
+@pytest.mark.parametrize("threads", [0, 17])
+def test_compress_threads_out_of_range_is_a_config_error(threads: int) -> None:
+    with pytest.raises(ValueError, match="compress_threads"):
+        WriterConfig(compress_threads=threads)
