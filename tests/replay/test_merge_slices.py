@@ -29,7 +29,7 @@ from simulator.replay_spill import (
 )
 from tests.conftest import free_port, na64_command
 from tests.replay.synth import SynthSpill, make_spill
-from tests.replay.test_replay_frontend import RecordingRouter
+from tests.replay.test_replay_frontend import RecordingRouter, replay_into
 
 MERGES = [1, 2, 4, 5, 12, 13, 100]
 
@@ -246,19 +246,7 @@ def test_the_replay_process_sends_merged_slices_when_their_end_is_due(
     random_t = {(1, k): s.readout_t[rnd & (s.readout_slice // 5 == k)] for k in range(3)}
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     router = RecordingRouter(endpoint, random_t)
-    try:
-        proc = subprocess.Popen(
-            na64_command(
-                "replay", str(s.path), "--speed", "1", "--merge-slices", "5", "--endpoint", endpoint
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        processes.append(proc)
-        router.run(proc)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        router.close()
+    proc, _, err = replay_into(router, [str(s.path), "--speed", "1", "--merge-slices", "5"], processes)
     assert proc.returncode == 0, err.decode()
     run_start = next(m for m in router.messages if isinstance(m, protocol.RunStart))
     assert run_start.slice_ns == 100_000_000

@@ -26,6 +26,7 @@ class RecordingRouter:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.bind(endpoint)
+        self.endpoint = endpoint
         self.random_t = random_t  # (spill, slice) -> random trigger times to ask for
         self.messages: list[protocol.Message] = []
         self.slice_arrival: list[float] = []  # monotonic time each SLICE arrived
@@ -69,6 +70,25 @@ class RecordingRouter:
         self.ctx.term()
 
 
+def replay_into(
+    router: RecordingRouter, args: list[str], processes: list[subprocess.Popen[bytes]]
+) -> tuple[subprocess.Popen[bytes], bytes, bytes]:
+    """Run ``na64 replay ARGS`` against ``router`` until it exits (then close the router):
+    (process, stdout, stderr)."""
+    try:
+        proc = subprocess.Popen(
+            na64_command("replay", *args, "--endpoint", router.endpoint),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        processes.append(proc)
+        router.run(proc)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        router.close()
+    return proc, out, err
+
+
 def _types(messages: list[protocol.Message]) -> list[str]:
     return [m.TYPE.name for m in messages if not isinstance(m, protocol.Heartbeat)]
 
@@ -88,17 +108,7 @@ def test_replay_streams_every_spill_and_answers_from_the_stored_waveforms(
             random_t[(int(s.path.name[15:20]), k)] = s.readout_t[rnd & (s.readout_slice == k)]
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     router = RecordingRouter(endpoint, random_t)
-    try:
-        proc = subprocess.Popen(
-            na64_command("replay", str(data), "--pace", "max", "--endpoint", endpoint),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        processes.append(proc)
-        router.run(proc)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        router.close()
+    proc, out, err = replay_into(router, [str(data), "--pace", "max"], processes)
     assert proc.returncode == 0, err.decode()
     text = out.decode()
     assert "replayed 2 spills" in text and "skipped 2 files" in text, text
@@ -159,17 +169,7 @@ def test_replay_paces_at_the_requested_speed(
     s = make_spill(tmp_path / "d", n_particles=2000, n_slices=10, slice_ns=20_000_000)  # 0.2 s of beam
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     router = RecordingRouter(endpoint, {})
-    try:
-        proc = subprocess.Popen(
-            na64_command("replay", str(s.path), "--speed", "0.5", "--endpoint", endpoint),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        processes.append(proc)
-        router.run(proc)
-        proc.communicate(timeout=30)
-    finally:
-        router.close()
+    proc, _, _ = replay_into(router, [str(s.path), "--speed", "0.5"], processes)
     assert proc.returncode == 0
     arrival = router.slice_arrival
     assert len(arrival) == 10
@@ -304,19 +304,7 @@ def test_spill_end_waits_for_a_busy_daq_and_times_out_on_a_silent_one(
     s = make_spill(tmp_path / "d", n_particles=1000, n_slices=8)
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     router = SlowRouter(endpoint, gap_s=0.2, skip=skip)
-    try:
-        proc = subprocess.Popen(
-            na64_command(
-                "replay", str(s.path), "--pace", "max", "--request-timeout", "0.5", "--endpoint", endpoint
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        processes.append(proc)
-        router.run(proc)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        router.close()
+    proc, _, err = replay_into(router, [str(s.path), "--pace", "max", "--request-timeout", "0.5"], processes)
     assert proc.returncode == 0, err
     end = next(m for m in router.messages if isinstance(m, protocol.SpillEnd))
     assert end.n_slices == 8 and end.n_requests == 8 - len(skip)
