@@ -1,10 +1,15 @@
-"""Blosc compression of whole HDF5 chunks outside the GIL, for ``write_direct_chunk``.
+"""Blosc compression (and decompression) of whole HDF5 chunks outside the GIL, for ``write_direct_chunk``
+(and the replay's direct chunk reads).
 
 h5py holds the GIL while HDF5 runs its filters, so a writer thread compressing through h5py stops the
 DAQ's receiving thread for as long as the compression takes (~0.2 s per full-intensity spill). This
 module calls the blosc library that ``hdf5plugin`` ships (the same library the HDF5 blosc filter uses to
 read the chunks back) through ctypes, which releases the GIL during the call. A chunk compressed here is
 a standard blosc buffer: readers decode it with the dataset's blosc filter like any other chunk.
+
+:func:`decompress_into` is the other way: a stored blosc chunk decoded by the same library straight
+into the caller's buffer (no HDF5 chunk buffer in between), validated first so that a damaged chunk
+raises ``ValueError`` instead of being read past its end.
 """
 
 from __future__ import annotations
@@ -50,8 +55,52 @@ def _lib() -> ctypes.CDLL:
             ctypes.c_size_t,  # blocksize (0: automatic)
             ctypes.c_int,  # numinternalthreads
         ]
+        dec = lib.blosc_decompress_ctx
+        dec.restype = ctypes.c_int
+        dec.argtypes = [
+            ctypes.c_void_p,  # src
+            ctypes.c_void_p,  # dest
+            ctypes.c_size_t,  # destsize
+            ctypes.c_int,  # numinternalthreads
+        ]
+        val = lib.blosc_cbuffer_validate
+        val.restype = ctypes.c_int
+        val.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)]
         _LIB = lib
     return _LIB
+
+
+def blosc_available() -> bool:
+    """Whether the blosc library of hdf5plugin can be used here."""
+    try:
+        _lib()
+    except BloscUnavailable:
+        return False
+    return True
+
+
+def decompress_into(src: np.ndarray, dest: np.ndarray) -> None:
+    """Decode the blosc buffer ``src`` (1-D uint8, exactly one stored chunk) into ``dest`` (C-contiguous,
+    exactly the chunk's decoded size), outside the GIL.
+
+    Raises ``ValueError`` if ``src`` is not a valid blosc buffer of its length, decodes to another size
+    than ``dest``, or fails to decode (a damaged chunk).
+    """
+    if not dest.flags.c_contiguous or not dest.flags.writeable:
+        raise ValueError("dest must be a writeable C-contiguous array")
+    if not src.flags.c_contiguous:
+        raise ValueError("src must be C-contiguous")
+    lib = _lib()
+    nbytes = ctypes.c_size_t(0)
+    cbytes = src.nbytes
+    # header sane and claiming exactly cbytes: blosc then checks every block offset against cbytes
+    if cbytes < MAX_OVERHEAD or lib.blosc_cbuffer_validate(src.ctypes.data, cbytes, ctypes.byref(nbytes)) < 0:
+        raise ValueError(f"not a valid blosc chunk of {cbytes} bytes")
+    if nbytes.value != dest.nbytes:
+        raise ValueError(f"blosc chunk decodes to {nbytes.value} bytes, expected {dest.nbytes}")
+    n = lib.blosc_decompress_ctx(src.ctypes.data, dest.ctypes.data, dest.nbytes, 1)
+    if n != dest.nbytes:
+        raise ValueError(f"blosc chunk of {cbytes} bytes does not decode ({n})")
 
 
 class BloscChunks:

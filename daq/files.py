@@ -19,6 +19,7 @@ Every problem with a file (missing, not HDF5, not a spill file, unsupported ``fo
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -144,6 +145,110 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+#: HDF5 filter id of blosc (hdf5plugin.BLOSC_ID), the filter of the DAQ's blosc codecs
+_BLOSC_FILTER_ID = 32001
+
+
+class _DirectChunks:
+    """The stored chunks of a waveforms dataset chunked as whole events, (c, 110, S), and compressed by
+    blosc alone: each chunk a read touches is read with ``os.preadv`` from the file (HDF5's own file
+    descriptor, offsets from HDF5's chunk index, taken once) and decoded by blosc straight into the
+    caller's rows, or into a scratch chunk for a chunk the range cuts (and the dataset's last, partial
+    one). HDF5's chunk cache and the copy out of it are skipped; the bytes are those h5py would return."""
+
+    def __init__(
+        self,
+        fd: int,
+        rows: int,
+        n_events: int,
+        chunks: list[tuple[int, int, int]],
+        row: tuple[int, ...],
+        dtype: np.dtype,
+    ) -> None:
+        from daq.chunk_codec import decompress_into
+
+        self._decompress = decompress_into
+        self.fd = fd
+        self.rows = rows  # events per chunk
+        self.n_events = n_events
+        self.chunks = chunks  # per chunk: (file offset, stored size, filter mask); offset -1: not allocated
+        self.scratch = np.empty((rows, *row), dtype)
+        self.raw = np.empty(max((c[1] for c in chunks), default=0), np.uint8)
+
+    @classmethod
+    def of(cls, h5: Any, ds: Any) -> _DirectChunks | None:
+        """The direct reader of ``ds``, or None for anything else than whole-event blosc chunks in a plain
+        (sec2, no user block) file: h5py reads those."""
+        import h5py
+
+        try:
+            from daq.chunk_codec import blosc_available
+
+            if not blosc_available():
+                return None
+            dcpl = ds.id.get_create_plist()
+            if dcpl.get_layout() != h5py.h5d.CHUNKED or ds.ndim != 3:
+                return None
+            rows, *rest = dcpl.get_chunk()
+            if tuple(rest) != ds.shape[1:] or dcpl.get_nfilters() != 1:
+                return None
+            if dcpl.get_filter(0)[0] != _BLOSC_FILTER_ID:
+                return None
+            if h5.driver != "sec2" or h5.userblock_size != 0 or ds.dtype.hasobject:
+                return None
+            fd = h5.id.get_vfd_handle()
+            n = ds.shape[0]
+            n_chunks = -(-n // rows)
+            chunks = [(-1, 0, 0)] * n_chunks
+            found = []
+            ds.id.chunk_iter(
+                lambda si: found.append((si.chunk_offset[0], si.byte_offset, si.size, si.filter_mask))
+            )
+        except (ImportError, AttributeError, OSError, ValueError, RuntimeError, TypeError):
+            return None  # an h5py/HDF5 without chunk_iter, no blosc library, ...: the h5py path
+        for first, offset, size, mask in found:
+            if first % rows or not 0 <= first // rows < n_chunks:
+                return None
+            chunks[first // rows] = (int(offset), int(size), int(mask))
+        return cls(int(fd), int(rows), int(n), chunks, tuple(ds.shape[1:]), ds.dtype)
+
+    def read(self, out: np.ndarray, start: int) -> bool:
+        """Events ``start .. start + len(out) - 1`` into ``out``; False (``out`` undefined) if a chunk of the
+        range is not allocated (the fill value: left to h5py)."""
+        rows, stop = self.rows, start + out.shape[0]
+        for ci in range(start // rows, (stop - 1) // rows + 1):
+            c0 = ci * rows
+            lo, hi = max(start, c0), min(stop, c0 + rows)
+            if lo == c0 and hi == c0 + rows:  # a whole chunk inside the range: decoded in place
+                if not self._chunk(ci, out[lo - start : hi - start]):
+                    return False
+            else:
+                if not self._chunk(ci, self.scratch):
+                    return False
+                out[lo - start : hi - start] = self.scratch[lo - c0 : hi - c0]
+        return True
+
+    def _chunk(self, ci: int, dest: np.ndarray) -> bool:
+        offset, size, mask = self.chunks[ci]
+        if offset < 0:
+            return False
+        if mask:  # blosc skipped (optional filter): stored as is
+            if size != dest.nbytes:
+                raise ValueError(f"unfiltered chunk {ci} holds {size} bytes, expected {dest.nbytes}")
+            got = os.preadv(self.fd, [dest.reshape(-1).view(np.uint8).data], offset)
+        else:
+            raw = self.raw[:size]
+            got = os.preadv(self.fd, [raw.data], offset)
+            if got == size:
+                try:
+                    self._decompress(raw, dest)
+                except ValueError as e:
+                    raise ValueError(f"chunk {ci}: {e}") from None
+        if got != size:
+            raise OSError(f"chunk {ci}: {got} of its {size} bytes read at offset {offset} (truncated file?)")
+        return True
 
 
 class SpillFile:
@@ -341,10 +446,16 @@ class SpillFile:
 
     def read_waveforms_into(self, out: np.ndarray, start: int = 0) -> None:
         """Read events ``start .. start + len(out) - 1`` of the raw samples into ``out`` (a C-contiguous
-        (k, 110, n_samples) uint16 array, e.g. a buffer reused block after block: no allocation)."""
+        (k, 110, n_samples) uint16 array, e.g. a buffer reused block after block: no allocation).
+
+        Files whose waveform chunks are whole events compressed by blosc alone (the DAQ's blosc codecs)
+        are read chunk by chunk (``pread`` of the stored bytes, blosc decoding straight into ``out``'s
+        rows, outside the GIL); any other layout or codec goes through h5py. Same bytes either way; a
+        damaged chunk raises ``OSError`` or ``ValueError``."""
         if self._waveforms_ds is None:  # h5py's name lookup and properties cost ~0.3 ms per call
             ds = self._h5["waveforms"]
             self._waveforms_ds = (ds.id, ds.dtype, ds.shape)
+            self._wf_direct = _DirectChunks.of(self._h5, ds)
         dsid, dtype, shape = self._waveforms_ds
         k = out.shape[0]
         if out.dtype != dtype or out.shape[1:] != shape[1:] or not out.flags.c_contiguous:
@@ -354,12 +465,20 @@ class SpillFile:
             )
         if not 0 <= start <= start + k <= shape[0]:
             raise IndexError(f"{self.path}: events {start}..{start + k - 1} out of range 0..{shape[0] - 1}")
-        if k:
-            import h5py
+        if not k:
+            return
+        direct = self._wf_direct
+        if direct is not None:
+            try:
+                if direct.read(out, start):
+                    return
+            except (OSError, ValueError) as e:
+                raise type(e)(f"{self.path}: waveforms of events {start}..{start + k - 1}: {e}") from None
+        import h5py
 
-            fspace = dsid.get_space()
-            fspace.select_hyperslab((start, 0, 0), (k, shape[1], shape[2]))
-            dsid.read(h5py.h5s.create_simple((k, shape[1], shape[2])), fspace, out)
+        fspace = dsid.get_space()
+        fspace.select_hyperslab((start, 0, 0), (k, shape[1], shape[2]))
+        dsid.read(h5py.h5s.create_simple((k, shape[1], shape[2])), fspace, out)
 
     def primitives(self) -> dict[str, np.ndarray]:
         """Trigger primitives of the read-out particles: ``t_ns`` (E,), ``amp`` (C, E), ``channels`` (C,).
