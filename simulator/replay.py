@@ -18,9 +18,12 @@ spacing), or ``speed=None`` for maximum pace with at most ``max_inflight_slices`
 their readout request. Unreadable or partial files are skipped with a message and counted. One thread
 runs the socket and reads each request's waveforms from the open file when the request comes
 (:class:`~simulator.replay_spill.RecordedSpill`); the next file's event table is read ahead in a helper
-thread. Messages are sent by copying their frames into ZeroMQ messages (one memcpy of cache-resident
-data, outside the GIL): cheaper than zero-copy frames, whose release goes through pyzmq's
-garbage-collector thread frame by frame, and the waveform buffers can be reused for the next request.
+thread. Messages are sent by copying their frames into ZeroMQ messages (one memcpy, outside the GIL),
+except the waveform frames of at least :data:`ZERO_COPY_BYTES` (fragments of merged slices): those are
+split into new arrays and sent zero-copy, the ZeroMQ message keeping its array until it is sent (pyzmq
+releases it from its garbage-collector thread). Below that size the copy of a reused, cache-resident
+buffer is cheaper than a fresh array and the per-frame release (measured: even at 64 kB-256 kB frames,
+``--merge-slices 1``), so smaller waveform frames keep the copy.
 """
 
 from __future__ import annotations
@@ -58,6 +61,9 @@ MAX_GAP_S = 60.0
 #: upper bound of ``merge_slices`` (the wire's slice length bounds it further, per file)
 MAX_MERGE_SLICES = 10_000
 _SNDMORE = int(zmq.SNDMORE)
+#: waveform frames of at least this many bytes are sent zero-copy, in new arrays (smaller ones are split
+#: into reused, cache-resident buffers and copied into their ZeroMQ messages: cheaper below this size)
+ZERO_COPY_BYTES = 256 << 10
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,7 @@ class ReplayReport:
     beam_s: float = 0.0  # beam time covered: spill durations plus the recorded gaps between spills
     wall_s: float = 0.0
     stopped: bool = False  # ended early by a stop request
+    unsent_at_exit: bool = False  # messages still queued when linger_s ran out (dropped)
 
     @property
     def n_spills(self) -> int:
@@ -149,6 +156,11 @@ class ReplayReport:
             f"replayed {self.n_spills} spills in {self.runs} runs ({self.total('n_particles')} particles, "
             f"{self.total('n_events_read')} events read out) in {self.wall_s:.2f} s = {speed:.1f} x real time "
             f"({self.beam_s:.1f} s of beam); skipped {self.n_skipped} files"
+            + (
+                "; the last messages were not taken by the DAQ (dropped at exit)"
+                if self.unsent_at_exit
+                else ""
+            )
         )
 
 
@@ -198,11 +210,13 @@ class Replayer:
         stop: threading.Event | None = None,
     ) -> None:
         self.config = config or ReplayConfig()
-        self._ctx = context or zmq.Context.instance()
+        #: None: each run has its own context, terminated at its end (queued messages get linger_s)
+        self._given_ctx = context
+        self._ctx: zmq.Context[Any] = context or zmq.Context.instance()
         self.stop = stop or threading.Event()
         self._seq = protocol.SequenceCounter()
         self._sock: zmq.Socket[Any] | None = None
-        self._send_part: Any = None  # the socket's send (copying)
+        self._send_part: Any = None  # the socket's send
         self._t_start = time.monotonic()
         self._next_heartbeat = 0.0
         self._state = protocol.FrontEndState.IDLE
@@ -216,6 +230,8 @@ class Replayer:
     def run(self, files: Sequence[str | Path]) -> ReplayReport:
         """Replay ``files`` in the given order; returns the report (also kept in ``self.report``)."""
         cfg = self.config
+        if self._given_ctx is None:
+            self._ctx = zmq.Context()
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, int(cfg.linger_s * 1000))
         sock.setsockopt(zmq.SNDTIMEO, int(cfg.stall_timeout_s * 1000))
@@ -226,6 +242,7 @@ class Replayer:
             raise UserError(f"cannot connect to the DAQ at {cfg.endpoint}: {e}") from None
         self._sock = sock
         self._send_part = sock.send
+        sock.copy_threshold = ZERO_COPY_BYTES  # send(copy=False) still copies smaller frames
         t0 = time.monotonic()
         self._t_start = t0
         self._state = protocol.FrontEndState.RUNNING
@@ -302,9 +319,26 @@ class Replayer:
                 pending.result().close()  # read ahead but not replayed (stopped or failed)
             sock.close()  # linger: queued messages still go out, bounded by linger_s
             self._sock = None
+            if self._given_ctx is None:
+                self._term_context()
         self.report.wall_s = time.monotonic() - t0
         self.report.stopped = self.stop.is_set()
         return self.report
+
+    def _term_context(self) -> None:
+        """End the run's own context: waits until the queued messages are sent (the large waveform
+        frames are sent zero-copy: their arrays must live until then), at most ``linger_s``; then the
+        ones left are dropped by ZeroMQ, which is said (the DAQ counts what it misses)."""
+        t = time.monotonic()
+        self._ctx.term()
+        if time.monotonic() - t >= 0.95 * self.config.linger_s:
+            self.report.unsent_at_exit = True
+            log.warning(
+                "the DAQ at %s did not take the last messages within %.1f s: they were dropped "
+                "(the DAQ counts what it misses: fragments, SPILL_END, RUN_STOP)",
+                self.config.endpoint,
+                self.config.linger_s,
+            )
 
     # ------------------------------------------------------------ run and spill markers
     def _skip(self, path: Path, reason: str) -> None:
@@ -486,10 +520,13 @@ class Replayer:
             for g in range(detector.N_GROUPS):
                 self._send(protocol.Fragment(run=req.run, spill=req.spill, slice_id=req.slice_id, source=g))
             return
-        frags = spill.answer_frames(req, self._counts, first_seq=self._seq.next)  # encoded and numbered
+        # encoded and numbered; the large waveform frames in new arrays that their ZeroMQ messages keep
+        frags = spill.answer_frames(
+            req, self._counts, first_seq=self._seq.next, own_from_bytes=ZERO_COPY_BYTES
+        )
         self._seq.next += len(frags)
         for frames in frags:  # no heartbeat in between: it would take a number before the fragments'
-            self._send_frames(frames)
+            self._send_frames(frames, copy=False)
         self._heartbeat()
 
     def _heartbeat(self, force: bool = False) -> None:
@@ -513,14 +550,15 @@ class Replayer:
         if beat:
             self._heartbeat()
 
-    def _send_frames(self, frames: list[bytes | memoryview]) -> None:
-        """Send an encoded message. Frames are copied into ZeroMQ messages (one memcpy, outside the GIL),
-        so no socket holds a spill's arrays after the send (see the module doc)."""
+    def _send_frames(self, frames: list[bytes | memoryview], copy: bool = True) -> None:
+        """Send an encoded message. With ``copy`` every frame is copied into its ZeroMQ message; without,
+        frames of at least the socket's ``copy_threshold`` bytes are sent zero-copy (the message keeps
+        the frame's buffer until ZeroMQ has sent it: it must not be reused) and smaller ones copied."""
         send = self._send_part
         try:
             for frame in frames[:-1]:
-                send(frame, _SNDMORE)  # plain int flags: zmq.SNDMORE | 0 is enum arithmetic per frame
-            send(frames[-1], 0)
+                send(frame, _SNDMORE, copy=copy)  # plain int flags: zmq.SNDMORE | 0 is enum arithmetic
+            send(frames[-1], 0, copy=copy)
         except zmq.Again:
             raise ReplayStalled(
                 f"the DAQ at {self.config.endpoint} has taken no message for {self.config.stall_timeout_s:.0f} s"

@@ -11,10 +11,13 @@ waveforms come from a :class:`WaveformSource` (the open :class:`~daq.files.Spill
 and :func:`load_spill` is the only function that opens a file.
 
 The waveforms are read when a request asks for them, not at load: the DAQ asks in event-row order, so
-each request reads the next few HDF5 chunks (decompressed once, through HDF5's chunk cache) into a
-reused block and splits it into reused per-group buffers, all cache-resident. Decompressing a whole
-spill up front meant ~170 MB of fresh memory per spill (a page fault per page, the kernel clearing it)
-and every byte going through main memory three more times.
+each request walks the next few HDF5 chunks, :data:`READ_BLOCK` events at a time: the block's chunks
+are decoded into a reused, cache-sized read-ahead window (straight from the stored bytes for the
+DAQ's blosc files, see :meth:`~daq.files.SpillFile.read_waveforms_into`) and split from there into the
+per-group arrays of the fragments while still in cache (reused buffers for small fragments, new arrays
+for the large ones that the replay sends zero-copy). Decompressing a whole spill up front meant
+~170 MB of fresh memory per spill (a page fault per page, the kernel clearing it) and every byte going
+through main memory three more times.
 """
 
 from __future__ import annotations
@@ -201,26 +204,43 @@ class RecordedSpill:
                     grown[: w1 - lo] = self._win[lo - w0 : w1 - w0]
                 self._win = grown
             elif w0 <= lo < w1:
-                self._win[: w1 - lo] = self._win[lo - w0 : w1 - w0].copy()
+                np.copyto(self._win[: w1 - lo], self._win[lo - w0 : w1 - w0])  # numpy minds any overlap
             have = w1 - lo if w0 <= lo < w1 else 0
             self.source.read_waveforms_into(self._win[have : stop - start], start + have)
             self._win_rows = (start, stop)
             w0 = start
         return self._win[lo - w0 : hi - w0]
 
-    def _group_waveforms(self, rows: slice | np.ndarray, k: int, reuse: bool) -> tuple[np.ndarray, ...]:
-        """Per readout group, the (K, M_g, S) C-contiguous windows of the rows (``reuse``: views of
-        buffers that the next call overwrites; else new arrays)."""
+    def _group_waveforms(
+        self, rows: slice | np.ndarray, k: int, new_from_bytes: int = 0
+    ) -> tuple[np.ndarray, ...]:
+        """Per readout group, the (K, M_g, S) C-contiguous windows of the rows: new arrays for the groups of
+        at least ``new_from_bytes`` bytes, views of reused buffers (the next call overwrites them) for the
+        smaller ones. Consecutive rows of the file are split straight from the read-ahead window."""
+        s = self.n_samples
         if k > self._block.shape[0]:
             self._buffers(max(k, 2 * self._block.shape[0]))
-        block = self._block[:k]
+        out = tuple(
+            np.empty((k, chans.stop - chans.start, s), dtype=np.uint16)
+            if k * (chans.stop - chans.start) * s * 2 >= new_from_bytes
+            else buf[:k]
+            for buf, chans in zip(self._group_bufs, _GROUP_SLICES, strict=True)
+        )
+        if isinstance(rows, slice) and rows.stop <= self.n_events:
+            # block by block of the read-ahead window (cache-sized): decoded, then split while still cached
+            lo = first = rows.start
+            while lo < rows.stop:
+                hi = min(rows.stop, (lo // READ_BLOCK + 1) * READ_BLOCK)
+                block = self._window(lo, hi)
+                for dst, chans in zip(out, _GROUP_SLICES, strict=True):
+                    np.copyto(dst[lo - first : hi - first], block[:, chans])
+                lo = hi
+            return out
+        block = self._block[:k]  # a gather of rows, or rows past the file (the all-zero row)
         self._read_rows(rows, block)
-        out = []
-        for buf, chans in zip(self._group_bufs, _GROUP_SLICES, strict=True):
-            dst = buf[:k] if reuse else np.empty((k, *buf.shape[1:]), dtype=np.uint16)
+        for dst, chans in zip(out, _GROUP_SLICES, strict=True):
             np.copyto(dst, block[:, chans])
-            out.append(dst)
-        return tuple(out)
+        return out
 
     # ------------------------------------------------------------ slices
     @property
@@ -280,7 +300,7 @@ class RecordedSpill:
         rows, all_missing = plan
         idx_u32 = np.asarray(request.index, dtype=np.uint32)
         out = []
-        for g, group_wf in enumerate(self._group_waveforms(rows, request.n_events, reuse=False)):
+        for g, group_wf in enumerate(self._group_waveforms(rows, request.n_events)):
             if all_missing & (1 << g):
                 out.append(protocol.Fragment(source=g, seq=first_seq + g, **head))
                 continue
@@ -304,11 +324,14 @@ class RecordedSpill:
         counts: AnswerCounts,
         first_seq: int = 0,
         send_time_ns: int | None = None,
+        own_from_bytes: int | None = None,
     ) -> list[list[bytes | memoryview]]:
         """:meth:`answer`, already encoded: ``protocol.encode`` of each fragment, byte for byte (with
         ``send_time_ns``, by default the clock now), without building the message objects (hot path).
 
-        The waveform frames are views of buffers that the next call overwrites: send (copy) them first.
+        Waveform frames of at least ``own_from_bytes`` bytes are views of new arrays (the caller may keep
+        them, e.g. in zero-copy ZeroMQ messages); the others (all of them by default) are views of buffers
+        that the next call overwrites: send (copy) them first.
         """
         send_ns = time.time_ns() if send_time_ns is None else send_time_ns
         run, spill, slice_id = self.run, self.spill, request.slice_id
@@ -320,7 +343,9 @@ class RecordedSpill:
             ]
         rows, all_missing = plan
         try:
-            waveforms = self._group_waveforms(rows, request.n_events, reuse=True)
+            waveforms = self._group_waveforms(
+                rows, request.n_events, (1 << 62) if own_from_bytes is None else own_from_bytes
+            )
         except (OSError, ValueError, IndexError) as e:  # a damaged chunk: counted, the replay goes on
             counts.read_errors += 1
             counts.n_events_read -= request.n_events

@@ -69,6 +69,8 @@ class Service:
         self.n_spills = n_spills
         self.on_spill_end = on_spill_end
         self.fe = FrontEnd(config, truth_sink)
+        #: None: the run gets its own context, terminated at its end (see :meth:`run`)
+        self._given_ctx = context
         self.ctx = context or zmq.Context.instance()
         self.sock: zmq.Socket[bytes] | None = None
         self.seq = protocol.SequenceCounter()
@@ -90,6 +92,8 @@ class Service:
 
     # ------------------------------------------------------------ main
     def run(self) -> int:
+        if self._given_ctx is None:
+            self.ctx = zmq.Context()
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.SNDHWM, 20000)
         sock.setsockopt(zmq.RCVHWM, 20000)
@@ -125,7 +129,24 @@ class Service:
         finally:
             sock.close()  # lingers up to linger_s for queued messages
             self.sock = None
+            if self._given_ctx is None:
+                self._term_context()
         return 0
+
+    def _term_context(self) -> None:
+        """End the run's own context: waits until the queued messages are sent, at most ``linger_s``
+        (without it the process could exit with messages queued: large frames go zero-copy, their arrays
+        freed under ZeroMQ at exit); what is left then is dropped by ZeroMQ, which is said."""
+        t = time.monotonic()
+        self.ctx.term()
+        linger = self.config.readout.linger_s
+        if time.monotonic() - t >= 0.95 * linger:
+            log.warning(
+                "the DAQ at %s did not take the last messages within %.1f s: they were dropped "
+                "(the DAQ counts what it misses)",
+                self.endpoint,
+                linger,
+            )
 
     def _spill(self, spill: int, t_spill: float) -> None:
         fe = self.fe

@@ -22,9 +22,12 @@ pytestmark = pytest.mark.integration
 class RecordingRouter:
     """A ROUTER that answers every SLICE with a READOUT_REQUEST and records everything it receives."""
 
-    def __init__(self, endpoint: str, random_t: dict[tuple[int, int], np.ndarray]) -> None:
+    def __init__(self, endpoint: str, random_t: dict[tuple[int, int], np.ndarray], rcvbuf: int = 0) -> None:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
+        if rcvbuf:  # small ZeroMQ and kernel receive buffers: what is not read stays queued at the sender
+            self.sock.setsockopt(zmq.RCVHWM, 2)
+            self.sock.setsockopt(zmq.RCVBUF, rcvbuf)
         self.sock.bind(endpoint)
         self.endpoint = endpoint
         self.random_t = random_t  # (spill, slice) -> random trigger times to ask for
@@ -35,8 +38,11 @@ class RecordingRouter:
         self.seq = protocol.SequenceCounter()
         self.tracker = protocol.SequenceTracker()
 
-    def run(self, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    def run(self, proc: subprocess.Popen[bytes], timeout_s: float = 60.0, pause_s: float = 0.0) -> None:
+        """Receive until the replay process exits; ``pause_s``: stop reading for that long after the first
+        readout request (the replay's answers queue up meanwhile)."""
         deadline = time.monotonic() + timeout_s
+        pause = pause_s
         while time.monotonic() < deadline:
             if not self.sock.poll(100):
                 if proc.poll() is not None:
@@ -61,6 +67,8 @@ class RecordingRouter:
                 )
                 self.requests[(msg.spill, msg.slice_id)] = req
                 self.sock.send_multipart([ident, *protocol.encode(self.seq.stamp(req))])
+                time.sleep(pause)
+                pause = 0.0
             elif isinstance(msg, protocol.Fragment):
                 self.fragments.setdefault((msg.spill, msg.slice_id), []).append(msg)
         raise AssertionError("replay did not finish in time")
@@ -341,3 +349,58 @@ def test_messages_are_numbered_without_gaps_when_heartbeats_interleave(tmp_path:
     frags = sum(isinstance(m, protocol.Fragment) for m in router.messages)
     assert frags == 12 * detector.N_GROUPS and beats > frags // 2
     assert replayer.report.n_spills == 1 and replayer.report.spills[0].complete
+
+
+@pytest.mark.parametrize("pause_s", [0.5, 3.0])
+def test_a_run_ends_when_the_daq_has_taken_every_message_or_linger_s_ran_out(
+    tmp_path: Path, pause_s: float
+) -> None:
+    """The whole spill in one slice: ~18 MB of fragments (the large ones sent zero-copy) queue up while
+    the DAQ side stops reading for ``pause_s``. The replay's run returns only once they are sent (the
+    arrays must outlive ZeroMQ's send; a process exiting earlier freed them under it), at most linger_s
+    (1 s) later: then the rest is dropped and said so."""
+    import threading
+
+    from simulator.replay import ReplayConfig, Replayer
+
+    spill = make_spill(tmp_path / "d", n_particles=150_000, n_slices=2, seed=4)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    router = RecordingRouter(endpoint, {}, rcvbuf=1 << 16)
+    replayer = Replayer(ReplayConfig(endpoint=endpoint, speed=None, merge_slices=2, linger_s=1.0))
+    ended: list[float] = []
+
+    def replay() -> None:
+        replayer.run([spill.path])
+        ended.append(time.monotonic())
+
+    thread = threading.Thread(target=replay, daemon=True)
+
+    class Done:
+        def poll(self) -> int | None:
+            return None if thread.is_alive() else 0
+
+    t0 = time.monotonic()
+    try:
+        thread.start()
+        router.run(Done(), pause_s=pause_s)  # type: ignore[arg-type]  (decodes: checksums checked)
+    finally:
+        thread.join(30)
+        router.close()
+    frags = router.fragments.get((1, 0), [])
+    if pause_s < 1.0:  # the DAQ reads again before linger_s: everything arrives, then the run ends
+        assert ended[0] - t0 > pause_s
+        assert not replayer.report.unsent_at_exit
+        assert _types(router.messages)[-3:] == ["FRAGMENT", "SPILL_END", "RUN_STOP"]
+        assert sum(f.waveforms.nbytes for f in frags) > 16 << 20  # far more than the sockets buffer
+        with SpillFile(spill.path) as f:
+            ev = f.events(["slice", "index"])
+            real = np.flatnonzero(ev["index"] != protocol.NO_PARTICLE)
+            stored = f.waveforms()[real[np.lexsort((ev["index"][real], ev["slice"][real]))]]
+        assert sorted(f.source for f in frags) == list(range(detector.N_GROUPS))
+        for frag in frags:
+            np.testing.assert_array_equal(frag.waveforms, stored[:, detector.GROUP_IDS[frag.source]])
+    else:  # the DAQ stays silent longer: the run gives up after linger_s and says the rest was dropped
+        assert 1.0 <= ended[0] - t0 < pause_s
+        assert replayer.report.unsent_at_exit
+        assert "not taken by the DAQ" in replayer.report.summary_line()
+        assert "RUN_STOP" not in _types(router.messages)

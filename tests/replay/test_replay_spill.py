@@ -12,6 +12,7 @@ import pytest
 from daq import detector, protocol
 from daq.trigger import Batch, Trigger, TriggerConfig
 from simulator.replay_spill import (
+    READ_BLOCK,
     AnswerCounts,
     ArrayWaveforms,
     RecordedSpill,
@@ -291,3 +292,34 @@ def test_a_request_whose_waveforms_cannot_be_read_gets_header_only_fragments(rs:
     msgs = bad.answer_frames(_request(1, [0, 1]), counts, send_time_ns=1)
     assert [len(m) for m in msgs] == [1] * detector.N_GROUPS  # header only
     assert counts.read_errors == 1 and counts.n_events_read == 0 and counts.n_fragments == 6
+
+
+@pytest.mark.parametrize("merge", [1, 3, 12])
+def test_large_waveform_frames_are_new_arrays_that_later_answers_leave_alone(
+    synth: SynthSpill, merge: int
+) -> None:
+    """With ``own_from_bytes`` the waveform frames of that size are new arrays (the replay sends them
+    zero-copy): still intact after every later answer, and byte for byte the protocol's encoding. Merged
+    slices make requests of several read-ahead blocks, split block by block."""
+    threshold = 16 << 10
+    rng = np.random.default_rng(9)
+    with load_spill(synth.path, merge=merge) as big:
+        fast, ref = AnswerCounts(), AnswerCounts()
+        kept: list[tuple[bytes, memoryview | bytes]] = []
+        n_small = 0
+        for i, req in enumerate(_requests(big, rng)):
+            frames = big.answer_frames(req, fast, first_seq=6 * i, send_time_ns=5, own_from_bytes=threshold)
+            want = [
+                [bytes(f) for f in protocol.encode(dataclasses.replace(frag, send_time_ns=5))]
+                for frag in big.answer(req, ref, first_seq=6 * i)
+            ]
+            assert [[bytes(f) for f in m] for m in frames] == want, f"request {i} (slice {req.slice_id})"
+            for m in frames:
+                if len(m) == 3 and len(m[2]) >= threshold:
+                    kept.append((bytes(m[2]), m[2]))
+                n_small += len(m) == 3 and len(m[2]) < threshold
+        assert fast == ref
+        assert kept and n_small
+        assert all(bytes(view) == copy for copy, view in kept)  # no later answer wrote into them
+        if merge == 12:  # one slice: its request spans several read-ahead blocks
+            assert big.n_slices == 1 and big.n_events > 2 * READ_BLOCK
