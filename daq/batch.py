@@ -38,6 +38,11 @@ class EventBatch:
     def n_events(self) -> int:
         return len(self)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the batch's arrays."""
+        return sum(int(a.nbytes) for a in vars(self).values() if isinstance(a, np.ndarray))
+
     def column(self, name: str) -> np.ndarray:
         """An event-table column by name (the SUM_NAMES are rows of ``sums``)."""
         if name in SUM_NAMES:

@@ -627,9 +627,19 @@ class DaqService:
         self._to_monitor(batch, sp.number)
 
     async def _to_writer(self, cmd: tuple[Any, ...]) -> None:
+        """Queue a writer command; while the writer's queue is full, wait (back-pressure: we stop
+        reading) until the writer thread says there is room."""
         assert self.writer is not None
-        while not self.writer.try_put(cmd):
-            await asyncio.sleep(0.002)  # back-pressure: the writer is behind; we stop reading
+        loop = asyncio.get_running_loop()
+        while True:
+            room = asyncio.Event()
+
+            def wake(room: asyncio.Event = room) -> None:  # called from the writer thread
+                loop.call_soon_threadsafe(room.set)
+
+            if self.writer.try_put(cmd, wake=wake):
+                return
+            await room.wait()
 
     # ------------------------------------------------------------ end of spill
     async def _end_spill(self, complete: bool) -> None:

@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,6 +115,9 @@ class WriterConfig:
     compression_level: int | None = None
     chunk_events: int = 64
     queue_size: int = 256  # batches waiting for the writer thread (back-pressure beyond)
+    #: MB of events waiting for the writer thread (back-pressure beyond; one batch always fits): keeps
+    #: the DAQ's memory bounded and reused when it builds events faster than they are written
+    queue_mb: float = 64.0
     fsync: bool = True
     #: fdatasync the partial file every this many MB during the spill (in a helper thread), so that
     #: closing it only has the tail to flush (0: only at the end)
@@ -130,6 +133,8 @@ class WriterConfig:
             raise ValueError(f"chunk_events must be in 1..4096 (got {self.chunk_events})")
         if self.queue_size < 1:
             raise ValueError(f"queue_size must be >= 1 (got {self.queue_size})")
+        if not self.queue_mb > 0:
+            raise ValueError(f"queue_mb must be > 0 (got {self.queue_mb})")
         if not 1 <= self.compress_threads <= 16:
             raise ValueError(f"compress_threads must be in 1..16 (got {self.compress_threads})")
         if self.sync_every_mb < 0:
@@ -517,7 +522,14 @@ class SpillWriter:
     # ------------------------------------------------------------ close
     def close(self, final: SpillFinal) -> WriteResult:
         """Write the remaining events and the end-of-spill records, fsync, rename to the final name."""
-        t0 = time.perf_counter()
+        self.close_file(final)
+        return self.finalize()
+
+    def close_file(self, final: SpillFinal) -> None:
+        """Write the remaining events and the end-of-spill records and close the HDF5 file (the part
+        that needs h5py); :meth:`finalize` then makes it durable under its final name."""
+        self._t_close = t0 = time.perf_counter()
+        self._status = final.status
         self._flush(final=True)
         f = self._h5
         counters = dict(final.counters)
@@ -553,6 +565,12 @@ class SpillWriter:
         self._wait_sync()
         self._close_packers()
         self.check()
+        self._cpu = time.thread_time() - self._cpu0  # the writing thread's CPU for the spill
+        self._t_closed = time.perf_counter()
+
+    def finalize(self) -> WriteResult:
+        """fsync the closed file, rename it to its final name, fsync the directory (no h5py: may run in
+        another thread than the writing, while the next spill is written)."""
         t_sync = time.perf_counter()
         if self.config.fsync:
             os.fsync(self._raw.fileno())
@@ -561,10 +579,11 @@ class SpillWriter:
         if self.config.fsync:
             _fsync_dir(self.data_dir)
         t_end = time.perf_counter()
-        self.seconds += t_end - t0
+        close_s = self._t_closed - self._t_close + t_end - t_sync  # without a wait for the finisher
+        self.seconds += close_s
         if self.config.fsync:
             self.sync_seconds += t_end - t_sync
-        cpu = time.thread_time() - self._cpu0
+        cpu = self._cpu
         size = self.final_path.stat().st_size
         log.info(
             "closed %s: %d events, %.1f MB, %.3f s writing in all, %.3f CPU s (%.1f us/event); "
@@ -576,7 +595,7 @@ class SpillWriter:
             self.seconds,
             cpu,
             cpu / max(self.n_written, 1) * 1e6,
-            t_end - t0,
+            close_s,
             t_end - t_sync,
             self.sync_seconds,
             self.background_sync_seconds,
@@ -585,7 +604,7 @@ class SpillWriter:
             self.header.run,
             self.header.spill,
             self.final_path,
-            final.status,
+            self._status,
             self.n_written,
             0,
             size,
@@ -640,45 +659,80 @@ class _SpillState:
 
 
 class WriterThread:
-    """The one thread that runs h5py, fed by a bounded queue of commands.
+    """The one thread that runs h5py, fed by a queue of commands bounded in count and in bytes.
 
-    ``open``/``append``/``close`` are called from the event loop: ``try_put`` never blocks (the caller
-    awaits and retries when the queue is full: back-pressure, nothing dropped). ``close`` and ``abort``
-    return a ``concurrent.futures.Future`` resolved with a :class:`WriteResult`.
+    ``open``/``append``/``close`` are called from the event loop: ``try_put`` never blocks (when the
+    queue is full the caller waits for the ``wake`` callback it passed, called from the writer thread as
+    soon as a command is taken out: back-pressure, nothing dropped). ``close`` and ``abort`` return a
+    ``concurrent.futures.Future`` resolved with a :class:`WriteResult`.
     """
 
     def __init__(self, data_dir: str | Path, config: WriterConfig | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.config = config = config or WriterConfig()
-        self._queue: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=config.queue_size)
+        self._queue: queue.Queue[tuple[tuple[Any, ...], int]] = queue.Queue()
+        self._lock = threading.Lock()  # guards the three below
+        self._queued = 0  # commands in the queue
+        self._queued_bytes = 0
+        self._wake: Callable[[], None] | None = None  # the producer waiting for room
+        self._max_bytes = int(config.queue_mb * 1e6)
         self._thread = threading.Thread(target=self._run, name="na64-writer", daemon=True)
+        #: fsync + rename of closed files, in order, while the writer thread writes the next spill
+        self._finisher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="na64-writer-fsync")
         self._spill: _SpillState | None = None
         self._block: EventBlock | None = None  # the event buffer, reused from spill to spill
         self.busy_seconds = 0.0
         self._thread.start()
 
     # -------------------------------------------------- producer side
-    def try_put(self, command: tuple[Any, ...]) -> bool:
-        try:
-            self._queue.put_nowait(command)
-        except queue.Full:
-            return False
+    def try_put(self, command: tuple[Any, ...], wake: Callable[[], None] | None = None) -> bool:
+        """Queue a command unless the queue is full; then ``wake`` (if given) is called once, from the
+        writer thread, when there is room again."""
+        nbytes = _command_bytes(command)
+        with self._lock:
+            full = self._queued >= self.config.queue_size or (
+                self._queued > 0 and self._queued_bytes + nbytes > self._max_bytes
+            )
+            if full:
+                self._wake = wake
+                return False
+            self._queued += 1
+            self._queued_bytes += nbytes
+            self._queue.put((command, nbytes))
         return True
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        return self._queued
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
+
+    def _taken(self, nbytes: int) -> None:
+        """A command left the queue: account for it and wake a waiting producer."""
+        with self._lock:
+            self._queued -= 1
+            self._queued_bytes -= nbytes
+            wake, self._wake = self._wake, None
+        if wake is not None:
+            with contextlib.suppress(RuntimeError):  # the producer's event loop is already closed
+                wake()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Finish queued commands and end the thread (an open spill is aborted)."""
-        self._queue.put(("stop",))
+        with self._lock:
+            self._queued += 1
+            self._queue.put((("stop",), 0))
         self._thread.join(timeout)
+        self._finisher.shutdown(wait=True)
 
     # -------------------------------------------------- writer side
     def _run(self) -> None:
         _set_os_thread_name(b"na64-writer")
         while True:
-            cmd = self._queue.get()
+            cmd, nbytes = self._queue.get()
+            self._taken(nbytes)
             kind = cmd[0]
             t0 = time.perf_counter()
             try:
@@ -756,14 +810,36 @@ class WriterThread:
             raise WriteError("close: no spill is open")
         if st.writer is not None:
             try:
-                res = st.writer.close(final)
+                st.writer.close_file(final)
             except Exception as e:
                 self._fail(f"closing the file: {_reason(e)}")
             else:
                 self._spill = None
-                fut.set_result(res)
+                self._finisher.submit(self._finalize, st, fut)
                 return
         self._finish_failed(fut)
+
+    def _finalize(self, st: _SpillState, fut: concurrent.futures.Future[WriteResult]) -> None:
+        """fsync + rename of a closed file (finisher thread: the writer thread goes on with the next
+        spill meanwhile; files are finalized in order). A failure fails the spill like a failed write."""
+        w = st.writer
+        assert w is not None
+        try:
+            res = w.finalize()
+        except Exception as e:
+            h = st.header
+            message = f"closing the file: {_reason(e)}"
+            log.error("run %d spill %d FAILED: %s; spill data is dropped", h.run, h.spill, message)
+            w.abort()
+            res = WriteResult(h.run, h.spill, None, "failed", 0, st.n_lost + w.n_appended, 0, 0.0, message)
+        fut.set_result(res)
+
+
+def _command_bytes(command: tuple[Any, ...]) -> int:
+    """Bytes a queued command holds (an ``append``'s batch arrays; others count 0)."""
+    if command[0] == "append":
+        return int(command[1].nbytes)
+    return 0
 
 
 def _reason(e: BaseException) -> str:

@@ -8,13 +8,15 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from daq.batch import SUM_NAMES, EventBatch
-from daq.files import SpillFile
+from daq.files import SpillFile, spill_filename
 from daq.writer import EventBlock, SpillFinal, SpillHeader, SpillWriter, WriterConfig, WriterThread
 from tests.daq.test_files import N_PRIM, batch
 
@@ -167,3 +169,86 @@ def test_a_write_error_in_the_middle_of_a_spill_fails_it_and_the_next_spill_is_w
 def test_compress_threads_out_of_range_is_a_config_error(threads: int) -> None:
     with pytest.raises(ValueError, match="compress_threads"):
         WriterConfig(compress_threads=threads)
+
+
+def test_the_writer_queue_is_bounded_in_bytes_and_wakes_the_waiting_producer(tmp_path: Path) -> None:
+    parts = batches([50] * 12, seed=3)
+    per_batch = parts[0].nbytes
+    assert per_batch > 50 * 110 * 32 * 2  # the waveforms at least
+    wt = WriterThread(tmp_path, WriterConfig(fsync=False, queue_mb=3.5 * per_batch / 1e6))
+    hold = threading.Event()
+    woken = threading.Event()
+    try:
+        assert wt.try_put(("open", SpillHeader(run=2, spill=1)))
+        blocked: concurrent.futures.Future = concurrent.futures.Future()
+        assert wt.try_put(("call", lambda: hold.wait(30), blocked))  # the writer thread stops here
+        queued = [b for b in parts if wt.try_put(("append", b))][:4]
+        assert len(queued) == 3  # 3 batches fit in 3.5 batches' bytes, the 4th waits
+        assert wt.queued_bytes == 3 * per_batch
+        assert not wt.try_put(("append", parts[3]), wake=woken.set)
+        assert not woken.is_set()
+        hold.set()  # the writer goes on: taking a command out wakes the producer
+        assert woken.wait(30)
+        for b in parts[3:]:
+            while not wt.try_put(("append", b), wake=woken.set):
+                woken.clear()
+                assert woken.wait(30)
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        while not wt.try_put(("close", SpillFinal(), fut), wake=woken.set):
+            woken.clear()
+            assert woken.wait(30)
+        res = fut.result(30)
+        assert res.status == "ok" and res.path is not None
+        assert wt.queued_bytes == 0 and wt.queue_depth == 0
+        assert_file_holds(res.path, parts)
+    finally:
+        hold.set()
+        wt.stop()
+
+
+def test_one_batch_larger_than_queue_mb_is_still_accepted(tmp_path: Path) -> None:
+    wt = WriterThread(tmp_path, WriterConfig(fsync=False, queue_mb=0.001))
+
+    def put(cmd: tuple) -> None:
+        deadline = time.monotonic() + 30
+        while not wt.try_put(cmd):  # refused only while something else waits in the queue
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+
+    try:
+        parts = batches([40, 40])
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        put(("open", SpillHeader(run=3, spill=1)))
+        for b in parts:  # each alone exceeds 1 kB: accepted once the queue is empty
+            put(("append", b))
+        put(("close", SpillFinal(), fut))
+        res = fut.result(30)
+        assert res.status == "ok" and res.path is not None
+        assert_file_holds(res.path, parts)
+    finally:
+        wt.stop()
+
+
+def test_a_failure_to_finalize_a_closed_file_fails_the_spill_and_the_next_one_is_written(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / spill_filename(5, 1)).mkdir()  # the rename to the final name fails (a directory)
+    wt = WriterThread(tmp_path, WriterConfig(fsync=True))
+    try:
+        results = []
+        for spill in (1, 2):
+            parts = batches([30, 20], seed=spill)
+            fut: concurrent.futures.Future = concurrent.futures.Future()
+            assert wt.try_put(("open", SpillHeader(run=5, spill=spill)))
+            for b in parts:
+                assert wt.try_put(("append", b))
+            assert wt.try_put(("close", SpillFinal(), fut))
+            results.append((fut.result(30), parts))
+        (bad, _), (good, parts) = results
+        assert bad.status == "failed" and bad.path is None and bad.n_events_lost == 50
+        assert "closing the file" in (bad.error or "")
+        assert not any(p.name.endswith(".partial") for p in tmp_path.iterdir())  # deleted, not left
+        assert good.status == "ok" and good.path is not None
+        assert_file_holds(good.path, parts)
+    finally:
+        wt.stop()
