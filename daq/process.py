@@ -1,11 +1,14 @@
-"""Process-wide tuning for the long-running services (DAQ, replay, DQM): memory allocator and garbage
-collector. Called once at start-up, after the big imports and kernel loads."""
+"""Process-wide resources of the long-running services (DAQ, replay, DQM): memory allocator and garbage
+collector tuning (once at start-up, after the big imports and kernel loads), and the orderly end of a
+front-end's ZeroMQ context."""
 
 from __future__ import annotations
 
 import ctypes
 import gc
 import sys
+import time
+from typing import Any
 
 #: first-generation threshold of the cyclic garbage collector while a service runs (Python's default: 700)
 GC_GEN0_THRESHOLD = 20_000
@@ -36,3 +39,15 @@ def tune_gc() -> None:
     gc.freeze()
     _, g1, g2 = gc.get_threshold()
     gc.set_threshold(GC_GEN0_THRESHOLD, g1, g2)
+
+
+def term_context(ctx: Any, linger_s: float) -> bool:
+    """Terminate a front-end's ZeroMQ context (its sockets closed with ``LINGER`` = ``linger_s``): returns
+    once every queued message is sent, or after ``linger_s`` with the rest dropped (then True).
+
+    A process must not simply exit with messages queued: pyzmq's exit handler drops its references to
+    zero-copy buffers that ZeroMQ may still be sending (freed memory on the wire), and a context never
+    terminated does not honour ``LINGER`` at all."""
+    t = time.monotonic()
+    ctx.term()
+    return time.monotonic() - t >= 0.95 * linger_s

@@ -43,6 +43,7 @@ import zmq
 from daq import detector, protocol
 from daq.errors import DaqError, ProtocolError, UserError
 from daq.files import SpillFileError
+from daq.process import term_context
 from simulator.replay_spill import (
     AnswerCounts,
     MergeTooLong,
@@ -326,12 +327,9 @@ class Replayer:
         return self.report
 
     def _term_context(self) -> None:
-        """End the run's own context: waits until the queued messages are sent (the large waveform
-        frames are sent zero-copy: their arrays must live until then), at most ``linger_s``; then the
-        ones left are dropped by ZeroMQ, which is said (the DAQ counts what it misses)."""
-        t = time.monotonic()
-        self._ctx.term()
-        if time.monotonic() - t >= 0.95 * self.config.linger_s:
+        """End the run's own context once the queued messages are sent (:func:`daq.process.term_context`;
+        the large waveform frames go zero-copy), at most ``linger_s``; what is left then is said."""
+        if term_context(self._ctx, self.config.linger_s):
             self.report.unsent_at_exit = True
             log.warning(
                 "the DAQ at %s did not take the last messages within %.1f s: they were dropped "

@@ -25,6 +25,7 @@ import zmq
 
 from daq import protocol
 from daq.errors import ProtocolError
+from daq.process import term_context
 from simulator.config import SimConfig
 from simulator.faults import Fault
 from simulator.frontend import FrontEnd, TruthSink
@@ -134,13 +135,10 @@ class Service:
         return 0
 
     def _term_context(self) -> None:
-        """End the run's own context: waits until the queued messages are sent, at most ``linger_s``
-        (without it the process could exit with messages queued: large frames go zero-copy, their arrays
-        freed under ZeroMQ at exit); what is left then is dropped by ZeroMQ, which is said."""
-        t = time.monotonic()
-        self.ctx.term()
+        """End the run's own context once the queued messages are sent (:func:`daq.process.term_context`;
+        large frames go zero-copy), at most ``linger_s``; what is left then is said."""
         linger = self.config.readout.linger_s
-        if time.monotonic() - t >= 0.95 * linger:
+        if term_context(self.ctx, linger):
             log.warning(
                 "the DAQ at %s did not take the last messages within %.1f s: they were dropped "
                 "(the DAQ counts what it misses)",

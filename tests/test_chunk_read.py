@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
-import threading
-import time
 from pathlib import Path
 
 import h5py
@@ -23,6 +20,7 @@ from daq.batch import EventBatch
 from daq.chunk_codec import BloscChunks, decompress_into
 from daq.files import SpillFile, spill_filename
 from daq.writer import SpillFinal, SpillHeader, SpillWriter, WriterConfig
+from tests.daq.test_chunk_codec import ticks_of_another_thread_during
 
 N_EVENTS = 1000  # 15 whole chunks of 64 events and a last one of 40
 CHUNK = 64
@@ -207,32 +205,15 @@ def test_decompress_into_checks_sizes() -> None:
 
 
 def test_decompression_releases_the_gil() -> None:
-    """Another Python thread runs during the decompression calls (like the compression's GIL test: with
-    a long switch interval the counting thread only advances while this thread is in a GIL-free call)."""
+    """Another Python thread runs during the decompression calls (see the compression's GIL test)."""
     chunk = (200 + np.random.default_rng(2).normal(0, 3, (512, 110, 32))).astype(np.uint16)
     packed = np.frombuffer(bytes(BloscChunks("zstd", 5, 1).compress(chunk)), np.uint8)
     out = np.empty_like(chunk)
-    ticks = [0]
-    done = threading.Event()
 
-    def count() -> None:
-        while not done.is_set():
-            ticks[0] += 1
-            time.sleep(0)  # gives the GIL back at once when the main thread wants it
-
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(30.0)
-    t = threading.Thread(target=count)
-    try:
-        t.start()
-        time.sleep(0.05)
-        start = ticks[0]
+    def decode() -> None:
         for _ in range(20):
             decompress_into(packed, out)
-        moved = ticks[0] - start
-    finally:
-        done.set()
-        t.join()
-        sys.setswitchinterval(interval)
+
+    moved = ticks_of_another_thread_during(decode)
     assert np.array_equal(out, chunk)
     assert moved > 10, f"the other thread advanced {moved} times during the calls"

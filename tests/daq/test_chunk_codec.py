@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -41,15 +42,10 @@ def test_direct_chunks_read_back_through_the_hdf5_filter(tmp_path: Path, codec: 
     assert np.array_equal(back[128:], edge[:10])
 
 
-def test_compression_releases_the_gil() -> None:
-    """Another Python thread runs during a compression call (the DAQ's receiver, while the writer packs).
-
-    With a long switch interval the interpreter never takes the GIL from this thread by force: the
-    counting thread only advances while this thread is outside Python, i.e. inside a GIL-free call.
-    """
-    rng = np.random.default_rng(2)
-    chunk = (200 + rng.normal(0, 3, (256, 110, 32))).astype(np.uint16)
-    packer = BloscChunks("zstd", 9, 1)  # slow on purpose: the call takes tens of milliseconds
+def ticks_of_another_thread_during(call: Callable[[], object]) -> int:
+    """How often another Python thread advanced while ``call`` ran. With a long switch interval the
+    interpreter never takes the GIL from this thread by force: the counting thread only advances while
+    this thread is outside Python, i.e. inside a GIL-free call."""
     ticks = [0]
     done = threading.Event()
 
@@ -65,12 +61,20 @@ def test_compression_releases_the_gil() -> None:
         t.start()
         time.sleep(0.05)
         start = ticks[0]
-        packer.compress(chunk)
-        moved = ticks[0] - start
+        call()
+        return ticks[0] - start
     finally:
         done.set()
         t.join()
         sys.setswitchinterval(interval)
+
+
+def test_compression_releases_the_gil() -> None:
+    """Another Python thread runs during a compression call (the DAQ's receiver, while the writer packs)."""
+    rng = np.random.default_rng(2)
+    chunk = (200 + rng.normal(0, 3, (256, 110, 32))).astype(np.uint16)
+    packer = BloscChunks("zstd", 9, 1)  # slow on purpose: the call takes tens of milliseconds
+    moved = ticks_of_another_thread_during(lambda: packer.compress(chunk))
     assert moved > 10, f"the other thread advanced {moved} times during the call"
 
 
