@@ -422,7 +422,7 @@ class DaqService:
         log.info(
             "run %d stopped by the front-end (%d spills, EOT %d, %d events)",
             msg.run,
-            self.spills_run,
+            self.spills_run + len(self._closing),  # the last files may still be closing
             self.eot_run,
             self.events_run,
         )

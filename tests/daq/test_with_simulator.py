@@ -52,6 +52,8 @@ def test_simulator_to_daq_to_files(daq_factory: Any, tmp_path: Path) -> None:
         out, _ = sim.communicate(timeout=60)
         assert sim.returncode == 0, out
         assert daq.proc.wait(30) == 0, daq.output()
+        # counted when RUN_STOP comes, the last file still closing
+        assert f"run 1 stopped by the front-end ({SPILLS} spills" in daq.output()
     finally:
         lis.close()
         if sim.poll() is None:
