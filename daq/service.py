@@ -256,36 +256,43 @@ class DaqService:
         One wake-up per burst instead of one future per message: the per-message cost of asyncio is
         what limits a Python receiver at ~1000 messages/s. ZMQ_FD is edge-triggered, so after the
         drain the socket's EVENTS are checked again, and a short timeout backs the wake-up up.
+
+        The fd is watched only while this task waits for it. ZMQ_FD stays readable until EVENTS is
+        read, so a reader left installed while the task waits for something else (the writer's
+        back-pressure, a send retry) would wake the event loop on every turn: a busy spin.
         """
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
         fd = int(self.router.getsockopt(zmq.FD))
-        loop.add_reader(fd, ready.set)
-        try:
-            while True:
-                n = 0
-                while True:
-                    try:
-                        frames = self.router.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    await self._handle_safely(frames)
-                    n += 1
-                    if n % 64 == 0:
-                        await asyncio.sleep(0)  # let housekeeping run during long bursts
-                ready.clear()
-                if int(self.router.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-                    await asyncio.sleep(0)  # never spin without giving the loop a turn
-                    continue
-                # wake up on the fd, or after 0.1 s anyway (no asyncio.wait_for: in Python 3.11 it can
-                # swallow a cancellation that coincides with its timeout)
-                backup = loop.call_later(0.1, ready.set)
-                try:
-                    await ready.wait()
-                finally:
-                    backup.cancel()
-        finally:
+
+        def on_readable() -> None:
             loop.remove_reader(fd)
+            ready.set()
+
+        while True:
+            n = 0
+            while True:
+                try:
+                    frames = self.router.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                await self._handle_safely(frames)
+                n += 1
+                if n % 64 == 0:
+                    await asyncio.sleep(0)  # let housekeeping run during long bursts
+            ready.clear()
+            if int(self.router.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                await asyncio.sleep(0)  # never spin without giving the loop a turn
+                continue
+            # wake up on the fd, or after 0.1 s anyway (no asyncio.wait_for: in Python 3.11 it can
+            # swallow a cancellation that coincides with its timeout)
+            loop.add_reader(fd, on_readable)
+            backup = loop.call_later(0.1, ready.set)
+            try:
+                await ready.wait()
+            finally:
+                backup.cancel()
+                loop.remove_reader(fd)
 
     async def _handle_safely(self, frames: list[Any]) -> None:
         try:
