@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,6 +39,9 @@ from daq.files import (
     partial_filename,
     spill_filename,
 )
+
+if TYPE_CHECKING:
+    import h5py
 
 log = logging.getLogger(__name__)
 
@@ -299,12 +302,6 @@ class EventBlock:
         self.n = hi
         return k
 
-    def column(self, name: str, n: int) -> np.ndarray:
-        """The first ``n`` values of an event-table column (the SUM_NAMES are rows of ``sums``)."""
-        if name in SUM_NAMES:
-            return self.arrays["sums"][SUM_NAMES.index(name), :n]
-        return self.arrays[name][:n]
-
 
 class SpillWriter:
     """Writes one spill file; not thread-safe (owned by the writer thread)."""
@@ -411,15 +408,25 @@ class SpillWriter:
         )
         for g in ("counters", "losses", "frontend", "histograms"):
             f.create_group(g)
-        # dataset handles, looked up once (h5py lookups cost more than small writes)
-        self._columns = {name: f["events"][name] for name in EVENT_COLUMNS}
-        self._reco = {name: f["reco"][name] for name in RECO_DATASETS}
-        self._waveforms = f["waveforms"]
-        #: waveform chunks compressed outside the GIL and written whole (blosc codecs; else h5py filters)
-        self._wf_chunks: ParallelBloscChunks | None = None
+        # dataset handles, looked up once (h5py lookups cost more than small writes), each with the block
+        # array it is written from: (dataset, array name, row of the array or None, event axis)
+        self._targets: list[tuple[h5py.Dataset, str, int | None, int]] = [
+            (f["events"][name], "sums", SUM_NAMES.index(name), 0)
+            if name in SUM_NAMES
+            else (f["events"][name], name, None, 0)
+            for name in EVENT_COLUMNS
+        ]
+        self._targets += [(f["reco"][name], name, None, 0) for name in RECO_DATASETS]
+        self._targets += [
+            (f["waveforms"], "waveforms", None, 0),
+            (f["primitives/t_ns"], "t_ns", None, 0),
+            (f["primitives/amp"], "prim_amp", None, 1),
+        ]
+        #: chunks compressed outside the GIL and written whole (blosc codecs; else h5py filters)
+        self._packer: ParallelBloscChunks | None = None
         if cfg.compression in ("blosc-lz4", "blosc-zstd"):
             try:
-                self._wf_chunks = ParallelBloscChunks(
+                self._packer = ParallelBloscChunks(
                     "lz4" if cfg.compression == "blosc-lz4" else "zstd",
                     5 if cfg.compression_level is None else cfg.compression_level,
                     BLOSC_SHUFFLE,
@@ -427,8 +434,6 @@ class SpillWriter:
                 )
             except BloscUnavailable as e:
                 log.warning("%s: compressing through h5py", e)
-        self._prim_t = f["primitives/t_ns"]
-        self._prim_amp = f["primitives/amp"]
 
     # ------------------------------------------------------------ events
     def append(self, batch: EventBatch) -> None:
@@ -482,37 +487,45 @@ class SpillWriter:
             self.sync_seconds += time.perf_counter() - t0
 
     def _close_packers(self) -> None:
-        packers = getattr(self, "_wf_chunks", None)  # absent if the file could not be created
+        packers = getattr(self, "_packer", None)  # absent if the file could not be created
         if packers is not None:
             packers.close()
 
     def _write(self, blk: EventBlock, n: int) -> None:
+        """Write the block's first ``n`` events to every dataset: whole chunks compressed here and
+        written directly where the block lines up with the dataset's chunks, through h5py otherwise."""
         lo = self.n_written
         hi = lo + n
-        for name, ds in self._columns.items():
-            ds.resize((hi,))
-            ds[lo:hi] = blk.column(name, n)
-        for name, ds in self._reco.items():
-            ds.resize((hi, ds.shape[1]))
-            ds[lo:hi] = blk.arrays[name][:n]
-        wf = self._waveforms
-        wf.resize((hi, *wf.shape[1:]))
-        src = blk.arrays["waveforms"]
-        ce = self.config.chunk_events
-        if self._wf_chunks is not None and lo % ce == 0 and src.shape[0] % ce == 0:
-            if n % ce:
-                src[n : n - n % ce + ce] = 0  # the file's last chunk: rows beyond the extent are not read
-            starts = range(0, n, ce)  # whole chunks of the block (capacity: a multiple of ce)
-            packed = self._wf_chunks.compress_each([src[c0 : c0 + ce] for c0 in starts])
-            for c0, data in zip(starts, packed, strict=True):
-                wf.id.write_direct_chunk((lo + c0, 0, 0), data)
-        else:
-            wf[lo:hi] = src[:n]
-        self._prim_t.resize((hi,))
-        self._prim_t[lo:hi] = blk.arrays["t_ns"][:n]
-        pa = self._prim_amp
-        pa.resize((pa.shape[0], hi))
-        pa[:, lo:hi] = blk.arrays["prim_amp"][:, :n]
+        direct: list[tuple[h5py.Dataset, tuple[int, ...], np.ndarray]] = []
+        for ds, name, row, axis in self._targets:
+            arr = blk.arrays[name] if row is None else blk.arrays[name][row]
+            shape = list(ds.shape)
+            shape[axis] = hi
+            ds.resize(tuple(shape))
+            rows = ds.chunks[axis]
+            if self._packer is None or lo % rows or blk.capacity % rows or ds.dtype != arr.dtype:
+                if axis == 0:
+                    ds[lo:hi] = arr[:n]
+                else:
+                    ds[:, lo:hi] = arr[:, :n]
+                continue
+            padded = min(-(-n // rows) * rows, blk.capacity)
+            for c0 in range(0, padded, rows):
+                if axis == 0:
+                    chunk = arr[c0 : c0 + rows]
+                    if c0 + rows > n:
+                        chunk[n - c0 :] = 0  # the file's last chunk: rows beyond the extent are not read
+                    offset = (lo + c0,) + (0,) * (arr.ndim - 1)
+                else:
+                    chunk = arr[:, c0 : c0 + rows]
+                    if c0 + rows > n:
+                        chunk[:, n - c0 :] = 0
+                    offset = (0, lo + c0)
+                direct.append((ds, offset, np.ascontiguousarray(chunk)))
+        if direct:
+            packed = self._packer.compress_each([chunk for _, _, chunk in direct])  # type: ignore[union-attr]
+            for (ds, offset, _), data in zip(direct, packed, strict=True):
+                ds.id.write_direct_chunk(offset, data)
         self.n_written = hi
 
     @property
