@@ -1,0 +1,74 @@
+"""The ``na64`` entry point: a subcommand imports only its own module (start-up time of every job, e.g.
+the replay's), the top-level help and a mistyped command still see every subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from daq.cli import COMMAND_MODULES, command_in
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PROBE = """
+import json, sys
+from daq.cli import build_parser
+try:
+    build_parser(sys.argv[1:]).parse_args(sys.argv[1:])
+except SystemExit:
+    pass
+print(json.dumps(sorted(m for m in sys.modules if m in {modules})))
+"""
+
+
+def cli_modules_loaded(*argv: str) -> list[str]:
+    code = PROBE.format(modules=sorted(COMMAND_MODULES))
+    p = subprocess.run(
+        [sys.executable, "-c", code, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert p.returncode == 0, p.stderr
+    return list(json.loads(p.stdout.strip().splitlines()[-1]))
+
+
+def test_every_module_registers_exactly_the_commands_listed_for_it() -> None:
+    for name, commands in COMMAND_MODULES.items():
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(name).register(sub)
+        assert tuple(sub.choices) == commands, name
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["replay", "a.h5"], "replay"),
+        (["--log-level", "DEBUG", "dqm-reference", "--help"], "dqm-reference"),
+        (["--log-level=ERROR", "daq"], "daq"),
+        (["--help", "replay"], None),
+        (["--version"], None),
+        ([], None),
+    ],
+)
+def test_the_command_is_found_after_the_top_level_options(argv: list[str], command: str | None) -> None:
+    assert command_in(argv) == command
+
+
+def test_a_subcommand_imports_only_its_own_module() -> None:
+    assert cli_modules_loaded("replay", "--help") == ["simulator.replay_cli"]
+    assert cli_modules_loaded("--log-level", "WARNING", "inspect", "--help") == ["daq.daq_cli"]
+
+
+def test_the_top_level_help_and_a_mistyped_command_list_every_subcommand() -> None:
+    assert cli_modules_loaded("--help") == sorted(COMMAND_MODULES)
+    p = subprocess.run(
+        [sys.executable, "-m", "daq", "replya"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert p.returncode == 2
+    for commands in COMMAND_MODULES.values():
+        for c in commands:
+            assert f"'{c}'" in p.stderr
