@@ -607,6 +607,10 @@ class SequenceTracker:
             raise SequenceGapError(sender, expected, seq)
         raise SequenceRepeatError(sender, expected, seq)
 
+    def forget(self, sender: object) -> None:
+        """Drop a sender's number (one gone for good); its next message starts it afresh."""
+        self._next.pop(sender, None)
+
 
 class SequenceCounter:
     """Numbers outgoing messages of one sender: ``stamp(msg)`` returns it with the next number."""

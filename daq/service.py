@@ -50,6 +50,12 @@ def _kind(e: ProtocolError) -> str:
     return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_") or "protocol"
 
 
+#: a front-end not heard from for this long is forgotten (its status entry and sequence number): every
+#: ``na64 simulate`` or ``replay`` run and every reconnect is a new ZeroMQ identity, and a DAQ runs for
+#: weeks (a live front-end sends a heartbeat every second)
+FORGET_FRONTEND_S = 3600.0
+
+
 @dataclass
 class FrontEnd:
     ident: bytes
@@ -130,6 +136,7 @@ class DaqService:
         self.alarms: dict[str, str] = {}
         self.last_summary: dict[str, Any] | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        self._writer_turn = asyncio.Lock()  # one producer at a time waits for room in the writer queue
         self._run_stopped = False
         self._stop = asyncio.Event()
         self._monitor: list[EventBatch] = []
@@ -635,18 +642,28 @@ class DaqService:
 
     async def _to_writer(self, cmd: tuple[Any, ...]) -> None:
         """Queue a writer command; while the writer's queue is full, wait (back-pressure: we stop
-        reading) until the writer thread says there is room."""
+        reading) until the writer thread says there is room.
+
+        The receiver and housekeeping both queue commands: they wait one at a time, in order (the writer
+        wakes the one waiter it was given). A wait cut short by the service stopping still queues the
+        command (a spill's close, a batch): nothing is dropped on the way out.
+        """
         assert self.writer is not None
         loop = asyncio.get_running_loop()
-        while True:
-            room = asyncio.Event()
+        try:
+            async with self._writer_turn:
+                while True:
+                    room = asyncio.Event()
 
-            def wake(room: asyncio.Event = room) -> None:  # called from the writer thread
-                loop.call_soon_threadsafe(room.set)
+                    def wake(room: asyncio.Event = room) -> None:  # called from the writer thread
+                        loop.call_soon_threadsafe(room.set)
 
-            if self.writer.try_put(cmd, wake=wake):
-                return
-            await room.wait()
+                    if self.writer.try_put(cmd, wake=wake):
+                        return
+                    await room.wait()
+        except asyncio.CancelledError:
+            self.writer.put(cmd)
+            raise
 
     # ------------------------------------------------------------ end of spill
     async def _end_spill(self, complete: bool) -> None:
@@ -755,11 +772,15 @@ class DaqService:
                 histograms=hists,
                 summary=summary,
             )
-            await self._to_writer(("close", final, fut))
-            task = asyncio.create_task(self._after_close(fut, summary, hists, sp))
+            try:
+                await self._to_writer(("close", final, fut))
+            finally:  # queued even if the service is stopping meanwhile: the summary still goes out
+                self._track_closing(asyncio.create_task(self._after_close(fut, summary, hists, sp)))
         else:
             summary["failure"] = sp.fail_reason
-            task = asyncio.create_task(self._after_close(None, summary, hists, sp))
+            self._track_closing(asyncio.create_task(self._after_close(None, summary, hists, sp)))
+
+    def _track_closing(self, task: asyncio.Task[None]) -> None:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
@@ -821,11 +842,20 @@ class DaqService:
             self._flush_monitor(now)
             if now >= self._next_status:
                 self._next_status = now + self.config.monitor.status_period_s
+                self._forget_silent_frontends(now)
                 self._publish_status()
             self._drain_outbox()
             with contextlib.suppress(zmq.Again):
                 while True:  # subscription messages of XPUB (not used, but drained)
                     self.pub.recv(flags=zmq.NOBLOCK)
+
+    def _forget_silent_frontends(self, now: float) -> None:
+        keep = {x.ident for x in (self.run_state, self.spill) if x is not None}
+        for ident, fe in list(self.frontends.items()):
+            if now - fe.last_seen > FORGET_FRONTEND_S and ident not in keep:
+                del self.frontends[ident]
+                self.tracker.forget(ident)
+                log.info("front-end %s forgotten: silent for %.0f s", ident.hex(), now - fe.last_seen)
 
     def _to_monitor(self, batch: EventBatch, spill: int) -> None:
         if self._monitor and spill != self._monitor_spill:

@@ -676,7 +676,8 @@ class WriterThread:
 
     ``open``/``append``/``close`` are called from the event loop: ``try_put`` never blocks (when the
     queue is full the caller waits for the ``wake`` callback it passed, called from the writer thread as
-    soon as a command is taken out: back-pressure, nothing dropped). ``close`` and ``abort`` return a
+    soon as a command is taken out: back-pressure, nothing dropped). One producer waits at a time (the
+    last ``wake`` given is the one called). ``close`` and ``abort`` return a
     ``concurrent.futures.Future`` resolved with a :class:`WriteResult`.
     """
 
@@ -713,6 +714,15 @@ class WriterThread:
             self._queued_bytes += nbytes
             self._queue.put((command, nbytes))
         return True
+
+    def put(self, command: tuple[Any, ...]) -> None:
+        """Queue a command beyond the bounds (for a producer that cannot wait any more: the service
+        stopping while a spill's close or a batch waits for room; nothing is dropped)."""
+        nbytes = _command_bytes(command)
+        with self._lock:
+            self._queued += 1
+            self._queued_bytes += nbytes
+            self._queue.put((command, nbytes))
 
     @property
     def queue_depth(self) -> int:

@@ -1,17 +1,23 @@
-"""Fixtures of the DAQ tests: a real ``na64 daq`` process on free loopback ports."""
+"""Fixtures of the DAQ tests: a real ``na64 daq`` process on free loopback ports; a DAQ service in a thread
+of the test process (real sockets and writer thread) for tests that hold its writer at a known point."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from daq.daq_config import DaqConfig
+from daq.service import DaqService
 from tests.conftest import free_port, na64_command
 from tests.daq.frontend import Listener
 
@@ -94,3 +100,53 @@ def daq_factory(tmp_path: Path) -> Iterator[object]:
         if d.proc.poll() is None:
             d.proc.kill()
             d.proc.wait()
+
+
+def wait_until(pred: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+@dataclass
+class InProcessDaq:
+    svc: DaqService
+    thread: threading.Thread
+    result: list[int]
+    release: threading.Event = field(default_factory=threading.Event)
+
+    def hold_writer(self) -> concurrent.futures.Future[bool]:
+        """Keep the writer thread busy until :attr:`release` is set (a disk that hangs)."""
+        assert self.svc.writer is not None
+        held: concurrent.futures.Future[bool] = concurrent.futures.Future()
+        assert self.svc.writer.try_put(("call", lambda: self.release.wait(60), held))
+        return held
+
+
+@pytest.fixture
+def in_process_daq(tmp_path: Path) -> Iterator[Callable[..., InProcessDaq]]:
+    started: list[InProcessDaq] = []
+
+    def start(config: DaqConfig, stop_after_run: bool = True) -> InProcessDaq:
+        svc = DaqService(
+            config,
+            endpoint=f"tcp://127.0.0.1:{free_port()}",
+            publish=f"tcp://127.0.0.1:{free_port()}",
+            data_dir=tmp_path,
+            stop_after_run=stop_after_run,
+        )
+        result: list[int] = []
+        thread = threading.Thread(target=lambda: result.append(asyncio.run(svc.run())), name="daq-service")
+        thread.start()
+        d = InProcessDaq(svc, thread, result)
+        started.append(d)
+        wait_until(lambda: svc.writer is not None and svc.bound_endpoint != "")
+        return d
+
+    yield start
+    for d in started:
+        d.release.set()
+        if d.thread.is_alive():
+            d.svc.request_stop()
+            d.thread.join(30)

@@ -1,26 +1,26 @@
 """The DAQ under back-pressure from its writer (storage slower than the beam): the receiver stops reading
-and sleeps until the writer has room (no busy spin that would steal the CPU the writer needs), and
-every event still reaches the file afterwards.
+and sleeps until the writer has room (no busy spin that would steal the CPU the writer needs), goes on
+when the writer catches up even if housekeeping waited for room too, and a stop while a spill's close
+waits for room still closes the file. Every event reaches the file.
 
-The DAQ service runs in a thread of this process (real sockets, a real writer thread), so that the test
-can hold its writer thread at a known point.
+The DAQ service runs in a thread of this process (real sockets, a real writer thread), so that a test can
+hold the writer thread at a known point.
 """
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from daq.daq_config import DaqConfig
+from daq.daq_config import DaqConfig, ReadoutConfig
 from daq.files import SpillFile, list_spill_files
-from daq.service import DaqService
 from daq.writer import WriterConfig
-from tests.conftest import free_port
+from tests.daq.conftest import InProcessDaq, wait_until
 from tests.daq.frontend import FakeFrontEnd
 
 
@@ -29,33 +29,20 @@ def thread_cpu_seconds(thread: threading.Thread) -> float:
     return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
 
 
-def wait_until(pred, timeout_s: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
+def data_losses(f: SpillFile) -> dict[str, int]:
+    return {k: v for k, v in f.losses.items() if v and k not in ("dead_time", "monitor_skipped")}
 
 
-def test_a_full_writer_queue_stops_the_receiver_without_spinning_and_loses_nothing(tmp_path: Path) -> None:
-    cfg = DaqConfig(writer=WriterConfig(fsync=False, queue_size=1))
-    svc = DaqService(
-        cfg,
-        endpoint=f"tcp://127.0.0.1:{free_port()}",
-        publish=f"tcp://127.0.0.1:{free_port()}",
-        data_dir=tmp_path,
-        stop_after_run=True,
-    )
-    result: list[int] = []
-    daq = threading.Thread(target=lambda: result.append(asyncio.run(svc.run())), name="daq-service")
-    daq.start()
+def test_a_full_writer_queue_stops_the_receiver_without_spinning_and_loses_nothing(
+    in_process_daq: Callable[..., InProcessDaq], tmp_path: Path
+) -> None:
+    daq = in_process_daq(DaqConfig(writer=WriterConfig(fsync=False, queue_size=1)))
+    svc = daq.svc
+    assert svc.writer is not None
     fe = FakeFrontEnd(svc.endpoint, run=3, seed=1)
-    release = threading.Event()
     other: FakeFrontEnd | None = None
     try:
-        wait_until(lambda: svc.writer is not None and svc.bound_endpoint != "")
-        assert svc.writer is not None
-        held: concurrent.futures.Future[bool] = concurrent.futures.Future()
-        assert svc.writer.try_put(("call", lambda: release.wait(60), held))  # the writer thread is busy
+        held = daq.hold_writer()
         fe.run_start()
         fe.spill_start(1)
         slices = [fe.make_slice(i, 1500) for i in range(4)]
@@ -69,27 +56,23 @@ def test_a_full_writer_queue_stops_the_receiver_without_spinning_and_loses_nothi
         other.heartbeat()
         time.sleep(0.2)
         assert not held.done() and svc.writer.queue_depth == 1
-        cpu0, t0 = thread_cpu_seconds(daq), time.monotonic()
+        cpu0, t0 = thread_cpu_seconds(daq.thread), time.monotonic()
         time.sleep(1.0)
-        cpu = thread_cpu_seconds(daq) - cpu0
+        cpu = thread_cpu_seconds(daq.thread) - cpu0
         wall = time.monotonic() - t0
         # waiting: the receiver's thread is idle (a spin on the readable socket used a whole core)
         assert cpu < 0.2 * wall, f"the DAQ thread used {cpu:.2f} CPU s in {wall:.2f} s while waiting"
-        release.set()
+        daq.release.set()
         assert held.result(10)
         fe.serve(3)
         fe.spill_end()
         fe.run_stop(1)
-        daq.join(60)
-        assert not daq.is_alive() and result == [0]
+        daq.thread.join(60)
+        assert not daq.thread.is_alive() and daq.result == [0]
     finally:
-        release.set()
         fe.close()
         if other is not None:
             other.close()
-        if daq.is_alive():
-            svc.request_stop()
-            daq.join(30)
     [path] = list_spill_files(tmp_path)
     with SpillFile(path) as f:
         assert f.status == "ok"
@@ -99,5 +82,91 @@ def test_a_full_writer_queue_stops_the_receiver_without_spinning_and_loses_nothi
         slice_of_event = np.concatenate([np.full(a[0].size, i) for i, a in enumerate(answered)])
         np.testing.assert_array_equal(ev["slice"], slice_of_event)
         np.testing.assert_array_equal(ev["index"], np.concatenate([a[0] for a in answered]))
-        losses = f.losses
-    assert all(v == 0 for k, v in losses.items() if k not in ("dead_time", "monitor_skipped")), losses
+        assert data_losses(f) == {}
+
+
+def test_the_receiver_goes_on_when_housekeeping_also_waited_for_the_writer(
+    in_process_daq: Callable[..., InProcessDaq], tmp_path: Path
+) -> None:
+    """Both the receiver (a completed slice) and housekeeping (an expired one) wait for room: when the
+    writer catches up, both go on (the writer used to wake only the last one: the DAQ never read its
+    socket again)."""
+    config = DaqConfig(
+        writer=WriterConfig(fsync=False, queue_size=1), readout=ReadoutConfig(fragment_timeout_s=0.3)
+    )
+    daq = in_process_daq(config)
+    svc = daq.svc
+    fe = FakeFrontEnd(svc.endpoint, run=3, seed=1)
+    try:
+        held = daq.hold_writer()
+        fe.run_start()
+        fe.spill_start(1)
+        s0, s1 = fe.make_slice(0, 1500), fe.make_slice(1, 1500)
+        fe.send_slice(s0)
+        fe.send_slice(s1)
+        r0, r1 = fe.recv_request(), fe.recv_request()
+        fe.answer(r1, lambda req, g: "drop" if g == 0 else "ok")  # slice 1 stays incomplete ...
+        fe.answer(r0)  # ... slice 0 completes: its events wait for room
+        r = svc.run_state
+        assert r is not None
+        wait_until(lambda: not r.readout.pending)  # housekeeping expired slice 1 ...
+        time.sleep(0.2)  # ... and waits for room too
+        daq.release.set()
+        assert held.result(10)
+        fe.send_slice(fe.make_slice(2, 500))
+        fe.serve(1, timeout_s=10)  # the receiver reads again
+        fe.spill_end()
+        fe.run_stop(1)
+        daq.thread.join(60)
+        assert not daq.thread.is_alive() and daq.result == [0]
+    finally:
+        fe.close()
+    [path] = list_spill_files(tmp_path)
+    with SpillFile(path) as f:
+        ev = f.events()
+        assert sorted(set(ev["slice"].tolist())) == [0, 1, 2]  # slice 1: built with a group missing
+        assert f.n_events == sum(fe.answered[(1, i)][0].size for i in range(3))
+        assert f.losses["fragment_timeout"] == 1 and f.status == "incomplete"
+
+
+def test_a_stop_while_the_spill_close_waits_for_the_writer_still_writes_the_file(
+    in_process_daq: Callable[..., InProcessDaq], tmp_path: Path
+) -> None:
+    """SPILL_END arrives while the writer is stalled and its queue full, then the operator stops the DAQ:
+    the spill, already ended, is closed and kept (its close used to be dropped and the file deleted)."""
+    daq = in_process_daq(DaqConfig(writer=WriterConfig(fsync=False, queue_size=1)), stop_after_run=False)
+    svc = daq.svc
+    assert svc.writer is not None
+    fe = FakeFrontEnd(svc.endpoint, run=3, seed=1)
+    try:
+        fe.run_start()
+        fe.spill_start(1)
+        for i in range(3):
+            fe.send_slice(fe.make_slice(i, 1500))
+            fe.serve(1)
+        n_events = sum(fe.answered[(1, i)][0].size for i in range(3))
+        sp = svc.spill
+        assert sp is not None
+        wait_until(lambda: sp.n_events_built == n_events and svc.writer.queue_depth == 0)  # all queued, taken
+        held = daq.hold_writer()
+        wait_until(lambda: svc.writer.queue_depth == 0)  # the writer took the hold ...
+        assert svc.writer.try_put(
+            ("call", lambda: None, concurrent.futures.Future())
+        )  # ... its queue is full
+        fe.spill_end()
+        wait_until(lambda: svc.spill is None)  # the spill ended; its close waits for room
+        time.sleep(0.2)
+        svc.request_stop()
+        time.sleep(0.3)
+        daq.release.set()
+        assert held.result(10)
+        daq.thread.join(60)
+        assert not daq.thread.is_alive() and daq.result == [0]
+    finally:
+        fe.close()
+    [path] = list_spill_files(tmp_path)
+    with SpillFile(path) as f:
+        assert f.status == "ok"
+        assert f.n_events == n_events
+        assert data_losses(f) == {}
+    assert not list(tmp_path.glob(".*partial"))

@@ -1,0 +1,43 @@
+"""A DAQ running for weeks forgets front-ends gone silent (every simulate/replay run and reconnect is a
+new ZeroMQ identity): its status lists the live ones, and a returning one starts afresh."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from daq import service
+from daq.daq_config import DaqConfig
+from daq.writer import WriterConfig
+from tests.daq.conftest import InProcessDaq, wait_until
+from tests.daq.frontend import FakeFrontEnd, Listener
+
+
+def test_silent_frontends_are_forgotten_live_ones_kept(
+    in_process_daq: Callable[..., InProcessDaq], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service, "FORGET_FRONTEND_S", 1.0)
+    daq = in_process_daq(DaqConfig(writer=WriterConfig(fsync=False)), stop_after_run=False)
+    svc = daq.svc
+    gone = [FakeFrontEnd(svc.endpoint, seed=i) for i in range(5)]
+    live = FakeFrontEnd(svc.endpoint, seed=9)
+    lis = Listener(svc.bound_publish)
+    try:
+        for fe in (*gone, live):
+            fe.heartbeat()
+        wait_until(lambda: len(svc.frontends) == 6)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 2.5:  # the live one keeps beating, the others are silent
+            live.heartbeat()
+            time.sleep(0.2)
+        assert len(svc.frontends) == 1 and len(svc.tracker._next) == 1
+        lis.wait_status(lambda st: len(st["frontends"]) == 1)
+        gone[0].heartbeat()  # a forgotten one comes back: a new entry, no sequence error
+        wait_until(lambda: len(svc.frontends) == 2)
+        assert svc.losses_idle.as_dict().get("sequence_gap", 0) == 0
+    finally:
+        lis.close()
+        for fe in (*gone, live):
+            fe.close()
