@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -93,6 +94,9 @@ class DqmService:
         )
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
+        #: unexpected errors of the periodic tasks, by task (see _loop_failed)
+        self.loop_errors: dict[str, int] = {}
+        self._loop_error_logged: dict[str, float] = {}
         self._live: LiveSource | None = None
         self._files: FileSource | ParallelFileSource | None = None
         if source:
@@ -174,26 +178,42 @@ class DqmService:
         period = self.config.update_ms / 1000
         last_version = -1
         while True:
-            with self.lock:
-                version = self.monitor.version
-                snap = (
-                    snapshot.build(self.monitor, mode=self.mode, source=self.source_name)
-                    if version != last_version
-                    else None
-                )
-            if snap is not None:
-                last_version = version
-                self.snapshots += 1
-                self.hub.publish(snap)
+            try:
+                with self.lock:
+                    version = self.monitor.version
+                    snap = (
+                        snapshot.build(self.monitor, mode=self.mode, source=self.source_name)
+                        if version != last_version
+                        else None
+                    )
+                if snap is not None:
+                    last_version = version
+                    self.snapshots += 1
+                    self.hub.publish(snap)
+            except Exception:
+                self._loop_failed("snapshot")
             await asyncio.sleep(period)
 
     async def _tick_loop(self) -> None:
         while True:
-            with self.lock:
-                notices = self.monitor.tick(time.time())
-            if notices:
-                self._publish_notices(notices)
+            try:
+                with self.lock:
+                    notices = self.monitor.tick(time.time())
+                if notices:
+                    self._publish_notices(notices)
+            except Exception:
+                self._loop_failed("tick")
             await asyncio.sleep(1.0)
+
+    def _loop_failed(self, name: str) -> None:
+        """An unexpected error in a periodic task (the page's snapshots, the checks' clock): counted and
+        logged with its traceback (the first time, then at most once a minute), and the task goes on: a
+        task that died would leave a frozen page or silent checks in a process that looks healthy."""
+        n = self.loop_errors[name] = self.loop_errors.get(name, 0) + 1
+        now = time.monotonic()
+        if n == 1 or now - self._loop_error_logged.get(name, -math.inf) >= 60:
+            self._loop_error_logged[name] = now
+            log.exception("DQM %s task: unexpected error (%d so far); it goes on", name, n)
 
     def request_stop(self) -> None:
         self._stop.set()
