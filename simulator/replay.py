@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -65,6 +66,12 @@ _SNDMORE = int(zmq.SNDMORE)
 #: waveform frames of at least this many bytes are sent zero-copy, in new arrays (smaller ones are split
 #: into reused, cache-resident buffers and copied into their ZeroMQ messages: cheaper below this size)
 ZERO_COPY_BYTES = 256 << 10
+
+
+def poll_ms(timeout_s: float) -> int:
+    """A wait in seconds as ZeroMQ's poll timeout in ms, rounded up: a wait of less than 1 ms rounded
+    down to 0 polled without blocking, again and again until the slice was due (a core spinning)."""
+    return max(0, math.ceil(timeout_s * 1000))
 
 
 @dataclass(frozen=True)
@@ -487,7 +494,7 @@ class Replayer:
         """Answer every message waiting (waiting at most ``timeout_s`` for the first); heartbeats."""
         sock = self._sock
         assert sock is not None
-        wait_ms = int(timeout_s * 1000)
+        wait_ms = poll_ms(timeout_s)
         while sock.poll(wait_ms, zmq.POLLIN):
             wait_ms = 0
             frames = sock.recv_multipart(copy=False)

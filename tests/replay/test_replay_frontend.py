@@ -13,6 +13,7 @@ import zmq
 
 from daq import detector, protocol
 from daq.files import SpillFile, partial_filename
+from simulator.replay import poll_ms
 from tests.conftest import free_port, na64_command
 from tests.replay.synth import make_spill
 
@@ -404,3 +405,11 @@ def test_a_run_ends_when_the_daq_has_taken_every_message_or_linger_s_ran_out(
         assert replayer.report.unsent_at_exit
         assert "not taken by the DAQ" in replayer.report.summary_line()
         assert "RUN_STOP" not in _types(router.messages)
+
+
+def test_a_wait_shorter_than_a_millisecond_blocks_instead_of_spinning() -> None:
+    """The paced replay waits for the next slice with ZeroMQ's poll (ms): a wait of 0.4 ms must block
+    for 1 ms, not poll without blocking until the slice is due (a spinning core, ~100% of one at 1 ms
+    slices)."""
+    assert poll_ms(0.0) == 0  # no wait: a non-blocking poll
+    assert [poll_ms(t) for t in (0.0004, 0.001, 0.0011, 0.05)] == [1, 1, 2, 50]
