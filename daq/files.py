@@ -304,6 +304,58 @@ class SpillFile:
         ]
         if missing:
             raise SpillFileError(f"{self.path}: not a complete spill file (missing /{missing[0]})")
+        try:
+            self._check_layout()
+        except (OSError, KeyError, TypeError, ValueError) as e:  # h5py on a damaged object
+            raise SpillFileError(f"{self.path}: cannot be read ({type(e).__name__}: {e})") from None
+
+    def _check_layout(self) -> None:
+        """The datasets agree with each other (docs/hdf5-format.md): a damaged or hand-edited file fails
+        here with its reason, not later as an IndexError or, worse, as events silently misaligned."""
+        import h5py
+
+        h, n_ch = self._h5, detector.N_CHANNELS
+
+        def shape(name: str) -> tuple[int, ...]:
+            obj = h.get(name)
+            if not isinstance(obj, h5py.Dataset):
+                raise SpillFileError(f"{self.path}: /{name} is missing or not a dataset")
+            return tuple(obj.shape)
+
+        def expect(name: str, want: tuple[int, ...], like: str) -> None:
+            got = shape(name)
+            if got != want:
+                raise SpillFileError(f"{self.path}: /{name} has shape {got}, expected {want} ({like})")
+
+        first = shape("events/event_id")
+        if len(first) != 1:
+            raise SpillFileError(f"{self.path}: /events/event_id has shape {first}, expected (n_events,)")
+        n = first[0]
+        for name in EVENT_COLUMNS:
+            expect(f"events/{name}", (n,), "one value per event, like /events/event_id")
+        w = shape("waveforms")
+        if len(w) != 3:
+            raise SpillFileError(
+                f"{self.path}: /waveforms has shape {w}, expected (n_events, {n_ch}, n_samples)"
+            )
+        expect("waveforms", (n, n_ch, w[2]), "events x channels x samples")
+        for name in RECO_DATASETS:
+            if f"reco/{name}" in h:
+                expect(f"reco/{name}", (n, n_ch), "events x channels")
+        if "primitives" in h:
+            ch = shape("primitives/channels")
+            ids = np.asarray(h["primitives/channels"][()]).ravel()
+            if (
+                len(ch) != 1
+                or np.unique(ids).size != ids.size
+                or (ids.size and not 0 <= ids.min() <= ids.max() < n_ch)
+            ):
+                raise SpillFileError(
+                    f"{self.path}: /primitives/channels must list distinct channel ids below {n_ch}"
+                )
+            c = ch[0]
+            expect("primitives/amp", (c, n), "primitive channels x events")
+            expect("primitives/t_ns", (n,), "one time per event")
 
     # ------------------------------------------------------------ context manager
     def __enter__(self) -> SpillFile:
@@ -324,7 +376,7 @@ class SpillFile:
     @property
     def attrs(self) -> dict[str, Any]:
         """Root attributes as plain Python values (JSON texts left as strings)."""
-        return {k: _plain(v) for k, v in self._h5.attrs.items()}
+        return {k: _plain(v) for k, v in list(self._h5.attrs.items())}  # list: see _group_attrs
 
     @property
     def run(self) -> int:
@@ -363,7 +415,18 @@ class SpillFile:
         return value if isinstance(value, dict) else {}
 
     def _group_attrs(self, name: str) -> dict[str, int]:
-        return {k: int(v) for k, v in self._h5[name].attrs.items()}
+        # read whole first: an h5py attribute iterator left half-way by an exception keeps h5py's global
+        # lock in this thread, and every other thread that touches h5py (the replay's main) hangs
+        items = list(self._h5[name].attrs.items())
+        out: dict[str, int] = {}
+        for k, v in items:
+            try:
+                out[k] = int(v)
+            except (TypeError, ValueError, OverflowError):
+                raise SpillFileError(
+                    f"{self.path}: /{name} attribute {k!r} is not an integer ({v!r})"
+                ) from None
+        return out
 
     @property
     def counters(self) -> dict[str, int]:

@@ -549,6 +549,12 @@ def build_spill(
     )
 
 
+#: bounds of a recorded spill's length (end of its last slice): a damaged arrival_time histogram or
+#: n_slices counter must not make the replay allocate or play billions of empty slices
+MAX_SPILL_NS = 600 * 10**9
+MAX_SLICES = 10**6
+
+
 def slice_length_ns(attrs: dict[str, Any], frontend_info: dict[str, Any], override_ms: float | None) -> int:
     """The slice length of a spill: ``--slice-ms``, else the file's ``slice_ns``, else the front-end's config."""
     if override_ms is not None:
@@ -616,9 +622,24 @@ def _load(p: Path, f: SpillFile, slice_ms: float | None, merge: int) -> Recorded
         slice_ns = slice_length_ns(attrs, info, slice_ms)
     except ReplayError as e:
         raise ReplayError(f"{p}: {e}") from None
-    n_slices = int(counters.get("n_slices", 0))
-    end = spill_end_ns(histograms, n_slices, slice_ns)
-    sample_period_ns = float(attrs.get("sample_period_ns", detector.SAMPLE_PERIOD_NS))
+    except (TypeError, ValueError, OverflowError) as e:
+        raise SpillFileError(f"{p}: the slice length recorded in the file is not a number ({e})") from None
+    try:
+        end = spill_end_ns(histograms, int(counters.get("n_slices", 0)), slice_ns)
+        sample_period_ns = float(attrs.get("sample_period_ns", detector.SAMPLE_PERIOD_NS))
+        sample_period_ps = round(sample_period_ns * 1000)
+        t_start_ns, t_end_ns = int(attrs.get("t_start_ns", 0)), int(attrs.get("t_end_ns", 0))
+    except (TypeError, ValueError, OverflowError) as e:
+        raise SpillFileError(f"{p}: a recorded time is not a number ({type(e).__name__}: {e})") from None
+    if not 0 <= run < 1 << 32 or not 0 <= spill < 1 << 32:
+        raise SpillFileError(f"{p}: run {run} / spill {spill} outside the wire's 32-bit range")
+    if not 0 < sample_period_ps < 1 << 32:
+        raise SpillFileError(f"{p}: sample period {sample_period_ns} ns is not a positive time")
+    if not 0 <= end <= MAX_SPILL_NS or end > MAX_SLICES * slice_ns:
+        raise SpillFileError(
+            f"{p}: the recorded spill end ({end / 1e9:.6g} s, {end / slice_ns:.6g} slices of {slice_ns} ns) is "
+            f"beyond {MAX_SPILL_NS / 1e9:.0f} s or {MAX_SLICES} slices: a damaged histogram or n_slices counter"
+        )
     return build_spill(
         path=p,
         run=run,
@@ -631,9 +652,9 @@ def _load(p: Path, f: SpillFile, slice_ms: float | None, merge: int) -> Recorded
         merge=merge,
         prim_channels=np.asarray(prim["channels"], dtype=np.uint16),
         n_samples=int(n_samples),
-        sample_period_ps=round(sample_period_ns * 1000),
-        t_start_ns=int(attrs.get("t_start_ns", 0)),
-        t_end_ns=int(attrs.get("t_end_ns", 0)),
+        sample_period_ps=sample_period_ps,
+        t_start_ns=t_start_ns,
+        t_end_ns=t_end_ns,
         status=status,
         frontend_info=info,
         trigger_config=trigger,

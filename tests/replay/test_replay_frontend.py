@@ -3,10 +3,12 @@ that requests readouts like a DAQ (every particle of every slice, plus the recor
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import zmq
@@ -110,6 +112,12 @@ def test_replay_streams_every_spill_and_answers_from_the_stored_waveforms(
     # a corrupt file and a partial file among them: skipped with a message and counted
     (data / "run000001_spill00003.h5").write_bytes(b"not an HDF5 file")
     (data / partial_filename(1, 4)).write_bytes(b"half written")
+    # and, first in the run, a copy with a counter that is not a number (its reader used to leave h5py's
+    # lock held: the replay logged the skip and then hung)
+    damaged = data / "run000001_spill00000.h5"
+    shutil.copy(spills[0].path, damaged)
+    with h5py.File(damaged, "a") as f:
+        f["counters"].attrs["n_slices"] = "three"
     random_t: dict[tuple[int, int], np.ndarray] = {}
     for s in spills:
         rnd = s.readout_index == protocol.NO_PARTICLE
@@ -120,7 +128,8 @@ def test_replay_streams_every_spill_and_answers_from_the_stored_waveforms(
     proc, out, err = replay_into(router, [str(data), "--pace", "max"], processes)
     assert proc.returncode == 0, err.decode()
     text = out.decode()
-    assert "replayed 2 spills" in text and "skipped 2 files" in text, text
+    assert "replayed 2 spills" in text and "skipped 3 files" in text, text
+    assert "run000001_spill00000.h5" in text and "'n_slices' is not an integer" in text
     assert "run000001_spill00003.h5" in text and "not an HDF5 file" in text
     assert partial_filename(1, 4) in text and "partial file" in text
 

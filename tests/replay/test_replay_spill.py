@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from daq import detector, protocol
+from daq.files import SpillFileError
 from daq.trigger import Batch, Trigger, TriggerConfig
 from simulator.replay_spill import (
     READ_BLOCK,
@@ -323,3 +326,48 @@ def test_large_waveform_frames_are_new_arrays_that_later_answers_leave_alone(
         assert all(bytes(view) == copy for copy, view in kept)  # no later answer wrote into them
         if merge == 12:  # one slice: its request spans several read-ahead blocks
             assert big.n_slices == 1 and big.n_events > 2 * READ_BLOCK
+
+
+def _damage_events_slice(f: Any) -> None:
+    data = f["events/slice"][:-5]
+    del f["events/slice"]
+    f["events/slice"] = data
+
+
+def _damage_prim_channels(f: Any) -> None:
+    ids = f["primitives/channels"][:]
+    ids[1] = ids[0]
+    f["primitives/channels"][:] = ids
+
+
+def _damage_arrival_edges(f: Any) -> None:
+    edges = f["histograms/arrival_time/edges"][:]
+    edges[-1] = 1e9  # s: a billion-second spill
+    f["histograms/arrival_time/edges"][:] = edges
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (_damage_events_slice, "/events/slice has shape"),
+        (_damage_prim_channels, "distinct channel ids"),
+        (_damage_arrival_edges, "recorded spill end"),
+        (lambda f: f["counters"].attrs.__setitem__("n_slices", "three"), "'n_slices' is not an integer"),
+        (lambda f: f.attrs.__setitem__("frontend_info", '{"slice_ns": "abc"}'), "slice length"),
+        (lambda f: f.attrs.__setitem__("run", 2**40), "32-bit range"),
+        (lambda f: f.attrs.__setitem__("sample_period_ns", np.nan), "not a number"),
+    ],
+)
+def test_a_damaged_file_is_a_clear_spill_file_error(
+    synth: SynthSpill, tmp_path: Path, damage: Callable[[Any], None], message: str
+) -> None:
+    """Files whose datasets disagree or whose recorded numbers are not numbers fail at load with their
+    reason (not an IndexError in play, a MemoryError, or events silently misaligned)."""
+    import h5py
+
+    path = tmp_path / synth.path.name
+    shutil.copy(synth.path, path)
+    with h5py.File(path, "a") as f:
+        damage(f)
+    with pytest.raises(SpillFileError, match=message):
+        load_spill(path)
