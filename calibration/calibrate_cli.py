@@ -178,6 +178,8 @@ def _parallel(args: argparse.Namespace) -> Parallel:
 
 
 def _config(args: argparse.Namespace) -> CalibrationConfig:
+    if getattr(args, "out", None) is not None:
+        daq_config.output_file(args.out, "--out")  # before the fit, not after it
     data: dict[str, Any] = daq_config.load_toml(args.config) if args.config else {}
     overrides = dict(daq_config.parse_assignment(a) for a in args.overrides)
     if getattr(args, "beam_energy", None) is not None:

@@ -9,6 +9,7 @@ e.g. ``config error at trigger.ecal_max_gev: must be > 0 (got -1)``.
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 import types
 import typing
@@ -19,6 +20,20 @@ from typing import Any, TypeVar
 from daq.errors import ConfigError
 
 T = TypeVar("T")
+
+
+def output_file(path: str | Path, flag: str) -> Path:
+    """``path`` as a file a command will write, checked before any long work: not a directory, in an
+    existing writable directory, writable if it exists. A ConfigError names ``flag`` otherwise."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{flag} {p}: is a directory, not a file")
+    parent = p.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{flag} {p}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise ConfigError(f"{flag} {p}: not writable")
+    return p
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from daq.config import output_file
 from daq.errors import UserError
 from daq.offline import collect_spill_files, map_spills, merge_all
 from daq.retrigger import format_table, parse_overrides, retrigger_file
@@ -69,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.settings)
     if args.plot is not None and args.plot.suffix.lower() not in (".svg", ".html"):
         raise UserError(f"--plot {args.plot}: the file name must end in .svg or .html")
+    for flag, path in (("--plot", args.plot), ("--json", args.json_out)):
+        if path is not None:
+            output_file(path, flag)
     if not args.beam_energy > 0:
         raise UserError(f"--beam-energy must be > 0 (got {args.beam_energy})")
     files, partial = collect_spill_files(args.files)

@@ -156,7 +156,14 @@ class DaqService:
         tune_malloc()
         reco_kernel.warm_up()  # compile or load the reconstruction kernel before the first event
         tune_gc()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.data_dir.exists() and not self.data_dir.is_dir():
+            raise ConfigError(f"--data-dir {self.data_dir}: exists and is not a directory")
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(
+                f"--data-dir {self.data_dir}: cannot be the data directory ({e.strerror or e})"
+            ) from None
         self._free = free_bytes(self.data_dir)
         # plain (synchronous) sockets: the receiver drains every waiting message per wake-up (see
         # _receive_loop); sends never block (NOBLOCK + retry or count)

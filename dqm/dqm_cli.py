@@ -197,7 +197,10 @@ def _offline_engine(args: argparse.Namespace) -> tuple[int, str | None]:
 
 
 def run_reference(args: argparse.Namespace) -> int:
+    from daq.config import output_file
     from dqm import reference
+
+    output_file(args.out, "--out")
     from dqm.config import load_config
 
     config = load_config(args.config, beam_energy_gev=args.beam_energy)

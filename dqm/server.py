@@ -31,6 +31,7 @@ from bokeh.server.server import Server
 from tornado.ioloop import IOLoop
 
 from daq import __version__, protocol
+from daq.errors import ConfigError
 from daq.process import tune_gc
 from dqm import snapshot
 from dqm.app import SnapshotHub
@@ -218,15 +219,8 @@ class DqmService:
     def request_stop(self) -> None:
         self._stop.set()
 
-    async def run(self) -> int:
-        """Serve until stopped; returns the exit code."""
-        self.loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                self.loop.add_signal_handler(sig, self.request_stop)
-        origins = websocket_origins(self.host, self.port, self.allow_origins)
-        app = Application(FunctionHandler(self.hub.make_app(self, self.config)))
-        server = Server(
+    def _bokeh_server(self, app: Application, origins: list[str]) -> Server:
+        return Server(
             {"/": app},
             io_loop=IOLoop.current(),
             address=self.host,
@@ -236,6 +230,19 @@ class DqmService:
             check_unused_sessions_milliseconds=2000,
             keep_alive_milliseconds=10000,
         )
+
+    async def run(self) -> int:
+        """Serve until stopped; returns the exit code."""
+        self.loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                self.loop.add_signal_handler(sig, self.request_stop)
+        origins = websocket_origins(self.host, self.port, self.allow_origins)
+        app = Application(FunctionHandler(self.hub.make_app(self, self.config)))
+        try:
+            server = self._bokeh_server(app, origins)
+        except OSError as e:  # the port is taken, the address is not this machine's
+            raise ConfigError(f"cannot serve the DQM on {self.host}:{self.port}: {e.strerror or e}") from None
         server.start()
         tune_gc()
         tasks: list[asyncio.Task[Any]] = []

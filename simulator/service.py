@@ -24,7 +24,7 @@ import numpy as np
 import zmq
 
 from daq import protocol
-from daq.errors import ProtocolError
+from daq.errors import ConfigError, ProtocolError
 from daq.process import term_context
 from simulator.config import SimConfig
 from simulator.faults import Fault
@@ -99,7 +99,13 @@ class Service:
         sock.setsockopt(zmq.SNDHWM, 20000)
         sock.setsockopt(zmq.RCVHWM, 20000)
         sock.setsockopt(zmq.LINGER, int(self.config.readout.linger_s * 1000))
-        sock.connect(self.endpoint)
+        try:
+            sock.connect(self.endpoint)
+        except zmq.ZMQError as e:
+            sock.close(0)
+            if self._given_ctx is None:
+                self.ctx.term()
+            raise ConfigError(f"--endpoint {self.endpoint}: {e}") from None
         self.sock = sock
         log.info(
             "front-end run %d: connected to %s, %.3g Hz, %s pacing, seed %d",

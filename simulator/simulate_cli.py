@@ -189,6 +189,8 @@ def build_config(args: argparse.Namespace) -> SimConfig:
 def run(args: argparse.Namespace) -> int:
     if args.spills is not None and args.spills < 0:
         raise UserError(f"--spills must be >= 0 (got {args.spills})")
+    if args.truth:
+        daq_config.output_file(args.truth, "--truth")  # before the run, not after it
     config = build_config(args)
     stopping: list[str] = []
     holder: list[Any] = []

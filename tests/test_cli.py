@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from daq.cli import COMMAND_MODULES, command_in
+from daq.demo import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,3 +73,44 @@ def test_the_top_level_help_and_a_mistyped_command_list_every_subcommand() -> No
     for commands in COMMAND_MODULES.values():
         for c in commands:
             assert f"'{c}'" in p.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["daq", "--data-dir", "{file}", "--endpoint", "tcp://127.0.0.1:{port}"],
+            "exists and is not a directory",
+        ),
+        (["simulate", "--endpoint", "garbage", "--spills", "1"], "--endpoint garbage"),
+        (["simulate", "--truth", "{dir}", "--spills", "1"], "--truth {dir}: is a directory"),
+        (["dqm-reference", "x.h5", "--out", "{dir}"], "--out {dir}: is a directory"),
+        (["retrigger", "x.h5", "--json", "{dir}/no/such.json"], "does not exist"),
+        (["dqm", "--source", "tcp://127.0.0.1:{port}", "--port", "{busy}"], "Address already in use"),
+    ],
+)
+def test_a_user_mistake_is_one_line_and_exit_code_2(tmp_path: Path, argv: list[str], expected: str) -> None:
+    import socket
+
+    (tmp_path / "afile").write_text("")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        values = {
+            "file": str(tmp_path / "afile"),
+            "dir": str(tmp_path),
+            "port": str(free_port()),
+            "busy": str(busy.getsockname()[1]),
+        }
+        args = [a.format(**values) for a in argv]
+        p = subprocess.run(
+            [sys.executable, "-m", "daq", "--log-level", "ERROR", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert p.returncode == 2, p.stderr
+    assert "Traceback" not in p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"na64 {args[0]}: error: ") and expected.format(**values) in last, p.stderr
