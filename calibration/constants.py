@@ -349,9 +349,16 @@ def load(path: str | Path) -> Constants:
         raise CalibrationError(f"calibration file {p} cannot be read: {e}") from None
     except json.JSONDecodeError as e:
         raise CalibrationError(f"calibration file {p} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise CalibrationError(
+            f"calibration file {p} is nested too deeply to be a calibration file"
+        ) from None
     if not isinstance(data, Mapping):
         raise CalibrationError(f"{p}: not a calibration file (top level is not an object)")
-    return from_json_dict(data, str(p))
+    try:
+        return from_json_dict(data, str(p))
+    except (OverflowError, RecursionError) as e:  # e.g. an integer of 400 digits where a float belongs
+        raise CalibrationError(f"{p}: a value cannot be used ({type(e).__name__}: {e})") from None
 
 
 def calibration_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -379,10 +386,17 @@ def select(paths: Iterable[str | Path], run: int) -> Constants:
         raise CalibrationError(f"no calibration set is valid for run {run} (have {ranges})")
     valid.sort(key=lambda cp: cp[0].run_min)
     best, path = valid[-1]
-    ties = [(c, p) for c, p in valid if c.run_min == best.run_min and c.version != best.version]
+    # the same set given twice (a file and its directory) is no tie; two different sets are, even under one
+    # version name (the spill file records only the name: which constants were used could not be told)
+    ties = [
+        (c, p)
+        for c, p in valid
+        if c.run_min == best.run_min and (c.version != best.version or dumps(c) != dumps(best))
+    ]
     if ties:
+        same = " with different constants" if ties[0][0].version == best.version else ""
         raise CalibrationError(
             f"ambiguous calibration for run {run}: {path} ({best.version}) and {ties[0][1]} "
-            f"({ties[0][0].version}) both start at run {best.run_min}"
+            f"({ties[0][0].version}) both start at run {best.run_min}{same}"
         )
     return best

@@ -89,6 +89,7 @@ def test_a_changed_gain_is_a_one_line_diff() -> None:
         (lambda d: d["channels"]["V1"]["errors"].update(gain=-1), "channel V1: errors.gain is -1"),
         (lambda d: d["channels"]["V1"]["errors"].update(speed=1), "errors.speed is not a known quantity"),
         (lambda d: d["channels"]["V1"].update(colour=1), "channel V1: unknown key 'colour'"),
+        (lambda d: d["channels"]["S0"].update(noise=10**400), "OverflowError"),
     ],
 )
 def test_bad_file_gives_one_error_naming_the_problem(tmp_path: Path, mutate, message: str) -> None:  # type: ignore[no-untyped-def]
@@ -99,6 +100,13 @@ def test_bad_file_gives_one_error_naming_the_problem(tmp_path: Path, mutate, mes
     with pytest.raises(CalibrationError) as e:
         cc.load(p)
     assert message in str(e.value) and str(p) in str(e.value)
+
+
+def test_a_file_nested_beyond_reason_is_one_error(tmp_path: Path) -> None:
+    p = tmp_path / "deep.json"
+    p.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CalibrationError, match="nested too deeply"):
+        cc.load(p)
 
 
 def test_unreadable_files(tmp_path: Path) -> None:
@@ -157,6 +165,18 @@ def test_select_picks_the_latest_valid_set(tmp_path: Path) -> None:
         cc.select([tmp_path], 25)
     with pytest.raises(CalibrationError, match="no calibration files"):
         cc.select([], 1)
+
+
+def test_two_different_sets_under_one_version_name_are_ambiguous(tmp_path: Path) -> None:
+    """The spill file records only the version name: two different sets with one name and one start must
+    not be chosen between by file order. The same set given twice is no ambiguity."""
+    c = derived("v1", 1, None)
+    cc.save(c, tmp_path / "a.json")
+    assert cc.select([tmp_path, tmp_path / "a.json"], 5).version == "v1"
+    other = c.updated("gain", [detector.ecal_id(2, 3)], [99.0], [0.1])
+    cc.save(other, tmp_path / "b.json")
+    with pytest.raises(CalibrationError, match="both start at run 1 with different constants"):
+        cc.select([tmp_path], 5)
 
 
 finite = st.floats(min_value=-1e4, max_value=1e4, allow_nan=False, allow_infinity=False)
