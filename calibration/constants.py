@@ -394,7 +394,7 @@ def select(paths: Iterable[str | Path], run: int) -> Constants:
         if c.run_min == best.run_min and (c.version != best.version or dumps(c) != dumps(best))
     ]
     if ties:
-        same = " with different constants" if ties[0][0].version == best.version else ""
+        same = " with different contents" if ties[0][0].version == best.version else ""
         raise CalibrationError(
             f"ambiguous calibration for run {run}: {path} ({best.version}) and {ties[0][1]} "
             f"({ties[0][0].version}) both start at run {best.run_min}{same}"

@@ -153,10 +153,7 @@ class DaqService:
 
     # ------------------------------------------------------------ life cycle
     async def run(self) -> int:
-        tune_malloc()
-        reco_kernel.warm_up()  # compile or load the reconstruction kernel before the first event
-        tune_gc()
-        if self.data_dir.exists() and not self.data_dir.is_dir():
+        if self.data_dir.exists() and not self.data_dir.is_dir():  # before the slow start-up
             raise ConfigError(f"--data-dir {self.data_dir}: exists and is not a directory")
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -164,6 +161,9 @@ class DaqService:
             raise ConfigError(
                 f"--data-dir {self.data_dir}: cannot be the data directory ({e.strerror or e})"
             ) from None
+        tune_malloc()
+        reco_kernel.warm_up()  # compile or load the reconstruction kernel before the first event
+        tune_gc()
         self._free = free_bytes(self.data_dir)
         # plain (synchronous) sockets: the receiver drains every waiting message per wake-up (see
         # _receive_loop); sends never block (NOBLOCK + retry or count)
@@ -657,8 +657,10 @@ class DaqService:
         """
         assert self.writer is not None
         loop = asyncio.get_running_loop()
+        my_turn = False
         try:
             async with self._writer_turn:
+                my_turn = True
                 while True:
                     room = asyncio.Event()
 
@@ -669,7 +671,11 @@ class DaqService:
                         return
                     await room.wait()
         except asyncio.CancelledError:
-            self.writer.put(cmd)
+            if not my_turn:  # the producer before us (cancelled too) puts its command first: in order
+                async with self._writer_turn:
+                    self.writer.put(cmd)
+            else:
+                self.writer.put(cmd)
             raise
 
     # ------------------------------------------------------------ end of spill
@@ -781,8 +787,10 @@ class DaqService:
             )
             try:
                 await self._to_writer(("close", final, fut))
-            finally:  # queued even if the service is stopping meanwhile: the summary still goes out
+            except asyncio.CancelledError:  # stopping: the close was queued anyway, its summary goes out
                 self._track_closing(asyncio.create_task(self._after_close(fut, summary, hists, sp)))
+                raise
+            self._track_closing(asyncio.create_task(self._after_close(fut, summary, hists, sp)))
         else:
             summary["failure"] = sp.fail_reason
             self._track_closing(asyncio.create_task(self._after_close(None, summary, hists, sp)))

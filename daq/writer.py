@@ -125,7 +125,7 @@ class WriterConfig:
     #: fdatasync the partial file every this many MB during the spill (in a helper thread), so that
     #: closing it only has the tail to flush (0: only at the end)
     sync_every_mb: float = 16.0
-    #: threads compressing the waveform chunks of a block at the same time (blosc codecs; the writer
+    #: threads compressing the chunks of a block at the same time (blosc codecs; the writer
     #: thread and helpers, outside the GIL)
     compress_threads: int = 2
 
@@ -503,13 +503,14 @@ class SpillWriter:
             shape[axis] = hi
             ds.resize(tuple(shape))
             rows = ds.chunks[axis]
-            if self._packer is None or lo % rows or blk.capacity % rows or ds.dtype != arr.dtype:
+            # lo is a multiple of the capacity: whole chunks line up when the capacity is a multiple of rows
+            if self._packer is None or blk.capacity % rows or ds.dtype != arr.dtype:
                 if axis == 0:
                     ds[lo:hi] = arr[:n]
                 else:
                     ds[:, lo:hi] = arr[:, :n]
                 continue
-            padded = min(-(-n // rows) * rows, blk.capacity)
+            padded = -(-n // rows) * rows
             for c0 in range(0, padded, rows):
                 if axis == 0:
                     chunk = arr[c0 : c0 + rows]
@@ -727,6 +728,11 @@ class WriterThread:
     @property
     def queue_depth(self) -> int:
         return self._queued
+
+    @property
+    def producer_waiting(self) -> bool:
+        """Whether a producer waits for room (the queue was full when it last tried)."""
+        return self._wake is not None
 
     @property
     def queued_bytes(self) -> int:

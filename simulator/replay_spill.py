@@ -616,8 +616,6 @@ def _load(p: Path, f: SpillFile, slice_ms: float | None, merge: int) -> Recorded
         raise
     except (OSError, KeyError, ValueError, IndexError) as e:  # a damaged file that passed the header checks
         raise SpillFileError(f"{p}: cannot be read ({type(e).__name__}: {e})") from None
-    if prim["amp"].shape[1] != n or prim["t_ns"].shape[0] != n:
-        raise ReplayError(f"{p}: primitives hold {prim['t_ns'].shape[0]} entries for {n} events")
     try:
         slice_ns = slice_length_ns(attrs, info, slice_ms)
     except ReplayError as e:
@@ -625,7 +623,7 @@ def _load(p: Path, f: SpillFile, slice_ms: float | None, merge: int) -> Recorded
     except (TypeError, ValueError, OverflowError) as e:
         raise SpillFileError(f"{p}: the slice length recorded in the file is not a number ({e})") from None
     try:
-        end = spill_end_ns(histograms, int(counters.get("n_slices", 0)), slice_ns)
+        end = spill_end_ns(histograms, counters.get("n_slices", 0), slice_ns)
         sample_period_ns = float(attrs.get("sample_period_ns", detector.SAMPLE_PERIOD_NS))
         sample_period_ps = round(sample_period_ns * 1000)
         t_start_ns, t_end_ns = int(attrs.get("t_start_ns", 0)), int(attrs.get("t_end_ns", 0))

@@ -125,7 +125,17 @@ def test_unfiltered_and_unallocated_chunks(tmp_path: Path) -> None:
     with h5py.File(path, "r+") as h:
         ds = h["waveforms"]
         ds.id.write_direct_chunk((2 * CHUNK, 0, 0), raw.tobytes(), filter_mask=1)
-        ds.resize(N_EVENTS + 3 * CHUNK, axis=0)  # rows 1000..1191: chunk 15's tail and 2 unallocated chunks
+        # rows 1000..1191 (every dataset, so that the file stays consistent): chunk 15's tail and 2
+        # unallocated chunks of waveforms
+        n = N_EVENTS + 3 * CHUNK
+        for name in (
+            "waveforms",
+            "primitives/t_ns",
+            *(f"events/{c}" for c in h["events"]),
+            *(f"reco/{r}" for r in h["reco"]),
+        ):
+            h[name].resize(n, axis=0)
+        h["primitives/amp"].resize(n, axis=1)
     with SpillFile(path) as f:
         for a, b in [(2 * CHUNK, 3 * CHUNK), (100, 300), (0, N_EVENTS), (900, N_EVENTS + 3 * CHUNK)]:
             out = np.empty((b - a, detector.N_CHANNELS, detector.N_SAMPLES), np.uint16)

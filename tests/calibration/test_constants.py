@@ -175,7 +175,7 @@ def test_two_different_sets_under_one_version_name_are_ambiguous(tmp_path: Path)
     assert cc.select([tmp_path, tmp_path / "a.json"], 5).version == "v1"
     other = c.updated("gain", [detector.ecal_id(2, 3)], [99.0], [0.1])
     cc.save(other, tmp_path / "b.json")
-    with pytest.raises(CalibrationError, match="both start at run 1 with different constants"):
+    with pytest.raises(CalibrationError, match="both start at run 1 with different contents"):
         cc.select([tmp_path], 5)
 
 

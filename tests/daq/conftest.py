@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from daq import service
 from daq.daq_config import DaqConfig
 from daq.service import DaqService
 from tests.conftest import free_port, na64_command
@@ -115,6 +116,7 @@ class InProcessDaq:
     thread: threading.Thread
     result: list[int]
     release: threading.Event = field(default_factory=threading.Event)
+    loop: asyncio.AbstractEventLoop | None = None
 
     def hold_writer(self) -> concurrent.futures.Future[bool]:
         """Keep the writer thread busy until :attr:`release` is set (a disk that hangs)."""
@@ -123,9 +125,18 @@ class InProcessDaq:
         assert self.svc.writer.try_put(("call", lambda: self.release.wait(60), held))
         return held
 
+    def stop(self) -> None:
+        """Ask the service to stop, from the test's thread (as SIGTERM would)."""
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(self.svc.request_stop)
+
 
 @pytest.fixture
-def in_process_daq(tmp_path: Path) -> Iterator[Callable[..., InProcessDaq]]:
+def in_process_daq(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., InProcessDaq]]:
+    """``in_process_daq(config)`` runs a DaqService in a thread of this process."""
+    # the process-wide allocator and GC tuning of the service would outlive the test in pytest's process
+    monkeypatch.setattr(service, "tune_gc", lambda: None)
+    monkeypatch.setattr(service, "tune_malloc", lambda: None)
     started: list[InProcessDaq] = []
 
     def start(config: DaqConfig, stop_after_run: bool = True) -> InProcessDaq:
@@ -136,17 +147,21 @@ def in_process_daq(tmp_path: Path) -> Iterator[Callable[..., InProcessDaq]]:
             data_dir=tmp_path,
             stop_after_run=stop_after_run,
         )
-        result: list[int] = []
-        thread = threading.Thread(target=lambda: result.append(asyncio.run(svc.run())), name="daq-service")
-        thread.start()
-        d = InProcessDaq(svc, thread, result)
+        d = InProcessDaq(svc, threading.Thread(name="daq-service"), [])
+
+        async def serve() -> int:
+            d.loop = asyncio.get_running_loop()
+            return await svc.run()
+
+        d.thread = threading.Thread(target=lambda: d.result.append(asyncio.run(serve())), name="daq-service")
+        d.thread.start()
         started.append(d)
-        wait_until(lambda: svc.writer is not None and svc.bound_endpoint != "")
+        wait_until(lambda: svc.writer is not None and svc.bound_endpoint != "" and d.loop is not None)
         return d
 
     yield start
     for d in started:
         d.release.set()
         if d.thread.is_alive():
-            d.svc.request_stop()
+            d.stop()
             d.thread.join(30)

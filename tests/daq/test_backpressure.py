@@ -154,10 +154,9 @@ def test_a_stop_while_the_spill_close_waits_for_the_writer_still_writes_the_file
             ("call", lambda: None, concurrent.futures.Future())
         )  # ... its queue is full
         fe.spill_end()
-        wait_until(lambda: svc.spill is None)  # the spill ended; its close waits for room
-        time.sleep(0.2)
-        svc.request_stop()
-        time.sleep(0.3)
+        wait_until(lambda: svc.spill is None and svc.writer.producer_waiting)  # its close waits for room
+        daq.stop()
+        wait_until(lambda: svc.writer.queue_depth == 2)  # the close was queued anyway
         daq.release.set()
         assert held.result(10)
         daq.thread.join(60)
@@ -170,3 +169,41 @@ def test_a_stop_while_the_spill_close_waits_for_the_writer_still_writes_the_file
         assert f.n_events == n_events
         assert data_losses(f) == {}
     assert not list(tmp_path.glob(".*partial"))
+
+
+def test_a_stop_keeps_the_order_of_the_commands_waiting_for_the_writer(
+    in_process_daq: Callable[..., InProcessDaq], tmp_path: Path
+) -> None:
+    """Housekeeping waits for room with the events of an expired readout, the receiver waits behind it
+    with the spill's close, then the DAQ is stopped: both are queued, in that order (the close went first
+    and the writer dropped the events: "no spill open")."""
+    config = DaqConfig(
+        writer=WriterConfig(fsync=False, queue_size=1), readout=ReadoutConfig(fragment_timeout_s=0.3)
+    )
+    daq = in_process_daq(config, stop_after_run=False)
+    svc = daq.svc
+    assert svc.writer is not None
+    fe = FakeFrontEnd(svc.endpoint, run=3, seed=1)
+    try:
+        held = daq.hold_writer()
+        fe.run_start()
+        fe.spill_start(1)  # its "open" fills the queue
+        fe.send_slice(fe.make_slice(0, 1500))
+        fe.answer(fe.recv_request(), lambda req, g: "drop" if g == 0 else "ok")  # incomplete
+        r = svc.run_state
+        assert r is not None
+        wait_until(lambda: not r.readout.pending and svc.writer.producer_waiting)  # housekeeping waits
+        fe.spill_end()
+        wait_until(lambda: svc.spill is None)  # the receiver's close waits behind it
+        daq.stop()
+        wait_until(lambda: svc.writer.queue_depth == 3)  # open, the events, the close
+        daq.release.set()
+        assert held.result(10)
+        daq.thread.join(60)
+        assert not daq.thread.is_alive() and daq.result == [0]
+    finally:
+        fe.close()
+    [path] = list_spill_files(tmp_path)
+    with SpillFile(path) as f:
+        assert f.n_events == fe.answered[(1, 0)][0].size > 0
+        assert f.losses["fragment_timeout"] == 1 and f.status == "incomplete"

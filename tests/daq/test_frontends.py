@@ -28,11 +28,13 @@ def test_silent_frontends_are_forgotten_live_ones_kept(
         for fe in (*gone, live):
             fe.heartbeat()
         wait_until(lambda: len(svc.frontends) == 6)
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < 2.5:  # the live one keeps beating, the others are silent
+        deadline = time.monotonic() + 20
+        while len(svc.frontends) > 1:  # the live one keeps beating, the others are silent
+            assert time.monotonic() < deadline, "silent front-ends not forgotten"
             live.heartbeat()
             time.sleep(0.2)
-        assert len(svc.frontends) == 1 and len(svc.tracker._next) == 1
+        (kept,) = svc.frontends.values()
+        assert time.monotonic() - kept.last_seen < 1.0 and len(svc.tracker._next) == 1  # the live one
         lis.wait_status(lambda st: len(st["frontends"]) == 1)
         gone[0].heartbeat()  # a forgotten one comes back: a new entry, no sequence error
         wait_until(lambda: len(svc.frontends) == 2)

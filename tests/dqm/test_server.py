@@ -19,6 +19,7 @@ from dqm.config import DqmConfig
 def test_one_failing_snapshot_or_tick_does_not_stop_the_task(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    monkeypatch.setattr(server, "tune_gc", lambda: None)  # process-wide: would outlive the test
     build, failed = server.snapshot.build, {"build": 0, "tick": 0}
 
     def build_once_failing(*args: Any, **kw: Any) -> Any:
