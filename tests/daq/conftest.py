@@ -125,6 +125,15 @@ class InProcessDaq:
         assert self.svc.writer.try_put(("call", lambda: self.release.wait(60), held))
         return held
 
+    def let_writer_go(self, held: concurrent.futures.Future[bool]) -> None:
+        self.release.set()
+        assert held.result(10)
+
+    def join(self) -> None:
+        """Wait for the service to end; it must end with exit code 0."""
+        self.thread.join(60)
+        assert not self.thread.is_alive() and self.result == [0]
+
     def stop(self) -> None:
         """Ask the service to stop, from the test's thread (as SIGTERM would)."""
         assert self.loop is not None

@@ -62,13 +62,11 @@ def test_a_full_writer_queue_stops_the_receiver_without_spinning_and_loses_nothi
         wall = time.monotonic() - t0
         # waiting: the receiver's thread is idle (a spin on the readable socket used a whole core)
         assert cpu < 0.2 * wall, f"the DAQ thread used {cpu:.2f} CPU s in {wall:.2f} s while waiting"
-        daq.release.set()
-        assert held.result(10)
+        daq.let_writer_go(held)
         fe.serve(3)
         fe.spill_end()
         fe.run_stop(1)
-        daq.thread.join(60)
-        assert not daq.thread.is_alive() and daq.result == [0]
+        daq.join()
     finally:
         fe.close()
         if other is not None:
@@ -111,14 +109,12 @@ def test_the_receiver_goes_on_when_housekeeping_also_waited_for_the_writer(
         assert r is not None
         wait_until(lambda: not r.readout.pending)  # housekeeping expired slice 1 ...
         time.sleep(0.2)  # ... and waits for room too
-        daq.release.set()
-        assert held.result(10)
+        daq.let_writer_go(held)
         fe.send_slice(fe.make_slice(2, 500))
         fe.serve(1, timeout_s=10)  # the receiver reads again
         fe.spill_end()
         fe.run_stop(1)
-        daq.thread.join(60)
-        assert not daq.thread.is_alive() and daq.result == [0]
+        daq.join()
     finally:
         fe.close()
     [path] = list_spill_files(tmp_path)
@@ -157,10 +153,8 @@ def test_a_stop_while_the_spill_close_waits_for_the_writer_still_writes_the_file
         wait_until(lambda: svc.spill is None and svc.writer.producer_waiting)  # its close waits for room
         daq.stop()
         wait_until(lambda: svc.writer.queue_depth == 2)  # the close was queued anyway
-        daq.release.set()
-        assert held.result(10)
-        daq.thread.join(60)
-        assert not daq.thread.is_alive() and daq.result == [0]
+        daq.let_writer_go(held)
+        daq.join()
     finally:
         fe.close()
     [path] = list_spill_files(tmp_path)
@@ -197,10 +191,8 @@ def test_a_stop_keeps_the_order_of_the_commands_waiting_for_the_writer(
         wait_until(lambda: svc.spill is None)  # the receiver's close waits behind it
         daq.stop()
         wait_until(lambda: svc.writer.queue_depth == 3)  # open, the events, the close
-        daq.release.set()
-        assert held.result(10)
-        daq.thread.join(60)
-        assert not daq.thread.is_alive() and daq.result == [0]
+        daq.let_writer_go(held)
+        daq.join()
     finally:
         fe.close()
     [path] = list_spill_files(tmp_path)
