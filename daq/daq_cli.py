@@ -47,8 +47,8 @@ def register(subparsers: Any) -> None:
         default=[],
         type=Path,
         metavar="FILE",
-        help="calibration constants file (repeatable; the one valid for the run is used at RUN_START; "
-        "default: nominal constants)",
+        help="calibration constants file, or a directory of them (*.json; repeatable; the one valid for "
+        "the run is used at RUN_START; default: nominal constants)",
     )
     p.add_argument(
         "--stop-after-run",
@@ -85,7 +85,7 @@ def register(subparsers: Any) -> None:
 
 
 def run_daq(args: argparse.Namespace) -> int:
-    from calibration.constants import load
+    from calibration.constants import calibration_files, load
     from daq.daq_config import load_config
     from daq.service import DaqService
 
@@ -95,7 +95,10 @@ def run_daq(args: argparse.Namespace) -> int:
     if args.fragment_timeout is not None:
         overrides["readout.fragment_timeout_s"] = args.fragment_timeout
     config = load_config(args.config, args.assignments, overrides)
-    for path in args.calibration:
+    for given in args.calibration:
+        if given.is_dir() and not calibration_files([given]):
+            raise UserError(f"--calibration {given}: a directory without calibration files (*.json)")
+    for path in calibration_files(args.calibration):
         load(path)  # fail now, with one clear line, rather than at RUN_START
     service = DaqService(
         config,

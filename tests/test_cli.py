@@ -83,6 +83,7 @@ def test_the_top_level_help_and_a_mistyped_command_list_every_subcommand() -> No
             "exists and is not a directory",
         ),
         (["simulate", "--endpoint", "garbage", "--spills", "1"], "--endpoint garbage"),
+        (["daq", "--calibration", "{dir}", "--data-dir", "{dir}/data"], "without calibration files"),
         (["simulate", "--truth", "{dir}", "--spills", "1"], "--truth {dir}: is a directory"),
         (["dqm-reference", "x.h5", "--out", "{dir}"], "--out {dir}: is a directory"),
         (["retrigger", "x.h5", "--json", "{dir}/no/such.json"], "does not exist"),

@@ -397,3 +397,25 @@ def test_a_frontend_restart_within_the_run_keeps_the_spill(daq_factory: Any) -> 
     assert s["losses"]["frontend_restart"] == 1 and s["losses"]["sequence_gap"] == 0
     assert s["losses"]["duplicate"] == 0 and s["status"] == "ok"
     assert s["counters"]["n_slices"] == 2 and s["n_events_written"] == s["n_accepted"]
+
+
+def test_calibration_from_a_directory_is_selected_per_run(daq_factory: Any, tmp_path: Path) -> None:
+    """``--calibration DIR`` takes the directory's constants files; the one valid for the run is used."""
+    from calibration import constants as cc
+
+    cal = tmp_path / "constants"
+    cal.mkdir()
+    cc.save(cc.nominal().replace(version="old-v1", run_min=0, run_max=6), cal / "a.json")
+    cc.save(cc.nominal().replace(version="run7-v2", run_min=7, run_max=None), cal / "b.json")
+    daq = daq_factory("--calibration", str(cal), "--stop-after-run")
+    fe = FakeFrontEnd(daq.endpoint, run=7, seed=3)
+    try:
+        fe.run_start()
+        fe.clean_spill(1, n_slices=1, n=300)
+        fe.run_stop(1)
+        assert daq.proc.wait(30) == 0, daq.output()
+    finally:
+        fe.close()
+    (path,) = list_spill_files(daq.data_dir)
+    with SpillFile(path) as f:
+        assert f.attrs["calibration_id"] == "run7-v2"
