@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 
 from calibration import constants as cc
+from calibration import containment, gain_campaign, spectra, timing
 from calibration import gains as gain_fit
 from calibration import pedestals as ped_fit
-from calibration import spectra, timing
 from calibration.config import CalibrationConfig, as_dict
 from calibration.constants import CalibrationError, Constants
 from daq import __version__, detector, waveform
@@ -139,7 +139,14 @@ def register(subparsers: Any) -> None:
                 "--containment",
                 type=float,
                 metavar="F",
-                help="shower containment in ECAL+PRS (reference.containment, default 0.994)",
+                help="one shower containment in ECAL+PRS for every cell (reference.containment; default: "
+                "per cell, from the containment reference shipped with the detector model)",
+            )
+            sp.add_argument(
+                "--containment-reference",
+                metavar="FILE",
+                help="another containment reference (reference.containment_reference; made by "
+                "tools/make_containment_reference.py)",
             )
         sp.set_defaults(run=func)
 
@@ -186,6 +193,8 @@ def _config(args: argparse.Namespace) -> CalibrationConfig:
         overrides["reference.beam_energy_gev"] = args.beam_energy
     if getattr(args, "containment", None) is not None:
         overrides["reference.containment"] = args.containment
+    if getattr(args, "containment_reference", None) is not None:
+        overrides["reference.containment_reference"] = args.containment_reference
     if overrides:
         data = daq_config.with_overrides(data, overrides)
     return daq_config.from_dict(CalibrationConfig, data)
@@ -384,7 +393,18 @@ def _finish(
         "software_version": __version__,
         "steps": steps,
     }
-    out = new.replace(version=version, run_min=run_min, run_max=run_max, provenance=provenance)
+    out = cc.with_undetermined_status(
+        new.replace(version=version, run_min=run_min, run_max=run_max, provenance=provenance)
+    )
+    undetermined = np.flatnonzero(out.status == cc.UNDETERMINED)
+    if undetermined.size:
+        log.info(
+            "calibrate %s: %d channels undetermined (a constant without error: its base value is kept), "
+            "first %s",
+            inputs.step,
+            undetermined.size,
+            ", ".join(_names(undetermined[:8])),
+        )
     path = cc.save(out, args.out)
     log.info("calibrate %s: wrote %s (version %s, runs %s)", inputs.step, path, version, out.run_range)
     print(f"{path}: {version} valid for runs {out.run_range}")
@@ -597,203 +617,49 @@ def _occupancy_fields(
 
 def _gains(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    gc, ref = cfg.gains, cfg.reference
+    ref = cfg.reference
     base = _base(args)
+    reference = containment.load_reference(ref.containment_reference or None).with_overrides(
+        ref.containment, ref.containment_map
+    )
     inputs = Inputs(args.files, "gains")
-    calo_pos = np.arange(CALO_IDS.size)
-    n_ecal = detector.ECAL_IDS.size
     fields = functools.partial(
-        _gains_fields, ecal_gain=base.gain[detector.ECAL_IDS], exclude_pileup=gc.exclude_pileup
+        _gains_fields, ecal_gain=base.gain[detector.ECAL_IDS], exclude_pileup=cfg.gains.exclude_pileup
     )
     data = inputs.read(BEAM_BIT, fields, args.max_events, "beam-trigger events", _parallel(args))
-    amp = data["amp"].astype(np.float64)
-    zs = gc.zero_suppress_sigma if gc.zero_suppress_sigma >= 0 else inputs.zero_suppress_sigma()
-    thr = zs * base.noise
-    calo_raw = amp[:, CALO_IDS]
-    # what the DAQ sums (cells above its zero suppression), and every cell's share of the shower (the
-    # cells under the threshold with their fixed-time amplitude): the gains are fitted on the latter
-    calo_daq = np.where(calo_raw > thr[CALO_IDS], calo_raw, 0.0)
-    calo = gain_fit.complete_amplitudes(calo_raw, data["fixed"], thr[CALO_IDS])
-    amp[amp <= thr[None, :]] = 0.0  # zero-suppressed as in the DAQ's energies (selections, SRD, counters)
-    log.info(
-        "calibrate gains: cells below %.1f x noise (the DAQ's zero suppression) enter with their fixed-time "
-        "amplitude",
-        zs,
+    zs = cfg.gains.zero_suppress_sigma
+    scan = gain_campaign.ScanData(
+        amp=data["amp"],
+        fixed=data["fixed"],
+        saturated=data["saturated"],
+        zero_suppress_sigma=zs if zs >= 0 else inputs.zero_suppress_sigma(),
+        pileup=data.get("pileup"),
     )
-    keep = ~data["saturated"] if gc.exclude_saturated else np.ones(amp.shape[0], bool)
-    n_sat = int(data["saturated"].sum())
-    if "pileup" in data:
-        keep &= ~data["pileup"]
-
-    # PRS: MIP peak of the muons crossing each cell, then held fixed in the least squares
-    prior_gain = base.gain[CALO_IDS].copy()
-    prior_rel = np.full(CALO_IDS.size, gc.prior_rel)
-    held = np.zeros(CALO_IDS.size, bool)
-    prs: spectra.PeakGains | None = None
-    n_muons = 0
-    if gc.prs_from_muons:
-        mc = cfg.mip
-        energy0 = amp / base.gain / 1000.0
-        muons = spectra.muon_like(
-            energy0,
-            spectra.MuonSelection(
-                mc.ecal_max_gev,
-                mc.prs_max_gev,
-                mc.hcal_module_min_gev,
-                mc.hcal_module_max_gev,
-                mc.hcal_min_modules,
-            ),
+    out = gain_campaign.derive(scan, base, cfg, reference)
+    for m in out.messages:
+        log.log(_LEVELS[m.level], "calibrate gains: %s", m.text)
+    results = out.results | {"skipped_files": inputs.skipped}
+    check = out.crosscheck
+    if check is not None and check.failed and cfg.gains.crosscheck_fail:
+        raise CalibrationError(
+            f"calibrate gains: cross-check failed, nothing written: {check.reason}. The containment "
+            f"({reference.version}) does not describe these showers (another beam spot or detector?): see "
+            "docs/calibration.md, 'Containment'; --set gains.crosscheck_fail=false writes the constants anyway"
         )
-        n_muons = int(muons.sum())
-        prs = spectra.peak_gains(
-            data["fixed"][:, n_ecal:],
-            spectra.prs_cell_hits(energy0, muons),
-            detector.PRS_IDS,
-            ref.prs_mip_mev,
-            "moyal",
-            mc.min_entries,
-            mc.max_rel_error,
-        )
-        d = prs.determined
-        prior_gain[n_ecal:][d] = prs.gain[d]
-        prior_rel[n_ecal:][d] = prs.gain_error[d] / prs.gain[d]
-        held[n_ecal:] = d
-        for line in prs.messages:
-            log.info("calibrate gains: PRS MIP not determined: %s", line)
-        log.info(
-            "calibrate gains: %d muon-like events; %d PRS cells from their MIP peak", n_muons, int(d.sum())
-        )
-
-    # per-event target: beam energy x containment of the shower-centre cell (most energetic ECAL cell)
-    cont = np.array(ref.containment_of())
-    centre = np.argmax(calo[:, :n_ecal] / base.gain[detector.ECAL_IDS], axis=1)
-    target = ref.beam_energy_gev * 1000.0 * cont[centre]
-    log.info(
-        "calibrate gains: %d beam-trigger events, %d with a saturated sample%s, fitting %d",
-        amp.shape[0],
-        n_sat,
-        " (excluded)" if gc.exclude_saturated else "",
-        int(keep.sum()),
-    )
-    try:
-        fit = gain_fit.shower_gains(
-            calo[keep],
-            target[keep],
-            prior_gain,
-            prior_rel=prior_rel,
-            window=gc.window,
-            max_rel_error=gc.max_rel_error,
-            min_events=gc.min_events,
-            fixed=held,
-        )
-    except ValueError as e:
-        raise CalibrationError(f"calibrate gains: {e}") from None
-    det_ids = CALO_IDS[fit.determined]
-    log.info(
-        "calibrate gains: %d events in the fit, peak %.4f, resolution %.2f%%; %d ECAL and %d PRS cells "
-        "determined (+%d PRS from muons)",
-        fit.n_events,
-        fit.peak,
-        100 * fit.resolution,
-        int(fit.determined[:n_ecal].sum()),
-        int(fit.determined[n_ecal:].sum()),
-        int(held.sum()),
-    )
-    checks = gain_fit.cell_peaks(calo[keep], fit.gain, target[keep], calo_pos[:n_ecal], gc.cell_min_events)
-    for c in np.flatnonzero(np.abs(checks.peak - 1.0) > gc.cell_tolerance):
-        log.warning(
-            "calibrate gains: events centred on %s peak at %.3f of the target (%d events)",
-            detector.channel_name(int(CALO_IDS[c])),
-            checks.peak[c],
-            checks.n_events[c],
-        )
-    new = base.updated("gain", det_ids, fit.gain[fit.determined], fit.gain_error[fit.determined])
-    if prs is not None and prs.determined.any():
-        d = prs.determined
-        new = new.updated("gain", prs.channels[d], prs.gain[d], prs.gain_error[d])
-
-    # energy scale of the DAQ's sum: containment (reference cell) x share of the shower above the zero
-    # suppression (measured on the electrons with the new gains)
-    full_sum = (calo / fit.gain).sum(axis=1)
-    daq_sum = (calo_daq / fit.gain).sum(axis=1)
-    electrons0 = keep & (np.abs(full_sum / target - fit.peak) < 2.0 * fit.resolution)
-    share = daq_sum[electrons0] / full_sum[electrons0]
-    zs_share = float(np.median(share))
-    zs_share_err = float(1.2533 * np.std(share) / math.sqrt(max(share.size, 1)))
-    ecal_scale = 1.0 / (ref.containment * zs_share)
-    new = new.replace(ecal_scale=ecal_scale, ecal_scale_error=ecal_scale * zs_share_err / zs_share)
-    log.info(
-        "calibrate gains: %.2f%% of the shower above the zero suppression, containment %.4f: E_ECAL scale %.4f",
-        100 * zs_share,
-        ref.containment,
-        ecal_scale,
-    )
-
-    # SRD: median of the electrons' synchrotron-radiation deposit
-    calib_sum = (calo / fit.gain).sum(axis=1) / target
-    electrons = keep & (np.abs(calib_sum - fit.peak) < 2.0 * fit.resolution)
-    srd = spectra.peak_gains(
-        amp[:, detector.SRD_IDS],
-        np.repeat(electrons[:, None], detector.SRD_IDS.size, 1),
-        detector.SRD_IDS,
-        ref.srd_median_mev,
-        "median",
-        gc.srd_min_entries,
-    )
-    # beam counters and hole vetoes: MIP peak of every beam-trigger particle that hit them
-    cnt_ids = np.concatenate([BEAM_COUNTER_IDS, HOLE_VETO_IDS])
-    cnt_ref = np.array(
-        [ref.counter_mip_mev] * BEAM_COUNTER_IDS.size + [ref.hole_veto_mip_mev] * HOLE_VETO_IDS.size
-    )
-    cnt_amp = amp[:, cnt_ids]
-    cnt = spectra.peak_gains(
-        cnt_amp,
-        spectra.above(cnt_amp, 5.0 * base.noise[cnt_ids]),
-        cnt_ids,
-        cnt_ref,
-        "moyal",
-        gc.counter_min_entries,
-    )
-    for res in (srd, cnt):
-        for line in res.messages:
-            log.warning("calibrate gains: %s not determined: %s", line.split(":")[0], line.split(": ", 1)[1])
-        new = new.updated(
-            "gain", res.channels[res.determined], res.gain[res.determined], res.gain_error[res.determined]
-        )
-    results = {
-        "n_events": fit.n_events,
-        "n_beam_events": int(amp.shape[0]),
-        "n_muons": n_muons,
-        "prs_from_muons": [] if prs is None else _names(prs.channels[prs.determined]),
-        "zero_suppression_share": round(zs_share, 5),
-        "ecal_scale": round(ecal_scale, 5),
-        "skipped_files": inputs.skipped,
-        "n_saturated": n_sat,
-        "peak": round(fit.peak, 5),
-        "resolution": round(fit.resolution, 5),
-        "determined": _names(det_ids)
-        + _names(srd.channels[srd.determined])
-        + _names(cnt.channels[cnt.determined]),
-        "not_determined": _names(CALO_IDS[~fit.determined])
-        + _names(srd.channels[~srd.determined])
-        + _names(cnt.channels[~cnt.determined]),
-        "cell_peaks": {
-            n: v
-            for n, v in zip(
-                _names(detector.ECAL_IDS), _rounded(checks.peak[: detector.ECAL_IDS.size]), strict=True
-            )
-            if v is not None
-        },
-    }
     method = (
         "ECAL+PRS: least squares, calibrated sum (cells under the zero suppression with their fixed-time "
-        "amplitude) = beam energy x containment (per shower-centre cell), Gaussian-core selection, weak "
-        "prior on the base gains; PRS: Moyal MIP peak of muons, held fixed; E_ECAL scale = 1 / (containment "
-        "x zero-suppression share); SRD: median of electron deposits; counters: Moyal MIP peak"
+        "amplitude) = beam energy x containment (per shower-centre cell, from the containment reference), "
+        "Gaussian-core selection, weak prior on the base gains; cross-check against the containment measured "
+        "from the lateral profile in the data; PRS: Moyal MIP peak of muons, held fixed; E_ECAL scale = 1 / "
+        "(containment of the beam cell x zero-suppression share); SRD: median of electron deposits; counters: "
+        "Moyal MIP peak"
     )
     return _finish(
-        args, base, new, inputs, method, as_dict(cfg)["reference"] | as_dict(cfg)["gains"], results
+        args, base, out.constants, inputs, method, as_dict(cfg)["reference"] | as_dict(cfg)["gains"], results
     )
+
+
+_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
 # ============================================================================ MIP (HCAL, VETO)
@@ -843,7 +709,10 @@ def _mip(args: argparse.Namespace) -> int:
         mc.max_rel_error,
     )
     new = base
-    for res in (hc, vt):
+    for res in (
+        spectra.with_systematic(hc, ref.mip_systematic),
+        spectra.with_systematic(vt, ref.mip_systematic),
+    ):
         for line in res.messages:
             log.info("calibrate mip: not determined: %s", line)
         new = new.updated(
@@ -983,20 +852,20 @@ def _show(args: argparse.Namespace) -> int:
     if "method" in s:
         print(f"  method: {s['method']}")
     print(
-        f"{'detector':9s} {'ch':>3s} {'good':>4s} {'dead':>4s} {'hot':>4s} {'noisy':>5s} {'gain/nom':>8s} "
-        f"{'rms':>6s} {'w/err':>5s} {'pedestal':>8s} {'noise':>6s} {'t_rms ns':>8s}"
+        f"{'detector':9s} {'ch':>3s} {'good':>4s} {'dead':>4s} {'hot':>4s} {'noisy':>5s} {'undet':>5s} "
+        f"{'gain/nom':>8s} {'rms':>6s} {'w/err':>5s} {'pedestal':>8s} {'noise':>6s} {'t_rms ns':>8s}"
     )
     for name, d in s["detectors"].items():
         st = d["status"]
         print(
             f"{name:9s} {d['channels']:3d} {st['good']:4d} {st['dead']:4d} {st['hot']:4d} {st['noisy']:5d} "
-            f"{d['gain_over_nominal_mean']:8.4f} {d['gain_over_nominal_rms']:6.4f} {d['gains_with_error']:5d} "
+            f"{st['undetermined']:5d} {d['gain_over_nominal_mean']:8.4f} {d['gain_over_nominal_rms']:6.4f} {d['gains_with_error']:5d} "
             f"{d['pedestal_mean']:8.2f} {d['noise_mean']:6.3f} {d['time_offset_rms_ns']:8.3f}"
         )
     if args.channels is not None:
         print(
-            f"{'channel':9s} {'status':6s} {'gain':>10s} {'+-':>9s} {'ped even':>9s} {'ped odd':>9s} "
-            f"{'noise':>6s} {'t_off ns':>8s}"
+            f"{'channel':9s} {'status':12s} {'gain':>10s} {'+-':>9s} {'ped even':>9s} {'ped odd':>9s} "
+            f"{'noise':>6s} {'t_off ns':>8s} not determined"
         )
         for ch in range(detector.N_CHANNELS):
             name = detector.channel_name(ch)
@@ -1004,9 +873,10 @@ def _show(args: argparse.Namespace) -> int:
                 continue
             err = c.errors["gain"][ch]
             print(
-                f"{name:9s} {cc.STATUS_NAMES[c.status[ch]]:6s} {c.gain[ch]:10.5g} "
+                f"{name:9s} {cc.STATUS_NAMES[c.status[ch]]:12s} {c.gain[ch]:10.5g} "
                 f"{'' if not math.isfinite(err) else f'{err:.2g}':>9s} {c.pedestal_even[ch]:9.2f} "
-                f"{c.pedestal_odd[ch]:9.2f} {c.noise[ch]:6.2f} {c.time_offset_ns[ch]:8.2f}"
+                f"{c.pedestal_odd[ch]:9.2f} {c.noise[ch]:6.2f} {c.time_offset_ns[ch]:8.2f} "
+                f"{', '.join(cc.undetermined(c, ch))}"
             )
     return 0
 

@@ -26,10 +26,12 @@ class ReferenceConfig:
 
     beam_energy_gev: float = 100.0
     #: share of an electron's energy deposited in the 30 ECAL + 30 PRS cells (the rest leaks off the face),
-    #: for showers centred in a cell not listed in containment_map (0.994: median for the beam on cell (2,3),
-    #: simulator shower model). Reconstruction losses (zero suppression) are absorbed by the gains.
-    containment: float = 0.994
-    #: per shower-centre cell (ECAL cell name -> containment); edge cells lose several % off the face
+    #: per shower-centre cell: from the containment reference (default: the one shipped with the detector
+    #: model, calibration/reference/ecal_containment_v1.json); a number here replaces it for every cell
+    containment: float | None = None
+    #: another containment reference file (tools/make_containment_reference.py); "" = the shipped one
+    containment_reference: str = ""
+    #: per shower-centre cell (ECAL cell name -> containment), over the reference or the number above
     containment_map: dict[str, float] = field(default_factory=dict)
     hcal_mip_mev: float = 2500.0  # most probable muon deposit per HCAL module (in its crossed cell)
     prs_mip_mev: float = 45.0  # most probable muon deposit in the PRS cell it crosses (EM scale)
@@ -37,6 +39,13 @@ class ReferenceConfig:
     srd_median_mev: float = 26.74  # median synchrotron-radiation deposit of a 100 GeV e- per SRD module
     counter_mip_mev: float = 0.3  # most probable deposit in S0, S2, S3 (1.5 mm scintillator)
     hole_veto_mip_mev: float = 2.0  # most probable deposit in V1, V2 (10 mm scintillator)
+    #: relative systematic uncertainty added in quadrature to every gain from a MIP peak (HCAL, VETO, PRS,
+    #: counters): the Moyal fit's peak of a noise-smeared Landau-like spectrum against the reference MPV
+    #: (offsets of 0.2-0.5% per group in simulated campaigns, docs/calibration.md "Errors")
+    mip_systematic: float = 0.004
+    #: the same for every ECAL gain from the shower fit: its absolute scale (the containment's peak, pile-up;
+    #: +0.15% in simulated campaigns)
+    shower_systematic: float = 0.002
 
     def __post_init__(self) -> None:
         for name in (
@@ -49,8 +58,15 @@ class ReferenceConfig:
             "hole_veto_mip_mev",
         ):
             _positive(name, getattr(self, name))
-        if not 0.5 <= self.containment <= 1.0:
-            raise ValueError(f"containment must be in [0.5, 1] (got {self.containment})")
+        for name in ("mip_systematic", "shower_systematic"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < 0.1:
+                raise ValueError(f"{name} must be a number in [0, 0.1) (got {v!r})")
+        c = self.containment
+        if c is not None and (isinstance(c, bool) or not isinstance(c, int | float) or not 0.5 <= c <= 1.0):
+            raise ValueError(f"containment must be a number in [0.5, 1] (got {c!r})")
+        if not isinstance(self.containment_reference, str):
+            raise ValueError("containment_reference must be a file name")
         if not isinstance(self.containment_map, dict):
             raise ValueError("containment_map must be a table of ECAL cell name = containment")
         ecal_names = {detector.channel_name(int(c)) for c in detector.ECAL_IDS}
@@ -59,13 +75,6 @@ class ReferenceConfig:
                 raise ValueError(f"containment_map: {name!r} is not an ECAL cell (e.g. ECAL23)")
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0.5 <= value <= 1.0:
                 raise ValueError(f"containment_map.{name} must be a number in [0.5, 1] (got {value!r})")
-
-    def containment_of(self) -> list[float]:
-        """Containment for each of the 30 ECAL cells as shower centre (id order)."""
-        return [
-            float(self.containment_map.get(detector.channel_name(int(c)), self.containment))
-            for c in detector.ECAL_IDS
-        ]
 
 
 @dataclass(frozen=True)
@@ -112,9 +121,21 @@ class GainConfig:
     prs_from_muons: bool = True  # PRS gains from their MIP peak (muons), then fixed in the least squares
     srd_min_entries: int = 100
     counter_min_entries: int = 100
+    #: cross-check against the containment measured from the data: a cell off by more than this (and 3
+    #: errors), or the outer ring on average by more than crosscheck_ring_tolerance, fails the step
+    crosscheck_cell_tolerance: float = 0.02
+    crosscheck_ring_tolerance: float = 0.01
+    crosscheck_fail: bool = True  # false: a failed cross-check is logged and recorded, the constants written
 
     def __post_init__(self) -> None:
-        for name in ("prior_rel", "window", "max_rel_error", "cell_tolerance"):
+        for name in (
+            "prior_rel",
+            "window",
+            "max_rel_error",
+            "cell_tolerance",
+            "crosscheck_cell_tolerance",
+            "crosscheck_ring_tolerance",
+        ):
             _positive(name, getattr(self, name))
         if self.min_events < 10 or self.cell_min_events < 5:
             raise ValueError("min_events must be >= 10 and cell_min_events >= 5")

@@ -41,8 +41,12 @@ FORMAT = "na64-calibration"
 FORMAT_VERSION = 1
 SIGNIFICANT_DIGITS = 7
 
-GOOD, DEAD, HOT, NOISY = 0, 1, 2, 3
-STATUS_NAMES = ("good", "dead", "hot", "noisy")
+GOOD, DEAD, HOT, NOISY, UNDETERMINED = 0, 1, 2, 3, 4
+#: undetermined: a live channel one of whose constants no derivation step determined (no error): it
+#: carries its base value, usually the nominal one (e.g. the hole vetoes V1 V2, which see only halo)
+STATUS_NAMES = ("good", "dead", "hot", "noisy", "undetermined")
+#: the keyword of ``na64 daq --calibration nominal``: record with the nominal constants, on purpose
+NOMINAL_KEYWORD = "nominal"
 
 #: per-channel quantities and their uncertainties, in file order
 QUANTITIES = ("pedestal_even", "pedestal_odd", "noise", "gain", "time_offset_ns")
@@ -171,6 +175,23 @@ class Constants:
         errs = {q: e.copy() for q, e in self.errors.items()}
         errs[quantity][ids] = math.nan if errors is None else np.asarray(errors, dtype=np.float64)
         return dataclasses.replace(self, **{quantity: new}, errors=errs)
+
+
+def undetermined(c: Constants, channel: int) -> list[str]:
+    """The quantities of ``channel`` that no derivation step determined (no error) in ``c``."""
+    return [q for q in QUANTITIES if not math.isfinite(c.errors[q][channel])]
+
+
+def with_undetermined_status(c: Constants) -> Constants:
+    """``c`` with the status of its live channels (good or undetermined) set from what was determined:
+    undetermined if any constant of the channel has no error, good otherwise. Dead, hot and noisy stay."""
+    live = (c.status == GOOD) | (c.status == UNDETERMINED)
+    missing = np.zeros(detector.N_CHANNELS, bool)
+    for q in QUANTITIES:
+        missing |= ~np.isfinite(c.errors[q])
+    status = c.status.copy()
+    status[live] = np.where(missing[live], UNDETERMINED, GOOD)
+    return c.replace(status=status)
 
 
 def nominal() -> Constants:
@@ -376,10 +397,17 @@ def select(paths: Iterable[str | Path], run: int) -> Constants:
     The set with the latest first run wins (a newer calibration supersedes an open-ended older one);
     two valid sets with the same first run are ambiguous and raise CalibrationError naming both.
     """
+    return _select(_load_all(paths), run)[0]
+
+
+def _load_all(paths: Iterable[str | Path]) -> list[tuple[Constants, Path]]:
     files = calibration_files(paths)
     if not files:
         raise CalibrationError("no calibration files given")
-    loaded = [(load(p), p) for p in files]
+    return [(load(p), p) for p in files]
+
+
+def _select(loaded: list[tuple[Constants, Path]], run: int) -> tuple[Constants, Path]:
     valid = [(c, p) for c, p in loaded if c.valid_for(run)]
     if not valid:
         ranges = ", ".join(f"{p.name} ({c.run_range})" for c, p in loaded)
@@ -399,4 +427,76 @@ def select(paths: Iterable[str | Path], run: int) -> Constants:
             f"ambiguous calibration for run {run}: {path} ({best.version}) and {ties[0][1]} "
             f"({ties[0][0].version}) both start at run {best.run_min}{same}"
         )
-    return best
+    return best, path
+
+
+def check_sets(paths: Iterable[str | Path]) -> int:
+    """Load every calibration file (or directory of them) given to a program, before it starts: an
+    unreadable file, an empty directory, or two different sets starting at the same run (ambiguous for
+    that run at least) is one CalibrationError. Returns the number of sets. The keyword ``nominal``
+    (:data:`NOMINAL_KEYWORD`) alone is valid and means the nominal constants, asked for."""
+    given = [Path(p) for p in paths]
+    if not given:
+        return 0
+    if any(str(p) == NOMINAL_KEYWORD for p in given):
+        if len(given) > 1:
+            raise CalibrationError(
+                f"--calibration {NOMINAL_KEYWORD} records with the nominal constants: it cannot be combined "
+                "with calibration files (a file named 'nominal' is ./nominal)"
+            )
+        return 0
+    for p in given:
+        if p.is_dir() and not calibration_files([p]):
+            raise CalibrationError(f"--calibration {p}: a directory without calibration files (*.json)")
+    loaded = _load_all(given)
+    for c, _ in loaded:
+        _select(loaded, c.run_min)  # ambiguous where two different sets start
+    return len(loaded)
+
+
+@dataclass(frozen=True, eq=False)
+class RunCalibration:
+    """The constants a run is recorded with, or why it must not be recorded (:func:`for_run`)."""
+
+    run: int
+    constants: Constants | None  # None: no usable constants
+    source: str  # the file, "nominal (asked for)" or "nominal (no --calibration given)"
+    problem: str = ""
+
+    @property
+    def usable(self) -> bool:
+        return self.constants is not None
+
+    def status(self) -> dict[str, Any]:
+        """The ``calibration`` entry of the DAQ status document (docs/daq.md)."""
+        c = self.constants
+        undet = (
+            []
+            if c is None
+            else [detector.channel_name(int(i)) for i in np.flatnonzero(c.status == UNDETERMINED)]
+        )
+        return {
+            "run": self.run,
+            "id": None if c is None else c.version,
+            "usable": self.usable,
+            "source": self.source,
+            "problem": self.problem,
+            "undetermined": undet,
+        }
+
+
+def for_run(paths: Sequence[str | Path], run: int) -> RunCalibration:
+    """The constants to record ``run`` with: the set valid for it among ``paths`` (:func:`select`); the
+    nominal constants when asked for (``paths`` is the keyword ``nominal``) or when no paths are given.
+    A set that cannot be used (none valid for the run, ambiguous, unreadable) gives no constants and the
+    problem: the caller must not record the run. There is no silent fallback to nominal constants."""
+    given = [Path(p) for p in paths]
+    if not given:
+        return RunCalibration(run, nominal(), "nominal (no --calibration given)")
+    if [str(p) for p in given] == [NOMINAL_KEYWORD]:
+        return RunCalibration(run, nominal(), "nominal (asked for)")
+    try:
+        c, path = _select(_load_all(given), run)
+    except CalibrationError as e:
+        return RunCalibration(run, None, "files", f"run {run}: {e}")
+    return RunCalibration(run, c, str(path))

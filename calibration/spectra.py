@@ -10,6 +10,7 @@ the starting gains does not bias them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -42,13 +43,15 @@ def peak_gains(
     method: Literal["moyal", "median"] = "moyal",
     min_entries: int = 100,
     max_rel_error: float = 0.03,
+    noise: np.ndarray | None = None,
 ) -> PeakGains:
     """Peak of each channel's amplitude spectrum over the events where ``hit`` is true, and its gain.
 
     ``amp`` and ``hit`` are (E, C) over ``channels`` (C,); ``reference_mev`` the same peak in MeV.
     ``method``: ``moyal`` fits the most probable value of a Landau-like peak, ``median`` takes the median
     (for broad spectra such as the SRD's). A channel is determined when the fit converged with at least
-    ``min_entries`` and a relative error below ``max_rel_error``.
+    ``min_entries`` and a relative error below ``max_rel_error``. ``noise`` (C,): Gaussian noise of the
+    amplitudes (ADC counts RMS), folded into the Moyal fit (:func:`calibration.fitting.fit_moyal`).
     """
     a = np.asarray(amp, dtype=np.float64)
     h = np.asarray(hit, dtype=bool)
@@ -69,7 +72,7 @@ def peak_gains(
             continue
         x = a[h[:, c], c]
         if method == "moyal":
-            fit = fit_moyal(x, min_entries=min_entries)
+            fit = fit_moyal(x, min_entries=min_entries, noise=0.0 if noise is None else float(noise[c]))
             if not fit.ok:
                 messages.append(f"{name}: Moyal fit failed ({fit.message})")
                 continue
@@ -95,6 +98,11 @@ def peak_gains(
         determined=determined,
         messages=tuple(messages),
     )
+
+
+def with_systematic(res: PeakGains, rel: float) -> PeakGains:
+    """``res`` with a relative systematic uncertainty ``rel`` added in quadrature to its gain errors."""
+    return dataclasses.replace(res, gain_error=np.hypot(res.gain_error, rel * res.gain))
 
 
 # ----------------------------------------------------------------------------- selections

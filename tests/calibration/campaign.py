@@ -45,7 +45,11 @@ DAQ_CAL = (
 #: DAQ settings of an ordinary run at 2e5 Hz (default physics trigger and dead time) with more beam and
 #: random triggers than the default, for statistics in short spills
 DAQ_RUN = ("--set", "trigger.beam_prescale=20", "--set", "trigger.random_period_ns=100000")
-SIM_COMMON = ("--seed", str(SEED), "--set", "electronics.block_gain_spread=0.1")
+#: the detector truth is drawn from the seed: the same seed in every run of a campaign is the same detector
+#: the front-end keeps its slices for requests up to 30 s late and the DAQ waits as long for fragments: on a
+#: loaded machine (other processes on both cores) a 2 s timeout lost whole spills of a calibration run
+SIM_COMMON = ("--set", "electronics.block_gain_spread=0.1", "--set", "readout.request_timeout_s=30")
+DAQ_COMMON = ("--fragment-timeout", "30")
 #: the calibration scan: electrons centred on all 30 ECAL cells, muons (45%) through all 36 HCAL cells
 SCAN = (
     "--scan-cells",
@@ -58,6 +62,15 @@ SCAN = (
     "beam.muon_fraction=0.45",
 )
 ALL_CELLS = [(x, y) for y in range(detector.ECAL_NY) for x in range(detector.ECAL_NX)]
+#: a scan run: 3 spills of 0.2 s at 2e5 Hz (1.2e5 particles, ~29,000 beam triggers: ~7,000 electrons and
+#: ~6,000 muons per run; two runs give ~550 muons per PRS cell for a ~0.8% MIP peak)
+SCAN_SPILLS, SCAN_SPILL_S = 3, 0.2
+
+
+def scan_specs(seed: int = SEED, names: tuple[str, ...] = ("scanA", "scanB")) -> dict[str, dict[str, object]]:
+    """:func:`take_runs` specs of the scan runs of a campaign (runs 1, 2, ... of the detector ``seed``)."""
+    scan = {"sim_args": SCAN, "spills": SCAN_SPILLS, "spill_s": SCAN_SPILL_S, "seed": seed}
+    return {name: {**scan, "run": i + 1} for i, name in enumerate(names)}
 
 
 @dataclass(frozen=True)
@@ -96,6 +109,7 @@ def _attempt(
     timeout: float = 180.0,
     ports: tuple[int, int] | None = None,
     run: int = 1,
+    seed: int = SEED,
 ) -> Run:
     out = root / name
     out.mkdir(parents=True)
@@ -115,6 +129,7 @@ def _attempt(
                 "--stop-after-run",
                 "--min-free-mb",
                 "10",
+                *DAQ_COMMON,
                 *daq_args,
             ),
             stdout=dlog,
@@ -143,6 +158,8 @@ def _attempt(
                 str(out / "truth.h5"),
                 "--run",
                 str(run),
+                "--seed",
+                str(seed),
                 *SIM_COMMON,
                 *sim_args,
             ),

@@ -87,3 +87,13 @@ def test_median_and_masked_truncated_mean() -> None:
     assert mu[0] == pytest.approx(1.0, abs=0.06) and mu[1] == pytest.approx(2.0, abs=0.06)
     assert math.isnan(mu[2]) and n[2] == 0 and n[1] < 4900
     assert err[0] == pytest.approx(1 / math.sqrt(n[0]), rel=0.1)
+
+
+def test_median_error_is_the_spread_of_medians_also_for_a_skewed_spectrum() -> None:
+    """The SRD's deposit is Gamma-like: the quoted error of the median must be the spread of the median
+    over repeated samples (the Gaussian formula 1.2533 sigma_MAD / sqrt(n) is not)."""
+    rng = np.random.default_rng(3)
+    for sample in (rng.gamma(3.0, 10.0, (400, 2000)), rng.normal(5.0, 1.0, (400, 2000))):
+        spread = float(np.median(sample, axis=1).std())
+        quoted = float(np.mean([median_with_error(s).error for s in sample[:40]]))
+        assert quoted == pytest.approx(spread, rel=0.12)
