@@ -6,11 +6,14 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 from daq.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: Any) -> None:
@@ -47,8 +50,10 @@ def register(subparsers: Any) -> None:
         default=[],
         type=Path,
         metavar="FILE",
-        help="calibration constants file, or a directory of them (*.json; repeatable; the one valid for "
-        "the run is used at RUN_START; default: nominal constants)",
+        help="calibration constants file, or a directory of them (*.json; repeatable): the one valid for "
+        "the run is used at RUN_START, and a run with none usable (none valid, ambiguous, unreadable) is "
+        "not recorded; 'nominal': record with the nominal constants on purpose (default, without the "
+        "option: nominal constants, with a warning)",
     )
     p.add_argument(
         "--stop-after-run",
@@ -85,7 +90,7 @@ def register(subparsers: Any) -> None:
 
 
 def run_daq(args: argparse.Namespace) -> int:
-    from calibration.constants import calibration_files, load
+    from calibration.constants import check_sets
     from daq.daq_config import load_config
     from daq.service import DaqService
 
@@ -95,11 +100,12 @@ def run_daq(args: argparse.Namespace) -> int:
     if args.fragment_timeout is not None:
         overrides["readout.fragment_timeout_s"] = args.fragment_timeout
     config = load_config(args.config, args.assignments, overrides)
-    for given in args.calibration:
-        if given.is_dir() and not calibration_files([given]):
-            raise UserError(f"--calibration {given}: a directory without calibration files (*.json)")
-    for path in calibration_files(args.calibration):
-        load(path)  # fail now, with one clear line, rather than at RUN_START
+    check_sets(args.calibration)  # unreadable or ambiguous sets: one clear line now, not at RUN_START
+    if not args.calibration:
+        log.warning(
+            "no --calibration given: runs are recorded with the nominal constants (--calibration nominal "
+            "asks for them on purpose)"
+        )
     service = DaqService(
         config,
         endpoint=args.endpoint,

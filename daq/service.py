@@ -134,6 +134,16 @@ class DaqService:
         self.events_run = 0
         self.spills_run = 0
         self.alarms: dict[str, str] = {}
+        #: the calibration of the current (or last) run, as in the status document; runs not recorded for
+        #: want of usable constants (their problem): the DAQ exits non-zero
+        self.calibration: dict[str, Any] = {
+            "run": None,
+            "id": None,
+            "usable": True,
+            "source": "",
+            "problem": "",
+        }
+        self.refused: list[str] = []
         self.last_summary: dict[str, Any] | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self._writer_turn = asyncio.Lock()  # one producer at a time waits for room in the writer queue
@@ -196,13 +206,21 @@ class DaqService:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(sig, self._on_signal, sig)
-            return await self._main()
+            code = await self._main()
         finally:
             if self.writer is not None:
                 self.writer.stop()
             self.router.close(0)
             self.pub.close(0)
             ctx.term()
+        if self.refused:
+            from calibration.constants import CalibrationError
+
+            more = f" (and {len(self.refused) - 1} more runs)" if len(self.refused) > 1 else ""
+            raise CalibrationError(
+                f"{self.refused[0]}: not recorded{more}; --calibration nominal records with nominal constants"
+            )
+        return code
 
     def _on_signal(self, sig: int) -> None:
         log.info("%s received: closing the current spill and stopping", signal.Signals(sig).name)
@@ -384,7 +402,18 @@ class DaqService:
             await self._end_spill(complete=False)
         if self.run_state is not None:
             await self._flush_run()
-        constants, cal_id = self._constants_for(msg.run)
+        choice = self._constants_for(msg.run)
+        if choice.constants is None:  # never a silent fallback to other constants than those asked for
+            self.run_state = None
+            self.refused.append(choice.problem)
+            log.error(
+                "%s: not recording it (--calibration nominal records with nominal constants)", choice.problem
+            )
+            self._loss("run_rejected", 1, choice.problem)
+            if self.stop_after_run:
+                self._stop.set()
+            return
+        constants, cal_id = choice.constants, choice.constants.version
         info = bytes(msg.info).decode("utf-8", errors="replace") if msg.info is not None else "{}"
         self.frontends[ident].name = _name_from_info(info)
         prim = np.asarray(msg.prim_channels, dtype=np.uint16).copy()
@@ -418,21 +447,18 @@ class DaqService:
             cal_id,
         )
 
-    def _constants_for(self, run: int) -> tuple[Any, str]:
-        from calibration.constants import CalibrationError, nominal, select
+    def _constants_for(self, run: int) -> Any:
+        """The run's calibration (``calibration.constants.for_run``): the set valid for it, the nominal
+        constants if asked for, or none (the run must not be recorded); the status document says which."""
+        from calibration.constants import for_run
 
-        if not self.calibration_paths:
-            c = nominal()
-            return c, c.version
-        try:
-            c = select(self.calibration_paths, run)
-        except CalibrationError as e:
-            c = nominal()
-            self.alarms["calibration"] = f"run {run}: {e}; using {c.version}"
-            log.error("calibration for run %d: %s; using %s", run, e, c.version)
-            return c, c.version
-        self.alarms.pop("calibration", None)
-        return c, c.version
+        choice = for_run(self.calibration_paths, run)
+        self.calibration = choice.status()
+        if choice.usable:
+            self.alarms.pop("calibration", None)
+        else:
+            self.alarms["calibration"] = f"{choice.problem}: not recorded"
+        return choice
 
     async def _on_run_stop(self, msg: protocol.RunStop) -> None:
         if self.spill is not None:
@@ -968,6 +994,7 @@ class DaqService:
             "writer_queue": self.writer.queue_depth if self.writer else 0,
             "pending_requests": len(r.readout.pending) if r else 0,
             "calibration_id": r.calibration_id if r else None,
+            "calibration": self.calibration,
         }
 
     def _publish_status(self) -> None:

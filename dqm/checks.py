@@ -514,6 +514,48 @@ class BeamTimeoutCheck:
         return CheckResult(self.name, State.UNKNOWN, "spills arriving")
 
 
+#: detectors whose channels enter the energy sums (E_ECAL, E_HCAL, so E_miss): an undetermined gain there
+#: biases the physics; an undetermined counter, VETO or SRD channel (V1, V2 see only halo) does not
+_SUM_DETECTORS = ("ECAL", "PRS", "HCAL")
+
+
+@dataclass(frozen=True)
+class CalibrationCheck:
+    """The DAQ status's ``calibration`` entry (docs/daq.md): ERROR when the current run has no usable
+    constants (the DAQ does not record it), WARN when constants of channels in the energy sums were not
+    determined (nominal values in use), OK otherwise (the message names the set and its source)."""
+
+    name: str = "calibration"
+
+    def evaluate(self, ctx: LiveContext) -> CheckResult:
+        cal = (ctx.status or {}).get("calibration")
+        if not isinstance(cal, Mapping) or cal.get("run") is None:
+            return CheckResult(self.name, State.UNKNOWN, "no run started yet")
+        run = cal.get("run")
+        if not cal.get("usable", True):
+            return CheckResult(
+                self.name,
+                State.ERROR,
+                f"run {run} has no usable calibration, not recorded: {cal.get('problem')}",
+            )
+        undetermined = [str(c) for c in cal.get("undetermined") or []]
+        text = f"run {run}: {cal.get('id')} ({cal.get('source')})"
+        in_sums = [c for c in undetermined if c.startswith(_SUM_DETECTORS)]
+        if in_sums:
+            more = f" (+{len(in_sums) - 5})" if len(in_sums) > 5 else ""
+            return CheckResult(
+                self.name,
+                State.WARN,
+                f"{text}: {len(in_sums)} channels of the energy sums undetermined (nominal constants): "
+                f"{', '.join(in_sums[:5])}{more}",
+                float(len(in_sums)),
+                tuple(undetermined),
+            )
+        if undetermined:
+            text += f"; undetermined (nominal constants): {', '.join(undetermined)}"
+        return CheckResult(self.name, State.OK, text, float(len(undetermined)), tuple(undetermined))
+
+
 def default_spill_checks(cfg: DqmConfig) -> list[SpillCheck]:
     """The standard per-spill checks enabled in ``cfg``."""
     c = cfg.checks
@@ -538,4 +580,6 @@ def default_live_checks(cfg: DqmConfig) -> list[LiveCheck]:
         out += [DaqHeartbeatCheck(), FrontendHeartbeatCheck()]
     if cfg.checks.rates.enabled:
         out.append(BeamTimeoutCheck())
+    if cfg.checks.run_state.enabled:
+        out.append(CalibrationCheck())
     return out

@@ -84,6 +84,11 @@ def test_the_top_level_help_and_a_mistyped_command_list_every_subcommand() -> No
         ),
         (["simulate", "--endpoint", "garbage", "--spills", "1"], "--endpoint garbage"),
         (["daq", "--calibration", "{dir}", "--data-dir", "{dir}/data"], "without calibration files"),
+        (
+            ["daq", "--calibration", "{dir}/cal", "--data-dir", "{dir}/data"],
+            "ambiguous calibration for run 4: ",
+        ),
+        (["daq", "--calibration", "nominal", "--calibration", "{dir}/cal"], "cannot be combined"),
         (["simulate", "--truth", "{dir}", "--spills", "1"], "--truth {dir}: is a directory"),
         (["dqm-reference", "x.h5", "--out", "{dir}"], "--out {dir}: is a directory"),
         (["retrigger", "x.h5", "--json", "{dir}/no/such.json"], "does not exist"),
@@ -94,6 +99,11 @@ def test_a_user_mistake_is_one_line_and_exit_code_2(tmp_path: Path, argv: list[s
     import socket
 
     (tmp_path / "afile").write_text("")
+    from calibration import constants as cc
+
+    (tmp_path / "cal").mkdir()  # two different sets starting at run 4
+    cc.save(cc.nominal().replace(version="a", run_min=4), tmp_path / "cal" / "a.json")
+    cc.save(cc.nominal().replace(version="b", run_min=4, run_max=9), tmp_path / "cal" / "b.json")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

@@ -419,3 +419,91 @@ def test_calibration_from_a_directory_is_selected_per_run(daq_factory: Any, tmp_
     (path,) = list_spill_files(daq.data_dir)
     with SpillFile(path) as f:
         assert f.attrs["calibration_id"] == "run7-v2"
+
+
+def test_a_run_without_usable_calibration_is_not_recorded(daq_factory: Any, tmp_path: Path) -> None:
+    """Constants valid only for runs 10-20 and a front-end starting run 7: the DAQ records nothing of it (no
+    fallback to nominal constants), says why in its status (the DQM's calibration alarm) and exits 2 with
+    one line. A later run with usable constants is recorded by a DAQ that keeps running."""
+    from calibration import constants as cc
+
+    cc.save(cc.nominal().replace(version="runs10-20", run_min=10, run_max=20), tmp_path / "c.json")
+    daq = daq_factory("--calibration", str(tmp_path / "c.json"))
+    lis = Listener(daq.publish)
+    fe = FakeFrontEnd(daq.endpoint, run=7, seed=3)
+    try:
+        fe.run_start()
+        fe.spill_start(1)
+        fe.send_slice(fe.make_slice(0, 300))
+        status = lis.wait_status(lambda d: (d.get("calibration") or {}).get("run") == 7)
+        assert status["calibration"]["usable"] is False and status["calibration"]["id"] is None
+        assert "no calibration set is valid for run 7" in status["calibration"]["problem"]
+        assert "not recorded" in status["alarms"]["calibration"] and status["state"] == "idle"
+        # the DQM's calibration alarm reads this status document
+        from dqm.checks import CalibrationCheck, LiveContext, State
+
+        alarm = CalibrationCheck().evaluate(LiveContext(10.0, status, 0.1, None))
+        assert alarm.state is State.ERROR and "run 7 has no usable calibration" in alarm.message
+        fe.spill_end()
+        fe.run_stop(1)
+        # the next run has constants: it is recorded with them, and the alarm is gone
+        fe.run = 12
+        fe.run_start()
+        fe.clean_spill(1, n_slices=1, n=300)
+        fe.run_stop(1)
+        lis.wait_summary(12, 1)
+        ok = lis.wait_status(lambda d: (d.get("calibration") or {}).get("run") == 12)
+        assert ok["calibration"]["usable"] is True and ok["calibration"]["id"] == "runs10-20"
+        assert "calibration" not in ok["alarms"]
+    finally:
+        fe.close()
+        lis.close()
+    assert daq.stop() == 2  # a run was not recorded: no success exit
+    (path,) = list_spill_files(daq.data_dir)
+    with SpillFile(path) as f:
+        assert f.run == 12 and f.attrs["calibration_id"] == "runs10-20"
+    errors = [ln for ln in daq.output().splitlines() if ln.startswith("na64 daq: error:")]
+    assert errors == [
+        "na64 daq: error: run 7: no calibration set is valid for run 7 (have c.json (10..20)): not recorded; "
+        "--calibration nominal records with nominal constants"
+    ]
+
+
+def test_with_stop_after_run_a_refused_run_ends_the_daq_at_once(daq_factory: Any, tmp_path: Path) -> None:
+    """The constants file became unreadable after start-up: the run is refused and the DAQ, started for that
+    one run, exits 2 at its RUN_START without a spill file."""
+    from calibration import constants as cc
+
+    cal = tmp_path / "c.json"
+    cc.save(cc.nominal().replace(version="v1", run_min=0), cal)
+    daq = daq_factory("--calibration", str(cal), "--stop-after-run")
+    cal.write_text("{ not json")
+    fe = FakeFrontEnd(daq.endpoint, run=3, seed=3)
+    try:
+        fe.run_start()
+        assert daq.proc.wait(30) == 2, daq.output()
+    finally:
+        fe.close()
+    assert not list_spill_files(daq.data_dir) if daq.data_dir.exists() else True
+    (line,) = [ln for ln in daq.output().splitlines() if ln.startswith("na64 daq: error:")]
+    assert line.startswith(f"na64 daq: error: run 3: calibration file {cal} is not valid JSON")
+
+
+def test_nominal_constants_are_recorded_only_when_asked_for(daq_factory: Any, tmp_path: Path) -> None:
+    """``--calibration nominal``: recorded with nominal-v1, and the status says they were asked for."""
+    daq = daq_factory("--calibration", "nominal", "--stop-after-run")
+    lis = Listener(daq.publish)
+    fe = FakeFrontEnd(daq.endpoint, run=5, seed=3)
+    try:
+        fe.run_start()
+        fe.clean_spill(1, n_slices=1, n=300)
+        status = lis.wait_status(lambda d: (d.get("calibration") or {}).get("run") == 5)
+        fe.run_stop(1)
+        assert daq.proc.wait(30) == 0, daq.output()
+    finally:
+        fe.close()
+        lis.close()
+    assert status["calibration"]["source"] == "nominal (asked for)" and status["calibration"]["usable"]
+    (path,) = list_spill_files(daq.data_dir)
+    with SpillFile(path) as f:
+        assert f.attrs["calibration_id"] == "nominal-v1"

@@ -9,7 +9,14 @@ import pytest
 
 from daq import detector
 from dqm.alarms import AlarmBook, Lifecycle
-from dqm.checks import CheckResult, DaqHeartbeatCheck, FrontendHeartbeatCheck, LiveContext, State
+from dqm.checks import (
+    CalibrationCheck,
+    CheckResult,
+    DaqHeartbeatCheck,
+    FrontendHeartbeatCheck,
+    LiveContext,
+    State,
+)
 from dqm.config import DqmConfig
 from dqm.monitor import AlarmChanged, Monitor
 from dqm.synthetic import SynthConfig, SyntheticDaq
@@ -125,6 +132,40 @@ def test_frontend_heartbeat() -> None:
     assert res.state is State.ERROR and "stalled" in res.message
     none = {"state": "running", "frontends": {}}
     assert check.evaluate(live_ctx(status=none, status_age_s=0.1)).state is State.WARN
+
+
+def test_calibration_of_the_run() -> None:
+    """The DAQ status's calibration entry: a refused run is an ERROR, undetermined channels of the energy sums
+    a WARN, undetermined counters (V1, V2: halo only) are named but OK."""
+    check = CalibrationCheck()
+
+    def cal(**kw: Any) -> dict[str, Any]:
+        doc = {
+            "run": 7,
+            "id": "cal-v1",
+            "usable": True,
+            "source": "cal/v1.json",
+            "problem": "",
+            "undetermined": [],
+        }
+        return {"state": "running", "calibration": {**doc, **kw}}
+
+    assert check.evaluate(live_ctx(status={"state": "idle"}, status_age_s=0.1)).state is State.UNKNOWN
+    ok = check.evaluate(live_ctx(status=cal(), status_age_s=0.1))
+    assert ok.state is State.OK and ok.message == "run 7: cal-v1 (cal/v1.json)"
+    refused = check.evaluate(
+        live_ctx(
+            status=cal(usable=False, id=None, problem="run 7: no calibration set is valid"), status_age_s=0.1
+        )
+    )
+    assert (
+        refused.state is State.ERROR and "not recorded: run 7: no calibration set is valid" in refused.message
+    )
+    halo = check.evaluate(live_ctx(status=cal(undetermined=["V1", "V2"]), status_age_s=0.1))
+    assert halo.state is State.OK and "undetermined (nominal constants): V1, V2" in halo.message
+    sums = check.evaluate(live_ctx(status=cal(undetermined=["V1", "ECAL00", "HCAL0_04"]), status_age_s=0.1))
+    assert sums.state is State.WARN and "2 channels of the energy sums undetermined" in sums.message
+    assert sums.details == ("V1", "ECAL00", "HCAL0_04")
 
 
 def test_alarm_lifecycle() -> None:
