@@ -456,6 +456,15 @@ class DaqService:
         self.calibration = choice.status()
         if choice.usable:
             self.alarms.pop("calibration", None)
+            if self.calibration["undetermined"]:
+                log.warning(
+                    "calibration %s for run %d: %d channels undetermined, recorded with their nominal "
+                    "constants: %s",
+                    self.calibration["id"],
+                    run,
+                    len(self.calibration["undetermined"]),
+                    ", ".join(self.calibration["undetermined"]),
+                )
         else:
             self.alarms["calibration"] = f"{choice.problem}: not recorded"
         return choice

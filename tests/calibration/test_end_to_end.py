@@ -1,10 +1,13 @@
-"""End to end: constants derived from real ``na64 simulate`` -> ``na64 daq`` spill files, checked against the
-simulator's truth directly; then applied by the DAQ to fresh spills; then a gain drift seen by the monitoring.
+"""End to end, as a user would: a simulated calibration campaign (real ``na64 simulate`` -> ``na64 daq`` runs)
+calibrated through the documented CLI alone (``na64 calibrate pedestals``, ``gains``, ``mip``, ``timing``
+as separate processes, no option beyond docs/calibration.md: the containment comes from the reference
+shipped with the detector model), checked channel by channel against the simulator's truth; then applied by
+the DAQ to fresh spills; then a gain drift seen by the monitoring.
 
 Statistics (see campaign.py): 2 scan runs (every particle aimed at a random one of the 30 ECAL cells, 45%
-muons crossing a random one of the 9 HCAL towers), each 2 spills of 0.2 s at 2e5 Hz = 8e4 particles with a
-beam trigger every 4th: ~39,000 beam triggers in all, ~20,000 electrons (~650 centred on each ECAL cell),
-~17,000 muon-like events (~1,900 per HCAL cell, ~550 per PRS cell, all through the VETO), ~8,000 random
+muons crossing a random one of the 9 HCAL towers), each 3 spills of 0.2 s at 2e5 Hz = 1.2e5 particles with a
+beam trigger every 4th: ~59,000 beam triggers in all, ~30,000 electrons (~1,000 centred on each ECAL cell),
+~25,000 muon-like events (~2,800 per HCAL cell, ~830 per PRS cell, all through the VETO), ~12,000 random
 windows. Runs are taken two at a time.
 The figures measured are printed (``pytest -s``) and written to test-artifacts/calibration_e2e.json.
 """
@@ -26,11 +29,14 @@ from daq import detector
 from daq.cli import main
 from daq.files import SpillFile, list_spill_files
 from tests.calibration import campaign
+from tests.calibration.closure import Calibrated, calibrate_cli_only, group_table
+from tests.conftest import na64_command
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# the campaign (6 runs, 4 calibration processes) is taken in the first test's setup: ~3-5 min on a loaded
+# machine, longer than the default per-test timeout
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 FIGURES: dict[str, object] = {}
-SCAN_SPILLS, SCAN_SPILL_S = 2, 0.2
 FAULTS = ("--fault", "noisy:HCAL1_00", "--fault", "hot:SRD1:0.03", "--fault", "dead:ECAL22")
 
 
@@ -43,11 +49,7 @@ class Campaign:
     truth: dict[str, np.ndarray]
     constants: cc.Constants
     path: Path  # the final constants file
-    containment: Path  # [reference.containment_map] of all 30 cells
-
-
-def _calibrate(*argv: str) -> None:
-    assert main(["calibrate", *argv]) == 0
+    cli: Calibrated  # what the four CLI steps printed
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +57,7 @@ def cal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Campaign]:
     root = tmp_path_factory.mktemp("campaign")
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        scan = {"sim_args": campaign.SCAN, "spills": SCAN_SPILLS, "spill_s": SCAN_SPILL_S}
-        specs: dict[str, dict[str, object]] = {"scanA": {**scan, "run": 1}, "scanB": {**scan, "run": 2}}
+        specs: dict[str, dict[str, object]] = dict(campaign.scan_specs())
         # the gain-drift run does not need the derived constants: take it with the scan
         specs["drift"] = {
             "sim_args": ("--fault", "gain_drift:ECAL:-2"),
@@ -72,44 +73,8 @@ def cal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Campaign]:
         scan_runs = [runs["scanA"], runs["scanB"]]
         FIGURES["seconds_per_run"] = round(float(np.mean([r.seconds for r in runs.values()])), 2)
         truth = campaign.same_detector(scan_runs)
-        dirs = [str(r.data) for r in scan_runs]
-        c = root / "cal"
-        c.mkdir()
-        containment = _containment_config(root)
-        _calibrate("pedestals", *dirs, "--out", str(c / "1-peds.json"), "--version", "e2e-peds")
-        _calibrate(
-            "gains",
-            *dirs,
-            "--base",
-            str(c / "1-peds.json"),
-            "--out",
-            str(c / "2-gains.json"),
-            "--config",
-            str(containment),
-        )
-        _calibrate("mip", *dirs, "--base", str(c / "2-gains.json"), "--out", str(c / "3-mip.json"))
-        _calibrate(
-            "timing",
-            *dirs,
-            "--base",
-            str(c / "3-mip.json"),
-            "--out",
-            str(c / "cal.json"),
-            "--version",
-            "e2e-v1",
-            "--run-range",
-            "1:",
-        )
-        yield Campaign(
-            root,
-            scan_runs,
-            runs["drift"],
-            runs["faults"],
-            truth,
-            cc.load(c / "cal.json"),
-            c / "cal.json",
-            containment,
-        )
+        cli = calibrate_cli_only([r.data for r in scan_runs], root / "cal", version="e2e-v1")
+        yield Campaign(root, scan_runs, runs["drift"], runs["faults"], truth, cli.constants, cli.path, cli)
     finally:
         for p in procs:
             if p.poll() is None:
@@ -118,18 +83,6 @@ def cal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Campaign]:
         artifacts = Path(__file__).resolve().parents[2] / "test-artifacts"
         artifacts.mkdir(exist_ok=True)
         (artifacts / "calibration_e2e.json").write_text(json.dumps(FIGURES, indent=1) + "\n")
-
-
-def _containment_config(root: Path) -> Path:
-    """Containment per shower-centre cell from simulation (the simulator's shower model, in process):
-    median (ECAL + PRS deposit) / beam energy of electrons aimed at each of the 30 cells (0.88 in the
-    corners, 0.93 at the edges, 0.99 inside)."""
-    lines = ["[reference.containment_map]"]
-    for (x, y), (containment, _) in campaign.shower_reference(campaign.ALL_CELLS, n=4000).items():
-        lines.append(f"ECAL{x}{y} = {containment:.5f}")
-    path = root / "containment.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def test_pedestals_within_0_2_counts_of_the_truth(cal: Campaign) -> None:
@@ -146,61 +99,85 @@ def test_pedestals_within_0_2_counts_of_the_truth(cal: Campaign) -> None:
     print("pedestals vs truth:", FIGURES)
     assert np.max(np.abs(d)) <= 0.2, detector.channel_name(int(np.argmax(np.abs(d)) % detector.N_CHANNELS))
     assert np.max(np.abs(noise)) < 0.1
-    assert (cal.constants.status == cc.GOOD).all()  # no fault injected: every channel good
+    # no fault injected: every channel good, but the hole vetoes (halo only: too few particles for their
+    # gain, time offsets) say that their constants were not determined
+    status = {
+        detector.channel_name(int(i)): cc.STATUS_NAMES[cal.constants.status[i]]
+        for i in np.flatnonzero(cal.constants.status)
+    }
+    assert status == {"V1": "undetermined", "V2": "undetermined"}
+    assert set(cc.undetermined(cal.constants, detector.counter_id("V1"))) == {"gain", "time_offset_ns"}
 
 
-def test_ecal_gains_within_1_percent_rms_of_the_truth(cal: Campaign) -> None:
-    """All 30 ECAL cells, derived gain / the simulator's truth gain directly (the DAQ's amplitude is the
-    pulse height, the cells under the zero suppression enter the fit with their fixed-time amplitude)."""
-    ids = detector.ECAL_IDS
-    rel = cal.constants.gain[ids] / cal.truth["gain"][ids] - 1
-    err = cal.constants.errors["gain"][ids] / cal.constants.gain[ids]
+def test_gains_through_the_cli_meet_the_targets_with_honest_errors(cal: Campaign) -> None:
+    """Every gain group against the simulator's truth: ECAL (all 30 cells, edges and corners included) within
+    1% RMS and 2% max, PRS within 1% RMS, HCAL and VETO within 3%; the quoted errors cover the deviations
+    (pull RMS <= 1.5 in every group)."""
+    table = group_table(cal.constants, cal.truth)
+    FIGURES["gains"] = {r["group"]: {k: v for k, v in r.items() if k != "group"} for r in table}
     FIGURES["amplitude_response_em"] = round(campaign.amplitude_response(detector.PulseShape.EM), 4)
-    FIGURES["ecal_cells"] = int(ids.size)
-    FIGURES["ecal_gain_mean_rel_diff"] = round(float(rel.mean()), 4)
-    FIGURES["ecal_gain_rms_rel_diff"] = round(float(np.sqrt(np.mean(rel**2))), 4)
-    FIGURES["ecal_gain_max_rel_diff"] = round(float(np.max(np.abs(rel))), 4)
-    FIGURES["ecal_gain_median_quoted_error"] = round(float(np.median(err)), 4)
     FIGURES["ecal_scale"] = round(cal.constants.ecal_scale, 4)
-    print("ECAL gains vs truth:", {k: v for k, v in FIGURES.items() if k.startswith(("ecal", "ampl"))})
-    assert np.isfinite(err).all()
-    assert np.sqrt(np.mean(rel**2)) <= 0.01
-    assert np.max(np.abs(rel)) <= 0.025
+    print("\ngroup     n    RMS     max    mean  pull RMS")
+    for r in table:
+        print(
+            f"{r['group']:8s} {r['n']:3d} {r['rms']:.4f} {r['max']:.4f} {r['mean']:+.4f} {r['pull_rms']:6.2f}"
+        )
+    g = {r["group"]: r for r in table}
+    assert g["ECAL"]["n"] == 30 and g["PRS"]["n"] == 30 and g["HCAL"]["n"] == 36 and g["VETO"]["n"] == 6
+    assert g["SRD"]["n"] == 3 and g["counters"]["not_determined"] == ["V1", "V2"]
+    assert g["ECAL"]["rms"] <= 0.01 and g["ECAL"]["max"] <= 0.02
+    assert g["PRS"]["rms"] <= 0.01
+    assert g["HCAL"]["max"] <= 0.03 and g["VETO"]["max"] <= 0.03
+    for r in table:
+        assert r["pull_rms"] <= 1.5, r
+    # the outer ring explicitly: the cells whose showers leak off the face
+    ids = detector.ECAL_IDS
+    x, y = (ids - ids[0]) % detector.ECAL_NX, (ids - ids[0]) // detector.ECAL_NX
+    ring = ids[(x == 0) | (x == detector.ECAL_NX - 1) | (y == 0) | (y == detector.ECAL_NY - 1)]
+    rel = cal.constants.gain[ring] / cal.truth["gain"][ring] - 1
+    FIGURES["ecal_outer_ring_rms"] = round(float(np.sqrt(np.mean(rel**2))), 4)
+    assert ring.size == 18 and np.sqrt(np.mean(rel**2)) <= 0.01
     assert abs(FIGURES["amplitude_response_em"] - 1.0) < 0.003  # type: ignore[operator]
 
 
-def test_prs_gains_from_their_mip_peak(cal: Campaign) -> None:
-    """All 30 PRS cells from the muons crossing them (~550 per cell): statistical precision ~1-1.5%."""
-    ids = detector.PRS_IDS
-    rel = cal.constants.gain[ids] / cal.truth["gain"][ids] - 1
-    err = cal.constants.errors["gain"][ids] / cal.constants.gain[ids]
-    FIGURES["prs_cells"] = int(np.isfinite(err).sum())
-    FIGURES["prs_gain_mean_rel_diff"] = round(float(rel.mean()), 4)
-    FIGURES["prs_gain_rms_rel_diff"] = round(float(np.sqrt(np.mean(rel**2))), 4)
-    FIGURES["prs_gain_max_rel_diff"] = round(float(np.max(np.abs(rel))), 4)
-    FIGURES["prs_gain_median_quoted_error"] = round(float(np.median(err)), 4)
-    print("PRS gains vs truth:", {k: v for k, v in FIGURES.items() if k.startswith("prs")})
-    assert np.isfinite(err).all()
-    assert np.sqrt(np.mean(rel**2)) <= 0.03
-    assert np.all(np.abs(rel) <= 4 * err + 0.005)  # consistent with the quoted errors
+def test_the_gains_step_cross_checks_itself_and_warns_only_for_cause(cal: Campaign) -> None:
+    """The cross-check against the containment measured from the data passed (and is in the provenance);
+    no per-cell peak warning (muons and hadrons once made 'ECAL44 peak at 0.537'); the undetermined hole
+    vetoes are named."""
+    log = cal.cli.logs["gains"]
+    assert "cross-check: showers centred on the outer ring read" in log
+    assert "centred on" not in log.replace("showers centred on the outer ring", "")
+    check = cal.constants.provenance["steps"][1]["results"]["cross_check"]
+    assert check["performed"] and not check["failed"] and abs(check["ring_deviation"]) < 0.01
+    FIGURES["crosscheck_ring_deviation"] = check["ring_deviation"]
+    assert "V1 not determined" in log and "V2 not determined" in log
 
 
-def test_hcal_and_veto_mip_gains_within_3_percent(cal: Campaign) -> None:
-    """All 36 HCAL cells (~1,900 muons each) and the 6 VETO PMTs, vs the truth gains directly."""
-    ids = detector.HCAL_IDS
-    rel = cal.constants.gain[ids] / cal.truth["gain"][ids] - 1
-    err = cal.constants.errors["gain"][ids] / cal.constants.gain[ids]
-    veto = cal.constants.gain[detector.VETO_IDS] / cal.truth["gain"][detector.VETO_IDS] - 1
-    FIGURES["hcal_mip_cells"] = int(np.isfinite(err).sum())
-    FIGURES["hcal_gain_rms_rel_diff"] = round(float(np.sqrt(np.mean(rel**2))), 4)
-    FIGURES["hcal_gain_max_rel_diff"] = round(float(np.max(np.abs(rel))), 4)
-    FIGURES["hcal_gain_median_quoted_error"] = round(float(np.median(err)), 4)
-    FIGURES["veto_gain_max_rel_diff"] = round(float(np.max(np.abs(veto))), 4)
-    print("MIP gains vs truth:", {k: v for k, v in FIGURES.items() if k.startswith(("hcal", "veto"))})
-    assert np.isfinite(err).all() and np.isfinite(cal.constants.errors["gain"][detector.VETO_IDS]).all()
-    assert np.sqrt(np.mean(rel**2)) <= 0.03
-    assert np.max(np.abs(rel)) <= 0.03
-    assert np.max(np.abs(veto)) <= 0.03
+def test_a_containment_that_does_not_fit_the_showers_fails_loudly(cal: Campaign, tmp_path: Path) -> None:
+    """One containment for every cell (the issue's 18 of 30 cells 6-13% off): the cross-check stops the
+    step with one line, exit 2, and no constants file."""
+    dirs = [str(r.data) for r in cal.scan]
+    out = tmp_path / "gains.json"
+    proc = subprocess.run(
+        na64_command(
+            "calibrate",
+            "gains",
+            *dirs,
+            "--base",
+            str(cal.path.parent / "peds.json"),
+            "--out",
+            str(out),
+            "--containment",
+            "0.994",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 2 and not out.exists()
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("na64 calibrate: error:")]
+    assert "cross-check failed, nothing written" in line and "outer ring read +" in line
+    FIGURES["crosscheck_uniform_containment"] = line
 
 
 def test_time_offsets_follow_the_truth(cal: Campaign) -> None:
@@ -232,7 +209,8 @@ def test_constants_file_records_how_it_was_made(cal: Campaign) -> None:
     assert cal.constants.version == "e2e-v1" and cal.constants.run_min == 1 and cal.constants.run_max is None
     assert [s["step"] for s in prov["steps"]] == ["pedestals", "gains", "mip", "timing"]
     assert (
-        len(prov["steps"][0]["inputs"]) == 2 * SCAN_SPILLS and prov["steps"][1]["results"]["n_events"] > 10000
+        len(prov["steps"][0]["inputs"]) == 2 * campaign.SCAN_SPILLS
+        and prov["steps"][1]["results"]["n_events"] > 10000
     )
     assert all(s["software_version"] and s["git_hash"] for s in prov["steps"])
 
@@ -294,9 +272,14 @@ def test_status_finds_the_noisy_and_the_hot_channel(cal: Campaign, tmp_path: Pat
     out = tmp_path / "peds.json"
     assert main(["calibrate", "pedestals", str(cal.faults.data), "--out", str(out)]) == 0
     c = cc.load(out)
-    bad = {detector.channel_name(int(i)): cc.STATUS_NAMES[c.status[i]] for i in np.flatnonzero(c.status)}
+    bad = {
+        detector.channel_name(int(i)): cc.STATUS_NAMES[c.status[i]]
+        for i in np.flatnonzero((c.status != cc.GOOD) & (c.status != cc.UNDETERMINED))
+    }
     FIGURES["status_with_faults"] = bad
     assert bad == {"HCAL1_00": "noisy", "SRD1": "hot", "ECAL22": "dead"}
+    # pedestals alone: the gains and time offsets of every other channel are still nominal, and say so
+    assert (c.status == cc.UNDETERMINED).sum() == detector.N_CHANNELS - 3
     reasons = c.provenance["steps"][0]["results"]["status_reasons"]
     assert any(r.startswith("SRD1: hot") for r in reasons)
     assert any(r.startswith("ECAL22: dead") for r in reasons)
@@ -307,10 +290,13 @@ def test_gains_on_a_dask_cluster_equal_the_serial_result(cal: Campaign, tmp_path
     merged in file order; the constants are the serial ones, bit for bit."""
     pytest.importorskip("dask.distributed")
     dirs = [str(r.data) for r in cal.scan]
-    base = cal.path.parent / "1-peds.json"
-    common = ("--base", str(base), "--config", str(cal.containment), "--version", "same")
-    _calibrate("gains", *dirs, *common, "--out", str(tmp_path / "serial.json"))
-    _calibrate("gains", *dirs, *common, "--out", str(tmp_path / "dask.json"), "--workers", "2")
+    base = cal.path.parent / "peds.json"
+    common = ("--base", str(base), "--version", "same")
+    assert main(["calibrate", "gains", *dirs, *common, "--out", str(tmp_path / "serial.json")]) == 0
+    assert (
+        main(["calibrate", "gains", *dirs, *common, "--out", str(tmp_path / "dask.json"), "--workers", "2"])
+        == 0
+    )
     serial, parallel = cc.load(tmp_path / "serial.json"), cc.load(tmp_path / "dask.json")
     np.testing.assert_array_equal(parallel.gain, serial.gain)
     np.testing.assert_array_equal(parallel.errors["gain"], serial.errors["gain"])
