@@ -2,7 +2,8 @@
 wire protocol (``na64 simulate``). Imports only the bottom layer (``daq.detector``, ``daq.protocol``,
 ``daq.config``, ``daq.errors``).
 
-Modules: :mod:`~simulator.config` (settings), :mod:`~simulator.physics` (particles and deposits),
+Modules: :mod:`~simulator.config` (settings), :mod:`~simulator.physics` (the model: :mod:`~simulator.beam`,
+:mod:`~simulator.rare` processes, :mod:`~simulator.response` of the detector, :mod:`~simulator.particles`),
 :mod:`~simulator.showers` (lateral templates), :mod:`~simulator.zprime` (signal physics),
 :mod:`~simulator.electronics` (gains, pedestals, pulses, digitisation), :mod:`~simulator.faults`,
 :mod:`~simulator.frontend` (slices, latency buffer, readout), :mod:`~simulator.service` (ZeroMQ, pacing),

@@ -280,7 +280,7 @@ class FrontEnd:
         n = len(batch)
         noise = self.prim_noise
         scale = state.gain32[prim]
-        shares = self.model.pooled_shares(batch, scale) if self.fused_primitives else None
+        shares = self.model.response.pooled_shares(batch, scale) if self.fused_primitives else None
         if (
             shares is None
             or self._noisy_prim
@@ -292,16 +292,16 @@ class FrontEnd:
 
         pool_ecal, pool_prs, so = shares
         out = np.empty((prim.size, n), np.uint16)
-        ratio = self.model.gain_ratio(scale)
+        ratio = self.model.response.gain_ratio(scale)
         ratio_rows = np.ones(prim.size, np.float32) if ratio is None else ratio
         sat32 = state.saturation[prim].astype(np.float32)  # inf where nothing saturates: min() no-op
-        ecal_t, prs_t = self.model.special_templates()
+        ecal_t, prs_t = self.model.response.special_templates()
         max_counts = (detector.ADC_MAX - state.pedestal_even[prim]).astype(np.float32)
         nc = N_COUNTERS
         for c0 in range(0, n, PRIM_BLOCK):  # the blocks (and noise offsets) of the reference
             c1 = min(c0 + PRIM_BLOCK, n)
             o = noise.offset(c1 - c0)
-            special = self.model.special_index(batch, (c0, c1))
+            special = self.model.response.special_index(batch, (c0, c1))
             proc = batch.process[c0:c1][special]
             kernels.primitives_fused(
                 batch.counters,
@@ -347,7 +347,7 @@ class FrontEnd:
         for c0 in range(0, n, PRIM_BLOCK):
             c1 = min(c0 + PRIM_BLOCK, n)
             heights = self._work[:, : c1 - c0]
-            self.model.primitives(batch, scale, out=heights, cols=(c0, c1))
+            self.model.response.primitives(batch, scale, out=heights, cols=(c0, c1))
             if saturates:
                 np.minimum(heights, sat32, out=heights)
             for row in hot:

@@ -292,7 +292,7 @@ def primitives_fused(
     ``out`` (R = 5 + 2 x 12, n) = uint16(clip(min(h, sat) + pool[:, offset : offset + n], 0, max_counts))
     with h = ``counters[:, c0 : c0 + n]`` x ``c_scale`` (counter rows) and shares[:, so : so + n] x
     energy x ``ratio`` (ECAL then PRS block rows) -- the float32 operations of
-    :meth:`simulator.physics.BeamModel.primitives` followed by
+    :meth:`simulator.response.DetectorResponse.primitives` followed by
     :func:`simulator.electronics.digitise_primitives`, in the same order (bit for bit; the ratio is
     ones when the gains are unchanged, ``sat`` inf when nothing saturates: both exact no-ops).
 
@@ -420,7 +420,7 @@ def bulk_electrons(
     """(e_beam, e_prs, e_ecal, counters (5, n)) of bulk electrons from their pooled factors in one pass:
     e_tot = shower x e_beam, e_prs = share x e_tot (both clamped at 0 if ``clamp``), e_ecal = e_tot -
     e_prs, counters = unit x mask (S0 S2 S3: ``s_mask``, V1 V2: ``v_mask``) -- the float32 operations of
-    :meth:`simulator.physics.BeamModel.generate`'s numpy path in the same order (bit for bit)."""
+    :meth:`simulator.beam.BulkBeam.electrons`' numpy path in the same order (bit for bit)."""
     n = eb.shape[0]
     if (
         sh.shape != (n,)
@@ -463,7 +463,7 @@ def _arrivals(
 
 
 def arrival_chunk(gaps: np.ndarray, last: int, end: float, k: int, t0: int) -> tuple[np.ndarray, int, bool]:
-    """One chunk of :func:`simulator.physics.arrival_times` in one pass: the running sum of the int32
+    """One chunk of :func:`simulator.beam.arrival_times` in one pass: the running sum of the int32
     ``gaps`` after ``last`` up to (not including) the first value >= ``end``, each scaled to ns as
     ((sum x k) >> 24) + t0 (int64, as the numpy code). Returns (times, running sum, reached end)."""
     out = np.empty(gaps.shape[0], np.int64)
