@@ -52,7 +52,17 @@ def register(sub: Any) -> None:
     p.add_argument("--run", dest="run_number", type=int, default=1, help="run number")
     p.add_argument("--seed", type=int, default=None, help="simulator random seed")
     p.add_argument(
-        "--signal", default=None, help="inject a Z' signal, MODEL:MASS_MEV:COUPLING:RATE_PER_1E9EOT"
+        "--signal",
+        default=None,
+        metavar="MODEL:MASS_MEV:COUPLING",
+        help="inject a Z' signal (yield from the model, mass and coupling; see na64 simulate --help)",
+    )
+    p.add_argument(
+        "--signal-boost",
+        type=float,
+        default=None,
+        metavar="X",
+        help="multiply the Z' yield by X so that a short run shows signal (na64 simulate --signal-boost)",
     )
     p.add_argument("--fault", action="append", default=[], help="simulator fault NAME[:ARGS] (repeatable)")
     p.add_argument("--linger", type=float, default=3.0, help="seconds the DQM stays up after the last spill")
@@ -198,6 +208,8 @@ def run(args: argparse.Namespace) -> int:
             sim_args += ["--seed", str(args.seed)]
         if args.signal:
             sim_args += ["--signal", args.signal]
+        if args.signal_boost is not None:
+            sim_args += ["--signal-boost", repr(args.signal_boost)]
         for fault in args.fault:
             sim_args += ["--fault", fault]
         sim = Child("simulate", sim_args)

@@ -155,6 +155,21 @@ class EcalConfig:
     lambda_int_mm: float = 288.0  # nuclear interaction length of 1.5 mm Pb / 1.5 mm Sc [est]
     length_mm: float = 450.0  # 150 layers x 3 mm = 40 X0 [paper]
     prs_length_mm: float = 45.0  # first 4 X0 [paper]
+    # the active target for Z' production: 1.5 mm Pb + 1.5 mm scintillator layers [paper]; material
+    # constants from the PDG tables (Pb; polyvinyltoluene) [lit]
+    absorber_mm: float = 1.5
+    absorber_z: float = 82.0
+    absorber_a: float = 207.2
+    absorber_density_g_cm3: float = 11.35
+    absorber_x0_mm: float = 5.612
+    scintillator_mm: float = 1.5
+    scintillator_density_g_cm3: float = 1.032
+    scintillator_z_over_a: float = 0.5414
+    scintillator_x0_mm: float = 425.4
+    # longitudinal shower profile (PDG gamma-function fit): t_max = ln(E/E_c) - 0.5 (electrons), b [lit];
+    # E_c of the sandwich = ionisation loss per X0 of the layer mix [est]
+    critical_energy_mev: float = 8.0
+    profile_b: float = 0.5
 
     def __post_init__(self) -> None:
         for name in (
@@ -174,8 +189,20 @@ class EcalConfig:
             "lambda_int_mm",
             "length_mm",
             "prs_length_mm",
+            "absorber_mm",
+            "absorber_z",
+            "absorber_a",
+            "absorber_density_g_cm3",
+            "absorber_x0_mm",
+            "scintillator_density_g_cm3",
+            "scintillator_z_over_a",
+            "scintillator_x0_mm",
+            "critical_energy_mev",
+            "profile_b",
         ):
             _positive(name, getattr(self, name))
+        if self.scintillator_mm < 0:
+            raise ValueError(f"scintillator_mm must be >= 0 (got {self.scintillator_mm})")
         _fraction("constant", self.constant, 0.5)
         for name in ("core_weight", "prs_core_weight", "hadron_core_weight"):
             _fraction(name, getattr(self, name))
@@ -189,6 +216,31 @@ class EcalConfig:
     def resolution(self, e_gev: float) -> float:
         """Relative energy resolution sigma_E/E at energy ``e_gev``."""
         return math.hypot(self.stochastic / math.sqrt(e_gev), self.constant)
+
+    @property
+    def x0_per_layer(self) -> float:
+        """Radiation lengths of one absorber + scintillator layer."""
+        return self.absorber_mm / self.absorber_x0_mm + self.scintillator_mm / self.scintillator_x0_mm
+
+    @property
+    def mm_per_x0(self) -> float:
+        """Depth (mm) of one radiation length of the sandwich."""
+        return (self.absorber_mm + self.scintillator_mm) / self.x0_per_layer
+
+    @property
+    def nuclei_per_cm2_x0(self) -> float:
+        """Absorber nuclei per cm^2 along one X0 of path (the Z^2 of the scintillator's C and H adds
+        below 0.1% to bremsstrahlung and is left out)."""
+        per_layer = self.absorber_density_g_cm3 * 6.02214076e23 / self.absorber_a * self.absorber_mm / 10
+        return per_layer / self.x0_per_layer
+
+    @property
+    def electrons_per_cm2_x0(self) -> float:
+        """Atomic electrons (absorber and scintillator) per cm^2 along one X0 of path."""
+        na = 6.02214076e23
+        pb = self.absorber_density_g_cm3 * na * self.absorber_z / self.absorber_a * self.absorber_mm / 10
+        sc = self.scintillator_density_g_cm3 * na * self.scintillator_z_over_a * self.scintillator_mm / 10
+        return (pb + sc) / self.x0_per_layer
 
 
 @dataclass(frozen=True)
@@ -209,6 +261,10 @@ class HcalConfig:
     # "central" (on the beam axis) or "uniform" (each particle one of the 9, like a halo/scan muon
     # beam for the MIP calibration of every cell)
     track_cells: Literal["central", "uniform"] = "central"
+    # along the beam, from the ECAL face: where the first module starts [est] and the module length
+    # (60x60x163 cm3 [paper]); a Z' decaying beyond the last module is invisible
+    z_start_mm: float = 600.0
+    module_length_mm: float = 1630.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -218,6 +274,8 @@ class HcalConfig:
             "pion_lambda_factor",
             "kaon_lambda_factor",
             "antiproton_lambda_factor",
+            "z_start_mm",
+            "module_length_mm",
         ):
             _positive(name, getattr(self, name))
         _fraction("constant", self.constant, 0.5)
@@ -236,9 +294,10 @@ class VetoConfig:
     mip_mev: float = 10.0  # 1 MIP per slab [est]
     mip_width: float = 0.15
     attenuation_mm: float = 600.0  # light attenuation: the two PMTs see E*exp(-+x/L); sqrt(a1 a2) = E
+    z_mm: float = 500.0  # its front face along the beam, from the ECAL face [est]
 
     def __post_init__(self) -> None:
-        for name in ("mip_mev", "mip_width", "attenuation_mm"):
+        for name in ("mip_mev", "mip_width", "attenuation_mm", "z_mm"):
             _positive(name, getattr(self, name))
 
 
@@ -351,30 +410,48 @@ class ReadoutConfig:
 
 @dataclass(frozen=True)
 class SignalConfig:
-    """Z' -> invisible signal injection (``--signal MODEL:MASS_MEV:COUPLING:RATE_PER_1E9EOT``)."""
+    """Z' signal injection (``--signal MODEL:MASS_MEV:COUPLING``, ``--signal-boost X``).
+
+    The number of Z' per electron on target follows from the model, mass and coupling (bremsstrahlung and
+    resonant annihilation in the ECAL, see docs/simulator.md), times ``boost``."""
 
     enabled: bool = False
     model: str = "B-L"  # B-L, B-3L_e, B-2L_e-L_mu, B-L_e-2L_mu
     mass_mev: float = 100.0
     coupling: float = 1e-4  # g
-    rate_per_1e9_eot: float = 0.0  # produced Z' per 1e9 electrons on target (before the invisible BR)
-    resonant_fraction: float = -1.0  # share made by resonant annihilation; < 0: 0.3 when E_R < E_beam
+    boost: float = 1.0  # the physical yield is multiplied by this, so that a short run shows signal
+    # Z' below this energy are not made: their missing energy hides in the electron peak (and the trigger's
+    # E_ECAL < 80 GeV rejects them); yields are quoted above it. 1 GeV .. beam energy
+    min_energy_gev: float = 10.0
     dm_mass_mev: float = 0.0  # scalar dark matter chi; 0 = no dark-matter channel
     dm_charge: float = 1.0
     resonant_smear: float = 0.02  # relative broadening of E_R by the motion of atomic electrons [est]
+    # removed (issue 15): the rate and the resonant share follow from the physics now
+    rate_per_1e9_eot: float | None = None
+    resonant_fraction: float | None = None
 
     def __post_init__(self) -> None:
         from simulator import zprime
 
+        if self.rate_per_1e9_eot is not None:
+            raise ValueError(
+                "rate_per_1e9_eot was removed: the Z' yield now follows from the model, mass and coupling; "
+                "use signal.boost (--signal-boost) to scale it"
+            )
+        if self.resonant_fraction is not None:
+            raise ValueError(
+                "resonant_fraction was removed: the resonant share now follows from the positron track "
+                "length at E_R and so from the mass"
+            )
         if self.model not in zprime.CHARGES:
             raise ValueError(f"unknown model {self.model!r} (known: {', '.join(zprime.CHARGES)})")
         _positive("mass_mev", self.mass_mev)
         if not 0 < self.coupling < 1:
             raise ValueError(f"coupling must be in (0, 1) (got {self.coupling})")
-        if not 0 <= self.rate_per_1e9_eot <= 1e8:
-            raise ValueError(f"rate_per_1e9_eot must be in [0, 1e8] (got {self.rate_per_1e9_eot})")
-        if self.resonant_fraction > 1:
-            raise ValueError(f"resonant_fraction must be <= 1 (got {self.resonant_fraction})")
+        if not 0 < self.boost <= 1e15:
+            raise ValueError(f"boost must be in (0, 1e15] (got {self.boost})")
+        if not self.min_energy_gev >= 1.0:
+            raise ValueError(f"min_energy_gev must be >= 1 GeV (got {self.min_energy_gev})")
         if self.dm_mass_mev < 0:
             raise ValueError("dm_mass_mev must be >= 0")
         _fraction("resonant_smear", self.resonant_smear, 0.5)
@@ -405,6 +482,20 @@ class SimConfig:
             raise ValueError(f"run must be in [0, 2**32) (got {self.run})")
         if self.readout.latency_buffer_s * 1000 < 2 * self.readout.slice_ms:
             raise ValueError("readout.latency_buffer_s must hold at least two slices")
+        if self.signal.enabled and self.signal.min_energy_gev >= self.beam.energy_gev:
+            raise ValueError(
+                f"signal.min_energy_gev ({self.signal.min_energy_gev}) must be below the beam energy "
+                f"({self.beam.energy_gev} GeV)"
+            )
+        if self.signal.enabled and self.signal.mass_mev >= self.beam.energy_gev * 1000:
+            raise ValueError(
+                f"signal.mass_mev ({self.signal.mass_mev}) is beyond the reach of a "
+                f"{self.beam.energy_gev} GeV beam"
+            )
+        if self.hcal.z_start_mm <= self.ecal.length_mm or not (
+            self.ecal.length_mm < self.veto.z_mm < self.hcal.z_start_mm
+        ):
+            raise ValueError("need ecal.length_mm < veto.z_mm < hcal.z_start_mm (along the beam)")
         from simulator import faults
 
         try:

@@ -33,6 +33,7 @@ from simulator.electronics import (
     waveforms,
 )
 from simulator.faults import FaultSet, SliceState, parse_faults
+from simulator.particles import ZPrimeTruth
 from simulator.physics import (
     ECAL_PROFILE,
     N_COUNTERS,
@@ -75,6 +76,10 @@ class SpillCounters:
     n_fragments: int = 0
     n_events_read: int = 0
     n_particles: int = 0
+    n_signal: int = 0  # Z' made by the particles sent (any decay)
+    n_signal_missing: int = (
+        0  # of them with a missing-energy signature (invisible, or decayed beyond the HCAL)
+    )
     n_random: int = 0  # random-trigger windows read
     n_expired: int = 0  # requests for slices no longer in the latency buffer (header-only answers)
     n_unknown: int = 0  # requests for slices never sent (header-only answers)
@@ -103,6 +108,25 @@ class SpillCounters:
         if not self.closed:
             return slice_id in self.sent
         return 0 <= slice_id <= self.last_sent and slice_id not in self.stalled_ids
+
+
+def zprime_rows(batch: Batch) -> dict[str, np.ndarray]:
+    """Per-particle Z' truth columns of ``batch`` (zp_mode 0 and NaN where the particle made none)."""
+    n = len(batch)
+    out: dict[str, np.ndarray] = {
+        "zp_mode": np.zeros(n, np.uint8),
+        "zp_emitter": np.zeros(n, np.uint8),
+        "zp_depth_x0": np.full(n, np.nan, np.float32),
+        "zp_x": np.full(n, np.nan, np.float32),
+        "zp_energy_gev": np.full(n, np.nan, np.float32),
+        "zp_decay": np.zeros(n, np.uint8),
+        "zp_decay_z_mm": np.full(n, np.nan, np.float32),
+    }
+    zp = batch.zprime
+    if zp is not None:
+        for name in ZPrimeTruth.ROWS:
+            out[f"zp_{name}"][zp.index] = getattr(zp, name)
+    return out
 
 
 def detector_rng(seed: int) -> np.random.Generator:
@@ -189,14 +213,10 @@ class FrontEnd:
             "signal": self.signal_info(),
         }
 
-    def signal_info(self) -> dict[str, float] | None:
-        if self.model.brems is None:
-            return None
-        return {
-            "br_invisible": self.model.signal_br_invisible,
-            "total_width_mev": self.model.signal_total_width,
-            "resonant_fraction": self.model.resonant_fraction,
-        }
+    def signal_info(self) -> dict[str, object] | None:
+        """The injected Z' signal: model, coupling, boost and the expected yields (None without)."""
+        signal = self.model.signal
+        return None if signal is None else signal.info()
 
     def run_start(self) -> protocol.RunStart:
         info = json.dumps(self.info(), default=str)
@@ -367,6 +387,10 @@ class FrontEnd:
         c = self.counters[spill]
         c.n_slices += 1
         c.n_particles += len(rec.batch)
+        zp = rec.batch.zprime
+        if zp is not None:
+            c.n_signal += len(zp)
+            c.n_signal_missing += int(rec.batch.signal[zp.index].sum())
         c.sent.add(slice_id)
         c.outstanding += 1
         c.last_sent = max(c.last_sent, slice_id)
@@ -580,6 +604,7 @@ class FrontEnd:
             "signal": sub.signal.astype(np.uint8),
             "e_miss_gev": sub.e_miss.copy(),
         }
+        row.update(zprime_rows(sub))
         for name, ids in (
             ("ecal", detector.ECAL_IDS),
             ("prs", detector.PRS_IDS),

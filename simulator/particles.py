@@ -2,7 +2,8 @@
 
 A :class:`Batch` holds what the beam and the rare processes made of each particle: kind, process, beam
 energy, impact point, the energies that reach the PRS, ECAL and HCAL, missing energy and the five counter
-deposits; :data:`ECAL_PROFILE` / :data:`PRS_PROFILE` map a process to its lateral shower template.
+deposits; :data:`ECAL_PROFILE` / :data:`PRS_PROFILE` map a process to its lateral shower template. The few
+particles that made a Z' carry its truth in a sparse side table (:class:`ZPrimeTruth`).
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ class Process(IntEnum):
     RADIATIVE = 1  # lost energy upstream
     ELECTRONUCLEAR = 2  # hard photo-nuclear interaction in the ECAL: hadrons into VETO/HCAL
     DIMUON = 3  # gamma -> mu+ mu- in the target
-    SIGNAL_BREMS = 4  # Z' bremsstrahlung, invisible decay
-    SIGNAL_RESONANT = 5  # e+ e- -> Z' on atomic electrons, invisible decay
-    SIGNAL_VISIBLE = 6  # Z' produced but decayed visibly (to e+ e-) inside the ECAL
+    SIGNAL_BREMS = 4  # Z' bremsstrahlung; missing energy (invisible decay, or decay beyond the HCAL)
+    SIGNAL_RESONANT = 5  # e+ e- -> Z' on atomic electrons; missing energy (as above)
+    SIGNAL_VISIBLE = 6  # Z' (either way) decayed visibly (ee, mumu, hadrons) before the end of the HCAL
     HADRON_EARLY = 7  # hadron interacting in the PRS
     HADRON_SHOWER = 8  # hadron interacting in the ECAL after the PRS
     HADRON_MIP = 9  # hadron crossing the ECAL without interacting
@@ -56,6 +57,82 @@ ECAL_PROFILE = np.array(
 PRS_PROFILE = np.array(
     [Profile.EM_PRS] * 7 + [Profile.EM_PRS, Profile.MIP, Profile.MIP, Profile.MIP], dtype=np.intp
 )
+
+
+class Production(IntEnum):
+    """How a Z' was made (truth ``zp_mode``)."""
+
+    NONE = 0
+    BREMS = 1  # e Z -> e Z Z' by a beam or shower e+-
+    RESONANT = 2  # e+ e- -> Z' by a shower positron on an atomic electron
+
+
+class Emitter(IntEnum):
+    """The particle that made the Z' (truth ``zp_emitter``)."""
+
+    NONE = 0
+    BEAM_ELECTRON = 1
+    SHOWER_ELECTRON = 2
+    SHOWER_POSITRON = 3
+
+
+class Decay(IntEnum):
+    """How a Z' decayed (truth ``zp_decay``); where is ``zp_decay_z_mm``."""
+
+    NONE = 0
+    INVISIBLE = 1  # neutrinos (or dark matter)
+    EE = 2
+    MUMU = 3
+    HADRONS = 4
+    TAUTAU = 5
+
+
+@dataclass
+class ZPrimeTruth:
+    """Truth of the Z' made by some particles of a batch (sparse: one row per Z', ``index`` = the
+    particle's position in the batch, sorted)."""
+
+    index: np.ndarray  # int64
+    mode: np.ndarray  # uint8 Production
+    emitter: np.ndarray  # uint8 Emitter
+    depth_x0: np.ndarray  # float32 emission depth in the ECAL (radiation lengths from its face)
+    x: np.ndarray  # float32 Z' energy / emitter energy (1 for resonant production)
+    energy_gev: np.ndarray  # float32 Z' energy
+    decay: np.ndarray  # uint8 Decay
+    decay_z_mm: np.ndarray  # float32 decay point along the beam, from the ECAL face
+
+    ROWS = ("mode", "emitter", "depth_x0", "x", "energy_gev", "decay", "decay_z_mm")
+
+    def __len__(self) -> int:
+        return int(self.index.size)
+
+    def rows(self, sel: np.ndarray | slice, index: np.ndarray) -> ZPrimeTruth:
+        """Rows ``sel`` (positions or mask) renumbered to batch positions ``index``."""
+        return ZPrimeTruth(index.astype(np.int64), **{k: getattr(self, k)[sel] for k in self.ROWS})
+
+    def take(self, positions: np.ndarray) -> ZPrimeTruth | None:
+        """The truth of the particles at batch ``positions`` (any order), renumbered to their order there."""
+        positions = np.asarray(positions)
+        if positions.dtype == bool:
+            positions = np.flatnonzero(positions)
+        if not self.index.size:
+            return None
+        at = np.minimum(np.searchsorted(self.index, positions), self.index.size - 1)
+        hit = self.index[at] == positions
+        if not hit.any():
+            return None
+        return self.rows(at[hit], np.flatnonzero(hit))
+
+    @staticmethod
+    def concat(parts: list[tuple[ZPrimeTruth | None, int]]) -> ZPrimeTruth | None:
+        """One table from (table, offset of its batch) pairs."""
+        real = [(t, o) for t, o in parts if t is not None and len(t)]
+        if not real:
+            return None
+        return ZPrimeTruth(
+            np.concatenate([t.index + o for t, o in real]),
+            **{k: np.concatenate([getattr(t, k) for t, _ in real]) for k in ZPrimeTruth.ROWS},
+        )
 
 
 @dataclass
@@ -79,6 +156,8 @@ class Batch:
     origin: tuple[SpotPool, int, int] | None = None
     #: sorted indices of the particles that are not bulk electrons (None: unknown), not copied either
     special: np.ndarray | None = None
+    #: truth of the Z' made in this batch (None: none)
+    zprime: ZPrimeTruth | None = None
 
     def __len__(self) -> int:
         return int(self.kind.shape[0])
@@ -90,6 +169,8 @@ class Batch:
             if value is None:
                 continue
             out[name] = value[:, index] if name == "counters" else value[index]
+        if self.zprime is not None:
+            out["zprime"] = self.zprime.take(index)
         return Batch(**out)
 
     @property
@@ -98,7 +179,7 @@ class Batch:
         return (self.process == Process.SIGNAL_BREMS) | (self.process == Process.SIGNAL_RESONANT)
 
 
-_NOT_COPIED = ("origin", "special")
+_NOT_COPIED = ("origin", "special", "zprime")
 
 
 def concat(batches: list[Batch]) -> Batch:
@@ -112,4 +193,6 @@ def concat(batches: list[Batch]) -> Batch:
             out[f.name] = None
         else:
             out[f.name] = np.concatenate(parts, axis=1 if f.name == "counters" else 0)
-    return Batch(**out)  # type: ignore[arg-type]
+    offsets = np.cumsum([0] + [len(b) for b in batches])[:-1]
+    zp = ZPrimeTruth.concat([(b.zprime, int(o)) for b, o in zip(batches, offsets, strict=True)])
+    return Batch(**out, zprime=zp)  # type: ignore[arg-type]

@@ -35,6 +35,7 @@ from simulator.particles import (
 from simulator.rare import RareProcesses, bernoulli_positions
 from simulator.response import DetectorResponse
 from simulator.showers import Grid, Profile
+from simulator.zprime_signal import ZPrimeSignal
 
 __all__ = [
     "ECAL_PROFILE",
@@ -113,20 +114,9 @@ class BeamModel:
         self.beam.fused_generate = value
 
     @property
-    def brems(self) -> object:
-        return self.rare.brems
-
-    @property
-    def signal_total_width(self) -> float:
-        return self.rare.signal_total_width
-
-    @property
-    def signal_br_invisible(self) -> float:
-        return self.rare.signal_br_invisible
-
-    @property
-    def resonant_fraction(self) -> float:
-        return self.rare.resonant_fraction
+    def signal(self) -> ZPrimeSignal | None:
+        """The injected Z' signal (yields, branching ratios), or None."""
+        return self.rare.signal
 
 
 @functools.lru_cache(maxsize=8)

@@ -13,9 +13,9 @@ import numpy as np
 
 from daq import detector
 from simulator import randoms as rnd
-from simulator import zprime
 from simulator.config import SimConfig
-from simulator.particles import Batch, Kind, Process
+from simulator.particles import Batch, Kind, Process, ZPrimeTruth
+from simulator.zprime_signal import MAX_PER_ELECTRON, for_config
 
 N_COUNTERS = len(detector.COUNTER_NAMES)
 #: rare particles are drawn ahead in blocks of at least this many
@@ -29,28 +29,11 @@ class RareProcesses:
 
     def __init__(self, config: SimConfig) -> None:
         self.config = config
+        #: the Z' signal, when injected
+        self.signal = for_config(config) if config.signal.enabled else None
         self._rare = self._table()
         empty = {name: np.zeros(0) for name in self._RARE_FIELDS}
-        self._rare_queue: tuple[dict[str, np.ndarray], int] = (empty, 0)
-        sig = config.signal
-        self.brems: zprime.BremsSampler | None = None
-        self.signal_total_width = 0.0
-        self.signal_br_invisible = 0.0
-        self.resonant_fraction = 0.0
-        if sig.enabled and sig.rate_per_1e9_eot > 0:
-            dm = sig.dm_mass_mev if sig.dm_mass_mev > 0 else None
-            widths = zprime.partial_widths(sig.model, sig.mass_mev, sig.coupling, dm, sig.dm_charge)
-            self.signal_total_width = zprime.total_width(widths)
-            self.signal_br_invisible = zprime.invisible_branching_ratio(
-                sig.model, sig.mass_mev, sig.coupling, dm, sig.dm_charge
-            )
-            self.brems = zprime.BremsSampler(sig.mass_mev, config.beam.energy_gev)
-            e_r = zprime.resonant_energy_gev(sig.mass_mev)
-            allowed = e_r < config.beam.energy_gev * 0.98
-            if sig.resonant_fraction >= 0:
-                self.resonant_fraction = sig.resonant_fraction if allowed else 0.0
-            else:
-                self.resonant_fraction = 0.3 if allowed else 0.0
+        self._rare_queue: tuple[dict[str, np.ndarray], ZPrimeTruth | None, int] = (empty, None, 0)
 
     # ------------------------------------------------------------ rare categories
     def _table(self) -> tuple[np.ndarray, np.ndarray]:
@@ -69,9 +52,14 @@ class RareProcesses:
             (Process.ELECTRONUCLEAR, p_e * c.tails.electronuclear_fraction),
             (Process.DIMUON, p_e * c.tails.dimuon_fraction),
         ]
-        if c.signal.enabled and c.signal.rate_per_1e9_eot > 0:
-            p_sig = p_e * c.signal.rate_per_1e9_eot * 1e-9
-            cats.append((Process.SIGNAL_BREMS, p_sig))  # split into resonant/visible in _signal
+        if self.signal is not None:
+            p_sig = self.signal.produced_per_eot * c.signal.boost
+            if p_sig > MAX_PER_ELECTRON:
+                raise ValueError(
+                    f"signal.boost {c.signal.boost:g} makes {p_sig:.3g} Z' per electron (physical yield "
+                    f"{self.signal.produced_per_eot:.3g}); at most {MAX_PER_ELECTRON} is allowed"
+                )
+            cats.append((Process.SIGNAL_BREMS, p_e * p_sig))  # production and decay drawn in _signal
         codes = np.array([k for k, p in cats if p > 0], dtype=np.int64)
         probs = np.array([p for k, p in cats if p > 0], dtype=np.float64)
         return codes, probs
@@ -100,20 +88,29 @@ class RareProcesses:
         numpy calls per category."""
         m = idx.size
         done = 0
+        zp: list[ZPrimeTruth] = []
         while done < m:
-            values, cursor = self._rare_queue
+            values, truth, cursor = self._rare_queue
             size = values["kind"].size
             if cursor >= size:
-                self._rare_queue = (self._draw_rare_block(max(RARE_BLOCK, 4 * m), rng), 0)
+                self._rare_queue = (*self._draw_rare_block(max(RARE_BLOCK, 4 * m), rng), 0)
                 continue
             k = min(m - done, size - cursor)
             at = idx[done : done + k]
             for name in self._RARE_FIELDS:
                 getattr(b, name)[at] = values[name][cursor : cursor + k]
-            self._rare_queue = (values, cursor + k)
+            if truth is not None:
+                lo, hi = np.searchsorted(truth.index, (cursor, cursor + k))
+                if hi > lo:
+                    zp.append(truth.rows(slice(lo, hi), at[truth.index[lo:hi] - cursor]))
+            self._rare_queue = (values, truth, cursor + k)
             done += k
+        if zp:
+            b.zprime = ZPrimeTruth.concat([(t, 0) for t in zp])
 
-    def _draw_rare_block(self, size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def _draw_rare_block(
+        self, size: int, rng: np.random.Generator
+    ) -> tuple[dict[str, np.ndarray], ZPrimeTruth | None]:
         c = self.config
         codes, probs = self._rare
         cat = codes[rng.choice(codes.size, size, p=probs / probs.sum())]
@@ -132,7 +129,7 @@ class RareProcesses:
             counters=np.zeros((N_COUNTERS, size), np.float32),
         )
         self._apply_rare(tmp, np.arange(size), cat, rng)
-        return {name: getattr(tmp, name) for name in self._RARE_FIELDS}
+        return {name: getattr(tmp, name) for name in self._RARE_FIELDS}, tmp.zprime
 
     # ------------------------------------------------------------ rare particles
     def _landau(
@@ -198,7 +195,10 @@ class RareProcesses:
 
         sel = cat == Process.SIGNAL_BREMS
         if sel.any():
-            self._signal(rng, sel, e_beam, e_prs, e_ecal, e_miss, proc)
+            where = np.flatnonzero(sel)
+            b.zprime = self._signal(rng, where, e_beam, e_prs, e_ecal, e_hcal, e_miss, proc).rows(
+                slice(None), idx[where]
+            )
 
         sel = (cat == 100 + Kind.PION) | (cat == 100 + Kind.KAON) | (cat == 100 + Kind.ANTIPROTON)
         if sel.any():
@@ -232,36 +232,21 @@ class RareProcesses:
     def _signal(
         self,
         rng: np.random.Generator,
-        sel: np.ndarray,
+        where: np.ndarray,
         e_beam: np.ndarray,
         e_prs: np.ndarray,
         e_ecal: np.ndarray,
+        e_hcal: np.ndarray,
         e_miss: np.ndarray,
         proc: np.ndarray,
-    ) -> None:
-        assert self.brems is not None
-        where = np.flatnonzero(sel)
-        m = where.size
-        u = rng.random(m)
-        resonant = u < self.resonant_fraction
-        visible = rng.random(m) >= self.signal_br_invisible
-        e = e_beam[where]
-        miss = np.zeros(m)
-        nb = int((~resonant).sum())
-        if nb:
-            miss[~resonant] = self.brems.sample(nb, rng) * e[~resonant]
-        nr = int(resonant.sum())
-        if nr:
-            sig = self.config.signal
-            er = zprime.sample_resonant_missing_energy(
-                nr, rng, sig.mass_mev, self.signal_total_width, sig.resonant_smear
-            )
-            miss[resonant] = np.clip(er, 0.0, e[resonant])
-        miss = np.where(visible, 0.0, miss)  # a visible decay (e+ e-) deposits its energy in the ECAL
-        prs, ecal = self._shower(rng, e - miss)
-        e_prs[where], e_ecal[where], e_miss[where] = prs, ecal, miss
-        proc[where] = np.where(
-            visible, Process.SIGNAL_VISIBLE, np.where(resonant, Process.SIGNAL_RESONANT, Process.SIGNAL_BREMS)
+    ) -> ZPrimeTruth:
+        """Electrons at ``where`` make a Z' (:meth:`ZPrimeSignal.draw`); its truth, indexed by ``where``."""
+        assert self.signal is not None
+        d = self.signal.draw(rng, e_beam[where])
+        e_prs[where], e_ecal[where], e_hcal[where], e_miss[where] = d.e_prs, d.e_ecal, d.e_hcal, d.e_miss
+        proc[where] = d.process
+        return ZPrimeTruth(
+            where.astype(np.int64), d.mode, d.emitter, d.depth_x0, d.x, d.energy_gev, d.decay, d.decay_z_mm
         )
 
     def _hadrons(

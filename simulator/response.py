@@ -17,7 +17,7 @@ from daq import detector
 from simulator import randoms as rnd
 from simulator import showers
 from simulator.config import SimConfig
-from simulator.particles import ECAL_PROFILE, PRS_PROFILE, Batch, Kind, Process
+from simulator.particles import ECAL_PROFILE, PRS_PROFILE, Batch, Decay, Kind, Process
 from simulator.showers import Profile
 
 if TYPE_CHECKING:
@@ -168,7 +168,8 @@ class DetectorResponse:
         """All channel deposits (float32 (K, 110), MeV on the EM scale) of the particles in ``b``.
 
         ``keys`` (uint64 per particle, :func:`simulator.randoms.particle_keys`) seed the secondaries
-        (SRD for everyone; HCAL and VETO for hadrons, muons, dimuons and electro-nuclear events).
+        (SRD for everyone; HCAL and VETO for hadrons, muons, dimuons, electro-nuclear events and Z'
+        decaying visibly: where a Z' decays inside the HCAL, its products start in that module).
         """
         c = self.config
         k = len(b)
@@ -215,15 +216,41 @@ class DetectorResponse:
         lat[rows, cell] = 0.0
         lat *= (1 - hc.central_share) / lat.sum(axis=1, keepdims=True)
         lat[rows, cell] = hc.central_share
+        decay, first = self._signal_decays(b)
+        shifted = np.flatnonzero(first > 0)
+        for f in np.unique(first[shifted]):  # a Z' decaying in module f: the shower starts there
+            rows_f = shifted[first[shifted] == f]
+            base = np.zeros(4)
+            base[f:] = np.asarray(hc.module_share)[: 4 - f]
+            sh = base[None, :] * np.exp(0.3 * _box_muller(u[rows_f, _U_HMOD]))
+            share[rows_f] = sh / sh.sum(axis=1, keepdims=True)
         cells = (b.e_hcal * 1000.0)[:, None, None] * share[:, :, None] * lat[:, None, :]
         n_mu = np.where(b.process == Process.MUON, 1, 0) + np.where(b.process == Process.DIMUON, 2, 0)
+        n_mu = n_mu + np.where(decay == Decay.MUMU, 2, 0)
         mips = np.flatnonzero(n_mu > 0)
         if mips.size:
             land = rnd.moyal_from_normal(_box_muller(u[mips][:, _U_HMIP]))
             per_mod = np.maximum(hc.mip_module_mev * (1 + hc.mip_width * land), 0.1 * hc.mip_module_mev)
             cells[mips] = 0.0
-            cells[mips, :, cell[mips]] = per_mod * n_mu[mips, None]
+            crossed = np.arange(4)[None, :] >= first[mips, None]  # modules after a Z' decay point
+            cells[mips, :, cell[mips]] = per_mod * n_mu[mips, None] * crossed
         return cells.astype(np.float32)
+
+    def _signal_decays(self, b: Batch) -> tuple[np.ndarray, np.ndarray]:
+        """Per particle: the Decay of a Z' that decayed visibly before the end of the HCAL (else 0) and the
+        first HCAL module its products reach (0 unless it decayed inside the HCAL)."""
+        decay = np.zeros(len(b), np.uint8)
+        first = np.zeros(len(b), np.intp)
+        zp = b.zprime
+        if zp is None:
+            return decay, first
+        vis = b.process[zp.index] == Process.SIGNAL_VISIBLE
+        at = zp.index[vis]
+        decay[at] = zp.decay[vis]
+        hc = self.config.hcal
+        k = np.floor((zp.decay_z_mm[vis].astype(np.float64) - hc.z_start_mm) / hc.module_length_mm)
+        first[at] = np.clip(k, 0, 3).astype(np.intp)
+        return decay, first
 
     def _veto(self, b: Batch, u: np.ndarray) -> np.ndarray:
         """(K, 6) VETO PMT deposits: slab energy E split as E exp(-+dx/L) between its two PMTs."""
@@ -236,6 +263,16 @@ class DetectorResponse:
         fixed = np.zeros(len(b))
         fixed[(p == Process.MUON) | (p == Process.HADRON_MIP)] = 1
         fixed[p == Process.DIMUON] = 2
+        zp = b.zprime
+        if zp is not None:  # Z' decay products that cross the VETO: charged pairs, hadron showers
+            vis = p[zp.index] == Process.SIGNAL_VISIBLE
+            at, dec, z = zp.index[vis], zp.decay[vis], zp.decay_z_mm[vis]
+            before = z < vc.z_mm
+            pair = before & ((dec == Decay.MUMU) | ((dec == Decay.EE) & (z >= self.config.ecal.length_mm)))
+            fixed[at[pair]] = 2
+            had = before & ((dec == Decay.HADRONS) | (dec == Decay.TAUTAU))
+            mean_n[at[had]] = 1.5
+            n_mip = _poisson_from_uniform(u[:, _U_VN], mean_n[:, None])
         n_mip = np.where(fixed[:, None] > 0, fixed[:, None], n_mip)
         land = rnd.moyal_from_normal(_box_muller(u[:, _U_VE]))
         e_slab = n_mip * np.maximum(vc.mip_mev * (1 + vc.mip_width * land), 0.1 * vc.mip_mev)
@@ -292,6 +329,7 @@ _DOWNSTREAM = np.array(
         Process.HADRON_SHOWER,
         Process.HADRON_MIP,
         Process.MUON,
+        Process.SIGNAL_VISIBLE,
     ],
     dtype=np.uint8,
 )

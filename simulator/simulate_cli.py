@@ -84,9 +84,19 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--signal",
         default=None,
-        metavar="MODEL:MASS_MEV:COUPLING:RATE_PER_1E9EOT",
-        help="inject Z' -> invisible signal, e.g. B-L:16.7:3e-4:1000 (models: B-L, B-3L_e, "
-        "B-2L_e-L_mu, B-L_e-2L_mu)",
+        metavar="MODEL:MASS_MEV:COUPLING",
+        help="inject a Z' of U(1)_{B-L} type, e.g. B-L:16.7:3e-4 (models: B-L, B-3L_e, B-2L_e-L_mu, "
+        "B-L_e-2L_mu): the number made per electron on target follows from the model, mass and coupling "
+        "g (bremsstrahlung and resonant annihilation in the ECAL, ~g^2 Q_e^2), each Z' decays by its "
+        "partial widths (invisibly, or to e+e-, mu+mu-, hadrons where its decay length lets it)",
+    )
+    p.add_argument(
+        "--signal-boost",
+        type=float,
+        default=None,
+        metavar="X",
+        help="multiply the physical Z' yield by X so that a short run shows signal; the file and the "
+        "truth record both (default 1)",
     )
     p.add_argument(
         "--fault",
@@ -112,21 +122,42 @@ def register(subparsers: Any) -> None:
 
 
 def parse_signal(text: str) -> dict[str, Any]:
-    """``MODEL:MASS_MEV:COUPLING:RATE_PER_1E9EOT`` -> signal config keys."""
+    """``MODEL:MASS_MEV:COUPLING`` -> signal config keys."""
     parts = text.split(":")
-    if len(parts) != 4:
-        raise ConfigError(f"--signal {text!r}: expected MODEL:MASS_MEV:COUPLING:RATE_PER_1E9EOT")
+    if len(parts) == 4:
+        raise ConfigError(
+            f"--signal {text!r}: the fourth field (a rate per 1e9 EOT) was removed: the Z' yield now "
+            "follows from the model, mass and coupling; give MODEL:MASS_MEV:COUPLING and scale the yield "
+            "with --signal-boost X"
+        )
+    if len(parts) != 3:
+        raise ConfigError(f"--signal {text!r}: expected MODEL:MASS_MEV:COUPLING, e.g. B-L:16.7:3e-4")
     try:
-        mass, coupling, rate = (float(v) for v in parts[1:])
+        mass, coupling = (float(v) for v in parts[1:])
     except ValueError:
-        raise ConfigError(f"--signal {text!r}: mass, coupling and rate must be numbers") from None
-    return {
-        "enabled": True,
-        "model": parts[0],
-        "mass_mev": mass,
-        "coupling": coupling,
-        "rate_per_1e9_eot": rate,
-    }
+        raise ConfigError(f"--signal {text!r}: mass and coupling must be numbers") from None
+    return {"enabled": True, "model": parts[0], "mass_mev": mass, "coupling": coupling}
+
+
+def check_signal(config: SimConfig) -> None:
+    """A Z' that cannot be made, or a boost that turns the beam into signal, is a user error."""
+    if not config.signal.enabled:
+        return
+    from simulator.zprime_signal import MAX_PER_ELECTRON, for_config
+
+    sig = config.signal
+    signal = for_config(config)
+    if signal.produced_per_eot <= 0:
+        raise ConfigError(
+            f"--signal {sig.model}:{sig.mass_mev:g}:{sig.coupling:g}: no Z' of {sig.mass_mev:g} MeV can be "
+            f"made above signal.min_energy_gev={sig.min_energy_gev:g} by a {config.beam.energy_gev:g} GeV beam"
+        )
+    injected = signal.produced_per_eot * sig.boost
+    if injected > MAX_PER_ELECTRON:
+        raise ConfigError(
+            f"--signal-boost {sig.boost:g}: {injected:.3g} Z' per electron (physical yield "
+            f"{signal.produced_per_eot:.3g} per EOT); the boost may make at most {MAX_PER_ELECTRON}"
+        )
 
 
 def parse_cells(text: str, flag: str) -> list[list[int]]:
@@ -180,10 +211,16 @@ def build_config(args: argparse.Namespace) -> SimConfig:
     if args.signal:
         for k, v in parse_signal(args.signal).items():
             overrides[f"signal.{k}"] = v
+    if args.signal_boost is not None:
+        overrides["signal.boost"] = args.signal_boost
     data = daq_config.load_toml(args.config) if args.config else {}
     if args.fault:
         overrides["faults"] = [*data.get("faults", []), *args.fault]
-    return daq_config.from_dict(SimConfig, daq_config.with_overrides(data, overrides))
+    config = daq_config.from_dict(SimConfig, daq_config.with_overrides(data, overrides))
+    if args.signal_boost is not None and not config.signal.enabled:
+        raise ConfigError("--signal-boost needs a signal (--signal MODEL:MASS_MEV:COUPLING)")
+    check_signal(config)
+    return config
 
 
 def run(args: argparse.Namespace) -> int:
@@ -209,6 +246,7 @@ def run(args: argparse.Namespace) -> int:
         tune_allocator()
         service = Service(config, args.endpoint, n_spills=args.spills)
         holder.append(service)
+        _log_signal(service.fe.signal_info(), config)
         if stopping:
             service.request_stop()
         if args.truth:
@@ -219,6 +257,28 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(s, h)
         if writer is not None:
             writer.close()
+
+
+def _log_signal(info: dict[str, Any] | None, config: SimConfig) -> None:
+    if info is None:
+        return
+    per_spill = config.beam.rate_hz * config.beam.spill_length_s
+    log.info(
+        "Z' %s m=%g MeV g=%g: %.3g per EOT above %g GeV (bremsstrahlung %.3g, resonant %.3g), "
+        "BR(invisible) %.3f, with missing energy %.3g per EOT; boost %g -> %.3g per EOT, ~%.3g per spill",
+        info["model"],
+        info["mass_mev"],
+        info["coupling"],
+        info["produced_per_eot"],
+        info["min_energy_gev"],
+        info["brems_per_eot"],
+        info["resonant_per_eot"],
+        info["br_invisible"],
+        info["missing_per_eot"],
+        info["boost"],
+        info["injected_per_eot"],
+        info["injected_per_eot"] * per_spill,
+    )
 
 
 def _truth_writer(path: str, service: Any, config: SimConfig) -> Any:

@@ -1,23 +1,32 @@
 """The simulator's truth file (HDF5): electronics truth per channel and per spill, and per-particle truth
 of every read-out particle. Truth never goes into detector data; it is for calibration and physics tests.
 
-Layout (format ``na64sim-truth`` version 1; all datasets 1D unless noted)::
+Layout (format ``na64sim-truth`` version 2; all datasets 1D unless noted)::
 
     /                       attrs: format, format_version, simulator_version, run, seed, config (JSON),
-                                   kind_names (JSON list), process_names (JSON list), created (ISO time),
+                                   signal (JSON: the injected Z', its boost and expected yields, or null),
+                                   kind_names, process_names, zp_mode_names, zp_emitter_names,
+                                   zp_decay_names (JSON lists), created (ISO time),
                                    complete (bool, True once closed cleanly)
     /channels/              per channel (index = channel id, 110): gain [ADC counts/MeV], pedestal_even,
                             pedestal_odd [ADC counts], noise [ADC counts RMS], time_offset_ns, status
                             (0 good, 1 dead, 2 hot, 3 noisy), dead, hot, noisy (uint8 flags), name (S12)
-    /spills/                one row per spill: spill, n_particles, n_events_read, n_requests;
+    /spills/                one row per spill: spill, n_particles, n_events_read, n_requests, n_signal
+                            (Z' made, any decay), n_signal_missing (of them with missing energy);
                             (n_spills, 110): gain_start, gain_end, pedestal_even, pedestal_odd, noise
                             (as seen at spill start, resp. end, after faults such as gain_drift)
     /particles/             one row per read-out particle: run, spill, slice, index, t_ns, kind, process,
                             energy_gev (beam energy), x_mm, y_mm (ECAL face, origin at cell (0,0) centre),
                             e_ecal_gev, e_prs_gev, e_hcal_gev, e_veto_gev, e_srd_gev (true deposits on
-                            the EM scale), signal (1 = invisible Z'), e_miss_gev
+                            the EM scale), signal (1 = Z' with missing energy), e_miss_gev, and per Z':
+                            zp_mode (0 none, 1 brems, 2 resonant), zp_emitter (1 beam e-, 2 shower e-,
+                            3 shower e+), zp_depth_x0 (emission depth, X0 from the ECAL face), zp_x
+                            (E_Z'/E_emitter), zp_energy_gev, zp_decay (1 invisible, 2 ee, 3 mumu,
+                            4 hadrons, 5 tautau), zp_decay_z_mm (decay point from the ECAL face); NaN
+                            where the particle made no Z'
 
-The file is written as ``PATH.partial`` and renamed to ``PATH`` when closed.
+The file is written as ``PATH.partial`` and renamed to ``PATH`` when closed. Version 1 files (no Z'
+columns, no n_signal) are still read.
 """
 
 from __future__ import annotations
@@ -36,12 +45,13 @@ from daq import detector
 from daq.errors import UserError
 from simulator.electronics import Electronics
 from simulator.faults import SliceState
-from simulator.physics import KIND_NAMES, Process
+from simulator.particles import KIND_NAMES, Decay, Emitter, Process, Production
 
 log = logging.getLogger(__name__)
 
 FORMAT = "na64sim-truth"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 PARTICLE_FIELDS: dict[str, str] = {
     "run": "u4",
@@ -61,8 +71,15 @@ PARTICLE_FIELDS: dict[str, str] = {
     "e_srd_gev": "f4",
     "signal": "u1",
     "e_miss_gev": "f4",
+    "zp_mode": "u1",
+    "zp_emitter": "u1",
+    "zp_depth_x0": "f4",
+    "zp_x": "f4",
+    "zp_energy_gev": "f4",
+    "zp_decay": "u1",
+    "zp_decay_z_mm": "f4",
 }
-SPILL_SCALARS = ("spill", "n_particles", "n_events_read", "n_requests")
+SPILL_SCALARS = ("spill", "n_particles", "n_events_read", "n_requests", "n_signal", "n_signal_missing")
 SPILL_ARRAYS = ("gain_start", "gain_end", "pedestal_even", "pedestal_odd", "noise")
 
 
@@ -88,6 +105,9 @@ class TruthWriter:
         a["signal"] = json.dumps(info.get("signal"), default=str)
         a["kind_names"] = json.dumps(list(KIND_NAMES))
         a["process_names"] = json.dumps([p.name for p in Process])
+        a["zp_mode_names"] = json.dumps([p.name for p in Production])
+        a["zp_emitter_names"] = json.dumps([p.name for p in Emitter])
+        a["zp_decay_names"] = json.dumps([p.name for p in Decay])
         a["created"] = datetime.datetime.now(datetime.UTC).isoformat()
         a["complete"] = False
         ch = self.f.create_group("channels")
@@ -132,6 +152,8 @@ class TruthWriter:
             "n_particles": counters.get("n_particles", 0),
             "n_events_read": counters.get("n_events_read", 0),
             "n_requests": counters.get("n_requests", 0),
+            "n_signal": counters.get("n_signal", 0),
+            "n_signal_missing": counters.get("n_signal_missing", 0),
         }
         for name in SPILL_SCALARS:
             sp[name].resize((n + 1,))
@@ -185,7 +207,7 @@ def read_truth(path: str | Path) -> dict[str, Any]:
             raise TruthError(
                 f"{p} is not a simulator truth file (format attribute {f.attrs.get('format')!r})"
             )
-        if int(f.attrs["format_version"]) != FORMAT_VERSION:
+        if int(f.attrs["format_version"]) not in READABLE_VERSIONS:
             raise TruthError(f"{p}: truth format version {f.attrs['format_version']} is not supported")
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
         out: dict[str, Any] = {"attrs": attrs, "config": json.loads(attrs["config"])}

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from daq import detector
-from simulator import physics, zprime
-from simulator.config import BeamConfig, SimConfig, TailsConfig, replace
+from simulator import physics
+from simulator.config import BeamConfig, SimConfig, TailsConfig
 from simulator.frontend import FrontEnd
 from simulator.physics import BeamModel, Kind, Process, arrival_times
 from simulator.randoms import ExactRandoms, PooledRandoms, particle_keys
@@ -211,59 +211,6 @@ def test_deposits_are_deterministic_per_particle() -> None:
     a = model.deposits(b.take(np.arange(100)), keys[:100])
     c = model.deposits(b.take(np.arange(50, 100)), keys[50:100])
     np.testing.assert_array_equal(a[50:], c)
-
-
-def test_signal_injection_rates_and_spectra() -> None:
-    """Z' (B-L, 250 MeV) at 2e6 per 1e9 EOT: produced fraction within 5 sigma; invisible share = BR_inv
-    within 5 sigma; brems missing energy follows the sampler's x spectrum (median within 1%); resonant
-    missing energy peaks at E_R = 61 GeV (median within 2%)."""
-    sig = {"enabled": True, "model": "B-L", "mass_mev": 250.0, "coupling": 1e-4, "rate_per_1e9_eot": 2e6}
-    from daq.config import from_dict
-
-    config = from_dict(
-        SimConfig,
-        {
-            "signal": sig,
-            "beam": {
-                "pion_fraction": 0.0,
-                "kaon_fraction": 0.0,
-                "antiproton_fraction": 0.0,
-                "muon_fraction": 0.0,
-            },
-        },
-    )
-    model = BeamModel(config)
-    r = PooledRandoms(np.random.default_rng(12), 1 << 20)
-    batches = [model.generate(200_000, r) for _ in range(10)]
-    proc = np.concatenate([b.process for b in batches])
-    miss = np.concatenate([b.e_miss for b in batches])
-    e_beam = np.concatenate([b.e_beam for b in batches])
-    n = proc.size
-    produced = np.isin(proc, [Process.SIGNAL_BREMS, Process.SIGNAL_RESONANT, Process.SIGNAL_VISIBLE])
-    p = 2e-3
-    assert abs(produced.sum() - n * p) < 5 * math.sqrt(n * p)
-    br = zprime.invisible_branching_ratio("B-L", 250.0, 1e-4)
-    assert model.signal_br_invisible == pytest.approx(br)
-    k = int(produced.sum())
-    invisible = int(np.isin(proc, [Process.SIGNAL_BREMS, Process.SIGNAL_RESONANT]).sum())
-    assert abs(invisible - k * br) < 5 * math.sqrt(k * br * (1 - br))
-    brems = proc == Process.SIGNAL_BREMS
-    x = miss[brems] / e_beam[brems]
-    ref = zprime.BremsSampler(250.0, 100.0).sample(200_000, np.random.default_rng(1))
-    assert np.median(x) == pytest.approx(np.median(ref), rel=0.01)
-    res = miss[proc == Process.SIGNAL_RESONANT]
-    assert res.size > 100
-    assert np.median(res) == pytest.approx(zprime.resonant_energy_gev(250.0), rel=0.02)
-    batch = batches[0]
-    assert np.all(batch.signal == np.isin(batch.process, [Process.SIGNAL_BREMS, Process.SIGNAL_RESONANT]))
-
-
-def test_resonant_production_off_when_er_above_beam_energy() -> None:
-    config = replace(
-        SimConfig(), signal=replace(SimConfig().signal, enabled=True, mass_mev=400.0, rate_per_1e9_eot=1e6)
-    )
-    assert zprime.resonant_energy_gev(400.0) > 100
-    assert BeamModel(config).resonant_fraction == 0.0
 
 
 def test_intensity_profiles() -> None:

@@ -265,7 +265,13 @@ class _Lenient:
         (["--fault", "melt:ECAL"], "melt"),
         (["--signal", "B-L:abc"], "--signal"),
         (["--set", "beam.rate_hz=-5"], "beam"),
-        (["--signal", "B-7L:100:1e-4:10"], "model"),
+        (["--signal", "B-7L:100:1e-4"], "model"),
+        (["--signal", "B-L:16.7:3e-4:1e5"], "the fourth field (a rate per 1e9 EOT) was removed"),
+        (["--signal", "B-L:16.7"], "MODEL:MASS_MEV:COUPLING"),
+        (["--signal-boost", "100"], "--signal-boost needs a signal"),
+        (["--signal", "B-L:16.7:1e-4", "--signal-boost", "1e14"], "at most"),
+        (["--signal", "B-L:16.7:1e-4", "--signal-boost", "-1"], "boost"),
+        (["--signal", "B-L:1000:1e-4", "--set", "signal.min_energy_gev=99.9"], "no Z'"),
         (["--scan-cells", "1,2;7,1"], "not an ECAL cell"),
         (["--scan-cells", "1;2"], "--scan-cells"),
         (["--aim-cell", "1,1;2,2"], "--aim-cell"),
@@ -289,6 +295,7 @@ def test_help_lists_the_flags() -> None:
         "--pace",
         "--seed",
         "--signal",
+        "--signal-boost",
         "--fault",
         "--config",
         "--truth",
@@ -354,3 +361,62 @@ def test_calibration_flags_build_the_steering_config() -> None:
     assert c.beam.aim_cell == (0, 5) and c.beam.aim_cells() == [(0, 5)] and c.beam.beam_cell == (2, 3)
     c = build_config(parser.parse_args(["simulate", "--scan-cells", "0,0; 4,5"]))
     assert c.beam.aim_cells() == [(0, 0), (4, 5)]
+
+
+def test_signal_run_records_the_yield_the_boost_and_the_zprime_truth(
+    router: tuple[zmq.Socket[bytes], str], processes: list, tmp_path: Path
+) -> None:
+    """``--signal B-L:250:1e-4 --signal-boost B --truth``: RUN_START and the truth file carry the physical
+    yield (as computed from the config) and the boost; the spills count the Z' made (Poisson-compatible
+    with boost x yield x particles); read-out Z' have their production and decay truth."""
+    from simulator.simulate_cli import build_config, register
+    from simulator.zprime_signal import for_config
+
+    sock, endpoint = router
+    truth = tmp_path / "truth.h5"
+    args = "--pace max --spills 1 --spill-length 0.2 --rate 5e5 --seed 3 --signal B-L:250:1e-4 --signal-boost 2e7"
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    expected = for_config(build_config(parser.parse_args(["simulate", *args.split()])))
+    p = start(processes, endpoint, *args.split(), "--truth", str(truth))
+    daq = FakeDaq(sock, p)
+    gains = detector.nominal_gains()[detector.default_primitive_channels().astype(int)]
+    while True:
+        msg = daq.recv()
+        if isinstance(msg, protocol.Slice):
+            e = msg.amp / gains[:, None] / 1000
+            sel = (e[17:29].sum(axis=0) > 0.3) & (e[5:17].sum(axis=0) < 80)  # physics-like
+            idx = np.flatnonzero(sel).astype(np.uint32)
+            req = protocol.ReadoutRequest(
+                run=msg.run,
+                spill=msg.spill,
+                slice_id=msg.slice_id,
+                n_events=idx.size,
+                index=idx,
+                t_ns=np.asarray(msg.t_ns)[idx],
+            )
+            sock.send_multipart([daq.ident, *protocol.encode(req)], copy=False)
+        elif isinstance(msg, protocol.RunStop):
+            break
+    assert p.wait(timeout=30) == 0
+    info = json.loads(bytes(daq.messages[0].info).decode())["signal"]  # type: ignore[attr-defined]
+    assert info["boost"] == 2e7 and info["produced_per_eot"] == pytest.approx(expected.produced_per_eot)
+    t = read_truth(truth)
+    assert t["attrs"]["format_version"] == 2
+    attrs_signal = json.loads(t["attrs"]["signal"])
+    assert attrs_signal["boost"] == 2e7 and attrs_signal["injected_per_eot"] == pytest.approx(
+        2e7 * expected.produced_per_eot
+    )
+    n_particles = int(t["spills"]["n_particles"][0])
+    mu = 2e7 * expected.produced_per_eot * n_particles
+    n_signal = int(t["spills"]["n_signal"][0])
+    assert abs(n_signal - mu) < 5 * np.sqrt(mu) + 1 and n_signal > 20
+    parts = t["particles"]
+    zp = parts["zp_mode"] > 0
+    assert zp.any() and np.all(np.isin(parts["process"][zp], [4, 5, 6]))
+    assert np.all(np.isnan(parts["zp_depth_x0"][~zp])) and np.all(np.isfinite(parts["zp_depth_x0"][zp]))
+    assert np.all(parts["zp_decay"][zp] > 0) and np.all(parts["zp_decay_z_mm"][zp] > 0)
+    names = json.loads(t["attrs"]["zp_decay_names"])
+    assert names[1:] == ["INVISIBLE", "EE", "MUMU", "HADRONS", "TAUTAU"]

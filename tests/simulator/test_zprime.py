@@ -137,3 +137,83 @@ def test_resonant_missing_energy_peaks_at_er() -> None:
     core = e[np.abs(e - e_r) < 5 * 0.02 * e_r]
     assert core.size > 0.99 * e.size
     assert core.std() == pytest.approx(0.02 * e_r, rel=0.03)  # broadening of the atomic electrons' motion
+
+
+@pytest.mark.parametrize("mass", [16.7, 100.0, 300.0])
+def test_iww_cross_section_matches_the_log_approximation(mass: float) -> None:
+    """sigma ~ (4/3) alpha^2 alpha' Q_e^2 chi ln(m^2/m_e^2) / m^2 for m_e << m << E (Bjorken et al. 2009,
+    Eq. 10; DMG4's analytic total before its K-factor): the numerical integral of the DMG4 dsigma/dx with
+    the 2 alpha^2 alpha' Q_e^2 chi / E normalisation agrees within 5%."""
+    e, g, q, zz, aa = 100.0, 1e-4, -1.0, 82.0, 207.2
+    chi = z.form_factor_flux(e, mass, zz, aa)
+    m = mass / 1000
+    approx = (
+        4 / 3 * z.ALPHA**2 * z.alpha_prime(g) * q * q * chi * math.log(m * m / (z.M_E / 1000) ** 2) / m**2
+    )
+    got = z.brems_cross_section_cm2(e, mass, g, q, zz, aa)
+    assert got == pytest.approx(approx * z.HBARC2_GEV2_CM2, rel=0.05)
+
+
+def test_brems_cross_section_scales_with_g2_q2_and_drops_with_the_cut() -> None:
+    base = z.brems_cross_section_cm2(100.0, 50.0, 1e-3, -1.0, 82.0, 207.2)
+    assert z.brems_cross_section_cm2(100.0, 50.0, 3e-3, -1.0, 82.0, 207.2) == pytest.approx(
+        9 * base, rel=1e-12
+    )
+    assert z.brems_cross_section_cm2(100.0, 50.0, 1e-3, -3.0, 82.0, 207.2) == pytest.approx(
+        9 * base, rel=1e-12
+    )
+    cut = z.brems_cross_section_cm2(100.0, 50.0, 1e-3, -1.0, 82.0, 207.2, x_min=0.5)
+    assert 0 < cut < base
+    assert z.brems_cross_section_cm2(10.0, 50.0, 1e-3, -1.0, 82.0, 207.2, x_min=1.0) == 0.0
+
+
+def test_form_factor_flux_against_its_definition() -> None:
+    """chi = int (t - t_min)/t^2 G2 dt with Tsai's G2: a plain midpoint sum over t (not in ln t)."""
+    e, mass, zz, aa = 100.0, 100.0, 82.0, 207.2
+    me, m = z.M_E / 1000, mass / 1000
+    t_min, t_max = (m * m / (2 * e)) ** 2, m * m + me * me
+    a_s, d = 111 * zz ** (-1 / 3) / me, 0.164 * aa ** (-2 / 3)
+    edges = np.geomspace(t_min, t_max, 2_000_001)
+    t = 0.5 * (edges[1:] + edges[:-1])
+    g2 = zz * zz * (a_s * a_s * t / (1 + a_s * a_s * t)) ** 2 / (1 + t / d) ** 2
+    expected = float(np.sum((t - t_min) / t**2 * g2 * np.diff(edges)))
+    assert z.form_factor_flux(e, mass, zz, aa) == pytest.approx(expected, rel=1e-3)
+
+
+@pytest.mark.parametrize("mass", [16.7, 250.0])
+def test_resonant_integral_is_the_breit_wigner_integrated_over_the_positron_energy(mass: float) -> None:
+    """int sigma dE of sigma(s) = (12 pi/m^2) Gamma_ee Gamma m^2 / ((s - m^2)^2 + m^2 Gamma^2), s = 2 m_e E
+    + 2 m_e^2, integrated numerically over +-10^4 widths (the tails beyond add 2/(pi 10^4)); for m >> m_e
+    it is the dark-photon 2 pi^2 alpha' Q_e^2 / m_e."""
+    g = 1e-4
+    w = z.partial_widths("B-L", mass, g)
+    gam, gee = sum(w.values()) / 1000, w["ee"] / 1000
+    m, me = mass / 1000, z.M_E / 1000
+    s = m * m + m * gam * np.linspace(-1e4, 1e4, 4_000_001)
+    sigma = 12 * math.pi / m**2 * gee * gam * m * m / ((s - m * m) ** 2 + m * m * gam * gam)
+    numeric = float(np.trapezoid(sigma, s / (2 * me))) * z.HBARC2_GEV2_CM2 / (1 - 2 / (math.pi * 1e4))
+    got = z.resonant_integral_cm2_gev(mass, w["ee"])
+    assert got == pytest.approx(numeric, rel=1e-4)
+    assert got == pytest.approx(2 * math.pi**2 * z.alpha_prime(g) / me * z.HBARC2_GEV2_CM2, rel=1e-4)
+
+
+def test_resonant_production_needs_a_positron_above_its_mass() -> None:
+    """E_R = (m^2 - 2 m_e^2) / 2 m_e >= m_e exactly when m >= 2 m_e."""
+    assert not z.resonant_allowed(0.5) and not z.resonant_allowed(2 * z.M_E * 0.999)
+    assert z.resonant_allowed(2 * z.M_E * 1.001) and z.resonant_allowed(16.7)
+
+
+def test_decay_length_and_modes() -> None:
+    """gamma beta c tau = (p/m) hbar c / Gamma; the decay modes sum the partial widths of signal.md."""
+    m, g, e = 16.7, 1e-5, 60.0
+    w = z.partial_widths("B-L", m, g)
+    gam = sum(w.values())
+    p = math.sqrt((e * 1000) ** 2 - m * m)
+    expected = p / m * 197.3269804e-12 / gam  # hbar c = 197.33 MeV fm, 1 fm = 1e-12 mm
+    assert float(z.decay_length_mm(np.array([e]), m, gam)[0]) == pytest.approx(expected, rel=1e-9)
+    assert 3000 < expected < 10000  # the issue's ~6 m at g = 1e-5
+    modes = z.decay_mode_probabilities(z.partial_widths("B-L", 300.0, g))
+    assert sum(modes.values()) == pytest.approx(1.0, rel=1e-12)
+    assert modes["invisible"] == pytest.approx(z.invisible_branching_ratio("B-L", 300.0, g), rel=1e-12)
+    assert modes["mumu"] > 0 and modes["hadrons"] == 0
+    assert z.decay_mode_probabilities(z.partial_widths("B-L", 1000.0, g))["hadrons"] > 0
