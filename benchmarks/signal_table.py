@@ -1,6 +1,7 @@
 """Z' signal figures of the simulator: expected yields per model and mass, and the trigger efficiency.
 
     python benchmarks/signal_table.py [--coupling 1e-4] [--per-point 3000] [--masses 1,16.7,100,250,300]
+    python benchmarks/signal_table.py --through-daq B-L:250:1e-4 [--spill-length 2]
 
 1. yields: Z' per electron on target above ``signal.min_energy_gev`` (bremsstrahlung + resonant), the
    resonant share, BR(invisible) and the share with missing energy (invisible decay or decay beyond the
@@ -10,13 +11,20 @@
    signal injected (boosted to ~3% of the electrons); per model and mass, the share of the Z' with missing
    energy that fire the physics trigger (S_trig x S_PRS x S_EC, before dead time: the boosted beam triggers
    far more often than a real one, so its dead time says nothing), of them with E_Z' > 50 GeV (the signal
-   box E_ECAL < 50 GeV), and each condition.
+   box E_ECAL < 50 GeV), and each condition;
+3. ``--through-daq MODEL:MASS:G``: the same through real processes, ``na64 simulate --signal ... --truth``
+   against ``na64 daq`` (one spill at 2 MHz, ~5e-4 Z' per electron): the read-out Z' of the truth file
+   matched by time with the spill file's events, over the Z' made (truth ``n_signal_missing``); this one
+   includes the DAQ's dead time.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -113,13 +121,95 @@ def efficiency(model: str, mass: float, g: float, n_target: int, max_slices: int
     }
 
 
+def through_daq(signal: str, spill_length: float) -> None:
+    from daq import files
+    from daq.demo import free_port
+    from simulator.truth import read_truth
+
+    model, mass, g = signal.split(":")
+    physical = for_config(signal_config(model, float(mass), float(g))).produced_per_eot
+    boost = 5e-4 / physical
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        ep = free_port()
+        log = (d / "daq.log").open("w")
+        cmd = [sys.executable, "-m", "daq"]
+        daq = subprocess.Popen(
+            [*cmd, "daq", "--endpoint", f"tcp://127.0.0.1:{ep}", "--data-dir", str(d), "--stop-after-run"],
+            stderr=log,
+            cwd=ROOT,
+        )
+        deadline = time.monotonic() + 60
+        while b"DAQ listening" not in (d / "daq.log").read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sim = subprocess.run(
+            [
+                *cmd,
+                "simulate",
+                "--endpoint",
+                f"tcp://127.0.0.1:{ep}",
+                "--spills",
+                "1",
+                "--spill-length",
+                str(spill_length),
+                "--rate",
+                "2e6",
+                "--pace",
+                "realtime",
+                "--seed",
+                "5",
+                "--signal",
+                signal,
+                "--signal-boost",
+                f"{boost:.6g}",
+                "--truth",
+                str(d / "truth.h5"),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        daq.wait(120)
+        log.close()
+        if sim.returncode != 0 or daq.returncode != 0:
+            raise SystemExit(f"run failed: {sim.stderr[-2000:]} {(d / 'daq.log').read_text()[-2000:]}")
+        truth = read_truth(d / "truth.h5")
+        (path,) = files.list_spill_files([d])
+        with files.SpillFile(path) as f:
+            ev = f.events(["t_ns", "trigger_mask"])
+            losses = f.losses
+    parts = truth["particles"]
+    missing = (parts["zp_mode"] > 0) & (
+        (parts["process"] == Process.SIGNAL_BREMS) | (parts["process"] == Process.SIGNAL_RESONANT)
+    )
+    phys_t = ev["t_ns"][(ev["trigger_mask"] & trigger.PHYSICS) != 0]
+    read = np.isin(parts["t_ns"][missing], phys_t)
+    made = int(truth["spills"]["n_signal_missing"].sum())
+    info = json.loads(truth["attrs"]["signal"])
+    e50 = parts["zp_energy_gev"][missing] > 50
+    eff = read.sum() / made
+    print(
+        f"through na64 daq ({signal}, boost {boost:.3g}, {spill_length:g} s spill at 2 MHz): "
+        f"{made} Z' with missing energy made (expected {info['missing_per_eot'] * boost * truth['spills']['n_particles'].sum():.0f}), "
+        f"{int(read.sum())} read out by PHYSICS triggers -> efficiency {eff:.3f} "
+        f"+- {np.sqrt(eff * (1 - eff) / made):.3f} (dead time included); dead time lost "
+        f"{losses.get('dead_time', 0)} triggers"
+    )
+    print(f"  of the read-out ones, E_Z' > 50 GeV: {int(e50[read].sum())}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--coupling", type=float, default=1e-4)
     ap.add_argument("--per-point", type=int, default=3000, help="Z' with missing energy per model and mass")
     ap.add_argument("--masses", default="1,16.7,100,250,300")
     ap.add_argument("--skip-efficiency", action="store_true")
+    ap.add_argument("--through-daq", default=None, metavar="MODEL:MASS_MEV:COUPLING")
+    ap.add_argument("--spill-length", type=float, default=2.0)
     args = ap.parse_args()
+    if args.through_daq:
+        through_daq(args.through_daq, args.spill_length)
+        return
     masses = [float(v) for v in args.masses.split(",")]
     yields(masses, args.coupling)
     if args.skip_efficiency:
