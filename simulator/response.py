@@ -19,6 +19,7 @@ from simulator import showers
 from simulator.config import SimConfig
 from simulator.particles import ECAL_PROFILE, PRS_PROFILE, Batch, Decay, Kind, Process
 from simulator.showers import Profile
+from simulator.zprime_signal import first_hcal_module
 
 if TYPE_CHECKING:
     from simulator.beam import SpotPool
@@ -247,9 +248,7 @@ class DetectorResponse:
         vis = b.process[zp.index] == Process.SIGNAL_VISIBLE
         at = zp.index[vis]
         decay[at] = zp.decay[vis]
-        hc = self.config.hcal
-        k = np.floor((zp.decay_z_mm[vis].astype(np.float64) - hc.z_start_mm) / hc.module_length_mm)
-        first[at] = np.clip(k, 0, 3).astype(np.intp)
+        first[at] = first_hcal_module(zp.decay_z_mm[vis], self.config.hcal)
         return decay, first
 
     def _veto(self, b: Batch, u: np.ndarray) -> np.ndarray:

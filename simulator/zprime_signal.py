@@ -31,7 +31,7 @@ import numpy as np
 
 from simulator import cascade, zprime
 from simulator import randoms as rnd
-from simulator.config import SimConfig
+from simulator.config import HcalConfig, SimConfig
 from simulator.particles import Decay, Emitter, Process, Production
 
 #: Decay code of each of zprime.DECAY_MODES, in that order
@@ -39,7 +39,16 @@ DECAY_CODES = np.array([Decay[m.upper()] for m in zprime.DECAY_MODES], dtype=np.
 _EMITTERS = np.array([Emitter.BEAM_ELECTRON, Emitter.SHOWER_ELECTRON, Emitter.SHOWER_POSITRON], np.uint8)
 #: an injected probability per electron above this is refused (the beam would no longer be a beam)
 MAX_PER_ELECTRON = 0.1
+#: the PRS is the first 4 radiation lengths of the ECAL [paper]
+PRS_X0 = 4.0
 _X_POINTS = 512
+
+
+def first_hcal_module(z_decay_mm: np.ndarray, hcal: HcalConfig) -> np.ndarray:
+    """Index (0..3) of the first HCAL module reached by the products of a decay at ``z_decay_mm`` (from the
+    ECAL face): the module it decays in, or the first one for decays before the HCAL."""
+    k = np.floor((np.asarray(z_decay_mm, np.float64) - hcal.z_start_mm) / hcal.module_length_mm)
+    return np.clip(k, 0, 3).astype(np.intp)
 
 
 @dataclass
@@ -108,8 +117,8 @@ class ZPrimeSignal:
         self._res_cdf = np.cumsum(res_depth) / res_depth.sum() if res_depth.sum() > 0 else res_depth
         self.produced_per_eot = self.brems_per_eot + self.resonant_per_eot
         self.resonant_share = self.resonant_per_eot / self.produced_per_eot if self.produced_per_eot else 0.0
-        self.prs_e = cascade.PrsFraction(ec.critical_energy_mev / 1000.0, ec.profile_b, 4.0, -0.5)
-        self.prs_gamma = cascade.PrsFraction(ec.critical_energy_mev / 1000.0, ec.profile_b, 4.0, 0.5)
+        self.prs_e = cascade.PrsFraction(ec.critical_energy_mev / 1000.0, ec.profile_b, PRS_X0, -0.5)
+        self.prs_gamma = cascade.PrsFraction(ec.critical_energy_mev / 1000.0, ec.profile_b, PRS_X0, 0.5)
         self.hcal_end_mm = c.hcal.z_start_mm + 4 * c.hcal.module_length_mm
         self.missing_fraction = self._missing_fraction()
 
@@ -314,7 +323,7 @@ class ZPrimeSignal:
         ratio = (mean_prs + prs_extra) / np.maximum(total * f_beam, 1e-12)
         e_prs = np.clip(f * ratio, 0.0, 1.0) * e_tot
         # the charged tracks through the PRS: the emitter before the emission, the recoil after it
-        t4 = np.clip(depth / 4.0, 0.0, 1.0)
+        t4 = np.clip(depth / PRS_X0, 0.0, 1.0)
         floor = ec.mip_prs_mev / 1000 * np.where(resonant, t4, 1.0)
         e_prs = np.minimum(np.maximum(e_prs, floor), e_tot)
         process = np.where(
@@ -339,9 +348,7 @@ class ZPrimeSignal:
 
     def first_module(self, z_decay_mm: np.ndarray) -> np.ndarray:
         """Index (0..3) of the first HCAL module reached by the products of a decay at ``z_decay_mm``."""
-        hc = self.config.hcal
-        k = np.floor((np.asarray(z_decay_mm, np.float64) - hc.z_start_mm) / hc.module_length_mm)
-        return np.clip(k, 0, 3).astype(np.intp)
+        return first_hcal_module(z_decay_mm, self.config.hcal)
 
     def _hcal_smear(self, rng: np.random.Generator, e: np.ndarray) -> np.ndarray:
         hc = self.config.hcal
