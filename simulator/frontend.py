@@ -129,6 +129,32 @@ def zprime_rows(batch: Batch) -> dict[str, np.ndarray]:
     return out
 
 
+def zprime_slice_rows(rec: SliceRecord, run: int) -> dict[str, np.ndarray]:
+    """Truth of every Z' made in a slice: where (run, spill, slice, index, t_ns), what the detector saw
+    (process, beam energy, deposits, missing energy) and the zp_* columns of :func:`zprime_rows`."""
+    b = rec.batch
+    zp = b.zprime
+    assert zp is not None and b.t_ns is not None
+    idx = zp.index
+    n = idx.size
+    sub = b.take(idx)
+    rows: dict[str, np.ndarray] = {
+        "run": np.full(n, run, np.uint32),
+        "spill": np.full(n, rec.spill, np.uint32),
+        "slice": np.full(n, rec.slice_id, np.uint32),
+        "index": idx.astype(np.uint32),
+        "t_ns": b.t_ns[idx].astype(np.int64),
+        "process": sub.process.copy(),
+        "energy_gev": sub.e_beam.copy(),
+        "e_prs_gev": sub.e_prs.copy(),
+        "e_ecal_gev": sub.e_ecal.copy(),
+        "e_hcal_gev": sub.e_hcal.copy(),
+        "e_miss_gev": sub.e_miss.copy(),
+    }
+    rows.update(zprime_rows(sub))
+    return rows
+
+
 def detector_rng(seed: int) -> np.random.Generator:
     """The generator of the per-channel detector truth: a function of the seed alone."""
     return np.random.default_rng(np.random.SeedSequence([seed, DETECTOR_STREAM]))
@@ -144,6 +170,8 @@ class FrontEnd:
     def __init__(self, config: SimConfig, truth_sink: TruthSink | None = None) -> None:
         self.config = config
         self.truth_sink = truth_sink
+        #: receives the truth of every Z' made, read out or not (rows as :func:`zprime_slice_rows`)
+        self.zprime_sink: TruthSink | None = None
         seeds = np.random.SeedSequence([config.seed, config.run]).spawn(4)
         self.beam_rng = np.random.default_rng(seeds[0])
         self.readout_rng = np.random.default_rng(seeds[1])
@@ -391,6 +419,8 @@ class FrontEnd:
         if zp is not None:
             c.n_signal += len(zp)
             c.n_signal_missing += int(rec.batch.signal[zp.index].sum())
+            if self.zprime_sink is not None:
+                self.zprime_sink(zprime_slice_rows(rec, self.config.run))
         c.sent.add(slice_id)
         c.outstanding += 1
         c.last_sent = max(c.last_sent, slice_id)

@@ -287,6 +287,7 @@ def _truth_writer(path: str, service: Any, config: SimConfig) -> Any:
     fe = service.fe
     writer = TruthWriter(path, fe.info(), fe.electronics)
     fe.truth_sink = writer.add
+    fe.zprime_sink = writer.add_zprime
 
     def spill_truth(spill: int, counters: dict[str, float]) -> None:
         start = fe.electronics_state(spill, 0.0)

@@ -24,6 +24,9 @@ Layout (format ``na64sim-truth`` version 2; all datasets 1D unless noted)::
                             (E_Z'/E_emitter), zp_energy_gev, zp_decay (1 invisible, 2 ee, 3 mumu,
                             4 hadrons, 5 tautau), zp_decay_z_mm (decay point from the ECAL face); NaN
                             where the particle made no Z'
+    /zprime/                one row per Z' made (read out or not): run, spill, slice, index, t_ns,
+                            process, energy_gev (beam energy), e_prs_gev, e_ecal_gev, e_hcal_gev,
+                            e_miss_gev (as generated: before the per-channel sharing), and the zp_* columns
 
 The file is written as ``PATH.partial`` and renamed to ``PATH`` when closed. Version 1 files (no Z'
 columns, no n_signal) are still read.
@@ -79,6 +82,20 @@ PARTICLE_FIELDS: dict[str, str] = {
     "zp_decay": "u1",
     "zp_decay_z_mm": "f4",
 }
+ZPRIME_FIELDS: dict[str, str] = {
+    "run": "u4",
+    "spill": "u4",
+    "slice": "u4",
+    "index": "u4",
+    "t_ns": "i8",
+    "process": "u1",
+    "energy_gev": "f4",
+    "e_prs_gev": "f4",
+    "e_ecal_gev": "f4",
+    "e_hcal_gev": "f4",
+    "e_miss_gev": "f4",
+    **{k: v for k, v in PARTICLE_FIELDS.items() if k.startswith("zp_")},
+}
 SPILL_SCALARS = ("spill", "n_particles", "n_events_read", "n_requests", "n_signal", "n_signal_missing")
 SPILL_ARRAYS = ("gain_start", "gain_end", "pedestal_even", "pedestal_odd", "noise")
 
@@ -123,24 +140,31 @@ class TruthWriter:
             sp.create_dataset(
                 name, shape=(0, detector.N_CHANNELS), maxshape=(None, detector.N_CHANNELS), dtype="f8"
             )
-        pg = self.f.create_group("particles")
-        for name, dt in PARTICLE_FIELDS.items():
-            pg.create_dataset(
-                name,
-                shape=(0,),
-                maxshape=(None,),
-                dtype=dt,
-                chunks=(16384,),
-                compression="gzip",
-                compression_opts=1,
-                shuffle=True,
-            )
+        for group, fields in (("particles", PARTICLE_FIELDS), ("zprime", ZPRIME_FIELDS)):
+            g = self.f.create_group(group)
+            for name, dt in fields.items():
+                g.create_dataset(
+                    name,
+                    shape=(0,),
+                    maxshape=(None,),
+                    dtype=dt,
+                    chunks=(16384,),
+                    compression="gzip",
+                    compression_opts=1,
+                    shuffle=True,
+                )
         self._rows: list[dict[str, np.ndarray]] = []
+        self._zprime_rows: list[dict[str, np.ndarray]] = []
         self.n_particles = 0
+        self.n_zprime = 0
 
     def add(self, rows: dict[str, np.ndarray]) -> None:
         """Buffer truth rows of read-out particles (keys = PARTICLE_FIELDS)."""
         self._rows.append(rows)
+
+    def add_zprime(self, rows: dict[str, np.ndarray]) -> None:
+        """Buffer truth rows of Z' made (keys = ZPRIME_FIELDS)."""
+        self._zprime_rows.append(rows)
 
     def end_spill(self, spill: int, counters: dict[str, float], start: SliceState, end: SliceState) -> None:
         """Write the buffered particles and the spill's electronics truth; flush."""
@@ -171,17 +195,10 @@ class TruthWriter:
         self.f.flush()
 
     def flush(self) -> None:
-        if not self._rows:
-            return
         rows, self._rows = self._rows, []
-        pg = self.f["particles"]
-        n0 = pg["run"].shape[0]
-        k = sum(len(r["run"]) for r in rows)
-        for name in PARTICLE_FIELDS:
-            ds = pg[name]
-            ds.resize((n0 + k,))
-            ds[n0:] = np.concatenate([r[name] for r in rows])
-        self.n_particles = n0 + k
+        self.n_particles = _append(self.f["particles"], PARTICLE_FIELDS, rows)
+        rows, self._zprime_rows = self._zprime_rows, []
+        self.n_zprime = _append(self.f["zprime"], ZPRIME_FIELDS, rows)
 
     def close(self) -> None:
         if not self.f.id.valid:
@@ -190,11 +207,27 @@ class TruthWriter:
         self.f.attrs["complete"] = True
         self.f.close()
         os.replace(self.tmp, self.path)
-        log.info("truth written to %s (%d read-out particles)", self.path, self.n_particles)
+        log.info(
+            "truth written to %s (%d read-out particles, %d Z')", self.path, self.n_particles, self.n_zprime
+        )
+
+
+def _append(group: Any, fields: dict[str, str], rows: list[dict[str, np.ndarray]]) -> int:
+    """Append buffered rows to a group's datasets; the group's row count."""
+    n0 = int(group["run"].shape[0])
+    if not rows:
+        return n0
+    k = sum(len(r["run"]) for r in rows)
+    for name in fields:
+        ds = group[name]
+        ds.resize((n0 + k,))
+        ds[n0:] = np.concatenate([r[name] for r in rows])
+    return n0 + k
 
 
 def read_truth(path: str | Path) -> dict[str, Any]:
-    """Read a truth file: ``{"attrs", "config", "channels", "spills", "particles"}`` (dicts of arrays)."""
+    """Read a truth file: ``{"attrs", "config", "channels", "spills", "particles", "zprime"}`` (dicts of
+    arrays; ``zprime`` is empty for version 1 files)."""
     p = Path(path)
     if not p.exists():
         raise TruthError(f"truth file {p} does not exist")
@@ -211,6 +244,6 @@ def read_truth(path: str | Path) -> dict[str, Any]:
             raise TruthError(f"{p}: truth format version {f.attrs['format_version']} is not supported")
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
         out: dict[str, Any] = {"attrs": attrs, "config": json.loads(attrs["config"])}
-        for group in ("channels", "spills", "particles"):
-            out[group] = {name: ds[()] for name, ds in f[group].items()}
+        for group in ("channels", "spills", "particles", "zprime"):
+            out[group] = {name: ds[()] for name, ds in f[group].items()} if group in f else {}
     return out

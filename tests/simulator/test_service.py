@@ -368,7 +368,8 @@ def test_signal_run_records_the_yield_the_boost_and_the_zprime_truth(
 ) -> None:
     """``--signal B-L:250:1e-4 --signal-boost B --truth``: RUN_START and the truth file carry the physical
     yield (as computed from the config) and the boost; the spills count the Z' made (Poisson-compatible
-    with boost x yield x particles); read-out Z' have their production and decay truth."""
+    with boost x yield x particles); read-out Z' have their production and decay truth, and /zprime/ has
+    every Z' made (the read-out ones identical)."""
     from simulator.simulate_cli import build_config, register
     from simulator.zprime_signal import for_config
 
@@ -420,3 +421,21 @@ def test_signal_run_records_the_yield_the_boost_and_the_zprime_truth(
     assert np.all(parts["zp_decay"][zp] > 0) and np.all(parts["zp_decay_z_mm"][zp] > 0)
     names = json.loads(t["attrs"]["zp_decay_names"])
     assert names[1:] == ["INVISIBLE", "EE", "MUMU", "HADRONS", "TAUTAU"]
+    # every Z' made, read out or not: one row each, the read-out ones identical to their particle rows
+    made = t["zprime"]
+    assert made["zp_mode"].size == n_signal and np.all(made["zp_mode"] > 0)
+    assert int(np.isin(made["process"], [4, 5]).sum()) == int(t["spills"]["n_signal_missing"][0])
+    key = {(int(a), int(b)): i for i, (a, b) in enumerate(zip(made["slice"], made["index"], strict=True))}
+    for j in np.flatnonzero(zp):
+        i = key[(int(parts["slice"][j]), int(parts["index"][j]))]
+        assert made["t_ns"][i] == parts["t_ns"][j] and made["process"][i] == parts["process"][j]
+        for name in (
+            "zp_mode",
+            "zp_emitter",
+            "zp_depth_x0",
+            "zp_x",
+            "zp_energy_gev",
+            "zp_decay",
+            "zp_decay_z_mm",
+        ):
+            assert made[name][i] == parts[name][j], name
