@@ -35,11 +35,13 @@ from calibration.config import CalibrationConfig, as_dict
 from calibration.constants import CalibrationError, Constants
 from daq import __version__, detector, waveform
 from daq import config as daq_config
+from daq.contract import BEAM as BEAM_BIT
+from daq.contract import PHYSICS as PHYSICS_BIT
+from daq.contract import RANDOM as RANDOM_BIT
 from daq.waveform import RecoConfig
 
 log = logging.getLogger(__name__)
 
-PHYSICS_BIT, BEAM_BIT, RANDOM_BIT = 1 << 0, 1 << 1, 1 << 2
 CALO_IDS = np.concatenate([detector.ECAL_IDS, detector.PRS_IDS])
 BEAM_COUNTER_IDS = np.array([detector.counter_id(n) for n in detector.BEAM_COUNTERS], np.intp)
 HOLE_VETO_IDS = np.array([detector.counter_id(n) for n in detector.VETO_COUNTERS], np.intp)

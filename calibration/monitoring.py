@@ -21,9 +21,7 @@ from calibration.constants import Constants
 from calibration.fitting import Peak, gaussian_core
 from calibration.pedestals import MARKER_IDS, PedestalAccumulator, PedestalResult, initial_pedestals
 from daq import detector
-
-BEAM_BIT = 1 << 1
-RANDOM_BIT = 1 << 2
+from daq.contract import BEAM
 
 
 @dataclass(frozen=True)
@@ -164,7 +162,7 @@ def spill_monitor(
     ``n_random``, ``calibration_id``.
     """
     mask = np.asarray(trigger_mask).astype(np.int64)
-    beam = (mask & BEAM_BIT) != 0
+    beam = (mask & BEAM) != 0
     calo = np.asarray(calo_gev, dtype=np.float64)
     peak = electron_peak(calo[beam], beam_energy_gev)
     out: dict[str, Any] = {"calibration_id": constants.version, "electron_peak": peak.as_dict()}

@@ -3,7 +3,8 @@
 :class:`Readout` remembers every READOUT_REQUEST sent, matches the returning FRAGMENTs (one per readout
 group), detects what is missing, empty, truncated or unexpected, and turns each completed request into an
 :class:`~daq.batch.EventBatch` (waveforms decoded, reconstructed, calibrated). :class:`SpillHistograms`
-fills the per-spill histograms of the full primitive stream. :class:`Losses` counts losses by reason.
+fills the per-spill histograms of the full primitive stream; losses are counted by reason in a
+:class:`daq.contract.Losses`.
 """
 
 from __future__ import annotations
@@ -11,60 +12,19 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from daq import detector
 from daq.batch import EventBatch
+from daq.contract import FRONTEND_COUNTERS, ChannelConstants, Losses
 from daq.protocol import NO_PARTICLE, Fragment
 from daq.trigger import BlockEnergy
 from daq.waveform import RecoConfig, event_sums, reconstruct
 
-#: loss reasons (contract with the DQM; see docs/daq.md). ``decode_error.<kind>`` keys break down
-#: ``decode_error`` by ProtocolError kind and are not separate losses.
-LOSS_REASONS = (
-    "sequence_gap",
-    "duplicate",
-    "decode_error",
-    "unexpected_message",
-    "run_rejected",
-    "fragment_timeout",
-    "empty_fragment",
-    "truncated_fragment",
-    "unexpected_fragment",
-    "request_failed",
-    "spill_counter_mismatch",
-    "spill_end_missing",
-    "frontend_restart",
-    "internal_error",
-    "dead_time",
-    "write_error",
-    "monitor_skipped",
-)
-#: reasons that do not mean recorded data is missing (the spill stays "ok")
-NOT_DATA_LOSS = frozenset({"dead_time", "monitor_skipped", "frontend_restart"})
-
-_GROUP_SLICES = tuple(slice(int(ids[0]), int(ids[-1]) + 1) for ids in detector.GROUP_IDS)
-assert all(
-    np.array_equal(np.arange(s.start, s.stop), ids)
-    for s, ids in zip(_GROUP_SLICES, detector.GROUP_IDS, strict=True)
-)
-
-
-_ALL_GROUPS = (1 << detector.N_GROUPS) - 1
-
-
-class Losses(Counter[str]):
-    """Counts by loss reason; ``as_dict()`` lists every known reason (zeros included)."""
-
-    def as_dict(self) -> dict[str, int]:
-        out = {r: int(self.get(r, 0)) for r in LOSS_REASONS}
-        out.update({k: int(v) for k, v in self.items() if k not in out})
-        return dict(sorted(out.items()))
-
-    def data_lost(self) -> bool:
-        return any(v for k, v in self.items() if k not in NOT_DATA_LOSS and "." not in k)
+#: the readout groups' channels as slices of the channel axis, and the mask of all groups
+_GROUP_SLICES = detector.GROUP_SLICES
+_ALL_GROUPS = detector.ALL_GROUPS_MASK
 
 
 @dataclass
@@ -93,12 +53,12 @@ class Pending:
 class Readout:
     """Requests sent and fragments expected for the current run; builds events.
 
-    ``constants``: a ``calibration.constants.Constants`` (gain, noise, time_offset_ns, status).
+    ``constants``: e.g. a ``calibration.constants.Constants`` (gain, noise, time_offset_ns, status).
     """
 
     def __init__(
         self,
-        constants: Any,
+        constants: ChannelConstants,
         n_samples: int = detector.N_SAMPLES,
         n_prim: int = 29,
         reco: RecoConfig | None = None,
@@ -276,10 +236,9 @@ class Readout:
 
 def compare_counters(daq: Mapping[str, int], frontend: Mapping[str, int]) -> dict[str, tuple[int, int]]:
     """Counters that disagree: name -> (DAQ's count, front-end's count)."""
-    names = ("n_slices", "n_requests", "n_fragments", "n_events_read", "n_particles")
     return {
         n: (int(daq[n]), int(frontend[n]))
-        for n in names
+        for n in FRONTEND_COUNTERS
         if n in daq and n in frontend and daq[n] != frontend[n]
     }
 

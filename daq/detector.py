@@ -125,6 +125,14 @@ SRD_IDS = _ids(Detector.SRD)
 COUNTER_IDS = _ids(Detector.COUNTER)
 #: channel ids of each readout group (index = Detector value)
 GROUP_IDS: tuple[np.ndarray, ...] = tuple(_ids(d) for d in Detector)
+#: the same as slices of the channel axis: a group's channels are contiguous (a fragment's waveforms
+#: are ``waveforms[:, GROUP_SLICES[g], :]`` of the event's (events, N_CHANNELS, samples) array)
+GROUP_SLICES: tuple[slice, ...] = tuple(slice(int(ids[0]), int(ids[-1]) + 1) for ids in GROUP_IDS)
+assert all(
+    np.array_equal(np.arange(s.start, s.stop), ids) for s, ids in zip(GROUP_SLICES, GROUP_IDS, strict=True)
+)
+#: a bit mask with the bit of every readout group set (bit g: group g, as in ``missing_groups``)
+ALL_GROUPS_MASK = (1 << N_GROUPS) - 1
 
 
 def channel_name(channel: int) -> str:

@@ -30,21 +30,10 @@ from typing import Any
 import numpy as np
 
 from daq.config import from_dict, parse_assignment
+from daq.contract import BEAM, PHYSICS, RANDOM, S_EC, S_PRS, S_TRIG
 from daq.errors import ConfigError
 from daq.protocol import NO_PARTICLE
-from daq.trigger import (
-    BEAM,
-    COUNT_NAMES,
-    PHYSICS,
-    RANDOM,
-    S_EC,
-    S_PRS,
-    S_TRIG,
-    Batch,
-    Decisions,
-    Trigger,
-    TriggerConfig,
-)
+from daq.trigger import COUNT_NAMES, Batch, Decisions, Trigger, TriggerConfig
 
 log = logging.getLogger(__name__)
 

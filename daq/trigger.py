@@ -1,6 +1,6 @@
 """The NA64 trigger as pure, vectorized functions over structure-of-arrays batches of primitives.
 
-Conditions, per particle (bits of the trigger mask, ``docs/architecture.md``):
+Conditions, per particle (bits of the trigger mask, :mod:`daq.contract`, ``docs/architecture.md``):
 
 - ``S_TRIG`` = S0 x S2 x S3 x not V1 x not V2: a counter *fires* when its amplitude is strictly above its
   threshold (ADC counts); S0, S2, S3 must fire, the hole vetoes V1, V2 must not;
@@ -19,7 +19,7 @@ Typical use, e.g. in a unit test::
     batch = make_batch(ecal_block_gev=[50.0, 100.0], prs_block_gev=[1.0, 1.0], t_ns=[1000, 90000])
     d = trig.evaluate(batch)
     d.accept        # [True, False]: the 100 GeV electron is above the S_EC threshold
-    d.mask & S_EC   # condition bits per particle
+    d.mask & S_EC   # condition bits per particle (daq.contract.S_EC)
 
 No I/O, no clocks, no logging here: the state that carries across batches (prescale counter, random
 clock phase, end of the dead time) is the explicit :class:`TriggerState`.
@@ -36,32 +36,14 @@ from typing import Any
 import numpy as np
 
 from daq import detector
+from daq.contract import BEAM, PHYSICS, RANDOM, S_EC, S_PRS, S_TRIG, ChannelConstants
 from daq.errors import ConfigError
-from daq.protocol import NO_PARTICLE
+from daq.protocol import NO_PARTICLE, Slice
 
-PHYSICS = 1 << 0
-BEAM = 1 << 1
-RANDOM = 1 << 2
-S_TRIG = 1 << 8
-S_PRS = 1 << 9
-S_EC = 1 << 10
-#: bit -> name, for display
-BIT_NAMES: dict[int, str] = {
-    PHYSICS: "PHYSICS",
-    BEAM: "BEAM",
-    RANDOM: "RANDOM",
-    S_TRIG: "S_TRIG",
-    S_PRS: "S_PRS",
-    S_EC: "S_EC",
-}
 #: relative tolerance at which an energy is taken to sit exactly at a threshold
 THRESHOLD_RTOL = 1e-6
+#: particles per chunk of the float (per-cell gains) block sums
 _CHUNK = 16384
-
-
-def mask_names(mask: int) -> list[str]:
-    """Names of the bits set in a trigger mask, e.g. ``['PHYSICS', 'S_TRIG', 'S_PRS', 'S_EC']``."""
-    return [name for bit, name in BIT_NAMES.items() if mask & bit]
 
 
 @dataclass(frozen=True)
@@ -171,7 +153,7 @@ class Batch:
         return int(self.t_ns.max()) + 1 if self.n else self.t0_ns
 
     @classmethod
-    def from_slice(cls, msg: Any) -> Batch:
+    def from_slice(cls, msg: Slice) -> Batch:
         """From a decoded ``protocol.Slice``."""
         return cls(
             t_ns=msg.t_ns, amp=msg.amp, t0_ns=msg.t0_ns, length_ns=msg.length_ns, slice_id=msg.slice_id
@@ -281,7 +263,7 @@ class Trigger:
     def __init__(
         self,
         config: TriggerConfig | None = None,
-        constants: Any = None,
+        constants: ChannelConstants | None = None,
         prim_channels: Sequence[int] | np.ndarray | None = None,
         *,
         compiled: bool = True,

@@ -19,6 +19,9 @@ from typing import Any
 import numba
 import numpy as np
 
+from daq.contract import BEAM, PHYSICS, RANDOM, S_EC, S_PRS, S_TRIG
+from daq.protocol import NO_PARTICLE
+
 #: particles per inner chunk (the chunk's accumulators stay in L1)
 _CHUNK = 2048
 
@@ -224,8 +227,10 @@ def warm_up() -> None:
     readout(np.zeros(1, np.int64), flags, pos, pos, np.zeros(1, np.int64), 0, 1)
 
 
-_S_TRIG, _S_PRS, _S_EC, _PHYSICS, _BEAM, _RANDOM = 1 << 8, 1 << 9, 1 << 10, 1 << 0, 1 << 1, 1 << 2
-_NO_PARTICLE = 0xFFFFFFFF
+# numba freezes these globals into the compiled (and disk-cached) kernel; the bits are a fixed contract,
+# and the property test against the numpy reference would catch a kernel compiled with other values
+_S_TRIG, _S_PRS, _S_EC, _PHYSICS, _BEAM, _RANDOM = S_TRIG, S_PRS, S_EC, PHYSICS, BEAM, RANDOM
+_NO_PARTICLE = NO_PARTICLE
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)

@@ -504,9 +504,9 @@ class SessionView:
         self.dead_fig = _fig("Dead-time fraction", x_axis_label="spill (0 = latest)")
         self.dead_fig.line(x="index", y="dead_time", source=h, color="#d62728")
         self.loss_fig = _fig("DAQ losses by reason per spill", width=700, x_axis_label="spill (0 = latest)")
-        from dqm.monitor import LOSS_REASONS
+        from dqm.monitor import LOSS_SERIES
 
-        for i, reason in enumerate((*LOSS_REASONS, "other")):
+        for i, reason in enumerate((*LOSS_SERIES, "other")):
             self.loss_fig.line(
                 x="index",
                 y=f"loss_{reason}",

@@ -14,9 +14,6 @@ from numpy.typing import NDArray
 from daq import detector, protocol
 from dqm.errors import DqmError
 
-#: trigger mask bits (docs/architecture.md)
-PHYSICS, BEAM, RANDOM = 1 << 0, 1 << 1, 1 << 2
-S_TRIG, S_PRS, S_EC = 1 << 8, 1 << 9, 1 << 10
 #: row order of Events.sums
 SUM_ROWS = {name: i for i, name in enumerate(protocol.Events.SUMS)}
 

@@ -15,7 +15,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from daq import detector
-from dqm.batch import BEAM, PHYSICS, RANDOM, Batch
+from daq.contract import BEAM, PHYSICS, RANDOM
+from dqm.batch import Batch
 from dqm.config import DqmConfig
 
 N_CH = detector.N_CHANNELS

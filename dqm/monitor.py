@@ -20,6 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from daq import protocol
+from daq.contract import LossReason
 from dqm import metrics
 from dqm.alarms import Alarm, AlarmBook
 from dqm.baseline import Baseline
@@ -39,18 +40,21 @@ from dqm.config import DqmConfig
 
 log = logging.getLogger(__name__)
 
-#: loss reasons shown as separate series (the DAQ contract); anything else is summed as "other"
-LOSS_REASONS = (
-    "sequence_gap",
-    "duplicate",
-    "decode_error",
-    "fragment_timeout",
-    "empty_fragment",
-    "truncated_fragment",
-    "unexpected_fragment",
-    "spill_counter_mismatch",
-    "write_error",
-    "monitor_skipped",
+#: the DAQ's loss reasons (daq.contract) shown as separate series; any other is summed as "other"
+LOSS_SERIES: tuple[str, ...] = tuple(
+    r.value
+    for r in (
+        LossReason.SEQUENCE_GAP,
+        LossReason.DUPLICATE,
+        LossReason.DECODE_ERROR,
+        LossReason.FRAGMENT_TIMEOUT,
+        LossReason.EMPTY_FRAGMENT,
+        LossReason.TRUNCATED_FRAGMENT,
+        LossReason.UNEXPECTED_FRAGMENT,
+        LossReason.SPILL_COUNTER_MISMATCH,
+        LossReason.WRITE_ERROR,
+        LossReason.MONITOR_SKIPPED,
+    )
 )
 #: at most this many spills are open (events seen, summary not yet) before the oldest is closed anyway
 MAX_OPEN_SPILLS = 2

@@ -16,10 +16,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from daq import detector
+from daq.contract import LossReason, is_breakdown
 from dqm import metrics
 from dqm.book import SPECTRUM_BINS, TIME_ROWS, Book, BookSpec
 from dqm.checks import State
-from dqm.monitor import LOSS_REASONS, Monitor
+from dqm.monitor import LOSS_SERIES, Monitor
 
 RANGES = ("spill", "last", "run")
 TIME_VIEW_BINS = 100
@@ -147,7 +148,7 @@ def _history(mon: Monitor) -> dict[str, NDArray[np.float64]]:
     )
     out["free_disk_gb"] = col([r.free_disk_bytes / 1e9 for r in recs])
     out["peak_gev"] = col([r.peak_gev for r in recs])
-    for reason in LOSS_REASONS:
+    for reason in LOSS_SERIES:
         out[f"loss_{reason}"] = col([float(r.losses.get(reason, 0)) for r in recs])
     out["loss_other"] = col(
         [
@@ -155,7 +156,7 @@ def _history(mon: Monitor) -> dict[str, NDArray[np.float64]]:
                 sum(
                     v
                     for k, v in r.losses.items()
-                    if k not in LOSS_REASONS and "." not in k and k != "dead_time"
+                    if k not in LOSS_SERIES and not is_breakdown(k) and k != LossReason.DEAD_TIME
                 )
             )
             for r in recs

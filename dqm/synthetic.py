@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from daq import detector, protocol
-from dqm.batch import BEAM, PHYSICS, RANDOM, S_TRIG, make_events
+from daq.contract import BEAM, PHYSICS, RANDOM, S_TRIG
+from dqm.batch import make_events
 
 GAINS = detector.nominal_gains()  # ADC counts per MeV
 

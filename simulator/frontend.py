@@ -487,7 +487,7 @@ class FrontEnd:
                 n_channels=ids.size,
                 n_samples=self.shapes.n_samples,
                 index=index,
-                waveforms=np.ascontiguousarray(wf[:, ids[0] : ids[-1] + 1, :]),
+                waveforms=np.ascontiguousarray(wf[:, detector.GROUP_SLICES[g], :]),
             )
             out.append(frag)
         c.n_fragments += len(out)

@@ -38,8 +38,6 @@ from daq.files import SpillFile, SpillFileError
 
 log = logging.getLogger(__name__)
 
-_GROUP_SLICES = tuple(slice(int(ids[0]), int(ids[-1]) + 1) for ids in detector.GROUP_IDS)
-_ALL_GROUPS = (1 << detector.N_GROUPS) - 1
 #: waveforms are read ahead in whole blocks of this many events (a multiple of the writer's 64-event chunks)
 READ_BLOCK = 128
 #: longest slice the wire protocol can carry (SLICE ``length_ns`` is a uint32)
@@ -138,7 +136,7 @@ class RecordedSpill:
         s = self.n_samples
         self._block = np.empty((capacity, detector.N_CHANNELS, s), dtype=np.uint16)
         self._group_bufs = tuple(
-            np.empty((capacity, g.stop - g.start, s), dtype=np.uint16) for g in _GROUP_SLICES
+            np.empty((capacity, g.stop - g.start, s), dtype=np.uint16) for g in detector.GROUP_SLICES
         )
 
     def close(self) -> None:
@@ -224,7 +222,7 @@ class RecordedSpill:
             np.empty((k, chans.stop - chans.start, s), dtype=np.uint16)
             if k * (chans.stop - chans.start) * s * 2 >= new_from_bytes
             else buf[:k]
-            for buf, chans in zip(self._group_bufs, _GROUP_SLICES, strict=True)
+            for buf, chans in zip(self._group_bufs, detector.GROUP_SLICES, strict=True)
         )
         if isinstance(rows, slice) and rows.stop <= self.n_events:
             # block by block of the read-ahead window (cache-sized): decoded, then split while still cached
@@ -232,13 +230,13 @@ class RecordedSpill:
             while lo < rows.stop:
                 hi = min(rows.stop, (lo // READ_BLOCK + 1) * READ_BLOCK)
                 block = self._window(lo, hi)
-                for dst, chans in zip(out, _GROUP_SLICES, strict=True):
+                for dst, chans in zip(out, detector.GROUP_SLICES, strict=True):
                     np.copyto(dst[lo - first : hi - first], block[:, chans])
                 lo = hi
             return out
         block = self._block[:k]  # a gather of rows, or rows past the file (the all-zero row)
         self._read_rows(rows, block)
-        for dst, chans in zip(out, _GROUP_SLICES, strict=True):
+        for dst, chans in zip(out, detector.GROUP_SLICES, strict=True):
             np.copyto(dst, block[:, chans])
         return out
 
@@ -407,7 +405,7 @@ class RecordedSpill:
         sel_rows: slice | np.ndarray = rows
         if int(rows[-1]) - first == k - 1 and (k < 3 or bool(np.all(np.diff(rows) == 1))):
             sel_rows = slice(first, first + k)
-        all_missing = int(np.bitwise_and.reduce(self.missing_groups[sel_rows])) & _ALL_GROUPS
+        all_missing = int(np.bitwise_and.reduce(self.missing_groups[sel_rows])) & detector.ALL_GROUPS_MASK
         counts.empty_groups += all_missing.bit_count()  # header-only fragments: the group is in no entry
         return sel_rows, all_missing
 

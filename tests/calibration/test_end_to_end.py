@@ -25,7 +25,7 @@ import pytest
 
 from calibration import constants as cc
 from calibration import monitoring
-from daq import detector
+from daq import contract, detector
 from daq.cli import main
 from daq.files import SpillFile, list_spill_files
 from tests.calibration import campaign
@@ -233,7 +233,7 @@ def test_derived_constants_put_the_electron_peak_at_the_beam_energy(cal: Campaig
     with SpillFile(path) as f:
         assert f.attrs["calibration_id"] == "e2e-v1"
         ev = f.events(["trigger_mask", "e_ecal"])
-    beam = (ev["trigger_mask"] & monitoring.BEAM_BIT) != 0
+    beam = (ev["trigger_mask"] & contract.BEAM) != 0
     peak = monitoring.electron_peak(ev["e_ecal"][beam], 100.0)
     FIGURES["closure_electron_peak_gev"] = round(peak.position_gev, 3)
     FIGURES["closure_electron_peak_error_gev"] = round(peak.error_gev, 3)
@@ -250,7 +250,7 @@ def test_gain_drift_shows_in_the_per_spill_monitoring(cal: Campaign) -> None:
     for path in list_spill_files(cal.drift.data):
         with SpillFile(path) as f:
             ev = f.events(["trigger_mask", "e_ecal"])
-            random = (ev["trigger_mask"] & monitoring.RANDOM_BIT) != 0
+            random = (ev["trigger_mask"] & contract.RANDOM) != 0
             doc = monitoring.spill_monitor(
                 ev["trigger_mask"], ev["e_ecal"], None, f.waveforms(np.flatnonzero(random)), cal.constants
             )

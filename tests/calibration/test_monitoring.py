@@ -9,7 +9,7 @@ import pytest
 
 from calibration import constants as cc
 from calibration import monitoring
-from daq import detector
+from daq import contract, detector
 from tests.calibration import synth
 
 
@@ -53,8 +53,8 @@ def test_spill_monitor_is_json_ready() -> None:
     truth = synth.make_truth(2)
     rng = np.random.default_rng(5)
     calo = _calo_gev(truth, 0.0, rng, 300)
-    mask = np.full(calo.size + 50, monitoring.BEAM_BIT, np.uint32)
-    mask[-50:] = monitoring.RANDOM_BIT
+    mask = np.full(calo.size + 50, contract.BEAM, np.uint32)
+    mask[-50:] = contract.RANDOM
     calo = np.concatenate([calo, np.zeros(50)])
     energy = np.zeros((calo.size, detector.N_CHANNELS))
     energy[:, detector.ecal_id(2, 3)] = calo

@@ -7,9 +7,9 @@ import pytest
 
 from calibration.constants import nominal
 from daq import detector, protocol
-from daq.builder import LOSS_REASONS, Losses, Readout, SpillHistograms, compare_counters
+from daq.builder import Readout, SpillHistograms, compare_counters
+from daq.contract import LOSS_REASONS, PHYSICS, RANDOM, Losses
 from daq.protocol import NO_PARTICLE
-from daq.trigger import PHYSICS, RANDOM
 from daq.waveform import synthesize
 
 N_PRIM = 29

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from daq import detector, protocol
+from daq.contract import BEAM, PHYSICS, RANDOM, S_EC, S_TRIG
 from daq.files import SUMMARY_KEYS, SpillFile, list_spill_files, spill_filename
 from daq.protocol import NO_PARTICLE
-from daq.trigger import BEAM, PHYSICS, RANDOM, S_EC, S_TRIG
 from tests.daq.frontend import FakeFrontEnd, Listener
 
 pytestmark = pytest.mark.integration

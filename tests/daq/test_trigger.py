@@ -12,23 +12,10 @@ from hypothesis import strategies as st
 from calibration.constants import nominal
 from daq import detector
 from daq.config import from_dict
+from daq.contract import BEAM, PHYSICS, RANDOM, S_EC, S_PRS, S_TRIG, mask_names
 from daq.errors import ConfigError
 from daq.protocol import NO_PARTICLE
-from daq.trigger import (
-    BEAM,
-    PHYSICS,
-    RANDOM,
-    S_EC,
-    S_PRS,
-    S_TRIG,
-    Batch,
-    Trigger,
-    TriggerConfig,
-    TriggerState,
-    _dead_time,
-    make_batch,
-    mask_names,
-)
+from daq.trigger import Batch, Trigger, TriggerConfig, TriggerState, _dead_time, make_batch
 
 ECAL_GAIN = detector.NOMINAL_GAIN[detector.Detector.ECAL]  # counts per MeV
 PRS_GAIN = detector.NOMINAL_GAIN[detector.Detector.PRS]

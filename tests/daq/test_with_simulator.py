@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from daq.contract import BEAM, PHYSICS, RANDOM, S_EC, S_PRS, S_TRIG
 from daq.files import SpillFile, list_spill_files
 from daq.protocol import NO_PARTICLE
-from daq.trigger import BEAM, PHYSICS, RANDOM, S_EC, S_PRS, S_TRIG
 from tests.conftest import na64_command
 from tests.daq.frontend import Listener
 

@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daq import detector
-from dqm.batch import BEAM, PHYSICS, RANDOM, Batch, BatchError, make_events
+from daq.contract import BEAM, PHYSICS, RANDOM
+from dqm.batch import Batch, BatchError, make_events
 from dqm.book import Book, BookSpec
 
 N = detector.N_CHANNELS

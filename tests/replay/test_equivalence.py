@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from daq import detector, protocol
+from daq.contract import BEAM, RANDOM
 from daq.files import SpillFile, list_spill_files
-from daq.trigger import BEAM, RANDOM
 from simulator.replay_spill import load_spill
 from tests.conftest import free_port, na64_command
 from tests.replay.plugin import record_spills

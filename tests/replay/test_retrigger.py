@@ -13,11 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daq import detector
+from daq.contract import PHYSICS
 from daq.errors import ConfigError
 from daq.files import SpillFile
 from daq.protocol import NO_PARTICLE
 from daq.retrigger import parse_overrides, retrigger_arrays, trigger_config
-from daq.trigger import PHYSICS, TriggerConfig
+from daq.trigger import TriggerConfig
 from tests.conftest import na64_command
 from tests.replay.synth import SynthSpill, make_spill
 

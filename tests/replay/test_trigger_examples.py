@@ -12,8 +12,9 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from daq.contract import PHYSICS, S_TRIG
 from daq.retrigger import CONDITION_BITS, RecordedPrimitives, run_trigger
-from daq.trigger import PHYSICS, S_TRIG, TriggerConfig
+from daq.trigger import TriggerConfig
 from simulator.scenarios import ScenarioStream
 
 Scenario = Callable[..., ScenarioStream]
