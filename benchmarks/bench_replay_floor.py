@@ -37,7 +37,8 @@ from daq import detector
 from daq.batch import EventBatch
 from daq.files import SpillFile
 from daq.waveform import RecoConfig, event_sums, reconstruct
-from daq.writer import SpillFinal, SpillHeader, SpillWriter, WriterConfig
+from daq.writer import SpillWriter, WriterConfig
+from daq.writer_commands import SpillFinal, SpillHeader
 
 
 def cpu_s() -> float:

@@ -29,7 +29,8 @@ from daq import detector
 from daq.batch import SUM_NAMES, EventBatch
 from daq.files import SpillFile
 from daq.waveform import RecoConfig, event_sums, reconstruct, synthesize
-from daq.writer import CODECS, SpillFinal, SpillHeader, SpillWriter, WriterConfig
+from daq.writer import CODECS, SpillWriter, WriterConfig
+from daq.writer_commands import SpillFinal, SpillHeader
 
 
 def realistic_batch(n: int, rng: np.random.Generator, first_id: int = 0) -> EventBatch:

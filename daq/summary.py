@@ -129,6 +129,22 @@ class FrontEndStatus:
 
 
 @dataclass(frozen=True)
+class CalibrationStatus:
+    """The constants of the current (or last) run (``calibration.constants.for_run``)."""
+
+    run: int | None = None
+    #: their version id; None when none was usable (the run was not recorded)
+    id: str | None = None
+    usable: bool = True
+    #: the file, "nominal (asked for)" or "nominal (no --calibration given)"
+    source: str = ""
+    #: why none was usable
+    problem: str = ""
+    #: channels whose constants no derivation determined (their nominal values are used)
+    undetermined: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class DaqStatus(_Document):
     """The DAQ's state, published every ``monitor.status_period_s`` (docs/daq.md, "DQM feed")."""
 
@@ -151,6 +167,7 @@ class DaqStatus(_Document):
     writer_queue: int = 0
     pending_requests: int = 0
     calibration_id: str | None = None
+    calibration: CalibrationStatus = field(default_factory=CalibrationStatus)
     status_version: int = STATUS_VERSION
 
     @property
@@ -239,7 +256,10 @@ def _convert(value: Any, hint: Any, path: str, strict: bool) -> Any:
             return None
         (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
         return _convert(value, inner, path, strict)
-    if hint is int:
+    if hint is bool:
+        if type(value) is bool:
+            return value
+    elif hint is int:
         # JSON has numbers: an integral float (e.g. 5e11) is an integer, as JSON Schema says
         if type(value) is int or (type(value) is float and value.is_integer()):
             return int(value)
@@ -321,6 +341,8 @@ def _schema_of(hint: Any, defs: dict[str, Any]) -> dict[str, Any]:
         (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
         s = _schema_of(inner, defs)
         return {**s, "type": [s["type"], "null"]}
+    if hint is bool:
+        return {"type": "boolean"}
     if hint is int:
         return {"type": "integer"}
     if hint is float:

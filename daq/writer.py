@@ -20,8 +20,9 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,17 @@ from daq.files import (
     RECO_DATASETS,
     partial_filename,
     spill_filename,
+)
+from daq.writer_commands import (
+    AppendEvents,
+    CloseSpill,
+    OpenSpill,
+    RunInWriter,
+    SpillFinal,
+    SpillHeader,
+    WriterCommand,
+    WriteResult,
+    command_bytes,
 )
 
 if TYPE_CHECKING:
@@ -142,56 +154,6 @@ class WriterConfig:
             raise ValueError(f"compress_threads must be in 1..16 (got {self.compress_threads})")
         if self.sync_every_mb < 0:
             raise ValueError(f"sync_every_mb must be >= 0 (got {self.sync_every_mb})")
-
-
-@dataclass(frozen=True)
-class SpillHeader:
-    """What is known when a spill starts (becomes root attributes)."""
-
-    run: int
-    spill: int
-    t_start_ns: int = 0
-    config: Mapping[str, Any] = field(default_factory=dict)
-    trigger: Mapping[str, Any] = field(default_factory=dict)
-    calibration_id: str = "nominal-v1"
-    frontend_info: str = "{}"
-    prim_channels: np.ndarray = field(default_factory=detector.default_primitive_channels)
-    n_samples: int = detector.N_SAMPLES
-    sample_period_ns: float = detector.SAMPLE_PERIOD_NS
-
-
-@dataclass(frozen=True)
-class SpillFinal:
-    """What is known when a spill ends (counters, histograms, the summary document)."""
-
-    status: str = "ok"
-    t_end_ns: int = 0
-    counters: Mapping[str, int] = field(default_factory=dict)
-    losses: Mapping[str, int] = field(default_factory=dict)
-    frontend: Mapping[str, int] = field(default_factory=dict)
-    histograms: Mapping[str, tuple[np.ndarray, np.ndarray, str]] = field(default_factory=dict)
-    summary: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    """Outcome of a spill file: final path (None if failed), size, events, time spent writing."""
-
-    run: int
-    spill: int
-    path: Path | None
-    status: str  # ok | incomplete | failed
-    n_events_written: int
-    n_events_lost: int
-    bytes: int
-    write_seconds: float
-    error: str = ""
-    #: CPU time (user + system) of the writing thread from opening to closing the file: the writer
-    #: thread's cost of the spill (its only other work is waiting on the queue)
-    cpu_seconds: float = 0.0
-    #: wall time the writing thread waited for syncs: the final fsync, and a mid-spill fdatasync still
-    #: running at the close (those run in a helper thread while the writer goes on)
-    sync_seconds: float = 0.0
 
 
 class _GuardedFile(io.RawIOBase):
@@ -672,20 +634,25 @@ class _SpillState:
     n_buffered_lost: int = 0
 
 
+class _Stop:
+    """End the writer thread (queued last by :meth:`WriterThread.stop`)."""
+
+
 class WriterThread:
     """The one thread that runs h5py, fed by a queue of commands bounded in count and in bytes.
 
-    ``open``/``append``/``close`` are called from the event loop: ``try_put`` never blocks (when the
-    queue is full the caller waits for the ``wake`` callback it passed, called from the writer thread as
-    soon as a command is taken out: back-pressure, nothing dropped). One producer waits at a time (the
-    last ``wake`` given is the one called). ``close`` and ``abort`` return a
-    ``concurrent.futures.Future`` resolved with a :class:`WriteResult`.
+    Commands (:mod:`daq.writer_commands`) are queued from the event loop: ``try_put`` never blocks (when
+    the queue is full the caller waits for the ``wake`` callback it passed, called from the writer thread
+    as soon as a command is taken out: back-pressure, nothing dropped). One producer waits at a time (the
+    last ``wake`` given is the one called). A command's ``done`` future, if given, is resolved with its
+    outcome: a :class:`WriteResult` for :class:`CloseSpill`, the function's value for
+    :class:`RunInWriter`.
     """
 
     def __init__(self, data_dir: str | Path, config: WriterConfig | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.config = config = config or WriterConfig()
-        self._queue: queue.Queue[tuple[tuple[Any, ...], int]] = queue.Queue()
+        self._queue: queue.Queue[tuple[WriterCommand | _Stop, Future[Any] | None, int]] = queue.Queue()
         self._lock = threading.Lock()  # guards the three below
         self._queued = 0  # commands in the queue
         self._queued_bytes = 0
@@ -700,10 +667,15 @@ class WriterThread:
         self._thread.start()
 
     # -------------------------------------------------- producer side
-    def try_put(self, command: tuple[Any, ...], wake: Callable[[], None] | None = None) -> bool:
+    def try_put(
+        self,
+        command: WriterCommand,
+        wake: Callable[[], None] | None = None,
+        done: Future[Any] | None = None,
+    ) -> bool:
         """Queue a command unless the queue is full; then ``wake`` (if given) is called once, from the
         writer thread, when there is room again."""
-        nbytes = _command_bytes(command)
+        nbytes = command_bytes(command)
         with self._lock:
             full = self._queued >= self.config.queue_size or (
                 self._queued > 0 and self._queued_bytes + nbytes > self._max_bytes
@@ -713,17 +685,17 @@ class WriterThread:
                 return False
             self._queued += 1
             self._queued_bytes += nbytes
-            self._queue.put((command, nbytes))
+            self._queue.put((command, done, nbytes))
         return True
 
-    def put(self, command: tuple[Any, ...]) -> None:
+    def put(self, command: WriterCommand, done: Future[Any] | None = None) -> None:
         """Queue a command beyond the bounds (for a producer that cannot wait any more: the service
         stopping while a spill's close or a batch waits for room; nothing is dropped)."""
-        nbytes = _command_bytes(command)
+        nbytes = command_bytes(command)
         with self._lock:
             self._queued += 1
             self._queued_bytes += nbytes
-            self._queue.put((command, nbytes))
+            self._queue.put((command, done, nbytes))
 
     @property
     def queue_depth(self) -> int:
@@ -752,7 +724,7 @@ class WriterThread:
         """Finish queued commands and end the thread (an open spill is aborted)."""
         with self._lock:
             self._queued += 1
-            self._queue.put((("stop",), 0))
+            self._queue.put((_Stop(), None, 0))
         self._thread.join(timeout)
         self._finisher.shutdown(wait=True)
 
@@ -760,29 +732,30 @@ class WriterThread:
     def _run(self) -> None:
         _set_os_thread_name(b"na64-writer")
         while True:
-            cmd, nbytes = self._queue.get()
+            cmd, done, nbytes = self._queue.get()
             self._taken(nbytes)
-            kind = cmd[0]
             t0 = time.perf_counter()
             try:
-                if kind == "stop":
-                    if self._spill is not None:
-                        self._fail("writer stopped with the spill still open")
-                        self._finish_failed(None)
-                    return
-                if kind == "open":
-                    self._open(cmd[1])
-                elif kind == "append":
-                    self._append(cmd[1])
-                elif kind == "close":
-                    self._close(cmd[1], cmd[2])
-                elif kind == "call":  # run a function in the writer thread (tests, sync points)
-                    fut: concurrent.futures.Future[Any] = cmd[2]
-                    fut.set_result(cmd[1]())
+                match cmd:
+                    case _Stop():
+                        if self._spill is not None:
+                            self._fail("writer stopped with the spill still open")
+                            self._finish_failed(None)
+                        return
+                    case OpenSpill(header=header):
+                        self._open(header)
+                    case AppendEvents(batch=batch):
+                        self._append(batch)
+                    case CloseSpill(final=final):
+                        self._close(final, done)
+                    case RunInWriter(function=function):
+                        result = function()
+                        if done is not None:
+                            done.set_result(result)
             except Exception as e:  # the writer thread must survive anything
-                log.exception("writer: unexpected error on %s", kind)
-                if len(cmd) > 2 and isinstance(cmd[-1], concurrent.futures.Future) and not cmd[-1].done():
-                    cmd[-1].set_exception(e)
+                log.exception("writer: unexpected error on %s", type(cmd).__name__)
+                if done is not None and not done.done():
+                    done.set_exception(e)
             finally:
                 self.busy_seconds += time.perf_counter() - t0
 
@@ -824,7 +797,7 @@ class WriterThread:
             st.writer.abort()
             st.writer = None
 
-    def _finish_failed(self, fut: concurrent.futures.Future[WriteResult] | None) -> None:
+    def _finish_failed(self, fut: Future[WriteResult] | None) -> None:
         st = self._spill
         assert st is not None
         self._spill = None
@@ -833,7 +806,7 @@ class WriterThread:
         if fut is not None:
             fut.set_result(res)
 
-    def _close(self, final: SpillFinal, fut: concurrent.futures.Future[WriteResult]) -> None:
+    def _close(self, final: SpillFinal, fut: Future[WriteResult] | None) -> None:
         st = self._spill
         if st is None:
             raise WriteError("close: no spill is open")
@@ -848,7 +821,7 @@ class WriterThread:
                 return
         self._finish_failed(fut)
 
-    def _finalize(self, st: _SpillState, fut: concurrent.futures.Future[WriteResult]) -> None:
+    def _finalize(self, st: _SpillState, fut: Future[WriteResult] | None) -> None:
         """fsync + rename of a closed file (finisher thread: the writer thread goes on with the next
         spill meanwhile; files are finalized in order). A failure fails the spill like a failed write."""
         w = st.writer
@@ -861,14 +834,8 @@ class WriterThread:
             log.error("run %d spill %d FAILED: %s; spill data is dropped", h.run, h.spill, message)
             w.abort()
             res = WriteResult(h.run, h.spill, None, "failed", 0, st.n_lost + w.n_appended, 0, 0.0, message)
-        fut.set_result(res)
-
-
-def _command_bytes(command: tuple[Any, ...]) -> int:
-    """Bytes a queued command holds (an ``append``'s batch arrays; others count 0)."""
-    if command[0] == "append":
-        return int(command[1].nbytes)
-    return 0
+        if fut is not None:
+            fut.set_result(res)
 
 
 def _reason(e: BaseException) -> str:

@@ -19,7 +19,8 @@ from daq import detector
 from daq.batch import EventBatch
 from daq.chunk_codec import BloscChunks, decompress_into
 from daq.files import SpillFile, spill_filename
-from daq.writer import SpillFinal, SpillHeader, SpillWriter, WriterConfig
+from daq.writer import SpillWriter, WriterConfig
+from daq.writer_commands import SpillFinal, SpillHeader
 from tests.daq.test_chunk_codec import ticks_of_another_thread_during
 
 N_EVENTS = 1000  # 15 whole chunks of 64 events and a last one of 40

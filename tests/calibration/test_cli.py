@@ -15,7 +15,8 @@ from daq import detector, waveform
 from daq.batch import EventBatch
 from daq.cli import main
 from daq.protocol import NO_PARTICLE
-from daq.writer import SpillFinal, SpillHeader, SpillWriter, WriterConfig
+from daq.writer import SpillWriter, WriterConfig
+from daq.writer_commands import SpillFinal, SpillHeader
 from tests.calibration import synth
 from tests.conftest import na64_command
 

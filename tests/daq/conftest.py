@@ -19,6 +19,7 @@ import pytest
 from daq import service
 from daq.daq_config import DaqConfig
 from daq.service import DaqService
+from daq.writer_commands import RunInWriter
 from tests.conftest import free_port, na64_command
 from tests.daq.frontend import Listener
 
@@ -122,7 +123,7 @@ class InProcessDaq:
         """Keep the writer thread busy until :attr:`release` is set (a disk that hangs)."""
         assert self.svc.writer is not None
         held: concurrent.futures.Future[bool] = concurrent.futures.Future()
-        assert self.svc.writer.try_put(("call", lambda: self.release.wait(60), held))
+        assert self.svc.writer.try_put(RunInWriter(lambda: self.release.wait(60)), done=held)
         return held
 
     def let_writer_go(self, held: concurrent.futures.Future[bool]) -> None:

@@ -9,7 +9,6 @@ hold the writer thread at a known point.
 
 from __future__ import annotations
 
-import concurrent.futures
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import numpy as np
 from daq.daq_config import DaqConfig, ReadoutConfig
 from daq.files import SpillFile, list_spill_files
 from daq.writer import WriterConfig
+from daq.writer_commands import RunInWriter
 from tests.daq.conftest import InProcessDaq, wait_until
 from tests.daq.frontend import FakeFrontEnd
 
@@ -49,7 +49,7 @@ def test_a_full_writer_queue_stops_the_receiver_without_spinning_and_loses_nothi
         fe.send_slice(slices[0])
         fe.serve(1)
         # the spill's "open" fills the queue of 1; the first events wait for room ...
-        wait_until(lambda: svc.spill is not None and svc.spill.n_events_built > 0)
+        wait_until(lambda: svc.recorder.spill is not None and svc.recorder.spill.n_events_built > 0)
         for s in slices[1:]:  # ... while more messages wait on the socket
             fe.send_slice(s)
         other = FakeFrontEnd(svc.endpoint, run=3, seed=2)  # and another front-end connects
@@ -105,7 +105,7 @@ def test_the_receiver_goes_on_when_housekeeping_also_waited_for_the_writer(
         r0, r1 = fe.recv_request(), fe.recv_request()
         fe.answer(r1, lambda req, g: "drop" if g == 0 else "ok")  # slice 1 stays incomplete ...
         fe.answer(r0)  # ... slice 0 completes: its events wait for room
-        r = svc.run_state
+        r = svc.recorder.run
         assert r is not None
         wait_until(lambda: not r.readout.pending)  # housekeeping expired slice 1 ...
         time.sleep(0.2)  # ... and waits for room too
@@ -141,16 +141,16 @@ def test_a_stop_while_the_spill_close_waits_for_the_writer_still_writes_the_file
             fe.send_slice(fe.make_slice(i, 1500))
             fe.serve(1)
         n_events = sum(fe.answered[(1, i)][0].size for i in range(3))
-        sp = svc.spill
+        sp = svc.recorder.spill
         assert sp is not None
         wait_until(lambda: sp.n_events_built == n_events and svc.writer.queue_depth == 0)  # all queued, taken
         held = daq.hold_writer()
         wait_until(lambda: svc.writer.queue_depth == 0)  # the writer took the hold ...
-        assert svc.writer.try_put(
-            ("call", lambda: None, concurrent.futures.Future())
-        )  # ... its queue is full
+        assert svc.writer.try_put(RunInWriter(lambda: None))  # ... its queue is full
         fe.spill_end()
-        wait_until(lambda: svc.spill is None and svc.writer.producer_waiting)  # its close waits for room
+        wait_until(
+            lambda: svc.recorder.spill is None and svc.writer.producer_waiting
+        )  # its close waits for room
         daq.stop()
         wait_until(lambda: svc.writer.queue_depth == 2)  # the close was queued anyway
         daq.let_writer_go(held)
@@ -184,11 +184,11 @@ def test_a_stop_keeps_the_order_of_the_commands_waiting_for_the_writer(
         fe.spill_start(1)  # its "open" fills the queue
         fe.send_slice(fe.make_slice(0, 1500))
         fe.answer(fe.recv_request(), lambda req, g: "drop" if g == 0 else "ok")  # incomplete
-        r = svc.run_state
+        r = svc.recorder.run
         assert r is not None
         wait_until(lambda: not r.readout.pending and svc.writer.producer_waiting)  # housekeeping waits
         fe.spill_end()
-        wait_until(lambda: svc.spill is None)  # the receiver's close waits behind it
+        wait_until(lambda: svc.recorder.spill is None)  # the receiver's close waits behind it
         daq.stop()
         wait_until(lambda: svc.writer.queue_depth == 3)  # open, the events, the close
         daq.let_writer_go(held)

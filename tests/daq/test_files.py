@@ -24,7 +24,8 @@ from daq.files import (
     spill_filename,
 )
 from daq.protocol import NO_PARTICLE
-from daq.writer import CODECS, SpillFinal, SpillHeader, SpillWriter, WriterConfig, WriterThread
+from daq.writer import CODECS, SpillWriter, WriterConfig, WriterThread
+from daq.writer_commands import AppendEvents, CloseSpill, OpenSpill, SpillFinal, SpillHeader
 from tests.conftest import na64_command, require_program
 
 N_PRIM = 29
@@ -189,9 +190,9 @@ def test_writer_thread_open_append_close_and_failure(tmp_path: Path) -> None:
     wt = WriterThread(tmp_path / "data", WriterConfig(fsync=True))
     try:
         fut: concurrent.futures.Future = concurrent.futures.Future()
-        assert wt.try_put(("open", SpillHeader(run=1, spill=1)))
-        assert wt.try_put(("append", batch(10)))
-        assert wt.try_put(("close", SpillFinal(), fut))
+        assert wt.try_put(OpenSpill(SpillHeader(run=1, spill=1)))
+        assert wt.try_put(AppendEvents(batch(10)))
+        assert wt.try_put(CloseSpill(1, 1, SpillFinal()), done=fut)
         res = fut.result(30)
         assert (
             res.status == "ok" and res.n_events_written == 10 and res.path is not None and res.path.exists()
@@ -200,22 +201,16 @@ def test_writer_thread_open_append_close_and_failure(tmp_path: Path) -> None:
         blocker = tmp_path / "data" / partial_filename(1, 2)
         blocker.mkdir()
         fut2: concurrent.futures.Future = concurrent.futures.Future()
-        for cmd in (
-            ("open", SpillHeader(run=1, spill=2)),
-            ("append", batch(4)),
-            ("close", SpillFinal(), fut2),
-        ):
-            assert wt.try_put(cmd)
+        assert wt.try_put(OpenSpill(SpillHeader(run=1, spill=2)))
+        assert wt.try_put(AppendEvents(batch(4)))
+        assert wt.try_put(CloseSpill(1, 2, SpillFinal()), done=fut2)
         res2 = fut2.result(30)
         assert res2.status == "failed" and res2.path is None and res2.n_events_lost == 4
         assert "cannot create" in res2.error
         fut3: concurrent.futures.Future = concurrent.futures.Future()
-        for cmd in (
-            ("open", SpillHeader(run=1, spill=3)),
-            ("append", batch(2)),
-            ("close", SpillFinal(), fut3),
-        ):
-            assert wt.try_put(cmd)
+        assert wt.try_put(OpenSpill(SpillHeader(run=1, spill=3)))
+        assert wt.try_put(AppendEvents(batch(2)))
+        assert wt.try_put(CloseSpill(1, 3, SpillFinal()), done=fut3)
         assert fut3.result(30).status == "ok"
     finally:
         wt.stop()

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from daq import service
+from daq import recorder
 from daq.daq_config import DaqConfig
 from daq.writer import WriterConfig
 from tests.daq.conftest import InProcessDaq, wait_until
@@ -18,7 +18,7 @@ from tests.daq.frontend import FakeFrontEnd, Listener
 def test_silent_frontends_are_forgotten_live_ones_kept(
     in_process_daq: Callable[..., InProcessDaq], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(service, "FORGET_FRONTEND_S", 1.0)
+    monkeypatch.setattr(recorder, "FORGET_FRONTEND_S", 1.0)
     daq = in_process_daq(DaqConfig(writer=WriterConfig(fsync=False)), stop_after_run=False)
     svc = daq.svc
     gone = [FakeFrontEnd(svc.endpoint, seed=i) for i in range(5)]
@@ -27,18 +27,20 @@ def test_silent_frontends_are_forgotten_live_ones_kept(
     try:
         for fe in (*gone, live):
             fe.heartbeat()
-        wait_until(lambda: len(svc.frontends) == 6)
+        wait_until(lambda: len(svc.recorder.frontends) == 6)
         deadline = time.monotonic() + 20
-        while len(svc.frontends) > 1:  # the live one keeps beating, the others are silent
+        while len(svc.recorder.frontends) > 1:  # the live one keeps beating, the others are silent
             assert time.monotonic() < deadline, "silent front-ends not forgotten"
             live.heartbeat()
             time.sleep(0.2)
-        (kept,) = svc.frontends.values()
-        assert time.monotonic() - kept.last_seen < 1.0 and len(svc.tracker._next) == 1  # the live one
+        (kept,) = svc.recorder.frontends.values()
+        assert (
+            time.monotonic() - kept.last_seen < 1.0 and len(svc.recorder.tracker._next) == 1
+        )  # the live one
         lis.wait_status(lambda st: len(st["frontends"]) == 1)
         gone[0].heartbeat()  # a forgotten one comes back: a new entry, no sequence error
-        wait_until(lambda: len(svc.frontends) == 2)
-        assert svc.losses_idle.as_dict().get("sequence_gap", 0) == 0
+        wait_until(lambda: len(svc.recorder.frontends) == 2)
+        assert svc.recorder.losses_idle.as_dict().get("sequence_gap", 0) == 0
     finally:
         lis.close()
         for fe in (*gone, live):

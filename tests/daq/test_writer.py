@@ -17,7 +17,16 @@ import pytest
 
 from daq.batch import SUM_NAMES, EventBatch
 from daq.files import SpillFile, spill_filename
-from daq.writer import EventBlock, SpillFinal, SpillHeader, SpillWriter, WriterConfig, WriterThread
+from daq.writer import EventBlock, SpillWriter, WriterConfig, WriterThread
+from daq.writer_commands import (
+    AppendEvents,
+    CloseSpill,
+    OpenSpill,
+    RunInWriter,
+    SpillFinal,
+    SpillHeader,
+    WriterCommand,
+)
 from tests.daq.test_files import N_PRIM, batch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,12 +116,12 @@ def test_writer_thread_reuses_the_buffer_and_each_file_is_right(tmp_path: Path) 
         for spill, sizes in ((1, [90, 100, 7]), (2, [3]), (3, [128, 129, 50])):
             parts = batches(sizes, seed=10 * spill)
             fut: concurrent.futures.Future = concurrent.futures.Future()
-            assert wt.try_put(("open", SpillHeader(run=4, spill=spill)))
+            assert wt.try_put(OpenSpill(SpillHeader(run=4, spill=spill)))
             for b in parts:
-                assert wt.try_put(("append", b))
+                assert wt.try_put(AppendEvents(b))
             probe: concurrent.futures.Future = concurrent.futures.Future()
-            assert wt.try_put(("call", lambda: id(wt._block), probe))
-            assert wt.try_put(("close", SpillFinal(), fut))
+            assert wt.try_put(RunInWriter(lambda: id(wt._block)), done=probe)
+            assert wt.try_put(CloseSpill(4, spill, SpillFinal()), done=fut)
             res = fut.result(30)
             blocks.append(probe.result(30))
             assert res.status == "ok" and res.path is not None and res.sync_seconds > 0
@@ -168,7 +177,8 @@ SCRIPT = textwrap.dedent(
     """
     import concurrent.futures, json, resource, sys
     from pathlib import Path
-    from daq.writer import SpillFinal, SpillHeader, WriterConfig, WriterThread
+    from daq.writer import WriterConfig, WriterThread
+    from daq.writer_commands import AppendEvents, CloseSpill, OpenSpill, SpillFinal, SpillHeader
     from tests.daq.test_files import batch
 
     resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
@@ -176,11 +186,11 @@ SCRIPT = textwrap.dedent(
     out = []
     for spill, n in ((1, 1000), (2, 5)):
         fut = concurrent.futures.Future()
-        wt.try_put(("open", SpillHeader(run=7, spill=spill)))
+        wt.try_put(OpenSpill(SpillHeader(run=7, spill=spill)))
         for i in range(0, n, 100):
-            while not wt.try_put(("append", batch(min(100, n - i), first_id=i, seed=i))):
+            while not wt.try_put(AppendEvents(batch(min(100, n - i), first_id=i, seed=i))):
                 pass
-        wt.try_put(("close", SpillFinal(), fut))
+        wt.try_put(CloseSpill(7, spill, SpillFinal()), done=fut)
         r = fut.result(60)
         out.append([r.status, r.n_events_written, r.n_events_lost, r.error])
     wt.stop()
@@ -219,22 +229,22 @@ def test_the_writer_queue_is_bounded_in_bytes_and_wakes_the_waiting_producer(tmp
     hold = threading.Event()
     woken = threading.Event()
     try:
-        assert wt.try_put(("open", SpillHeader(run=2, spill=1)))
+        assert wt.try_put(OpenSpill(SpillHeader(run=2, spill=1)))
         blocked: concurrent.futures.Future = concurrent.futures.Future()
-        assert wt.try_put(("call", lambda: hold.wait(30), blocked))  # the writer thread stops here
-        queued = [b for b in parts if wt.try_put(("append", b))][:4]
+        assert wt.try_put(RunInWriter(lambda: hold.wait(30)), done=blocked)  # the writer thread stops here
+        queued = [b for b in parts if wt.try_put(AppendEvents(b))][:4]
         assert len(queued) == 3  # 3 batches fit in 3.5 batches' bytes, the 4th waits
         assert wt.queued_bytes == 3 * per_batch
-        assert not wt.try_put(("append", parts[3]), wake=woken.set)
+        assert not wt.try_put(AppendEvents(parts[3]), wake=woken.set)
         assert not woken.is_set()
         hold.set()  # the writer goes on: taking a command out wakes the producer
         assert woken.wait(30)
         for b in parts[3:]:
-            while not wt.try_put(("append", b), wake=woken.set):
+            while not wt.try_put(AppendEvents(b), wake=woken.set):
                 woken.clear()
                 assert woken.wait(30)
         fut: concurrent.futures.Future = concurrent.futures.Future()
-        while not wt.try_put(("close", SpillFinal(), fut), wake=woken.set):
+        while not wt.try_put(CloseSpill(2, 1, SpillFinal()), wake=woken.set, done=fut):
             woken.clear()
             assert woken.wait(30)
         res = fut.result(30)
@@ -249,19 +259,19 @@ def test_the_writer_queue_is_bounded_in_bytes_and_wakes_the_waiting_producer(tmp
 def test_one_batch_larger_than_queue_mb_is_still_accepted(tmp_path: Path) -> None:
     wt = WriterThread(tmp_path, WriterConfig(fsync=False, queue_mb=0.001))
 
-    def put(cmd: tuple) -> None:
+    def put(cmd: WriterCommand, done: concurrent.futures.Future | None = None) -> None:
         deadline = time.monotonic() + 30
-        while not wt.try_put(cmd):  # refused only while something else waits in the queue
+        while not wt.try_put(cmd, done=done):  # refused only while something else waits in the queue
             assert time.monotonic() < deadline
             time.sleep(0.001)
 
     try:
         parts = batches([40, 40])
         fut: concurrent.futures.Future = concurrent.futures.Future()
-        put(("open", SpillHeader(run=3, spill=1)))
+        put(OpenSpill(SpillHeader(run=3, spill=1)))
         for b in parts:  # each alone exceeds 1 kB: accepted once the queue is empty
-            put(("append", b))
-        put(("close", SpillFinal(), fut))
+            put(AppendEvents(b))
+        put(CloseSpill(3, 1, SpillFinal()), done=fut)
         res = fut.result(30)
         assert res.status == "ok" and res.path is not None
         assert_file_holds(res.path, parts)
@@ -279,10 +289,10 @@ def test_a_failure_to_finalize_a_closed_file_fails_the_spill_and_the_next_one_is
         for spill in (1, 2):
             parts = batches([30, 20], seed=spill)
             fut: concurrent.futures.Future = concurrent.futures.Future()
-            assert wt.try_put(("open", SpillHeader(run=5, spill=spill)))
+            assert wt.try_put(OpenSpill(SpillHeader(run=5, spill=spill)))
             for b in parts:
-                assert wt.try_put(("append", b))
-            assert wt.try_put(("close", SpillFinal(), fut))
+                assert wt.try_put(AppendEvents(b))
+            assert wt.try_put(CloseSpill(5, spill, SpillFinal()), done=fut)
             results.append((fut.result(30), parts))
         (bad, _), (good, parts) = results
         assert bad.status == "failed" and bad.path is None and bad.n_events_lost == 50

@@ -16,7 +16,8 @@ from daq.batch import EventBatch
 from daq.files import spill_filename
 from daq.protocol import NO_PARTICLE
 from daq.trigger import Batch, Trigger, TriggerConfig
-from daq.writer import SpillFinal, SpillHeader, SpillWriter, WriterConfig
+from daq.writer import SpillWriter, WriterConfig
+from daq.writer_commands import SpillFinal, SpillHeader
 
 SLICE_NS = 10_000_000
 

@@ -1,0 +1,929 @@
+"""The DAQ's run and spill state machine, without I/O: messages and times in, typed actions out.
+
+:class:`Recorder` is the core of ``na64 daq``; :class:`daq.service.DaqService` is its shell. The shell
+turns socket events, timers and writer results into calls, and the returned actions into I/O:
+
+=========================================  ===========================================================
+call                                       when
+=========================================  ===========================================================
+``receive(sender, frames, now)``           a front-end message arrived (``handle`` for a decoded one)
+``tick(now)``                              every ~50 ms: fragment and spill timeouts, DQM feed, status
+``send_failed(send, now)``                 a :class:`Send` could not be delivered
+``events_not_published(action, now)``      a :class:`PublishEvents` could not be sent
+``file_closed(result, now)``               the writer finished a :class:`~daq.writer_commands.CloseSpill`
+``stop(now)`` / ``flush(now)``             the service stops: close the open spill / last feed and status
+=========================================  ===========================================================
+
+Actions, executed by the shell in the order given: :class:`Send` (a message to one front-end),
+:class:`~daq.writer_commands.OpenSpill`, :class:`~daq.writer_commands.AppendEvents`,
+:class:`~daq.writer_commands.CloseSpill` (to the writer, in order, with back-pressure),
+:class:`PublishEvents`, :class:`PublishSummary`, :class:`PublishStatus` (to the DQM), :class:`LossCounted`,
+:class:`Log` and :class:`RunFinished`.
+
+No sockets, files, threads, event loops or clocks here: times come in as ``now`` (monotonic seconds),
+and two questions about the outside world (free disk space, the calibration constants of a run) are
+asked through the :class:`Environment` the shell passes in. Every message is attributed to its sender (a
+ZeroMQ identity); the front-end that sends RUN_START owns the run (:attr:`Run.owner`).
+
+Losses are counted by reason (:class:`daq.contract.LossReason`), announced once per spill per reason
+(``LossCounted.first``), and reported in the spill file, the spill summary and the status document.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from daq import detector, protocol
+from daq.batch import EventBatch
+from daq.builder import Readout, SpillHistograms, compare_counters, histograms_json
+from daq.contract import (
+    ChannelConstants,
+    DaqState,
+    Losses,
+    LossReason,
+    SpillStatus,
+    decode_error_kind,
+)
+from daq.errors import ConfigError, Na64Error, ProtocolError
+from daq.monitor_feed import MonitorFeed
+from daq.summary import CalibrationStatus, DaqStatus, FrontEndStatus, Histogram, SpillSummary, Triggers
+from daq.trigger import Batch, Trigger
+from daq.writer_commands import AppendEvents, CloseSpill, OpenSpill, SpillFinal, SpillHeader, WriteResult
+
+if TYPE_CHECKING:  # only the type: importing daq.daq_config loads the writer (h5py)
+    from daq.daq_config import DaqConfig
+
+#: a front-end not heard from for this long is forgotten (its status entry and sequence number): every
+#: ``na64 simulate`` or ``replay`` run and every reconnect is a new ZeroMQ identity, and a DAQ runs for
+#: weeks (a live front-end sends a heartbeat every second)
+FORGET_FRONTEND_S = 3600.0
+
+_FRONTEND_STATE_NAMES = {s.value: s.name.lower() for s in protocol.FrontEndState}
+
+
+# ---------------------------------------------------------------- actions
+@dataclass(frozen=True, eq=False)
+class Send:
+    """Send ``message`` (already numbered for that front-end) to front-end ``to``."""
+
+    to: bytes
+    message: protocol.Message
+
+
+@dataclass(frozen=True, eq=False)
+class PublishEvents:
+    """Publish a sample of built events to the DQM (never waits: the shell reports a failure)."""
+
+    message: protocol.Events
+
+
+@dataclass(frozen=True)
+class PublishSummary:
+    """Publish a spill's summary to the DQM (kept and retried if the socket cannot take it now)."""
+
+    summary: SpillSummary
+
+
+@dataclass(frozen=True)
+class PublishStatus:
+    """Publish the DAQ's status (replaced by the next one if the socket cannot take it)."""
+
+    status: DaqStatus
+
+
+@dataclass(frozen=True)
+class LossCounted:
+    """``n`` of ``reason`` were counted; ``first``: the first of that reason in this spill (to be logged)."""
+
+    reason: str
+    n: int
+    where: str
+    detail: str
+    first: bool
+
+
+@dataclass(frozen=True)
+class Log:
+    """A log record: ``message % args`` at ``level``, with the exception's traceback if ``error``."""
+
+    level: int
+    message: str
+    args: tuple[object, ...] = ()
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    """RUN_STOP was processed and the run's last spill file is closed (``--stop-after-run`` stops here)."""
+
+    run: int
+
+
+@dataclass(frozen=True)
+class RunRefused:
+    """A run is not recorded: its calibration cannot be used (``--stop-after-run`` stops at once, and the
+    DAQ exits non-zero: :attr:`Recorder.refused`)."""
+
+    run: int
+    problem: str
+
+
+Action = (
+    Send
+    | OpenSpill
+    | AppendEvents
+    | CloseSpill
+    | PublishEvents
+    | PublishSummary
+    | PublishStatus
+    | LossCounted
+    | Log
+    | RunFinished
+    | RunRefused
+)
+
+
+# ---------------------------------------------------------------- the outside world
+@dataclass(frozen=True)
+class CalibrationChoice:
+    """The constants to record a run with, or None when none can be used (the run is not recorded:
+    never a silent fallback to other constants); ``status`` says which and why, in the status document."""
+
+    constants: ChannelConstants | None
+    status: CalibrationStatus
+
+
+class Environment(Protocol):
+    """What the recorder asks the outside world (the shell answers from the disk, the files, the writer)."""
+
+    def calibration(self, run: int) -> CalibrationChoice: ...
+    def free_bytes(self) -> int: ...
+    def writer_queue(self) -> int: ...
+
+
+# ---------------------------------------------------------------- state
+@dataclass
+class FrontEnd:
+    ident: bytes
+    last_seen: float = 0.0
+    state: str = "unknown"
+    name: str = ""
+    seq_out: protocol.SequenceCounter = field(default_factory=protocol.SequenceCounter)
+    decode_errors_since_good: int = 0
+
+
+@dataclass
+class Run:
+    number: int
+    owner: bytes  # the front-end that sent RUN_START
+    trigger: Trigger
+    readout: Readout
+    prim_channels: np.ndarray
+    n_samples: int
+    sample_period_ns: float
+    frontend_info: str
+    calibration_id: str
+
+
+@dataclass
+class Spill:
+    """Book-keeping of the spill being recorded."""
+
+    run: int
+    number: int
+    owner: bytes
+    t_start_ns: int
+    started: float  # monotonic
+    last_msg: float
+    hist: SpillHistograms
+    losses: Losses = field(default_factory=Losses)
+    counters: Counter[str] = field(default_factory=Counter)
+    slices: set[int] = field(default_factory=set)
+    beam_time_ns: int = 0
+    record: bool = True  # False: failed before it started (free space)
+    fail_reason: str = ""
+    frontend: dict[str, int] = field(default_factory=dict)
+    t_end_ns: int = 0
+    ended_by: str = ""
+    logged: set[str] = field(default_factory=set)
+    n_events_built: int = 0
+
+
+@dataclass
+class _Closing:
+    """A spill whose file the writer is closing: its summary waits for the result."""
+
+    summary: SpillSummary
+    losses: Losses
+
+
+class Recorder:
+    """The run and spill state of ``na64 daq``; every public method returns the actions to execute.
+
+    ``config_record``: the configuration stored in every spill file; ``data_dir``: where the files go
+    (for messages and the status); ``started``: the monotonic time the DAQ started (for its uptime).
+    Not thread-safe: one caller at a time (the service's event loop).
+    """
+
+    def __init__(
+        self,
+        config: DaqConfig,
+        environment: Environment,
+        *,
+        config_record: Mapping[str, Any] | None = None,
+        data_dir: str = "",
+        started: float = 0.0,
+    ) -> None:
+        self.config = config
+        self.env = environment
+        self.config_record = dict(config_record or {})
+        self.data_dir = data_dir
+        self.started = started
+        self.frontends: dict[bytes, FrontEnd] = {}
+        self.tracker = protocol.SequenceTracker()
+        self.run: Run | None = None
+        self.spill: Spill | None = None
+        self.losses_run = Losses()
+        self.losses_idle = Losses()  # losses outside any spill (reported in the status and the next spill)
+        self._idle_logged: set[str] = set()
+        self.eot_run = 0
+        self.events_run = 0
+        self.spills_run = 0
+        self.alarms: dict[str, str] = {}
+        #: the calibration of the current (or last) run, as in the status document
+        self.calibration = CalibrationStatus()
+        #: why runs were not recorded (no usable calibration): the DAQ exits non-zero
+        self.refused: list[str] = []
+        self.last_summary: SpillSummary | None = None
+        self.closing: dict[tuple[int, int], _Closing] = {}
+        self.run_stopped = False
+        self.free_disk_bytes = environment.free_bytes()
+        m = config.monitor
+        self.feed = MonitorFeed(m.max_events_per_batch, m.batches_per_s)
+        self._next_status = 0.0
+        self._out: list[Action] = []
+
+    # ------------------------------------------------------------ entry points
+    def receive(self, sender: bytes, frames: Sequence[Any], now: float) -> list[Action]:
+        """A front-end's message as received (frames after the identity); malformed ones are counted."""
+        fe = self._frontend(sender)
+        fe.last_seen = now
+        try:
+            msg = protocol.decode(frames)
+        except ProtocolError as e:
+            fe.decode_errors_since_good += 1
+            self._loss(LossReason.DECODE_ERROR, 1, str(e))
+            self._loss(decode_error_kind(_kind(e)), 1, str(e))
+            return self._take()
+        except Exception as e:
+            return self.internal_error(e)
+        return self.handle(sender, msg, now)
+
+    def handle(self, sender: bytes, msg: protocol.Message, now: float) -> list[Action]:
+        """A decoded message from front-end ``sender``. One bad message never stops the DAQ: an error is
+        logged (and counted as ``internal_error`` when it is a bug)."""
+        try:
+            self._handle(sender, msg, now)
+        except Na64Error as e:
+            self._log(logging.ERROR, "message handling failed: %s", e)
+        except Exception as e:
+            self._internal_error(e)
+        return self._take()
+
+    def tick(self, now: float) -> list[Action]:
+        """Housekeeping: expire fragments, close a silent spill, feed the DQM, status when due."""
+        r, sp = self.run, self.spill
+        if r is not None and r.readout.pending:
+            for batch in r.readout.expire(now, self.config.readout.fragment_timeout_s):
+                self._events(batch, now)
+            self._absorb_readout_losses()
+        if sp is not None and now - sp.last_msg > self.config.readout.spill_timeout_s:
+            sp.ended_by = "spill timeout"
+            self._loss(
+                LossReason.SPILL_END_MISSING, 1, f"no message for {self.config.readout.spill_timeout_s} s"
+            )
+            self._end_spill(complete=False, now=now)
+        self._flush_feed(now)
+        if now >= self._next_status:
+            self._next_status = now + self.config.monitor.status_period_s
+            self._forget_silent_frontends(now)
+            self._out.append(PublishStatus(self.status(now)))
+        return self._take()
+
+    def send_failed(self, send: Send, now: float) -> list[Action]:
+        """A message could not be delivered (the front-end is gone or not reading)."""
+        msg, r = send.message, self.run
+        if isinstance(msg, protocol.ReadoutRequest):
+            if r is not None:
+                r.readout.cancel(msg.spill, msg.slice_id)
+            self._loss(
+                LossReason.REQUEST_FAILED, 1, f"READOUT_REQUEST for slice {msg.slice_id} could not be sent"
+            )
+        return self._take()
+
+    def events_not_published(self, action: PublishEvents, now: float) -> list[Action]:
+        """The DQM's socket could not take an EVENTS message: its events are skipped (counted)."""
+        self.feed.not_sent(action.message)
+        n = action.message.n_events
+        self._loss(LossReason.MONITOR_SKIPPED, n, f"{n} events not sent to the DQM (sampling)")
+        return self._take()
+
+    def file_closed(self, result: WriteResult, now: float) -> list[Action]:
+        """The writer closed (or failed) a spill's file: complete and publish its summary."""
+        c = self.closing.pop((result.run, result.spill), None)
+        if c is None:
+            self._log(logging.ERROR, "writer result for unknown spill %d/%d", result.run, result.spill)
+            return self._take()
+        s = dataclasses.replace(
+            c.summary,
+            write_seconds=round(result.write_seconds, 4),
+            write_mb=round(result.bytes / 1e6, 3),
+            n_events_written=result.n_events_written,
+            file=result.path.name if result.path is not None else None,
+        )
+        if result.status == SpillStatus.FAILED:
+            self.alarms["write"] = f"run {result.run} spill {result.spill}: {result.error}"
+            lost = result.n_events_lost
+            self.losses_run[LossReason.WRITE_ERROR] += lost
+            c.losses[LossReason.WRITE_ERROR] += lost
+            s = dataclasses.replace(
+                s, status=SpillStatus.FAILED, failure=result.error, losses=c.losses.as_dict()
+            )
+            self._log(
+                logging.ERROR,
+                "run %d spill %d failed: %s (%d events lost)",
+                result.run,
+                result.spill,
+                result.error,
+                lost,
+            )
+        else:
+            self.alarms.pop("write", None)
+        self._publish_summary(s)
+        return self._take()
+
+    def stop(self, now: float) -> list[Action]:
+        """The service stops: the open spill is closed as incomplete ("stopped")."""
+        sp = self.spill
+        if sp is not None:
+            sp.ended_by = sp.ended_by or "stopped"
+            self._end_spill(complete=False, now=now)
+        return self._take()
+
+    def flush(self, now: float) -> list[Action]:
+        """Last words before the service exits: the buffered events and the status."""
+        self._flush_feed(now, force=True)
+        self._out.append(PublishStatus(self.status(now)))
+        return self._take()
+
+    def internal_error(self, error: BaseException) -> list[Action]:
+        """A bug while handling a message (in the recorder or the shell): logged, counted, the DAQ goes on."""
+        self._internal_error(error)
+        return self._take()
+
+    def status(self, now: float) -> DaqStatus:
+        """The status document (published every ``monitor.status_period_s``)."""
+        sp, r = self.spill, self.run
+        state = DaqState.IN_SPILL if sp is not None else DaqState.RUNNING if r is not None else DaqState.IDLE
+        return DaqStatus(
+            state=state,
+            run=r.number if r else (sp.run if sp else None),
+            spill=sp.number if sp else None,
+            uptime_s=round(now - self.started, 3),
+            frontends={
+                fe.ident.hex(): FrontEndStatus(round(now - fe.last_seen, 3), fe.state, fe.name)
+                for fe in self.frontends.values()
+            },
+            losses_run=self.losses_run.as_dict(),
+            eot_run=self.eot_run,
+            events_run=self.events_run,
+            spills_run=self.spills_run,
+            free_disk_bytes=self.free_disk_bytes,
+            data_dir=self.data_dir,
+            alarms=dict(self.alarms),
+            writer_queue=self.env.writer_queue(),
+            pending_requests=len(r.readout.pending) if r else 0,
+            calibration_id=r.calibration_id if r else None,
+            calibration=self.calibration,
+        )
+
+    # ------------------------------------------------------------ plumbing
+    def _take(self) -> list[Action]:
+        out, self._out = self._out, []
+        return out
+
+    def _log(self, level: int, message: str, *args: object, error: BaseException | None = None) -> None:
+        self._out.append(Log(level, message, args, error))
+
+    def _internal_error(self, error: BaseException) -> None:
+        self._log(logging.ERROR, "unexpected error handling a message; the DAQ goes on", error=error)
+        self._loss(LossReason.INTERNAL_ERROR, 1, "internal error (see traceback)")
+
+    def _loss(self, reason: str, n: int = 1, detail: str = "") -> None:
+        if n <= 0:
+            return
+        self.losses_run[reason] += n
+        sp = self.spill
+        (sp.losses if sp is not None else self.losses_idle)[reason] += n
+        logged = sp.logged if sp is not None else self._idle_logged
+        first = reason not in logged
+        logged.add(reason)
+        where = f"run {sp.run} spill {sp.number}" if sp is not None else "outside a spill"
+        self._out.append(LossCounted(str(reason), n, where, detail or f"{n}", first))
+
+    def _absorb_readout_losses(self, detail: str = "") -> None:
+        r = self.run
+        if r is None or not r.readout.losses:
+            return
+        for k, v in r.readout.losses.items():
+            self._loss(k, v, detail or f"{v} fragments")
+        r.readout.losses.clear()
+
+    def _frontend(self, ident: bytes) -> FrontEnd:
+        fe = self.frontends.get(ident)
+        if fe is None:
+            fe = self.frontends[ident] = FrontEnd(ident)
+            self._log(logging.INFO, "front-end %s connected", ident.hex())
+        return fe
+
+    def _forget_silent_frontends(self, now: float) -> None:
+        keep = {x.owner for x in (self.run, self.spill) if x is not None}
+        for ident, fe in list(self.frontends.items()):
+            if now - fe.last_seen > FORGET_FRONTEND_S and ident not in keep:
+                del self.frontends[ident]
+                self.tracker.forget(ident)
+                self._log(
+                    logging.INFO, "front-end %s forgotten: silent for %.0f s", ident.hex(), now - fe.last_seen
+                )
+
+    # ------------------------------------------------------------ dispatch
+    def _handle(self, sender: bytes, msg: protocol.Message, now: float) -> None:
+        fe = self._frontend(sender)
+        fe.last_seen = now
+        try:
+            self.tracker.check(sender, msg.seq)
+        except protocol.SequenceGapError as e:
+            self._loss(LossReason.SEQUENCE_GAP, e.missing - fe.decode_errors_since_good, str(e))
+        except protocol.SequenceRepeatError as e:
+            self._loss(LossReason.DUPLICATE, 1, str(e))
+            return
+        fe.decode_errors_since_good = 0
+        if self.spill is not None and sender == self.spill.owner:
+            self.spill.last_msg = now
+        match msg:
+            case protocol.Slice():
+                self._on_slice(sender, msg, now)
+            case protocol.Fragment():
+                self._on_fragment(msg, now)
+            case protocol.Heartbeat(state=state):
+                fe.state = _FRONTEND_STATE_NAMES.get(state, str(state))
+            case protocol.SpillStart():
+                self._on_spill_start(sender, msg, now)
+            case protocol.SpillEnd():
+                self._on_spill_end(msg, now)
+            case protocol.RunStart():
+                self._on_run_start(sender, msg, now)
+            case protocol.RunStop():
+                self._on_run_stop(msg, now)
+            case _:
+                self._loss(LossReason.UNEXPECTED_MESSAGE, 1, f"{msg.TYPE.name} is not a front-end message")
+
+    # ------------------------------------------------------------ run
+    def _on_run_start(self, sender: bytes, msg: protocol.RunStart, now: float) -> None:
+        r = self.run
+        if (
+            r is not None
+            and msg.run == r.number
+            and sender == r.owner
+            and msg.n_samples == r.n_samples
+            and np.array_equal(np.asarray(msg.prim_channels), r.prim_channels)
+        ):
+            # the front-end restarted within its run (sequence numbers from 0): go on with the same run
+            # and spill; requests it had not answered time out and are counted
+            self._loss(
+                LossReason.FRONTEND_RESTART, 1, f"front-end {sender.hex()} sent RUN_START {msg.run} again"
+            )
+            return
+        if self.spill is not None:
+            self.spill.ended_by = "run restarted"
+            self._loss(
+                LossReason.SPILL_END_MISSING,
+                1,
+                f"RUN_START {msg.run} while spill {self.spill.number} is open",
+            )
+            self._end_spill(complete=False, now=now)
+        if self.run is not None:
+            self._flush_run(now)
+        constants = self._constants_for(msg.run)
+        if constants is None:  # never a silent fallback to other constants than those asked for
+            problem = self.calibration.problem
+            self.run = None
+            self.refused.append(problem)
+            self._log(
+                logging.ERROR,
+                "%s: not recording it (--calibration nominal records with nominal constants)",
+                problem,
+            )
+            self._loss(LossReason.RUN_REJECTED, 1, problem)
+            self._out.append(RunRefused(msg.run, problem))
+            return
+        info = bytes(msg.info).decode("utf-8", errors="replace") if msg.info is not None else "{}"
+        self.frontends[sender].name = _name_from_info(info)
+        prim = np.asarray(msg.prim_channels, dtype=np.uint16).copy()
+        try:
+            trig = Trigger(self.config.trigger, constants, prim)
+        except ConfigError as e:
+            self.run = None
+            self.alarms["run"] = f"run {msg.run} rejected: {e}"
+            self._log(logging.ERROR, "run %d rejected: %s", msg.run, e)
+            self._loss(LossReason.RUN_REJECTED, 1, str(e))
+            return
+        if msg.n_channels != detector.N_CHANNELS:
+            self._log(
+                logging.WARNING,
+                "front-end declares %d channels, the detector model has %d",
+                msg.n_channels,
+                detector.N_CHANNELS,
+            )
+        period_ns = msg.sample_period_ps / 1000.0 if msg.sample_period_ps else detector.SAMPLE_PERIOD_NS
+        readout = Readout(constants, msg.n_samples, len(prim), self.config.reco, period_ns)
+        self.run = Run(
+            msg.run, sender, trig, readout, prim, msg.n_samples, period_ns, info, constants.version
+        )
+        self.alarms.pop("run", None)
+        self.losses_run = Losses()
+        self.eot_run = self.events_run = self.spills_run = 0
+        self.run_stopped = False
+        self._log(
+            logging.INFO,
+            "run %d started (front-end %s, %d primitive channels, %d samples, calibration %s)",
+            msg.run,
+            sender.hex(),
+            len(prim),
+            msg.n_samples,
+            constants.version,
+        )
+
+    def _constants_for(self, run: int) -> ChannelConstants | None:
+        """The run's constants (the environment's choice), or None: the run must not be recorded."""
+        choice = self.env.calibration(run)
+        self.calibration = choice.status
+        if choice.constants is not None:
+            self.alarms.pop("calibration", None)
+        else:
+            self.alarms["calibration"] = f"{choice.status.problem}: not recorded"
+        return choice.constants
+
+    def _on_run_stop(self, msg: protocol.RunStop, now: float) -> None:
+        if self.spill is not None:
+            self.spill.ended_by = "run stopped"
+            self._loss(LossReason.SPILL_END_MISSING, 1, f"RUN_STOP while spill {self.spill.number} is open")
+            self._end_spill(complete=False, now=now)
+        self._flush_run(now)
+        self._log(
+            logging.INFO,
+            "run %d stopped by the front-end (%d spills, EOT %d, %d events)",
+            msg.run,
+            self.spills_run + len(self.closing),  # the last files may still be closing
+            self.eot_run,
+            self.events_run,
+        )
+        self.run = None
+        self.run_stopped = True
+        self._check_run_finished(msg.run)
+
+    def _flush_run(self, now: float) -> None:
+        r = self.run
+        if r is None:
+            return
+        leftovers = r.readout.flush()
+        self._absorb_readout_losses()
+        if leftovers:
+            n = sum(len(b) for b in leftovers)
+            self._loss(LossReason.WRITE_ERROR, n, f"{n} events completed outside a spill")
+
+    def _check_run_finished(self, run: int) -> None:
+        if self.run_stopped and self.spill is None and not self.closing:
+            self.run_stopped = False
+            self._out.append(RunFinished(run))
+
+    # ------------------------------------------------------------ spill
+    def _on_spill_start(self, sender: bytes, msg: protocol.SpillStart, now: float) -> None:
+        r = self.run
+        if r is None or msg.run != r.number:
+            self._loss(
+                LossReason.UNEXPECTED_MESSAGE, 1, f"SPILL_START run {msg.run} spill {msg.spill} outside a run"
+            )
+            return
+        if self.spill is not None:
+            self.spill.ended_by = "next spill started"
+            self._loss(
+                LossReason.SPILL_END_MISSING,
+                1,
+                f"SPILL_START {msg.spill} while spill {self.spill.number} is open",
+            )
+            self._end_spill(complete=False, now=now)
+        h = self.config.histograms
+        sp = Spill(
+            run=r.number,
+            number=msg.spill,
+            owner=sender,
+            t_start_ns=msg.t_start_ns,
+            started=now,
+            last_msg=now,
+            hist=SpillHistograms(h.arrival_bins, h.ecal_bins, h.ecal_max_gev, h.prs_bins, h.prs_max_gev),
+        )
+        self.spill = sp
+        if self.losses_idle:
+            sp.losses.update(self.losses_idle)
+            self.losses_idle = Losses()
+            self._idle_logged = set()
+        r.trigger.new_spill()
+        r.readout.new_spill()
+        self.free_disk_bytes = free = self.env.free_bytes()
+        need = int(self.config.storage.min_free_mb * 1e6)
+        if free < need:
+            sp.record = False
+            sp.fail_reason = f"only {free / 1e6:.0f} MB free in {self.data_dir} (need {need / 1e6:.0f} MB)"
+            self.alarms["disk"] = sp.fail_reason
+            self._log(
+                logging.ERROR, "run %d spill %d will not be recorded: %s", r.number, sp.number, sp.fail_reason
+            )
+        else:
+            self.alarms.pop("disk", None)
+            header = SpillHeader(
+                run=r.number,
+                spill=sp.number,
+                t_start_ns=msg.t_start_ns,
+                config=self.config_record,
+                trigger=self.config.trigger.thresholds(),
+                calibration_id=r.calibration_id,
+                frontend_info=r.frontend_info,
+                prim_channels=r.prim_channels,
+                n_samples=r.n_samples,
+                sample_period_ns=r.sample_period_ns,
+            )
+            self._out.append(OpenSpill(header))
+        self._log(logging.INFO, "run %d spill %d started", r.number, sp.number)
+
+    def _on_spill_end(self, msg: protocol.SpillEnd, now: float) -> None:
+        sp = self.spill
+        if sp is None or msg.spill != sp.number or msg.run != sp.run:
+            self._loss(
+                LossReason.UNEXPECTED_MESSAGE,
+                1,
+                f"SPILL_END run {msg.run} spill {msg.spill} without its SPILL_START",
+            )
+            return
+        sp.frontend = {
+            "n_slices": msg.n_slices,
+            "n_requests": msg.n_requests,
+            "n_fragments": msg.n_fragments,
+            "n_events_read": msg.n_events_read,
+            "n_particles": msg.n_particles,
+            "t_end_ns": msg.t_end_ns,
+        }
+        sp.t_end_ns = msg.t_end_ns
+        sp.ended_by = "SPILL_END"
+        self._end_spill(complete=True, now=now)
+
+    def _end_spill(self, complete: bool, now: float) -> None:
+        sp, r = self.spill, self.run
+        if sp is None:
+            return
+        if r is not None:
+            for batch in r.readout.flush(sp.number):
+                self._events(batch, now)
+            self._absorb_readout_losses()
+        self._flush_feed(now, force=True)  # the spill's last events go out before its summary
+        ro = r.readout if r is not None else None
+        daq_counts = {
+            "n_slices": sp.counters["n_slices"],
+            "n_requests": ro.n_requests if ro else 0,
+            "n_fragments": ro.n_fragments if ro else 0,
+            "n_events_read": ro.n_events_read if ro else 0,
+            "n_particles": sp.counters["n_particles"],
+        }
+        if sp.frontend:
+            bad = compare_counters(daq_counts, sp.frontend)
+            if bad:
+                self._loss(
+                    LossReason.SPILL_COUNTER_MISMATCH,
+                    len(bad),
+                    "; ".join(f"{k}: DAQ {a}, front-end {b}" for k, (a, b) in bad.items()),
+                )
+        self.spill = None
+        summary, counters, hists = self._summary(sp, daq_counts, complete)
+        self._log(
+            logging.INFO,
+            "run %d spill %d ended (%s): EOT %d, %d particles, %d accepted, losses %s; writer queue %d",
+            sp.run,
+            sp.number,
+            sp.ended_by,
+            summary.n_beam,
+            summary.n_particles,
+            summary.n_accepted,
+            {k: v for k, v in sp.losses.items() if v} or "none",
+            self.env.writer_queue(),
+        )
+        if sp.record:
+            self.closing[(sp.run, sp.number)] = _Closing(summary, sp.losses)
+            final = SpillFinal(
+                status=summary.status.value,
+                t_end_ns=summary.t_end_ns,
+                counters=counters,
+                losses=sp.losses.as_dict(),
+                frontend=sp.frontend,
+                histograms=hists,
+                summary=summary.to_dict(),
+            )
+            self._out.append(CloseSpill(sp.run, sp.number, final))
+        else:
+            self._publish_summary(dataclasses.replace(summary, failure=sp.fail_reason))
+
+    def _summary(
+        self, sp: Spill, daq_counts: Mapping[str, int], complete: bool
+    ) -> tuple[SpillSummary, dict[str, int], dict[str, tuple[np.ndarray, np.ndarray, str]]]:
+        """The spill's summary (before the writer's figures), its counters and histograms."""
+        c = sp.counters
+        counters = {
+            "n_beam": c["n_strig"],
+            "n_particles": c["n_particles"],
+            "n_slices": c["n_slices"],
+            "n_requests": daq_counts["n_requests"],
+            "n_fragments": daq_counts["n_fragments"],
+            "n_events_read": daq_counts["n_events_read"],
+            "fired_physics": c["fired_physics"],
+            "fired_beam": c["fired_beam"],
+            "fired_random": c["fired_random"],
+            "triggers_physics": c["triggers_physics"],
+            "triggers_beam": c["triggers_beam"],
+            "triggers_random": c["triggers_random"],
+            "n_accepted": c["n_accepted"],
+            "n_events_built": sp.n_events_built,
+            "n_events_incomplete": c["n_events_incomplete"],
+            "dead_time_lost": c["dead_time_lost"],
+        }
+        status = SpillStatus.OK if complete and not sp.losses.data_lost() else SpillStatus.INCOMPLETE
+        if not sp.record:
+            status = SpillStatus.FAILED
+        hists = sp.hist.result()
+        t_end_ns = sp.t_end_ns or (sp.t_start_ns + sp.hist.t_end_ns if sp.t_start_ns else 0)
+        length_s = (t_end_ns - sp.t_start_ns) / 1e9 if sp.t_start_ns and t_end_ns else sp.hist.t_end_ns / 1e9
+        dead_ns = self.config.trigger.dead_time_ns
+        dead_fraction = min(1.0, c["n_accepted"] * dead_ns / sp.beam_time_ns) if sp.beam_time_ns else 0.0
+        r = self.run
+        summary = SpillSummary(
+            run=sp.run,
+            spill=sp.number,
+            status=status,
+            file=None,
+            n_beam=counters["n_beam"],
+            n_particles=counters["n_particles"],
+            triggers=Triggers(c["triggers_physics"], c["triggers_beam"], c["triggers_random"]),
+            n_accepted=c["n_accepted"],
+            n_events_written=0,
+            dead_time_lost=c["dead_time_lost"],
+            dead_time_fraction=round(dead_fraction, 6),
+            losses=sp.losses.as_dict(),
+            frontend=dict(sp.frontend),
+            t_start_ns=sp.t_start_ns,
+            t_end_ns=t_end_ns,
+            spill_length_s=round(length_s, 6),
+            free_disk_bytes=self.free_disk_bytes,
+            calibration_id=r.calibration_id if r else "",
+            ended_by=sp.ended_by,
+            counters=counters,
+            histograms={
+                name: Histogram(tuple(h["edges"]), tuple(h["counts"]))
+                for name, h in histograms_json(hists).items()
+            },
+        )
+        return summary, counters, hists
+
+    def _publish_summary(self, summary: SpillSummary) -> None:
+        """A spill is done (its file closed or failed): count it and publish its summary."""
+        self.free_disk_bytes = self.env.free_bytes()
+        s = dataclasses.replace(summary, free_disk_bytes=self.free_disk_bytes)
+        self.spills_run += 1
+        self.last_summary = s
+        self._out.append(PublishSummary(s))
+        self._log(
+            logging.INFO,
+            "spill summary run %d spill %d: status %s, file %s, %d events written, %.3f s writing",
+            s.run,
+            s.spill,
+            s.status,
+            s.file,
+            s.n_events_written,
+            s.write_seconds,
+        )
+        self._check_run_finished(s.run)
+
+    # ------------------------------------------------------------ slices, fragments, events
+    def _on_slice(self, sender: bytes, msg: protocol.Slice, now: float) -> None:
+        sp, r = self.spill, self.run
+        if sp is None or r is None or msg.run != sp.run or msg.spill != sp.number:
+            self._loss(
+                LossReason.UNEXPECTED_MESSAGE,
+                1,
+                f"SLICE {msg.slice_id} (run {msg.run} spill {msg.spill}) outside a spill",
+            )
+            return
+        if msg.slice_id in sp.slices:
+            self._loss(LossReason.DUPLICATE, 1, f"SLICE {msg.slice_id} received twice")
+            return
+        if msg.amp.shape[0] != r.prim_channels.size:
+            self._loss(
+                LossReason.DECODE_ERROR,
+                1,
+                f"SLICE {msg.slice_id}: {msg.amp.shape[0]} primitive rows, "
+                f"RUN_START declared {r.prim_channels.size}",
+            )
+            self._loss(decode_error_kind("shape"), 1)
+            return
+        sp.slices.add(msg.slice_id)
+        d = r.trigger.evaluate(Batch.from_slice(msg))
+        sp.counters.update(d.counts)
+        sp.counters["n_slices"] += 1
+        sp.beam_time_ns += int(msg.length_ns)
+        sp.hist.fill(msg.t_ns, d.ecal_energy, d.prs_energy, t_end_ns=msg.t0_ns + msg.length_ns)
+        self.eot_run += d.counts["n_strig"]
+        self._loss(LossReason.DEAD_TIME, d.counts["dead_time_lost"], "triggers lost in dead time")
+        # one READOUT_REQUEST per slice, always with the t_ns frame
+        r.readout.add_request(sp.number, msg.slice_id, d.index, d.t_ns, d.trigger_mask, msg.amp, now)
+        req = protocol.ReadoutRequest(
+            run=sp.run,
+            spill=sp.number,
+            slice_id=msg.slice_id,
+            n_events=d.n_readout,
+            index=d.index,
+            t_ns=d.t_ns,
+        )
+        self._out.append(Send(sender, self._frontend(sender).seq_out.stamp(req)))
+
+    def _on_fragment(self, msg: protocol.Fragment, now: float) -> None:
+        r = self.run
+        if r is None:
+            self._loss(LossReason.UNEXPECTED_FRAGMENT, 1, f"FRAGMENT for slice {msg.slice_id} outside a run")
+            return
+        events, reason = r.readout.add_fragment(msg)
+        if reason:
+            group = detector.Detector(msg.source).name if 0 <= msg.source < detector.N_GROUPS else "?"
+            self._absorb_readout_losses(
+                f"spill {msg.spill} slice {msg.slice_id} source {msg.source} ({group}): {msg.n_events} events"
+            )
+        if events is not None:
+            self._events(events, now)
+
+    def _events(self, batch: EventBatch, now: float) -> None:
+        sp = self.spill
+        n = len(batch)
+        if sp is None:
+            if n:
+                self._loss(LossReason.WRITE_ERROR, n, f"{n} events completed outside a spill")
+            return
+        sp.n_events_built += n
+        sp.counters["n_events_incomplete"] += int(np.count_nonzero(batch.missing_groups))
+        self.events_run += n
+        if n == 0:
+            return
+        if sp.record:
+            self._out.append(AppendEvents(batch))
+        else:
+            self._loss(LossReason.WRITE_ERROR, n, f"{n} events not recorded: {sp.fail_reason}")
+        run = self.run.number if self.run else 0
+        flushed, skipped = self.feed.add(batch, run, sp.number, now)
+        self._out += [PublishEvents(m) for m in flushed]
+        self._loss(LossReason.MONITOR_SKIPPED, skipped, f"{skipped} events not sent to the DQM (sampling)")
+
+    def _flush_feed(self, now: float, force: bool = False) -> None:
+        msg = self.feed.flush(now, self.run.number if self.run else 0, force)
+        if msg is not None:
+            self._out.append(PublishEvents(msg))
+
+
+def _kind(e: ProtocolError) -> str:
+    """``ChecksumError`` -> ``checksum``: the loss sub-key of a protocol error."""
+    name = type(e).__name__.removesuffix("Error")
+    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_") or "protocol"
+
+
+def _name_from_info(info: str) -> str:
+    try:
+        doc = json.loads(info)
+    except json.JSONDecodeError:
+        return ""
+    if isinstance(doc, dict):
+        for key in ("name", "frontend", "program"):
+            if isinstance(doc.get(key), str):
+                return str(doc[key])
+    return ""
