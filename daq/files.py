@@ -59,30 +59,6 @@ RECO_DATASETS: dict[str, np.dtype] = {
     "peak_time": np.dtype("<f4"),
     "pileup": np.dtype("u1"),
 }
-#: spill-summary keys (contract with the DQM; see docs/daq.md)
-SUMMARY_KEYS = (
-    "run",
-    "spill",
-    "status",
-    "file",
-    "n_beam",
-    "n_particles",
-    "triggers",
-    "n_accepted",
-    "n_events_written",
-    "dead_time_lost",
-    "dead_time_fraction",
-    "losses",
-    "frontend",
-    "t_start_ns",
-    "t_end_ns",
-    "spill_length_s",
-    "write_seconds",
-    "write_mb",
-    "free_disk_bytes",
-    "calibration_id",
-    "histograms",
-)
 
 _NAME_RE = re.compile(r"^run(\d{6})_spill(\d{5})\.h5$")
 
@@ -565,7 +541,8 @@ class SpillFile:
         return out
 
     def summary(self) -> dict[str, Any]:
-        """The spill summary (same keys as the DAQ's spill-summary JSON, see docs/daq.md)."""
+        """The spill summary (same keys as the DAQ's spill-summary JSON, see docs/daq.md; a
+        ``daq.summary.SpillSummary`` with ``SpillSummary.from_dict``)."""
         text = _plain(self._h5.attrs.get("summary", "{}"))
         try:
             doc = json.loads(text)
