@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -120,11 +121,15 @@ def run_daq(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- inspect
 def inspect_file(path: Path) -> dict[str, Any]:
     """Summary document of one spill file (what ``--json`` prints)."""
-    from daq.files import SpillFile
+    from daq.files import SpillFile, SpillFileError
+    from daq.summary import DocumentError, SpillSummary
 
     with SpillFile(path) as f:
         a = f.attrs
-        s = f.summary()
+        try:
+            s = SpillSummary.from_dict({"run": f.run, "spill": f.spill, **f.summary()})
+        except DocumentError as e:
+            raise SpillFileError(f"{path}: attribute 'summary': {e}") from None
         counters = f.counters
         ev = f.events(["t_ns"])
         t = ev["t_ns"]
@@ -135,17 +140,17 @@ def inspect_file(path: Path) -> dict[str, Any]:
             "status": f.status,
             "n_beam": int(a.get("n_beam", 0)),
             "n_particles": int(a.get("n_particles", 0)),
-            "triggers": s.get("triggers", {}),
+            "triggers": dataclasses.asdict(s.triggers),
             "n_accepted": counters.get("n_accepted", 0),
             "n_events_written": f.n_events,
             "n_events_incomplete": counters.get("n_events_incomplete", 0),
             "dead_time_lost": counters.get("dead_time_lost", 0),
-            "dead_time_fraction": s.get("dead_time_fraction", 0.0),
+            "dead_time_fraction": s.dead_time_fraction,
             "losses": {k: v for k, v in f.losses.items() if v},
             "frontend": f.frontend,
             "t_start_ns": int(a.get("t_start_ns", 0)),
             "t_end_ns": int(a.get("t_end_ns", 0)),
-            "spill_length_s": s.get("spill_length_s", 0.0),
+            "spill_length_s": s.spill_length_s,
             "event_time_range_ns": [int(t.min()), int(t.max())] if t.size else None,
             "calibration_id": a.get("calibration_id", ""),
             "compression": f.compression,

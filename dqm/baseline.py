@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -9,22 +10,36 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from daq.summary import SpillSummary
 from dqm import metrics
 from dqm.book import Book
 
 
-def spill_lite(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """The few numbers of a spill summary a baseline needs (kept in reference files)."""
-    trig = summary.get("triggers") or ({k: summary.get(k, 0) for k in ("physics", "beam", "random")})
-    return {
-        "run": int(summary.get("run", 0)),
-        "spill": int(summary.get("spill", 0)),
-        "n_beam": int(summary.get("n_beam", 0) or 0),
-        "physics": int(trig.get("physics", 0) or 0),
-        "beam": int(trig.get("beam", 0) or 0),
-        "random": int(trig.get("random", 0) or 0),
-        "spill_length_s": float(summary.get("spill_length_s", 0.0) or 0.0),
-    }
+@dataclass(frozen=True)
+class SpillNumbers:
+    """The few numbers of a spill summary a baseline needs (kept in reference files as ``spills``)."""
+
+    run: int
+    spill: int
+    n_beam: int
+    physics: int
+    beam: int
+    random: int
+    spill_length_s: float
+
+    @classmethod
+    def of(cls, s: SpillSummary) -> SpillNumbers:
+        t = s.triggers
+        return cls(s.run, s.spill, s.n_beam, t.physics, t.beam, t.random, s.spill_length_s)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SpillNumbers:
+        """An entry of a reference file; a missing or non-numeric value raises KeyError/TypeError/ValueError."""
+        n = {k: int(d[k]) for k in ("run", "spill", "n_beam", "physics", "beam", "random")}
+        return cls(**n, spill_length_s=float(d["spill_length_s"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True, eq=False)
@@ -33,7 +48,7 @@ class Baseline:
 
     source: str
     book: Book
-    spills: tuple[dict[str, Any], ...]
+    spills: tuple[SpillNumbers, ...]
     hit_rate: NDArray[np.float64]  # (2, channels): hits per physics / beam trigger
     random_mean: NDArray[np.float64]  # (channels,): mean energy in random triggers (GeV, NaN if none)
     pedestals: metrics.Pedestals
@@ -43,19 +58,18 @@ class Baseline:
 
     @classmethod
     def build(
-        cls, book: Book, summaries: Sequence[Mapping[str, Any]], source: str, min_peak_events: int = 30
+        cls, book: Book, spills: Sequence[SpillNumbers], source: str, min_peak_events: int = 30
     ) -> Baseline:
-        lite = tuple(spill_lite(s) for s in summaries)
-        beam_spills = [s for s in lite if s["n_beam"] > 0]
-        eot = float(np.mean([s["n_beam"] for s in beam_spills])) if beam_spills else None
-        n_beam = sum(s["n_beam"] for s in beam_spills)
-        acceptance = sum(s["physics"] for s in beam_spills) / n_beam if n_beam > 0 else None
+        beam_spills = [s for s in spills if s.n_beam > 0]
+        eot = float(np.mean([s.n_beam for s in beam_spills])) if beam_spills else None
+        n_beam = sum(s.n_beam for s in beam_spills)
+        acceptance = sum(s.physics for s in beam_spills) / n_beam if n_beam > 0 else None
         h = book.h1["ecal_sum_beam"]
         peak = metrics.find_peak(h.values(), h.axes[0].edges, min_peak_events)
         return cls(
             source=source,
             book=book,
-            spills=lite,
+            spills=tuple(spills),
             hit_rate=metrics.hit_rates(book),
             random_mean=metrics.random_noise_gev(book)[0],
             pedestals=metrics.pedestals(book),

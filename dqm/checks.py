@@ -13,7 +13,7 @@ Check names are alarm names (and MQTT topics): keep them stable.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Protocol
@@ -21,6 +21,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from daq import detector
+from daq.contract import SpillStatus, is_breakdown
+from daq.summary import DaqStatus, SpillSummary
 from dqm import metrics
 from dqm.baseline import Baseline
 from dqm.book import TIME_ROWS, Book
@@ -59,7 +61,7 @@ class CheckResult:
 class SpillContext:
     run: int
     spill: int
-    summary: Mapping[str, Any]
+    summary: SpillSummary
     book: Book
     baseline: Baseline | None
     config: DqmConfig
@@ -69,8 +71,8 @@ class SpillContext:
 class LiveContext:
     #: seconds since the DQM started
     uptime_s: float
-    #: latest DAQ status JSON and its age (s); None if never received
-    status: Mapping[str, Any] | None
+    #: latest DAQ status and its age (s); None if never received
+    status: DaqStatus | None
     status_age_s: float | None
     #: age of the latest spill summary (s), None if none yet; age of the DAQ's current run start
     summary_age_s: float | None
@@ -264,9 +266,8 @@ class ElectronPeakCheck:
         )
 
 
-def _spill_numbers(summary: Mapping[str, Any]) -> tuple[int, int]:
-    trig = summary.get("triggers") or {}
-    return int(summary.get("n_beam", 0) or 0), int(trig.get("physics", 0) or 0)
+def _spill_numbers(summary: SpillSummary) -> tuple[int, int]:
+    return summary.n_beam, summary.triggers.physics
 
 
 @dataclass(frozen=True)
@@ -337,13 +338,13 @@ class LossCheck:
 
     def evaluate(self, ctx: SpillContext) -> CheckResult:
         cfg = ctx.config.checks.losses
-        raw = ctx.summary.get("losses") or {}
+        raw = ctx.summary.losses
         # "reason.kind" keys break a reason down (decode_error.<kind>): count the reason once
-        losses = {k: int(v) for k, v in raw.items() if k not in cfg.ignore and "." not in k and v}
+        losses = {k: v for k, v in raw.items() if k not in cfg.ignore and not is_breakdown(k) and v}
         total = sum(losses.values())
         if not total:
             return CheckResult(self.name, State.OK, "no losses", 0.0)
-        accepted = max(int(ctx.summary.get("n_accepted", 0) or 0), 1)
+        accepted = max(ctx.summary.n_accepted, 1)
         state = State.ERROR if total > cfg.error_fraction * accepted else State.WARN
         text = ", ".join(f"{k} {v}" for k, v in sorted(losses.items()))
         return CheckResult(
@@ -361,8 +362,8 @@ class MissingSourceCheck:
 
     def evaluate(self, ctx: SpillContext) -> CheckResult:
         cfg = ctx.config.checks.sources
-        losses = ctx.summary.get("losses") or {}
-        problems = [f"{r} {int(losses[r])}" for r in cfg.reasons if int(losses.get(r, 0) or 0) > 0]
+        losses = ctx.summary.losses  # cfg.reasons are checked against daq.contract.LOSS_REASONS
+        problems = [f"{r} {losses[r]}" for r in cfg.reasons if losses.get(r, 0) > 0]
         n = ctx.book.arrays["wf_n"][0]
         missing: list[str] = []
         if n >= cfg.min_waveforms:
@@ -383,7 +384,7 @@ class SaturationCheck:
 
     def evaluate(self, ctx: SpillContext) -> CheckResult:
         cfg = ctx.config.checks.saturation
-        length_ns = float(ctx.summary.get("spill_length_s", 0.0) or 0.0) * 1e9
+        length_ns = ctx.summary.spill_length_s * 1e9
         spike = math.nan
         arrival = metrics.arrival_histogram(ctx.summary)
         if arrival is not None:
@@ -422,7 +423,7 @@ class DeadTimeCheck:
 
     def evaluate(self, ctx: SpillContext) -> CheckResult:
         cfg = ctx.config.checks.run_state
-        f = float(ctx.summary.get("dead_time_fraction", math.nan) or 0.0)
+        f = ctx.summary.dead_time_fraction
         return CheckResult(
             self.name, _level(f, cfg.dead_time_warn, cfg.dead_time_error), f"dead time {100 * f:.2f}%", f
         )
@@ -433,9 +434,9 @@ class SpillStatusCheck:
     name: str = "spill_status"
 
     def evaluate(self, ctx: SpillContext) -> CheckResult:
-        status = str(ctx.summary.get("status", "ok"))
-        state = {"ok": State.OK, "incomplete": State.WARN}.get(status, State.ERROR)
-        file = ctx.summary.get("file") or "-"
+        status = ctx.summary.status
+        state = {SpillStatus.OK: State.OK, SpillStatus.INCOMPLETE: State.WARN}.get(status, State.ERROR)
+        file = ctx.summary.file or "-"
         return CheckResult(self.name, state, f"spill {ctx.spill} {status} ({file})")
 
 
@@ -445,7 +446,7 @@ class DiskCheck:
 
     def evaluate(self, ctx: SpillContext) -> CheckResult:
         cfg = ctx.config.checks.run_state
-        free = ctx.summary.get("free_disk_bytes")
+        free = ctx.summary.free_disk_bytes
         if free is None:
             return CheckResult(self.name, State.UNKNOWN, "free disk unknown")
         gb = float(free) / 1e9
@@ -468,7 +469,7 @@ class DaqHeartbeatCheck:
             return CheckResult(
                 self.name, State.ERROR, f"DAQ silent for {ctx.status_age_s:.1f} s", ctx.status_age_s
             )
-        state = (ctx.status or {}).get("state", "?")
+        state = ctx.status.state if ctx.status is not None else "?"
         return CheckResult(self.name, State.OK, f"DAQ {state}", ctx.status_age_s)
 
 
@@ -480,15 +481,14 @@ class FrontendHeartbeatCheck:
         timeout = ctx.config.checks.heartbeat.frontend_timeout_s
         if ctx.status is None or ctx.status_age_s is None or ctx.status_age_s > timeout:
             return CheckResult(self.name, State.UNKNOWN, "no current DAQ status")
-        fes = ctx.status.get("frontends") or {}
-        running = ctx.status.get("state") in ("running", "in_spill")
+        fes = ctx.status.frontends
         if not fes:
-            state = State.WARN if running else State.UNKNOWN
+            state = State.WARN if ctx.status.running else State.UNKNOWN
             return CheckResult(self.name, state, "no front-end connected")
         bad = []
         for fid, info in fes.items():
-            age = float((info or {}).get("last_seen_s", math.inf))
-            fe_state = str((info or {}).get("state", "?")).lower()
+            age = info.last_seen_s
+            fe_state = info.state.lower()
             if age > timeout:
                 bad.append(f"{fid} silent {age:.1f} s")
             elif fe_state == "stalled":
@@ -506,7 +506,7 @@ class BeamTimeoutCheck:
 
     def evaluate(self, ctx: LiveContext) -> CheckResult:
         timeout = ctx.config.checks.rates.beam_off_timeout_s
-        if ctx.status is None or ctx.status.get("state") not in ("running", "in_spill"):
+        if ctx.status is None or not ctx.status.running:
             return CheckResult(self.name, State.UNKNOWN, "DAQ not running")
         age = ctx.summary_age_s
         if age is not None and age > timeout:
@@ -528,18 +528,18 @@ class CalibrationCheck:
     name: str = "calibration"
 
     def evaluate(self, ctx: LiveContext) -> CheckResult:
-        cal = (ctx.status or {}).get("calibration")
-        if not isinstance(cal, Mapping) or cal.get("run") is None:
+        cal = ctx.status.calibration if ctx.status is not None else None
+        if cal is None or cal.run is None:
             return CheckResult(self.name, State.UNKNOWN, "no run started yet")
-        run = cal.get("run")
-        if not cal.get("usable", True):
+        run = cal.run
+        if not cal.usable:
             return CheckResult(
                 self.name,
                 State.ERROR,
-                f"run {run} has no usable calibration, not recorded: {cal.get('problem')}",
+                f"run {run} has no usable calibration, not recorded: {cal.problem}",
             )
-        undetermined = [str(c) for c in cal.get("undetermined") or []]
-        text = f"run {run}: {cal.get('id')} ({cal.get('source')})"
+        undetermined = list(cal.undetermined)
+        text = f"run {run}: {cal.id} ({cal.source})"
         in_sums = [c for c in undetermined if c.startswith(_SUM_DETECTORS)]
         if in_sums:
             more = f" (+{len(in_sums) - 5})" if len(in_sums) > 5 else ""

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from daq.config import from_dict, load_toml
+from daq.contract import LOSS_REASONS
 
 #: detectors in daq.detector.Detector order
 DETECTORS = ("ECAL", "PRS", "HCAL", "VETO", "SRD", "COUNTER")
@@ -23,6 +24,14 @@ DETECTORS = ("ECAL", "PRS", "HCAL", "VETO", "SRD", "COUNTER")
 def _need(cond: bool, why: str) -> None:
     if not cond:
         raise ValueError(why)
+
+
+def _loss_reasons(key: str, reasons: tuple[str, ...]) -> None:
+    """A name that is not a DAQ loss reason would silently match nothing."""
+    unknown = [r for r in reasons if r not in LOSS_REASONS]
+    _need(
+        not unknown, f"{key}: unknown DAQ loss reason {', '.join(unknown)} (known: {', '.join(LOSS_REASONS)})"
+    )
 
 
 def _levels(warn: float, error: float, rising: bool = True) -> None:
@@ -150,6 +159,7 @@ class LossCheckConfig:
     def __post_init__(self) -> None:
         _need(self.warn >= 1, "warn must be >= 1")
         _need(0 <= self.error_fraction <= 1, "error_fraction must be in [0, 1]")
+        _loss_reasons("ignore", self.ignore)
 
 
 @dataclass(frozen=True)
@@ -164,6 +174,7 @@ class SourceCheckConfig:
 
     def __post_init__(self) -> None:
         _need(0 < self.zero_fraction <= 1, "zero_fraction must be in (0, 1]")
+        _loss_reasons("reasons", self.reasons)
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,12 @@ checks only see the numbers.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from daq.summary import ARRIVAL_TIME, SpillSummary
 from dqm.book import Book
 
 
@@ -196,19 +195,16 @@ def early_excess(book: Book, row: int, spill_length_ns: float, early_fraction: f
     return EarlyExcess(observed, rate_late * early_fraction * spill_length_ns, n_early)
 
 
-def arrival_histogram(summary: Mapping[str, Any]) -> tuple[NDArray[np.float64], NDArray[np.float64]] | None:
+def arrival_histogram(summary: SpillSummary | None) -> tuple[NDArray[np.float64], NDArray[np.float64]] | None:
     """Particles vs time in spill from a spill summary: (counts, edges in ns), or None if absent/bad.
 
     Edges may be given in seconds or in ns (a spill is shorter than 1000 s; ns edges are larger).
     """
-    hist = (summary.get("histograms") or {}).get("arrival_time")
-    if not isinstance(hist, Mapping):
+    hist = None if summary is None else summary.histograms.get(ARRIVAL_TIME)  # a histogram may be absent
+    if hist is None:
         return None
-    try:
-        counts = np.asarray(hist.get("counts", []), np.float64)
-        edges = np.asarray(hist.get("edges", []), np.float64)
-    except (TypeError, ValueError):
-        return None
+    counts = np.asarray(hist.counts, np.float64)
+    edges = np.asarray(hist.edges, np.float64)
     if counts.ndim != 1 or edges.shape != (counts.size + 1,) or counts.size == 0 or counts.size > 100_000:
         return None
     if not np.all(np.isfinite(edges)) or np.any(np.diff(edges) <= 0):

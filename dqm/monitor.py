@@ -12,7 +12,7 @@ import json
 import logging
 import math
 from collections import OrderedDict, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,10 +20,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from daq import protocol
-from daq.contract import LossReason
+from daq.contract import LossReason, SpillStatus
+from daq.summary import DaqStatus, DocumentError, SpillSummary
 from dqm import metrics
 from dqm.alarms import Alarm, AlarmBook
-from dqm.baseline import Baseline
+from dqm.baseline import Baseline, SpillNumbers
 from dqm.batch import Batch, BatchError
 from dqm.book import Book, BookSpec
 from dqm.checks import (
@@ -90,7 +91,7 @@ class SpillClosed:
 
     record: SpillRecord
     results: tuple[CheckResult, ...]
-    summary: Mapping[str, Any]
+    summary: SpillSummary
 
 
 @dataclass(frozen=True)
@@ -144,9 +145,9 @@ class Monitor:
         self.history: deque[SpillRecord] = deque(maxlen=self.config.history_spills)
         self.spill_results: dict[str, CheckResult] = {}
         self.live_results: dict[str, CheckResult] = {}
-        self.status: dict[str, Any] | None = None
+        self.status: DaqStatus | None = None
         self.status_time: float | None = None
-        self.last_summary: dict[str, Any] | None = None
+        self.last_summary: SpillSummary | None = None
         self.last_summary_time: float | None = None
         self.start_time: float | None = None
         self.waveform: NDArray[np.uint16] | None = None
@@ -157,7 +158,7 @@ class Monitor:
         self.run: int | None = None
         self.current_spill: int | None = None
         #: spill summaries waiting for late events (live): key -> (summary, arrival time)
-        self.pending: OrderedDict[tuple[int, int], tuple[dict[str, Any], float]] = OrderedDict()
+        self.pending: OrderedDict[tuple[int, int], tuple[SpillSummary, float]] = OrderedDict()
         self._reset_run_state()
 
     # ------------------------------------------------------------ state
@@ -172,7 +173,7 @@ class Monitor:
         self.eot_run = 0
         self.run_baseline: Baseline | None = None
         self._baseline_book = Book(self.spec)
-        self._baseline_summaries: list[dict[str, Any]] = []
+        self._baseline_summaries: list[SpillSummary] = []
 
     @property
     def baseline(self) -> Baseline | None:
@@ -300,23 +301,29 @@ class Monitor:
             log.warning("run %d spill %d: bad SUMMARY kind %d: %s", msg.run, msg.spill, msg.kind, e)
             return []
         if msg.kind == protocol.Summary.KIND_STATUS:
-            self.status, self.status_time = doc, now
-            run = doc.get("run")
-            if isinstance(run, int) and doc.get("state") in ("running", "in_spill") and run != self.run:
+            try:
+                status = DaqStatus.from_dict(doc)
+            except DocumentError as e:
+                self.counters.bad_summaries += 1
+                log.warning("bad DAQ status: %s", e)
+                return []
+            self.status, self.status_time = status, now
+            if status.running and status.run is not None and status.run != self.run:
                 notices = self._close_pending(now, force=True)
-                self._new_run(run)
+                self._new_run(status.run)
                 return notices
             return []
         if msg.kind == protocol.Summary.KIND_SPILL:
-            try:
-                run, spill = int(doc.get("run", msg.run)), int(doc.get("spill", msg.spill))
-            except (TypeError, ValueError):
+            try:  # documents older than the versions may lack run and spill: the message header has them
+                summary = SpillSummary.from_dict({"run": msg.run, "spill": msg.spill, **doc})
+            except DocumentError as e:
                 self.counters.bad_summaries += 1
-                log.warning("spill summary with bad run/spill: %r/%r", doc.get("run"), doc.get("spill"))
+                log.warning("run %d spill %d: bad spill summary: %s", msg.run, msg.spill, e)
                 return []
+            run, spill = summary.run, summary.spill
             if not self.live or self.config.close_delay_s <= 0:
-                return self.close_spill(run, spill, doc, now)
-            self.pending[(run, spill)] = (doc, now)
+                return self.close_spill(run, spill, summary, now)
+            self.pending[(run, spill)] = (summary, now)
             return []
         self.counters.ignored_messages += 1
         return []
@@ -348,7 +355,7 @@ class Monitor:
             total.add(b)
         self.lastn_sum = total
 
-    def close_spill(self, run: int, spill: int, summary: Mapping[str, Any], now: float) -> list[Notice]:
+    def close_spill(self, run: int, spill: int, summary: SpillSummary, now: float) -> list[Notice]:
         """A spill is complete: check it, record it, update alarms."""
         if self.run != run:
             self._new_run(run)
@@ -361,10 +368,10 @@ class Monitor:
         )
         results = tuple(_safe_evaluate(check, ctx) for check in self.spill_checks)
         self._retire(book)
-        self.last_summary, self.last_summary_time = dict(summary), now
+        self.last_summary, self.last_summary_time = summary, now
         self.current_spill = spill
         self.counters.spills_closed += 1
-        n_beam = int(summary.get("n_beam", 0) or 0)
+        n_beam = summary.n_beam
         self.eot_run += n_beam
         self.spill_results.update({r.name: r for r in results})
         self._maybe_extend_baseline(book, summary, results)
@@ -384,26 +391,26 @@ class Monitor:
         return notices
 
     def _maybe_extend_baseline(
-        self, book: Book, summary: Mapping[str, Any], results: Sequence[CheckResult]
+        self, book: Book, summary: SpillSummary, results: Sequence[CheckResult]
     ) -> None:
         if self.reference is not None or self.run_baseline is not None:
             return
         bad = {r.name for r in results if r.state is State.ERROR}
         good = (
-            summary.get("status", "ok") == "ok"
-            and int(summary.get("n_beam", 0) or 0) >= self.config.checks.rates.beam_off_eot
+            summary.status == SpillStatus.OK
+            and summary.n_beam >= self.config.checks.rates.beam_off_eot
             and not bad & {"dead_channels", "hot_channels", "missing_sources", "spill_status", "beam_off"}
             and book.n_events > 0
         )
         if not good:
             return
         self._baseline_book.add(book)
-        self._baseline_summaries.append(dict(summary))
+        self._baseline_summaries.append(summary)
         if len(self._baseline_summaries) >= self.config.baseline_spills:
-            spills = [s.get("spill") for s in self._baseline_summaries]
+            spills = [s.spill for s in self._baseline_summaries]
             self.run_baseline = Baseline.build(
                 self._baseline_book,
-                self._baseline_summaries,
+                [SpillNumbers.of(s) for s in self._baseline_summaries],
                 f"run {self.run} spills {spills[0]}-{spills[-1]}",
                 self.config.checks.electron_peak.min_events,
             )
@@ -494,12 +501,7 @@ class Monitor:
 
     def eot_total(self) -> int:
         """EOT of the run: the DAQ's running count if it is ahead (mid-spill), else the sum of spills."""
-        status_eot = 0
-        if self.status and self.status.get("run") == self.run:
-            try:
-                status_eot = int(self.status.get("eot_run", 0) or 0)
-            except (TypeError, ValueError):
-                status_eot = 0
+        status_eot = self.status.eot_run if self.status is not None and self.status.run == self.run else 0
         return max(self.eot_run, status_eot)
 
 
@@ -512,42 +514,33 @@ def _safe_evaluate(check: Any, ctx: Any) -> CheckResult:
         return CheckResult(getattr(check, "name", "?"), State.UNKNOWN, f"check failed: {e}")
 
 
-def _num(x: Any, default: float = math.nan) -> float:
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return default
-
-
 def _record(
     run: int,
     spill: int,
     now: float,
-    s: Mapping[str, Any],
+    s: SpillSummary,
     book: Book,
     results: Sequence[CheckResult],
     eot_run: int,
 ) -> SpillRecord:
-    trig = s.get("triggers") or {}
     h = book.h1["ecal_sum_beam"]
     peak = metrics.find_peak(h.values(), h.axes[0].edges, 10)
-    losses = s.get("losses") or {}
     return SpillRecord(
         run=run,
         spill=spill,
         time=now,
-        status=str(s.get("status", "?")),
-        n_beam=int(_num(s.get("n_beam"), 0)),
+        status=str(s.status),
+        n_beam=s.n_beam,
         eot_run=eot_run,
-        physics=int(_num(trig.get("physics"), 0)),
-        beam=int(_num(trig.get("beam"), 0)),
-        random=int(_num(trig.get("random"), 0)),
-        dead_time_fraction=_num(s.get("dead_time_fraction")),
-        losses={str(k): int(_num(v, 0)) for k, v in losses.items()} if isinstance(losses, dict) else {},
-        write_mb=_num(s.get("write_mb")),
-        write_seconds=_num(s.get("write_seconds")),
-        spill_length_s=_num(s.get("spill_length_s")),
-        free_disk_bytes=_num(s.get("free_disk_bytes")),
+        physics=s.triggers.physics,
+        beam=s.triggers.beam,
+        random=s.triggers.random,
+        dead_time_fraction=s.dead_time_fraction,
+        losses=dict(s.losses),
+        write_mb=s.write_mb,
+        write_seconds=s.write_seconds,
+        spill_length_s=s.spill_length_s,
+        free_disk_bytes=math.nan if s.free_disk_bytes is None else float(s.free_disk_bytes),
         n_monitored=book.n_events,
         peak_gev=math.nan if peak is None else peak.mean,
         results={r.name: r.state for r in results},

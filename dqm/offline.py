@@ -25,9 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from daq import __version__, protocol
+from daq.contract import SpillStatus
 from daq.offline import Skipped, collect_spill_files, map_spills
+from daq.summary import SpillSummary
 from dqm import reference
-from dqm.baseline import spill_lite
+from dqm.baseline import SpillNumbers
 from dqm.batch import Batch
 from dqm.book import Book, BookSpec
 from dqm.config import DqmConfig
@@ -46,7 +48,7 @@ def spill_book(path: Path, config: DqmConfig | None = None) -> dict[str, Any]:
     for msg in file_messages([path], config.beam_energy_gev, events_per_message=OFFLINE_MESSAGE_EVENTS):
         for notice in mon.handle(msg, time.time()):
             if isinstance(notice, SpillClosed) and mon.last_closed is not None:
-                spills.append({"summary": dict(notice.summary), "book": mon.last_closed})
+                spills.append({"summary": notice.summary, "book": mon.last_closed})
     return {"file": path.name, "spills": spills}
 
 
@@ -55,7 +57,7 @@ class FilledBooks:
     """Books of good spills added up, their summaries in file order, and what was left out."""
 
     total: Book
-    summaries: list[dict[str, Any]] = field(default_factory=list)
+    summaries: list[SpillSummary] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     bad_spills: list[str] = field(default_factory=list)  # not ok, or no beam
     skipped: list[Skipped] = field(default_factory=list)  # unreadable files
@@ -80,16 +82,13 @@ def fill(
     result.skipped = partial + out.skipped
     for part in out.results:
         for s in part["spills"]:
-            summary = s["summary"]
-            good = summary.get("status", "ok") == "ok" and int(summary.get("n_beam", 0) or 0) > 0
-            if good:
+            summary: SpillSummary = s["summary"]
+            if summary.status == SpillStatus.OK and summary.n_beam > 0:
                 result.total.add(s["book"])
                 result.summaries.append(summary)
-                result.files.append(str(summary.get("file", part["file"])))
+                result.files.append(summary.file or part["file"])
             else:
-                result.bad_spills.append(
-                    f"run {summary.get('run')} spill {summary.get('spill')} ({summary.get('status')})"
-                )
+                result.bad_spills.append(f"run {summary.run} spill {summary.spill} ({summary.status})")
     return result
 
 
@@ -113,7 +112,7 @@ def promote(
         )
     provenance = {
         "files": filled.files,
-        "runs": sorted({int(s.get("run", 0)) for s in filled.summaries}),
+        "runs": sorted({s.run for s in filled.summaries}),
         "n_spills": len(filled.summaries),
         "n_events": filled.total.n_events,
         "skipped": skipped,
@@ -125,7 +124,7 @@ def promote(
         "software_version": __version__,
         "provenance": provenance,
         "spec": reference._spec_dict(filled.total.spec),
-        "spills": [spill_lite(s) for s in filled.summaries],
+        "spills": [SpillNumbers.of(s).to_dict() for s in filled.summaries],
         "book": filled.total.to_dict(),
     }
     reference.write_json_atomic(Path(out), doc)

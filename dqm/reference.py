@@ -25,7 +25,9 @@ from typing import Any
 import numpy as np
 
 from daq import __version__
-from dqm.baseline import Baseline, spill_lite
+from daq.contract import SpillStatus
+from daq.summary import SpillSummary
+from dqm.baseline import Baseline, SpillNumbers
 from dqm.book import Book, BookSpec
 from dqm.config import DqmConfig
 from dqm.errors import DqmUserError
@@ -53,21 +55,21 @@ def promote(
     config = config or DqmConfig()
     mon = Monitor(config, live=False, spill_checks=[], live_checks=[])
     total = Book(mon.spec)
-    summaries: list[dict[str, Any]] = []
+    summaries: list[SpillSummary] = []
     files: list[str] = []
     skipped: list[str] = []
     for msg in file_messages(paths, config.beam_energy_gev, events_per_message=OFFLINE_MESSAGE_EVENTS):
         for notice in mon.handle(msg, time.time()):
             if not isinstance(notice, SpillClosed):
                 continue
-            s = dict(notice.summary)
-            good = s.get("status", "ok") == "ok" and int(s.get("n_beam", 0) or 0) > 0
+            s = notice.summary
+            good = s.status == SpillStatus.OK and s.n_beam > 0
             if good and mon.last_closed is not None:
                 total.add(mon.last_closed)
                 summaries.append(s)
-                files.append(str(s.get("file", "")))
+                files.append(s.file or "")
             else:
-                skipped.append(f"run {s.get('run')} spill {s.get('spill')} ({s.get('status')})")
+                skipped.append(f"run {s.run} spill {s.spill} ({s.status})")
     if len(summaries) < min_spills:
         raise DqmUserError(
             f"only {len(summaries)} good spill(s) in {', '.join(map(str, paths))} (need {min_spills}); "
@@ -75,7 +77,7 @@ def promote(
         )
     provenance = {
         "files": files,
-        "runs": sorted({int(s.get("run", 0)) for s in summaries}),
+        "runs": sorted({s.run for s in summaries}),
         "n_spills": len(summaries),
         "n_events": total.n_events,
         "skipped": skipped,
@@ -87,7 +89,7 @@ def promote(
         "software_version": __version__,
         "provenance": provenance,
         "spec": _spec_dict(mon.spec),
-        "spills": [spill_lite(s) for s in summaries],
+        "spills": [SpillNumbers.of(s).to_dict() for s in summaries],
         "book": total.to_dict(),
     }
     write_json_atomic(Path(out), doc)
@@ -139,7 +141,7 @@ def load(path: str | Path, config: DqmConfig | None = None) -> Baseline:
             )
     try:
         book = Book.from_dict(spec, doc["book"])
-        spills = [dict(s) for s in doc.get("spills", [])]
+        spills = [SpillNumbers.from_dict(s) for s in doc.get("spills", [])]
     except (KeyError, TypeError, ValueError) as e:
         raise DqmUserError(f"{p}: reference histograms are damaged ({e})") from None
     prov = doc.get("provenance") or {}

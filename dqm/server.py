@@ -295,7 +295,7 @@ class DqmService:
 
 def spill_payload(n: SpillClosed) -> dict[str, Any]:
     """The MQTT per-spill message: the DAQ summary without histograms, plus the DQM's check results."""
-    s = n.summary
+    s = n.summary.to_dict()
     keep = (
         "run",
         "spill",
@@ -314,7 +314,7 @@ def spill_payload(n: SpillClosed) -> dict[str, Any]:
         "free_disk_bytes",
         "calibration_id",
     )
-    out: dict[str, Any] = {k: s[k] for k in keep if k in s}
+    out: dict[str, Any] = {k: s[k] for k in keep}
     out["run"], out["spill"] = n.record.run, n.record.spill
     out["n_monitored"] = n.record.n_monitored
     out["electron_peak_gev"] = n.record.peak_gev

@@ -7,6 +7,7 @@ with the run: histograms have fixed bins, the history is a fixed-length ring.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -170,17 +171,16 @@ def build(mon: Monitor, now: float | None = None, mode: str = "live", source: st
     now = time.time() if now is None else now
     results = mon.results()
     worst = max((r.state for r in results), default=State.UNKNOWN)
-    status = mon.status or {}
-    last = mon.last_summary or {}
+    status, last = mon.status, mon.last_summary
     alarms = mon.alarms.open_alarms()
     header = {
         "mode": mode,
         "source": source,
         "run": mon.run if mon.run is not None else -1,
         "spill": mon.current_spill if mon.current_spill is not None else -1,
-        "daq_state": str(status.get("state", "-")) if mon.status is not None else "-",
+        "daq_state": str(status.state) if status is not None else "-",
         "eot_run": mon.eot_total(),
-        "eot_last_spill": int(last.get("n_beam", 0) or 0),
+        "eot_last_spill": last.n_beam if last is not None else 0,
         "events": mon.counters.events,
         "skipped_by_daq": mon.counters.skipped_by_daq,
         "decode_errors": sum(mon.counters.decode_errors.values()),
@@ -190,12 +190,12 @@ def build(mon: Monitor, now: float | None = None, mode: str = "live", source: st
         "open_alarms": len(alarms),
         "last_send_ms": mon.last_send_ns / 1e6,
         "last_event_id": mon.last_event_id,
-        "last_spill_triggers": dict(last.get("triggers") or {}),
-        "last_spill_dead_time": last.get("dead_time_fraction"),
-        "last_spill_losses": {k: v for k, v in (last.get("losses") or {}).items() if "." not in k},
-        "last_spill_status": last.get("status", "-"),
-        "last_spill_length_s": last.get("spill_length_s"),
-        "free_disk_bytes": status.get("free_disk_bytes", last.get("free_disk_bytes")),
+        "last_spill_triggers": dataclasses.asdict(last.triggers) if last is not None else {},
+        "last_spill_dead_time": last.dead_time_fraction if last is not None else None,
+        "last_spill_losses": {k: v for k, v in last.losses.items() if not is_breakdown(k)} if last else {},
+        "last_spill_status": str(last.status) if last is not None else "-",
+        "last_spill_length_s": last.spill_length_s if last is not None else None,
+        "free_disk_bytes": status.free_disk_bytes if status else last.free_disk_bytes if last else None,
     }
     names = mon.check_names()
     recs = list(mon.history)[-CHECK_HISTORY:]

@@ -9,7 +9,6 @@ benchmarks and demos; nothing in the live DQM depends on it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -17,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from daq import detector, protocol
-from daq.contract import BEAM, PHYSICS, RANDOM, S_TRIG
+from daq.contract import BEAM, PHYSICS, RANDOM, S_TRIG, DaqState, SpillStatus
+from daq.summary import ARRIVAL_TIME, DaqStatus, FrontEndStatus, Histogram, SpillSummary, Triggers
 from dqm.batch import make_events
 
 GAINS = detector.nominal_gains()  # ADC counts per MeV
@@ -172,7 +172,7 @@ class SyntheticDaq:
             yield self.batch(run, spill, t[i : i + cfg.batch_size])
 
     # ------------------------------------------------------------ summaries
-    def spill_summary(self, run: int, spill: int, n_events: int | None = None) -> dict[str, Any]:
+    def spill_summary(self, run: int, spill: int, n_events: int | None = None) -> SpillSummary:
         cfg, f = self.config, self.config.faults
         n = cfg.events_per_spill if n_events is None else n_events
         if f.beam_off:
@@ -189,34 +189,32 @@ class SyntheticDaq:
         losses = {"fragment_timeout": f.lost_fragments} if f.lost_fragments else {}
         self.eot_run += n_beam
         self.spills_run += 1
-        return {
-            "run": run,
-            "spill": spill,
-            "status": "incomplete" if f.lost_fragments else "ok",
-            "file": f"run{run:06d}_spill{spill:05d}.h5",
-            "n_beam": n_beam,
-            "n_particles": int(n_beam * 1.01),
-            "triggers": {"physics": physics, "beam": beam, "random": random},
-            "n_accepted": n,
-            "n_events_written": n - f.lost_fragments,
-            "dead_time_lost": n // 100,
-            "dead_time_fraction": 0.01,
-            "losses": losses,
-            "frontend": {},
-            "t_start_ns": 0,
-            "t_end_ns": int(length_ns),
-            "spill_length_s": cfg.spill_length_s,
-            "write_seconds": 0.05,
-            "write_mb": n * 0.007,
-            "free_disk_bytes": 500e9,
-            "calibration_id": "nominal",
-            "histograms": {"arrival_time": {"edges": edges.tolist(), "counts": counts.tolist()}},
-        }
+        return SpillSummary(
+            run=run,
+            spill=spill,
+            status=SpillStatus.INCOMPLETE if f.lost_fragments else SpillStatus.OK,
+            file=f"run{run:06d}_spill{spill:05d}.h5",
+            n_beam=n_beam,
+            n_particles=int(n_beam * 1.01),
+            triggers=Triggers(physics=physics, beam=beam, random=random),
+            n_accepted=n,
+            n_events_written=n - f.lost_fragments,
+            dead_time_lost=n // 100,
+            dead_time_fraction=0.01,
+            losses=losses,
+            t_end_ns=int(length_ns),
+            spill_length_s=cfg.spill_length_s,
+            write_seconds=0.05,
+            write_mb=n * 0.007,
+            free_disk_bytes=500_000_000_000,
+            calibration_id="nominal",
+            histograms={ARRIVAL_TIME: Histogram(tuple(edges.tolist()), tuple(counts.tolist()))},
+        )
 
     def summary_message(self, run: int, spill: int) -> protocol.Summary:
         msg = protocol.Summary.of(
             protocol.Summary.KIND_SPILL,
-            json.dumps(self.spill_summary(run, spill)),
+            self.spill_summary(run, spill).to_json(),
             run=run,
             spill=spill,
             seq=self.seq,
@@ -227,21 +225,20 @@ class SyntheticDaq:
     def status_message(
         self, run: int, spill: int, state: str = "running", uptime_s: float = 0.0, frontend_age_s: float = 0.2
     ) -> protocol.Summary:
-        doc = {
-            "state": state,
-            "run": run,
-            "spill": spill,
-            "uptime_s": uptime_s,
-            "frontends": {"0": {"last_seen_s": frontend_age_s, "state": "running"}},
-            "losses_run": {},
-            "eot_run": self.eot_run,
-            "events_run": self.event_id,
-            "spills_run": self.spills_run,
-            "free_disk_bytes": 500e9,
-            "data_dir": "synthetic",
-        }
+        doc = DaqStatus(
+            state=DaqState(state),
+            run=run,
+            spill=spill,
+            uptime_s=uptime_s,
+            frontends={"0": FrontEndStatus(last_seen_s=frontend_age_s, state="running")},
+            eot_run=self.eot_run,
+            events_run=self.event_id,
+            spills_run=self.spills_run,
+            free_disk_bytes=500_000_000_000,
+            data_dir="synthetic",
+        )
         msg = protocol.Summary.of(
-            protocol.Summary.KIND_STATUS, json.dumps(doc), run=run, spill=spill, seq=self.seq
+            protocol.Summary.KIND_STATUS, doc.to_json(), run=run, spill=spill, seq=self.seq
         )
         self.seq += 1
         return msg

@@ -375,7 +375,7 @@ def test_a_run_without_usable_calibration_is_not_recorded(daq_factory: Any, tmp_
         # the DQM's calibration alarm reads this status document
         from dqm.checks import CalibrationCheck, LiveContext, State
 
-        alarm = CalibrationCheck().evaluate(LiveContext(10.0, status, 0.1, None))
+        alarm = CalibrationCheck().evaluate(LiveContext(10.0, DaqStatus.from_dict(status), 0.1, None))
         assert alarm.state is State.ERROR and "run 7 has no usable calibration" in alarm.message
         fe.spill_end()
         fe.run_stop(1)

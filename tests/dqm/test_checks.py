@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from daq import detector
+from daq.summary import DaqStatus
 from dqm.alarms import AlarmBook, Lifecycle
 from dqm.checks import (
     CalibrationCheck,
@@ -109,6 +110,8 @@ def test_ks_method_is_selectable() -> None:
 def live_ctx(**kw: Any) -> LiveContext:
     base: dict[str, Any] = {"uptime_s": 100.0, "status": None, "status_age_s": None, "summary_age_s": None}
     base.update(kw)
+    if base["status"] is not None:
+        base["status"] = DaqStatus.from_dict(base["status"])
     return LiveContext(**base)
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from daq.summary import DocumentError, SpillSummary
 from dqm import metrics
 
 
@@ -71,15 +73,21 @@ def test_early_spike() -> None:
 
 
 def test_arrival_histogram_accepts_seconds_or_ns_and_rejects_garbage() -> None:
-    doc = {"histograms": {"arrival_time": {"edges": [0, 0.1, 0.2], "counts": [5, 6]}}}
-    counts, edges = metrics.arrival_histogram(doc)  # type: ignore[misc]
+    def summary(hists: dict[str, Any]) -> SpillSummary:
+        return SpillSummary.from_dict({"run": 1, "spill": 1, "histograms": hists})
+
+    counts, edges = metrics.arrival_histogram(
+        summary({"arrival_time": {"edges": [0, 0.1, 0.2], "counts": [5, 6]}})
+    )  # type: ignore[misc]
     assert list(edges) == [0, 1e8, 2e8] and list(counts) == [5, 6]
-    ns = {"histograms": {"arrival_time": {"edges": [0, 1e8, 2e8], "counts": [5, 6]}}}
+    ns = summary({"arrival_time": {"edges": [0, 1e8, 2e8], "counts": [5, 6]}})
     assert list(metrics.arrival_histogram(ns)[1]) == [0, 1e8, 2e8]  # type: ignore[index]
     for bad in (
         {},
-        {"histograms": {"arrival_time": {"edges": [0, 1], "counts": [1, 2]}}},
-        {"histograms": {"arrival_time": {"edges": [1, 0, 2], "counts": [1, 2]}}},
-        {"histograms": {"arrival_time": "x"}},
+        {"arrival_time": {"edges": [0, 1], "counts": [1, 2]}},
+        {"arrival_time": {"edges": [1, 0, 2], "counts": [1, 2]}},
     ):
-        assert metrics.arrival_histogram(bad) is None
+        assert metrics.arrival_histogram(summary(bad)) is None
+    assert metrics.arrival_histogram(None) is None
+    with pytest.raises(DocumentError, match=r"histograms\.arrival_time: expected an object"):
+        summary({"arrival_time": "x"})  # not even a histogram: the summary is refused
