@@ -77,7 +77,8 @@ def cell_response(energy_gev: np.ndarray, electrons: np.ndarray) -> np.ndarray:
     sel = np.asarray(electrons, dtype=bool)
     if not sel.any():
         return np.full(e.shape[1], math.nan)
-    return e[sel].mean(axis=0)
+    mean: np.ndarray = e[sel].mean(axis=0)
+    return mean
 
 
 class PedestalMonitor:

@@ -328,7 +328,8 @@ def neighbours(ch: int) -> np.ndarray:
     kind = detector.Detector(int(det[ch]))
     if kind in (detector.Detector.ECAL, detector.Detector.PRS, detector.Detector.HCAL):
         adjacent = (np.abs(c["x"][same] - c["x"][ch]) + np.abs(c["y"][same] - c["y"][ch])) == 1
-        return same[adjacent & (c["module"][same] == c["module"][ch])]
+        neighbours: np.ndarray = same[adjacent & (c["module"][same] == c["module"][ch])]
+        return neighbours
     if kind is detector.Detector.COUNTER:
         name = detector.channel_name(ch)
         group = detector.BEAM_COUNTERS if name in detector.BEAM_COUNTERS else detector.VETO_COUNTERS

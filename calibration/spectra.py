@@ -131,7 +131,8 @@ class MuonSelection:
 def _module_sums(energy: np.ndarray) -> np.ndarray:
     """(E, 4) HCAL module energies from (E, 110) channel energies."""
     per_cell = energy[:, detector.HCAL_IDS]
-    return per_cell.reshape(per_cell.shape[0], detector.HCAL_MODULES, -1).sum(axis=2)
+    sums: np.ndarray = per_cell.reshape(per_cell.shape[0], detector.HCAL_MODULES, -1).sum(axis=2)
+    return sums
 
 
 def muon_like(energy_gev: np.ndarray, sel: MuonSelection | None = None) -> np.ndarray:
@@ -142,7 +143,10 @@ def muon_like(energy_gev: np.ndarray, sel: MuonSelection | None = None) -> np.nd
     prs = e[:, detector.PRS_IDS].sum(axis=1)
     mod = _module_sums(e)
     mip_modules = ((mod > sel.hcal_module_min_gev) & (mod < sel.hcal_module_max_gev)).sum(axis=1)
-    return (ecal < sel.ecal_max_gev) & (prs < sel.prs_max_gev) & (mip_modules >= sel.hcal_min_modules)
+    muon: np.ndarray = (
+        (ecal < sel.ecal_max_gev) & (prs < sel.prs_max_gev) & (mip_modules >= sel.hcal_min_modules)
+    )
+    return muon
 
 
 def hcal_cell_hits(energy_gev: np.ndarray, events: np.ndarray, min_share: float = 0.5) -> np.ndarray:
@@ -155,7 +159,7 @@ def hcal_cell_hits(energy_gev: np.ndarray, events: np.ndarray, min_share: float 
     best = cells == cells.max(axis=2, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         share_ok = cells >= min_share * total
-    hit = best & share_ok & (total > 0) & np.asarray(events, dtype=bool)[:, None, None]
+    hit: np.ndarray = best & share_ok & (total > 0) & np.asarray(events, dtype=bool)[:, None, None]
     return hit.reshape(n_ev, -1)
 
 
@@ -187,7 +191,8 @@ def electron_like(energy_gev: np.ndarray, beam_energy_gev: float, window: float 
     """(E,) bool: ECAL + PRS energy within +-``window`` (relative) of the beam energy."""
     e = np.asarray(energy_gev, dtype=np.float64)
     calo = e[:, detector.ECAL_IDS].sum(axis=1) + e[:, detector.PRS_IDS].sum(axis=1)
-    return np.abs(calo / beam_energy_gev - 1.0) < window
+    within: np.ndarray = np.abs(calo / beam_energy_gev - 1.0) < window
+    return within
 
 
 def above(amp: np.ndarray, noise: np.ndarray, n_sigma: float = 5.0) -> np.ndarray:

@@ -24,7 +24,7 @@ from enum import IntEnum
 from typing import Any, ClassVar
 
 import numpy as np
-from isal.isal_zlib import crc32  # same CRC-32 as zlib.crc32, ~4x faster (ISA-L)
+from isal.isal_zlib import crc32 as crc32  # same CRC-32 as zlib.crc32, ~4x faster (ISA-L); the replay uses it
 from numpy.typing import NDArray
 
 from daq.errors import ProtocolError

@@ -29,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from daq import protocol
 from daq.config import from_dict, parse_assignment
-from daq.contract import BEAM, PHYSICS, RANDOM, S_EC, S_PRS, S_TRIG
+from daq.contract import BEAM, PHYSICS, RANDOM, S_EC, S_PRS, S_TRIG, ChannelConstants
 from daq.errors import ConfigError
 from daq.protocol import NO_PARTICLE
 from daq.trigger import COUNT_NAMES, Batch, Decisions, Trigger, TriggerConfig
@@ -79,7 +80,7 @@ def retrigger_arrays(
     e_miss: np.ndarray,
     recorded: TriggerConfig,
     new: TriggerConfig,
-    constants: Any = None,
+    constants: ChannelConstants | None = None,
     beam_energy_gev: float = 100.0,
 ) -> dict[str, Any]:
     """Re-evaluate the trigger on the recorded events of one spill (pure).
@@ -170,9 +171,9 @@ class TriggerRun:
 
 
 def run_trigger(
-    batches: Iterable[Any],
+    batches: Iterable[Batch | protocol.Slice],
     config: TriggerConfig | None = None,
-    constants: Any = None,
+    constants: ChannelConstants | None = None,
     prim_channels: np.ndarray | Sequence[int] | None = None,
 ) -> TriggerRun:
     """Run the live trigger (:class:`daq.trigger.Trigger`, state carried across batches, one spill) over
@@ -235,7 +236,7 @@ class RecordedPrimitives:
         return Batch(t_ns=self.t_ns[sel], amp=np.ascontiguousarray(self.amp[:, sel]))
 
     def retrigger(
-        self, constants: Any = None, beam_energy_gev: float = 100.0, **overrides: Any
+        self, constants: ChannelConstants | None = None, beam_energy_gev: float = 100.0, **overrides: Any
     ) -> dict[str, Any]:
         """:func:`retrigger_arrays` of this spill with trigger ``overrides`` (e.g. ``ecal_max_gev=70``)."""
         return retrigger_arrays(

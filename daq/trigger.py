@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from daq import detector
 from daq.contract import BEAM, PHYSICS, RANDOM, S_EC, S_PRS, S_TRIG, ChannelConstants
@@ -177,6 +179,21 @@ class BlockEnergy:
         return e
 
 
+class _Fused(NamedTuple):
+    """What the compiled pass gives (see :meth:`Trigger._fused`)."""
+
+    strig: np.ndarray
+    s_prs: np.ndarray
+    s_ec: np.ndarray
+    phys: np.ndarray
+    e_prs: BlockEnergy
+    e_ecal: BlockEnergy
+    beam_pos: np.ndarray
+    phys_pos: np.ndarray
+    n_strig: int
+    flags: np.ndarray
+
+
 @dataclass(frozen=True, eq=False)
 class Decisions:
     """Trigger outcome for one batch.
@@ -302,7 +319,7 @@ class Trigger:
         ]
         # the compiled single pass (daq.trigger_kernel) serves equal gains in each block; the numpy
         # formulation below stays the reference and the path for per-cell (calibrated) gains
-        self._kernel: Any = None
+        self._kernel: types.ModuleType | None = None
         if compiled and all(b.uniform for b in self._blocks):
             from daq import trigger_kernel  # numba's import is paid only by processes that trigger
 
@@ -324,7 +341,7 @@ class Trigger:
         """Whether the per-particle conditions run in the compiled kernel (else numpy)."""
         return self._kernel is not None
 
-    def _fused(self, amp: np.ndarray, first: int = -1) -> tuple[Any, ...] | None:
+    def _fused(self, amp: np.ndarray, first: int = -1) -> _Fused | None:
         """The compiled pass (uniform gains): strig, s_prs, s_ec, phys, E_PRS, E_ECAL, the prescaled
         S_TRIG particles from ordinal ``first``, the PHYSICS particles, the count of S_TRIG and the (4, N)
         condition flags; None when it does not apply to ``amp``."""
@@ -342,7 +359,7 @@ class Trigger:
         else:
             sum_e, sum_p = sums
         strig, s_prs, s_ec, phys = flags
-        return (
+        return _Fused(
             strig,
             s_prs,
             s_ec,
@@ -390,9 +407,10 @@ class Trigger:
 
     def _counter_block(self, amp: np.ndarray) -> np.ndarray:
         """(5, N) amplitudes of S0 S2 S3 V1 V2 (a view when the rows are contiguous in that order)."""
-        if self._counter_slice is not None:
-            return amp[self._counter_slice]
-        return amp[self._counter_rows]
+        rows: np.ndarray = (
+            amp[self._counter_slice] if self._counter_slice is not None else amp[self._counter_rows]
+        )
+        return rows
 
     def evaluate(self, batch: Batch) -> Decisions:
         """Run the trigger on a batch: conditions, prescale, random clock, dead time; updates the state."""
@@ -423,6 +441,7 @@ class Trigger:
                 nxt = int(rand_t[-1]) + period
             st.next_random_ns = nxt
         if f is not None:  # candidates, time order and dead time in one compiled pass
+            assert self._kernel is not None  # (the compiled pass ran)
             index, t_ns, tmask, n_physics, n_beam, n_random, n_cand, st.dead_until_ns = self._kernel.readout(
                 np.asarray(batch.t_ns, dtype=np.int64),
                 flags,
@@ -622,15 +641,15 @@ class _BlockSum:
 def make_batch(
     n: int | None = None,
     *,
-    counters: Mapping[str, Any] | None = None,
-    ecal_block_gev: Any = 0.0,
-    prs_block_gev: Any = 0.0,
-    ecal_cells_gev: Mapping[tuple[int, int], Any] | None = None,
-    prs_cells_gev: Mapping[tuple[int, int], Any] | None = None,
-    t_ns: Any = None,
+    counters: Mapping[str, ArrayLike] | None = None,
+    ecal_block_gev: ArrayLike = 0.0,
+    prs_block_gev: ArrayLike = 0.0,
+    ecal_cells_gev: Mapping[tuple[int, int], ArrayLike] | None = None,
+    prs_cells_gev: Mapping[tuple[int, int], ArrayLike] | None = None,
+    t_ns: ArrayLike | None = None,
     t0_ns: int = 0,
     length_ns: int | None = None,
-    constants: Any = None,
+    constants: ChannelConstants | None = None,
     prim_channels: Sequence[int] | np.ndarray | None = None,
     beam_cell: tuple[int, int] = detector.BEAM_CELL,
 ) -> Batch:
@@ -650,12 +669,12 @@ def make_batch(
     if n is None:
         n = max([s for s in sizes if s != 1] or [1])
     per_channel = np.zeros((detector.N_CHANNELS, n), dtype=np.float64)  # ADC counts
-    beam = {"S0": 300, "S2": 300, "S3": 300, "V1": 0, "V2": 0}
+    beam: dict[str, ArrayLike] = {"S0": 300, "S2": 300, "S3": 300, "V1": 0, "V2": 0}
     beam.update(counters or {})
     for name, value in beam.items():
         per_channel[detector.counter_id(name)] = np.broadcast_to(np.asarray(value, dtype=np.float64), (n,))
 
-    def put(cell_id: int, gev: Any) -> None:
+    def put(cell_id: int, gev: ArrayLike) -> None:
         per_channel[cell_id] += (
             np.broadcast_to(np.asarray(gev, dtype=np.float64), (n,)) * 1000.0 * gains[cell_id]
         )

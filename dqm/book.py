@@ -263,7 +263,7 @@ class Book:
         """Inverse of :meth:`to_dict`; raises ValueError naming the first entry that does not fit."""
         book = cls(spec)
 
-        def put(name: str, hist: bh.Histogram, values: Any) -> None:
+        def put(name: str, hist: bh.Histogram[Any], values: Any) -> None:
             arr = np.asarray(values, dtype=np.float64)
             view = hist.view(flow=True)
             if arr.shape != view.shape:

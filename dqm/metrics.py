@@ -143,7 +143,7 @@ def kolmogorov_p(lam: float) -> float:
     """Asymptotic P(K > lam) of the Kolmogorov distribution."""
     if lam < 0.2:
         return 1.0
-    total = sum(2 * (-1) ** (k - 1) * math.exp(-2 * k * k * lam * lam) for k in range(1, 101))
+    total: float = sum(2 * (-1) ** (k - 1) * math.exp(-2 * k * k * lam * lam) for k in range(1, 101))
     return min(max(total, 0.0), 1.0)
 
 
