@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from daq import detector, protocol  # noqa: E402
-from daq.config import from_dict  # noqa: E402
+from daq.config_loader import from_dict  # noqa: E402
 from simulator.config import SimConfig  # noqa: E402
 from simulator.frontend import FrontEnd  # noqa: E402
 from simulator.service import tune_allocator  # noqa: E402

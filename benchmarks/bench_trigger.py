@@ -24,10 +24,10 @@ import numpy as np
 from calibration.constants import nominal
 from daq import detector
 from daq.process import tune_malloc
-from daq.trigger import Batch, Trigger, TriggerConfig, make_batch
+from daq.trigger import PrimitiveBatch, Trigger, TriggerConfig, make_batch
 
 
-def slices(n_slices: int, n: int, rng: np.random.Generator) -> list[Batch]:
+def slices(n_slices: int, n: int, rng: np.random.Generator) -> list[PrimitiveBatch]:
     total = n_slices * n
     e = rng.normal(95.0, 3.0, total)
     low = rng.random(total) < 0.003
@@ -43,7 +43,7 @@ def slices(n_slices: int, n: int, rng: np.random.Generator) -> list[Batch]:
     for k in range(n_slices):
         lo = k * n
         out.append(
-            Batch(
+            PrimitiveBatch(
                 t_ns=big.t_ns[lo : lo + n].copy(),
                 amp=np.ascontiguousarray(big.amp[:, lo : lo + n]),
                 t0_ns=lo * 500,
@@ -54,7 +54,7 @@ def slices(n_slices: int, n: int, rng: np.random.Generator) -> list[Batch]:
     return out
 
 
-def measure(trig: Trigger, pool: list[Batch], seconds: float, full: bool) -> float:
+def measure(trig: Trigger, pool: list[PrimitiveBatch], seconds: float, full: bool) -> float:
     n = 0
     trig.new_spill()
     t0 = time.process_time()

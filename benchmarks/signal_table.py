@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from daq import trigger  # noqa: E402
-from daq.config import from_dict  # noqa: E402
+from daq.config_loader import from_dict  # noqa: E402
 from simulator import zprime  # noqa: E402
 from simulator.config import SimConfig  # noqa: E402
 from simulator.frontend import FrontEnd  # noqa: E402

@@ -33,8 +33,7 @@ from calibration import gains as gain_fit
 from calibration import pedestals as ped_fit
 from calibration.config import CalibrationConfig, as_dict
 from calibration.constants import CalibrationError, Constants
-from daq import __version__, detector, waveform
-from daq import config as daq_config
+from daq import __version__, config_loader, detector, waveform
 from daq.contract import BEAM as BEAM_BIT
 from daq.contract import PHYSICS as PHYSICS_BIT
 from daq.contract import RANDOM as RANDOM_BIT
@@ -188,9 +187,9 @@ def _parallel(args: argparse.Namespace) -> Parallel:
 
 def _config(args: argparse.Namespace) -> CalibrationConfig:
     if getattr(args, "out", None) is not None:
-        daq_config.output_file(args.out, "--out")  # before the fit, not after it
-    data: dict[str, Any] = daq_config.load_toml(args.config) if args.config else {}
-    overrides = dict(daq_config.parse_assignment(a) for a in args.overrides)
+        config_loader.output_file(args.out, "--out")  # before the fit, not after it
+    data: dict[str, Any] = config_loader.load_toml(args.config) if args.config else {}
+    overrides = dict(config_loader.parse_assignment(a) for a in args.overrides)
     if getattr(args, "beam_energy", None) is not None:
         overrides["reference.beam_energy_gev"] = args.beam_energy
     if getattr(args, "containment", None) is not None:
@@ -198,8 +197,8 @@ def _config(args: argparse.Namespace) -> CalibrationConfig:
     if getattr(args, "containment_reference", None) is not None:
         overrides["reference.containment_reference"] = args.containment_reference
     if overrides:
-        data = daq_config.with_overrides(data, overrides)
-    return daq_config.from_dict(CalibrationConfig, data)
+        data = config_loader.with_overrides(data, overrides)
+    return config_loader.from_dict(CalibrationConfig, data)
 
 
 def parse_run_range(text: str) -> tuple[int, int | None]:

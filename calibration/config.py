@@ -1,6 +1,6 @@
 """Configuration of the calibration derivations: reference values from simulation and fit settings.
 
-Built from an optional TOML file with :func:`daq.config.from_dict` (tables ``[reference]``,
+Built from an optional TOML file with :func:`daq.config_loader.from_dict` (tables ``[reference]``,
 ``[pedestals]``, ``[gains]``, ``[mip]``, ``[timing]``); ``na64 calibrate`` flags override single keys.
 The reference values are what the detector should read for a known particle, taken from simulation;
 the defaults match the simulator's default model (``simulator/config.py``, ``docs/simulator.md``).

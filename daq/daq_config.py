@@ -1,4 +1,4 @@
-"""Configuration of ``na64 daq``: frozen dataclasses built from TOML with ``daq.config.from_dict``.
+"""Configuration of ``na64 daq``: frozen dataclasses built from TOML with ``daq.config_loader.from_dict``.
 
 Sections: ``[trigger]`` (:class:`daq.trigger.TriggerConfig`), ``[reco]`` (:class:`daq.waveform.RecoConfig`),
 ``[readout]``, ``[writer]`` (:class:`daq.writer.WriterConfig`), ``[monitor]``, ``[histograms]``. Every key,
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daq import config as cfgmod
+from daq import config_loader
 from daq.trigger import TriggerConfig
 from daq.waveform import RecoConfig
 from daq.writer import WriterConfig
@@ -107,10 +107,10 @@ def load_config(
     overrides: dict[str, Any] | None = None,
 ) -> DaqConfig:
     """TOML file (optional), then ``KEY=VALUE`` assignments, then programmatic overrides (dotted keys)."""
-    data: dict[str, Any] = cfgmod.load_toml(path) if path else {}
+    data: dict[str, Any] = config_loader.load_toml(path) if path else {}
     dotted: dict[str, Any] = {}
     for text in assignments or []:
-        key, value = cfgmod.parse_assignment(text)
+        key, value = config_loader.parse_assignment(text)
         dotted[key] = value
     dotted.update(overrides or {})
-    return cfgmod.from_dict(DaqConfig, cfgmod.with_overrides(data, dotted))
+    return config_loader.from_dict(DaqConfig, config_loader.with_overrides(data, dotted))

@@ -35,8 +35,11 @@ HEADER = struct.Struct("<4sHHHHIIIQQQII")
 HEADER_SIZE = HEADER.size  # 56
 DESCRIPTOR = struct.Struct("<BBHIII")
 DESCRIPTOR_SIZE = DESCRIPTOR.size  # 16
+#: where the header's CRC-32 sits (computed with these 4 bytes zero)
 CRC_OFFSET = 48
+#: array frames per message at most
 MAX_FRAMES = 16
+#: largest dimension of an array frame a decoder accepts (a corrupt header cannot ask for terabytes)
 MAX_DIM = 1 << 28
 
 #: dtype codes of array frames (all little-endian)

@@ -55,7 +55,7 @@ from daq.contract import (
 from daq.errors import ConfigError, Na64Error, ProtocolError
 from daq.monitor_feed import MonitorFeed
 from daq.summary import CalibrationStatus, DaqStatus, FrontEndStatus, Histogram, SpillSummary, Triggers
-from daq.trigger import Batch, Trigger
+from daq.trigger import PrimitiveBatch, Trigger
 from daq.writer_commands import AppendEvents, CloseSpill, OpenSpill, SpillFinal, SpillHeader, WriteResult
 
 if TYPE_CHECKING:  # only the type: importing daq.daq_config loads the writer (h5py)
@@ -851,7 +851,7 @@ class Recorder:
             self._loss(decode_error_kind("shape"), 1)
             return
         sp.slices.add(msg.slice_id)
-        d = r.trigger.evaluate(Batch.from_slice(msg))
+        d = r.trigger.evaluate(PrimitiveBatch.from_slice(msg))
         sp.counters.update(d.counts)
         sp.counters["n_slices"] += 1
         sp.beam_time_ns += int(msg.length_ns)

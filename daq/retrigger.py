@@ -30,11 +30,11 @@ from typing import Any
 import numpy as np
 
 from daq import protocol
-from daq.config import from_dict, parse_assignment
+from daq.config_loader import from_dict, parse_assignment
 from daq.contract import BEAM, PHYSICS, RANDOM, S_EC, S_PRS, S_TRIG, ChannelConstants
 from daq.errors import ConfigError
 from daq.protocol import NO_PARTICLE
-from daq.trigger import COUNT_NAMES, Batch, Decisions, Trigger, TriggerConfig
+from daq.trigger import COUNT_NAMES, Decisions, PrimitiveBatch, Trigger, TriggerConfig
 
 log = logging.getLogger(__name__)
 
@@ -171,18 +171,18 @@ class TriggerRun:
 
 
 def run_trigger(
-    batches: Iterable[Batch | protocol.Slice],
+    batches: Iterable[PrimitiveBatch | protocol.Slice],
     config: TriggerConfig | None = None,
     constants: ChannelConstants | None = None,
     prim_channels: np.ndarray | Sequence[int] | None = None,
 ) -> TriggerRun:
     """Run the live trigger (:class:`daq.trigger.Trigger`, state carried across batches, one spill) over
-    ``batches``: :class:`daq.trigger.Batch` objects or decoded ``protocol.Slice`` messages."""
+    ``batches``: :class:`daq.trigger.PrimitiveBatch` objects or decoded ``protocol.Slice`` messages."""
     trig = Trigger(config, constants, prim_channels)
     trig.new_spill()
     parts: list[Decisions] = []
     for b in batches:
-        parts.append(trig.evaluate(b if isinstance(b, Batch) else Batch.from_slice(b)))
+        parts.append(trig.evaluate(b if isinstance(b, PrimitiveBatch) else PrimitiveBatch.from_slice(b)))
     counts = {k: sum(d.counts[k] for d in parts) for k in COUNT_NAMES}
 
     def cat(name: str, dtype: Any) -> np.ndarray:
@@ -229,11 +229,11 @@ class RecordedPrimitives:
     def config(self) -> TriggerConfig:
         return trigger_config(self.trigger)
 
-    def batch(self) -> Batch:
+    def batch(self) -> PrimitiveBatch:
         """The recorded particles as one trigger batch (random windows left out), in time order."""
         sel = np.flatnonzero(self.particles)
         sel = sel[np.argsort(self.t_ns[sel], kind="stable")]
-        return Batch(t_ns=self.t_ns[sel], amp=np.ascontiguousarray(self.amp[:, sel]))
+        return PrimitiveBatch(t_ns=self.t_ns[sel], amp=np.ascontiguousarray(self.amp[:, sel]))
 
     def retrigger(
         self, constants: ChannelConstants | None = None, beam_energy_gev: float = 100.0, **overrides: Any

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from daq.config import output_file
+from daq.config_loader import output_file
 from daq.errors import UserError
 from daq.offline import collect_spill_files, map_spills, merge_all
 from daq.retrigger import format_table, parse_overrides, retrigger_file

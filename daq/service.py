@@ -30,8 +30,7 @@ from typing import Any
 
 import zmq
 
-from daq import config as cfgmod
-from daq import protocol, reco_kernel
+from daq import config_loader, protocol, reco_kernel
 from daq.daq_config import DaqConfig
 from daq.errors import ConfigError
 from daq.process import tune_gc, tune_malloc
@@ -193,7 +192,7 @@ class DaqService:
         return code
 
     def _config_record(self) -> dict[str, Any]:
-        d = cfgmod.to_dict(self.config)
+        d = config_loader.to_dict(self.config)
         d["service"] = {
             "endpoint": self.endpoint,
             "publish": self.publish,

@@ -127,7 +127,7 @@ class TriggerState:
 
 
 @dataclass(frozen=True, eq=False)
-class Batch:
+class PrimitiveBatch:
     """Primitives of N particles: ``t_ns`` (N,) int64 since spill start, ``amp`` (C, N) uint16.
 
     The batch covers the time window [t0_ns, t0_ns + length_ns) (for the random trigger); ``length_ns``
@@ -155,7 +155,7 @@ class Batch:
         return int(self.t_ns.max()) + 1 if self.n else self.t0_ns
 
     @classmethod
-    def from_slice(cls, msg: Slice) -> Batch:
+    def from_slice(cls, msg: Slice) -> PrimitiveBatch:
         """From a decoded ``protocol.Slice``."""
         return cls(
             t_ns=msg.t_ns, amp=msg.amp, t0_ns=msg.t0_ns, length_ns=msg.length_ns, slice_id=msg.slice_id
@@ -412,7 +412,7 @@ class Trigger:
         )
         return rows
 
-    def evaluate(self, batch: Batch) -> Decisions:
+    def evaluate(self, batch: PrimitiveBatch) -> Decisions:
         """Run the trigger on a batch: conditions, prescale, random clock, dead time; updates the state."""
         cfg, st = self.config, self.state
         # prescaled beam trigger: the particles whose S_trig ordinal (over the run) is a multiple of N
@@ -471,7 +471,7 @@ class Trigger:
 
     def _readout_numpy(
         self,
-        batch: Batch,
+        batch: PrimitiveBatch,
         s_prs: np.ndarray,
         s_ec: np.ndarray,
         phys: np.ndarray,
@@ -560,7 +560,7 @@ def _dead_time(t: np.ndarray, st: TriggerState, dead_ns: int) -> np.ndarray | No
 
 
 #: largest value of an unsigned integer by size in bytes (np.iinfo is slow to construct)
-_UMAX = {2: 65535, 4: 4294967295}
+_UINT_MAX = {2: 65535, 4: 4294967295}
 
 
 class _BlockSum:
@@ -597,7 +597,7 @@ class _BlockSum:
             block = amp[self._slice] if self.contiguous else amp[self.rows]
             if amp_max is None:
                 amp_max = int(block.max()) if n else 0
-            narrow = amp_max * self.rows.size <= _UMAX[2]
+            narrow = amp_max * self.rows.size <= _UINT_MAX[2]
             sums = block.sum(axis=0, dtype=np.uint16 if narrow else np.uint32)
             return BlockEnergy(sums=sums, gev_per_count=float(self.gev_per_count))
         out = np.empty(n, np.float32)
@@ -622,7 +622,7 @@ class _BlockSum:
         e = self.energy(amp, amp_max)
         if e.sums is not None:  # exact integer comparison: sum > thr * gain
             k = self.k_above(thr_gev)
-            return e, e.sums > min(k, _UMAX[e.sums.dtype.itemsize])
+            return e, e.sums > min(k, _UINT_MAX[e.sums.dtype.itemsize])
         return e, e.gev() > np.float32(thr_gev * (1 + THRESHOLD_RTOL))
 
     def energy_below(
@@ -631,7 +631,7 @@ class _BlockSum:
         e = self.energy(amp, amp_max)
         if e.sums is not None:  # sum < thr * gain
             k = self.k_below(thr_gev)
-            if k > _UMAX[e.sums.dtype.itemsize]:
+            if k > _UINT_MAX[e.sums.dtype.itemsize]:
                 return e, np.ones(e.sums.shape, bool)
             return e, e.sums < k
         return e, e.gev() < np.float32(thr_gev * (1 - THRESHOLD_RTOL))
@@ -652,7 +652,7 @@ def make_batch(
     constants: ChannelConstants | None = None,
     prim_channels: Sequence[int] | np.ndarray | None = None,
     beam_cell: tuple[int, int] = detector.BEAM_CELL,
-) -> Batch:
+) -> PrimitiveBatch:
     """A batch built by hand from a few particles, for tests and notebooks.
 
     ``counters``: amplitudes (ADC counts, scalar or per particle) by counter name; by default a clean
@@ -691,4 +691,4 @@ def make_batch(
         if t_ns is None
         else np.broadcast_to(np.asarray(t_ns, dtype=np.int64), (n,)).copy()
     )
-    return Batch(t_ns=times, amp=np.ascontiguousarray(amp), t0_ns=t0_ns, length_ns=length_ns)
+    return PrimitiveBatch(t_ns=times, amp=np.ascontiguousarray(amp), t0_ns=t0_ns, length_ns=length_ns)

@@ -23,8 +23,10 @@ class BatchError(DqmError):
 
 
 @dataclass(frozen=True, eq=False)
-class Batch:
-    """Columns of one batch of built events. Energies in GeV, times in ns since spill start."""
+class MonitoredEvents:
+    """The built events of one EVENTS message as the DQM reads them: validated columns (views of the
+    message's arrays; not ``daq.batch.EventBatch``, which the DAQ writes). Energies in GeV, times in ns
+    since spill start."""
 
     run: int
     spill: int
@@ -53,7 +55,7 @@ class Batch:
         return None if self.waveforms is None else self.waveforms[-1]
 
     @classmethod
-    def from_events(cls, msg: protocol.Events) -> Batch:
+    def from_events(cls, msg: protocol.Events) -> MonitoredEvents:
         """Validate and wrap a decoded EVENTS message (arrays are not copied)."""
         n = msg.n_events
         if msg.energy.shape != (n, detector.N_CHANNELS):

@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 
 from daq import detector
 from daq.contract import BEAM, PHYSICS, RANDOM
-from dqm.batch import Batch
+from dqm.batch import MonitoredEvents
 from dqm.config import DqmConfig
 
 N_CH = detector.N_CHANNELS
@@ -145,7 +145,7 @@ class Book:
         }
 
     # ------------------------------------------------------------ filling
-    def fill(self, b: Batch) -> None:
+    def fill(self, b: MonitoredEvents) -> None:
         """Fill every histogram from one batch."""
         a = self.arrays
         a["n_skipped"][0] += b.n_skipped

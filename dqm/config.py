@@ -1,4 +1,4 @@
-"""DQM configuration: frozen, validated dataclasses built from TOML with :func:`daq.config.from_dict`.
+"""DQM configuration: frozen, validated dataclasses built from TOML with :func:`daq.config_loader.from_dict`.
 
 Every threshold of every check lives here with its default; ``docs/dqm.md`` lists them. Example::
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from daq.config import from_dict, load_toml
+from daq.config_loader import from_dict, load_toml
 from daq.contract import LOSS_REASONS
 
 #: detectors in daq.detector.Detector order

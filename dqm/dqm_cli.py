@@ -197,7 +197,7 @@ def _offline_engine(args: argparse.Namespace) -> tuple[int, str | None]:
 
 
 def run_reference(args: argparse.Namespace) -> int:
-    from daq.config import output_file
+    from daq.config_loader import output_file
     from dqm import reference
 
     output_file(args.out, "--out")

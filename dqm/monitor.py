@@ -25,7 +25,7 @@ from daq.summary import DaqStatus, DocumentError, SpillSummary
 from dqm import metrics
 from dqm.alarms import Alarm, AlarmBook
 from dqm.baseline import Baseline, SpillNumbers
-from dqm.batch import Batch, BatchError
+from dqm.batch import BatchError, MonitoredEvents
 from dqm.book import Book, BookSpec
 from dqm.checks import (
     CheckResult,
@@ -211,7 +211,7 @@ class Monitor:
 
     def _on_events(self, msg: protocol.Events, now: float) -> list[Notice]:
         try:
-            batch = Batch.from_events(msg)
+            batch = MonitoredEvents.from_events(msg)
         except BatchError as e:
             self.counters.bad_batches += 1
             if self.counters.bad_batches == 1 or self.counters.bad_batches % 1000 == 0:
@@ -234,7 +234,7 @@ class Monitor:
         self._fill(key, batch)
         return notices
 
-    def _fill(self, key: tuple[int, int], batch: Batch) -> None:
+    def _fill(self, key: tuple[int, int], batch: MonitoredEvents) -> None:
         late = self.recent.get(key)
         if late is not None and key not in self.open:
             # the spill was already checked: the views still get the events, counted as late
@@ -273,7 +273,7 @@ class Monitor:
         self.counters.skipped_by_daq += int(book.arrays["n_skipped"][0])
         self.version += 1
 
-    def _after_fill(self, batch: Batch, spill: int) -> None:
+    def _after_fill(self, batch: MonitoredEvents, spill: int) -> None:
         self.current_spill = spill
         self.counters.batches += 1
         self.counters.events += batch.n

@@ -30,7 +30,7 @@ from daq.offline import Skipped, collect_spill_files, map_spills
 from daq.summary import SpillSummary
 from dqm import reference
 from dqm.baseline import SpillNumbers
-from dqm.batch import Batch
+from dqm.batch import MonitoredEvents
 from dqm.book import Book, BookSpec
 from dqm.config import DqmConfig
 from dqm.errors import DqmUserError
@@ -151,7 +151,7 @@ def spill_parts(path: Path, config: DqmConfig | None = None) -> list[SpillPart]:
     for msg in file_messages([path], config.beam_energy_gev, events_per_message=OFFLINE_MESSAGE_EVENTS):
         if isinstance(msg, protocol.Events):
             if held is not None:
-                book.fill(Batch.from_events(held))
+                book.fill(MonitoredEvents.from_events(held))
                 n += 1
             held = msg
         elif isinstance(msg, protocol.Summary):

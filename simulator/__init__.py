@@ -1,6 +1,6 @@
 """The NA64 front-end simulator: beam, detector response, electronics, and the front-end side of the
 wire protocol (``na64 simulate``). Imports only the bottom layer (``daq.detector``, ``daq.protocol``,
-``daq.config``, ``daq.errors``).
+``daq.config_loader``, ``daq.errors``).
 
 Modules: :mod:`~simulator.config` (settings), :mod:`~simulator.physics` (the model: :mod:`~simulator.beam`,
 :mod:`~simulator.rare` processes, :mod:`~simulator.response` of the detector, :mod:`~simulator.particles`),

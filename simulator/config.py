@@ -1,7 +1,7 @@
 """Configuration of the simulator: frozen, validated dataclasses with documented defaults.
 
 Every physics number of ``shared/reference/detector.md`` and ``signal.md`` is a default here, not a
-constant buried in code. Build from TOML with :func:`daq.config.from_dict` (see :func:`load`); the CLI
+constant buried in code. Build from TOML with :func:`daq.config_loader.from_dict` (see :func:`load`); the CLI
 overrides single keys. The tables are ``[beam]``, ``[tails]``, ``[ecal]``, ``[hcal]``, ``[veto]``,
 ``[srd]``, ``[counters]``, ``[electronics]``, ``[readout]``, ``[signal]`` and ``faults = [...]``.
 Docs: ``docs/simulator.md`` lists each key with its source.
@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from daq import config as daq_config
-from daq import detector
+from daq import config_loader, detector
 
 
 def _positive(name: str, value: float) -> None:
@@ -506,10 +505,10 @@ class SimConfig:
 
 def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> SimConfig:
     """Config from an optional TOML file plus dotted-key overrides (``{"beam.rate_hz": 2e5}``)."""
-    data = daq_config.load_toml(path) if path is not None else {}
+    data = config_loader.load_toml(path) if path is not None else {}
     if overrides:
-        data = daq_config.with_overrides(data, overrides)
-    return daq_config.from_dict(SimConfig, data)
+        data = config_loader.with_overrides(data, overrides)
+    return config_loader.from_dict(SimConfig, data)
 
 
 def replace(config: Any, **changes: Any) -> Any:

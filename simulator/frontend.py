@@ -19,8 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from daq import config as daq_config
-from daq import detector, protocol
+from daq import config_loader, detector, protocol
 from simulator import __version__
 from simulator import randoms as rnd
 from simulator.config import SimConfig
@@ -237,7 +236,7 @@ class FrontEnd:
             "version": __version__,
             "seed": self.config.seed,
             "run": self.config.run,
-            "config": daq_config.to_dict(self.config),
+            "config": config_loader.to_dict(self.config),
             "signal": self.signal_info(),
         }
 

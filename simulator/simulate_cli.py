@@ -8,8 +8,7 @@ import signal
 from types import FrameType
 from typing import Any
 
-from daq import config as daq_config
-from daq import detector
+from daq import config_loader, detector
 from daq.errors import ConfigError, UserError
 from simulator.config import SimConfig
 
@@ -182,7 +181,7 @@ def build_config(args: argparse.Namespace) -> SimConfig:
     """Defaults <- --config <- --set <- flags."""
     overrides: dict[str, Any] = {}
     for text in args.set:
-        key, value = daq_config.parse_assignment(text)
+        key, value = config_loader.parse_assignment(text)
         overrides[key] = value
     flag_keys = {
         "rate": "beam.rate_hz",
@@ -213,10 +212,10 @@ def build_config(args: argparse.Namespace) -> SimConfig:
             overrides[f"signal.{k}"] = v
     if args.signal_boost is not None:
         overrides["signal.boost"] = args.signal_boost
-    data = daq_config.load_toml(args.config) if args.config else {}
+    data = config_loader.load_toml(args.config) if args.config else {}
     if args.fault:
         overrides["faults"] = [*data.get("faults", []), *args.fault]
-    config = daq_config.from_dict(SimConfig, daq_config.with_overrides(data, overrides))
+    config = config_loader.from_dict(SimConfig, config_loader.with_overrides(data, overrides))
     if args.signal_boost is not None and not config.signal.enabled:
         raise ConfigError("--signal-boost needs a signal (--signal MODEL:MASS_MEV:COUPLING)")
     check_signal(config)
@@ -227,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
     if args.spills is not None and args.spills < 0:
         raise UserError(f"--spills must be >= 0 (got {args.spills})")
     if args.truth:
-        daq_config.output_file(args.truth, "--truth")  # before the run, not after it
+        config_loader.output_file(args.truth, "--truth")  # before the run, not after it
     config = build_config(args)
     stopping: list[str] = []
     holder: list[Any] = []

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from daq.config import from_dict, load_toml, parse_assignment, with_overrides
+from daq.config_loader import from_dict, load_toml, parse_assignment, with_overrides
 from daq.errors import ConfigError
 
 

@@ -37,8 +37,11 @@ sys.path.insert(0, str(ROOT))
 
 from calibration import containment  # noqa: E402
 from calibration.fitting import gaussian_core  # noqa: E402
-from daq import __version__, detector  # noqa: E402
-from daq import config as daq_config  # noqa: E402
+from daq import (  # noqa: E402
+    __version__,
+    config_loader,
+    detector,
+)
 from simulator import config as sim_config  # noqa: E402
 from simulator import physics  # noqa: E402
 from simulator.randoms import particle_keys  # noqa: E402
@@ -64,7 +67,7 @@ def main() -> int:
         help="simulator setting, e.g. beam.spot_sigma_mm=[8,8] (default: the simulator's nominal model)",
     )
     args = p.parse_args()
-    overrides = dict(daq_config.parse_assignment(a) for a in args.overrides)
+    overrides = dict(config_loader.parse_assignment(a) for a in args.overrides)
     overrides |= {
         "beam.scan_cells": [[x, y] for y in range(detector.ECAL_NY) for x in range(detector.ECAL_NX)],
         "beam.scan_mode": "particle",

@@ -11,11 +11,11 @@ from hypothesis import strategies as st
 
 from calibration.constants import nominal
 from daq import detector
-from daq.config import from_dict
+from daq.config_loader import from_dict
 from daq.contract import BEAM, PHYSICS, RANDOM, S_EC, S_PRS, S_TRIG, mask_names
 from daq.errors import ConfigError
 from daq.protocol import NO_PARTICLE
-from daq.trigger import Batch, Trigger, TriggerConfig, TriggerState, _dead_time, make_batch
+from daq.trigger import PrimitiveBatch, Trigger, TriggerConfig, TriggerState, _dead_time, make_batch
 
 ECAL_GAIN = detector.NOMINAL_GAIN[detector.Detector.ECAL]  # counts per MeV
 PRS_GAIN = detector.NOMINAL_GAIN[detector.Detector.PRS]
@@ -30,7 +30,7 @@ def quiet(**kw: object) -> TriggerConfig:
     return TriggerConfig(**args)  # type: ignore[arg-type]
 
 
-def electron(**kw: object) -> Batch:
+def electron(**kw: object) -> PrimitiveBatch:
     """One clean beam particle with a low-energy ECAL shower: passes S_phys by default."""
     args: dict[str, object] = {"ecal_block_gev": 40.0, "prs_block_gev": 2.0}
     args.update(kw)
@@ -231,12 +231,12 @@ def test_random_trigger_runs_on_a_clock_across_batches() -> None:
     empty = np.zeros((29, 0), np.uint16)
     times: list[int] = []
     for t0, length in ((0, 2500), (2500, 2500), (10_000, 2000)):  # the last after a gap
-        d = trig.evaluate(Batch(t_ns=np.zeros(0, np.int64), amp=empty, t0_ns=t0, length_ns=length))
+        d = trig.evaluate(PrimitiveBatch(t_ns=np.zeros(0, np.int64), amp=empty, t0_ns=t0, length_ns=length))
         assert np.all(d.index == NO_PARTICLE) and np.all(d.trigger_mask == RANDOM)
         times += d.t_ns.tolist()
     assert times == [500, 1500, 2500, 3500, 4500, 10_500, 11_500]
     trig.new_spill()
-    d = trig.evaluate(Batch(t_ns=np.zeros(0, np.int64), amp=empty, t0_ns=0, length_ns=1000))
+    d = trig.evaluate(PrimitiveBatch(t_ns=np.zeros(0, np.int64), amp=empty, t0_ns=0, length_ns=1000))
     assert d.t_ns.tolist() == [500]
 
 
@@ -281,7 +281,7 @@ particles = st.integers(min_value=1, max_value=60).flatmap(
 )
 
 
-def _batch(p: tuple[list[float], list[float], list[int], list[int]]) -> Batch:
+def _batch(p: tuple[list[float], list[float], list[int], list[int]]) -> PrimitiveBatch:
     e, prs, v1, t = p
     return make_batch(
         ecal_block_gev=e, prs_block_gev=prs, counters={"V1": v1}, t_ns=np.sort(t), length_ns=30_000
@@ -320,7 +320,7 @@ def test_splitting_a_batch_changes_nothing(p, cuts: list[int]) -> None:
     got_m: list[int] = []
     for lo, hi in itertools.pairwise(edges):
         sel = (b.t_ns >= lo) & (b.t_ns < hi)
-        d = trig.evaluate(Batch(t_ns=b.t_ns[sel], amp=b.amp[:, sel], t0_ns=lo, length_ns=hi - lo))
+        d = trig.evaluate(PrimitiveBatch(t_ns=b.t_ns[sel], amp=b.amp[:, sel], t0_ns=lo, length_ns=hi - lo))
         got_t += d.t_ns.tolist()
         got_m += d.trigger_mask.tolist()
     assert got_t == whole.t_ns.tolist()

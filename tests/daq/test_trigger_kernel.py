@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from daq import detector, trigger, trigger_kernel
 from daq.protocol import NO_PARTICLE
-from daq.trigger import Batch, Decisions, Trigger, TriggerConfig, make_batch
+from daq.trigger import Decisions, PrimitiveBatch, Trigger, TriggerConfig, make_batch
 
 DEFAULT_PRIM = np.asarray(detector.default_primitive_channels())
 
@@ -67,7 +67,7 @@ configs = st.builds(
 
 
 @st.composite
-def batches(draw: st.DrawFn, n_rows: int) -> Batch:
+def batches(draw: st.DrawFn, n_rows: int) -> PrimitiveBatch:
     """Random primitives, sometimes with amplitudes beyond 12 bits, times out of order or equal, empty,
     or as a strided view."""
     n = draw(st.integers(0, 300))
@@ -83,7 +83,7 @@ def batches(draw: st.DrawFn, n_rows: int) -> Batch:
         wide[:, ::2] = amp
         amp = wide[:, ::2]
     t0 = int(t.min()) if n else 0
-    return Batch(t_ns=t, amp=amp, t0_ns=t0, length_ns=int(np.ptp(t)) + 1000 if n else 1000)
+    return PrimitiveBatch(t_ns=t, amp=amp, t0_ns=t0, length_ns=int(np.ptp(t)) + 1000 if n else 1000)
 
 
 def at_thresholds(trig: Trigger, amp: np.ndarray, rng: np.random.Generator) -> None:
@@ -144,7 +144,7 @@ def test_chunk_edges_and_prescale_ordinals(n: int) -> None:
         prs_block_gev=1.0,
     )
     if n == 0:
-        b = Batch(t_ns=b.t_ns[:0], amp=b.amp[:, :0])
+        b = PrimitiveBatch(t_ns=b.t_ns[:0], amp=b.amp[:, :0])
     fast, ref = Trigger(cfg), Trigger(cfg, compiled=False)
     for _ in range(2):  # the prescale counter carries over
         assert_same(fast.evaluate(b), ref.evaluate(b))

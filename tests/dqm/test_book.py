@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from daq import detector
 from daq.contract import BEAM, PHYSICS, RANDOM
-from dqm.batch import Batch, BatchError, make_events
+from dqm.batch import BatchError, MonitoredEvents, make_events
 from dqm.book import Book, BookSpec
 
 N = detector.N_CHANNELS
@@ -20,9 +20,9 @@ def batch(
     t_ns: list[int] | None = None,
     waveform: np.ndarray | None = None,
     spill: int = 1,
-) -> Batch:
+) -> MonitoredEvents:
     n = len(mask)
-    return Batch.from_events(
+    return MonitoredEvents.from_events(
         make_events(
             run=1,
             spill=spill,
@@ -100,7 +100,7 @@ def test_wrong_channel_count_is_a_batch_error() -> None:
         waveforms=np.zeros((0, 50, 32), np.uint16),
     )
     try:
-        Batch.from_events(msg)
+        MonitoredEvents.from_events(msg)
     except BatchError as e:
         assert "energy has shape (2, 50)" in str(e)
     else:
@@ -113,7 +113,7 @@ def test_fill_is_additive(n1: int, n2: int, seed: int) -> None:
     """fill(a); fill(b) == fill(a) + fill(b) in separate books: the basis of the spill/last N/run views."""
     rng = np.random.default_rng(seed)
 
-    def rand(n: int) -> Batch:
+    def rand(n: int) -> MonitoredEvents:
         e = rng.exponential(2.0, (n, N)).astype(np.float32)
         mask = rng.choice([PHYSICS, BEAM, RANDOM, PHYSICS | BEAM], n).tolist()
         wf = rng.integers(190, 210, (N, detector.N_SAMPLES))

@@ -94,7 +94,7 @@ def test_reference_shape_check_sees_a_changed_distribution(primed: tuple[Monitor
 
 
 def test_ks_method_is_selectable() -> None:
-    from daq.config import from_dict
+    from daq.config_loader import from_dict
 
     cfg = from_dict(DqmConfig, {"checks": {"reference": {"method": "ks", "warn": 1.63, "error": 3.0}}})
     mon = Monitor(cfg, live=False)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from daq import protocol
-from daq.config import from_dict
+from daq.config_loader import from_dict
 from dqm import snapshot
 from dqm.config import DqmConfig
 from dqm.monitor import Monitor, SpillClosed

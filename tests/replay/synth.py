@@ -15,7 +15,7 @@ from daq import detector
 from daq.batch import EventBatch
 from daq.files import spill_filename
 from daq.protocol import NO_PARTICLE
-from daq.trigger import Batch, Trigger, TriggerConfig
+from daq.trigger import PrimitiveBatch, Trigger, TriggerConfig
 from daq.writer import SpillWriter, WriterConfig
 from daq.writer_commands import SpillFinal, SpillHeader
 
@@ -89,7 +89,9 @@ def make_spill(
         t0 = k * slice_ns
         length = min(slice_ns, end_ns - t0)
         lo, hi = np.searchsorted(t, [t0, t0 + length])
-        d = trig.evaluate(Batch(t_ns=t[lo:hi], amp=amp[:, lo:hi], t0_ns=t0, length_ns=length, slice_id=k))
+        d = trig.evaluate(
+            PrimitiveBatch(t_ns=t[lo:hi], amp=amp[:, lo:hi], t0_ns=t0, length_ns=length, slice_id=k)
+        )
         sl.append(np.full(d.n_readout, k, np.uint32))
         ix.append(d.index)
         tt.append(d.t_ns)

@@ -4,7 +4,7 @@ into a second real DAQ, give the same events bit for bit (see docs/replay.md for
 Processes: na64 daq + na64 simulate (recording), then na64 daq + na64 replay (replay, once as recorded
 and once with --merge-slices 4, which must change only the slice and index columns and the slice
 counts), all over real ZeroMQ sockets on free loopback ports; files compared through daq.files; DQM histograms filled by the
-DQM's own offline path (dqm.sources.file_messages -> dqm.batch.Batch -> dqm.book.Book).
+DQM's own offline path (dqm.sources.file_messages -> dqm.batch.MonitoredEvents -> dqm.book.Book).
 """
 
 from __future__ import annotations
@@ -251,7 +251,7 @@ def test_a_merged_replay_differs_from_the_plain_one_only_in_slice_index_and_slic
 
 def _book(path: Path, add_beam_bit: bool = False) -> Any:
     """The DQM histograms of one file through the DQM's own offline path (file_messages -> Book.fill)."""
-    from dqm.batch import Batch
+    from dqm.batch import MonitoredEvents
     from dqm.book import Book, BookSpec
     from dqm.sources import file_messages
 
@@ -263,7 +263,7 @@ def _book(path: Path, add_beam_bit: bool = False) -> Any:
                 msg = dataclasses.replace(
                     msg, trigger_mask=np.where((m & RANDOM) == 0, m | BEAM, m).astype(np.uint32)
                 )
-            book.fill(Batch.from_events(msg))
+            book.fill(MonitoredEvents.from_events(msg))
     return book.to_dict()
 
 

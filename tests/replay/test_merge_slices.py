@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from daq import detector, protocol
-from daq.config import from_dict
+from daq.config_loader import from_dict
 from daq.errors import UserError
-from daq.trigger import Batch, Decisions, Trigger, TriggerConfig
+from daq.trigger import Decisions, PrimitiveBatch, Trigger, TriggerConfig
 from simulator.replay import ReplayConfig, Replayer
 from simulator.replay_spill import (
     MAX_SLICE_NS,
@@ -179,7 +179,9 @@ def test_trigger_decisions_do_not_depend_on_slice_boundaries(synth: SynthSpill) 
         for t0 in range(0, end, slice_ns):
             lo, hi = np.searchsorted(synth.t_ns, [t0, t0 + slice_ns])
             d = trig.evaluate(
-                Batch(synth.t_ns[lo:hi], synth.amp[:, lo:hi], t0_ns=t0, length_ns=min(slice_ns, end - t0))
+                PrimitiveBatch(
+                    synth.t_ns[lo:hi], synth.amp[:, lo:hi], t0_ns=t0, length_ns=min(slice_ns, end - t0)
+                )
             )
             out.append(d)
             for key in totals:
@@ -208,7 +210,10 @@ def test_replaying_merged_slices_into_the_recorded_settings_reaccepts_every_reco
         for spill in (plain, m):
             trig = Trigger(from_dict(TriggerConfig, equivalence_overrides(spill.trigger_config)), None)
             trig.new_spill()
-            got = [trig.evaluate(Batch.from_slice(spill.slice_message(k))) for k in range(spill.n_slices)]
+            got = [
+                trig.evaluate(PrimitiveBatch.from_slice(spill.slice_message(k)))
+                for k in range(spill.n_slices)
+            ]
             ts.append(np.concatenate([d.t_ns for d in got]))
         np.testing.assert_array_equal(ts[1], ts[0])
         assert ts[0].size == synth.readout_t.size

@@ -161,7 +161,7 @@ def test_an_unreachable_scheduler_is_a_user_error(monkeypatch: pytest.MonkeyPatc
 
 # ---------------------------------------------------------------- DQM books in parallel (dqm.offline)
 def test_dqm_books_merge_without_touching_the_inputs() -> None:
-    from dqm.batch import Batch as DqmBatch
+    from dqm.batch import MonitoredEvents as DqmBatch
     from dqm.batch import make_events
     from dqm.book import Book, BookSpec
 
@@ -313,7 +313,7 @@ def test_big_offline_messages_sample_the_same_waveforms_and_fill_the_same_counts
 
 
 def test_pedestals_of_many_waveforms_at_once_equal_one_at_a_time() -> None:
-    from dqm.batch import Batch as DqmBatch
+    from dqm.batch import MonitoredEvents as DqmBatch
     from dqm.batch import make_events
     from dqm.book import Book, BookSpec
 

@@ -13,7 +13,7 @@ import pytest
 
 from daq import detector, protocol
 from daq.files import SpillFileError
-from daq.trigger import Batch, Trigger, TriggerConfig
+from daq.trigger import PrimitiveBatch, Trigger, TriggerConfig
 from simulator.replay_spill import (
     READ_BLOCK,
     AnswerCounts,
@@ -150,7 +150,7 @@ def test_replaying_into_the_recorded_trigger_settings_reaccepts_every_recorded_e
 ) -> None:
     """The pure core of replay equivalence: the live trigger on the replayed slices, with the settings
     of equivalence_overrides(), reads out exactly the recorded particles and random windows."""
-    from daq.config import from_dict
+    from daq.config_loader import from_dict
 
     cfg = from_dict(TriggerConfig, equivalence_overrides(rs.trigger_config))
     assert cfg.beam_prescale == 1
@@ -159,7 +159,7 @@ def test_replaying_into_the_recorded_trigger_settings_reaccepts_every_recorded_e
     got_t, got_mask = [], []
     for k in range(rs.n_slices):
         msg = rs.slice_message(k)
-        d = trig.evaluate(Batch.from_slice(msg))
+        d = trig.evaluate(PrimitiveBatch.from_slice(msg))
         got_t.append(d.t_ns)
         got_mask.append(d.trigger_mask)
         # only random triggers can fall in a dead time here, exactly as they did when recording

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from daq import detector, protocol
-from daq.config import from_dict
+from daq.config_loader import from_dict
 from daq.errors import ConfigError
 from simulator import electronics as el
 from simulator.config import SimConfig

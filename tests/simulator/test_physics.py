@@ -214,7 +214,7 @@ def test_deposits_are_deterministic_per_particle() -> None:
 
 
 def test_intensity_profiles() -> None:
-    from daq.config import from_dict
+    from daq.config_loader import from_dict
 
     def cfg(**beam: object) -> SimConfig:
         return from_dict(SimConfig, {"beam": beam})

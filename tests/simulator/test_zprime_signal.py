@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from daq import detector, protocol
-from daq.config import from_dict
+from daq.config_loader import from_dict
 from daq.errors import ConfigError
 from simulator import cascade, zprime
 from simulator.config import SimConfig
