@@ -31,7 +31,7 @@ from daq import detector
 from daq.batch import SUM_NAMES, EventBatch
 from daq.files import SpillFile
 from daq.waveform import RecoConfig, event_sums, reconstruct, synthesize
-from daq.writer import CODECS, SpillFinal, SpillHeader, SpillWriter, WriterConfig
+from daq.writer import CODECS, TABLE_CODECS, SpillFinal, SpillHeader, SpillWriter, WriterConfig
 
 
 def realistic_batch(n: int, rng: np.random.Generator, first_id: int = 0) -> EventBatch:
@@ -122,6 +122,12 @@ def main() -> int:
     ap.add_argument("--from", dest="source", type=Path, default=None, help="a spill file to take events from")
     ap.add_argument("--repeat", type=int, default=1, help="files per codec (the best CPU figure is shown)")
     ap.add_argument("--codec", action="append", choices=CODECS, help="codecs to measure (default: all)")
+    ap.add_argument(
+        "--tables",
+        choices=TABLE_CODECS,
+        default=WriterConfig().table_compression,
+        help="writer.table_compression: codec of every dataset but the waveforms",
+    )
     ap.add_argument("--dir", type=Path, default=None, help="where to write (default: a temporary directory)")
     args = ap.parse_args()
     if args.source is not None:
@@ -135,7 +141,7 @@ def main() -> int:
         what = f"{n_file} synthetic events"
     raw_per_event = detector.N_CHANNELS * detector.N_SAMPLES * 2
     print(
-        f"{what} per file, appended {args.batch} at a time, {raw_per_event} B of raw samples per event; "
+        f"{what} per file, appended {args.batch} at a time, tables {args.tables}, {raw_per_event} B of raw samples per event; "
         f"fsync and rename included; best of {args.repeat}; CPU = the writing thread's user+sys time"
     )
     print(
@@ -150,7 +156,9 @@ def main() -> int:
             for rep in range(args.repeat):
                 header = SpillHeader(run=1, spill=i * args.repeat + rep + 1)
                 t0, c0 = time.perf_counter(), time.process_time()
-                w = SpillWriter(tmp, header, WriterConfig(compression=codec), block)
+                w = SpillWriter(
+                    tmp, header, WriterConfig(compression=codec, table_compression=args.tables), block
+                )
                 block = w.block
                 n = 0
                 while n < n_file:
