@@ -74,6 +74,12 @@ def register(subparsers: Any) -> None:
         help="seconds to wait for the fragments of a readout request "
         "(default: readout.fragment_timeout_s = 5)",
     )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective configuration (defaults, --config, --set and the options above) as TOML "
+        "that --config accepts, with the software version, and exit",
+    )
     p.set_defaults(run=run_daq)
 
     q = subparsers.add_parser(
@@ -100,6 +106,9 @@ def run_daq(args: argparse.Namespace) -> int:
     if args.fragment_timeout is not None:
         overrides["readout.fragment_timeout_s"] = args.fragment_timeout
     config = load_config(args.config, args.assignments, overrides)
+    if args.print_config:
+        print(effective_config_toml(config, args))
+        return 0
     check_sets(args.calibration)  # unreadable or ambiguous sets: one clear line now, not at RUN_START
     if not args.calibration:
         log.warning(
@@ -115,6 +124,21 @@ def run_daq(args: argparse.Namespace) -> int:
         stop_after_run=args.stop_after_run,
     )
     return asyncio.run(service.run())
+
+
+def effective_config_toml(config: Any, args: argparse.Namespace) -> str:
+    """``--print-config``: the configuration as TOML, the service options and software as comments."""
+    from daq import config as cfgmod
+    from daq.provenance import describe
+
+    header = "\n".join(
+        [
+            f"na64 daq effective configuration ({describe()})",
+            f"service: --endpoint {args.endpoint} --publish {args.publish} --data-dir {args.data_dir}",
+            "calibration: " + (" ".join(map(str, args.calibration)) or "nominal (no --calibration given)"),
+        ]
+    )
+    return cfgmod.to_toml(cfgmod.to_dict(config), header).rstrip("\n")
 
 
 # ---------------------------------------------------------------- inspect
