@@ -149,6 +149,9 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from daq.extras import require
+
+    require("dqm", "na64 demo (it starts na64 dqm)")
     _validate(args)
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     publish = f"tcp://127.0.0.1:{free_port()}"

@@ -250,6 +250,9 @@ def _client(
     scheduler: str | None, workers: int | None, threads_per_worker: int, n_tasks: int
 ) -> Iterator[tuple[Any, int]]:
     """A dask Client on an existing scheduler, or on a LocalCluster bound to 127.0.0.1."""
+    from daq.extras import require
+
+    require("offline", "a parallel offline run (--workers N, --scheduler)", ("dask", "distributed"))
     from dask.distributed import Client, LocalCluster
 
     if scheduler is not None:

@@ -70,6 +70,10 @@ def run(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.settings)
     if args.plot is not None and args.plot.suffix.lower() not in (".svg", ".html"):
         raise UserError(f"--plot {args.plot}: the file name must end in .svg or .html")
+    if args.plot is not None and args.plot.suffix.lower() == ".html":
+        from daq.extras import require
+
+        require("offline", "--plot FILE.html", ("bokeh",))
     for flag, path in (("--plot", args.plot), ("--json", args.json_out)):
         if path is not None:
             output_file(path, flag)

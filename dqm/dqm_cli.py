@@ -140,6 +140,9 @@ def _check_origin(origin: str) -> str:
 
 
 def run_dqm(args: argparse.Namespace) -> int:
+    from daq.extras import require
+
+    require("dqm", "na64 dqm")
     from dqm import reference
     from dqm.config import load_config
     from dqm.server import DqmService
@@ -189,15 +192,22 @@ def _offline_engine(args: argparse.Namespace) -> tuple[int, str | None]:
             raise DqmUserError("give either --workers (a local cluster) or --scheduler (an existing one)")
         return 0, scheduler
     if workers is None:
+        from daq.extras import missing
         from daq.offline import collect_spill_files
 
         n_files = len(collect_spill_files(args.files)[0])
         workers = min(os.cpu_count() or 1, n_files) if n_files > 1 else 0
+        if workers and missing("offline", ("dask", "distributed")):
+            log.info("dask is not installed (na64daq[offline]): the files are read in this process")
+            workers = 0
     return workers, None
 
 
 def run_reference(args: argparse.Namespace) -> int:
     from daq.config import output_file
+    from daq.extras import require
+
+    require("dqm", "na64 dqm-reference", ("boost_histogram",))
     from dqm import reference
 
     output_file(args.out, "--out")
