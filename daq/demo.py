@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     _validate(args)
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     publish = f"tcp://127.0.0.1:{free_port()}"
-    level = ["--log-level", args.log_level]
+    level = ["--log-level", args.log_level, "--log-format", args.log_format]
     stop_requested = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 _FE_STATES = {s.value: s.name.lower() for s in protocol.FrontEndState}
 
+#: loss reasons logged at INFO: the trigger's dead time and the sampling of the DQM feed
+HEALTHY_LOSSES = frozenset({"dead_time", "monitor_skipped"})
+
 
 def _kind(e: ProtocolError) -> str:
     """``ChecksumError`` -> ``checksum``: the loss sub-key of a protocol error."""
@@ -266,7 +269,9 @@ class DaqService:
         if reason not in logged:
             logged.add(reason)
             where = f"run {sp.run} spill {sp.number}" if sp is not None else "outside a spill"
-            log.warning(
+            # dead time and the DQM feed's sampling are how a healthy DAQ works, not losses of data
+            log.log(
+                logging.INFO if reason in HEALTHY_LOSSES else logging.WARNING,
                 "loss %s (%s): %s (further ones this spill are counted, not logged)",
                 reason,
                 where,

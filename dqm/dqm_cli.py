@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import ipaddress
 import logging
-import os
 from typing import Any
 
 from dqm.errors import DqmUserError
@@ -77,8 +76,8 @@ def register(subparsers: Any) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="offline: fill the files on a local dask cluster of N processes, 0 = in this process "
-        "(default: one per core, at most one per file; a single file is read in this process)",
+        help="offline: N dask worker processes on a local cluster (127.0.0.1), 0 = in this process "
+        "(default: one per core, at most one per file; a single file, or no dask installed: in this process)",
     )
     p.add_argument(
         "--scheduler",
@@ -107,7 +106,9 @@ def register(subparsers: Any) -> None:
         "--workers",
         type=int,
         default=None,
-        help="fill the spills in parallel on a local dask cluster of N processes (default: serial)",
+        metavar="N",
+        help="N dask worker processes on a local cluster (127.0.0.1), 0 = in this process (default: in "
+        "this process)",
     )
     r.add_argument(
         "--scheduler",
@@ -192,14 +193,9 @@ def _offline_engine(args: argparse.Namespace) -> tuple[int, str | None]:
             raise DqmUserError("give either --workers (a local cluster) or --scheduler (an existing one)")
         return 0, scheduler
     if workers is None:
-        from daq.extras import missing
-        from daq.offline import collect_spill_files
+        from daq.offline import collect_spill_files, default_workers
 
-        n_files = len(collect_spill_files(args.files)[0])
-        workers = min(os.cpu_count() or 1, n_files) if n_files > 1 else 0
-        if workers and missing("offline", ("dask", "distributed")):
-            log.info("dask is not installed (na64daq[offline]): the files are read in this process")
-            workers = 0
+        workers = default_workers(len(collect_spill_files(args.files)[0]))
     return workers, None
 
 
