@@ -75,6 +75,14 @@ def register(subparsers: Any) -> None:
         "(default: readout.fragment_timeout_s = 5)",
     )
     p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://127.0.0.1:PORT/metrics and the health check on /healthz "
+        "(docs/operations.md; default: off)",
+    )
+    p.add_argument(
         "--print-config",
         action="store_true",
         help="print the effective configuration (defaults, --config, --set and the options above) as TOML "
@@ -115,6 +123,18 @@ def run_daq(args: argparse.Namespace) -> int:
             "no --calibration given: runs are recorded with the nominal constants (--calibration nominal "
             "asks for them on purpose)"
         )
+    from daq.sdnotify import SystemdNotifier
+
+    observers: list[Any] = []
+    ops = None
+    if args.metrics_port is not None:
+        from daq.daq_metrics import DaqMetrics
+        from daq.ops_http import OpsServer
+
+        metrics = DaqMetrics(config.monitor.status_period_s)
+        ops = OpsServer(args.metrics_port, metrics.registry, metrics.health).start()
+        observers.append(metrics)
+    observers.append(SystemdNotifier())  # last: READY=1 once /healthz can say ready
     service = DaqService(
         config,
         endpoint=args.endpoint,
@@ -122,8 +142,13 @@ def run_daq(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         calibration=args.calibration,
         stop_after_run=args.stop_after_run,
+        observers=observers,
     )
-    return asyncio.run(service.run())
+    try:
+        return asyncio.run(service.run())
+    finally:
+        if ops is not None:
+            ops.stop()
 
 
 def effective_config_toml(config: Any, args: argparse.Namespace) -> str:

@@ -23,7 +23,7 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import zmq
@@ -57,6 +57,15 @@ def _kind(e: ProtocolError) -> str:
 #: ``na64 simulate`` or ``replay`` run and every reconnect is a new ZeroMQ identity, and a DAQ runs for
 #: weeks (a live front-end sends a heartbeat every second)
 FORGET_FRONTEND_S = 3600.0
+
+
+class Observer(Protocol):
+    """Gets the documents the service publishes (e.g. :class:`daq.daq_metrics.DaqMetrics`), called from
+    the event loop: must be quick and must not block."""
+
+    def status(self, doc: dict[str, Any]) -> None: ...
+
+    def spill_summary(self, doc: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -118,6 +127,7 @@ class DaqService:
         data_dir: str | Path = "na64-data",
         calibration: Sequence[str | Path] = (),
         stop_after_run: bool = False,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self.config = config or DaqConfig()
         self.endpoint = endpoint
@@ -125,6 +135,8 @@ class DaqService:
         self.data_dir = Path(data_dir)
         self.calibration_paths = [Path(p) for p in calibration]
         self.stop_after_run = stop_after_run
+        self.observers = list(observers)
+        self._observer_failed: set[str] = set()
         self.started = time.monotonic()
         self.frontends: dict[bytes, FrontEnd] = {}
         self.tracker = protocol.SequenceTracker()
@@ -867,6 +879,7 @@ class DaqService:
             self.spills_run += 1
             self.last_summary = summary
             self._publish(protocol.Summary.of(protocol.Summary.KIND_SPILL, json.dumps(summary)), keep=True)
+            self._notify("spill_summary", summary)
             log.info(
                 "spill summary run %d spill %d: status %s, file %s, %d events written, %.3f s writing",
                 summary["run"],
@@ -1012,9 +1025,20 @@ class DaqService:
         }
 
     def _publish_status(self) -> None:
-        self._publish(
-            protocol.Summary.of(protocol.Summary.KIND_STATUS, json.dumps(self.status())), keep=False
-        )
+        doc = self.status()
+        self._publish(protocol.Summary.of(protocol.Summary.KIND_STATUS, json.dumps(doc)), keep=False)
+        self._notify("status", doc)
+
+    def _notify(self, what: str, doc: dict[str, Any]) -> None:
+        """Hand a published document to the observers; a failing observer is logged once, never fatal."""
+        for obs in self.observers:
+            try:
+                getattr(obs, what)(doc)
+            except Exception:
+                key = f"{type(obs).__name__}.{what}"
+                if key not in self._observer_failed:
+                    self._observer_failed.add(key)
+                    log.exception("observer %s failed (logged once; the DAQ goes on)", key)
 
 
 def _name_from_info(info: str) -> str:

@@ -72,6 +72,14 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--show", action="store_true", help="open the page in a browser")
     p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://127.0.0.1:PORT/metrics and the health check on /healthz "
+        "(docs/operations.md; default: off)",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=None,
@@ -159,6 +167,16 @@ def run_dqm(args: argparse.Namespace) -> int:
     ref = reference.load(args.reference, config) if args.reference else None
     if ref is not None:
         log.info("checks compare with %s", ref.source)
+    from daq.sdnotify import notify
+
+    metrics: Any = None
+    ops: Any = None
+
+    def on_serving() -> None:
+        if metrics is not None:
+            metrics.serving = True
+        notify("READY=1")
+
     service = DqmService(
         config,
         source=source,
@@ -170,13 +188,24 @@ def run_dqm(args: argparse.Namespace) -> int:
         reference=ref,
         workers=workers,
         scheduler=scheduler,
+        on_serving=on_serving,
     )
+    if args.metrics_port is not None:
+        from daq.ops_http import OpsServer
+        from dqm.ops_metrics import DqmMetrics
+
+        metrics = DqmMetrics(service)
+        ops = OpsServer(args.metrics_port, metrics.registry, metrics.health).start()
     if args.show:
         import threading
         import webbrowser
 
         threading.Timer(1.0, webbrowser.open, args=(service.url,)).start()
-    return asyncio.run(service.run())
+    try:
+        return asyncio.run(service.run())
+    finally:
+        if ops is not None:
+            ops.stop()
 
 
 def _offline_engine(args: argparse.Namespace) -> tuple[int, str | None]:
