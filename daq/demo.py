@@ -107,7 +107,7 @@ class Child:
 
 
 def _wait_for_url(child: Child, timeout: float) -> str:
-    """Read the DQM's stdout until it prints its URL; forward everything it prints."""
+    """Read the DQM's stdout until it prints its URL; forward everything else it prints."""
     assert child.proc.stdout is not None
     stream: IO[str] = child.proc.stdout
     deadline = time.monotonic() + timeout
@@ -115,11 +115,12 @@ def _wait_for_url(child: Child, timeout: float) -> str:
 
     def pump() -> None:
         for line in stream:
-            sys.stdout.write(line)
-            sys.stdout.flush()
             m = URL_LINE.search(line)
             if m and not found:
                 found.append(m.group(1))
+                continue  # the demo prints the URL itself, once
+            sys.stdout.write(line)
+            sys.stdout.flush()
 
     threading.Thread(target=pump, name="dqm-stdout", daemon=True).start()
     while not found:

@@ -179,3 +179,67 @@ def test_daq_health_says_why_it_is_not_ready() -> None:
     assert not ready and why.startswith("no status for 1")
     m.stopping()
     assert m.health() == (False, "stopping")
+
+
+def exposed_metric_names() -> set[str]:
+    """Every series name the DAQ's and the DQM's registries expose (fed one status and one summary)."""
+    import threading
+    import types
+
+    from prometheus_client.exposition import generate_latest
+
+    from dqm.config import DqmConfig
+    from dqm.monitor import Monitor
+    from dqm.ops_metrics import DqmMetrics
+
+    daq = DaqMetrics()
+    daq.status(
+        {
+            "state": "in_spill",
+            "run": 1,
+            "spill": 2,
+            "alarms": {},
+            "frontends": {},
+            "losses_run": {"dead_time": 1},
+        }
+    )
+    daq.spill_summary(
+        {"status": "ok", "n_particles": 5, "triggers": {"physics": 1}, "losses": {"dead_time": 1}}
+    )
+    service = types.SimpleNamespace(
+        lock=threading.Lock(), monitor=Monitor(DqmConfig()), snapshots=0, loop_errors={"tick": 1},
+        mqtt=None, mode="live", source_name="tcp://127.0.0.1:1",
+    )  # fmt: skip
+    pages = generate_latest(daq.registry).decode() + generate_latest(DqmMetrics(service).registry).decode()
+    return {line.split("{")[0].split()[0] for line in pages.splitlines() if line and not line.startswith("#")}
+
+
+def test_the_grafana_dashboard_uses_only_metrics_that_exist() -> None:
+    doc = json.loads((Path(__file__).resolve().parents[1] / "docs" / "grafana-na64.json").read_text())
+    exprs = [t["expr"] for p in doc["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"\b((?:na64|process)_\w+)", e)}
+    assert len(doc["panels"]) >= 10 and len(used) >= 15
+    missing = used - exposed_metric_names()
+    assert not missing, missing
+    ids = [p["id"] for p in doc["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+@pytest.mark.parametrize("unit", ["na64-daq.service", "na64-dqm.service"])
+def test_the_example_systemd_units_verify(unit: str, tmp_path: Path) -> None:
+    """``systemd-analyze verify`` on the example units, with ExecStart pointing at this install's na64."""
+    import shutil
+    import sys
+
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    na64 = Path(sys.executable).with_name("na64")
+    text = (Path(__file__).resolve().parents[1] / "docs" / "systemd" / unit).read_text()
+    assert "/opt/na64daq/.venv/bin/na64" in text and "Type=notify" in text and "--metrics-port" in text
+    (tmp_path / unit).write_text(text.replace("/opt/na64daq/.venv/bin/na64", str(na64)))
+    out = subprocess.run(
+        [analyze, "verify", str(tmp_path / unit)], capture_output=True, text=True, timeout=60
+    )
+    problems = [line for line in out.stderr.splitlines() if unit in line]
+    assert not problems, out.stderr
