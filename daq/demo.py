@@ -179,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
                 publish,
                 "--data-dir",
                 str(args.data_dir),
+                "--calibration",
+                "nominal",  # the simulator's detector is the nominal one: on purpose, no warning
                 "--stop-after-run",
             ],
         )
