@@ -202,6 +202,8 @@ def inspect_file(path: Path) -> dict[str, Any]:
             "format_version": a.get("format_version"),
             "software_version": a.get("software_version", ""),
             "git_hash": a.get("git_hash", ""),
+            "git_dirty": {1: True, 0: False}.get(a.get("git_dirty", -1)),
+            "software_source": a.get("software_source", ""),
             "created": a.get("created", ""),
         }
 
@@ -239,7 +241,8 @@ def format_summary(d: dict[str, Any]) -> str:
         f"  events     {d['n_events_written']:,} written ({d['n_events_incomplete']:,} incomplete)",
         f"  losses     {losses}",
         f"  front-end  {fe_text}",
-        f"  software   na64daq {d['software_version']} ({str(d['git_hash'])[:12]}), created {d['created']}",
+        f"  software   na64daq {d['software_version']} ({str(d['git_hash'])[:12]}"
+        f"{', dirty' if d.get('git_dirty') else ''}), created {d['created']}",
     ]
     return "\n".join(lines)
 
