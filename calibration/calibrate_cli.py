@@ -72,7 +72,7 @@ def register(subparsers: Any) -> None:
         sp = sub.add_parser(
             name,
             help=text,
-            description=text.capitalize() + ".",
+            description=text[:1].upper() + text[1:] + ".",  # not capitalize(): it lowers "ECAL"
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
         sp.add_argument("files", nargs="+", metavar="FILE", help="spill files or directories of them")

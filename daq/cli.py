@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from daq import __version__
 from daq.errors import Na64Error, UserError
+from daq.logs import FORMATS, LEVELS, configure_logging
 
 #: modules providing subcommands, in the order ``--help`` lists them, with the commands each registers
 COMMAND_MODULES: dict[str, tuple[str, ...]] = {
@@ -43,7 +43,7 @@ def command_in(argv: Sequence[str]) -> str | None:
     for word in words:
         if word in ("-h", "--help"):
             return None
-        if word == "--log-level":
+        if word in ("--log-level", "--log-format"):
             next(words, None)
         elif not word.startswith("-"):
             return word
@@ -60,12 +60,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         "monitor it live, calibrate, replay and re-trigger recorded spills.",
     )
     parser.add_argument("--version", action="version", version=f"na64daq {__version__}")
-    parser.add_argument(
-        "--log-level",
-        default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="logging threshold (default: INFO)",
-    )
+    add_logging_options(parser, top_level=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     command = command_in(sys.argv[1:] if argv is None else argv)
     wanted = [name for name, commands in COMMAND_MODULES.items() if command in commands]
@@ -73,22 +68,62 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         if importlib.util.find_spec(name) is None:
             continue  # a package's subcommand module not written yet: no placeholder is shown
         importlib.import_module(name).register(sub)
+    use_help_formatter(parser)
     return parser
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default once: not when its help already says it (``default ...``), nor for a
+    default that means "not given" (None, False, an empty list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            "%(default)" in text
+            or "default" in text.lower()
+            or action.default in (None, False, argparse.SUPPRESS)
+            or action.default == []
+            or not action.option_strings
+        ):
+            return action.help
+        return text + " (default: %(default)s)"
+
+
+def use_help_formatter(parser: argparse.ArgumentParser, top_level: bool = True) -> None:
+    """:class:`HelpFormatter` for ``parser`` and every subcommand parser under it, and the logging
+    options on every subcommand (``na64 daq --log-level DEBUG`` as well as ``na64 --log-level DEBUG daq``)."""
+    parser.formatter_class = HelpFormatter
+    if not top_level:
+        add_logging_options(parser, top_level=False)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for p in action.choices.values():
+                use_help_formatter(p, top_level=False)
+
+
+def add_logging_options(parser: argparse.ArgumentParser, top_level: bool) -> None:
+    """``--log-level`` and ``--log-format``; a subcommand's copies override the top-level ones only when
+    given (their default is left unset)."""
+    default = (lambda value: value) if top_level else (lambda value: argparse.SUPPRESS)
+    parser.add_argument(
+        "--log-level",
+        default=default("INFO"),
+        choices=LEVELS,
+        help="logging threshold: INFO (default) or DEBUG, WARNING, ERROR; before or after the command",
+    )
+    parser.add_argument(
+        "--log-format",
+        default=default("text"),
+        choices=FORMATS,
+        help="log lines as text (default: ISO time with zone, level, logger, message) or one JSON "
+        "object per line",
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format)
     try:
         return int(args.run(args) or 0)
     except UserError as e:

@@ -9,6 +9,7 @@ e.g. ``config error at trigger.ecal_max_gev: must be > 0 (got -1)``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 import types
@@ -72,6 +73,41 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None = None, path: str = "
 def to_dict(config: Any) -> dict[str, Any]:
     """Plain-dict form of a config (for provenance records and JSON)."""
     return dataclasses.asdict(config)
+
+
+def to_toml(data: Mapping[str, Any], header: str = "") -> str:
+    """A config's plain dict (:func:`to_dict`) as TOML that :func:`load_toml` reads back: one table per
+    section; a ``None`` value (a default chosen elsewhere) is written as a comment."""
+    lines = [f"# {h}" if h else "#" for h in header.splitlines()]
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)  # a JSON string is a TOML basic string
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        raise TypeError(f"cannot write {type(v).__name__} as TOML")
+
+    def table(name: str, d: Mapping[str, Any]) -> None:
+        lines.append(f"\n[{name}]")
+        for k, v in d.items():
+            if isinstance(v, Mapping):
+                continue
+            lines.append(
+                f"# {k} = (not set: its default is chosen elsewhere)" if v is None else f"{k} = {value(v)}"
+            )
+        for k, v in d.items():
+            if isinstance(v, Mapping):
+                table(f"{name}.{k}", v)
+
+    lines += [f"{k} = {value(v)}" for k, v in data.items() if not isinstance(v, Mapping) and v is not None]
+    for k, v in data.items():
+        if isinstance(v, Mapping):
+            table(k, v)
+    return "\n".join(lines).lstrip("\n") + "\n"
 
 
 def with_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -75,6 +75,20 @@ def register(subparsers: Any) -> None:
         help="seconds to wait for the fragments of a readout request "
         "(default: readout.fragment_timeout_s = 5)",
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://127.0.0.1:PORT/metrics and the health check on /healthz "
+        "(docs/operations.md; default: off)",
+    )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective configuration (defaults, --config, --set and the options above) as TOML "
+        "that --config accepts, with the software version, and exit",
+    )
     p.set_defaults(run=run_daq)
 
     q = subparsers.add_parser(
@@ -101,12 +115,27 @@ def run_daq(args: argparse.Namespace) -> int:
     if args.fragment_timeout is not None:
         overrides["readout.fragment_timeout_s"] = args.fragment_timeout
     config = load_config(args.config, args.assignments, overrides)
+    if args.print_config:
+        print(effective_config_toml(config, args))
+        return 0
     check_sets(args.calibration)  # unreadable or ambiguous sets: one clear line now, not at RUN_START
     if not args.calibration:
         log.warning(
             "no --calibration given: runs are recorded with the nominal constants (--calibration nominal "
             "asks for them on purpose)"
         )
+    from daq.sdnotify import SystemdNotifier
+
+    observers: list[Any] = []
+    ops = None
+    if args.metrics_port is not None:
+        from daq.daq_metrics import DaqMetrics
+        from daq.ops_http import OpsServer
+
+        metrics = DaqMetrics(config.monitor.status_period_s)
+        ops = OpsServer(args.metrics_port, metrics.registry, metrics.health).start()
+        observers.append(metrics)
+    observers.append(SystemdNotifier())  # last: READY=1 once /healthz can say ready
     service = DaqService(
         config,
         endpoint=args.endpoint,
@@ -114,8 +143,28 @@ def run_daq(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         calibration=args.calibration,
         stop_after_run=args.stop_after_run,
+        observers=observers,
     )
-    return asyncio.run(service.run())
+    try:
+        return asyncio.run(service.run())
+    finally:
+        if ops is not None:
+            ops.stop()
+
+
+def effective_config_toml(config: Any, args: argparse.Namespace) -> str:
+    """``--print-config``: the configuration as TOML, the service options and software as comments."""
+    from daq import config_loader as cfgmod
+    from daq.provenance import describe
+
+    header = "\n".join(
+        [
+            f"na64 daq effective configuration ({describe()})",
+            f"service: --endpoint {args.endpoint} --publish {args.publish} --data-dir {args.data_dir}",
+            "calibration: " + (" ".join(map(str, args.calibration)) or "nominal (no --calibration given)"),
+        ]
+    )
+    return cfgmod.to_toml(cfgmod.to_dict(config), header).rstrip("\n")
 
 
 # ---------------------------------------------------------------- inspect
@@ -158,6 +207,8 @@ def inspect_file(path: Path) -> dict[str, Any]:
             "format_version": a.get("format_version"),
             "software_version": a.get("software_version", ""),
             "git_hash": a.get("git_hash", ""),
+            "git_dirty": {1: True, 0: False}.get(a.get("git_dirty", -1)),
+            "software_source": a.get("software_source", ""),
             "created": a.get("created", ""),
         }
 
@@ -195,7 +246,8 @@ def format_summary(d: dict[str, Any]) -> str:
         f"  events     {d['n_events_written']:,} written ({d['n_events_incomplete']:,} incomplete)",
         f"  losses     {losses}",
         f"  front-end  {fe_text}",
-        f"  software   na64daq {d['software_version']} ({str(d['git_hash'])[:12]}), created {d['created']}",
+        f"  software   na64daq {d['software_version']} ({str(d['git_hash'])[:12]}"
+        f"{', dirty' if d.get('git_dirty') else ''}), created {d['created']}",
     ]
     return "\n".join(lines)
 

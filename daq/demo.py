@@ -107,7 +107,7 @@ class Child:
 
 
 def _wait_for_url(child: Child, timeout: float) -> str:
-    """Read the DQM's stdout until it prints its URL; forward everything it prints."""
+    """Read the DQM's stdout until it prints its URL; forward everything else it prints."""
     assert child.proc.stdout is not None
     stream: IO[str] = child.proc.stdout
     deadline = time.monotonic() + timeout
@@ -115,11 +115,12 @@ def _wait_for_url(child: Child, timeout: float) -> str:
 
     def pump() -> None:
         for line in stream:
-            sys.stdout.write(line)
-            sys.stdout.flush()
             m = URL_LINE.search(line)
             if m and not found:
                 found.append(m.group(1))
+                continue  # the demo prints the URL itself, once
+            sys.stdout.write(line)
+            sys.stdout.flush()
 
     threading.Thread(target=pump, name="dqm-stdout", daemon=True).start()
     while not found:
@@ -149,10 +150,13 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from daq.extras import require
+
+    require("dqm", "na64 demo (it starts na64 dqm)")
     _validate(args)
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     publish = f"tcp://127.0.0.1:{free_port()}"
-    level = ["--log-level", args.log_level]
+    level = ["--log-level", args.log_level, "--log-format", args.log_format]
     stop_requested = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -175,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
                 publish,
                 "--data-dir",
                 str(args.data_dir),
+                "--calibration",
+                "nominal",  # the simulator's detector is the nominal one: on purpose, no warning
                 "--stop-after-run",
             ],
         )

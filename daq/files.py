@@ -59,6 +59,94 @@ RECO_DATASETS: dict[str, np.dtype] = {
     "peak_time": np.dtype("<f4"),
     "pileup": np.dtype("u1"),
 }
+#: ``units`` and ``description`` attribute of every dataset, by path ("*" = any histogram name). One row
+#: per dataset: the writer sets both on every dataset from this table and a test checks that no dataset
+#: of a written file lacks them. Units: "1" for a dimensionless number (count, id, index, flag), "bitmask"
+#: for a bit field (bits in the description), "ADC counts" above pedestal unless said otherwise; a
+#: histogram's edges take the histogram's own unit.
+DATASET_INFO: dict[str, tuple[str, str]] = {
+    "channels": (
+        "1",
+        "channel map (daq.detector.CHANNELS): id, detector, name, module, x, y, readout group, pulse shape",
+    ),
+    "events/event_id": ("1", "event number, increasing over the run in trigger order"),
+    "events/slice": ("1", "id of the slice the event was triggered in"),
+    "events/index": ("1", "particle index in its slice; 4294967295 (0xFFFFFFFF) for a random trigger"),
+    "events/t_ns": ("ns", "trigger time since the start of the spill"),
+    "events/trigger_mask": (
+        "bitmask",
+        "trigger bits: 0 PHYSICS, 1 BEAM (prescaled S_TRIG), 2 RANDOM, 8 S_TRIG, 9 S_PRS, 10 S_EC",
+    ),
+    "events/missing_groups": (
+        "bitmask",
+        "bit g set: readout group g (0 ECAL, 1 PRS, 2 HCAL, 3 VETO, 4 SRD, 5 COUNTER) has no data (zeros)",
+    ),
+    "events/e_prs": ("GeV", "PRS energy: the 30 preshower cells (already included in e_ecal)"),
+    "events/e_ecal": (
+        "GeV",
+        "whole calorimeter energy: the 30 ECAL cells PLUS the 30 PRS cells (do not add e_prs to it)",
+    ),
+    "events/e_hcal": ("GeV", "HCAL energy: 4 modules x 9 cells"),
+    "events/e_veto": ("GeV", "VETO energy: sum over the slabs of sqrt(E_pmt1 x E_pmt2)"),
+    "events/e_srd": ("GeV", "SRD energy: 3 modules"),
+    "events/e_miss": ("GeV", "missing energy: beam energy (reco.beam_energy_gev) minus e_ecal"),
+    "reco/energy": ("GeV", "per-channel energy (events x channels); 0 below zero suppression or missing"),
+    "reco/amplitude": ("ADC counts", "per-channel pulse amplitude above pedestal (events x channels)"),
+    "reco/peak_time": ("ns", "per-channel peak time within the readout window (events x channels)"),
+    "reco/pileup": ("1", "per-channel flag (events x channels): 1 if a second or out-of-time pulse was seen"),
+    "waveforms": ("ADC counts", "raw 12-bit samples (events x channels x samples), pedestal included"),
+    "primitives/channels": ("1", "channel id of each row of primitives/amp (RUN_START prim_channels)"),
+    "primitives/t_ns": (
+        "ns",
+        "arrival time of the read-out particle since spill start (trigger time if random)",
+    ),
+    "primitives/amp": (
+        "ADC counts",
+        "trigger primitives of the read-out particle (channels x events; 0 if random)",
+    ),
+    "histograms/*/counts": (
+        "1",
+        "particles per bin, every particle of the spill (last bin includes overflow)",
+    ),
+    "histograms/*/edges": ("", "bin edges (nbins + 1), in the histogram's unit"),
+}
+
+
+def dataset_info(path: str, unit: str = "") -> tuple[str, str]:
+    """(units, description) of the dataset at ``path`` (no leading slash), from :data:`DATASET_INFO`;
+    ``unit`` is a histogram's unit (for its edges). Raises ``KeyError`` for a dataset with no row."""
+    parts = path.strip("/").split("/")
+    key = "/".join(parts)
+    if parts[0] == "histograms" and len(parts) == 3:
+        key = f"histograms/*/{parts[2]}"
+    units, description = DATASET_INFO[key]
+    return (units or unit), description
+
+
+#: spill-summary keys (contract with the DQM; see docs/daq.md)
+SUMMARY_KEYS = (
+    "run",
+    "spill",
+    "status",
+    "file",
+    "n_beam",
+    "n_particles",
+    "triggers",
+    "n_accepted",
+    "n_events_written",
+    "dead_time_lost",
+    "dead_time_fraction",
+    "losses",
+    "frontend",
+    "t_start_ns",
+    "t_end_ns",
+    "spill_length_s",
+    "write_seconds",
+    "write_mb",
+    "free_disk_bytes",
+    "calibration_id",
+    "histograms",
+)
 
 _NAME_RE = re.compile(r"^run(\d{6})_spill(\d{5})\.h5$")
 

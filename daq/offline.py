@@ -80,6 +80,20 @@ class OfflineResult(Generic[T]):
 
 
 # ---------------------------------------------------------------- inputs
+#: how ``--workers`` reads in every offline command (same words in every ``--help``)
+WORKERS_HELP = "N dask worker processes on a local cluster (127.0.0.1), 0 = in this process"
+
+
+def default_workers(n_files: int) -> int:
+    """The ``--workers`` default of the offline commands: one worker per core, at most one per file; in
+    this process (0) for a single file or when dask (``na64daq[offline]``) is not installed."""
+    from daq.extras import missing
+
+    if n_files <= 1 or missing("offline", ("dask", "distributed")):
+        return 0
+    return min(os.cpu_count() or 1, n_files)
+
+
 def collect_spill_files(paths: str | Path | Iterable[str | Path]) -> tuple[list[Path], list[Skipped]]:
     """Spill files among files and directories, sorted by (run, spill), plus the partial files found.
 
@@ -250,6 +264,9 @@ def _client(
     scheduler: str | None, workers: int | None, threads_per_worker: int, n_tasks: int
 ) -> Iterator[tuple[Any, int]]:
     """A dask Client on an existing scheduler, or on a LocalCluster bound to 127.0.0.1."""
+    from daq.extras import require
+
+    require("offline", "a parallel offline run (--workers N, --scheduler)", ("dask", "distributed"))
     from dask.distributed import Client, LocalCluster
 
     if scheduler is not None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from daq.config_loader import output_file
 from daq.errors import UserError
-from daq.offline import collect_spill_files, map_spills, merge_all
+from daq.offline import WORKERS_HELP, collect_spill_files, default_workers, map_spills, merge_all
 from daq.retrigger import format_table, parse_overrides, retrigger_file
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,9 @@ def register(sub: Any) -> None:
         "--workers",
         type=int,
         default=None,
-        help="local worker processes (default: one per core; 0 = in this process)",
+        metavar="N",
+        help=f"{WORKERS_HELP} (default: one per core, at most one per file; a single file, or no dask "
+        "installed: in this process)",
     )
     p.set_defaults(run=run)
 
@@ -70,6 +72,10 @@ def run(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.settings)
     if args.plot is not None and args.plot.suffix.lower() not in (".svg", ".html"):
         raise UserError(f"--plot {args.plot}: the file name must end in .svg or .html")
+    if args.plot is not None and args.plot.suffix.lower() == ".html":
+        from daq.extras import require
+
+        require("offline", "--plot FILE.html", ("bokeh",))
     for flag, path in (("--plot", args.plot), ("--json", args.json_out)):
         if path is not None:
             output_file(path, flag)
@@ -84,7 +90,10 @@ def run(args: argparse.Namespace) -> int:
         calibration=[str(c) for c in args.calibration],
         beam_energy_gev=args.beam_energy,
     )
-    out = map_spills(task, files, scheduler=args.scheduler, workers=args.workers)
+    workers = args.workers
+    if workers is None and args.scheduler is None:
+        workers = default_workers(len(files))
+    out = map_spills(task, files, scheduler=args.scheduler, workers=workers)
     skipped = partial + out.skipped
     for s in partial:
         log.warning("skipping %s", s.reason)

@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import zmq
 
@@ -52,6 +52,18 @@ from daq.writer import WriterThread, free_bytes
 from daq.writer_commands import AppendEvents, CloseSpill, OpenSpill, WriteResult
 
 log = logging.getLogger(__name__)
+
+#: loss reasons logged at INFO: the trigger's dead time and the sampling of the DQM feed
+HEALTHY_LOSSES = frozenset({"dead_time", "monitor_skipped"})
+
+
+class Observer(Protocol):
+    """Gets the documents the service publishes (e.g. :class:`daq.daq_metrics.DaqMetrics`), called from
+    the event loop: must be quick and must not block."""
+
+    def status(self, doc: dict[str, Any]) -> None: ...
+
+    def spill_summary(self, doc: dict[str, Any]) -> None: ...
 
 #: a queued writer command: its ticket (emission order), the command, the future of a CloseSpill
 _Queued = tuple[int, OpenSpill | AppendEvents | CloseSpill, concurrent.futures.Future[WriteResult] | None]
@@ -103,8 +115,11 @@ class DaqService:
         data_dir: str | Path = "na64-data",
         calibration: Sequence[str | Path] = (),
         stop_after_run: bool = False,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self.config = config or DaqConfig()
+        self.observers = list(observers)
+        self._observer_failed: set[str] = set()
         self.endpoint = endpoint
         self.publish = publish
         self.data_dir = Path(data_dir)
@@ -324,10 +339,14 @@ class DaqService:
                     self._now_all(self.recorder.events_not_published(action, time.monotonic()))
             case PublishSummary(summary=s):
                 self._publish(protocol.Summary.of(protocol.Summary.KIND_SPILL, s.to_json()), keep=True)
+                self._notify("spill_summary", s.to_dict())
             case PublishStatus(status=st):
                 self._publish(protocol.Summary.of(protocol.Summary.KIND_STATUS, st.to_json()), keep=False)
+                self._notify("status", st.to_dict())
             case LossCounted(first=True):
-                log.warning(
+                # dead time and the DQM feed's sampling are how a healthy DAQ works, not losses of data
+                log.log(
+                    logging.INFO if action.reason in HEALTHY_LOSSES else logging.WARNING,
                     "loss %s (%s): %s (further ones this spill are counted, not logged)",
                     action.reason,
                     action.where,
@@ -342,6 +361,17 @@ class DaqService:
                 self._stop.set()
             case OpenSpill() | AppendEvents() | CloseSpill() | Send():
                 raise TypeError(f"{type(action).__name__} needs _apply")
+
+    def _notify(self, what: str, doc: dict[str, Any]) -> None:
+        """Hand a published document to the observers; a failing observer is logged once, never fatal."""
+        for obs in self.observers:
+            try:
+                getattr(obs, what)(doc)
+            except Exception:
+                key = f"{type(obs).__name__}.{what}"
+                if key not in self._observer_failed:
+                    self._observer_failed.add(key)
+                    log.exception("observer %s failed (logged once; the DAQ goes on)", key)
 
     # ------------------------------------------------------------ the writer
     def _to_backlog(self, action: Action) -> int:

@@ -17,7 +17,6 @@ import logging
 import os
 import queue
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -28,15 +27,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from daq import __version__, detector
+from daq import __version__, detector, provenance
 from daq.batch import SUM_NAMES, EventBatch
-from daq.chunk_codec import BloscUnavailable, ParallelBloscChunks
+from daq.chunk_codec import (
+    BloscUnavailable,
+    ParallelBloscChunks,
+    ParallelChunks,
+    RawChunks,
+    ShuffleDeflateChunks,
+)
 from daq.errors import WriteError
 from daq.files import (
     EVENT_COLUMNS,
     FORMAT,
     FORMAT_VERSION,
     RECO_DATASETS,
+    dataset_info,
     partial_filename,
     spill_filename,
 )
@@ -62,8 +68,13 @@ log = logging.getLogger(__name__)
 #: blocks of 512 events spent ~15 us per event in call overhead, blocks of 4096 ~2 us
 #: (benchmarks/bench_writer.py); the block (~40 MB) is small next to the machine's memory.
 FLUSH_CHUNKS = 64
-#: codec names accepted by ``writer.compression``
+#: codec names accepted by ``writer.compression`` (the raw waveforms)
 CODECS = ("none", "gzip", "lz4", "zstd", "blosc-lz4", "blosc-zstd", "bitshuffle-lz4")
+#: codec names accepted by ``writer.table_compression`` (every other dataset): filters that every HDF5
+#: library reads without a plugin (``gzip`` = HDF5's shuffle + deflate, compressed by ISA-L)
+TABLE_CODECS = ("none", "gzip")
+#: deflate level of ``table_compression = "gzip"`` (ISA-L's level 1: zlib's ratio at ~5x its speed)
+TABLE_GZIP_LEVEL = 1
 
 
 #: blosc's byte shuffle (hdf5plugin.Blosc.SHUFFLE), used by the blosc codecs
@@ -99,22 +110,18 @@ def codec_label(name: str, level: int | None = None) -> str:
     return name if level is None or name in ("none", "lz4") else f"{name}-{level}"
 
 
-_GIT_HASH: str | None = None
+def table_codec_options(name: str) -> dict[str, Any]:
+    """h5py ``create_dataset`` keyword arguments for a :data:`TABLE_CODECS` name."""
+    if name == "none":
+        return {}
+    if name == "gzip":
+        return {"compression": "gzip", "compression_opts": TABLE_GZIP_LEVEL, "shuffle": True}
+    raise ValueError(f"unknown table codec {name!r}; known: {', '.join(TABLE_CODECS)}")
 
 
 def git_hash() -> str:
-    """Commit of the software (``unknown`` outside a git checkout); computed once."""
-    global _GIT_HASH
-    if _GIT_HASH is None:
-        here = Path(__file__).resolve().parent
-        try:
-            out = subprocess.run(
-                ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-            )
-            _GIT_HASH = out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
-        except (OSError, subprocess.SubprocessError):
-            _GIT_HASH = "unknown"
-    return _GIT_HASH
+    """Commit of the software (``unknown`` if not known; see :mod:`daq.provenance`)."""
+    return str(provenance.software()["git_commit"])
 
 
 def free_bytes(path: str | Path) -> int:
@@ -126,8 +133,11 @@ def free_bytes(path: str | Path) -> int:
 class WriterConfig:
     """HDF5 writer settings (``[writer]`` in the DAQ config)."""
 
+    #: codec of the raw waveforms (the bulk of the file)
     compression: str = "blosc-lz4"
     compression_level: int | None = None
+    #: codec of every other dataset (event columns, reco arrays, primitives): readable by any HDF5
+    table_compression: str = "none"
     chunk_events: int = 64
     queue_size: int = 256  # batches waiting for the writer thread (back-pressure beyond)
     #: MB of events waiting for the writer thread (back-pressure beyond; one batch always fits): keeps
@@ -144,6 +154,10 @@ class WriterConfig:
     def __post_init__(self) -> None:
         if self.compression not in CODECS:
             raise ValueError(f"compression must be one of {list(CODECS)} (got {self.compression!r})")
+        if self.table_compression not in TABLE_CODECS:
+            raise ValueError(
+                f"table_compression must be one of {list(TABLE_CODECS)} (got {self.table_compression!r})"
+            )
         if not 1 <= self.chunk_events <= 4096:
             raise ValueError(f"chunk_events must be in 1..4096 (got {self.chunk_events})")
         if self.queue_size < 1:
@@ -321,6 +335,7 @@ class SpillWriter:
     def _create(self) -> None:
         h, f, cfg = self.header, self._h5, self.config
         opts = codec_options(cfg.compression, cfg.compression_level)
+        table_opts = table_codec_options(cfg.table_compression)
         n_ch, n_s, n_prim = detector.N_CHANNELS, h.n_samples, len(h.prim_channels)
         a = f.attrs
         a["format"] = FORMAT
@@ -329,8 +344,11 @@ class SpillWriter:
         a["spill"] = np.int64(h.spill)
         a["status"] = "incomplete"  # until closed properly
         a["t_start_ns"] = np.int64(h.t_start_ns)
+        sw = provenance.software()
         a["software_version"] = __version__
-        a["git_hash"] = git_hash()
+        a["git_hash"] = str(sw["git_commit"])
+        a["git_dirty"] = np.int64({True: 1, False: 0, None: -1}[sw["git_dirty"]])
+        a["software_source"] = str(sw["source"])
         a["calibration_id"] = h.calibration_id
         a["config"] = json.dumps(dict(h.config), sort_keys=True)
         a["trigger"] = json.dumps(dict(h.trigger), sort_keys=True)
@@ -344,15 +362,16 @@ class SpillWriter:
         a["n_samples"] = np.int64(n_s)
         a["sample_period_ns"] = np.float64(h.sample_period_ns)
         a["compression"] = codec_label(cfg.compression, cfg.compression_level)
+        a["table_compression"] = cfg.table_compression
         f.create_dataset("channels", data=detector.CHANNELS)
         f["channels"].attrs["detector_names"] = [d.name for d in detector.Detector]
         ev = f.create_group("events")
         for name, dtype in EVENT_COLUMNS.items():
-            ev.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(4096,), **opts)
+            ev.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(4096,), **table_opts)
         reco = f.create_group("reco")
         for name, dtype in RECO_DATASETS.items():
             reco.create_dataset(
-                name, shape=(0, n_ch), maxshape=(None, n_ch), dtype=dtype, chunks=(512, n_ch), **opts
+                name, shape=(0, n_ch), maxshape=(None, n_ch), dtype=dtype, chunks=(512, n_ch), **table_opts
             )
         f.create_dataset(
             "waveforms",
@@ -364,28 +383,37 @@ class SpillWriter:
         )
         pr = f.create_group("primitives")
         pr.create_dataset("channels", data=np.asarray(h.prim_channels, dtype="<u2"))
-        pr.create_dataset("t_ns", shape=(0,), maxshape=(None,), dtype="<i8", chunks=(4096,), **opts)
+        pr.create_dataset("t_ns", shape=(0,), maxshape=(None,), dtype="<i8", chunks=(4096,), **table_opts)
         pr.create_dataset(
-            "amp", shape=(n_prim, 0), maxshape=(n_prim, None), dtype="<u2", chunks=(n_prim, 4096), **opts
+            "amp",
+            shape=(n_prim, 0),
+            maxshape=(n_prim, None),
+            dtype="<u2",
+            chunks=(n_prim, 4096),
+            **table_opts,
         )
         for g in ("counters", "losses", "frontend", "histograms"):
             f.create_group(g)
+        f.visititems(_describe)
         # dataset handles, looked up once (h5py lookups cost more than small writes), each with the block
-        # array it is written from: (dataset, array name, row of the array or None, event axis)
-        self._targets: list[tuple[h5py.Dataset, str, int | None, int]] = [
-            (f["events"][name], "sums", SUM_NAMES.index(name), 0)
+        # array it is written from: (dataset, array name, row of the array or None, event axis, whether
+        # it is the waveforms (their codec) or a table (the table codec))
+        self._targets: list[tuple[h5py.Dataset, str, int | None, int, bool]] = [
+            (f["events"][name], "sums", SUM_NAMES.index(name), 0, False)
             if name in SUM_NAMES
-            else (f["events"][name], name, None, 0)
+            else (f["events"][name], name, None, 0, False)
             for name in EVENT_COLUMNS
         ]
-        self._targets += [(f["reco"][name], name, None, 0) for name in RECO_DATASETS]
+        self._targets += [(f["reco"][name], name, None, 0, False) for name in RECO_DATASETS]
         self._targets += [
-            (f["waveforms"], "waveforms", None, 0),
-            (f["primitives/t_ns"], "t_ns", None, 0),
-            (f["primitives/amp"], "prim_amp", None, 1),
+            (f["waveforms"], "waveforms", None, 0, True),
+            (f["primitives/t_ns"], "t_ns", None, 0, False),
+            (f["primitives/amp"], "prim_amp", None, 1, False),
         ]
-        #: chunks compressed outside the GIL and written whole (blosc codecs; else h5py filters)
-        self._packer: ParallelBloscChunks | None = None
+        #: chunks compressed outside the GIL and written whole with write_direct_chunk: the waveforms with
+        #: the blosc codecs (others go through h5py's filters), the tables always (no filter, or shuffle +
+        #: deflate by ISA-L)
+        self._packer: ParallelChunks | None = None
         if cfg.compression in ("blosc-lz4", "blosc-zstd"):
             try:
                 self._packer = ParallelBloscChunks(
@@ -396,6 +424,11 @@ class SpillWriter:
                 )
             except BloscUnavailable as e:
                 log.warning("%s: compressing through h5py", e)
+        self._table_packer: ParallelChunks = (
+            ParallelChunks(RawChunks, 1)
+            if cfg.table_compression == "none"
+            else ParallelChunks(lambda: ShuffleDeflateChunks(TABLE_GZIP_LEVEL), cfg.compress_threads)
+        )
 
     # ------------------------------------------------------------ events
     def append(self, batch: EventBatch) -> None:
@@ -449,9 +482,10 @@ class SpillWriter:
             self.sync_seconds += time.perf_counter() - t0
 
     def _close_packers(self) -> None:
-        packers = getattr(self, "_packer", None)  # absent if the file could not be created
-        if packers is not None:
-            packers.close()
+        for name in ("_packer", "_table_packer"):
+            packers = getattr(self, name, None)  # absent if the file could not be created
+            if packers is not None:
+                packers.close()
 
     def _write(self, blk: EventBlock, n: int) -> None:
         """Write the block's first ``n`` events to every dataset: whole chunks compressed here and
@@ -459,14 +493,16 @@ class SpillWriter:
         lo = self.n_written
         hi = lo + n
         direct: list[tuple[h5py.Dataset, tuple[int, ...], np.ndarray]] = []
-        for ds, name, row, axis in self._targets:
+        direct_tables: list[tuple[h5py.Dataset, tuple[int, ...], np.ndarray]] = []
+        for ds, name, row, axis, is_waveforms in self._targets:
             arr = blk.arrays[name] if row is None else blk.arrays[name][row]
             shape = list(ds.shape)
             shape[axis] = hi
             ds.resize(tuple(shape))
             rows = ds.chunks[axis]
+            packer = self._packer if is_waveforms else self._table_packer
             # lo is a multiple of the capacity: whole chunks line up when the capacity is a multiple of rows
-            if self._packer is None or blk.capacity % rows or ds.dtype != arr.dtype:
+            if packer is None or blk.capacity % rows or ds.dtype != arr.dtype:
                 if axis == 0:
                     ds[lo:hi] = arr[:n]
                 else:
@@ -484,11 +520,13 @@ class SpillWriter:
                     if c0 + rows > n:
                         chunk[:, n - c0 :] = 0
                     offset = (0, lo + c0)
-                direct.append((ds, offset, np.ascontiguousarray(chunk)))
-        if direct:
-            packed = self._packer.compress_each([chunk for _, _, chunk in direct])  # type: ignore[union-attr]
-            for (ds, offset, _), data in zip(direct, packed, strict=True):
-                ds.id.write_direct_chunk(offset, data)
+                (direct if is_waveforms else direct_tables).append((ds, offset, np.ascontiguousarray(chunk)))
+        for todo, packer in ((direct, self._packer), (direct_tables, self._table_packer)):
+            if todo:
+                assert packer is not None
+                packed = packer.compress_each([chunk for _, _, chunk in todo])
+                for (ds, offset, _), data in zip(todo, packed, strict=True):
+                    ds.id.write_direct_chunk(offset, data)
         self.n_written = hi
 
     @property
@@ -516,8 +554,9 @@ class SpillWriter:
         hg = f["histograms"]
         for name, (counts, edges, unit) in final.histograms.items():
             g = hg.create_group(name)
-            g.create_dataset("counts", data=np.asarray(counts, dtype="<i8"))
-            g.create_dataset("edges", data=np.asarray(edges, dtype="<f8"))
+            for key, array in (("counts", np.asarray(counts, "<i8")), ("edges", np.asarray(edges, "<f8"))):
+                ds = g.create_dataset(key, data=array)
+                ds.attrs["units"], ds.attrs["description"] = dataset_info(ds.name, unit)
             g.attrs["unit"] = unit
         a = f.attrs
         a["status"] = final.status
@@ -599,6 +638,14 @@ class SpillWriter:
             self._raw.close()
         with contextlib.suppress(OSError):
             self.partial_path.unlink()
+
+
+def _describe(name: str, obj: Any) -> None:
+    """Set the ``units`` and ``description`` attributes of a dataset (h5py ``visititems`` callback)."""
+    import h5py
+
+    if isinstance(obj, h5py.Dataset):
+        obj.attrs["units"], obj.attrs["description"] = dataset_info(name)
 
 
 def _set_os_thread_name(name: bytes) -> None:

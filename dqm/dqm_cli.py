@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import ipaddress
 import logging
-import os
 from typing import Any
 
 from dqm.errors import DqmUserError
@@ -73,12 +72,20 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--show", action="store_true", help="open the page in a browser")
     p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://127.0.0.1:PORT/metrics and the health check on /healthz "
+        "(docs/operations.md; default: off)",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=None,
         metavar="N",
-        help="offline: fill the files on a local dask cluster of N processes, 0 = in this process "
-        "(default: one per core, at most one per file; a single file is read in this process)",
+        help="offline: N dask worker processes on a local cluster (127.0.0.1), 0 = in this process "
+        "(default: one per core, at most one per file; a single file, or no dask installed: in this process)",
     )
     p.add_argument(
         "--scheduler",
@@ -107,7 +114,9 @@ def register(subparsers: Any) -> None:
         "--workers",
         type=int,
         default=None,
-        help="fill the spills in parallel on a local dask cluster of N processes (default: serial)",
+        metavar="N",
+        help="N dask worker processes on a local cluster (127.0.0.1), 0 = in this process (default: in "
+        "this process)",
     )
     r.add_argument(
         "--scheduler",
@@ -140,6 +149,9 @@ def _check_origin(origin: str) -> str:
 
 
 def run_dqm(args: argparse.Namespace) -> int:
+    from daq.extras import require
+
+    require("dqm", "na64 dqm")
     from dqm import reference
     from dqm.config import load_config
     from dqm.server import DqmService
@@ -155,6 +167,16 @@ def run_dqm(args: argparse.Namespace) -> int:
     ref = reference.load(args.reference, config) if args.reference else None
     if ref is not None:
         log.info("checks compare with %s", ref.source)
+    from daq.sdnotify import notify
+
+    metrics: Any = None
+    ops: Any = None
+
+    def on_serving() -> None:
+        if metrics is not None:
+            metrics.serving = True
+        notify("READY=1")
+
     service = DqmService(
         config,
         source=source,
@@ -166,13 +188,24 @@ def run_dqm(args: argparse.Namespace) -> int:
         reference=ref,
         workers=workers,
         scheduler=scheduler,
+        on_serving=on_serving,
     )
+    if args.metrics_port is not None:
+        from daq.ops_http import OpsServer
+        from dqm.ops_metrics import DqmMetrics
+
+        metrics = DqmMetrics(service)
+        ops = OpsServer(args.metrics_port, metrics.registry, metrics.health).start()
     if args.show:
         import threading
         import webbrowser
 
         threading.Timer(1.0, webbrowser.open, args=(service.url,)).start()
-    return asyncio.run(service.run())
+    try:
+        return asyncio.run(service.run())
+    finally:
+        if ops is not None:
+            ops.stop()
 
 
 def _offline_engine(args: argparse.Namespace) -> tuple[int, str | None]:
@@ -189,15 +222,17 @@ def _offline_engine(args: argparse.Namespace) -> tuple[int, str | None]:
             raise DqmUserError("give either --workers (a local cluster) or --scheduler (an existing one)")
         return 0, scheduler
     if workers is None:
-        from daq.offline import collect_spill_files
+        from daq.offline import collect_spill_files, default_workers
 
-        n_files = len(collect_spill_files(args.files)[0])
-        workers = min(os.cpu_count() or 1, n_files) if n_files > 1 else 0
+        workers = default_workers(len(collect_spill_files(args.files)[0]))
     return workers, None
 
 
 def run_reference(args: argparse.Namespace) -> int:
     from daq.config_loader import output_file
+    from daq.extras import require
+
+    require("dqm", "na64 dqm-reference", ("boost_histogram",))
     from dqm import reference
 
     output_file(args.out, "--out")

@@ -21,7 +21,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,8 +78,11 @@ class DqmService:
         reference: Baseline | None = None,
         workers: int | None = None,
         scheduler: str | None = None,
+        on_serving: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
+        #: called once the page is served (the operations endpoint's health, systemd's READY=1)
+        self.on_serving = on_serving
         self.mode = "live" if source else "offline"
         self.source_name = source or f"{len(files)} path(s)"
         self.host = host
@@ -266,15 +269,16 @@ class DqmService:
                 self._files.start()
             tasks.append(asyncio.create_task(self._snapshot_loop(), name="snapshots"))
             tasks.append(asyncio.create_task(self._tick_loop(), name="ticks"))
-            print(f"DQM at {self.url}", flush=True)
+            print(f"DQM at {self.url}", flush=True)  # the one line with the URL (the demo reads it)
             log.info(
-                "DQM at %s (%s: %s; websocket origins %s; MQTT %s)",
-                self.url,
+                "serving the page (%s: %s; websocket origins %s; MQTT %s)",
                 self.mode,
                 self.source_name,
                 ", ".join(origins),
                 self.mqtt.address if self.mqtt else "off",
             )
+            if self.on_serving is not None:
+                self.on_serving()
             await self._stop.wait()
             log.info("stopping")
         finally:

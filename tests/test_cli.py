@@ -125,3 +125,104 @@ def test_a_user_mistake_is_one_line_and_exit_code_2(tmp_path: Path, argv: list[s
     assert "Traceback" not in p.stderr
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith(f"na64 {args[0]}: error: ") and expected.format(**values) in last, p.stderr
+
+
+def every_parser() -> dict[str, argparse.ArgumentParser]:
+    """``na64`` and every (sub)command's parser, by command path."""
+    from daq.cli import build_parser
+
+    found: dict[str, argparse.ArgumentParser] = {}
+
+    def walk(path: str, parser: argparse.ArgumentParser) -> None:
+        found[path] = parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(f"{path} {name}", sub)
+
+    walk("na64", build_parser([]))
+    return found
+
+
+def test_no_help_shows_a_default_twice_or_a_meaningless_one() -> None:
+    import re
+
+    parsers = every_parser()
+    assert {"na64 daq", "na64 simulate", "na64 calibrate gains", "na64 dqm"} <= set(parsers)
+    for path, parser in parsers.items():
+        text = parser.format_help()
+        assert "(default: None)" not in text and "(default: [])" not in text, path
+        assert "(default: False)" not in text, path
+        for option in re.split(r"\n  (?=-)", text):  # one option's help at a time
+            assert len(re.findall(r"\bdefault\b", option, re.IGNORECASE)) <= 1, (path, option)
+
+
+def test_detector_names_are_capitalised_in_every_help() -> None:
+    import re
+
+    for path, parser in every_parser().items():
+        text = re.sub(r"--[\w-]+|\w+_\w+", "", parser.format_help())  # option and key names stay as they are
+        bad = re.findall(r"\b(ecal|prs|hcal|veto|srd|Ecal|Hcal|Prs|Srd|Veto)\b", text)
+        assert not bad, (path, bad)
+
+
+def test_the_workers_option_reads_the_same_in_every_offline_command() -> None:
+    parsers = every_parser()
+    for path in ("na64 retrigger", "na64 dqm", "na64 dqm-reference", "na64 calibrate gains"):
+        (action,) = [a for a in parsers[path]._actions if "--workers" in a.option_strings]
+        assert action.metavar == "N" and action.default is None, path
+        assert "0 = in this process" in (action.help or "") or "default: in this process" in (
+            action.help or ""
+        )
+
+
+@pytest.mark.parametrize(
+    ("argv", "level", "fmt"),
+    [
+        (["daq"], "INFO", "text"),
+        (["--log-level", "ERROR", "daq"], "ERROR", "text"),
+        (["daq", "--log-level", "DEBUG", "--log-format", "json"], "DEBUG", "json"),
+        (["--log-level", "ERROR", "daq", "--log-level", "WARNING"], "WARNING", "text"),
+        (["calibrate", "show", "x.json", "--log-level", "DEBUG"], "DEBUG", "text"),
+    ],
+)
+def test_log_options_are_accepted_before_and_after_the_command(argv: list[str], level: str, fmt: str) -> None:
+    from daq.cli import build_parser
+
+    args = build_parser(argv).parse_args(argv)
+    assert (args.log_level, args.log_format) == (level, fmt)
+
+
+def test_log_lines_carry_the_date_and_zone_and_json_is_one_object_per_line() -> None:
+    import io
+    import logging
+    import re
+
+    from daq.logs import configure_logging
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        for fmt in ("text", "json"):
+            configure_logging("INFO", fmt)
+            stream = io.StringIO()
+            root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
+            logging.getLogger("daq.test").info("dead time %d", 7)
+            logging.getLogger("tornado.access").info("200 GET /dqm (127.0.0.1) 1.2ms")  # off by default
+            (line,) = stream.getvalue().splitlines()
+            stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d"
+            if fmt == "text":
+                assert re.fullmatch(stamp + r" INFO    daq\.test: dead time 7", line), line
+            else:
+                doc = json.loads(line)
+                assert re.fullmatch(stamp, doc["time"]) and doc["message"] == "dead time 7"
+                assert doc["level"] == "INFO" and doc["logger"] == "daq.test"
+        configure_logging("DEBUG", "text")
+        assert logging.getLogger("tornado.access").isEnabledFor(logging.INFO)
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in saved[0]:
+            root.addHandler(h)
+        root.setLevel(saved[1])
+        logging.getLogger("tornado.access").setLevel(logging.NOTSET)

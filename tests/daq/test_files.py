@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -246,3 +248,69 @@ def test_inspect_cli(tmp_path: Path) -> None:
         r = subprocess.run(na64_command("inspect", str(p)), capture_output=True, text=True, timeout=60)
         assert r.returncode == 2, r
         assert len(r.stderr.strip().splitlines()) == 1 and p.name in r.stderr and "Traceback" not in r.stderr
+
+
+def datasets_of(path: Path) -> dict[str, tuple[object, object]]:
+    """Every dataset of a file: name -> (units attribute, description attribute)."""
+    found: dict[str, tuple[object, object]] = {}
+
+    def visit(name: str, obj: object) -> None:
+        if isinstance(obj, h5py.Dataset):
+            found[name] = (obj.attrs.get("units"), obj.attrs.get("description"))
+
+    with h5py.File(path, "r") as f:
+        f.visititems(visit)
+    return found
+
+
+@pytest.mark.parametrize("tables", ["none", "gzip"])
+def test_every_dataset_has_units_and_a_description(tmp_path: Path, tables: str) -> None:
+    path = write(tmp_path, [batch(5)], table_compression=tables)
+    found = datasets_of(path)
+    assert len(found) >= 23 and "histograms/ecal_block_gev/edges" in found
+    for name, (units, description) in found.items():
+        assert isinstance(units, str) and units, name
+        assert isinstance(description, str) and len(description) > 10, name
+    assert found["events/e_ecal"][0] == "GeV" and "do not add e_prs" in str(found["events/e_ecal"][1])
+    assert found["histograms/ecal_block_gev/edges"][0] == "GeV"  # the histogram's own unit
+    assert found["reco/amplitude"][0] == "ADC counts" and found["events/t_ns"][0] == "ns"
+
+
+@pytest.mark.parametrize("tables", ["none", "gzip"])
+def test_only_the_waveforms_need_a_filter_plugin(tmp_path: Path, tables: str) -> None:
+    """Everything but /waveforms has no filter or HDF5's built-in shuffle + deflate (ids 2, 1)."""
+    path = write(tmp_path, [batch(300)], table_compression=tables)
+    with h5py.File(path, "r") as f:
+        for name in datasets_of(path):
+            plist = f[name].id.get_create_plist()
+            ids = {plist.get_filter(i)[0] for i in range(plist.get_nfilters())}
+            chunked = f[name].chunks is not None
+            want = {32001} if name == "waveforms" else {1, 2} if tables == "gzip" and chunked else set()
+            assert ids == want, name  # blosc; HDF5's shuffle + deflate; none
+        assert f.attrs["compression"] == "blosc-lz4" and f.attrs["table_compression"] == tables
+
+
+def h5dump_values(h5dump: str, path: Path, name: str, env: dict[str, str]) -> list[float]:
+    """The values ``h5dump -d NAME`` prints (its ``(i,j): v, v, ...`` lines before the attributes)."""
+    out = subprocess.run(
+        [h5dump, "-m", "%.9g", "-d", name, str(path)], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    data = out.stdout.split("DATA {", 1)[1].split("}", 1)[0]
+    values: list[float] = []
+    for m in re.finditer(r"^\s*\([\d,]+\): (.*)$", data, re.MULTILINE):
+        values += [float(v) for v in m.group(1).split(",") if v.strip()]
+    return values
+
+
+@pytest.mark.parametrize("tables", ["none", "gzip"])
+def test_h5dump_prints_the_event_columns_without_a_plugin_path(tmp_path: Path, tables: str) -> None:
+    """What a physicist types first: plain h5dump, no HDF5_PLUGIN_PATH, and the values are printed
+    (the waveforms alone need the blosc plugin: docs/hdf5-format.md)."""
+    h5dump = require_program("h5dump")
+    b = batch(7)
+    path = write(tmp_path, [b], table_compression=tables)
+    env = {k: v for k, v in os.environ.items() if k != "HDF5_PLUGIN_PATH"}
+    np.testing.assert_allclose(h5dump_values(h5dump, path, "/events/e_ecal", env), b.sums[1], rtol=1e-7)
+    np.testing.assert_allclose(h5dump_values(h5dump, path, "/reco/energy", env), b.energy.ravel(), rtol=1e-7)
+    assert h5dump_values(h5dump, path, "/events/event_id", env) == list(range(7))
