@@ -65,6 +65,7 @@ class Observer(Protocol):
 
     def spill_summary(self, doc: dict[str, Any]) -> None: ...
 
+
 #: a queued writer command: its ticket (emission order), the command, the future of a CloseSpill
 _Queued = tuple[int, OpenSpill | AppendEvents | CloseSpill, concurrent.futures.Future[WriteResult] | None]
 
