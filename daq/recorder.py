@@ -402,6 +402,7 @@ class Recorder:
                 fe.ident.hex(): FrontEndStatus(round(now - fe.last_seen, 3), fe.state, fe.name)
                 for fe in self.frontends.values()
             },
+            run_frontends=(r.owner.hex(),) if r else (),
             losses_run=self.losses_run.as_dict(),
             eot_run=self.eot_run,
             events_run=self.events_run,

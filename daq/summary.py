@@ -6,8 +6,8 @@ Readers get attributes (``summary.n_beam``), never ``doc.get("n_beam", 0)``: a m
 not a silent zero.
 
 Each document carries a version (``summary_version``, ``status_version``). A versioned document must
-have every field of its version, with the right JSON type; unknown keys are ignored, a newer version is
-refused. A document without a version (spill files and tools older than the versions) is read with
+have every field of its version (a field added later says since which: ``field(metadata={"since": 2})``),
+with the right JSON type; unknown keys are ignored, a newer version is refused. A document without a version (spill files and tools older than the versions) is read with
 defaults for what it lacks. The JSON schemas in ``docs/schemas/`` are generated from these classes
 (:func:`json_schema`; ``tests/golden/make_schemas.py``) and a test keeps them equal.
 """
@@ -27,7 +27,8 @@ from daq.contract import DaqState, SpillStatus
 from daq.errors import ProtocolError
 
 SUMMARY_VERSION: Final = 1
-STATUS_VERSION: Final = 1
+#: 2 added ``run_frontends``
+STATUS_VERSION: Final = 2
 #: names of the per-spill histograms of every particle
 ARRIVAL_TIME: Final = "arrival_time"
 ECAL_BLOCK_GEV: Final = "ecal_block_gev"
@@ -156,6 +157,9 @@ class DaqStatus(_Document):
     uptime_s: float = 0.0
     #: front-end id (hex) -> its state
     frontends: Mapping[str, FrontEndStatus] = field(default_factory=dict)
+    #: the current run's front-ends (ids as in ``frontends``; empty between runs): only they are expected
+    #: to speak (an earlier run's identity stays listed in ``frontends`` for an hour)
+    run_frontends: tuple[str, ...] = field(default=(), metadata={"since": 2})
     losses_run: Mapping[str, int] = field(default_factory=dict)
     eot_run: int = 0
     events_run: int = 0
@@ -232,10 +236,11 @@ def _from_document(cls: type[D], doc: Mapping[str, Any], version: int) -> D:
     got = doc.get(key)  # the one optional key: absent in documents older than the versions
     if got is not None and (type(got) is not int or not 1 <= got <= version):
         raise DocumentError(f"{key} {got!r} is not supported (this reader knows 1..{version})")
-    return _from_dict(cls, doc, "", strict=got is not None)
+    return _from_dict(cls, doc, "", strict=got or 0)
 
 
-def _from_dict(cls: type[T], doc: Any, path: str, strict: bool) -> T:
+def _from_dict(cls: type[T], doc: Any, path: str, strict: int) -> T:
+    """``strict``: the document's version (every field of it must be there), 0 for an unversioned one."""
     if not isinstance(doc, Mapping):
         raise DocumentError(f"{path or cls.__name__}: expected an object, got {_json_type(doc)}")
     hints = typing.get_type_hints(cls)
@@ -244,12 +249,14 @@ def _from_dict(cls: type[T], doc: Any, path: str, strict: bool) -> T:
         where = f"{path}.{f.name}" if path else f.name
         if f.name in doc:
             kw[f.name] = _convert(doc[f.name], hints[f.name], where, strict)
-        elif strict or (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING):
+        elif (strict and f.metadata.get("since", 1) <= strict) or (
+            f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ):
             raise DocumentError(f"{where}: missing")
     return cls(**kw)
 
 
-def _convert(value: Any, hint: Any, path: str, strict: bool) -> Any:
+def _convert(value: Any, hint: Any, path: str, strict: int) -> Any:
     origin = typing.get_origin(hint)
     if origin is types.UnionType or origin is typing.Union:
         if value is None and type(None) in typing.get_args(hint):

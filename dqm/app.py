@@ -26,29 +26,38 @@ from bokeh.layouts import column, row
 from bokeh.models import (
     ColumnDataSource,
     CustomJS,
+    DataRange1d,
     FactorRange,
+    FixedTicker,
     HoverTool,
     LinearColorMapper,
     LogColorMapper,
+    Plot,
     Range1d,
+    SaveTool,
     TabPanel,
     Tabs,
 )
-from bokeh.models.annotations import BoxAnnotation, ColorBar, Span
-from bokeh.models.widgets import Button, DataTable, Div, RadioButtonGroup, Select, TableColumn
+from bokeh.models.annotations import BoxAnnotation, ColorBar, Span, Title
+from bokeh.models.widgets import Button, Div, RadioButtonGroup, Select, TextInput
 from bokeh.palettes import Category10_10, Viridis256
 from bokeh.plotting import figure
 
 from daq import detector
+from dqm import render
 from dqm.book import TIME_ROWS
 from dqm.config import DqmConfig
-from dqm.snapshot import CHANNEL_NAMES, RANGES, Axes, Snapshot
+from dqm.snapshot import CHANNEL_NAMES, RANGES, Axes, RangeView, Snapshot
 
 log = logging.getLogger(__name__)
 
 TABS = ("summary", "physics", "ecal", "hcal", "rates", "waveforms", "checks")
 TAB_TITLES = ("Summary", "Physics", "ECAL/PRS", "HCAL/VETO/SRD", "Rates", "Waveforms", "Checks")
-STATE_COLORS = {"OK": "#2ca02c", "WARN": "#ff9f1a", "ERROR": "#d62728", "UNKNOWN": "#9e9e9e"}
+STATE_COLORS = render.STATE_COLORS
+#: widths of the summary tab's two columns (px)
+LEFT_W, RIGHT_W = 820, 540
+#: shelve durations offered on the page (minutes)
+SHELVE_CHOICES = {"15 min": 15.0, "1 h": 60.0, "4 h": 240.0, "8 h": 480.0}
 STATE_OF_VALUE = {-1: "UNKNOWN", 0: "OK", 1: "WARN", 2: "ERROR"}
 #: updates a browser may have unacknowledged before its session waits
 MAX_IN_FLIGHT = 2
@@ -63,6 +72,8 @@ class Controller(Protocol):
     def reset(self) -> None: ...
 
     def acknowledge(self, name: str, by: str) -> None: ...
+
+    def shelve(self, name: str, reason: str, minutes: float, by: str) -> None: ...
 
 
 # ---------------------------------------------------------------- URL state
@@ -249,20 +260,20 @@ def _cell_map(
     return p, src, mapper
 
 
-def _fmt(x: Any) -> str:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return "-"
-    if not math.isfinite(v):
-        return "-"
-    if abs(v) >= 1e6:
-        return f"{v:.3e}"
-    return f"{v:.0f}" if v == int(v) else f"{v:.3g}"
+_fmt = render.fmt
 
 
-def _when(t: Any) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(float(t))) if t else ""
+def _zero_based(fig: Any) -> None:
+    """A quantity that starts at zero is drawn from zero (no suppressed zero)."""
+    fig.y_range = DataRange1d(start=0)
+
+
+@dataclass(frozen=True)
+class TabView:
+    """How one tab is built (its plots, when shown) and how a snapshot updates it."""
+
+    build: Callable[[], Any]
+    apply: Callable[[Snapshot, RangeView], None]
 
 
 # ---------------------------------------------------------------- the session
@@ -284,13 +295,29 @@ class SessionView:
         self.last_ack = time.monotonic()
         self._sent: dict[str, Any] = {}
         self.applied: tuple[Any, ...] = ()
+        #: every tab, explicitly: built when shown, updated from each snapshot while shown
+        self.tab_views: dict[str, TabView] = {
+            "summary": TabView(self._build_summary, self._apply_summary),
+            "physics": TabView(self._build_physics, self._apply_physics),
+            "ecal": TabView(self._build_ecal, self._apply_ecal),
+            "hcal": TabView(self._build_hcal, self._apply_hcal),
+            "rates": TabView(self._build_rates, self._apply_rates),
+            "waveforms": TabView(self._build_waveforms, self._apply_waveforms),
+            "checks": TabView(self._build_checks, self._apply_checks),
+        }
+        assert tuple(self.tab_views) == TABS
+        #: plots of the shown tab with their titles: run, spill and range are added to titles and file names
+        self._plots: list[tuple[Plot, str, str, Title]] = []
+        #: a value shown in a plot's title (e.g. the peak position), set by the tab's update
+        self._title_extra: dict[Plot, str] = {}
         self._build(view)
 
     # ------------------------------------------------------------ layout
     def _build(self, view: View) -> None:
         self._history_source = ColumnDataSource({"index": np.zeros(1), "n_beam": np.zeros(1)})
+        # no fixed height: the header wraps instead of being clipped by the controls under it
         self.header = Div(
-            text="NA64 DQM: waiting for data", css_classes=["na64-header"], width=1400, height=44
+            text="NA64 DQM: waiting for data", css_classes=["na64-header"], width=LEFT_W + RIGHT_W
         )
         self.meta = ColumnDataSource({"seq": [0], "send_ms": [0.0], "eot": [0], "run": [-1], "spill": [-1]})
         self.ack = Div(text="0", visible=False, tags=[self.meta])  # tags: puts meta into the document
@@ -344,7 +371,16 @@ class SessionView:
             self.holders[self.built].children = [Div(text="loading ...")]
         self.built = i
         self._sent.clear()
-        self.holders[i].children = [getattr(self, f"_build_{TABS[i]}")()]
+        root = self.tab_views[TABS[i]].build()
+        self.holders[i].children = [root]
+        self._title_extra = {}
+        self._plots = []
+        for p in root.select({"type": Plot}):
+            if isinstance(p, Plot) and isinstance(p.title, Title) and p.title.text:
+                # a second title line: run, spill and range (also in a saved PNG)
+                where = Title(text="", text_font_size="9pt", text_font_style="normal", text_color="#555555")
+                p.add_layout(where, "above")
+                self._plots.append((p, str(p.title.text), _slug(str(p.title.text)), where))
 
     def _tap_selects_cell(self, src: ColumnDataSource) -> None:
         src.selected.js_on_change(
@@ -356,52 +392,83 @@ class SessionView:
         )
 
     def _build_summary(self) -> Any:
-        # summary
-        self.lights = Div(text="", width=700, height=480)
-        self.numbers = Div(text="", width=600, height=170)
-        self.alarm_src = ColumnDataSource({k: [] for k in ("name", "severity", "state", "message", "raised")})
-        self.alarm_table = DataTable(
-            source=self.alarm_src,
-            width=700,
-            height=220,
-            index_position=None,
-            columns=[
-                TableColumn(field="name", title="alarm", width=130),
-                TableColumn(field="severity", title="sev", width=50),
-                TableColumn(field="state", title="state", width=90),
-                TableColumn(field="raised", title="raised", width=70),
-                TableColumn(field="message", title="message", width=360),
-            ],
+        self.alarm_div = Div(text="", width=LEFT_W)
+        self.aside_div = Div(text="", width=LEFT_W)
+        self.lights = Div(text="", width=LEFT_W)
+        self.numbers = Div(text="", width=RIGHT_W)
+        self.history_div = Div(text="", width=RIGHT_W)
+        self.alarm_select = Select(
+            title="",
+            value=self.hub.check_names[0] if self.hub.check_names else "",
+            options=list[str | None](self.hub.check_names),
+            width=190,
         )
-        self.ack_select = Select(title="", value="", options=list[str | None]([""]), width=200)
-        self.ack_button = Button(label="Acknowledge", button_type="primary", width=120)
-        self.ack_all = Button(label="Acknowledge all", width=130)
-        self.ack_button.on_click(lambda: self._on_acknowledge(self.ack_select.value))
+        self._picked_at = -math.inf  # when a person last chose an alarm (then it is not moved for them)
+        self.alarm_select.on_change("value", self._on_pick)
+        self.ack_button = Button(label="Acknowledge", button_type="primary", width=110)
+        self.ack_all = Button(label="Acknowledge all", width=125)
+        self.ack_button.on_click(lambda: self._on_acknowledge(self.alarm_select.value))
         self.ack_all.on_click(lambda: self._on_acknowledge("all"))
-        self.eot_fig = _fig("EOT per spill", width=600, height=220, x_axis_label="spill (0 = latest)")
+        self.shelve_reason = TextInput(value="", placeholder="reason to shelve", width=190)
+        self.shelve_for = Select(title="", value="1 h", options=list[str | None](SHELVE_CHOICES), width=80)
+        self.shelve_button = Button(label="Shelve", button_type="warning", width=75)
+        self.unshelve_button = Button(label="Unshelve", width=85)
+        self.shelve_button.on_click(self._on_shelve)
+        self.unshelve_button.on_click(self._on_unshelve)
+        self.eot_fig = _fig("EOT per spill", width=RIGHT_W, height=220, x_axis_label="run/spill")
+        _zero_based(self.eot_fig)
         self.eot_fig.vbar(x="index", top="n_beam", width=0.8, source=self._history_source, color="#1f77b4")
-        summary = column(
-            row(self.lights, column(self.numbers, self.eot_fig)),
-            row(self.alarm_table, column(self.ack_select, row(self.ack_button, self.ack_all))),
+        controls = row(
+            self.alarm_select,
+            self.ack_button,
+            self.ack_all,
+            self.shelve_reason,
+            self.shelve_for,
+            self.shelve_button,
+            self.unshelve_button,
         )
-        return summary
+        return row(
+            column(self.alarm_div, controls, self.aside_div, self.lights),
+            column(self.numbers, self.eot_fig, self.history_div),
+        )
 
     def _build_physics(self) -> Any:
         ax = self.axes
-        e_beam = self.config.beam_energy_gev
-        # physics
+        cfg = self.config
+        e_beam = cfg.beam_energy_gev
         self.emiss_fig, self.emiss_src = _hist_plot(
             "Missing energy, physics triggers", ax.h1["e_miss"], "E_miss = E_beam - E_ECAL [GeV]", log_y=True
         )
         self.emiss_fig.add_layout(
-            BoxAnnotation(left=e_beam - self.config.signal_ecal_max_gev, fill_color="red", fill_alpha=0.08)
+            BoxAnnotation(left=e_beam - cfg.signal_ecal_max_gev, fill_color="red", fill_alpha=0.08)
         )
         self.ecalhcal_fig, self.ecalhcal_src = _image_plot(
             "E_ECAL vs E_HCAL, physics triggers", *ax.h2["ecal_hcal"], "E_ECAL [GeV]", "E_HCAL [GeV]"
         )
         self.ecalhcal_fig.add_layout(
-            BoxAnnotation(right=self.config.signal_ecal_max_gev, top=1.0, fill_color="red", fill_alpha=0.15)
+            BoxAnnotation(
+                right=cfg.signal_ecal_max_gev, top=cfg.signal_hcal_max_gev, fill_color="red", fill_alpha=0.15
+            )
         )
+        # the signal region magnified: E_HCAL in 0.1 GeV bins, the signal box outlined
+        self.zoom_fig, self.zoom_src = _image_plot(
+            "Signal region: E_ECAL vs E_HCAL < few GeV",
+            *ax.h2["ecal_hcal_zoom"],
+            "E_ECAL [GeV]",
+            "E_HCAL [GeV]",
+        )
+        self.zoom_fig.add_layout(
+            BoxAnnotation(
+                left=0,
+                right=cfg.signal_ecal_max_gev,
+                bottom=0,
+                top=cfg.signal_hcal_max_gev,
+                fill_alpha=0.0,
+                line_color="red",
+                line_width=2,
+            )
+        )
+        self.signal_div = Div(text="", width=460)
         self.prsecal_fig, self.prsecal_src = _image_plot(
             "PRS vs ECAL energy, physics and beam triggers", *ax.h2["prs_ecal"], "E_ECAL [GeV]", "E_PRS [GeV]"
         )
@@ -413,10 +480,31 @@ class SessionView:
         self.hcal_phys_fig, self.hcal_phys_src = _hist_plot(
             "HCAL energy, physics triggers", ax.h1["hcal_sum_phys"], "E_HCAL [GeV]", log_y=True
         )
-        physics = column(
-            row(self.emiss_fig, self.ecalhcal_fig, self.prsecal_fig), row(self.peak_fig, self.hcal_phys_fig)
+        # the baseline (reference or run baseline) scaled to the range's entries, over each histogram
+        self.overlays: dict[str, ColumnDataSource] = {}
+        for name, fig in (
+            ("e_miss", self.emiss_fig),
+            ("ecal_sum_beam", self.peak_fig),
+            ("hcal_sum_phys", self.hcal_phys_fig),
+        ):
+            edges = ax.h1[name]
+            src = ColumnDataSource({"x": edges[:-1], "y": np.full(edges.size - 1, np.nan)})
+            fig.step(
+                x="x",
+                y="y",
+                source=src,
+                mode="after",
+                color="black",
+                line_width=1.5,
+                legend_label="reference",
+            )
+            fig.legend.location = "top_left"
+            fig.legend.label_text_font_size = "8pt"
+            self.overlays[name] = src
+        return column(
+            row(self.emiss_fig, self.ecalhcal_fig, column(self.zoom_fig, self.signal_div)),
+            row(self.peak_fig, self.hcal_phys_fig, self.prsecal_fig),
         )
-        return physics
 
     def _build_ecal(self) -> Any:
         ax = self.axes
@@ -496,14 +584,14 @@ class SessionView:
             self.ttimes_fig.step(
                 x="t", y=k, source=self.ttimes_src, mode="after", color=Category10_10[i], legend_label=k
             )
-        self.trig_fig = _fig("Triggers per spill", x_axis_label="spill (0 = latest)")
+        self.trig_fig = _fig("Triggers per spill", x_axis_label="run/spill")
         for i, k in enumerate(("physics", "beam", "random")):
             self.trig_fig.line(x="index", y=k, source=h, color=Category10_10[i], legend_label=k)
-        self.eotcum_fig = _fig("EOT accumulated in the run", x_axis_label="spill (0 = latest)")
+        self.eotcum_fig = _fig("EOT accumulated in the run", x_axis_label="run/spill")
         self.eotcum_fig.line(x="index", y="eot_cumulative", source=h, line_width=2)
-        self.dead_fig = _fig("Dead-time fraction", x_axis_label="spill (0 = latest)")
+        self.dead_fig = _fig("Dead-time fraction", x_axis_label="run/spill")
         self.dead_fig.line(x="index", y="dead_time", source=h, color="#d62728")
-        self.loss_fig = _fig("DAQ losses by reason per spill", width=700, x_axis_label="spill (0 = latest)")
+        self.loss_fig = _fig("DAQ losses by reason per spill", width=700, x_axis_label="run/spill")
         from dqm.monitor import LOSS_SERIES
 
         for i, reason in enumerate((*LOSS_SERIES, "other")):
@@ -517,10 +605,21 @@ class SessionView:
             )
         self.loss_fig.legend.label_text_font_size = "7pt"
         self.loss_fig.legend.location = "top_left"
-        self.write_fig = _fig("Write rate [MB/s]", x_axis_label="spill (0 = latest)")
+        self.write_fig = _fig("Write rate [MB/s]", x_axis_label="run/spill")
         self.write_fig.line(x="index", y="write_mb_s", source=h)
-        self.disk_fig = _fig("Free disk [GB]", x_axis_label="spill (0 = latest)")
+        self.disk_fig = _fig("Free disk [GB]", x_axis_label="run/spill")
         self.disk_fig.line(x="index", y="free_disk_gb", source=h)
+        for f in (
+            self.arrival_fig,
+            self.ttimes_fig,
+            self.trig_fig,
+            self.eotcum_fig,
+            self.dead_fig,
+            self.loss_fig,
+            self.write_fig,
+            self.disk_fig,
+        ):
+            _zero_based(f)
         rates = column(
             row(self.arrival_fig, self.ttimes_fig, self.trig_fig),
             row(self.eotcum_fig, self.dead_fig, self.write_fig),
@@ -590,21 +689,8 @@ class SessionView:
         )
         self.matrix_fig.rect(x="x", y="y", width=0.9, height=0.9, color="color", source=self.matrix_src)
         self.matrix_fig.toolbar.logo = None
-        self.log_src = ColumnDataSource({k: [] for k in ("time", "name", "state", "severity", "message")})
-        self.log_table = DataTable(
-            source=self.log_src,
-            width=1000,
-            height=300,
-            index_position=None,
-            columns=[
-                TableColumn(field="time", title="time", width=70),
-                TableColumn(field="name", title="alarm", width=150),
-                TableColumn(field="state", title="state", width=100),
-                TableColumn(field="severity", title="sev", width=60),
-                TableColumn(field="message", title="message", width=600),
-            ],
-        )
-        checks = column(self.matrix_fig, self.log_table)
+        self.log_div = Div(text="", width=1000)
+        checks = column(self.matrix_fig, self.log_div)
         return checks
 
     # ------------------------------------------------------------ events from the browser
@@ -627,6 +713,21 @@ class SessionView:
         if name:
             self.controller.acknowledge(name, "browser")
 
+    def _on_pick(self, attr: str, old: str, new: str) -> None:
+        self._picked_at = time.monotonic()
+        self.update(force=True)  # its history
+
+    def _on_shelve(self) -> None:
+        reason = self.shelve_reason.value.strip()
+        name = self.alarm_select.value
+        if name and reason:
+            self.controller.shelve(name, reason, SHELVE_CHOICES.get(self.shelve_for.value, 60.0), "browser")
+            self.shelve_reason.value = ""
+
+    def _on_unshelve(self) -> None:
+        if self.alarm_select.value:
+            self.controller.shelve(self.alarm_select.value, "", 0.0, "browser")
+
     # ------------------------------------------------------------ applying a snapshot
     def notify(self) -> None:
         """A new snapshot exists (called on the server's event loop)."""
@@ -636,7 +737,7 @@ class SessionView:
         snap = self.hub.latest
         if snap is None:
             return
-        key = (snap.version, self.tabs.active, self.range.active, self.cell.value)
+        key = (snap.version, snap.time, self.tabs.active, self.range.active, self.cell.value)
         if key == self.applied and not force:
             return
         now = time.monotonic()
@@ -653,25 +754,13 @@ class SessionView:
         active = int(self.tabs.active or 0)
         self._ensure_tab(active)
         self._apply_header(snap)
-        tab = TABS[active]
-        rv = snap.ranges[RANGES[int(self.range.active or 0)]]
-        getattr(self, f"_apply_{tab}")(snap, rv)
+        which = RANGES[int(self.range.active or 0)]
+        self.tab_views[TABS[active]].apply(snap, snap.ranges[which])
+        self._apply_titles(snap, which)
 
     def _apply_header(self, snap: Snapshot) -> None:
         h = snap.header
-        color = STATE_COLORS.get(h["worst"], "#9e9e9e")
-        mode = "offline (files)" if h["mode"] == "offline" else f"live {html.escape(h['source'])}"
-        self.header.text = (
-            f'<div style="display:flex;gap:28px;align-items:center;font-size:20px;padding:6px 12px;'
-            f'border-left:14px solid {color};background:#f5f5f5">'
-            f"<b>NA64 DQM</b><span>Run <b id='na64-run'>{h['run']}</b></span>"
-            f"<span>Spill <b id='na64-spill'>{h['spill']}</b></span>"
-            f"<span>DAQ <b>{html.escape(h['daq_state'])}</b></span>"
-            f"<span>EOT run <b id='na64-eot'>{h['eot_run']}</b></span>"
-            f"<span>EOT last spill <b>{_fmt(h['eot_last_spill'])}</b></span>"
-            f"<span>alarms <b id='na64-alarms' style='color:{color}'>{h['open_alarms']}</b></span>"
-            f"<span style='font-size:12px;color:#666'>{mode} · ref: {html.escape(snap.reference_source)}</span></div>"
-        )
+        _set_text(self.header, render.header(h, snap.reference_source))
         self.meta.data = {
             "seq": [self.sent_seq],
             "send_ms": [float(h["last_send_ms"])],
@@ -680,42 +769,57 @@ class SessionView:
             "spill": [h["spill"]],
         }
 
-    def _apply_summary(self, snap: Snapshot, rv: Any) -> None:
-        rows = "".join(
-            f"<tr><td><span style='display:inline-block;width:14px;height:14px;border-radius:7px;"
-            f"background:{STATE_COLORS[c['state']]}'></span></td><td><b>{html.escape(c['name'])}</b></td>"
-            f"<td style='color:#444'>{html.escape(c['message'])}</td></tr>"
-            for c in snap.checks
-        )
-        self.lights.text = f"<table class='na64-lights' style='font-size:12px'>{rows}</table>"
+    def _apply_titles(self, snap: Snapshot, which: str) -> None:
+        """Run, spill and range in every plot's title and in the name of its saved PNG."""
+        run, spill = snap.header["run"], snap.header["spill"]
+        extra = tuple(sorted((id(p), t) for p, t in self._title_extra.items()))
+        if not self._changed("titles", (run, spill, which, extra)):
+            return
+        where = f"run {run} spill {spill}" if run >= 0 else "no run yet"
+        span = {
+            "spill": "this spill",
+            "last": f"last {self.config.last_n_spills} spills",
+            "run": "whole run",
+        }[which]
+        for plot, title, slug, subtitle in self._plots:
+            if isinstance(plot.title, Title):
+                plot.title.text = f"{title}{self._title_extra.get(plot, '')}"
+            subtitle.text = f"{where} ({span})"
+            for tool in plot.select({"type": SaveTool}):
+                if isinstance(tool, SaveTool):
+                    tool.filename = f"na64_run{max(run, 0):06d}_spill{max(spill, 0):05d}_{slug}_{which}"
+
+    def _apply_summary(self, snap: Snapshot, rv: RangeView) -> None:
+        _set_text(self.alarm_div, render.alarm_table(snap.alarms, LEFT_W))
+        _set_text(self.aside_div, render.set_aside(snap.shelved, snap.suppressed))
+        _set_text(self.lights, render.lights(snap.checks, LEFT_W))
         h = snap.header
         trig = h["last_spill_triggers"]
         losses = ", ".join(f"{k} {v}" for k, v in h["last_spill_losses"].items() if v) or "none"
         dt = h["last_spill_dead_time"]
-        self.numbers.text = (
-            "<table style='font-size:13px'>"
+        _set_text(
+            self.numbers,
+            f"<table style='font-size:13px;width:{RIGHT_W - 10}px'>"
             f"<tr><td>EOT, run</td><td><b>{_fmt(h['eot_run'])}</b></td></tr>"
             f"<tr><td>EOT, last spill</td><td><b>{_fmt(h['eot_last_spill'])}</b></td></tr>"
             f"<tr><td>triggers, last spill</td><td>physics {_fmt(trig.get('physics'))}, beam "
             f"{_fmt(trig.get('beam'))}, random {_fmt(trig.get('random'))}</td></tr>"
             f"<tr><td>dead time</td><td>{'-' if dt is None else f'{100 * float(dt):.2f}%'}</td></tr>"
             f"<tr><td>losses, last spill</td><td>{html.escape(losses)}</td></tr>"
-            f"<tr><td>spills / events monitored</td><td>{h['spills']} / {h['events']} "
-            f"(DAQ skipped {h['skipped_by_daq']}, bad messages {h['decode_errors'] + h['bad_messages']})</td></tr>"
-            f"<tr><td>free disk</td><td>{_fmt((h['free_disk_bytes'] or 0) / 1e9)} GB</td></tr></table>"
+            f"<tr><td>spills / events monitored</td><td>{h['spills']} / {h['events']}</td></tr>"
+            f"<tr><td>DAQ skipped / bad messages</td><td>{h['skipped_by_daq']} / "
+            f"{h['decode_errors'] + h['bad_messages']}</td></tr>"
+            f"<tr><td>free disk</td><td>{_fmt((h['free_disk_bytes'] or 0) / 1e9)} GB</td></tr></table>",
         )
-        al = snap.alarms
-        self.alarm_src.data = {
-            "name": [a["name"] for a in al],
-            "severity": [a["severity"] for a in al],
-            "state": [a["state"] for a in al],
-            "message": [a["message"] for a in al],
-            "raised": [_when(a["raised_at"]) for a in al],
-        }
-        options = [a["name"] for a in al if a["state"] == "raised"] or [""]
-        if self.ack_select.options != options:
-            self.ack_select.options = options
-            self.ack_select.value = options[0]
+        # the alarm list: pick the first one waiting for an acknowledgement, unless a person just chose
+        waiting = [a["name"] for a in snap.alarms if not a.get("acknowledged", True)]
+        chosen = self.alarm_select.value
+        listed = {a["name"] for a in (*snap.alarms, *snap.shelved)}
+        if waiting and chosen not in listed and time.monotonic() - self._picked_at > 30:
+            self.alarm_select.value = waiting[0]
+            self._picked_at = -math.inf  # set by the page, not by a person
+        name = self.alarm_select.value
+        _set_text(self.history_div, render.alarm_history(name, snap.alarm_history.get(name, [])))
         self._apply_history(snap)
 
     def _changed(self, what: str, key: Any) -> bool:
@@ -728,16 +832,46 @@ class SessionView:
     def _apply_history(self, snap: Snapshot) -> None:
         if self._changed("history", (snap.header["run"], snap.header["spills"])):
             self._history_source.data = dict(snap.history)
+            ticks, labels = snap.history_ticks
+            for plot, *_ in self._plots:
+                if plot.x_range is not None and any(
+                    getattr(r, "data_source", None) is self._history_source for r in plot.renderers
+                ):
+                    plot.xaxis.ticker = FixedTicker(ticks=ticks)
+                    plot.xaxis.major_label_overrides = {float(k): v for k, v in labels.items()}
 
-    def _apply_physics(self, snap: Snapshot, rv: Any) -> None:
+    def _apply_physics(self, snap: Snapshot, rv: RangeView) -> None:
         _set_hist(self.emiss_src, rv.h1["e_miss"], self.emiss_fig, log_y=True)
         _set_image(self.ecalhcal_src, rv.h2["ecal_hcal"], self.ecalhcal_fig.renderers[0].glyph.color_mapper)
+        _set_image(self.zoom_src, rv.h2["ecal_hcal_zoom"], self.zoom_fig.renderers[0].glyph.color_mapper)
         _set_image(self.prsecal_src, rv.h2["prs_ecal"], self.prsecal_fig.renderers[0].glyph.color_mapper)
         _set_hist(self.peak_src, rv.h1["ecal_sum_beam"])
         _set_hist(self.hcal_phys_src, rv.h1["hcal_sum_phys"], self.hcal_phys_fig, log_y=True)
         if math.isfinite(rv.peak):
             self.peak_span.location = rv.peak
-        self.peak_fig.title.text = f"ECAL electron peak, beam triggers: {_fmt(rv.peak)} GeV"
+        self._title_extra[self.peak_fig] = f": {_fmt(rv.peak)} GeV"
+        for name, src in self.overlays.items():
+            base = snap.baseline_h1.get(name)
+            ours = rv.h1[name]
+            if base is None or base.sum() <= 0 or ours.sum() <= 0:
+                src.data.update(y=np.full(ours.size, np.nan))
+                continue
+            scaled = base * (ours.sum() / base.sum())
+            src.data.update(y=np.where(scaled > 0, scaled, np.nan))
+        sig = rv.signal
+        cfg = self.config
+        expected = (
+            f"expected background {sig.expected:.1f} &plusmn; {sig.expected_error:.1f} "
+            f"({html.escape(snap.reference_source)})"
+            if math.isfinite(sig.expected)
+            else "no expected background: no reference or run baseline with this view yet"
+        )
+        _set_text(
+            self.signal_div,
+            f"<div id='na64-signal' style='font-size:13px'>signal box E_ECAL &lt; {cfg.signal_ecal_max_gev:g} GeV, "
+            f"E_HCAL &lt; {cfg.signal_hcal_max_gev:g} GeV: <b id='na64-signal-count'>{sig.observed:.0f}</b> events of "
+            f"{sig.physics:.0f} physics triggers; {expected}</div>",
+        )
 
     def _apply_maps(
         self,
@@ -750,13 +884,13 @@ class SessionView:
             src.data.update(value=v, label=[f"{x:.2g}" for x in v])
             mapper.high = max(float(v.max(initial=0)), 1e-6)
 
-    def _apply_ecal(self, snap: Snapshot, rv: Any) -> None:
+    def _apply_ecal(self, snap: Snapshot, rv: RangeView) -> None:
         e, p = np.asarray(detector.ECAL_IDS), np.asarray(detector.PRS_IDS)
         self._apply_maps([self.ecal_mean, self.ecal_occ], [rv.mean_energy, rv.occupancy], e)
         self._apply_maps([self.prs_mean, self.prs_occ], [rv.mean_energy, rv.occupancy], p)
         self._apply_spectrum(rv)
 
-    def _apply_spectrum(self, rv: Any) -> None:
+    def _apply_spectrum(self, rv: RangeView) -> None:
         ch = CHANNEL_NAMES.index(self.cell.value)
         edges = self.axes.spectrum_edges(ch)
         counts = rv.spectra[ch]
@@ -764,7 +898,7 @@ class SessionView:
         self.spec_fig.y_range.end = max(10.0, float(counts.max(initial=0)) * 2)
         self.spec_fig.title.text = f"Spectrum of {self.cell.value} (physics + beam triggers)"
 
-    def _apply_hcal(self, snap: Snapshot, rv: Any) -> None:
+    def _apply_hcal(self, snap: Snapshot, rv: RangeView) -> None:
         self._apply_maps(
             [self.hcal_mean, self.hcal_occ], [rv.mean_energy, rv.occupancy], np.asarray(detector.HCAL_IDS)
         )
@@ -774,7 +908,7 @@ class SessionView:
             {f"c{i}": rv.spectra[int(c)] for i, c in enumerate(detector.COUNTER_IDS)}
         )
 
-    def _apply_rates(self, snap: Snapshot, rv: Any) -> None:
+    def _apply_rates(self, snap: Snapshot, rv: RangeView) -> None:
         if snap.arrival is not None:
             counts, edges = snap.arrival
             self.arrival_src.data = {"t": edges[:-1], "n": counts}
@@ -782,7 +916,7 @@ class SessionView:
         self.ttimes_src.data = {"t": t, **{k: rv.times[i] for i, k in enumerate(TIME_ROWS)}}
         self._apply_history(snap)
 
-    def _apply_waveforms(self, snap: Snapshot, rv: Any) -> None:
+    def _apply_waveforms(self, snap: Snapshot, rv: RangeView) -> None:
         ch = CHANNEL_NAMES.index(self.cell.value)
         if snap.waveform is not None:
             self.wave_src.data.update(adc=snap.waveform[ch])
@@ -802,16 +936,8 @@ class SessionView:
             base_noise=bn,
         )
 
-    def _apply_checks(self, snap: Snapshot, rv: Any) -> None:
-        lg = snap.alarm_log
-        if self._changed("alarm_log", (len(lg), lg[0]["updated_at"] if lg else 0)):
-            self.log_src.data = {
-                "time": [_when(a["updated_at"]) for a in lg],
-                "name": [a["name"] for a in lg],
-                "state": [a["state"] for a in lg],
-                "severity": [a["severity"] for a in lg],
-                "message": [a["message"] for a in lg],
-            }
+    def _apply_checks(self, snap: Snapshot, rv: RangeView) -> None:
+        _set_text(self.log_div, render.alarm_log(snap.alarm_log))
         if not self._changed("matrix", (snap.header["run"], snap.header["spills"])):
             return
         names = snap.check_names
@@ -826,6 +952,18 @@ class SessionView:
             ],
             "state": states,
         }
+
+
+def _set_text(div: Div, text: str) -> None:
+    """Set a Div's HTML only when it changed (every change is drawn; no change costs nothing)."""
+    if div.text != text:
+        div.text = text
+
+
+def _slug(title: str) -> str:
+    """A file-name part from a plot title."""
+    out = "".join(c.lower() if c.isalnum() else "_" for c in title.split(":")[0])
+    return "_".join(p for p in out.split("_") if p)[:40] or "plot"
 
 
 class SnapshotHub:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,10 +56,19 @@ class Baseline:
     peak: metrics.Peak | None
     eot_per_spill: float | None
     acceptance: float | None  # physics triggers per EOT
+    #: statistical error of the peak position (GeV; NaN if unknown)
+    peak_error: float = math.nan
+    #: channels found dead, hot or noisy while the baseline was formed: not compared with it
+    masked: frozenset[int] = frozenset()
 
     @classmethod
     def build(
-        cls, book: Book, spills: Sequence[SpillNumbers], source: str, min_peak_events: int = 30
+        cls,
+        book: Book,
+        spills: Sequence[SpillNumbers],
+        source: str,
+        min_peak_events: int = 30,
+        masked: frozenset[int] = frozenset(),
     ) -> Baseline:
         beam_spills = [s for s in spills if s.n_beam > 0]
         eot = float(np.mean([s.n_beam for s in beam_spills])) if beam_spills else None
@@ -76,4 +86,8 @@ class Baseline:
             peak=peak,
             eot_per_spill=eot,
             acceptance=acceptance,
+            peak_error=metrics.peak_error(h.values(), h.axes[0].edges, min_peak_events)
+            if peak is not None
+            else math.nan,
+            masked=masked,
         )

@@ -29,6 +29,11 @@ TIME_ROWS = ("physics", "beam", "random", "saturated", "signal_like")
 TIME_MAX_NS = 12_000_000_000
 TIME_BINS = 2400
 SPECTRUM_BINS = 100
+#: per-waveform pre-sample mean: 1-ADC bins over NOMINAL_PEDESTAL +- WF_MEAN_HALF_RANGE (robust pedestals)
+WF_MEAN_HALF_RANGE = 128
+#: per-waveform pre-sample RMS (around the even and odd means): 0.25-ADC bins over [0, WF_RMS_MAX)
+WF_RMS_MAX = 32.0
+WF_RMS_BINS = 128
 #: calorimeter channels checked for saturation
 _CALO = np.concatenate([detector.ECAL_IDS, detector.PRS_IDS, detector.HCAL_IDS])
 
@@ -59,6 +64,8 @@ class BookSpec:
     )
     signal_like_ecal_gev: float = 70.0
     signal_like_hcal_gev: float = 1.0
+    #: upper edge of the zoomed signal-region view's E_HCAL axis (GeV)
+    zoom_hcal_max_gev: float = 5.0
     presamples: int = 6
     #: max - min of a channel's pre-samples above which they hold a pulse, not pedestal (ADC counts)
     presample_max_spread: float = 25.0
@@ -83,6 +90,7 @@ class BookSpec:
             self.veto_mip_gev,
             self.signal_like_ecal_gev,
             self.signal_like_hcal_gev,
+            self.zoom_hcal_max_gev,
         )
 
     def axes_1d(self) -> dict[str, bh.axis.Regular]:
@@ -102,6 +110,11 @@ class BookSpec:
         return {
             "ecal_hcal": (bh.axis.Regular(60, 0.0, 1.2 * e), bh.axis.Regular(60, 0.0, 1.2 * e)),
             "prs_ecal": (bh.axis.Regular(60, 0.0, 1.2 * e), bh.axis.Regular(60, 0.0, 0.15 * e)),
+            # the signal region magnified: E_HCAL in 0.1 GeV bins up to a few GeV
+            "ecal_hcal_zoom": (
+                bh.axis.Regular(60, 0.0, 1.2 * e),
+                bh.axis.Regular(round(self.zoom_hcal_max_gev * 10), 0.0, self.zoom_hcal_max_gev),
+            ),
         }
 
 
@@ -126,6 +139,18 @@ class Book:
             bh.axis.Regular(TIME_BINS, 0.0, float(TIME_MAX_NS)),
             storage=bh.storage.Double(),
         )
+        #: per monitored waveform and channel: pre-sample mean (relative to the nominal pedestal) and RMS.
+        #: Medians and tail fractions of these are robust against pile-up in the pre-samples (docs/dqm.md)
+        self.wf_mean = bh.Histogram(
+            bh.axis.Integer(0, N_CH, underflow=False, overflow=False),
+            bh.axis.Regular(2 * WF_MEAN_HALF_RANGE, -WF_MEAN_HALF_RANGE, WF_MEAN_HALF_RANGE),
+            storage=bh.storage.Double(),
+        )
+        self.wf_rms = bh.Histogram(
+            bh.axis.Integer(0, N_CH, underflow=False, overflow=False),
+            bh.axis.Regular(WF_RMS_BINS, 0.0, WF_RMS_MAX),
+            storage=bh.storage.Double(),
+        )
         self.arrays: dict[str, NDArray[np.float64]] = {
             "n_type": np.zeros(len(TYPES)),  # events per trigger type
             "n_events": np.zeros(1),
@@ -143,6 +168,8 @@ class Book:
             "ped_piled_up": np.zeros(1),  # channel waveforms skipped for pedestals (pulse in the pre-samples)
             "wf_zero_group": np.zeros(detector.N_GROUPS),
         }
+        #: entries absent from the dictionary this book was read from (see :meth:`from_dict`)
+        self.missing: list[str] = []
 
     # ------------------------------------------------------------ filling
     def fill(self, b: MonitoredEvents) -> None:
@@ -170,6 +197,7 @@ class Book:
         h["srd_sum_beam"].fill(b.e_srd[beam])
         self.h2["ecal_hcal"].fill(b.e_ecal[phys], b.e_hcal[phys])
         self.h2["prs_ecal"].fill(b.e_ecal[phys | beam], b.e_prs[phys | beam])
+        self.h2["ecal_hcal_zoom"].fill(b.e_ecal[phys], b.e_hcal[phys])
 
         energy = b.energy
         for row, sel in enumerate((phys, beam)):
@@ -215,6 +243,7 @@ class Book:
         for g, ids in enumerate(detector.GROUP_IDS):
             a["wf_zero_group"][g] += np.count_nonzero(~live[:, ids].any(axis=1))
         pre = wf[:, :, : self.spec.presamples].astype(np.float64)
+        self._fill_waveform_stats(pre, live)
         # a pulse (pile-up) inside the pre-samples is not pedestal: skip that channel in this waveform
         clean = live & (np.ptp(pre, axis=2) <= self.spec.presample_max_spread)
         a["ped_piled_up"][0] += np.count_nonzero(live & ~clean)
@@ -223,6 +252,19 @@ class Book:
             a["ped_n"][row] += np.count_nonzero(clean, axis=0) * cols.shape[2]
             a["ped_sum"][row] += cols.sum(axis=(0, 2))
             a["ped_sum2"][row] += (cols * cols).sum(axis=(0, 2))
+
+    def _fill_waveform_stats(self, pre: NDArray[np.float64], live: NDArray[np.bool_]) -> None:
+        """One entry per live channel of every waveform: pre-sample mean and RMS around the even and
+        odd means (the ADCs' even/odd offset is not noise). No pile-up cut: their medians are robust."""
+        even, odd = pre[:, :, 0::2], pre[:, :, 1::2]
+        mean = pre.mean(axis=2)
+        dev2 = ((even - even.mean(axis=2, keepdims=True)) ** 2).sum(axis=2) + (
+            (odd - odd.mean(axis=2, keepdims=True)) ** 2
+        ).sum(axis=2)
+        rms = np.sqrt(dev2 / pre.shape[2])
+        ch = np.broadcast_to(np.arange(N_CH), mean.shape)[live]
+        self.wf_mean.fill(ch, mean[live] - detector.NOMINAL_PEDESTAL)
+        self.wf_rms.fill(ch, rms[live])
 
     # ------------------------------------------------------------ arithmetic
     def add(self, other: Book) -> Book:
@@ -235,6 +277,8 @@ class Book:
             hist += other.h2[name]
         self.spectra += other.spectra
         self.times += other.times
+        self.wf_mean += other.wf_mean
+        self.wf_rms += other.wf_rms
         for name, arr in self.arrays.items():
             arr += other.arrays[name]
         return self
@@ -255,15 +299,26 @@ class Book:
             "h2": {k: v.values(flow=True).tolist() for k, v in self.h2.items()},
             "spectra": self.spectra.values(flow=True).tolist(),
             "times": self.times.values(flow=True).tolist(),
+            "wf_mean": self.wf_mean.values(flow=True).tolist(),
+            "wf_rms": self.wf_rms.values(flow=True).tolist(),
             "arrays": {k: v.tolist() for k, v in self.arrays.items()},
         }
 
     @classmethod
-    def from_dict(cls, spec: BookSpec, data: dict[str, Any]) -> Book:
-        """Inverse of :meth:`to_dict`; raises ValueError naming the first entry that does not fit."""
+    def from_dict(cls, spec: BookSpec, data: dict[str, Any], optional: tuple[str, ...] = ()) -> Book:
+        """Inverse of :meth:`to_dict`; raises ValueError naming the first entry that does not fit.
+
+        Entries named in ``optional`` (e.g. ``h2.ecal_hcal_zoom``, ``wf_mean``: histograms an older
+        reference format did not have) may be absent: they stay empty and are listed in ``book.missing``.
+        """
         book = cls(spec)
 
         def put(name: str, hist: bh.Histogram[Any], values: Any) -> None:
+            if values is None:
+                if name not in optional:
+                    raise ValueError(f"{name} is missing")
+                book.missing.append(name)
+                return
             arr = np.asarray(values, dtype=np.float64)
             view = hist.view(flow=True)
             if arr.shape != view.shape:
@@ -271,11 +326,13 @@ class Book:
             view[...] = arr
 
         for k, hist in book.h1.items():
-            put(f"h1.{k}", hist, data["h1"][k])
+            put(f"h1.{k}", hist, data["h1"].get(k))
         for k, hist in book.h2.items():
-            put(f"h2.{k}", hist, data["h2"][k])
-        put("spectra", book.spectra, data["spectra"])
-        put("times", book.times, data["times"])
+            put(f"h2.{k}", hist, data["h2"].get(k))
+        put("spectra", book.spectra, data.get("spectra"))
+        put("times", book.times, data.get("times"))
+        put("wf_mean", book.wf_mean, data.get("wf_mean"))
+        put("wf_rms", book.wf_rms, data.get("wf_rms"))
         for k, arr in book.arrays.items():
             got = np.asarray(data["arrays"][k], dtype=np.float64)
             if got.shape != arr.shape:

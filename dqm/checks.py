@@ -23,7 +23,7 @@ import numpy as np
 from daq import detector
 from daq.contract import SpillStatus, is_breakdown
 from daq.summary import DaqStatus, SpillSummary
-from dqm import metrics
+from dqm import channels, metrics, stats
 from dqm.baseline import Baseline
 from dqm.book import TIME_ROWS, Book
 from dqm.config import DqmConfig
@@ -65,6 +65,8 @@ class SpillContext:
     book: Book
     baseline: Baseline | None
     config: DqmConfig
+    #: computations shared by the checks of this spill (see _cached)
+    cache: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -105,9 +107,71 @@ def _names(ids: Sequence[int] | np.ndarray, limit: int = 8) -> str:
 
 
 # ---------------------------------------------------------------- spill checks
+#: the reference check groups bins to expect at least this many of the spill's entries (chi2 validity)
+CHI2_MIN_EXPECTED = 5.0
+
+
+def _alpha(ctx: SpillContext, state: State) -> float:
+    c = ctx.config.checks
+    return c.alarm_error if state is State.ERROR else c.alarm_warn
+
+
+def _comparison(ctx: SpillContext) -> channels.Comparison:
+    b = ctx.baseline
+    if b is None:
+        return channels.Comparison(None)
+    return channels.Comparison(b.book, b.masked, b.source)
+
+
+def _cached(ctx: SpillContext, key: str, make: Callable[[], Any]) -> Any:
+    """One computation shared by the checks of a spill (dead and hot channels use the same tests)."""
+    if key not in ctx.cache:
+        ctx.cache[key] = make()
+    return ctx.cache[key]
+
+
+def _describe(findings: Sequence[channels.Finding], limit: int = 6) -> str:
+    parts = []
+    for f in sorted(findings, key=lambda f: f.p)[:limit]:
+        exp = f" (expected {f.expected:.3g})" if f.kind in ("dead", "hot") else ""
+        parts.append(f"{f.name} {f.observed:.3g}{exp} {f.test}, p={f.p:.1e}")
+    more = len(findings) - limit
+    return "; ".join(parts) + (f"; +{more} more" if more > 0 else "")
+
+
+def _by_channel(findings: Sequence[channels.Finding]) -> list[channels.Finding]:
+    """The most significant finding of each channel."""
+    best: dict[int, channels.Finding] = {}
+    for f in findings:
+        if f.channel not in best or f.p < best[f.channel].p:
+            best[f.channel] = f
+    return sorted(best.values(), key=lambda f: f.channel)
+
+
+def _family_result(
+    name: str, ctx: SpillContext, families: Sequence[channels.Family], kinds: str, ok_text: str
+) -> CheckResult:
+    """ERROR/WARN when a family has findings significant at alarm_error/alarm_warn; UNKNOWN if none judged."""
+    tests = sum(f.tests for f in families)
+    if tests == 0:
+        return CheckResult(name, State.UNKNOWN, "not judged: too few events or waveforms in this spill")
+    for state in (State.ERROR, State.WARN):
+        found = _by_channel([x for fam in families for x in channels.significant(fam, _alpha(ctx, state))])
+        if found:
+            return CheckResult(
+                name,
+                state,
+                f"{len(found)} {kinds}: {_describe(found)}",
+                float(len(found)),
+                tuple(f.name for f in found),
+            )
+    judged = len(set().union(*(f.judged for f in families)))
+    return CheckResult(name, State.OK, f"{ok_text} ({judged} channels judged, {tests} tests)", 0.0)
+
+
 @dataclass(frozen=True)
 class ReferenceCheck:
-    """Shape of a per-spill histogram vs the baseline's (chi2/ndf or KS distance)."""
+    """Shape of a per-spill histogram vs the baseline's: chi2 with its p-value (or the KS distance)."""
 
     hist: str
 
@@ -118,22 +182,28 @@ class ReferenceCheck:
     def evaluate(self, ctx: SpillContext) -> CheckResult:
         cfg = ctx.config.checks.reference
         if ctx.baseline is None:
-            return CheckResult(self.name, State.UNKNOWN, "no reference or run baseline yet")
+            return CheckResult(self.name, State.UNKNOWN, "not judged: no reference or run baseline yet")
         observed = ctx.book.h1[self.hist].values()
         expected = ctx.baseline.book.h1[self.hist].values()
         if observed.sum() < cfg.min_entries or expected.sum() < cfg.min_entries:
             return CheckResult(
                 self.name,
                 State.UNKNOWN,
-                f"{self.hist}: {observed.sum():.0f} entries, need {cfg.min_entries}",
+                f"not judged: {self.hist} has {observed.sum():.0f} entries, need {cfg.min_entries}",
             )
         if cfg.method == "ks":
             dist, p = metrics.ks_distance(observed, expected)
             text = f"{self.hist}: KS {dist:.2f} (p={p:.2g}) vs {ctx.baseline.source}"
         else:
-            dist, ndf = metrics.chi2_ndf(observed, expected)
-            text = f"{self.hist}: chi2/ndf {dist:.2f} (ndf {ndf}) vs {ctx.baseline.source}"
-        return CheckResult(self.name, _level(dist, cfg.warn, cfg.error), text, dist)
+            ratio, ndf = metrics.chi2_ndf(observed, expected, CHI2_MIN_EXPECTED)
+            dist, p = ratio, stats.chi2_sf(ratio * ndf, ndf)
+            text = f"{self.hist}: chi2/ndf {ratio:.2f} (ndf {ndf}, p={p:.2g}) vs {ctx.baseline.source}"
+        state = State.OK
+        for level, limit in ((State.ERROR, cfg.error), (State.WARN, cfg.warn)):
+            if dist >= limit and p < _alpha(ctx, level):
+                state = level
+                break
+        return CheckResult(self.name, state, text, dist)
 
 
 @dataclass(frozen=True)
@@ -142,32 +212,9 @@ class DeadChannelCheck:
 
     def evaluate(self, ctx: SpillContext) -> CheckResult:
         cfg = ctx.config.checks.channels
-        book = ctx.book
-        dead = np.zeros(detector.N_CHANNELS, bool)
-        judged = 0
-        if ctx.baseline is not None:
-            # beam triggers only: an unbiased sample of electrons whatever a fault does to the physics trigger
-            expected = ctx.baseline.hit_rate[1] * book.arrays["n_type"][1]
-            observed = book.arrays["hits"][1]
-            sel = expected >= cfg.min_expected
-            judged += int(sel.sum())
-            dead |= sel & (observed < cfg.dead_fraction * expected)
-        ped = metrics.pedestals(book)
-        noise_ok = ped.n >= cfg.min_samples
-        if ctx.baseline is not None:
-            base = ctx.baseline.pedestals
-            # only where the baseline itself showed noise: a channel that never had noise cannot go quiet
-            noise_ok &= ~(base.noise <= cfg.dead_noise_adc)
-        judged = max(judged, int(noise_ok.sum()))
-        dead |= noise_ok & (ped.noise <= cfg.dead_noise_adc)
-        ids = np.flatnonzero(dead)
-        if judged == 0:
-            return CheckResult(self.name, State.UNKNOWN, "not enough events or waveforms to judge channels")
-        state = _level(len(ids), cfg.warn, cfg.error) if len(ids) else State.OK
-        msg = f"{len(ids)} dead: {_names(ids)}" if len(ids) else f"no dead channel ({judged} judged)"
-        return CheckResult(
-            self.name, state, msg, float(len(ids)), tuple(detector.channel_name(int(i)) for i in ids)
-        )
+        dead, _ = _cached(ctx, "hits", lambda: channels.hits_tests(ctx.book, _comparison(ctx), cfg))
+        flat, _ = _cached(ctx, "noise", lambda: channels.noise_tests(ctx.book, _comparison(ctx), cfg))
+        return _family_result(self.name, ctx, (dead, flat), "dead", "no dead channel")
 
 
 @dataclass(frozen=True)
@@ -176,38 +223,9 @@ class HotChannelCheck:
 
     def evaluate(self, ctx: SpillContext) -> CheckResult:
         cfg = ctx.config.checks.channels
-        book = ctx.book
-        hot = np.zeros(detector.N_CHANNELS, bool)
-        judged = False
-        if ctx.baseline is not None and book.arrays["n_type"][1] > 0:
-            # beam triggers only (see DeadChannelCheck)
-            expected = ctx.baseline.hit_rate[1] * book.arrays["n_type"][1]
-            observed = book.arrays["hits"][1]
-            n_sig = book.arrays["n_type"][1]
-            limit = np.maximum(
-                cfg.hot_factor * expected + 5 * np.sqrt(expected) + 5, cfg.hot_min_fraction * n_sig
-            )
-            hot |= observed > limit
-            judged = True
-        ped = metrics.pedestals(book)
-        ok = ped.n >= cfg.min_samples
-        if ok.any():
-            judged = True
-            limit_noise = np.full(detector.N_CHANNELS, cfg.hot_noise_adc)
-            if ctx.baseline is not None:
-                base = ctx.baseline.pedestals.noise
-                limit_noise = np.where(
-                    np.isfinite(base), np.minimum(limit_noise, 3 * base + 1.0), limit_noise
-                )
-            hot |= ok & (ped.noise > limit_noise)
-        if not judged:
-            return CheckResult(self.name, State.UNKNOWN, "not enough events to judge channels")
-        ids = np.flatnonzero(hot)
-        state = _level(len(ids), cfg.warn, cfg.error) if len(ids) else State.OK
-        msg = f"{len(ids)} hot/noisy: {_names(ids)}" if len(ids) else "no hot channel"
-        return CheckResult(
-            self.name, state, msg, float(len(ids)), tuple(detector.channel_name(int(i)) for i in ids)
-        )
+        _, hot = _cached(ctx, "hits", lambda: channels.hits_tests(ctx.book, _comparison(ctx), cfg))
+        _, noisy = _cached(ctx, "noise", lambda: channels.noise_tests(ctx.book, _comparison(ctx), cfg))
+        return _family_result(self.name, ctx, (hot, noisy), "hot/noisy", "no hot or noisy channel")
 
 
 @dataclass(frozen=True)
@@ -217,24 +235,36 @@ class PedestalCheck:
     def evaluate(self, ctx: SpillContext) -> CheckResult:
         cfg = ctx.config.checks.pedestals
         if ctx.baseline is None:
-            return CheckResult(self.name, State.UNKNOWN, "no reference or run baseline yet")
-        ped = metrics.pedestals(ctx.book)
-        base = ctx.baseline.pedestals
-        sel = (ped.n >= cfg.min_samples) & (base.n >= cfg.min_samples)
-        if not sel.any():
-            return CheckResult(self.name, State.UNKNOWN, "not enough waveforms for pedestals")
-        shift = np.where(sel, np.abs(ped.mean - base.mean), 0.0)
-        worst = int(np.argmax(shift))
-        bad = np.flatnonzero(shift >= cfg.warn)
-        state = _level(float(shift[worst]), cfg.warn, cfg.error)
-        msg = (
-            f"pedestal shift up to {shift[worst]:.1f} ADC ({detector.channel_name(worst)}); "
-            f"{len(bad)} channels >= {cfg.warn:g}: {_names(bad)}"
-            if len(bad)
-            else f"pedestals stable (max shift {shift[worst]:.1f} ADC)"
+            return CheckResult(self.name, State.UNKNOWN, "not judged: no reference or run baseline yet")
+        warn, error, shift = channels.pedestal_tests(ctx.book, ctx.baseline.book, cfg)
+        if warn.tests == 0:
+            n = int(ctx.book.arrays["wf_n"][0])
+            return CheckResult(
+                self.name,
+                State.UNKNOWN,
+                f"not judged: {n} waveforms in this spill, need {cfg.min_waveforms} per channel",
+            )
+        worst = int(np.nanargmax(np.abs(shift)))
+        m = int(metrics.waveform_means(ctx.book).n[worst])
+        largest = (
+            f"largest median shift {detector.channel_name(worst)} {shift[worst]:+.1f} ADC of {m} waveforms"
         )
+        for state, fam, step in ((State.ERROR, error, cfg.error), (State.WARN, warn, cfg.warn)):
+            found = _by_channel(channels.significant(fam, _alpha(ctx, state)))
+            if found:
+                return CheckResult(
+                    self.name,
+                    state,
+                    f"pedestal shift >= {step:g} ADC in {len(found)} channels: {_names([f.channel for f in found])}; "
+                    f"{largest} (vs {ctx.baseline.source})",
+                    float(shift[worst]),
+                    tuple(f.name for f in found),
+                )
         return CheckResult(
-            self.name, state, msg, float(shift[worst]), tuple(detector.channel_name(int(i)) for i in bad)
+            self.name,
+            State.OK,
+            f"pedestals stable ({len(warn.judged)} channels judged; {largest}, within its spread)",
+            float(shift[worst]),
         )
 
 
@@ -245,23 +275,32 @@ class ElectronPeakCheck:
     def evaluate(self, ctx: SpillContext) -> CheckResult:
         cfg = ctx.config.checks.electron_peak
         h = ctx.book.h1["ecal_sum_beam"]
-        peak = metrics.find_peak(h.values(), h.axes[0].edges, cfg.min_events)
+        edges = h.axes[0].edges
+        peak = metrics.find_peak(h.values(), edges, cfg.min_events)
         if peak is None:
-            return CheckResult(self.name, State.UNKNOWN, f"fewer than {cfg.min_events} beam triggers")
+            return CheckResult(
+                self.name, State.UNKNOWN, f"not judged: fewer than {cfg.min_events} beam triggers"
+            )
+        err = metrics.peak_error(h.values(), edges, cfg.min_events)
         if ctx.baseline is not None and ctx.baseline.peak is not None:
             expected, source = ctx.baseline.peak.mean, ctx.baseline.source
+            err_ref = ctx.baseline.peak_error
         else:
-            expected, source = ctx.config.beam_energy_gev * cfg.expected_fraction, "beam energy"
+            expected, source, err_ref = ctx.config.beam_energy_gev * cfg.expected_fraction, "beam energy", 0.0
         rel = peak.mean / expected - 1.0
-        state = _level(abs(rel), cfg.warn, cfg.error)
-        # a shift within the statistical precision of this spill's peak is no drift
-        stat = peak.sigma / math.sqrt(max(peak.n, 1.0))
-        if abs(peak.mean - expected) < cfg.significance * stat:
-            state = State.OK
+        total = math.hypot(err, err_ref) if math.isfinite(err) and math.isfinite(err_ref) else math.nan
+        # two-sided p of the shift; NaN error (too few resamplings worked): not significant
+        p = 2 * stats.p_of_z(abs(peak.mean - expected) / total) if total > 0 else 1.0
+        state = State.OK
+        for level, limit in ((State.ERROR, cfg.error), (State.WARN, cfg.warn)):
+            if abs(rel) >= limit and p < _alpha(ctx, level):
+                state = level
+                break
         return CheckResult(
             self.name,
             state,
-            f"ECAL electron peak {peak.mean:.2f} +- {stat:.2f} GeV, {100 * rel:+.1f}% vs {expected:.2f} ({source})",
+            f"ECAL electron peak {peak.mean:.2f} +- {err:.2f} GeV, {100 * rel:+.1f}% vs {expected:.2f} "
+            f"({source}; p={p:.1g})",
             rel,
         )
 
@@ -394,16 +433,22 @@ class SaturationCheck:
                 length_ns = float(edges_ns[filled[-1] + 1])  # beam time, without the readout tail
                 spike = metrics.early_spike(counts, edges_ns, length_ns, cfg.early_fraction)
         if length_ns <= 0:
-            return CheckResult(self.name, State.UNKNOWN, "spill length unknown")
-        sat = metrics.early_excess(ctx.book, TIME_ROWS.index("saturated"), length_ns, cfg.early_fraction)
-        sig = metrics.early_excess(ctx.book, TIME_ROWS.index("signal_like"), length_ns, cfg.early_fraction)
+            return CheckResult(self.name, State.UNKNOWN, "not judged: spill length unknown")
+        sat = metrics.early_excess(
+            ctx.book, TIME_ROWS.index("saturated"), length_ns, cfg.early_fraction, arrival
+        )
+        sig = metrics.early_excess(
+            ctx.book, TIME_ROWS.index("signal_like"), length_ns, cfg.early_fraction, arrival
+        )
         spiking = math.isfinite(spike) and spike >= cfg.spike_factor
         text = (
             f"early/median intensity {spike:.2f}; first {100 * cfg.early_fraction:.0f}% of the spill: "
             f"{sat.observed:.0f} saturated events (expected {sat.expected:.1f}), {sig.observed:.0f} signal-like "
             f"(expected {sig.expected:.1f})"
         )
-        if sat.significant(cfg.spike_factor) or sig.significant(cfg.spike_factor):
+        # two tests (saturated, signal-like): each at half the false-alarm probability
+        alpha = ctx.config.checks.alarm_error / 2
+        if sat.significant(cfg.spike_factor, alpha) or sig.significant(cfg.spike_factor, alpha):
             return CheckResult(
                 self.name,
                 State.ERROR,
@@ -412,8 +457,10 @@ class SaturationCheck:
             )
         if spiking:
             return CheckResult(self.name, State.WARN, "early-spill intensity spike: " + text, spike)
-        if not math.isfinite(spike) and sat.n_early < cfg.min_events:
-            return CheckResult(self.name, State.UNKNOWN, text)
+        if sat.n_early < cfg.min_events:  # the events' part cannot be judged: not OK either
+            return CheckResult(
+                self.name, State.UNKNOWN, f"not judged: {sat.n_early:.0f} monitored events early; " + text
+            )
         return CheckResult(self.name, State.OK, text, spike)
 
 
@@ -463,7 +510,7 @@ class DaqHeartbeatCheck:
         timeout = ctx.config.checks.heartbeat.daq_timeout_s
         if ctx.status_age_s is None:
             if ctx.uptime_s < timeout:
-                return CheckResult(self.name, State.UNKNOWN, "waiting for the DAQ")
+                return CheckResult(self.name, State.UNKNOWN, "not judged: waiting for the DAQ")
             return CheckResult(self.name, State.ERROR, f"no DAQ status since start ({ctx.uptime_s:.0f} s)")
         if ctx.status_age_s > timeout:
             return CheckResult(
@@ -475,27 +522,82 @@ class DaqHeartbeatCheck:
 
 @dataclass(frozen=True)
 class FrontendHeartbeatCheck:
+    """The current run's front-ends speak (a front-end of an earlier run is no concern: the DAQ keeps
+    old identities for an hour). Which front-ends belong to the run: the status's ``run_frontends``
+    (docs/daq.md); without it (an older DAQ), every listed front-end. Between runs the alarm is
+    suppressed by design (:mod:`dqm.monitor`)."""
+
     name: str = "frontend_heartbeat"
 
     def evaluate(self, ctx: LiveContext) -> CheckResult:
         timeout = ctx.config.checks.heartbeat.frontend_timeout_s
         if ctx.status is None or ctx.status_age_s is None or ctx.status_age_s > timeout:
-            return CheckResult(self.name, State.UNKNOWN, "no current DAQ status")
+            return CheckResult(self.name, State.UNKNOWN, "not judged: no current DAQ status")
+        if not ctx.status.running:
+            return CheckResult(self.name, State.UNKNOWN, "not judged: no run")
         fes = ctx.status.frontends
-        if not fes:
-            state = State.WARN if ctx.status.running else State.UNKNOWN
-            return CheckResult(self.name, state, "no front-end connected")
+        # a running DAQ names its run's front-end; one that does not (status version 1, an older DAQ):
+        # every listed front-end is expected
+        expected = list(ctx.status.run_frontends) or list(fes)
+        if not expected:
+            return CheckResult(self.name, State.WARN, "the DAQ runs without a front-end")
         bad = []
-        for fid, info in fes.items():
+        for fid in expected:
+            info = fes.get(fid)
+            if info is None:
+                bad.append(f"{fid} not connected")
+                continue
             age = info.last_seen_s
             fe_state = info.state.lower()
+            label = f"{info.name or 'front-end'} {fid}"
             if age > timeout:
-                bad.append(f"{fid} silent {age:.1f} s")
+                bad.append(f"{label} silent {age:.1f} s")
             elif fe_state == "stalled":
-                bad.append(f"{fid} stalled")
+                bad.append(f"{label} stalled")
         if bad:
             return CheckResult(self.name, State.ERROR, "; ".join(bad), float(len(bad)))
-        return CheckResult(self.name, State.OK, f"{len(fes)} front-end(s) alive", 0.0)
+        return CheckResult(
+            self.name, State.OK, f"{len(expected)} front-end(s) of run {ctx.status.run} alive", 0.0
+        )
+
+
+#: DAQ alarms in its status (``alarms {name: text}``, docs/daq.md) and the severity they become here
+DAQ_ALARMS: dict[str, State] = {
+    "disk": State.ERROR,  # too little space: spills are not recorded
+    "write": State.ERROR,  # a spill file failed
+    "run": State.ERROR,  # a run was rejected
+}
+#: DAQ alarms another check judges from its own status entry (CalibrationCheck: ``calibration``)
+DAQ_ALARMS_ELSEWHERE = frozenset({"calibration"})
+
+
+@dataclass(frozen=True)
+class DaqAlarmCheck:
+    """One of the DAQ's own alarms (``daq_<name>``); ``daq_other`` collects names this DQM does not know
+    (a newer DAQ), so that none is lost."""
+
+    key: str
+
+    @property
+    def name(self) -> str:
+        return f"daq_{self.key}"
+
+    def evaluate(self, ctx: LiveContext) -> CheckResult:
+        timeout = ctx.config.checks.heartbeat.daq_timeout_s
+        if ctx.status is None or ctx.status_age_s is None or ctx.status_age_s > timeout:
+            return CheckResult(self.name, State.UNKNOWN, "not judged: no current DAQ status")
+        alarms = ctx.status.alarms
+        if self.key == "other":
+            known = DAQ_ALARMS.keys() | DAQ_ALARMS_ELSEWHERE
+            other = {str(k): str(v) for k, v in alarms.items() if k not in known}
+            if other:
+                listed = "; ".join(f"{k}: {v}" for k, v in sorted(other.items()))
+                return CheckResult(self.name, State.WARN, f"DAQ: {listed}", float(len(other)), tuple(other))
+            return CheckResult(self.name, State.OK, "no other DAQ alarm")
+        text = alarms.get(self.key)
+        if text:
+            return CheckResult(self.name, DAQ_ALARMS.get(self.key, State.WARN), f"DAQ {self.key}: {text}")
+        return CheckResult(self.name, State.OK, f"no DAQ {self.key} alarm")
 
 
 @dataclass(frozen=True)
@@ -507,11 +609,11 @@ class BeamTimeoutCheck:
     def evaluate(self, ctx: LiveContext) -> CheckResult:
         timeout = ctx.config.checks.rates.beam_off_timeout_s
         if ctx.status is None or not ctx.status.running:
-            return CheckResult(self.name, State.UNKNOWN, "DAQ not running")
+            return CheckResult(self.name, State.UNKNOWN, "not judged: DAQ not running")
         age = ctx.summary_age_s
         if age is not None and age > timeout:
             return CheckResult(self.name, State.ERROR, f"no spill for {age:.0f} s while the DAQ runs", age)
-        return CheckResult(self.name, State.UNKNOWN, "spills arriving")
+        return CheckResult(self.name, State.UNKNOWN, "not judged here: spills arriving (judged per spill)")
 
 
 #: detectors whose channels enter the energy sums (E_ECAL, E_HCAL, so E_miss): an undetermined gain there
@@ -528,9 +630,12 @@ class CalibrationCheck:
     name: str = "calibration"
 
     def evaluate(self, ctx: LiveContext) -> CheckResult:
-        cal = ctx.status.calibration if ctx.status is not None else None
-        if cal is None or cal.run is None:
-            return CheckResult(self.name, State.UNKNOWN, "no run started yet")
+        timeout = ctx.config.checks.heartbeat.daq_timeout_s
+        if ctx.status is None or ctx.status_age_s is None or ctx.status_age_s > timeout:
+            return CheckResult(self.name, State.UNKNOWN, "not judged: no current DAQ status")
+        cal = ctx.status.calibration
+        if cal.run is None:
+            return CheckResult(self.name, State.UNKNOWN, "not judged: no run started yet")
         run = cal.run
         if not cal.usable:
             return CheckResult(
@@ -578,6 +683,7 @@ def default_live_checks(cfg: DqmConfig) -> list[LiveCheck]:
     out: list[LiveCheck] = []
     if cfg.checks.heartbeat.enabled:
         out += [DaqHeartbeatCheck(), FrontendHeartbeatCheck()]
+        out += [DaqAlarmCheck(key) for key in (*DAQ_ALARMS, "other")]
     if cfg.checks.rates.enabled:
         out.append(BeamTimeoutCheck())
     if cfg.checks.run_state.enabled:

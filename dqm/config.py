@@ -44,13 +44,18 @@ def _levels(warn: float, error: float, rising: bool = True) -> None:
 
 @dataclass(frozen=True)
 class ReferenceCheckConfig:
-    """Shape comparison of per-spill histograms with the reference (or the run's own baseline)."""
+    """Shape comparison of per-spill histograms with the reference (or the run's own baseline).
+
+    chi2: the two-sample chi2 turned into a p-value with its degrees of freedom (and, as an effect size,
+    chi2/ndf at least ``warn``/``error``); ks: the KS distance D sqrt(nm/(n+m)) (1.36 ~ 5%, 1.63 ~ 1%).
+    """
 
     enabled: bool = True
     method: Literal["chi2", "ks"] = "chi2"
-    #: chi2: chi2/ndf of the two-sample test; ks: D * sqrt(n m / (n + m)) (1.36 ~ 5%, 1.63 ~ 1%)
-    warn: float = 4.0
-    error: float = 10.0
+    #: chi2: smallest chi2/ndf that can alarm (a significant but tiny difference is no alarm);
+    #: ks: the distance itself
+    warn: float = 1.5
+    error: float = 3.0
     min_entries: int = 200
     histograms: tuple[str, ...] = ("ecal_sum_beam", "prs_sum_beam", "e_miss", "hcal_sum_phys")
 
@@ -61,58 +66,62 @@ class ReferenceCheckConfig:
 
 @dataclass(frozen=True)
 class ChannelCheckConfig:
-    """Dead and hot channels: hits in beam triggers (vs the baseline) and pre-sample noise."""
+    """Dead and hot channels: hits (vs the baseline and vs the detector's symmetry) and waveform noise.
+
+    A channel is flagged when the test is significant (false-alarm probabilities ``checks.alarm_*`` with
+    the look-elsewhere correction over every channel and test) and the effect is large enough.
+    """
 
     enabled: bool = True
-    #: a channel is judged by its hits only when the baseline expects at least this many in the spill
-    min_expected: float = 25.0
-    #: dead: hits in beam triggers < dead_fraction * expected, or pre-sample RMS <= dead_noise_adc
+    #: a hits test judges a channel only when it expects at least this many hits in the spill
+    min_expected: float = 15.0
+    #: dead: hits < dead_fraction x expected (from the baseline, or from the channel's symmetric peers)
     dead_fraction: float = 0.2
-    #: hot: hits in beam triggers > hot_factor * expected + 5 sqrt(expected) + 5, or noise too high
-    hot_factor: float = 4.0
-    #: ... and in at least this fraction of the spill's beam triggers
-    hot_min_fraction: float = 0.005
-    #: pre-sample RMS (ADC counts) at or below which a channel is dead (a live channel has noise)
+    #: hot: hits > hot_factor x expected, and the occupancy at least hot_min_excess above expected
+    hot_factor: float = 2.0
+    hot_min_excess: float = 0.005
+    #: dead by noise: every monitored waveform's pre-sample RMS <= dead_noise_adc (a live channel has noise)
     dead_noise_adc: float = 0.25
-    #: pre-sample RMS above which a channel is noisy/hot
-    hot_noise_adc: float = 8.0
-    #: number of bad channels for WARN and ERROR
-    warn: int = 1
-    error: int = 1
-    #: pre-sample samples needed per channel before the noise test applies
-    min_samples: int = 40
+    #: noisy: half the spill's waveforms have a pre-sample RMS >= noise_factor x the baseline's median
+    noise_factor: float = 2.5
+    #: waveforms per channel needed before the noise tests judge it
+    min_waveforms: int = 5
 
     def __post_init__(self) -> None:
         _need(0 < self.dead_fraction < 1, f"dead_fraction must be in (0, 1) (got {self.dead_fraction})")
         _need(self.hot_factor > 1, f"hot_factor must be > 1 (got {self.hot_factor})")
+        _need(self.noise_factor > 1, f"noise_factor must be > 1 (got {self.noise_factor})")
         _need(self.min_expected > 0, "min_expected must be > 0")
-        _levels(self.warn, self.error)
+        _need(self.min_waveforms >= 1, "min_waveforms must be >= 1")
 
 
 @dataclass(frozen=True)
 class PedestalCheckConfig:
-    """Pedestal drift: pre-sample mean per channel vs the baseline, in ADC counts."""
+    """Pedestal shift: per-waveform pre-sample means per channel vs the baseline's, in ADC counts.
+
+    WARN (ERROR) when half the spill's waveforms lie ``warn`` (``error``) counts or more from the
+    baseline's median, significantly more often than in the baseline."""
 
     enabled: bool = True
     warn: float = 3.0
     error: float = 10.0
-    min_samples: int = 40
+    min_waveforms: int = 5
 
     def __post_init__(self) -> None:
         _levels(self.warn, self.error)
+        _need(self.min_waveforms >= 1, "min_waveforms must be >= 1")
 
 
 @dataclass(frozen=True)
 class PeakCheckConfig:
-    """ECAL electron peak (sum ECAL for beam triggers) relative drift vs the baseline."""
+    """ECAL electron peak (sum ECAL for beam triggers) relative drift vs the baseline: the shift must be
+    at least ``warn``/``error`` and significant (its error from resampling the spill's and the
+    baseline's histograms; false-alarm probabilities ``checks.alarm_*``)."""
 
     enabled: bool = True
     warn: float = 0.02
     error: float = 0.05
     min_events: int = 30
-    #: ... and only if the shift exceeds this many sigma / sqrt(n) of the spill's peak (the iterated
-    #: truncated mean scatters somewhat more than that, hence more than 3)
-    significance: float = 4.0
     #: used when there is neither a reference nor a run baseline yet; as a fraction of the beam energy.
     #: With nominal constants the simulated 100 GeV peak reads ~101 GeV: the DAQ's template amplitude is
     #: unbiased (the old maximum-sample estimator read 2.3% low, hence the earlier 0.98), and pile-up at
@@ -222,6 +231,10 @@ class RunStateCheckConfig:
 
 @dataclass(frozen=True)
 class ChecksConfig:
+    #: false-alarm probability per spill (spill checks) of each statistical check, for WARN and for
+    #: ERROR; a check testing many channels divides it among them (look-elsewhere correction)
+    alarm_warn: float = 1e-4
+    alarm_error: float = 1e-6
     reference: ReferenceCheckConfig = field(default_factory=ReferenceCheckConfig)
     channels: ChannelCheckConfig = field(default_factory=ChannelCheckConfig)
     pedestals: PedestalCheckConfig = field(default_factory=PedestalCheckConfig)
@@ -232,6 +245,9 @@ class ChecksConfig:
     saturation: SaturationCheckConfig = field(default_factory=SaturationCheckConfig)
     heartbeat: HeartbeatCheckConfig = field(default_factory=HeartbeatCheckConfig)
     run_state: RunStateCheckConfig = field(default_factory=RunStateCheckConfig)
+
+    def __post_init__(self) -> None:
+        _need(0 < self.alarm_error <= self.alarm_warn < 0.5, "need 0 < alarm_error <= alarm_warn < 0.5")
 
 
 @dataclass(frozen=True)
@@ -257,10 +273,27 @@ class MqttConfig:
 
 
 @dataclass(frozen=True)
+class AlarmsConfig:
+    """Alarm management (docs/dqm.md, "Alarms")."""
+
+    #: a shelve lasts at most this long (a shift); the page and MQTT offer shorter ones
+    max_shelve_minutes: float = 480.0
+    #: off-delay: a spill check's active alarm returns to normal after this many good spills in a row
+    #: (a drift hovering at a threshold does not flap raised / normal / raised)
+    clear_after_spills: int = 2
+
+    def __post_init__(self) -> None:
+        _need(0 < self.max_shelve_minutes <= 7 * 24 * 60, "max_shelve_minutes must be in (0, 10080]")
+        _need(1 <= self.clear_after_spills <= 100, "clear_after_spills must be in 1..100")
+
+
+@dataclass(frozen=True)
 class DqmConfig:
     beam_energy_gev: float = 100.0
     #: signal region: E_ECAL below this (E_miss above beam_energy - this)
     signal_ecal_max_gev: float = 50.0
+    #: ... and E_HCAL below this (the signal box of the zoomed view)
+    signal_hcal_max_gev: float = 1.0
     #: the "last N spills" view
     last_n_spills: int = 10
     #: spills kept in the per-spill history (rates, check history)
@@ -278,11 +311,16 @@ class DqmConfig:
     #: energy of one MIP in a VETO slab (GeV)
     veto_mip_gev: float = 0.01
     checks: ChecksConfig = field(default_factory=ChecksConfig)
+    alarms: AlarmsConfig = field(default_factory=AlarmsConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
 
     def __post_init__(self) -> None:
         _need(self.beam_energy_gev > 0, f"beam_energy_gev must be > 0 (got {self.beam_energy_gev})")
         _need(0 < self.signal_ecal_max_gev < self.beam_energy_gev, "signal_ecal_max_gev must be in (0, beam)")
+        _need(
+            0 < self.signal_hcal_max_gev <= 5.0,
+            "signal_hcal_max_gev must be in (0, 5] (the zoomed view's range)",
+        )
         _need(1 <= self.last_n_spills <= 1000, "last_n_spills must be in 1..1000")
         _need(1 <= self.history_spills <= 10000, "history_spills must be in 1..10000")
         _need(1 <= self.baseline_spills <= 100, "baseline_spills must be in 1..100")

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from daq import protocol
+from daq import detector, protocol
 from daq.contract import LossReason, SpillStatus
 from daq.summary import DaqStatus, DocumentError, SpillSummary
 from dqm import metrics
-from dqm.alarms import Alarm, AlarmBook
+from dqm.alarms import PAYLOAD_HISTORY, Alarm, AlarmBook, AlarmEvent
 from dqm.baseline import Baseline, SpillNumbers
 from dqm.batch import BatchError, MonitoredEvents
 from dqm.book import Book, BookSpec
@@ -59,6 +59,11 @@ LOSS_SERIES: tuple[str, ...] = tuple(
 )
 #: at most this many spills are open (events seen, summary not yet) before the oldest is closed anyway
 MAX_OPEN_SPILLS = 2
+#: checks whose WARN/ERROR does not keep a spill out of the run baseline: channel findings are masked in
+#: the baseline instead; the others say nothing about the shape of the data
+BASELINE_TOLERATES = frozenset({"dead_channels", "hot_channels", "disk", "dead_time", "losses"})
+#: front-ends are expected to speak only during a run: between runs their alarm is suppressed by design
+RUN_ONLY_ALARMS = ("frontend_heartbeat",)
 
 
 @dataclass(frozen=True)
@@ -96,9 +101,19 @@ class SpillClosed:
 
 @dataclass(frozen=True)
 class AlarmChanged:
-    """Notice: an alarm changed state or severity."""
+    """Notice: what people see of an alarm changed (state, severity, message); with its latest history."""
 
     alarm: Alarm
+    history: tuple[AlarmEvent, ...] = ()
+
+    def payload(self) -> dict[str, Any]:
+        """The alarm's MQTT payload (docs/mqtt.md)."""
+        return self.alarm.to_json(self.history)
+
+    @property
+    def events(self) -> tuple[str, ...]:
+        """The transitions of this change (e.g. ``raised``); empty when only its message changed."""
+        return tuple(e.event for e in self.history if e.time == self.alarm.updated_at)
 
 
 Notice = SpillClosed | AlarmChanged
@@ -142,13 +157,23 @@ class Monitor:
         self.live = live
         self.counters = Counters()
         self.alarms = AlarmBook()
+        self.alarms.ensure(self.check_names())
+        if not live:  # nothing to judge them by: suppressed by design
+            spill_names = {c.name for c in self.spill_checks}
+            for check in self.live_checks:
+                if check.name not in spill_names:
+                    self.alarms.suppress(check.name, "offline: no live DAQ", 0.0)
         self.history: deque[SpillRecord] = deque(maxlen=self.config.history_spills)
         self.spill_results: dict[str, CheckResult] = {}
         self.live_results: dict[str, CheckResult] = {}
+        #: good spills in a row per spill check (the alarms' off-delay)
+        self._good_spills: dict[str, int] = {}
         self.status: DaqStatus | None = None
         self.status_time: float | None = None
         self.last_summary: SpillSummary | None = None
         self.last_summary_time: float | None = None
+        #: when the latest EVENTS message was handled (the page shows its age)
+        self.last_event_time: float | None = None
         self.start_time: float | None = None
         self.waveform: NDArray[np.uint16] | None = None
         self.waveform_info: dict[str, int] = {}
@@ -157,6 +182,8 @@ class Monitor:
         self.version = 0
         self.run: int | None = None
         self.current_spill: int | None = None
+        #: the DAQ's running EOT count of the current run, the highest seen (counters shown never go back)
+        self.daq_eot_run = 0
         #: spill summaries waiting for late events (live): key -> (summary, arrival time)
         self.pending: OrderedDict[tuple[int, int], tuple[SpillSummary, float]] = OrderedDict()
         self._reset_run_state()
@@ -174,6 +201,8 @@ class Monitor:
         self.run_baseline: Baseline | None = None
         self._baseline_book = Book(self.spec)
         self._baseline_summaries: list[SpillSummary] = []
+        self._baseline_masked: set[int] = set()
+        self.daq_eot_run = 0
 
     @property
     def baseline(self) -> Baseline | None:
@@ -203,6 +232,7 @@ class Monitor:
         self.counters.messages += 1
         self.version += 1
         if isinstance(msg, protocol.Events):
+            self.last_event_time = now
             return self._on_events(msg, now)
         if isinstance(msg, protocol.Summary):
             return self._on_summary(msg, now)
@@ -308,11 +338,13 @@ class Monitor:
                 log.warning("bad DAQ status: %s", e)
                 return []
             self.status, self.status_time = status, now
+            notices: list[Notice] = []
             if status.running and status.run is not None and status.run != self.run:
                 notices = self._close_pending(now, force=True)
                 self._new_run(status.run)
-                return notices
-            return []
+            if status.run is not None and status.run == self.run:
+                self.daq_eot_run = max(self.daq_eot_run, status.eot_run)
+            return notices
         if msg.kind == protocol.Summary.KIND_SPILL:
             try:  # documents older than the versions may lack run and spill: the message header has them
                 summary = SpillSummary.from_dict({"run": msg.run, "spill": msg.spill, **doc})
@@ -374,36 +406,48 @@ class Monitor:
         n_beam = summary.n_beam
         self.eot_run += n_beam
         self.spill_results.update({r.name: r for r in results})
+        for r in results:
+            if r.state is State.OK:
+                self._good_spills[r.name] = self._good_spills.get(r.name, 0) + 1
+            elif r.state >= State.WARN:
+                self._good_spills[r.name] = 0
         self._maybe_extend_baseline(book, summary, results)
         record = _record(run, spill, now, summary, book, results, self.eot_run)
         self.history.append(record)
         notices: list[Notice] = [SpillClosed(record, results, summary)]
         notices += self._apply(results, now, run, spill)
+        unknown = sum(1 for r in results if r.state is State.UNKNOWN)
         log.info(
-            "run %d spill %d closed: EOT %d, %d events monitored, %s",
+            "run %d spill %d closed: EOT %d, %d events monitored, %s%s",
             run,
             spill,
             n_beam,
             book.n_events,
             ", ".join(f"{r.name} {r.state.name}" for r in results if r.state >= State.WARN)
-            or "all checks OK",
+            or "no WARN or ERROR",
+            f" ({unknown} of {len(results)} checks not judged)" if unknown else "",
         )
         return notices
 
     def _maybe_extend_baseline(
         self, book: Book, summary: SpillSummary, results: Sequence[CheckResult]
     ) -> None:
+        """A spill joins the run baseline if nothing in it looks wrong (channel findings excepted: those
+        channels are left out of the comparisons with the baseline, and judged by the detector model)."""
         if self.reference is not None or self.run_baseline is not None:
             return
-        bad = {r.name for r in results if r.state is State.ERROR}
+        flagged = [r for r in results if r.state >= State.WARN and r.name not in BASELINE_TOLERATES]
         good = (
             summary.status == SpillStatus.OK
             and summary.n_beam >= self.config.checks.rates.beam_off_eot
-            and not bad & {"dead_channels", "hot_channels", "missing_sources", "spill_status", "beam_off"}
+            and not flagged
             and book.n_events > 0
         )
         if not good:
             return
+        for r in results:
+            if r.name in ("dead_channels", "hot_channels") and r.state >= State.WARN:
+                self._baseline_masked.update(detector.channel_id(n) for n in r.details)
         self._baseline_book.add(book)
         self._baseline_summaries.append(summary)
         if len(self._baseline_summaries) >= self.config.baseline_spills:
@@ -413,39 +457,72 @@ class Monitor:
                 [SpillNumbers.of(s) for s in self._baseline_summaries],
                 f"run {self.run} spills {spills[0]}-{spills[-1]}",
                 self.config.checks.electron_peak.min_events,
+                masked=frozenset(self._baseline_masked),
             )
-            log.info("baseline from %s", self.run_baseline.source)
+            masked = ", ".join(detector.channel_name(c) for c in sorted(self._baseline_masked))
+            log.info(
+                "baseline from %s%s", self.run_baseline.source, f" (left out: {masked})" if masked else ""
+            )
 
     # ------------------------------------------------------------ live checks, alarms
     def tick(self, now: float) -> list[Notice]:
-        """Close spills that waited long enough and run the live checks (call about once a second)."""
+        """Close spills that waited long enough, run the live checks, apply the design's suppressions and
+        expire shelves (call about once a second)."""
         if not self.live:
-            return []
+            return self._changed(self.alarms.expire_shelves(now))
         if self.start_time is None:
             self.start_time = now
         closed = self._close_pending(now)
+        status_age = None if self.status_time is None else now - self.status_time
         ctx = LiveContext(
             uptime_s=now - self.start_time,
             status=self.status,
-            status_age_s=None if self.status_time is None else now - self.status_time,
+            status_age_s=status_age,
             summary_age_s=now - (self.last_summary_time or self.start_time),
             config=self.config,
         )
+        notices = self._suppress_by_design(now, status_age)
         results = tuple(_safe_evaluate(check, ctx) for check in self.live_checks)
         changed = any(self.live_results.get(r.name) != r for r in results)
         self.live_results.update({r.name: r for r in results})
         if changed:
             self.version += 1
-        return closed + self._apply(results, now, self.run or 0, self.current_spill or 0)
+        notices += self._apply(results, now, self.run or 0, self.current_spill or 0)
+        return closed + notices + self._changed(self.alarms.expire_shelves(now))
+
+    def _suppress_by_design(self, now: float, status_age: float | None) -> list[Notice]:
+        """Front-ends are only expected to speak during a run: their alarm is suppressed while the DAQ
+        (heard from recently) says it is not running one."""
+        fresh = status_age is not None and status_age <= self.config.checks.heartbeat.daq_timeout_s
+        idle = fresh and self.status is not None and not self.status.running
+        changed = []
+        for name in RUN_ONLY_ALARMS:
+            if name not in self.alarms.alarms:
+                continue
+            a = self.alarms.suppress(name, "no run", now) if idle else self.alarms.unsuppress(name, now)
+            if a is not None:
+                changed.append(a)
+        return self._changed(changed)
+
+    def _changed(self, alarms: Sequence[Alarm]) -> list[Notice]:
+        if alarms:
+            self.version += 1
+        return [AlarmChanged(a, self.alarm_history(a.name)) for a in alarms]
+
+    def alarm_history(self, name: str) -> tuple[AlarmEvent, ...]:
+        """The latest events of an alarm (what its MQTT payload carries)."""
+        return tuple(self.alarms.events(name)[-PAYLOAD_HISTORY:])
 
     def _apply(self, results: Sequence[CheckResult], now: float, run: int, spill: int) -> list[Notice]:
-        out: list[Notice] = []
-        for name in {r.name for r in results}:
-            alarm = self.alarms.update(self.result(name), now, run, spill)
+        changed = []
+        need = self.config.alarms.clear_after_spills
+        for name in dict.fromkeys(r.name for r in results):
+            # spill checks return to normal after `need` good spills in a row (live ones at once)
+            hold = max(need - self._good_spills[name], 0) if name in self._good_spills else 0
+            alarm = self.alarms.update(self.result(name), now, run, spill, hold)
             if alarm is not None:
-                out.append(AlarmChanged(alarm))
-                self.version += 1
-        return out
+                changed.append(alarm)
+        return self._changed(changed)
 
     def result(self, name: str) -> CheckResult:
         """Effective result of a check: the worse of its spill and live results."""
@@ -470,14 +547,23 @@ class Monitor:
         return list(dict.fromkeys(names))
 
     def acknowledge(self, name: str, now: float, by: str = "") -> list[Notice]:
-        names = [a.name for a in self.alarms.open_alarms()] if name == "all" else [name]
-        out: list[Notice] = []
-        for n in names:
-            alarm = self.alarms.acknowledge(n, now, by)
-            if alarm is not None:
-                out.append(AlarmChanged(alarm))
-                self.version += 1
-        return out
+        """Acknowledge one alarm, or ``all`` that wait for it."""
+        names = [a.name for a in self.alarms.open_alarms() if not a.acked] if name == "all" else [name]
+        return self._changed([a for n in names if (a := self.alarms.acknowledge(n, now, by)) is not None])
+
+    def shelve(self, name: str, now: float, minutes: float, reason: str, by: str = "") -> list[Notice]:
+        """Shelve an alarm for ``minutes`` (at most ``alarms.max_shelve_minutes``) with a reason."""
+        minutes = min(max(minutes, 0.0), self.config.alarms.max_shelve_minutes)
+        a = self.alarms.shelve(name, now, now + 60.0 * minutes, reason, by)
+        return self._changed([a] if a is not None else [])
+
+    def unshelve(self, name: str, now: float, by: str = "") -> list[Notice]:
+        a = self.alarms.unshelve(name, now, by)
+        return self._changed([a] if a is not None else [])
+
+    def alarm_notices(self) -> list[Notice]:
+        """Every alarm as a notice (a new MQTT connection publishes the whole state)."""
+        return [AlarmChanged(a, self.alarm_history(a.name)) for a in self.alarms.alarms.values()]
 
     # ------------------------------------------------------------ views
     def current_book(self) -> Book | None:
@@ -500,9 +586,9 @@ class Monitor:
         return out
 
     def eot_total(self) -> int:
-        """EOT of the run: the DAQ's running count if it is ahead (mid-spill), else the sum of spills."""
-        status_eot = self.status.eot_run if self.status is not None and self.status.run == self.run else 0
-        return max(self.eot_run, status_eot)
+        """EOT of the run: the DAQ's running count if it is ahead (mid-spill), else the sum of the spills
+        checked here. Never goes back within a run (the DAQ's status forgets the run at its end)."""
+        return max(self.eot_run, self.daq_eot_run)
 
 
 def _safe_evaluate(check: Any, ctx: Any) -> CheckResult:

@@ -3,15 +3,21 @@
 Topics (``P`` = ``mqtt.topic_prefix``, default ``na64/dqm``; payloads are JSON; see docs/mqtt.md):
 
 - ``P/status``         retained: service status; the last will sets ``{"state": "offline", ...}``
-- ``P/alarms/<check>`` retained: the alarm of one check (raised / acknowledged / cleared)
+- ``P/alarms/<check>`` retained: the alarm of one check (ISA-18.2 states: normal, unacknowledged, ...)
 - ``P/checks``         retained: all traffic lights
 - ``P/spill``          retained, one message per spill: the spill's summary and check results
 - ``P/ack``            subscribed: payload ``<check>`` or ``all`` (or JSON ``{"name", "by"}``) acknowledges
+- ``P/shelve``         subscribed: JSON ``{"name", "reason", "minutes", "by"}`` shelves, ``{"name",
+  "unshelve": true}`` unshelves
 
 Nothing here ever blocks the DQM: callers only update in-memory state (:meth:`MqttPublisher.retain`,
 :meth:`MqttPublisher.queue`); one task publishes it whenever a broker is reachable. Retained topics are
 coalesced (the latest state wins) and all re-published after every reconnect; queued messages are
 bounded (oldest dropped and counted).
+
+The DQM owns ``P/alarms/#``: after every connect it subscribes to it, and a retained alarm it does not
+publish itself (left by an earlier DQM, e.g. of a check that no longer exists) is cleared (an empty
+retained message deletes it); its own alarms are re-published from its state.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ from dqm.errors import DqmUserError
 log = logging.getLogger(__name__)
 
 AckHandler = Callable[[str, str], None]
+#: shelve request: (name, reason, minutes, by); minutes <= 0 unshelves
+ShelveHandler = Callable[[str, str, float, str], None]
 
 
 @dataclass(frozen=True)
@@ -65,12 +73,19 @@ class MqttPublisher:
     """Owns the MQTT connection. Use from the event loop thread only."""
 
     def __init__(
-        self, address: BrokerAddress, config: MqttConfig | None = None, on_ack: AckHandler | None = None
+        self,
+        address: BrokerAddress,
+        config: MqttConfig | None = None,
+        on_ack: AckHandler | None = None,
+        on_shelve: ShelveHandler | None = None,
     ) -> None:
         self.address = address
         self.config = config or MqttConfig()
         self.prefix = self.config.topic_prefix.rstrip("/")
         self.on_ack = on_ack
+        self.on_shelve = on_shelve
+        #: retained alarm topics of earlier publishers cleared at a connect
+        self.cleared_foreign = 0
         self.client_id = self.config.client_id or f"na64-dqm-{socket.gethostname()}-{os.getpid()}"
         self._retained: dict[str, bytes] = {}
         self._dirty: set[str] = set()
@@ -137,6 +152,8 @@ class MqttPublisher:
                     log.info("MQTT connected to %s as %s", self.address, self.client_id)
                     self._dirty.update(self._retained)  # the broker may have lost or missed anything
                     await client.subscribe(self.topic("ack"), qos=1)
+                    await client.subscribe(self.topic("shelve"), qos=1)
+                    await client.subscribe(self.topic("alarms", "+"), qos=1)  # to own them, see _listen
                     pump = asyncio.create_task(self._pump(client))
                     listen = asyncio.create_task(self._listen(client))
                     try:
@@ -184,8 +201,24 @@ class MqttPublisher:
                 self.set_status()  # refresh updated_at so consumers can see the service is alive
 
     async def _listen(self, client: aiomqtt.Client) -> None:
+        alarms = self.topic("alarms") + "/"
         async for message in client.messages:
+            topic = str(message.topic)
             raw = bytes(message.payload) if isinstance(message.payload, bytes | bytearray) else b""
+            if topic.startswith(alarms):
+                if message.retain and raw and topic not in self._retained:
+                    # an alarm this DQM does not have, left retained by an earlier one: delete it
+                    await client.publish(topic, b"", qos=1, retain=True)
+                    self.cleared_foreign += 1
+                    log.info("cleared the retained %s left by an earlier DQM", topic)
+                continue
+            if topic == self.topic("shelve"):
+                request = _parse_shelve(raw)
+                if request is None:
+                    log.warning("ignored MQTT shelve with bad payload %r", raw[:200])
+                elif self.on_shelve is not None:
+                    self.on_shelve(*request)
+                continue
             name, by = _parse_ack(raw)
             if name is None:
                 log.warning("ignored MQTT ack with bad payload %r", raw[:100])
@@ -247,3 +280,30 @@ def _parse_ack(raw: bytes) -> tuple[str | None, str]:
     if not name or len(name) > 64 or not all(c.isalnum() or c == "_" for c in name):
         return None, ""
     return name, by
+
+
+#: longest shelve that can be asked for over MQTT (the DQM caps it further: alarms.max_shelve_minutes)
+MAX_SHELVE_MINUTES = 7 * 24 * 60
+
+
+def _parse_shelve(raw: bytes) -> tuple[str, str, float, str] | None:
+    """Shelve payload ``{"name", "reason", "minutes", "by"}`` or ``{"name", "unshelve": true, "by"}``
+    -> (name, reason, minutes, by), minutes 0 for an unshelve; None if malformed."""
+    try:
+        doc = json.loads(raw.decode("utf-8", errors="replace"))
+    except ValueError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    name, by = str(doc.get("name", "")), str(doc.get("by", "mqtt"))[:64]
+    if not name or len(name) > 64 or not all(c.isalnum() or c == "_" for c in name):
+        return None
+    if doc.get("unshelve") is True:
+        return name, "", 0.0, by
+    reason = str(doc.get("reason", "")).strip()[:200]
+    minutes = doc.get("minutes")
+    if not reason or isinstance(minutes, bool) or not isinstance(minutes, int | float):
+        return None
+    if not 0 < float(minutes) <= MAX_SHELVE_MINUTES:
+        return None
+    return name, reason, float(minutes), by

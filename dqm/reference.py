@@ -2,7 +2,7 @@
 
 A reference is a JSON document (human-readable, diff-able)::
 
-    {"format": "na64-dqm-reference", "format_version": 1, "created": ..., "software_version": ...,
+    {"format": "na64-dqm-reference", "format_version": 2, "created": ..., "software_version": ...,
      "provenance": {"files": [...], "runs": [...], "n_spills": ..., "n_events": ...},
      "spec": {"beam_energy_gev": ..., "hit_threshold_gev": [...], "spectrum_max_gev": [...], ...},
      "spills": [{"run", "spill", "n_beam", "physics", "beam", "random", "spill_length_s"}, ...],
@@ -35,7 +35,11 @@ from dqm.monitor import Monitor, SpillClosed
 from dqm.sources import OFFLINE_MESSAGE_EVENTS, file_messages
 
 FORMAT = "na64-dqm-reference"
-FORMAT_VERSION = 1
+#: 2 added the per-waveform pre-sample distributions (wf_mean, wf_rms) and the magnified signal region
+FORMAT_VERSION = 2
+#: versions this DQM reads, and the book entries each may lack (they stay empty: checks that need them
+#: are not judged against such a reference, e.g. pedestals, or the signal region's expected background)
+READABLE = {1: ("wf_mean", "wf_rms", "h2.ecal_hcal_zoom"), 2: ()}
 
 
 def _spec_dict(spec: BookSpec) -> dict[str, Any]:
@@ -124,10 +128,11 @@ def load(path: str | Path, config: DqmConfig | None = None) -> Baseline:
         raise DqmUserError(f"reference file {p} is not valid JSON: {e}") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise DqmUserError(f"{p} is not a DQM reference file (format is not {FORMAT!r})")
-    if doc.get("format_version") != FORMAT_VERSION:
+    version = doc.get("format_version")
+    if version not in READABLE:
         raise DqmUserError(
-            f"{p}: reference format_version {doc.get('format_version')!r} is not supported "
-            f"(this DQM reads {FORMAT_VERSION})"
+            f"{p}: reference format_version {version!r} is not supported "
+            f"(this DQM reads {', '.join(map(str, READABLE))})"
         )
     spec = BookSpec.from_config(config)
     want = _spec_dict(spec)
@@ -140,11 +145,13 @@ def load(path: str | Path, config: DqmConfig | None = None) -> Baseline:
                 "(promote a new reference with the same settings)"
             )
     try:
-        book = Book.from_dict(spec, doc["book"])
+        book = Book.from_dict(spec, doc["book"], optional=READABLE[version])
         spills = [SpillNumbers.from_dict(s) for s in doc.get("spills", [])]
     except (KeyError, TypeError, ValueError) as e:
         raise DqmUserError(f"{p}: reference histograms are damaged ({e})") from None
     prov = doc.get("provenance") or {}
     runs = prov.get("runs") or []
     source = f"reference {p.name} (runs {', '.join(map(str, runs))}, {len(spills)} spills)"
+    if book.missing:
+        source += f"; format {version}: no {', '.join(book.missing)}"
     return Baseline.build(book, spills, source, config.checks.electron_peak.min_events)

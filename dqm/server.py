@@ -92,7 +92,12 @@ class DqmService:
         self.monitor = Monitor(config, reference=reference, live=self.mode == "live")
         self.hub = SnapshotHub(snapshot.Axes.of(self.monitor.spec), self.monitor.check_names())
         self.mqtt = (
-            MqttPublisher(BrokerAddress.parse(mqtt_url), config.mqtt, on_ack=self._ack_from_mqtt)
+            MqttPublisher(
+                BrokerAddress.parse(mqtt_url),
+                config.mqtt,
+                on_ack=self._ack_from_mqtt,
+                on_shelve=self._shelve_from_mqtt,
+            )
             if mqtt_url
             else None
         )
@@ -150,8 +155,23 @@ class DqmService:
             )
         self._publish_notices(notices)
 
+    def shelve(self, name: str, reason: str, minutes: float, by: str) -> None:
+        """Shelve ``name`` for ``minutes`` with ``reason`` (minutes <= 0: unshelve)."""
+        with self.lock:
+            if minutes > 0:
+                notices = self.monitor.shelve(name, time.time(), minutes, reason, by)
+            else:
+                notices = self.monitor.unshelve(name, time.time(), by)
+        if notices:
+            what = f"shelved for {minutes:g} min ({reason})" if minutes > 0 else "unshelved"
+            log.info("alarm %s %s by %s", name, what, by)
+        self._publish_notices(notices)
+
     def _ack_from_mqtt(self, name: str, by: str) -> None:
         self.acknowledge(name, by)
+
+    def _shelve_from_mqtt(self, name: str, reason: str, minutes: float, by: str) -> None:
+        self.shelve(name, reason, minutes, by)
 
     # ------------------------------------------------------------ loop side
     def _publish_notices(self, notices: list[Notice]) -> None:
@@ -160,38 +180,36 @@ class DqmService:
         with self.lock:
             results = [r.to_json() for r in self.monitor.results()]
             run, spill = self.monitor.run, self.monitor.current_spill
-            open_alarms = self.monitor.alarms.open_alarms()
+            book = self.monitor.alarms
+            open_alarms, unacked, worst = len(book.open_alarms()), book.unacknowledged(), book.worst_open()
         for n in notices:
             if isinstance(n, AlarmChanged):
-                self.mqtt.retain(self.mqtt.topic("alarms", n.alarm.name), n.alarm.to_json())
+                self.mqtt.retain(self.mqtt.topic("alarms", n.alarm.name), n.payload())
             elif isinstance(n, SpillClosed):
                 self.mqtt.queue(self.mqtt.topic("spill"), spill_payload(n))
         self.mqtt.retain(
             self.mqtt.topic("checks"),
             {"run": run, "spill": spill, "updated_at": time.time(), "checks": results},
         )
-        worst = max((a.severity for a in open_alarms), default=None)
         self.mqtt.set_status(
-            run=run,
-            spill=spill,
-            open_alarms=len(open_alarms),
-            worst=worst.name if worst is not None else "OK",
+            run=run, spill=spill, open_alarms=open_alarms, unacknowledged=unacked, worst=worst.name
         )
 
     async def _snapshot_loop(self) -> None:
+        """A snapshot whenever the monitor changed, and at least every second (the ages shown in the
+        header, e.g. of the DAQ's last status, grow while nothing arrives)."""
         period = self.config.update_ms / 1000
-        last_version = -1
+        last_version, last_time = -1, -math.inf
         while True:
             try:
                 with self.lock:
                     version = self.monitor.version
+                    due = version != last_version or time.monotonic() - last_time >= 1.0
                     snap = (
-                        snapshot.build(self.monitor, mode=self.mode, source=self.source_name)
-                        if version != last_version
-                        else None
+                        snapshot.build(self.monitor, mode=self.mode, source=self.source_name) if due else None
                     )
                 if snap is not None:
-                    last_version = version
+                    last_version, last_time = version, time.monotonic()
                     self.snapshots += 1
                     self.hub.publish(snap)
             except Exception:
@@ -262,6 +280,10 @@ class DqmService:
                     started_at=self.started_at,
                     client_id=self.mqtt.client_id,
                 )
+                # every alarm's state from the start: the retained topics are this DQM's, not an earlier one's
+                with self.lock:
+                    notices = self.monitor.alarm_notices()
+                self._publish_notices(notices)
                 mqtt_task = asyncio.create_task(self.mqtt.run(), name="mqtt")
             if self._live is not None:
                 self._live.start()

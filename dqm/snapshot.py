@@ -45,6 +45,7 @@ class RangeView:
     times: NDArray[np.float64]  # (len(TIME_ROWS), TIME_VIEW_BINS)
     time_edges: NDArray[np.float64]  # (TIME_VIEW_BINS + 1,) s
     peak: float
+    signal: metrics.SignalRegion
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,7 +86,14 @@ class Snapshot:
     reference_source: str
     baseline_ped_mean: NDArray[np.float64] | None = None
     baseline_noise: NDArray[np.float64] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: the baseline's 1-D histograms (counts), drawn over the physics histograms scaled to each range
+    baseline_h1: dict[str, NDArray[np.float64]] = field(default_factory=dict)
+    #: shelved and suppressed alarms (not in ``alarms``), and every alarm's latest events (newest last)
+    shelved: list[dict[str, Any]] = field(default_factory=list)
+    suppressed: list[dict[str, Any]] = field(default_factory=list)
+    alarm_history: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    #: x positions and "run/spill" labels for the per-spill history axes (runs start at the labelled ticks)
+    history_ticks: tuple[list[float], dict[str, str]] = ([], {})
 
 
 def _rebin_times(book: Book) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -103,8 +111,8 @@ def _rebin_times(book: Book) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     return out, np.arange(TIME_VIEW_BINS + 1) * width / 1e9
 
 
-def range_view(book: Book) -> RangeView:
-    ped = metrics.pedestals(book)
+def range_view(book: Book, baseline: Book | None = None, box: tuple[float, float] = (50.0, 1.0)) -> RangeView:
+    """What one range shows; pedestal and noise are the robust medians the checks use."""
     times, t_edges = _rebin_times(book)
     h = book.h1["ecal_sum_beam"]
     peak = metrics.find_peak(h.values(), h.axes[0].edges, 10)
@@ -116,11 +124,12 @@ def range_view(book: Book) -> RangeView:
         mean_energy=metrics.mean_energy(book),
         occupancy=metrics.occupancy(book),
         spectra=book.spectra.values().copy(),
-        ped_mean=ped.mean,
-        ped_noise=ped.noise,
+        ped_mean=metrics.waveform_means(book).median() + detector.NOMINAL_PEDESTAL,
+        ped_noise=metrics.waveform_rms(book).median(),
         times=times,
         time_edges=t_edges,
         peak=math.nan if peak is None else peak.mean,
+        signal=metrics.signal_region(book, baseline, *box),
     )
 
 
@@ -135,7 +144,7 @@ def _history(mon: Monitor) -> dict[str, NDArray[np.float64]]:
             arr[-len(values) :] = values
         return arr
 
-    out["index"] = np.arange(n, dtype=np.float64) - (n - 1)  # 0 = the latest spill
+    out["index"] = np.arange(n, dtype=np.float64)  # position, oldest first (labels: history_ticks)
     out["run"] = col([r.run for r in recs])
     out["spill"] = col([r.spill for r in recs])
     out["n_beam"] = col([r.n_beam for r in recs])
@@ -166,19 +175,54 @@ def _history(mon: Monitor) -> dict[str, NDArray[np.float64]]:
     return out
 
 
+def _history_ticks(mon: Monitor) -> tuple[list[float], dict[str, str]]:
+    """Ticks of the history axes: the first spill of every run, and about every tenth spill."""
+    recs = list(mon.history)
+    n = mon.config.history_spills
+    first = n - len(recs)
+    step = max(1, len(recs) // 8)
+    ticks: list[float] = []
+    labels: dict[str, str] = {}
+    for j, r in enumerate(recs):
+        new_run = j == 0 or recs[j - 1].run != r.run
+        if new_run or j % step == 0 or j == len(recs) - 1:
+            pos = float(first + j)
+            ticks.append(pos)
+            labels[str(int(pos))] = f"{r.run}/{r.spill}" if new_run or j == len(recs) - 1 else str(r.spill)
+    return ticks, labels
+
+
+def _age(now: float, t: float | None) -> float | None:
+    return None if t is None else max(0.0, now - t)
+
+
 def build(mon: Monitor, now: float | None = None, mode: str = "live", source: str = "") -> Snapshot:
     """Copy what the browser shows out of the monitor (call with the monitor lock held)."""
     now = time.time() if now is None else now
     results = mon.results()
-    worst = max((r.state for r in results), default=State.UNKNOWN)
     status, last = mon.status, mon.last_summary
-    alarms = mon.alarms.open_alarms()
+    book = mon.alarms
+    alarms = book.open_alarms()
+    status_age = _age(now, mon.status_time)
+    stale = status_age is None or status_age > mon.config.checks.heartbeat.daq_timeout_s
+    if mode != "live":
+        daq_state = "offline (files)"
+    elif status is None:
+        daq_state = "unknown: no status yet"
+    elif stale:
+        daq_state = f"unknown: last status {status_age:.0f} s ago (was {status.state})"
+    else:
+        daq_state = str(status.state)
     header = {
         "mode": mode,
         "source": source,
         "run": mon.run if mon.run is not None else -1,
         "spill": mon.current_spill if mon.current_spill is not None else -1,
-        "daq_state": str(status.state) if status is not None else "-",
+        "daq_state": daq_state,
+        "daq_stale": bool(mode == "live" and stale),
+        "status_age_s": status_age,
+        "event_age_s": _age(now, mon.last_event_time),
+        "spill_age_s": _age(now, mon.last_summary_time),
         "eot_run": mon.eot_total(),
         "eot_last_spill": last.n_beam if last is not None else 0,
         "events": mon.counters.events,
@@ -186,8 +230,12 @@ def build(mon: Monitor, now: float | None = None, mode: str = "live", source: st
         "decode_errors": sum(mon.counters.decode_errors.values()),
         "bad_messages": mon.counters.bad_batches + mon.counters.bad_summaries,
         "spills": mon.counters.spills_closed,
-        "worst": worst.name,
+        "worst": book.worst_open().name,
+        "worst_check": max((r.state for r in results), default=State.UNKNOWN).name,
         "open_alarms": len(alarms),
+        "unacknowledged": book.unacknowledged(),
+        "shelved": len(book.shelved()),
+        "suppressed": len(book.suppressed()),
         "last_send_ms": mon.last_send_ns / 1e6,
         "last_event_id": mon.last_event_id,
         "last_spill_triggers": dataclasses.asdict(last.triggers) if last is not None else {},
@@ -212,14 +260,17 @@ def build(mon: Monitor, now: float | None = None, mode: str = "live", source: st
         arrival = (hist[0], hist[1] / 1e9)
     wf = None if mon.waveform is None else mon.waveform.astype(np.float64)
     base = mon.baseline
+    cfg = mon.config
+    box = (cfg.signal_ecal_max_gev, cfg.signal_hcal_max_gev)
+    base_book = None if base is None else base.book
     return Snapshot(
         version=mon.version,
         time=now,
         header=header,
         checks=[r.to_json() for r in results],
         alarms=[a.to_json() for a in alarms],
-        alarm_log=[a.to_json() for a in list(mon.alarms.log)[-50:]][::-1],
-        ranges={r: range_view(mon.range_book(r)) for r in RANGES},
+        alarm_log=[e.to_json() for e in list(book.log)[-50:]][::-1],
+        ranges={r: range_view(mon.range_book(r), base_book, box) for r in RANGES},
         history=_history(mon),
         check_matrix=matrix,
         check_names=names,
@@ -227,8 +278,15 @@ def build(mon: Monitor, now: float | None = None, mode: str = "live", source: st
         waveform_info=dict(mon.waveform_info),
         arrival=arrival,
         reference_source=base.source if base is not None else "none yet",
-        baseline_ped_mean=None if base is None else base.pedestals.mean.copy(),
-        baseline_noise=None if base is None else base.pedestals.noise.copy(),
+        baseline_ped_mean=None
+        if base_book is None
+        else metrics.waveform_means(base_book).median() + detector.NOMINAL_PEDESTAL,
+        baseline_noise=None if base_book is None else metrics.waveform_rms(base_book).median(),
+        baseline_h1={} if base_book is None else {k: h.values().copy() for k, h in base_book.h1.items()},
+        shelved=[a.to_json() for a in book.shelved()],
+        suppressed=[a.to_json() for a in book.suppressed()],
+        alarm_history={n: [e.to_json() for e in book.events(n)] for n in book.history},
+        history_ticks=_history_ticks(mon),
     )
 
 

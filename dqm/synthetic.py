@@ -231,6 +231,7 @@ class SyntheticDaq:
             spill=spill,
             uptime_s=uptime_s,
             frontends={"0": FrontEndStatus(last_seen_s=frontend_age_s, state="running")},
+            run_frontends=("0",),
             eot_run=self.eot_run,
             events_run=self.event_id,
             spills_run=self.spills_run,

@@ -45,3 +45,27 @@ def test_silent_frontends_are_forgotten_live_ones_kept(
         lis.close()
         for fe in (*gone, live):
             fe.close()
+
+
+def test_the_status_names_the_current_runs_frontends(in_process_daq: Callable[..., InProcessDaq]) -> None:
+    """Only the front-end that started the run is expected to speak: an older identity (a previous
+    simulate) is listed in ``frontends`` but not in ``run_frontends``; between runs there is none."""
+    daq = in_process_daq(DaqConfig(writer=WriterConfig(fsync=False)), stop_after_run=False)
+    svc = daq.svc
+    old, new = FakeFrontEnd(svc.endpoint, run=1, seed=1), FakeFrontEnd(svc.endpoint, run=2, seed=2)
+    lis = Listener(svc.bound_publish)
+    try:
+        old.heartbeat()
+        st = lis.wait_status(lambda st: len(st["frontends"]) == 1)
+        assert st["run_frontends"] == []
+        new.run_start()
+        st = lis.wait_status(lambda st: st["state"] == "running" and len(st["frontends"]) == 2)
+        (new_id,) = st["run_frontends"]
+        assert new_id in st["frontends"] and set(st["frontends"]) - {new_id}  # the old one is still listed
+        new.run_stop()
+        st = lis.wait_status(lambda st: st["state"] == "idle")
+        assert st["run_frontends"] == []
+    finally:
+        lis.close()
+        for fe in (old, new):
+            fe.close()

@@ -56,6 +56,7 @@ def full_status() -> DaqStatus:
         spill=3,
         uptime_s=12.5,
         frontends={"00a1b2": FrontEndStatus(last_seen_s=0.2, state="running", name="na64 simulate")},
+        run_frontends=("00a1b2",),
         losses_run=dict.fromkeys(LOSS_REASONS, 0),
         eot_run=1000,
         events_run=20,
@@ -107,6 +108,19 @@ def test_a_versioned_document_must_be_complete_and_well_typed() -> None:
     # JSON has numbers: an integral float is an integer (5e11 bytes free), unknown keys are ignored
     s = SpillSummary.from_dict({**good, "free_disk_bytes": 5e11, "added_later": 1})
     assert s.free_disk_bytes == 500_000_000_000 and type(s.free_disk_bytes) is int
+
+
+def test_a_field_added_in_a_later_version_is_required_from_that_version_on() -> None:
+    """status_version 2 added run_frontends: a version-1 document (an older DAQ) is read without it, a
+    version-2 document must have it."""
+    v2 = full_status().to_dict()
+    assert v2["status_version"] == 2 and v2["run_frontends"] == ["00a1b2"]
+    v1 = {k: v for k, v in v2.items() if k != "run_frontends"} | {"status_version": 1}
+    assert DaqStatus.from_dict(v1).run_frontends == ()
+    with pytest.raises(DocumentError, match="run_frontends: missing"):
+        DaqStatus.from_dict({k: v for k, v in v2.items() if k != "run_frontends"})
+    with pytest.raises(DocumentError, match="losses_run: missing"):  # version-1 fields stay required
+        DaqStatus.from_dict({k: v for k, v in v1.items() if k != "losses_run"})
 
 
 def test_a_document_older_than_the_versions_is_read_with_defaults() -> None:

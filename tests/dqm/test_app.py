@@ -17,6 +17,7 @@ from dqm.synthetic import SynthConfig, SyntheticDaq
 class Controller:
     def __init__(self) -> None:
         self.acks: list[str] = []
+        self.shelves: list[tuple[str, str, float]] = []
         self.resets = 0
 
     def reset(self) -> None:
@@ -24,6 +25,9 @@ class Controller:
 
     def acknowledge(self, name: str, by: str) -> None:
         self.acks.append(name)
+
+    def shelve(self, name: str, reason: str, minutes: float, by: str) -> None:
+        self.shelves.append((name, reason, minutes))
 
 
 @pytest.fixture

@@ -149,3 +149,68 @@ def test_books_of_different_specs_do_not_add() -> None:
     except ValueError:
         return
     raise AssertionError("added books with different axes")
+
+
+def test_per_waveform_presample_distributions_are_robust_to_pileup() -> None:
+    """Each waveform's pre-sample mean and RMS (around the even and odd means) per channel: a pulse in
+    the pre-samples of one waveform in ten moves neither median."""
+    from dqm.metrics import waveform_means, waveform_rms
+
+    rng = np.random.default_rng(2)
+    wf = np.empty((10, N, detector.N_SAMPLES), np.uint16)
+    wf[:] = np.round(200 + rng.normal(0, 2.0, wf.shape)).astype(np.uint16)
+    wf[:, :, 1::2] += 4  # the odd samples' offset is not noise
+    wf[3, :, 2:6] += np.array([600, 300, 150, 75], np.uint16)  # the tail of an earlier pulse
+    book = Book(BookSpec())
+    b = batch(np.zeros((1, N), np.float32), [RANDOM])
+    book.fill(MonitoredEvents(**{**b.__dict__, "waveforms": wf}))
+    means, rms = waveform_means(book), waveform_rms(book)
+    assert np.all(means.n == 10) and np.all(rms.n == 10)
+    assert np.allclose(means.median() + detector.NOMINAL_PEDESTAL, 202.0, atol=1.2)
+    assert np.all((rms.median() > 1.0) & (rms.median() < 2.5))  # ~0.87 sigma for 4 degrees of freedom
+    assert np.all(rms.at_least(np.full(N, 20.0)) == 1)  # the piled-up waveform, one per channel
+
+
+def test_an_older_reference_without_the_new_histograms_loads(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from dqm import reference
+
+    rng = np.random.default_rng(1)
+    book = Book(BookSpec())
+    book.fill(batch(rng.exponential(1.0, (20, N)).astype(np.float32), [PHYSICS] * 10 + [BEAM] * 10))
+    data = book.to_dict()
+    for key in ("wf_mean", "wf_rms"):
+        del data[key]
+    del data["h2"]["ecal_hcal_zoom"]
+    doc = {
+        "format": reference.FORMAT,
+        "format_version": 1,
+        "provenance": {"runs": [4]},
+        "spec": reference._spec_dict(BookSpec()),
+        "spills": [
+            {
+                "run": 4,
+                "spill": 1,
+                "n_beam": 1000,
+                "physics": 10,
+                "beam": 10,
+                "random": 0,
+                "spill_length_s": 1.0,
+            }
+        ],
+        "book": data,
+    }
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps(doc))
+    base = reference.load(path)
+    assert "format 1: no h2.ecal_hcal_zoom, wf_mean, wf_rms" in base.source
+    assert np.array_equal(base.book.arrays["hits"], book.arrays["hits"])
+    doc["format_version"] = 2  # the current format must have them
+    path.write_text(json.dumps(doc))
+    try:
+        reference.load(path)
+    except reference.DqmUserError as e:
+        assert "damaged" in str(e)
+    else:
+        raise AssertionError("a version-2 reference without wf_mean loaded")

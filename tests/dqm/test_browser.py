@@ -61,12 +61,12 @@ class Page:
     def updates(self) -> int:
         return int(self.page.evaluate("window.na64 ? window.na64.updates : 0"))
 
-    def wait(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    def wait(self, predicate: Callable[[], bool], timeout: float, what: str, poll: float = 0.05) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if predicate():
                 return
-            time.sleep(0.2)
+            time.sleep(poll)
         raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
     def view(self) -> dict[str, Any]:
@@ -141,7 +141,7 @@ def test_page_renders_and_updates_while_a_simulated_run_streams(
         first = page.eot()
         page.wait(lambda: page.eot() > first, 20, "the EOT counter to increase")
         assert page.updates() > 2
-        page.page.wait_for_selector("text=dead_channels", timeout=5000)  # traffic lights are there
+        page.page.wait_for_selector("#check-dead_channels", timeout=5000)  # traffic lights are there
         page.page.screenshot(path=str(artifacts_dir / "dqm-summary.png"))
         # every tab renders; the URL follows the view
         for title, name in (
@@ -211,4 +211,135 @@ def test_a_frozen_or_vanished_browser_does_not_slow_another(
     assert during > 0.5 * before and after > 0.5 * before
     assert b.errors == [], b.errors
     b.close()
+    assert dqm.stop() == 0
+
+
+class StatusFeed:
+    """A stand-in DAQ publishing one status document (SUMMARY kind 2) every 0.2 s on an XPUB socket."""
+
+    def __init__(self, endpoint: str) -> None:
+        import json
+        import threading
+
+        import zmq
+
+        from daq import protocol
+
+        self.doc: dict[str, Any] = {}
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        ctx = zmq.Context.instance()
+        sock = ctx.socket(zmq.XPUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind(endpoint)
+
+        def loop() -> None:
+            try:
+                while not self.stop.is_set():
+                    with self.lock:
+                        text = json.dumps(self.doc)
+                    sock.send_multipart(
+                        protocol.encode(protocol.Summary.of(protocol.Summary.KIND_STATUS, text))
+                    )
+                    time.sleep(0.2)
+            finally:
+                sock.close(0)
+
+        self.thread = threading.Thread(target=loop, daemon=True)
+        self.thread.start()
+
+    def set(self, frontends: dict[str, Any], run_frontends: list[str]) -> float:
+        with self.lock:
+            self.doc = {
+                "state": "running",
+                "run": 5,
+                "spill": None,
+                "frontends": frontends,
+                "run_frontends": run_frontends,
+                "eot_run": 0,
+                "alarms": {},
+            }
+        return time.monotonic()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
+def test_alarm_changes_redraw_the_open_page_within_2_s(
+    browser: Any,
+    broker: Any,
+    listen: Callable[..., Any],
+    dqm_process: Callable[..., DqmProcess],
+    tmp_path: Path,
+    artifacts_dir: Path,
+) -> None:
+    """Acknowledge (from the page and over MQTT), escalation WARN -> ERROR and return to normal each show
+    on an open page within 2 s, with the alarm table's row count unchanged (issue 18, finding 3)."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    feed = StatusFeed(endpoint)
+    cfg = tmp_path / "dqm.toml"
+    cfg.write_text('update_ms = 250\n[mqtt]\ntopic_prefix = "t18"\n')
+    mq = listen(broker.port)
+    dqm = dqm_process("--source", endpoint, "--port", "0", "--config", str(cfg), "--mqtt", broker.url)
+    page = Page(browser)
+    row = "#alarm-frontend_heartbeat"
+
+    def attrs() -> tuple[str | None, str | None]:
+        loc = page.page.locator(row)
+        if loc.count() == 0:
+            return None, None
+        return loc.get_attribute("data-state"), loc.get_attribute("data-severity")
+
+    def shown(state: str | None, severity: str | None, since: float, what: str) -> float:
+        """Seconds from ``since`` until the page shows the row so (``None``: gone); fails after 10 s."""
+        page.wait(lambda: attrs() == (state, severity), 10, f"{what} on the page")
+        took = time.monotonic() - since
+        rows = page.page.locator("#na64-alarm-table").get_attribute("data-rows")
+        print(f"{what}: on the page after {took:.2f} s ({rows} row(s) in the table)")
+        return took
+
+    try:
+        alive = {"fe": {"last_seen_s": 0.1, "state": "running", "name": "simulate"}}
+        feed.set(alive, ["fe"])
+        page.open(dqm.url)
+        page.wait(lambda: page.page.locator("#na64-daq").inner_text() == "running", 20, "the DAQ state")
+        # the run without its front-end: WARN
+        t = feed.set({}, [])
+        shown("unacknowledged", "WARN", t, "raised (WARN)")
+        # acknowledged from the page
+        page.page.get_by_role("button", name="Acknowledge", exact=True).click()
+        t = time.monotonic()
+        took_ack = shown("acknowledged", "WARN", t, "acknowledged from the page")
+        # escalation: the run's front-end is silent: ERROR, unacknowledged again, shown WARN -> ERROR
+        t = feed.set({"fe": {"last_seen_s": 9.0, "state": "running"}}, ["fe"])
+        took_up = shown("unacknowledged", "ERROR", t, "escalated to ERROR")
+        assert (
+            "WARN" in page.page.locator(row).inner_text() and "ERROR" in page.page.locator(row).inner_text()
+        )
+        page.page.screenshot(path=str(artifacts_dir / "dqm-alarm-escalated.png"))
+        # acknowledged over MQTT
+        t = time.monotonic()
+        mq.publish("t18/ack", '{"name": "frontend_heartbeat", "by": "shift leader"}')
+        took_mqtt = shown("acknowledged", "ERROR", t, "acknowledged over MQTT")
+        assert "shift leader" in page.page.locator(row).inner_text()
+        # the front-end speaks again: back to normal, the row leaves the table
+        t = feed.set(alive, ["fe"])
+        took_clear = shown(None, None, t, "returned to normal (off the table)")
+        assert max(took_ack, took_up, took_mqtt, took_clear) < 2.0
+        # its history is on the page: raised, acknowledged, escalated, acknowledged, returned to normal
+        alarms = page.page.locator("select").filter(
+            has=page.page.locator("option[value='frontend_heartbeat']")
+        )
+        alarms.select_option("frontend_heartbeat")
+        page.wait(
+            lambda: "returned to normal" in page.page.locator("#na64-alarm-history").inner_text(),
+            10,
+            "history",
+        )
+        page.page.screenshot(path=str(artifacts_dir / "dqm-alarm-history.png"))
+        assert page.errors == [], page.errors
+        page.close()
+    finally:
+        feed.close()
     assert dqm.stop() == 0

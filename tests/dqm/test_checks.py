@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 import pytest
 
-from daq import detector
+from daq import detector, protocol
 from daq.summary import DaqStatus
-from dqm.alarms import AlarmBook, Lifecycle
+from dqm.alarms import AlarmState
 from dqm.checks import (
     CalibrationCheck,
-    CheckResult,
     DaqHeartbeatCheck,
     FrontendHeartbeatCheck,
     LiveContext,
     State,
+    default_live_checks,
 )
 from dqm.config import DqmConfig
 from dqm.monitor import AlarmChanged, Monitor
@@ -67,21 +68,31 @@ def test_fault_raises_the_right_alarm(
     mon, daq = primed
     daq.with_faults(**faults)
     changes = run_spills(mon, daq, range(GOOD_SPILLS + 1, GOOD_SPILLS + 2))
-    raised = {c.alarm.name: c.alarm for c in changes if c.alarm.lifecycle is Lifecycle.RAISED}
+    raised = {c.alarm.name: c.alarm for c in changes if "raised" in c.events}
     assert alarm in raised, f"{alarm} not raised; raised: {sorted(raised)}"
     assert raised[alarm].severity is severity
     assert text in raised[alarm].message
-    # the fault goes away: the alarm clears
+    # the fault goes away: the alarm returns to normal after alarms.clear_after_spills (2) good spills
     daq.with_faults()
     changes = run_spills(mon, daq, range(GOOD_SPILLS + 2, GOOD_SPILLS + 3))
-    cleared = {c.alarm.name for c in changes if c.alarm.lifecycle is Lifecycle.CLEARED}
+    assert (
+        mon.alarms.get(alarm).active
+        and "back to normal after 1 more good spill" in mon.alarms.get(alarm).message
+    )
+    changes = run_spills(mon, daq, range(GOOD_SPILLS + 3, GOOD_SPILLS + 4))
+    cleared = {c.alarm.name for c in changes if "returned to normal" in c.events}
     assert alarm in cleared
+    assert not [a for a in mon.alarms.open_alarms() if a.active]
+    # returned to normal, but listed until a person has seen it
+    assert alarm in {a.name for a in mon.alarms.open_alarms()}
+    mon.acknowledge("all", time.time(), "shifter")
     assert not mon.alarms.open_alarms()
 
 
 def test_a_good_spill_raises_nothing(primed: tuple[Monitor, SyntheticDaq]) -> None:
     mon, daq = primed
-    assert run_spills(mon, daq, range(GOOD_SPILLS + 1, GOOD_SPILLS + 4)) == []
+    changes = run_spills(mon, daq, range(GOOD_SPILLS + 1, GOOD_SPILLS + 4))
+    assert [c.alarm for c in changes if c.alarm.state is not AlarmState.NORMAL] == []
 
 
 def test_reference_shape_check_sees_a_changed_distribution(primed: tuple[Monitor, SyntheticDaq]) -> None:
@@ -124,17 +135,37 @@ def test_daq_heartbeat() -> None:
     assert res.state is State.ERROR and "silent for 10.0 s" in res.message
 
 
-def test_frontend_heartbeat() -> None:
+def test_frontend_heartbeat_judges_the_current_runs_frontends() -> None:
     check = FrontendHeartbeatCheck()
-    ok = {"state": "in_spill", "frontends": {"fe1": {"last_seen_s": 0.3, "state": "in_spill"}}}
-    assert check.evaluate(live_ctx(status=ok, status_age_s=0.1)).state is State.OK
-    silent = {"state": "in_spill", "frontends": {"fe1": {"last_seen_s": 9.0, "state": "in_spill"}}}
-    assert check.evaluate(live_ctx(status=silent, status_age_s=0.1)).state is State.ERROR
-    stalled = {"state": "in_spill", "frontends": {"fe1": {"last_seen_s": 0.2, "state": "STALLED"}}}
-    res = check.evaluate(live_ctx(status=stalled, status_age_s=0.1))
+
+    def status(state: str, fes: dict[str, Any], run_fes: list[str] | None) -> LiveContext:
+        doc: dict[str, Any] = {"state": state, "run": 7, "frontends": fes}
+        if run_fes is not None:
+            doc["run_frontends"] = run_fes
+        return live_ctx(status=doc, status_age_s=0.1)
+
+    alive = {"fe1": {"last_seen_s": 0.3, "state": "in_spill"}}
+    assert check.evaluate(status("in_spill", alive, ["fe1"])).state is State.OK
+    silent = {"fe1": {"last_seen_s": 9.0, "state": "in_spill"}}
+    assert check.evaluate(status("in_spill", silent, ["fe1"])).state is State.ERROR
+    stalled = {"fe1": {"last_seen_s": 0.2, "state": "STALLED"}}
+    res = check.evaluate(status("in_spill", stalled, ["fe1"]))
     assert res.state is State.ERROR and "stalled" in res.message
-    none = {"state": "running", "frontends": {}}
-    assert check.evaluate(live_ctx(status=none, status_age_s=0.1)).state is State.WARN
+    # an earlier run's front-end (kept in the DAQ's list for an hour) is no concern
+    old_and_new = {
+        "old": {"last_seen_s": 71.5, "state": "idle"},
+        "fe2": {"last_seen_s": 0.2, "state": "running"},
+    }
+    assert check.evaluate(status("running", old_and_new, ["fe2"])).state is State.OK
+    # ... but without run_frontends (an older DAQ) every listed one is expected
+    assert check.evaluate(status("running", old_and_new, None)).state is State.ERROR
+    # the run's front-end is not even connected
+    res = check.evaluate(status("running", {}, ["fe3"]))
+    assert res.state is State.ERROR and "not connected" in res.message
+    assert check.evaluate(status("running", {}, [])).state is State.WARN
+    # between runs, and without a current DAQ status: not judged (never OK)
+    assert check.evaluate(status("idle", silent, [])).state is State.UNKNOWN
+    assert check.evaluate(live_ctx(status={"state": "running"}, status_age_s=30.0)).state is State.UNKNOWN
 
 
 def test_calibration_of_the_run() -> None:
@@ -171,30 +202,42 @@ def test_calibration_of_the_run() -> None:
     assert sums.details == ("V1", "ECAL00", "HCAL0_04")
 
 
-def test_alarm_lifecycle() -> None:
-    book = AlarmBook(log_size=10)
-    warn = CheckResult("x", State.WARN, "w")
-    err = CheckResult("x", State.ERROR, "e")
-    ok = CheckResult("x", State.OK, "fine")
-    unknown = CheckResult("x", State.UNKNOWN, "?")
-    a = book.update(warn, 1.0, 1, 1)
-    assert a is not None and a.lifecycle is Lifecycle.RAISED and a.severity is State.WARN
-    assert book.update(warn, 2.0, 1, 2) is None  # same severity: no transition
-    acked = book.acknowledge("x", 3.0, "shifter")
-    assert acked is not None and acked.lifecycle is Lifecycle.ACKNOWLEDGED and acked.acked_by == "shifter"
-    assert book.acknowledge("x", 3.5) is None  # already acknowledged
-    assert book.update(unknown, 4.0, 1, 3) is None
-    worse = book.update(err, 5.0, 1, 4)  # severity rises: raised again, acknowledgement dropped
-    assert worse is not None and worse.lifecycle is Lifecycle.RAISED and worse.acked_at is None
-    cleared = book.update(ok, 6.0, 1, 5)
-    assert cleared is not None and cleared.lifecycle is Lifecycle.CLEARED and cleared.cleared_at == 6.0
-    again = book.update(err, 7.0, 1, 6)
-    assert again is not None and again.times_raised == 2
-    assert [x.lifecycle for x in book.log] == [
-        Lifecycle.RAISED,
-        Lifecycle.ACKNOWLEDGED,
-        Lifecycle.RAISED,
-        Lifecycle.CLEARED,
-        Lifecycle.RAISED,
+def test_frontend_alarm_is_suppressed_between_runs_not_raised() -> None:
+    """The issue's false ERROR: a clean end of run used to raise "<id> silent 4.2 s" for ever."""
+    mon = Monitor(live=True)
+
+    def status(state: str, fes: dict[str, Any], run_fes: list[str], now: float) -> None:
+        doc = {"state": state, "run": 1, "frontends": fes, "run_frontends": run_fes, "eot_run": 0}
+        mon.handle(protocol.Summary.of(protocol.Summary.KIND_STATUS, json.dumps(doc)), now)
+
+    status("in_spill", {"fe": {"last_seen_s": 0.1, "state": "in_spill"}}, ["fe"], 0.0)
+    mon.tick(0.5)
+    assert mon.alarms.get("frontend_heartbeat").state is AlarmState.NORMAL
+    for t in range(1, 80):  # run over: the front-end goes quiet, the DAQ reports idle
+        status("idle", {"fe": {"last_seen_s": float(t), "state": "idle"}}, [], float(t))
+        mon.tick(t + 0.5)
+    a = mon.alarms.get("frontend_heartbeat")
+    assert a.state is AlarmState.SUPPRESSED and not a.open and a.times_raised == 0
+    status(
+        "running",
+        {"fe": {"last_seen_s": 80.0, "state": "idle"}, "fe2": {"last_seen_s": 0.1, "state": "running"}},
+        ["fe2"],
+        80.0,
+    )
+    mon.tick(80.5)
+    a = mon.alarms.get("frontend_heartbeat")
+    assert a.state is AlarmState.NORMAL and a.severity is State.OK, a
+
+
+def test_daq_alarms_in_the_status_become_dqm_alarms() -> None:
+    doc = {"state": "running", "alarms": {"calibration": "run 3: no constants; using nominal-v1", "new": "x"}}
+    ctx = live_ctx(status=doc, status_age_s=0.2)
+    daq_checks = [
+        c for c in default_live_checks(DqmConfig()) if c.name.startswith("daq_") and c.name != "daq_heartbeat"
     ]
-    assert book.open_alarms()[0].name == "x"
+    res = {c.name: c.evaluate(ctx) for c in daq_checks}
+    assert "daq_calibration" not in res  # the calibration check judges the status's calibration entry
+    assert res["daq_other"].state is State.WARN and res["daq_other"].message == "DAQ: new: x"
+    assert res["daq_disk"].state is State.OK and res["daq_write"].state is State.OK
+    stale = live_ctx(status=doc, status_age_s=60.0)
+    assert all(c.evaluate(stale).state is State.UNKNOWN for c in daq_checks)

@@ -91,3 +91,27 @@ def test_arrival_histogram_accepts_seconds_or_ns_and_rejects_garbage() -> None:
     assert metrics.arrival_histogram(None) is None
     with pytest.raises(DocumentError, match=r"histograms\.arrival_time: expected an object"):
         summary({"arrival_time": "x"})  # not even a histogram: the summary is refused
+
+
+def test_chi2_against_a_large_reference_keeps_its_false_alarm_rate() -> None:
+    """A spill against a reference of 100 spills: rare bins (expecting 0.01 entries) used to add ~M/N
+    each to chi2 when hit; grouped to expect >= 5 entries, the p-values are uniform again."""
+    from dqm import stats
+
+    rng = np.random.default_rng(5)
+    edges = np.linspace(0, 120, 121)
+    shape = np.exp(-0.5 * ((0.5 * (edges[1:] + edges[:-1]) - 100) / 5) ** 2) + 2e-4  # a peak and a flat tail
+    shape /= shape.sum()
+    reference = rng.multinomial(250_000, shape).astype(float)
+    pvalues = {0.0: [], 5.0: []}
+    for _ in range(400):
+        spill = rng.multinomial(2500, shape).astype(float)
+        for min_expected in pvalues:
+            ratio, ndf = metrics.chi2_ndf(spill, reference, min_expected)
+            pvalues[min_expected].append(stats.chi2_sf(ratio * ndf, ndf))
+    merged, raw = np.asarray(pvalues[5.0]), np.asarray(pvalues[0.0])
+    assert np.mean(merged < 0.01) <= 0.025 and np.mean(merged < 0.1) <= 0.15  # ~1% and ~10%
+    assert np.mean(raw < 0.01) > 0.03  # the ungrouped test was far off (tail bins)
+    groups = metrics.merge_bins(reference, 2500, 5.0)
+    expected = np.bincount(groups, weights=reference) * 2500 / reference.sum()
+    assert expected.min() >= 5.0 and np.all(np.diff(groups) >= 0)

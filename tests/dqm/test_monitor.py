@@ -11,6 +11,7 @@ import pytest
 from daq import protocol
 from daq.config_loader import from_dict
 from dqm import snapshot
+from dqm.checks import State
 from dqm.config import DqmConfig
 from dqm.monitor import Monitor, SpillClosed
 from dqm.synthetic import SynthConfig, SyntheticDaq
@@ -148,3 +149,43 @@ def test_snapshot_has_fixed_size(daq: SyntheticDaq) -> None:
         feed(mon, daq, 1, spill)
     assert shapes() == early
     assert len(mon.history) == 20
+
+
+def status_doc(state: str, run: int | None, eot: int) -> protocol.Summary:
+    doc = {"state": state, "run": run, "eot_run": eot, "frontends": {}, "run_frontends": []}
+    return protocol.Summary.of(protocol.Summary.KIND_STATUS, json.dumps(doc))
+
+
+def test_eot_of_the_run_never_goes_back(daq: SyntheticDaq) -> None:
+    """The DAQ's running count is ahead mid-spill; at the run's end its status forgets the run: the
+    page's EOT used to drop to the sum of the checked spills (14 479 064 -> 11 834 171)."""
+    mon = Monitor(live=True)
+    feed(mon, daq, 1, 1, now=0.0)
+    shown = [mon.eot_total()]
+    mon.handle(status_doc("in_spill", 1, 10 * daq.config.eot_per_event * 200), 1.0)
+    shown.append(mon.eot_total())
+    mon.handle(status_doc("idle", None, 0), 2.0)  # run over
+    shown.append(mon.eot_total())
+    mon.tick(5.0)  # the pending spill is checked: the sum of spills grows, still below the DAQ's count
+    shown.append(mon.eot_total())
+    assert shown == sorted(shown) and shown[-1] == 10 * daq.config.eot_per_event * 200
+    mon.handle(status_doc("running", 2, 5), 6.0)  # a new run starts from its own count
+    assert mon.eot_total() == 5
+
+
+def test_a_silent_daq_reads_unknown_not_its_last_state() -> None:
+    mon = Monitor(live=True)
+    mon.handle(status_doc("idle", None, 0), 100.0)
+    fresh = snapshot.build(mon, now=101.0)
+    assert fresh.header["daq_state"] == "idle" and not fresh.header["daq_stale"]
+    stale = snapshot.build(mon, now=130.0)
+    assert stale.header["daq_stale"] and stale.header["daq_state"].startswith("unknown: last status 30 s ago")
+    assert stale.header["status_age_s"] == 30.0
+
+
+def test_a_spill_without_monitored_events_is_not_judged_ok(daq: SyntheticDaq) -> None:
+    mon = Monitor(live=False)
+    (closed,) = [n for n in mon.handle(daq.summary_message(1, 1), 0.0) if isinstance(n, SpillClosed)]
+    states = {r.name: r.state for r in closed.results}
+    for name in ("dead_channels", "hot_channels", "pedestals", "electron_peak", "early_saturation"):
+        assert states[name] is State.UNKNOWN, name

@@ -5,6 +5,7 @@ The DQM runs as a real ``na64 dqm`` process fed by a synthetic DAQ feed on a rea
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 import urllib.request
@@ -60,19 +61,31 @@ def test_alarm_lifecycle_spills_and_status(
     status = mq.latest(f"{P}/status")
     assert status["url"] == dqm.url and status["mode"] == "live"
 
-    # no DAQ: the heartbeat check raises its alarm (retained, ERROR)
+    # every check's alarm is published from the start (this DQM owns the topics): normal, not judged
+    mq.wait(lambda: state_of(mq, f"{P}/alarms/dead_channels") == "normal", 10, "dead_channels normal")
+    assert mq.latest(f"{P}/alarms/dead_channels")["judged"] is False
+
+    # no DAQ: the heartbeat check raises its alarm (retained, ERROR, unacknowledged)
     alarm = f"{P}/alarms/daq_heartbeat"
-    mq.wait(lambda: state_of(mq, alarm) == "raised", 10, "daq_heartbeat raised")
-    assert mq.latest(alarm)["severity"] == "ERROR" and "no DAQ status" in mq.latest(alarm)["message"]
+    mq.wait(lambda: state_of(mq, alarm) == "unacknowledged", 10, "daq_heartbeat raised")
+    raised = mq.latest(alarm)
+    assert raised["severity"] == "ERROR" and "no DAQ status" in raised["message"] and raised["active"]
+    assert [e["event"] for e in raised["history"]] == ["raised"]
+    assert mq.latest(f"{P}/status")["unacknowledged"] >= 1
 
     # acknowledged from MQTT
     mq.publish(f"{P}/ack", '{"name": "daq_heartbeat", "by": "shift leader"}')
     mq.wait(lambda: state_of(mq, alarm) == "acknowledged", 10, "daq_heartbeat acknowledged")
     assert mq.latest(alarm)["acked_by"] == "shift leader"
 
-    # the DAQ appears: the alarm clears, spills are summarised, checks published
+    # the DAQ appears: the acknowledged alarm returns to normal, spills are summarised, checks published
     feed(spill_period_s=0.6, endpoint=endpoint)
-    mq.wait(lambda: state_of(mq, alarm) == "cleared", 15, "daq_heartbeat cleared")
+    mq.wait(lambda: state_of(mq, alarm) == "normal", 15, "daq_heartbeat back to normal")
+    assert [e["event"] for e in mq.latest(alarm)["history"]] == [
+        "raised",
+        "acknowledged",
+        "returned to normal",
+    ]
     spills = mq.wait(lambda: mq.all(f"{P}/spill") if len(mq.all(f"{P}/spill")) >= 2 else None, 20, "2 spills")
     s = spills[-1]
     assert s["run"] == 1 and s["n_beam"] > 0 and s["triggers"]["physics"] > 0
@@ -93,7 +106,7 @@ def test_alarm_lifecycle_spills_and_status(
     # a new subscriber gets the retained states
     late = listen(broker.port, f"{P}/#")
     late.wait(lambda: state_of(late, f"{P}/status") == "offline", 10, "retained offline status")
-    late.wait(lambda: state_of(late, alarm) == "cleared", 10, "retained alarm state")
+    late.wait(lambda: state_of(late, alarm) == "normal", 10, "retained alarm state")
 
 
 def test_last_will_when_the_dqm_is_killed(
@@ -128,7 +141,7 @@ def test_reconnects_after_broker_restart_and_republishes(
     mq = listen(broker.port)
     dqm = dqm_process("--source", endpoint, "--port", "0", "--mqtt", broker.url, "--config", str(config))
     alarm = f"{P}/alarms/daq_heartbeat"
-    mq.wait(lambda: state_of(mq, alarm) == "raised", 10, "daq_heartbeat raised")
+    mq.wait(lambda: state_of(mq, alarm) == "unacknowledged", 10, "daq_heartbeat raised")
     mq.close()
     broker.stop()  # no persistence: the restarted broker has no retained messages
     # while the broker is down the DQM keeps working: the DAQ appears, spills are checked, the page serves
@@ -140,7 +153,8 @@ def test_reconnects_after_broker_restart_and_republishes(
     broker.start()
     again = listen(broker.port)
     again.wait(lambda: state_of(again, f"{P}/status") == "online", 15, "status republished after reconnect")
-    again.wait(lambda: state_of(again, alarm) == "cleared", 15, "latest alarm state republished")
+    # not acknowledged by anybody: returned to normal, still to be acknowledged
+    again.wait(lambda: state_of(again, alarm) == "rtn_unacknowledged", 15, "latest alarm state republished")
     again.wait(lambda: again.all(f"{P}/spill"), 15, "spill summaries after reconnect")
     assert dqm.stop() == 0
 
@@ -164,3 +178,76 @@ def test_unreachable_broker_does_not_block(config: Path, dqm_process: Callable[.
     assert dqm.stop() == 0
     assert time.monotonic() - t < 8
     assert "unreachable" in dqm.log.read_text()
+
+
+def test_a_new_dqm_owns_the_retained_alarm_topics(
+    broker: Broker, listen: Callable[..., Listener], config: Path, dqm_process: Callable[..., DqmProcess]
+) -> None:
+    """Alarms a stopped DQM left retained (issue 18, finding 6): the new one clears those it does not
+    have and overwrites its own from its state; a subscriber arriving later sees only current states."""
+    old = listen(broker.port)
+    stale = {"name": "dead_channels", "state": "raised", "severity": "ERROR", "message": "1 dead: ECAL22"}
+    gone = {"name": "retired_check", "state": "raised", "severity": "WARN", "message": "from an old version"}
+    for name, doc in (("dead_channels", stale), ("retired_check", gone)):
+        old.client.publish(f"{P}/alarms/{name}", json.dumps(doc), qos=1, retain=True).wait_for_publish(5)
+    old.close()
+    dqm = dqm_process(
+        "--source",
+        f"tcp://127.0.0.1:{free_port()}",
+        "--port",
+        "0",
+        "--mqtt",
+        broker.url,
+        "--config",
+        str(config),
+    )
+    mq = listen(broker.port)
+    mq.wait(lambda: state_of(mq, f"{P}/status") == "online", 10, "status online")
+    mq.wait(lambda: state_of(mq, f"{P}/alarms/dead_channels") == "normal", 10, "dead_channels overwritten")
+    time.sleep(1.0)
+    late = listen(broker.port, f"{P}/alarms/#")
+    late.wait(lambda: state_of(late, f"{P}/alarms/daq_heartbeat"), 10, "retained alarms")
+    time.sleep(1.0)
+    assert f"{P}/alarms/retired_check" not in late.messages  # deleted, not just left
+    assert all(state_of(late, t) != "raised" for t in late.messages)
+    assert "cleared the retained" in dqm.output()
+    assert dqm.stop() == 0
+
+
+def test_shelve_and_unshelve_over_mqtt(
+    broker: Broker, listen: Callable[..., Listener], config: Path, dqm_process: Callable[..., DqmProcess]
+) -> None:
+    mq = listen(broker.port)
+    dqm = dqm_process(
+        "--source",
+        f"tcp://127.0.0.1:{free_port()}",
+        "--port",
+        "0",
+        "--mqtt",
+        broker.url,
+        "--config",
+        str(config),
+    )
+    alarm = f"{P}/alarms/daq_heartbeat"
+    mq.wait(lambda: state_of(mq, alarm) == "unacknowledged", 10, "daq_heartbeat raised")
+    mq.publish(f"{P}/shelve", json.dumps({"name": "daq_heartbeat", "minutes": 5}))  # no reason: ignored
+    mq.publish(
+        f"{P}/shelve",
+        json.dumps(
+            {
+                "name": "daq_heartbeat",
+                "reason": "DAQ off for maintenance",
+                "minutes": 5,
+                "by": "run coordinator",
+            }
+        ),
+    )
+    mq.wait(lambda: state_of(mq, alarm) == "shelved", 10, "daq_heartbeat shelved")
+    shelved = mq.latest(alarm)["shelved"]
+    assert shelved["reason"] == "DAQ off for maintenance" and shelved["by"] == "run coordinator"
+    assert 250 < shelved["until"] - time.time() <= 300
+    mq.wait(lambda: mq.latest(f"{P}/status")["open_alarms"] == 0, 5, "no open alarm in the status")
+    mq.publish(f"{P}/shelve", json.dumps({"name": "daq_heartbeat", "unshelve": True}))
+    mq.wait(lambda: state_of(mq, alarm) == "unacknowledged", 10, "back, still active")
+    assert "ignored MQTT shelve" in dqm.output()
+    assert dqm.stop() == 0
