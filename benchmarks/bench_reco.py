@@ -17,9 +17,9 @@ import sys
 import time
 
 import numpy as np
+from daq.reco_kernel import reconstruct_rows, warm_up
 
 from daq import detector
-from daq.reco_kernel import reconstruct_rows, warm_up
 from daq.waveform import RecoConfig, _row_params, event_sums, reconstruct, reconstruct_numpy, synthesize
 
 

@@ -88,9 +88,9 @@ def main() -> int:
     ap.add_argument("file", type=Path, help="a spill file written by na64 daq")
     ap.add_argument("--batch", type=int, default=100, help="events per reconstruction call (default 100)")
     args = ap.parse_args()
-    from daq import reco_kernel
+    from daq import pulse_fit
 
-    reco_kernel.warm_up()
+    pulse_fit.warm_up()
     out: dict[str, float] = {}
     with SpillFile(args.file) as f:
         n_events = f.n_events
@@ -155,6 +155,7 @@ def main() -> int:
         pileup=np.concatenate([r.pileup for r, _ in recos]),
         waveforms=assembled,
         prim_amp=np.ascontiguousarray(prim["amp"]),
+        **EventBatch.without_fit(prim["amp"].shape[1], prim["amp"].shape[0]),
     )
     with tempfile.TemporaryDirectory(prefix="bench-floor-") as tmp:
         header = SpillHeader(

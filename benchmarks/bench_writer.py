@@ -83,6 +83,7 @@ def realistic_batch(n: int, rng: np.random.Generator, first_id: int = 0) -> Even
         pileup=r.pileup,
         waveforms=wf,
         prim_amp=np.ascontiguousarray(amp[:, prim].T.astype(np.uint16)),
+        **{**EventBatch.without_fit(n, len(prim)), "chi2": r.chi2, "n_pulses": r.n_pulses},
     )
 
 
@@ -111,6 +112,7 @@ def recorded_batches(path: Path, batch: int) -> list[EventBatch]:
                 pileup=pu[s].astype(bool),
                 waveforms=wf[s].copy(),
                 prim_amp=np.ascontiguousarray(prim[:, s]),
+                **EventBatch.without_fit(wf[s].shape[0], prim.shape[0]),
             )
         )
     return out

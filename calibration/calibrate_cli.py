@@ -575,7 +575,7 @@ def fixed_time_signals(
         shapes,
         lambda dt, c: waveform.template(dt, reco.pulse_order, fwhm[c]),
         fwhm,
-        reco.n_pedestal,
+        6,  # pre-samples of the fixed-time fit's pedestal
         offset_ns=delay,
     )
 

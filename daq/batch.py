@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from daq import detector
+from daq.waveform import MAX_NEIGHBOURS
 
 #: names of the event sums, in the row order of ``EventBatch.sums`` and ``protocol.Events.sums``
 SUM_NAMES = ("e_prs", "e_ecal", "e_hcal", "e_veto", "e_srd", "e_miss")
@@ -27,9 +28,15 @@ class EventBatch:
     energy: np.ndarray  # (E, 110) float32 GeV
     amplitude: np.ndarray  # (E, 110) float32 ADC counts
     peak_time: np.ndarray  # (E, 110) float32 ns
-    pileup: np.ndarray  # (E, 110) bool
+    pileup: np.ndarray  # (E, 110) bool: an out-of-time pulse above threshold was fitted and removed
+    chi2: np.ndarray  # (E, 110) float32: the pulse fit's chi2 per degree of freedom
+    n_pulses: np.ndarray  # (E, 110) uint8: pulses above threshold in the window, in-time included
     waveforms: np.ndarray  # (E, 110, S) uint16
     prim_amp: np.ndarray  # (C, E) uint16
+    #: the other particles near each trigger used by the pile-up fit (daq.waveform.Neighbours, padded)
+    nb_count: np.ndarray  # (E,) uint8
+    nb_dt_ns: np.ndarray  # (E, K) int32
+    nb_amp: np.ndarray  # (E, K, C) uint16
 
     def __len__(self) -> int:
         return int(self.event_id.shape[0])
@@ -68,6 +75,18 @@ class EventBatch:
         return EventBatch(**kw)
 
     @staticmethod
+    def without_fit(n: int, n_prim: int) -> dict[str, np.ndarray]:
+        """The pulse-fit fields of n events that were not fitted (chi2 0, no pulses, no neighbours): for
+        batches made by hand (tests, benchmarks), ``EventBatch(..., **EventBatch.without_fit(n, c))``."""
+        return {
+            "chi2": np.zeros((n, detector.N_CHANNELS), np.float32),
+            "n_pulses": np.zeros((n, detector.N_CHANNELS), np.uint8),
+            "nb_count": np.zeros(n, np.uint8),
+            "nb_dt_ns": np.zeros((n, MAX_NEIGHBOURS), np.int32),
+            "nb_amp": np.zeros((n, MAX_NEIGHBOURS, n_prim), np.uint16),
+        }
+
+    @staticmethod
     def empty(n_prim: int, n_samples: int = detector.N_SAMPLES) -> EventBatch:
         n = detector.N_CHANNELS
         return EventBatch(
@@ -82,6 +101,11 @@ class EventBatch:
             amplitude=np.zeros((0, n), np.float32),
             peak_time=np.zeros((0, n), np.float32),
             pileup=np.zeros((0, n), bool),
+            chi2=np.zeros((0, n), np.float32),
+            n_pulses=np.zeros((0, n), np.uint8),
             waveforms=np.zeros((0, n, n_samples), np.uint16),
             prim_amp=np.zeros((n_prim, 0), np.uint16),
+            nb_count=np.zeros(0, np.uint8),
+            nb_dt_ns=np.zeros((0, MAX_NEIGHBOURS), np.int32),
+            nb_amp=np.zeros((0, MAX_NEIGHBOURS, n_prim), np.uint16),
         )

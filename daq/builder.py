@@ -20,7 +20,7 @@ from daq.batch import EventBatch
 from daq.contract import FRONTEND_COUNTERS, ChannelConstants, Losses
 from daq.protocol import NO_PARTICLE, Fragment
 from daq.trigger import BlockEnergy
-from daq.waveform import RecoConfig, event_sums, reconstruct
+from daq.waveform import Neighbours, RecoConfig, event_sums, find_neighbours, neighbour_range_ns, reconstruct
 
 #: the readout groups' channels as slices of the channel axis, and the mask of all groups
 _GROUP_SLICES = detector.GROUP_SLICES
@@ -44,6 +44,11 @@ class Pending:
     waveforms: np.ndarray | None = None  # (K, 110, S), allocated on the first fragment with data
     filled: int = 0  # bit g: group g's waveforms are in ``waveforms``
     any_data: bool = False
+    neighbours: Neighbours | None = None  # the other particles near each trigger (pile-up fit)
+    #: until the next slice is seen, the particles the neighbours are taken from (t_ns, amp, own indices),
+    #: for triggers whose window reaches past the end of their slice (t_end_ns)
+    stream: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    t_end_ns: int = 0
 
     @property
     def k(self) -> int:
@@ -63,6 +68,7 @@ class Readout:
         n_prim: int = 29,
         reco: RecoConfig | None = None,
         sample_period_ns: float = detector.SAMPLE_PERIOD_NS,
+        prim_channels: np.ndarray | None = None,
     ) -> None:
         self.constants = constants
         self.n_samples = n_samples
@@ -77,6 +83,16 @@ class Readout:
         self.n_fragments = 0
         self.n_events_read = 0
         self._logged: set[str] = set()
+        #: channel ids of the primitive rows (RUN_START), to match neighbours' primitives to channels
+        self.prim_channels = (
+            detector.default_primitive_channels()[:n_prim]
+            if prim_channels is None
+            else np.asarray(prim_channels, dtype=np.uint16)
+        )
+        #: particles of the previous slice(s) a trigger of the next slice may have as neighbours
+        self._tail: tuple[int, np.ndarray, np.ndarray] | None = None  # (spill, t_ns, amp)
+        self.before_ns, self.after_ns = neighbour_range_ns(self.reco, sample_period_ns, n_samples)
+        self.n_neighbours_dropped = 0  # events with more neighbours than the fit keeps
 
     # ------------------------------------------------------------ requests
     def add_request(
@@ -88,8 +104,17 @@ class Readout:
         trigger_mask: np.ndarray,
         prim_amp: np.ndarray,
         now: float,
-    ) -> Pending:
-        """Register a request (the caller sends it). ``prim_amp`` (C, N) of the whole slice."""
+        stream_t_ns: np.ndarray | None = None,
+        t_end_ns: int | None = None,
+        context: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> list[EventBatch]:
+        """Register a request (the caller sends it). ``prim_amp`` (C, N) of the whole slice, whose particles
+        arrive at ``stream_t_ns`` (N,); the slice ends at ``t_end_ns``; ``context``: (t_ns, amp) of other
+        particles of the beam that are not trigger candidates (a replay's recorded pile-up). The triggers'
+        neighbours for the pile-up fit are the particles of this slice, its context and the end of the
+        previous slice, and, for triggers near the end of the slice, the start of the next one: such a
+        request is completed when the next slice comes (or it expires, or the spill ends). Returns the
+        events of earlier requests this slice completed."""
         k = int(index.shape[0])
         part = index != NO_PARTICLE
         amp = np.zeros((prim_amp.shape[0], k), np.uint16)
@@ -107,9 +132,74 @@ class Readout:
             ids,
             amp,
         )
+        done = []
+        if stream_t_ns is not None:
+            s_t, s_amp, own = self._stream(spill, index, stream_t_ns, prim_amp, context)
+            done = self._extend_waiting(spill, s_t, s_amp)
+            p.neighbours, over = find_neighbours(
+                p.t_ns, own, s_t, s_amp, self.prim_channels, self.before_ns, self.after_ns
+            )
+            self.n_neighbours_dropped += over.size
+            end = int(t_end_ns) if t_end_ns is not None else int(s_t[-1]) + 1 if s_t.size else 0
+            if k and int(p.t_ns.max()) + self.after_ns > end:
+                p.stream, p.t_end_ns = (s_t, s_amp, own), end
+            self._keep_tail(spill, s_t, s_amp, end)
         self.pending[(spill, slice_id)] = p
         self.n_requests += 1
-        return p
+        return done
+
+    def _stream(
+        self,
+        spill: int,
+        index: np.ndarray,
+        t_ns: np.ndarray,
+        amp: np.ndarray,
+        context: tuple[np.ndarray, np.ndarray] | None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The particles the neighbours of a slice's triggers come from, in time order: the tail of the
+        previous slice, the slice, its context; and where each trigger's own particle is among them."""
+        parts_t, parts_amp = [np.asarray(t_ns, np.int64)], [np.asarray(amp, np.uint16)]
+        n_tail = 0
+        if self._tail is not None and self._tail[0] == spill:
+            parts_t.insert(0, self._tail[1])
+            parts_amp.insert(0, self._tail[2])
+            n_tail = self._tail[1].size
+        if context is not None and context[0].size:
+            parts_t.append(np.asarray(context[0], np.int64))
+            parts_amp.append(np.asarray(context[1], np.uint16))
+        s_t, s_amp, rank = _in_time_order(parts_t, parts_amp)
+        idx = np.asarray(index).astype(np.int64)
+        own = np.where(idx == NO_PARTICLE, -1, rank[np.minimum(idx, max(t_ns.size - 1, 0)) + n_tail])
+        return s_t, s_amp, own
+
+    def _keep_tail(self, spill: int, s_t: np.ndarray, s_amp: np.ndarray, t_end_ns: int) -> None:
+        first = np.searchsorted(s_t, t_end_ns - int(np.ceil(self.before_ns)), "left")
+        self._tail = (spill, s_t[first:].copy(), s_amp[:, first:].copy())
+
+    def _extend_waiting(self, spill: int, s_t: np.ndarray, s_amp: np.ndarray) -> list[EventBatch]:
+        """Requests waiting for the start of the next slice get their last neighbours from this one."""
+        done = []
+        for key, p in list(self.pending.items()):
+            if p.stream is None or key[0] != spill:
+                continue
+            t0, amp0, own = p.stream
+            head = np.searchsorted(s_t, p.t_end_ns + int(np.ceil(self.after_ns)), "right")
+            fresh = s_t[:head] >= p.t_end_ns  # the tail of p's slice is in both
+            t, amp, rank = _in_time_order([t0, s_t[:head][fresh]], [amp0, s_amp[:, :head][:, fresh]])
+            p.neighbours, over = find_neighbours(
+                p.t_ns,
+                np.where(own < 0, -1, rank[np.maximum(own, 0)]),
+                t,
+                amp,
+                self.prim_channels,
+                self.before_ns,
+                self.after_ns,
+            )
+            self.n_neighbours_dropped += over.size
+            p.stream = None
+            if p.got.all():
+                done.append(self._complete(key))
+        return done
 
     def cancel(self, spill: int, slice_id: int) -> Pending | None:
         """Forget a request that could not be sent."""
@@ -151,7 +241,7 @@ class Readout:
                 p.any_data = True
         if reason:
             self.losses[reason] += 1
-        if p.got.all():
+        if p.got.all() and p.stream is None:
             return self._complete(key), reason
         return None, reason
 
@@ -175,6 +265,7 @@ class Readout:
         return self._complete(key)
 
     def new_spill(self) -> None:
+        self._tail = None
         self.closed.clear()
         self.n_requests = self.n_fragments = self.n_events_read = 0
 
@@ -196,7 +287,9 @@ class Readout:
             for g in range(detector.N_GROUPS):
                 if not p.filled & (1 << g):
                     wf[:, _GROUP_SLICES[g], :] = 0
+        nb = p.neighbours if p.neighbours is not None else Neighbours.none(p.k, self.prim_channels)
         if p.k:
+            err = getattr(c, "errors", {}).get("time_offset_ns") if hasattr(c, "errors") else None
             r = reconstruct(
                 wf,
                 c.gain,
@@ -205,18 +298,24 @@ class Readout:
                 status=c.status,
                 config=self.reco,
                 sample_period_ns=self.sample_period_ns,
+                trigger_ns=p.t_ns,
+                neighbours=nb,
+                time_offset_error_ns=err,
             )
             energy, amplitude, peak_time, pileup = r.energy, r.amplitude, r.peak_time, r.pileup
+            chi2, n_pulses = r.chi2, r.n_pulses
             if p.missing:  # absent groups: zeros, not the reconstruction of an empty window
                 for g in range(detector.N_GROUPS):
                     if p.missing & (1 << g):
                         s = _GROUP_SLICES[g]
-                        energy[:, s] = amplitude[:, s] = peak_time[:, s] = 0
+                        energy[:, s] = amplitude[:, s] = peak_time[:, s] = chi2[:, s] = 0
                         pileup[:, s] = False
+                        n_pulses[:, s] = 0
         else:
             shape = (0, detector.N_CHANNELS)
-            energy, amplitude, peak_time = (np.zeros(shape, np.float32) for _ in range(3))
+            energy, amplitude, peak_time, chi2 = (np.zeros(shape, np.float32) for _ in range(4))
             pileup = np.zeros(shape, bool)
+            n_pulses = np.zeros(shape, np.uint8)
         return EventBatch(
             event_id=p.event_id,
             slice=np.full(p.k, p.slice_id, np.uint32),
@@ -229,9 +328,30 @@ class Readout:
             amplitude=amplitude,
             peak_time=peak_time,
             pileup=pileup,
+            chi2=chi2,
+            n_pulses=n_pulses,
             waveforms=wf,
             prim_amp=p.prim_amp,
+            nb_count=nb.count,
+            nb_dt_ns=nb.dt_ns,
+            nb_amp=nb.amp,
         )
+
+
+def _in_time_order(
+    parts_t: list[np.ndarray], parts_amp: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Particles of several parts (each usually in time order) joined in time order: (t_ns, amp (P, N),
+    rank: where each input particle went). A stable sort of sorted runs is a merge (timsort); parts already
+    in order one after another are not sorted at all."""
+    t = np.concatenate(parts_t) if len(parts_t) > 1 else np.asarray(parts_t[0])
+    amp = np.concatenate(parts_amp, axis=1) if len(parts_amp) > 1 else np.asarray(parts_amp[0])
+    if t.size < 2 or bool(np.all(t[1:] >= t[:-1])):
+        return t, amp, np.arange(t.size)
+    order = np.argsort(t, kind="stable")
+    rank = np.empty(order.size, np.int64)
+    rank[order] = np.arange(order.size)
+    return t[order], np.ascontiguousarray(amp[:, order]), rank
 
 
 def compare_counters(daq: Mapping[str, int], frontend: Mapping[str, int]) -> dict[str, tuple[int, int]]:

@@ -33,8 +33,8 @@ from daq.errors import UserError
 
 # ---------------------------------------------------------------- layout (shared with daq.writer)
 FORMAT = "na64-spill"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 PARTIAL_SUFFIX = ".partial"
 
 #: event table: /events/<column>, one 1-D dataset per column, all of length n_events
@@ -58,6 +58,15 @@ RECO_DATASETS: dict[str, np.dtype] = {
     "amplitude": np.dtype("<f4"),
     "peak_time": np.dtype("<f4"),
     "pileup": np.dtype("u1"),
+    "chi2": np.dtype("<f4"),  # since version 2
+    "n_pulses": np.dtype("u1"),  # since version 2
+}
+#: the other particles near each trigger, fitted as pile-up (version 2): /neighbours/<name>, padded to
+#: daq.waveform.MAX_NEIGHBOURS per event (count: how many are real), amp rows as /primitives/channels
+NEIGHBOUR_DATASETS: dict[str, np.dtype] = {
+    "count": np.dtype("u1"),  # (E,)
+    "dt_ns": np.dtype("<i4"),  # (E, K)
+    "amp": np.dtype("<u2"),  # (E, K, C)
 }
 #: ``units`` and ``description`` attribute of every dataset, by path ("*" = any histogram name). One row
 #: per dataset: the writer sets both on every dataset from this table and a test checks that no dataset
@@ -93,7 +102,21 @@ DATASET_INFO: dict[str, tuple[str, str]] = {
     "reco/energy": ("GeV", "per-channel energy (events x channels); 0 below zero suppression or missing"),
     "reco/amplitude": ("ADC counts", "per-channel pulse amplitude above pedestal (events x channels)"),
     "reco/peak_time": ("ns", "per-channel peak time within the readout window (events x channels)"),
-    "reco/pileup": ("1", "per-channel flag (events x channels): 1 if a second or out-of-time pulse was seen"),
+    "reco/pileup": (
+        "1",
+        "per-channel flag (events x channels): 1 if an out-of-time pulse above threshold was fitted and removed",
+    ),
+    "reco/chi2": ("1", "per-channel chi2 per degree of freedom of the pulse fit (events x channels)"),
+    "reco/n_pulses": (
+        "1",
+        "per-channel number of pulses above threshold in the window, in-time included (events x channels)",
+    ),
+    "neighbours/count": ("1", "how many other particles near the trigger the pile-up fit used (<= 12)"),
+    "neighbours/dt_ns": ("ns", "their arrival times minus the trigger time (events x 12, 0 past count)"),
+    "neighbours/amp": (
+        "ADC counts",
+        "their trigger primitives (events x 12 x primitive channels as primitives/channels, 0 past count)",
+    ),
     "waveforms": ("ADC counts", "raw 12-bit samples (events x channels x samples), pedestal included"),
     "primitives/channels": ("1", "channel id of each row of primitives/amp (RUN_START prim_channels)"),
     "primitives/t_ns": (
@@ -406,6 +429,13 @@ class SpillFile:
         for name in RECO_DATASETS:
             if f"reco/{name}" in h:
                 expect(f"reco/{name}", (n, n_ch), "events x channels")
+        if "neighbours" in h:
+            k = shape("neighbours/dt_ns")
+            expect("neighbours/count", (n,), "one count per event")
+            if len(k) != 2 or k[0] != n:
+                raise SpillFileError(f"{self.path}: /neighbours/dt_ns has shape {k}, expected (n_events, K)")
+            c = len(h["primitives/channels"]) if "primitives" in h else shape("neighbours/amp")[2]
+            expect("neighbours/amp", (n, k[1], c), "events x neighbours x primitive channels")
         if "primitives" in h:
             ch = shape("primitives/channels")
             ids = np.asarray(h["primitives/channels"][()]).ravel()
@@ -564,8 +594,32 @@ class SpillFile:
         return self._read("reco/peak_time", sel)
 
     def pileup(self, sel: Any = slice(None)) -> np.ndarray:
-        """Per-channel pile-up flag (E, 110) bool."""
+        """Per-channel pile-up flag (E, 110) bool: an out-of-time pulse above threshold was fitted and
+        removed (version 2; version 1: a second or out-of-time pulse was seen, and kept)."""
         return self._read("reco/pileup", sel).astype(bool)
+
+    def chi2(self, sel: Any = slice(None)) -> np.ndarray | None:
+        """Per-channel chi2 per degree of freedom of the pulse fit (E, 110); None for version 1 files."""
+        return self._read("reco/chi2", sel) if "reco/chi2" in self._h5 else None
+
+    def n_pulses(self, sel: Any = slice(None)) -> np.ndarray | None:
+        """Per-channel number of pulses above threshold (E, 110) uint8, in-time included; None for
+        version 1 files."""
+        return self._read("reco/n_pulses", sel) if "reco/n_pulses" in self._h5 else None
+
+    def neighbours(self, sel: Any = slice(None)) -> Any:
+        """The other particles near each trigger that the pile-up fit used (``daq.waveform.Neighbours``);
+        None for version 1 files."""
+        if "neighbours" not in self._h5:
+            return None
+        from daq.waveform import Neighbours
+
+        return Neighbours(
+            self._read("neighbours/count", sel),
+            self._read("neighbours/dt_ns", sel),
+            self._read("neighbours/amp", sel),
+            np.asarray(self._h5["primitives/channels"][()]),
+        )
 
     def waveforms(self, sel: Any = slice(None)) -> np.ndarray:
         """Raw samples (E, 110, n_samples) uint16 in ADC counts (0 for channels missing from the event)."""

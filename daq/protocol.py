@@ -234,17 +234,36 @@ class SpillEnd(Message):
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class Slice(Message):
-    """Trigger primitives of every beam particle in one time slice of a spill (structure of arrays)."""
+    """Trigger primitives of every beam particle in one time slice of a spill (structure of arrays).
+
+    Optional context frames ``ctx_t_ns`` (M,) and ``ctx_amp`` (C, M): other particles of the beam in the
+    slice that are not trigger candidates (a replay sends the recorded events' pile-up neighbours this
+    way). The DAQ uses them only to fit pile-up, never to trigger or count (EOT, histograms).
+    """
 
     TYPE: ClassVar = MessageType.SLICE
     BODY: ClassVar = (("t0_ns", "Q"), ("length_ns", "I"), ("n_particles", "I"))
-    FRAMES: ClassVar = (FrameSpec("t_ns", np.dtype("<i8"), 1), FrameSpec("amp", np.dtype("<u2"), 2))
+    FRAMES: ClassVar = (
+        FrameSpec("t_ns", np.dtype("<i8"), 1),
+        FrameSpec("amp", np.dtype("<u2"), 2),
+        FrameSpec("ctx_t_ns", np.dtype("<i8"), 1),
+        FrameSpec("ctx_amp", np.dtype("<u2"), 2),
+    )
+    MIN_FRAMES: ClassVar = 2
 
     t0_ns: int = 0  # slice start, ns since spill start
     length_ns: int = 0
     n_particles: int = 0
     t_ns: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))  # since spill start
     amp: NDArray[np.uint16] = field(default_factory=lambda: np.zeros((0, 0), np.uint16))  # (C, N)
+    ctx_t_ns: NDArray[np.int64] | None = None  # (M,) context particles, since spill start
+    ctx_amp: NDArray[np.uint16] | None = None  # (C, M)
+
+    @property
+    def context(self) -> tuple[NDArray[np.int64], NDArray[np.uint16]] | None:
+        if self.ctx_t_ns is None or self.ctx_amp is None:
+            return None
+        return self.ctx_t_ns, self.ctx_amp
 
     def check(self) -> None:
         if self.t_ns.shape != (self.n_particles,) or self.amp.shape[1] != self.n_particles:
@@ -252,6 +271,15 @@ class Slice(Message):
                 f"SLICE {self.slice_id}: n_particles={self.n_particles} but t_ns{self.t_ns.shape}, "
                 f"amp{self.amp.shape}"
             )
+        if (self.ctx_t_ns is None) != (self.ctx_amp is None):
+            raise FrameCountError(f"SLICE {self.slice_id}: ctx_t_ns and ctx_amp go together")
+        if self.ctx_t_ns is not None and self.ctx_amp is not None:
+            m = self.ctx_t_ns.shape[0]
+            if self.ctx_amp.shape != (self.amp.shape[0], m):
+                raise ShapeError(
+                    f"SLICE {self.slice_id}: ctx_amp{self.ctx_amp.shape} for {m} context particles of "
+                    f"{self.amp.shape[0]} primitive rows"
+                )
 
 
 #: index of a readout window that belongs to no particle (a random trigger): read the window at t_ns

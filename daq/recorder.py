@@ -555,7 +555,7 @@ class Recorder:
                 detector.N_CHANNELS,
             )
         period_ns = msg.sample_period_ps / 1000.0 if msg.sample_period_ps else detector.SAMPLE_PERIOD_NS
-        readout = Readout(constants, msg.n_samples, len(prim), self.config.reco, period_ns)
+        readout = Readout(constants, msg.n_samples, len(prim), self.config.reco, period_ns, prim)
         self.run = Run(
             msg.run, sender, trig, readout, prim, msg.n_samples, period_ns, info, constants.version
         )
@@ -859,8 +859,23 @@ class Recorder:
         sp.hist.fill(msg.t_ns, d.ecal_energy, d.prs_energy, t_end_ns=msg.t0_ns + msg.length_ns)
         self.eot_run += d.counts["n_strig"]
         self._loss(LossReason.DEAD_TIME, d.counts["dead_time_lost"], "triggers lost in dead time")
-        # one READOUT_REQUEST per slice, always with the t_ns frame
-        r.readout.add_request(sp.number, msg.slice_id, d.index, d.t_ns, d.trigger_mask, msg.amp, now)
+        # one READOUT_REQUEST per slice, always with the t_ns frame; the slice's particles (and a replay's
+        # context) are the neighbours of its triggers in the pile-up fit, and may complete earlier requests
+        # waiting for them
+        done = r.readout.add_request(
+            sp.number,
+            msg.slice_id,
+            d.index,
+            d.t_ns,
+            d.trigger_mask,
+            msg.amp,
+            now,
+            stream_t_ns=msg.t_ns,
+            t_end_ns=msg.t0_ns + msg.length_ns,
+            context=msg.context,
+        )
+        for batch in done:
+            self._events(batch, now)
         req = protocol.ReadoutRequest(
             run=sp.run,
             spill=sp.number,

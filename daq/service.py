@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 import zmq
 
-from daq import config_loader, protocol, reco_kernel
+from daq import config_loader, protocol, pulse_fit
 from daq.daq_config import DaqConfig
 from daq.errors import ConfigError
 from daq.process import tune_gc, tune_malloc
@@ -150,7 +150,7 @@ class DaqService:
                 f"--data-dir {self.data_dir}: cannot be the data directory ({e.strerror or e})"
             ) from None
         tune_malloc()
-        reco_kernel.warm_up()  # compile or load the reconstruction kernel before the first event
+        pulse_fit.warm_up()  # compile or load the reconstruction kernel before the first event
         tune_gc()
         self.recorder = Recorder(
             self.config,

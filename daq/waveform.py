@@ -1,90 +1,177 @@
-"""Waveform reconstruction, vectorized over (events, channels, samples): pure functions, no I/O.
+"""Waveform reconstruction: the in-time amplitude of every channel, with pile-up fitted away. Pure: no I/O.
 
-For every channel of every event:
+For every channel window (E events x C channels x S samples) the multi-pulse fit of
+:mod:`daq.pulse_fit` (compiled) models the samples as two pedestals (even and odd samples: the digitizer
+interleaves two ADCs) plus one pulse-shape template per particle whose pulse reaches the window: the
+in-time particle, at the trigger's phase in the window plus the channel's time offset, and every other
+particle of the beam near the trigger (:class:`Neighbours`, from the primitive stream), at its known
+arrival time. Out-of-time amplitudes are fitted >= 0 and removed (not kept and flagged); a neighbour's
+primitive amplitude in the channel (trigger-block cells and counters) is a prior on its amplitude; the
+channel's time offset is fitted per window (Gauss-Newton, prior from the calibration); pulses the stream
+does not explain are found in the residuals. Templates: CR-RC^n with the shape class's FWHM
+(:class:`RecoConfig`).
 
-- pedestal: mean of the first ``n_pedestal`` samples, even and odd samples separately (the digitizer
-  interleaves two ADCs, so their pedestals differ);
-- amplitude (ADC counts above pedestal): the pulse height, not the maximum sample. A parabola through the
-  maximum sample and its two neighbours gives the vertex position delta (-0.5..0.5 samples) and height;
-  the height is then multiplied by the exact ratio (true peak / parabola vertex) that the channel's
-  pulse-shape template (CR-RC^n with the shape class's FWHM, :class:`RecoConfig`) has at that delta
-  (:func:`template_correction`). For the template shape this is unbiased at every sub-sample phase
-  (the maximum sample alone reads 2.3% / 0.8% / 4.0% low on average for the EM / hadronic / fast
-  shapes, with as much event-to-event spread; the bare parabola 0.3% / 0.0% / 1.1%); a shape 10% wider
-  or narrower than the template gives +-0.3%. ``amplitude_method`` = "max" or "parabola" selects the
-  simpler estimators;
-- peak time: sample of the maximum refined by the parabola's vertex, in ns from the start of the window,
-  minus the channel's time offset;
-- pile-up flag: a second local maximum at least ``pileup_separation`` samples away from the main one and
-  higher than ``pileup_fraction`` of the maximum sample, or a main pulse more than ``peak_window_ns`` away from
-  ``expected_peak_ns`` (only for pulses above the zero-suppression threshold);
-- energy: amplitude / gain (ADC counts per MeV) in GeV, zero below ``zero_suppress_sigma`` x noise and for
-  dead channels.
+Per channel: amplitude (ADC counts above pedestal, of the in-time particle), peak time (ns from the
+window start, minus the channel's time offset), chi2 per degree of freedom, number of pulses above the
+zero-suppression threshold (in-time included), pile-up (an out-of-time pulse above it was fitted and
+removed), pedestals, and energy: amplitude / gain in GeV, zero below ``zero_suppress_sigma`` x noise and
+for dead channels.
+
+Where the samples sit (the readout window, docs/protocol.md): for a trigger at ``t_ns`` the window's
+sample 0 is at ``ceil(t / period) x period - expected_peak_ns``, so the in-time pulse peaks
+``expected_peak_ns`` minus the trigger's phase into the window (plus the channel's time offset).
 
 Event sums (GeV): E_PRS (30 PRS cells), E_ECAL (30 ECAL + 30 PRS cells: the whole calorimeter, times the
-calibration's shower energy scale), E_HCAL
-(36 cells), E_VETO (per slab sqrt(E1 x E2), summed), E_SRD (3 modules), E_miss = beam energy - E_ECAL.
+calibration's shower energy scale), E_HCAL (36 cells), E_VETO (per slab sqrt(E1 x E2), summed), E_SRD
+(3 modules), E_miss = beam energy - E_ECAL.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from daq import detector
 
-if TYPE_CHECKING:
-    from daq.reco_kernel import RowParams
-
 DEAD = 1  # calibration status code of a dead channel
-AMPLITUDE_METHODS = ("template", "parabola", "max")
+#: neighbours kept per event at most (the closest in time first): far beyond what 4 MHz gives (~3)
+MAX_NEIGHBOURS = 12
 
 
 @dataclass(frozen=True)
 class RecoConfig:
     """Waveform reconstruction settings (``[reco]`` in the DAQ config)."""
 
-    n_pedestal: int = 6
     zero_suppress_sigma: float = 5.0
+    #: where the in-time pulse of a trigger at a clock edge peaks in its window (ns from sample 0)
     expected_peak_ns: float = 125.0
-    peak_window_ns: float = 75.0
-    pileup_fraction: float = 0.3
-    pileup_separation: int = 4
     beam_energy_gev: float = 100.0
-    #: amplitude estimator: "template" (parabola vertex x template correction), "parabola", "max" (sample)
-    amplitude_method: str = "template"
     #: pulse-shape templates, CR-RC^pulse_order with these FWHM per shape class (daq.detector.PulseShape)
     pulse_order: int = 3
     em_fwhm_ns: float = 40.0
     hadronic_fwhm_ns: float = 70.0
     fast_fwhm_ns: float = 30.0
+    #: a window within this many noise sigma of its minimum (per parity) is fitted with the in-time pulse only
+    quiet_sigma: float = 6.0
+    #: a neighbour closer than this to the in-time particle, without a primitive prior, is not separated
+    merge_ns: float = 4.0
+    #: relative width of the prior that a neighbour's primitive amplitude puts on its pulse
+    prior_fraction: float = 0.02
+    #: prior width of a window's time shift for channels whose calibration gives no time-offset error
+    time_prior_ns: float = 3.0
+    #: the time shift is fitted when the window's pulses add up to this many noise sigma
+    time_fit_sigma: float = 30.0
+    time_fit_steps: int = 5
+    max_shift_ns: float = 8.0
+    #: pulses the primitive stream did not announce: at most this many, above this many sigma, kept if the
+    #: chi2 falls by more than extra_dchi2
+    extra_pulses: int = 2
+    extra_sigma: float = 6.0
+    extra_dchi2: float = 25.0
+    #: the chi2 is too large beyond ndf + chi2_sigma x sqrt(2 ndf); errors: noise (+) shape_tolerance x pulse
+    chi2_sigma: float = 5.0
+    shape_tolerance: float = 0.02
 
     def __post_init__(self) -> None:
-        if self.amplitude_method not in AMPLITUDE_METHODS:
-            raise ValueError(
-                f"amplitude_method must be one of {', '.join(AMPLITUDE_METHODS)} (got {self.amplitude_method!r})"
-            )
         if not 1 <= self.pulse_order <= 8:
             raise ValueError(f"pulse_order must be in 1..8 (got {self.pulse_order})")
         for name in ("em_fwhm_ns", "hadronic_fwhm_ns", "fast_fwhm_ns"):
             value = getattr(self, name)
             if not 5.0 <= value <= 500.0:
                 raise ValueError(f"{name} must be in 5..500 ns (got {value})")
-        if not 2 <= self.n_pedestal <= 16:
-            raise ValueError(f"n_pedestal must be in 2..16 (got {self.n_pedestal})")
         if self.zero_suppress_sigma < 0:
             raise ValueError(f"zero_suppress_sigma must be >= 0 (got {self.zero_suppress_sigma})")
-        if self.peak_window_ns <= 0:
-            raise ValueError(f"peak_window_ns must be > 0 (got {self.peak_window_ns})")
-        if not 0 < self.pileup_fraction <= 1:
-            raise ValueError(f"pileup_fraction must be in (0, 1] (got {self.pileup_fraction})")
-        if self.pileup_separation < 1:
-            raise ValueError(f"pileup_separation must be >= 1 (got {self.pileup_separation})")
+        if not 0 < self.expected_peak_ns < 10_000:
+            raise ValueError(f"expected_peak_ns must be in (0, 10000) (got {self.expected_peak_ns})")
         if self.beam_energy_gev <= 0:
             raise ValueError(f"beam_energy_gev must be > 0 (got {self.beam_energy_gev})")
+        for name in (
+            "quiet_sigma",
+            "extra_sigma",
+            "chi2_sigma",
+            "time_prior_ns",
+            "max_shift_ns",
+            "time_fit_sigma",
+        ):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0 (got {getattr(self, name)})")
+        for name in ("merge_ns", "prior_fraction", "extra_dchi2", "shape_tolerance"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0 (got {getattr(self, name)})")
+        if not 0 <= self.time_fit_steps <= 20:
+            raise ValueError(f"time_fit_steps must be in 0..20 (got {self.time_fit_steps})")
+        if not 0 <= self.extra_pulses <= 4:
+            raise ValueError(f"extra_pulses must be in 0..4 (got {self.extra_pulses})")
+
+
+@dataclass(frozen=True, eq=False)
+class Neighbours:
+    """The other particles of the beam near each event's trigger (for the pile-up fit), padded to
+    ``MAX_NEIGHBOURS`` per event: event e has ``count[e]`` of them, closest in time first, at ``dt_ns``
+    (arrival minus trigger time) with primitive amplitudes ``amp`` (rows: ``channels``)."""
+
+    count: np.ndarray  # (E,) uint8
+    dt_ns: np.ndarray  # (E, K) int32, 0 past count
+    amp: np.ndarray  # (E, K, P) uint16, 0 past count
+    channels: np.ndarray  # (P,) channel ids of the primitive rows
+
+    @staticmethod
+    def none(n_events: int, channels: np.ndarray) -> Neighbours:
+        p = np.asarray(channels).size
+        return Neighbours(
+            np.zeros(n_events, np.uint8),
+            np.zeros((n_events, MAX_NEIGHBOURS), np.int32),
+            np.zeros((n_events, MAX_NEIGHBOURS, p), np.uint16),
+            np.asarray(channels, dtype=np.uint16),
+        )
+
+
+def find_neighbours(
+    trigger_ns: np.ndarray,
+    own: np.ndarray,
+    stream_t_ns: np.ndarray,
+    stream_amp: np.ndarray,
+    channels: np.ndarray,
+    before_ns: float,
+    after_ns: float,
+) -> tuple[Neighbours, np.ndarray]:
+    """Neighbours of triggers at ``trigger_ns`` (E,) among the particles of a stream (``stream_t_ns`` (N,)
+    in time order, primitives ``stream_amp`` (P, N)): those arriving within [t - before_ns, t + after_ns],
+    except the event's own particle (``own`` (E,): its index in the stream, -1 for random triggers).
+    Also returns how many events had more than MAX_NEIGHBOURS (the farthest left out)."""
+    t = np.asarray(trigger_ns, dtype=np.int64)
+    st = np.asarray(stream_t_ns, dtype=np.int64)
+    n_ev = t.size
+    out = Neighbours.none(n_ev, channels)
+    if n_ev == 0 or st.size == 0:
+        return out, np.zeros(0, np.int64)
+    lo = np.searchsorted(st, t - int(np.ceil(before_ns)), "left")
+    hi = np.searchsorted(st, t + int(np.ceil(after_ns)), "right")
+    counts = hi - lo
+    total = int(counts.sum())
+    if total == 0:
+        return out, np.zeros(0, np.int64)
+    ev = np.repeat(np.arange(n_ev), counts)
+    j = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(lo, counts)
+    keep = j != np.asarray(own, dtype=np.int64)[ev]
+    ev, j = ev[keep], j[keep]
+    dt = st[j] - t[ev]
+    amp = np.asarray(stream_amp)[:, j]
+    # per event: closest first, earlier first, then by amplitudes: an order that does not depend on how
+    # particles arriving at the same time were ordered in the stream
+    order = np.lexsort((*amp[::-1], dt, np.abs(dt), ev))
+    ev, j, dt, amp = ev[order], j[order], dt[order], amp[:, order]
+    n_per = np.bincount(ev, minlength=n_ev)
+    rank = np.arange(ev.size) - np.repeat(np.cumsum(n_per) - n_per, n_per)
+    fits = rank < MAX_NEIGHBOURS
+    over = np.flatnonzero(n_per > MAX_NEIGHBOURS)
+    ev, dt, amp, rank = ev[fits], dt[fits], amp[:, fits], rank[fits]
+    out.count[:] = np.minimum(n_per, MAX_NEIGHBOURS)
+    out.dt_ns[ev, rank] = dt
+    out.amp[ev, rank, :] = amp.T
+    return out, over
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,10 +180,20 @@ class Reco:
 
     pedestal_even: np.ndarray
     pedestal_odd: np.ndarray
-    amplitude: np.ndarray  # ADC counts above pedestal
+    amplitude: np.ndarray  # ADC counts above pedestal, in-time particle
     peak_time: np.ndarray  # ns
-    pileup: np.ndarray  # bool
+    pileup: np.ndarray  # bool: an out-of-time pulse above threshold was fitted and removed
     energy: np.ndarray  # GeV
+    chi2: np.ndarray  # float32, per degree of freedom
+    n_pulses: np.ndarray  # uint8: pulses above threshold, in-time included
+
+
+def window_phase(trigger_ns: np.ndarray, expected_peak_ns: float, sample_period_ns: float) -> np.ndarray:
+    """Where the in-time pulse of a trigger at ``trigger_ns`` peaks in its window, ns after sample 0
+    (before the channel's time offset): sample 0 is at ceil(t / period) x period - expected_peak_ns."""
+    t = np.asarray(trigger_ns, dtype=np.int64)
+    period = float(sample_period_ns)
+    return expected_peak_ns - (np.ceil(t / period) * period - t)
 
 
 def reconstruct(
@@ -108,156 +205,199 @@ def reconstruct(
     config: RecoConfig | None = None,
     sample_period_ns: float = detector.SAMPLE_PERIOD_NS,
     shape: np.ndarray | None = None,
+    *,
+    trigger_ns: np.ndarray | None = None,
+    neighbours: Neighbours | None = None,
+    time_offset_error_ns: np.ndarray | None = None,
+    channel_ids: np.ndarray | None = None,
 ) -> Reco:
     """Reconstruct waveforms (E, C, S) of channels whose per-channel constants (C,) are given.
 
-    ``gain`` in ADC counts per MeV; ``noise`` in ADC counts RMS (zero suppression; default none);
-    ``time_offset_ns`` subtracted from the peak time; ``status`` 1 (dead) zeroes the energy; ``shape``
-    the pulse-shape class (daq.detector.PulseShape) of each channel, for the amplitude's template
-    correction (default: ``daq.detector.CHANNELS["shape"]`` when C is the 110 channels, else EM).
+    ``gain`` in ADC counts per MeV; ``noise`` in ADC counts RMS per sample (zero suppression and the
+    fit's errors; default 1.5); ``time_offset_ns`` where each channel's pulses peak relative to the
+    nominal time, subtracted from the peak time; ``time_offset_error_ns`` its uncertainty, the width of the
+    prior on each window's time shift (NaN or missing: ``config.time_prior_ns``); ``status`` 1 (dead)
+    zeroes the energy; ``shape`` the pulse-shape class (daq.detector.PulseShape) of each channel (default:
+    ``daq.detector.CHANNELS["shape"]`` when C is the 110 channels, else EM). ``trigger_ns`` (E,) the
+    trigger times (default: on a clock edge, the in-time pulse at ``expected_peak_ns``); ``neighbours``
+    the other particles near each trigger (default none: every window has the in-time pulse and whatever
+    the residuals reveal); ``channel_ids`` the detector channel id of each of the C channels (default
+    0..C-1), to match the neighbours' primitive rows.
     """
+    cfg = config or RecoConfig()
     w = np.asarray(waveforms)
     if w.ndim != 3:
         raise ValueError(f"waveforms must be (events, channels, samples), got shape {w.shape}")
     n_ev, n_ch, n_s = w.shape
-    p = _row_params(
-        config or RecoConfig(), n_ch, n_s, gain, noise, time_offset_ns, status, float(sample_period_ns), shape
+    if n_s < 4:
+        raise ValueError(f"{n_s} samples are too few for a pulse and two pedestals")
+    period = float(sample_period_ns)
+    if trigger_ns is None:
+        phase = np.full(n_ev, float(cfg.expected_peak_ns))
+    else:
+        if np.shape(trigger_ns) != (n_ev,):
+            raise ValueError(f"trigger_ns must be ({n_ev},), got {np.shape(trigger_ns)}")
+        phase = window_phase(trigger_ns, cfg.expected_peak_ns, period)
+    ids = np.arange(n_ch) if channel_ids is None else np.asarray(channel_ids, dtype=np.int64)
+    if ids.shape != (n_ch,):
+        raise ValueError(f"channel_ids must be ({n_ch},), got {ids.shape}")
+    chan = _channel_arrays(
+        cfg, n_ch, gain, noise, time_offset_ns, time_offset_error_ns, status, shape, ids, neighbours
     )
-    # one compiled pass over the channel windows (imported here: numba costs ~0.5 s to import, which
-    # processes that never reconstruct do not pay); reconstruct_numpy is its numpy formulation
-    from daq.reco_kernel import reconstruct_rows
-
-    return _as_reco(reconstruct_rows(w.reshape(-1, n_s), p), n_ev, n_ch)
-
-
-def reconstruct_numpy(
-    waveforms: np.ndarray,
-    gain: np.ndarray,
-    noise: np.ndarray | None = None,
-    time_offset_ns: np.ndarray | None = None,
-    status: np.ndarray | None = None,
-    config: RecoConfig | None = None,
-    sample_period_ns: float = detector.SAMPLE_PERIOD_NS,
-    shape: np.ndarray | None = None,
-) -> Reco:
-    """:func:`reconstruct` in plain numpy (the reference the compiled pass is tested against, bit for bit)."""
-    from daq.reco_kernel import reconstruct_rows_numpy
-
-    w = np.asarray(waveforms)
-    if w.ndim != 3:
-        raise ValueError(f"waveforms must be (events, channels, samples), got shape {w.shape}")
-    n_ev, n_ch, n_s = w.shape
-    p = _row_params(
-        config or RecoConfig(), n_ch, n_s, gain, noise, time_offset_ns, status, float(sample_period_ns), shape
+    nb = neighbours if neighbours is not None else Neighbours.none(n_ev, np.zeros(0, np.uint16))
+    if nb.count.shape != (n_ev,):
+        raise ValueError(f"neighbours are for {nb.count.shape[0]} events, not {n_ev}")
+    ptr, dt, amp = _flat_neighbours(nb)
+    out = Reco(
+        pedestal_even=np.empty((n_ev, n_ch), np.float32),
+        pedestal_odd=np.empty((n_ev, n_ch), np.float32),
+        amplitude=np.empty((n_ev, n_ch), np.float32),
+        peak_time=np.empty((n_ev, n_ch), np.float32),
+        pileup=np.empty((n_ev, n_ch), np.bool_),
+        energy=np.empty((n_ev, n_ch), np.float32),
+        chi2=np.empty((n_ev, n_ch), np.float32),
+        n_pulses=np.empty((n_ev, n_ch), np.uint8),
     )
-    return _as_reco(reconstruct_rows_numpy(w.reshape(-1, n_s), p), n_ev, n_ch)
+    if n_ev == 0 or n_ch == 0:
+        return out
+    from daq import pulse_fit  # numba's import costs ~0.5 s: only processes that reconstruct pay it
+
+    tpl = templates(cfg, period)
+    pulse_fit.fit_windows(
+        np.ascontiguousarray(w, dtype=np.uint16),
+        phase.astype(np.float64),
+        ptr,
+        dt,
+        amp,
+        *chan,
+        tpl.value,
+        tpl.slope,
+        tpl.start,
+        tpl.length,
+        tpl.n_phase,
+        fit_settings(cfg, period),
+        out.amplitude,
+        out.peak_time,
+        out.chi2,
+        out.n_pulses,
+        out.pileup,
+        out.energy,
+        out.pedestal_even,
+        out.pedestal_odd,
+    )
+    return out
 
 
-def _as_reco(rows: tuple[np.ndarray, ...], n_ev: int, n_ch: int) -> Reco:
-    p_even, p_odd, amp, t_peak, energy, pileup = (x.reshape(n_ev, n_ch) for x in rows)
-    return Reco(p_even, p_odd, amp, t_peak, pileup, energy)
+def _flat_neighbours(nb: Neighbours) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The padded neighbours as the kernel's flat arrays: ptr (E + 1,), dt (N,) float64, amp (P, N) float32."""
+    count = nb.count.astype(np.int64)
+    ptr = np.zeros(count.size + 1, np.int64)
+    np.cumsum(count, out=ptr[1:])
+    valid = np.arange(nb.dt_ns.shape[1])[None, :] < count[:, None]
+    dt = nb.dt_ns[valid].astype(np.float64)
+    amp = np.ascontiguousarray(nb.amp[valid].T, dtype=np.float32)
+    if amp.shape[0] == 0:
+        amp = np.zeros((1, dt.size), np.float32)
+    return ptr, dt, amp
 
 
-def _row_params(
+def _channel_arrays(
     cfg: RecoConfig,
     n_ch: int,
-    n_s: int,
     gain: np.ndarray,
     noise: np.ndarray | None,
     time_offset_ns: np.ndarray | None,
+    time_offset_error_ns: np.ndarray | None,
     status: np.ndarray | None,
-    sample_period_ns: float,
     shape: np.ndarray | None,
-) -> RowParams:
-    """The compiled pass's settings and per-channel constants (validated), cached by the constants' content
-    (the DAQ reconstructs ~100 events per call with the same constants)."""
-    key = (cfg, n_ch, n_s, sample_period_ns, *map(_content, (gain, noise, time_offset_ns, status, shape)))
-    p = _PARAMS.get(key)
-    if p is None:
-        p = _make_row_params(cfg, n_ch, n_s, gain, noise, time_offset_ns, status, sample_period_ns, shape)
-        if len(_PARAMS) >= 16:
-            _PARAMS.clear()
-        _PARAMS[key] = p
-    return p
+    ids: np.ndarray,
+    neighbours: Neighbours | None,
+) -> tuple[np.ndarray, ...]:
+    """The kernel's per-channel arrays (validated): class, offset, offset prior, noise, threshold, GeV per
+    count, dead, primitive row, primitive saturation level."""
 
+    def per_channel(name: str, a: np.ndarray | None, default: float) -> np.ndarray:
+        x = np.full(n_ch, default, np.float64) if a is None else np.asarray(a, dtype=np.float64)
+        if x.shape != (n_ch,):
+            raise ValueError(f"{name} must have one value per channel ({n_ch}), got shape {x.shape}")
+        return np.ascontiguousarray(x)
 
-_PARAMS: dict[tuple[object, ...], RowParams] = {}
-
-
-def _content(a: np.ndarray | None) -> tuple[str, tuple[int, ...], bytes] | None:
-    if a is None:
-        return None
-    x = np.asarray(a)
-    return x.dtype.str, x.shape, x.tobytes()
-
-
-def _make_row_params(
-    cfg: RecoConfig,
-    n_ch: int,
-    n_s: int,
-    gain: np.ndarray,
-    noise: np.ndarray | None,
-    time_offset_ns: np.ndarray | None,
-    status: np.ndarray | None,
-    sample_period_ns: float,
-    shape: np.ndarray | None,
-) -> RowParams:
-    if n_s < max(cfg.n_pedestal + 3, 3):
-        raise ValueError(f"{n_s} samples are too few for a {cfg.n_pedestal}-sample pedestal")
-    if shape is not None and np.shape(shape) != (n_ch,):
-        raise ValueError(f"shape must be {n_ch} pulse-shape classes (daq.detector.PulseShape)")
-    fixed = _fixed_params(
-        cfg, sample_period_ns, n_ch, None if shape is None else tuple(np.asarray(shape).tolist())
-    )
-    thr = (
-        np.zeros(n_ch, np.float32)
-        if noise is None
-        else np.float32(cfg.zero_suppress_sigma) * np.asarray(noise, dtype=np.float32)
-    )
-    gev_per_count = (1.0 / (1000.0 * np.asarray(gain, dtype=np.float64))).astype(np.float32)
-    dead = np.zeros(n_ch, np.bool_) if status is None else np.asarray(status) == DEAD
-    t_off = (
-        fixed.t_off if time_offset_ns is None else np.asarray(time_offset_ns, dtype=np.float32).reshape(n_ch)
-    )
-    for name, a in (("gain", gev_per_count), ("noise", thr), ("status", dead)):
-        if a.shape != (n_ch,):
-            raise ValueError(f"{name} must have one value per channel ({n_ch}), got shape {a.shape}")
-    return fixed._replace(
-        thr=np.ascontiguousarray(thr),
-        gev_per_count=np.ascontiguousarray(gev_per_count),
-        dead=np.ascontiguousarray(dead),
-        t_off=np.ascontiguousarray(t_off),
-        subtract_offset=time_offset_ns is not None,
+    g = per_channel("gain", gain, 1.0)
+    if not np.all(g > 0):
+        raise ValueError("gains must be > 0")
+    sig = per_channel("noise", noise, 1.5)
+    sig = np.where(sig > 0, sig, 1.5)
+    t_off = per_channel("time_offset_ns", time_offset_ns, 0.0)
+    t_err = per_channel("time_offset_error_ns", time_offset_error_ns, np.nan)
+    t_sigma = np.where(np.isfinite(t_err), np.maximum(t_err, 0.0), cfg.time_prior_ns)
+    dead = np.zeros(n_ch, np.bool_) if status is None else np.asarray(status).reshape(-1) == DEAD
+    if dead.shape != (n_ch,):
+        raise ValueError(f"status must have one value per channel ({n_ch}), got shape {dead.shape}")
+    row = np.full(n_ch, -1, np.int64)
+    if neighbours is not None and neighbours.channels.size:
+        where = {int(c): r for r, c in enumerate(np.asarray(neighbours.channels).tolist())}
+        row = np.array([where.get(int(c), -1) for c in ids], np.int64)
+    # a primitive is the pulse height above pedestal, clipped at the ADC range: near it, no prior
+    full = np.full(n_ch, detector.ADC_MAX - detector.NOMINAL_PEDESTAL - 100.0)
+    return (
+        _shape_classes(shape, n_ch).astype(np.int64),
+        t_off,
+        t_sigma,
+        sig,
+        cfg.zero_suppress_sigma * sig,
+        1.0 / (1000.0 * g),
+        np.ascontiguousarray(dead),
+        row,
+        full,
     )
 
 
-@functools.lru_cache(maxsize=16)
-def _fixed_params(
-    cfg: RecoConfig, sample_period_ns: float, n_ch: int, shape: tuple[int, ...] | None
-) -> RowParams:
-    """The parts of the pass's settings that depend only on the configuration and the channels' shapes."""
-    from daq.reco_kernel import row_params
+@functools.lru_cache(maxsize=8)
+def templates(config: RecoConfig, sample_period_ns: float):  # -> pulse_fit.Templates
+    """The fit's pre-sampled templates, one per shape class (daq.detector.PulseShape order)."""
+    from daq import pulse_fit
 
-    table = _correction_tables(cfg, sample_period_ns)
-    cls_offset = (
-        _shape_classes(None if shape is None else np.array(shape), n_ch).astype(np.int64) * table.shape[1]
-    )
-    zeros = np.zeros(n_ch, np.float32)
-    return row_params(
-        cfg.n_pedestal - cfg.n_pedestal % 2,  # whole (even, odd) pairs
-        cfg.pileup_fraction,
-        cfg.pileup_separation,
-        {"max": 0, "parabola": 1, "template": 2}[cfg.amplitude_method],
-        cls_offset,
-        table,
+    fwhm = shape_fwhm(config)
+    return pulse_fit.make_templates(
+        [functools.partial(template, order=config.pulse_order, fwhm_ns=fwhm[c]) for c in detector.PulseShape],
         sample_period_ns,
-        zeros,
-        zeros,
-        None,
-        None,
-        cfg.expected_peak_ns,
-        cfg.peak_window_ns,
     )
+
+
+@functools.lru_cache(maxsize=8)
+def fit_settings(cfg: RecoConfig, sample_period_ns: float):  # -> pulse_fit.FitSettings
+    from daq import pulse_fit
+
+    return pulse_fit.FitSettings(
+        period=float(sample_period_ns),
+        adc_max=float(detector.ADC_MAX),
+        quiet_sigma=cfg.quiet_sigma,
+        merge_ns=cfg.merge_ns,
+        prior_frac=cfg.prior_fraction,
+        prim_margin=0.0,
+        gn_snr=cfg.time_fit_sigma,
+        gn_max=cfg.time_fit_steps,
+        gn_tol_ns=0.02,
+        max_shift_ns=cfg.max_shift_ns,
+        extra_max=cfg.extra_pulses,
+        extra_sigma=cfg.extra_sigma,
+        extra_sep_ns=2.0 * sample_period_ns,
+        extra_dchi2=cfg.extra_dchi2,
+        chi2_sigma=cfg.chi2_sigma,
+        shape_tol=cfg.shape_tolerance,
+        min_overlap=1e-3,
+    )
+
+
+def neighbour_range_ns(config: RecoConfig, sample_period_ns: float, n_samples: int) -> tuple[float, float]:
+    """(before, after): a particle arriving this long before or after a trigger can still put a pulse
+    into the trigger's window (the longest template, with the largest time shift)."""
+    tpl = templates(config, float(sample_period_ns))
+    span = float(np.max(-tpl.start + (tpl.length - 1) * sample_period_ns))
+    margin = config.max_shift_ns + 2 * sample_period_ns
+    before = config.expected_peak_ns + span + margin
+    after = n_samples * sample_period_ns - config.expected_peak_ns + float(np.max(-tpl.start)) + margin
+    return before, after
 
 
 def _shape_classes(shape: np.ndarray | None, n_ch: int) -> np.ndarray:
@@ -283,7 +423,7 @@ def shape_fwhm(config: RecoConfig) -> dict[detector.PulseShape, float]:
 
 def template(dt_ns: np.ndarray, order: int, fwhm_ns: float) -> np.ndarray:
     """Unit-height CR-RC^order pulse (t/tau)^n exp(n (1 - t/tau)) with the given FWHM, ``dt_ns`` relative
-    to its peak (float64): the amplitude estimator's pulse-shape template."""
+    to its peak (float64): the fit's pulse-shape template."""
     tau = _template_tau(order, fwhm_ns)
     t = np.asarray(dt_ns, dtype=np.float64) / tau + 1.0
     tp = np.clip(t, 0.0, None)
@@ -295,43 +435,6 @@ def _template_tau(order: int, fwhm_ns: float) -> float:
     t = np.linspace(1e-6, 20.0, 200001)
     above = t[t**order * np.exp(order * (1.0 - t)) >= 0.5]
     return fwhm_ns / float(above[-1] - above[0])
-
-
-@functools.lru_cache(maxsize=32)
-def template_correction(
-    order: int, fwhm_ns: float, sample_period_ns: float = detector.SAMPLE_PERIOD_NS, n_grid: int = 129
-) -> tuple[np.ndarray, np.ndarray]:
-    """(delta, ratio): true pulse height / height of the 3-point parabola vertex, as a function of the
-    vertex position delta (-0.5..0.5 samples from the maximum sample), for the template pulse sampled at
-    every sub-sample phase. Monotonic in delta; ratio >= 1 for the usual (sharper than parabolic) peaks."""
-    phase = np.linspace(-0.5, 0.5, 4001) * sample_period_ns  # pulse peak relative to sample 0
-    k = np.arange(-8, 9)
-    w = template(k[None, :] * sample_period_ns - phase[:, None], order, fwhm_ns)
-    i = w.argmax(axis=1)
-    r = np.arange(w.shape[0])
-    ym, y0, yp = w[r, i - 1], w[r, i], w[r, i + 1]
-    d = np.clip(0.5 * (ym - yp) / (ym - 2.0 * y0 + yp), -0.5, 0.5)
-    ratio = 1.0 / (y0 - 0.25 * (ym - yp) * d)
-    order_ = np.argsort(d, kind="stable")
-    grid = np.linspace(-0.5, 0.5, n_grid)
-    return grid, np.interp(grid, d[order_], ratio[order_])
-
-
-def _correction_tables(config: RecoConfig, sample_period_ns: float) -> np.ndarray:
-    """(3, n_grid + 1) float32: each class's ratio table on the delta grid, plus a copy of its last entry
-    (so that a lookup at delta = 0.5 stays in the class's row)."""
-    return _joined_tables(config.pulse_order, tuple(shape_fwhm(config).values()), sample_period_ns)
-
-
-@functools.lru_cache(maxsize=8)
-def _joined_tables(order: int, fwhms: tuple[float, ...], sample_period_ns: float) -> np.ndarray:
-    rows = []
-    for fwhm in fwhms:
-        _, ratio = template_correction(order, fwhm, sample_period_ns)
-        rows.append(np.append(ratio, ratio[-1]))
-    out = np.array(rows, dtype=np.float32)
-    out.flags.writeable = False
-    return out
 
 
 def event_sums(energy: np.ndarray, beam_energy_gev: float = 100.0, ecal_scale: float = 1.0) -> np.ndarray:
@@ -353,20 +456,6 @@ def event_sums(energy: np.ndarray, beam_energy_gev: float = 100.0, ecal_scale: f
 
 
 # ---------------------------------------------------------------- synthetic pulses (tests, benchmarks)
-#: pulse-shape time constant (ns) of each detector.PulseShape: FWHM ~ 3 x tau for the shape below
-SHAPE_TAU_NS = {
-    detector.PulseShape.EM: 13.0,
-    detector.PulseShape.HADRONIC: 23.0,
-    detector.PulseShape.FAST: 10.0,
-}
-
-
-def pulse(t_ns: np.ndarray, peak_ns: np.ndarray | float, tau_ns: np.ndarray | float) -> np.ndarray:
-    """Unit-height pulse (x/2)^2 exp(2 - x), x = (t - peak)/tau + 2, zero before its start."""
-    x = (np.asarray(t_ns, dtype=np.float64) - peak_ns) / tau_ns + 2.0
-    return np.where(x > 0, (np.clip(x, 0, None) / 2.0) ** 2 * np.exp(2.0 - x), 0.0)
-
-
 def synthesize(
     amplitude: np.ndarray,
     peak_ns: np.ndarray | float = 125.0,
@@ -374,21 +463,25 @@ def synthesize(
     pedestal_odd: float | np.ndarray = detector.NOMINAL_PEDESTAL,
     noise: float = 0.0,
     n_samples: int = detector.N_SAMPLES,
-    tau_ns: float | np.ndarray | None = None,
+    fwhm_ns: float | np.ndarray | None = None,
     rng: np.random.Generator | None = None,
+    order: int = 3,
 ) -> np.ndarray:
-    """Waveforms (E, C, S) uint16 with one pulse of ``amplitude`` (E, C) ADC counts per channel.
-
-    ``tau_ns`` defaults to each channel's pulse-shape class (C must then be 110). For tests and
-    benchmarks; the simulator has its own electronics model.
-    """
+    """Waveforms (E, C, S) uint16 with one pulse of ``amplitude`` (E, C) ADC counts per channel peaking at
+    ``peak_ns`` after sample 0: the reconstruction's own template shape (CR-RC^order), ``fwhm_ns`` by
+    default each channel's shape class (C must then be 110). For tests and benchmarks; the simulator has
+    its own electronics model."""
     amp = np.asarray(amplitude, dtype=np.float64)
-    if tau_ns is None:
-        tau_ns = np.array([SHAPE_TAU_NS[detector.PulseShape(s)] for s in detector.CHANNELS["shape"]])
+    if fwhm_ns is None:
+        width = shape_fwhm(RecoConfig())
+        fwhm_ns = np.array([width[detector.PulseShape(s)] for s in detector.CHANNELS["shape"]])
     t = np.arange(n_samples) * detector.SAMPLE_PERIOD_NS
     peak = np.broadcast_to(np.asarray(peak_ns, dtype=np.float64), amp.shape)
-    tau = np.broadcast_to(np.asarray(tau_ns, dtype=np.float64), amp.shape)
-    w = amp[..., None] * pulse(t, peak[..., None], tau[..., None])
+    fwhm = np.broadcast_to(np.asarray(fwhm_ns, dtype=np.float64), amp.shape)
+    w = np.zeros((*amp.shape, n_samples))
+    for f in np.unique(fwhm):
+        sel = fwhm == f
+        w[sel] = amp[sel][:, None] * template(t[None, :] - peak[sel][:, None], order, float(f))
     w[..., 0::2] += (
         np.asarray(pedestal_even, dtype=np.float64)[..., None] if np.ndim(pedestal_even) else pedestal_even
     )

@@ -46,6 +46,7 @@ from daq.files import (
     partial_filename,
     spill_filename,
 )
+from daq.waveform import MAX_NEIGHBOURS
 from daq.writer_commands import (
     AppendEvents,
     CloseSpill,
@@ -254,8 +255,13 @@ class EventBlock:
             "amplitude": np.empty((capacity, n_ch), np.float32),
             "peak_time": np.empty((capacity, n_ch), np.float32),
             "pileup": np.empty((capacity, n_ch), np.uint8),  # the file's type; bools are copied as 0/1
+            "chi2": np.empty((capacity, n_ch), np.float32),
+            "n_pulses": np.empty((capacity, n_ch), np.uint8),
             "waveforms": np.empty((capacity, n_ch, n_samples), np.uint16),
             "prim_amp": np.empty((n_prim, capacity), np.uint16),
+            "nb_count": np.empty(capacity, np.uint8),
+            "nb_dt_ns": np.empty((capacity, MAX_NEIGHBOURS), np.int32),
+            "nb_amp": np.empty((capacity, MAX_NEIGHBOURS, n_prim), np.uint16),
         }
 
     def fits(self, capacity: int, n_prim: int, n_samples: int) -> bool:
@@ -392,6 +398,24 @@ class SpillWriter:
             chunks=(n_prim, 4096),
             **table_opts,
         )
+        nb = f.create_group("neighbours")
+        nb.create_dataset("count", shape=(0,), maxshape=(None,), dtype="u1", chunks=(4096,), **table_opts)
+        nb.create_dataset(
+            "dt_ns",
+            shape=(0, MAX_NEIGHBOURS),
+            maxshape=(None, MAX_NEIGHBOURS),
+            dtype="<i4",
+            chunks=(4096, MAX_NEIGHBOURS),
+            **opts,
+        )
+        nb.create_dataset(
+            "amp",
+            shape=(0, MAX_NEIGHBOURS, n_prim),
+            maxshape=(None, MAX_NEIGHBOURS, n_prim),
+            dtype="<u2",
+            chunks=(512, MAX_NEIGHBOURS, n_prim),
+            **opts,
+        )
         for g in ("counters", "losses", "frontend", "histograms"):
             f.create_group(g)
         f.visititems(_describe)
@@ -409,6 +433,10 @@ class SpillWriter:
             (f["waveforms"], "waveforms", None, 0, True),
             (f["primitives/t_ns"], "t_ns", None, 0, False),
             (f["primitives/amp"], "prim_amp", None, 1, False),
+            # the padded neighbour lists are mostly zeros: the waveforms' codec (blosc) where it pays
+            (f["neighbours/count"], "nb_count", None, 0, False),
+            (f["neighbours/dt_ns"], "nb_dt_ns", None, 0, True),
+            (f["neighbours/amp"], "nb_amp", None, 0, True),
         ]
         #: chunks compressed outside the GIL and written whole with write_direct_chunk: the waveforms with
         #: the blosc codecs (others go through h5py's filters), the tables always (no filter, or shuffle +

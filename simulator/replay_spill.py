@@ -118,7 +118,12 @@ class RecordedSpill:
     counters: dict[str, int] = field(default_factory=dict)
     #: recorded slices per replayed slice (1: the recorded slices as they were)
     merge: int = 1
+    #: context: the other particles the DAQ fitted as pile-up around the recorded events (file version 2),
+    #: not recorded as events themselves, in time order; sent with the slice they fall in
+    c_t_ns: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (M,)
+    c_amp: np.ndarray | None = None  # (C, M) uint16
     _bounds: np.ndarray = field(init=False, repr=False)
+    _c_bounds: np.ndarray = field(init=False, repr=False)
     _block: np.ndarray = field(init=False, repr=False)  # reused (capacity, 110, S) rows read
     _group_bufs: tuple[np.ndarray, ...] = field(init=False, repr=False)  # reused (capacity, M_g, S)
     _win: np.ndarray = field(init=False, repr=False)  # read-ahead window of rows _win_rows[0]..[1]-1
@@ -126,6 +131,7 @@ class RecordedSpill:
 
     def __post_init__(self) -> None:
         self._bounds = np.searchsorted(self.p_slice, np.arange(self.n_slices + 1), side="left")
+        self._c_bounds = np.searchsorted(self.c_t_ns, np.arange(self.n_slices + 1) * self.slice_ns, side="left")
         if self.missing_groups.shape[0] < 1 or self.missing_groups[-1] != 0:
             raise ValueError("missing_groups needs one extra, 0 last entry (the all-zero row)")
         self._buffers(256)
@@ -272,6 +278,11 @@ class RecordedSpill:
         sel = self.particles(slice_id)
         t0, length = self.slice_window(slice_id)
         t = self.p_t_ns[sel]
+        ctx_t = ctx_amp = None
+        if self.c_amp is not None and slice_id < self.n_slices:
+            c = slice(int(self._c_bounds[slice_id]), int(self._c_bounds[slice_id + 1]))
+            if c.stop > c.start:
+                ctx_t, ctx_amp = self.c_t_ns[c], np.ascontiguousarray(self.c_amp[:, c])
         return protocol.Slice(
             run=self.run,
             spill=self.spill,
@@ -281,6 +292,8 @@ class RecordedSpill:
             n_particles=int(t.shape[0]),
             t_ns=t,
             amp=np.ascontiguousarray(self.p_amp[:, sel]),
+            ctx_t_ns=ctx_t,
+            ctx_amp=ctx_amp,
         )
 
     # ------------------------------------------------------------ readout
@@ -489,9 +502,13 @@ def build_spill(
     slice_ns: int,
     end_ns: int,
     merge: int = 1,
+    neighbours: Any = None,
     **extra: Any,
 ) -> RecordedSpill:
     """Regroup a file's events into replay form (pure). ``events`` needs slice, index, t_ns, missing_groups.
+
+    ``neighbours`` (``daq.waveform.Neighbours`` of the E events, file version 2): the particles the DAQ
+    fitted as pile-up; those that are not recorded particles themselves are replayed as context.
 
     ``source`` gives the E events' (E, 110, S) windows by event row. ``slice_ns`` is the recorded slice
     length; with ``merge = N`` the replayed slice k' covers recorded slices k'N .. k'N + N - 1 (length
@@ -528,6 +545,11 @@ def build_spill(
     r_order = np.argsort(r_t, kind="stable")
     if merge > 1:  # still sorted: (slice, index) order is (slice // merge, position in the merged slice)
         p_slice = p_slice // merge
+    c_t, c_amp = (np.zeros(0, np.int64), None)
+    if neighbours is not None:
+        c_t, c_amp = context_particles(
+            np.asarray(events["t_ns"], dtype=np.int64), neighbours, p_t, np.asarray(amp)[:, order]
+        )
     return RecordedSpill(
         path=path,
         run=run,
@@ -543,8 +565,32 @@ def build_spill(
         r_row=rnd[r_order].astype(np.int64),
         source=source,
         missing_groups=np.append(np.asarray(events["missing_groups"], dtype=np.uint8), np.uint8(0)),
+        c_t_ns=c_t,
+        c_amp=c_amp,
         **extra,
     )
+
+
+def context_particles(
+    event_t_ns: np.ndarray, neighbours: Any, p_t_ns: np.ndarray, p_amp: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct neighbours of the recorded events that are not recorded particles: (t_ns (M,) in time
+    order, amp (C, M)). A particle is its arrival time and primitive amplitudes (two particles alike in
+    both cannot be told apart, by the DAQ either)."""
+    count = np.asarray(neighbours.count, dtype=np.int64)
+    valid = np.arange(neighbours.dt_ns.shape[1])[None, :] < count[:, None]
+    t = (event_t_ns[:, None] + neighbours.dt_ns.astype(np.int64))[valid]
+    amp = np.asarray(neighbours.amp)[valid]  # (N, C)
+    c = amp.shape[1]
+    rows = np.empty((t.size, 1 + c), np.int64)
+    rows[:, 0], rows[:, 1:] = t, amp
+    rows = np.unique(rows, axis=0)  # sorted by time, then amplitudes
+    if p_t_ns.size and rows.size:
+        rec = np.empty((p_t_ns.size, 1 + c), np.int64)
+        rec[:, 0], rec[:, 1:] = p_t_ns, np.asarray(p_amp).T
+        void = np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))
+        rows = rows[~np.isin(rows.view(void).ravel(), np.ascontiguousarray(rec).view(void).ravel())]
+    return rows[:, 0].copy(), np.ascontiguousarray(rows[:, 1:].T.astype(np.uint16))
 
 
 #: bounds of a recorded spill's length (end of its last slice): a damaged arrival_time histogram or
@@ -601,6 +647,7 @@ def _load(p: Path, f: SpillFile, slice_ms: float | None, merge: int) -> Recorded
         info = f.frontend_info
         ev = f.events(["slice", "index", "t_ns", "missing_groups"])
         prim = f.primitives()
+        neighbours = f.neighbours()
         n, n_samples = f.n_events, f.n_samples
         if (
             n
@@ -646,6 +693,7 @@ def _load(p: Path, f: SpillFile, slice_ms: float | None, merge: int) -> Recorded
         slice_ns=slice_ns,
         end_ns=end,
         merge=merge,
+        neighbours=neighbours,
         prim_channels=np.asarray(prim["channels"], dtype=np.uint16),
         n_samples=int(n_samples),
         sample_period_ps=sample_period_ps,

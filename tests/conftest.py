@@ -49,10 +49,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     """Compile the numba kernels once (or load them from numba's on-disk cache) before any test: on a fresh
     checkout the first compilation takes seconds, which the processes started by the tests would
     otherwise each pay in the middle of a timed exchange."""
-    from daq import reco_kernel, trigger_kernel
+    from daq import pulse_fit, trigger_kernel
     from simulator import kernels
 
-    reco_kernel.warm_up()
+    pulse_fit.warm_up()
     trigger_kernel.warm_up()
     kernels.warm_up()
 

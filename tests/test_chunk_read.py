@@ -58,6 +58,7 @@ def write_spill(data_dir: Path, codec: str, n: int = N_EVENTS, seed: int = 0) ->
         pileup=np.zeros(zeros.shape, bool),
         waveforms=wf,
         prim_amp=np.zeros((len(prim), e), np.uint16),
+        **EventBatch.without_fit(e, len(prim)),
     )
     header = SpillHeader(
         run=1,
@@ -134,6 +135,7 @@ def test_unfiltered_and_unallocated_chunks(tmp_path: Path) -> None:
             "primitives/t_ns",
             *(f"events/{c}" for c in h["events"]),
             *(f"reco/{r}" for r in h["reco"]),
+            *(f"neighbours/{r}" for r in h["neighbours"]),
         ):
             h[name].resize(n, axis=0)
         h["primitives/amp"].resize(n, axis=1)

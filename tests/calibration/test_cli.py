@@ -42,6 +42,7 @@ def _batch(waveforms: np.ndarray, mask: int, gain: np.ndarray, first_id: int) ->
         pileup=reco.pileup,
         waveforms=waveforms,
         prim_amp=np.zeros((n_prim, n), np.uint16),
+        **EventBatch.without_fit(n, n_prim),
     )
 
 

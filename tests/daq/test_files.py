@@ -26,6 +26,7 @@ from daq.files import (
     spill_filename,
 )
 from daq.protocol import NO_PARTICLE
+from daq.waveform import MAX_NEIGHBOURS
 from daq.writer import CODECS, SpillWriter, WriterConfig, WriterThread
 from daq.writer_commands import AppendEvents, CloseSpill, OpenSpill, SpillFinal, SpillHeader
 from tests.conftest import na64_command, require_program
@@ -51,6 +52,11 @@ def batch(n: int, first_id: int = 0, seed: int = 0) -> EventBatch:
         pileup=rng.random((n, 110)) > 0.8,
         waveforms=rng.integers(190, 260, (n, 110, 32)).astype(np.uint16),
         prim_amp=rng.integers(0, 4000, (N_PRIM, n)).astype(np.uint16),
+        chi2=rng.random((n, 110)).astype(np.float32),
+        n_pulses=rng.integers(0, 4, (n, 110)).astype(np.uint8),
+        nb_count=rng.integers(0, 4, n).astype(np.uint8),
+        nb_dt_ns=rng.integers(-400, 330, (n, MAX_NEIGHBOURS)).astype(np.int32),
+        nb_amp=rng.integers(0, 4000, (n, MAX_NEIGHBOURS, N_PRIM)).astype(np.uint16),
     )
 
 

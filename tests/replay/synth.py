@@ -128,6 +128,7 @@ def make_spill(
         pileup=np.zeros(energy.shape, bool),
         waveforms=waveforms,
         prim_amp=prim_amp,
+        **EventBatch.without_fit(prim_amp.shape[1], prim_amp.shape[0]),
     )
     info = {"name": "synth", "slice_ns": slice_ns} if frontend_info is None else frontend_info
     header = SpillHeader(
