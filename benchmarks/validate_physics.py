@@ -15,7 +15,7 @@ matched event by event to the truth of the read-out particles (spill, slice, ind
   signal box E_ECAL < 50 GeV, E_HCAL < 1 GeV, and the EOT they come from;
 - ``signal``: injected Z' events (truth) whose stored E_ECAL is within 5 GeV of E0 - E_Z'.
 
-Optional: ``--plot FILE.png`` (needs matplotlib: ``pip install -e '.[validate]'``), ``--json FILE``.
+Optional: ``--plot FILE.html`` (the figures vs rate, Bokeh), ``--json FILE``.
 
     python benchmarks/validate_physics.py                                   # 0.2, 1, 2, 4 MHz, 4e6 EOT each
     python benchmarks/validate_physics.py --rates 2e6 --eot 5e5             # a quick look
@@ -94,7 +94,9 @@ def signal_boost(args: argparse.Namespace) -> float:
     from simulator.zprime_signal import for_config
 
     model, mass, coupling = args.signal.split(":")
-    cfg = SimConfig(signal=SignalConfig(enabled=True, model=model, mass_mev=float(mass), coupling=float(coupling)))
+    cfg = SimConfig(
+        signal=SignalConfig(enabled=True, model=model, mass_mev=float(mass), coupling=float(coupling))
+    )
     return args.signal_per_eot / float(for_config(cfg).info()["missing_per_eot"])
 
 
@@ -109,10 +111,12 @@ def write_truth_constants(seed: int, path: Path) -> None:
 
     cfg = SimConfig(seed=seed)
     el = make_electronics(cfg.electronics, detector_rng(seed), cfg.beam.beam_cell)
-    small = {q: np.full(detector.N_CHANNELS, 1e-3) for q in ("pedestal_even", "pedestal_odd", "noise", "gain")}
+    small = {
+        q: np.full(detector.N_CHANNELS, 1e-3) for q in ("pedestal_even", "pedestal_odd", "noise", "gain")
+    }
     small["time_offset_ns"] = np.full(detector.N_CHANNELS, 0.05)
     c = Constants(
-        "truth-seed%d" % seed,
+        f"truth-seed{seed}",
         pedestal_even=el.pedestal_even,
         pedestal_odd=el.pedestal_odd,
         noise=el.noise,
@@ -141,7 +145,11 @@ def measure(data: Path, truth_path: Path, constants: str) -> dict[str, Any]:
             ev = f.events(["slice", "index", "trigger_mask", "e_ecal", "e_hcal"])
             energy = f.energy()
             prim = f.primitives()
-            key = (np.int64(f.spill) << 40) | (ev["slice"].astype(np.int64) << 20) | ev["index"].astype(np.int64)
+            key = (
+                (np.int64(f.spill) << 40)
+                | (ev["slice"].astype(np.int64) << 20)
+                | ev["index"].astype(np.int64)
+            )
             pos = np.searchsorted(key_t[order], key)
             pos = np.minimum(pos, max(key_t.size - 1, 0))
             found = key_t[order][pos] == key if key_t.size else np.zeros(key.size, bool)
@@ -153,7 +161,9 @@ def measure(data: Path, truth_path: Path, constants: str) -> dict[str, Any]:
             rows["blk"].append(energy[:, BLOCK_ECAL].sum(axis=1))
             ch = list(prim["channels"])
             trg_rows = [ch.index(c) for c in BLOCK_ECAL]
-            trg = (prim["amp"][trg_rows].astype(np.float64) / (1000.0 * gains[BLOCK_ECAL][:, None])).sum(axis=0)
+            trg = (prim["amp"][trg_rows].astype(np.float64) / (1000.0 * gains[BLOCK_ECAL][:, None])).sum(
+                axis=0
+            )
             rows["trg"].append(trg)
     if not n_spills:
         raise SystemExit(f"no spill files in {data}")
@@ -184,43 +194,60 @@ def measure(data: Path, truth_path: Path, constants: str) -> dict[str, Any]:
         "res68_truth": half68(e_true[beam]),
         "n_physics": int(phys.sum()),
         "blk_gt85": float(np.mean(r["blk"][phys] > 85)) if phys.any() else float("nan"),
-        "blk_vs_trigger": float(np.mean(np.abs(r["blk"][phys] - r["trg"][phys]) > 5)) if phys.any() else float("nan"),
-        "sum_window": float(np.mean((np.abs(r["e_ecal"] + r["e_hcal"] - 100) < 10)[beam])) if beam.any() else float("nan"),
+        "blk_vs_trigger": float(np.mean(np.abs(r["blk"][phys] - r["trg"][phys]) > 5))
+        if phys.any()
+        else float("nan"),
+        "sum_window": float(np.mean((np.abs(r["e_ecal"] + r["e_hcal"] - 100) < 10)[beam]))
+        if beam.any()
+        else float("nan"),
         "box_leak": int((sm_e & box).sum()),
         "n_signal": int(sig.sum()),
-        "signal_ok": float(np.mean(np.abs(r["e_ecal"][sig] - e0_minus[sig]) < 5)) if sig.any() else float("nan"),
+        "signal_ok": float(np.mean(np.abs(r["e_ecal"][sig] - e0_minus[sig]) < 5))
+        if sig.any()
+        else float("nan"),
     }
 
 
 def plot(results: dict[float, dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """The figures vs rate as a standalone HTML page (Bokeh, already a dependency of the DQM)."""
+    from bokeh.embed import file_html
+    from bokeh.layouts import row
+    from bokeh.models import Span
+    from bokeh.plotting import figure
+    from bokeh.resources import INLINE
 
     rates = sorted(results)
     mhz = [r / 1e6 for r in rates]
-    fig, ax = plt.subplots(1, 3, figsize=(13, 4))
-    ax[0].plot(mhz, [100 * results[r]["res68"] for r in rates], "o-", label="reconstructed")
-    ax[0].plot(mhz, [100 * results[r]["res68_truth"] for r in rates], "s--", label="truth")
-    ax[0].set(xlabel="beam rate [MHz]", ylabel="68% half-width / E [%]", title="E_ECAL of 100 GeV beam electrons")
-    ax[0].set_ylim(0, None)
-    ax[0].legend()
+
+    def panel(title: str, y_label: str) -> Any:
+        f = figure(title=title, width=420, height=340, x_axis_label="beam rate [MHz]", y_axis_label=y_label)
+        return f
+
+    def series(f: Any, ys: list[float], label: str, color: str, dash: str = "solid") -> None:
+        f.line(mhz, ys, legend_label=label, color=color, line_dash=dash)
+        f.scatter(mhz, ys, legend_label=label, color=color, size=7)
+
+    res = panel("E_ECAL of 100 GeV beam electrons", "68% half-width / E [%]")
+    series(res, [100 * results[r]["res68"] for r in rates], "reconstructed", "navy")
+    series(res, [100 * results[r]["res68_truth"] for r in rates], "truth", "darkorange", "dashed")
+    res.y_range.start = 0
+    box = panel("SM electrons in the signal box", "per 1e6 EOT")
     leak = [results[r]["box_leak"] / results[r]["eot"] * 1e6 for r in rates]
     upper = [max(results[r]["box_leak"], 2.3) / results[r]["eot"] * 1e6 for r in rates]  # 90% CL for 0
-    ax[1].plot(mhz, upper, "v:", color="grey", label="90% CL upper limit")
-    ax[1].plot(mhz, leak, "o-", label="observed")
-    ax[1].axhline(0.25, color="r", lw=0.8, label="target: 1 per 4e6 EOT")
-    ax[1].set(xlabel="beam rate [MHz]", ylabel="per 1e6 EOT", title="SM electrons in the signal box")
-    ax[1].legend()
-    ax[2].plot(mhz, [100 * results[r]["sum_window"] for r in rates], "o-", label="beam e-: 90<E_ECAL+E_HCAL<110")
-    ax[2].plot(mhz, [100 * (1 - results[r]["blk_vs_trigger"]) for r in rates], "s-", label="physics: |block-trigger|<5 GeV")
+    series(box, upper, "90% CL upper limit", "grey", "dotted")
+    series(box, leak, "observed", "navy")
+    box.add_layout(Span(location=0.25, dimension="width", line_color="red", line_width=1))
+    frac = panel("fractions", "%")
+    series(frac, [100 * results[r]["sum_window"] for r in rates], "beam e-: 90<E_ECAL+E_HCAL<110", "navy")
+    series(
+        frac, [100 * (1 - results[r]["blk_vs_trigger"]) for r in rates], "physics: |block-trigger|<5", "green"
+    )
     if all(np.isfinite(results[r]["signal_ok"]) for r in rates):
-        ax[2].plot(mhz, [100 * results[r]["signal_ok"] for r in rates], "^-", label="Z': |E_ECAL-(E0-E_Z')|<5 GeV")
-    ax[2].set(xlabel="beam rate [MHz]", ylabel="%", title="fractions", ylim=(0, 101))
-    ax[2].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+        series(frac, [100 * results[r]["signal_ok"] for r in rates], "Z': |E_ECAL-(E0-E_Z')|<5 GeV", "purple")
+    for f in (res, box, frac):
+        f.legend.location = "bottom_left"
+        f.legend.label_text_font_size = "8pt"
+    path.write_text(file_html(row(res, box, frac), INLINE, "na64daq physics validation"))
 
 
 def main() -> int:
@@ -231,11 +258,17 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--signal", default="B-L:232:1e-4", help="MODEL:MASS_MEV:COUPLING ('' for none)")
     ap.add_argument("--signal-per-eot", type=float, default=2.5e-4, help="Z' with missing energy per EOT")
-    ap.add_argument("--constants", choices=("nominal", "truth"), default="nominal",
-                    help="nominal (what a new user runs) or the simulated detector's truth")
+    ap.add_argument(
+        "--constants",
+        choices=("nominal", "truth"),
+        default="nominal",
+        help="nominal (what a new user runs) or the simulated detector's truth",
+    )
     ap.add_argument("--daq-arg", action="append", default=[], help="extra argument for na64 daq")
     ap.add_argument("--work", type=Path, default=None, help="keep the runs here (default: a temporary dir)")
-    ap.add_argument("--plot", type=Path, default=None, help="save a PNG of the figures vs rate")
+    ap.add_argument(
+        "--plot", type=Path, default=None, help="save the figures vs rate as an HTML page (Bokeh)"
+    )
     ap.add_argument("--json", type=Path, default=None, help="save the figures as JSON")
     args = ap.parse_args()
     rates = [float(x) for x in args.rates.split(",") if x]
@@ -248,7 +281,10 @@ def main() -> int:
         data, truth, wall = run_chain(rate, args.eot, args, work)
         results[rate] = measure(data, truth, args.constants) | {"wall_s": wall}
         m = results[rate]
-        print(f"{rate / 1e6:4.1f} MHz: {m['spills']} spills, {m['eot']:.3g} EOT, {m['events']} events ({wall:.0f} s)", flush=True)
+        print(
+            f"{rate / 1e6:4.1f} MHz: {m['spills']} spills, {m['eot']:.3g} EOT, {m['events']} events ({wall:.0f} s)",
+            flush=True,
+        )
     print(f"\nconstants: {args.constants}; signal: {args.signal or 'none'} ({args.signal_per_eot:g} per EOT)")
     head = f"{'figure':52s}" + "".join(f"{r / 1e6:>10.1f} MHz" for r in rates)
     print(head)
@@ -259,7 +295,10 @@ def main() -> int:
         ("PHYSICS events |stored block - trigger| > 5 GeV", lambda m: f"{100 * m['blk_vs_trigger']:.2f}%"),
         ("beam e- with 90 < E_ECAL + E_HCAL < 110 GeV", lambda m: f"{100 * m['sum_window']:.2f}%"),
         ("SM e- (true > 60 GeV) in the signal box", lambda m: f"{m['box_leak']} in {m['eot']:.2g}"),
-        ("Z' with |E_ECAL - (E0 - E_Z')| < 5 GeV", lambda m: f"{100 * m['signal_ok']:.1f}% of {m['n_signal']}"),
+        (
+            "Z' with |E_ECAL - (E0 - E_Z')| < 5 GeV",
+            lambda m: f"{100 * m['signal_ok']:.1f}% of {m['n_signal']}",
+        ),
     ]
     for name, fmt in lines:
         print(f"{name:52s}" + "".join(f"{fmt(results[r]):>14s}" for r in rates))

@@ -20,7 +20,15 @@ from daq.batch import EventBatch
 from daq.contract import FRONTEND_COUNTERS, ChannelConstants, Losses
 from daq.protocol import NO_PARTICLE, Fragment
 from daq.trigger import BlockEnergy
-from daq.waveform import Neighbours, RecoConfig, event_sums, find_neighbours, neighbour_range_ns, reconstruct
+from daq.waveform import (
+    Neighbours,
+    RecoConfig,
+    TimeTracker,
+    event_sums,
+    find_neighbours,
+    neighbour_range_ns,
+    reconstruct,
+)
 
 #: the readout groups' channels as slices of the channel axis, and the mask of all groups
 _GROUP_SLICES = detector.GROUP_SLICES
@@ -93,6 +101,8 @@ class Readout:
         self._tail: tuple[int, np.ndarray, np.ndarray] | None = None  # (spill, t_ns, amp)
         self.before_ns, self.after_ns = neighbour_range_ns(self.reco, sample_period_ns, n_samples)
         self.n_neighbours_dropped = 0  # events with more neighbours than the fit keeps
+        #: time offsets learned in this run for channels the calibration gives none (the fit's prior)
+        self.tracker = TimeTracker.new()
 
     # ------------------------------------------------------------ requests
     def add_request(
@@ -169,7 +179,9 @@ class Readout:
             parts_amp.append(np.asarray(context[1], np.uint16))
         s_t, s_amp, rank = _in_time_order(parts_t, parts_amp)
         idx = np.asarray(index).astype(np.int64)
-        own = np.where(idx == NO_PARTICLE, -1, rank[np.minimum(idx, max(t_ns.size - 1, 0)) + n_tail])
+        own = np.full(idx.size, -1, np.int64)
+        part = idx != NO_PARTICLE
+        own[part] = rank[idx[part] + n_tail]
         return s_t, s_amp, own
 
     def _keep_tail(self, spill: int, s_t: np.ndarray, s_amp: np.ndarray, t_end_ns: int) -> None:
@@ -301,6 +313,7 @@ class Readout:
                 trigger_ns=p.t_ns,
                 neighbours=nb,
                 time_offset_error_ns=err,
+                tracker=self.tracker,
             )
             energy, amplitude, peak_time, pileup = r.energy, r.amplitude, r.peak_time, r.pileup
             chi2, n_pulses = r.chi2, r.n_pulses

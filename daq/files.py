@@ -607,19 +607,18 @@ class SpillFile:
         version 1 files."""
         return self._read("reco/n_pulses", sel) if "reco/n_pulses" in self._h5 else None
 
-    def neighbours(self, sel: Any = slice(None)) -> Any:
-        """The other particles near each trigger that the pile-up fit used (``daq.waveform.Neighbours``);
-        None for version 1 files."""
+    def neighbours(self, sel: Any = slice(None)) -> dict[str, np.ndarray] | None:
+        """The other particles near each trigger that the pile-up fit used (version 2; None for version 1):
+        ``count`` (E,), ``dt_ns`` (E, K) arrival minus trigger time, ``amp`` (E, K, C) primitives (rows as
+        ``channels``), padded: event e's are the first count[e] (as ``daq.waveform.Neighbours``)."""
         if "neighbours" not in self._h5:
             return None
-        from daq.waveform import Neighbours
-
-        return Neighbours(
-            self._read("neighbours/count", sel),
-            self._read("neighbours/dt_ns", sel),
-            self._read("neighbours/amp", sel),
-            np.asarray(self._h5["primitives/channels"][()]),
-        )
+        return {
+            "count": self._read("neighbours/count", sel),
+            "dt_ns": self._read("neighbours/dt_ns", sel),
+            "amp": self._read("neighbours/amp", sel),
+            "channels": np.asarray(self._h5["primitives/channels"][()]),
+        }
 
     def waveforms(self, sel: Any = slice(None)) -> np.ndarray:
         """Raw samples (E, 110, n_samples) uint16 in ADC counts (0 for channels missing from the event)."""

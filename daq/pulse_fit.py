@@ -37,7 +37,7 @@ threshold (in-time included), whether an out-of-time pulse above it was fitted a
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numba
 import numpy as np
@@ -59,6 +59,9 @@ class FitSettings(NamedTuple):
     gn_snr: float  # fit the time shift when the pulses' total exceeds this many noise sigma
     gn_max: int  # Gauss-Newton steps at most
     gn_tol_ns: float  # ... until the shift moves less than this
+    gn_off_ns: float  # a time-offset prior narrower than this is trusted: no shift fitted
+    track_min: int  # a channel's offset is learned once this many isolated pulses have been fitted
+    track_snr: float  # ... of at least this many noise sigma
     max_shift_ns: float  # |delta| at most
     extra_max: int  # unannounced pulses at most
     extra_sigma: float  # ... only at a residual above this many noise sigma
@@ -82,12 +85,20 @@ class Templates(NamedTuple):
     n_phase: int
 
 
-#: fastmath: reassociation and contraction only (SIMD sums over the 32 samples); no finite-math
-#: assumptions
-_JIT = {"cache": True, "nogil": True, "boundscheck": False, "fastmath": {"reassoc", "contract"}}
+def _compiled(inline: bool = False) -> Any:
+    """numba.njit with this module's options: cached on disk, no GIL, no bounds checks, fastmath limited to
+    reassociation and contraction (SIMD sums over the 32 samples; no finite-math assumptions); helpers
+    inlined into the kernel."""
+    return numba.njit(
+        cache=True,
+        nogil=True,
+        boundscheck=False,
+        fastmath={"reassoc", "contract"},
+        inline="always" if inline else "never",
+    )
 
 
-@numba.njit(**_JIT, inline="always")
+@_compiled(inline=True)
 def _column(tv, k, start, length, n_phase, p, period, ok, col):
     """col[s] = T_k(s x period - p) at the unsaturated samples, 0 elsewhere; returns the largest value."""
     n_s = col.shape[0]
@@ -108,7 +119,7 @@ def _column(tv, k, start, length, n_phase, p, period, ok, col):
     return top
 
 
-@numba.njit(**_JIT, inline="always")
+@_compiled(inline=True)
 def _cholesky_solve(A, rhs, n, out):
     """Solve A out = rhs for the dense symmetric positive-definite n x n matrix A (lower triangle used,
     overwritten by its Cholesky factor). Returns -1, or the first column that is (numerically) a
@@ -139,7 +150,7 @@ def _cholesky_solve(A, rhs, n, out):
     return -1
 
 
-@numba.njit(**_JIT, inline="always")
+@_compiled(inline=True)
 def _normal(X, y, even, n_even, n_odd, m, from_col, G, b):
     """Normal equations of columns from_col..m-1 (columns 0, 1 are the even/odd pedestal indicators of the
     unsaturated samples: their products are parity sums); earlier columns are left as they are."""
@@ -176,7 +187,7 @@ def _normal(X, y, even, n_even, n_odd, m, from_col, G, b):
             G[j, i] = acc
 
 
-@numba.njit(**_JIT, inline="always")
+@_compiled(inline=True)
 def _nnls(G, b, pw, pv, npul, m, last_free, extra_w, extra_v, H, g, idx, active, x, A, rhs, sol):
     """Solve the normal equations G, b of m columns: columns 0, 1 are the pedestals (eliminated first,
     Schur complement), then the pulse columns 2.. with priors pw/pv, and extra_w/extra_v on column m - 1
@@ -242,7 +253,7 @@ def _nnls(G, b, pw, pv, npul, m, last_free, extra_w, extra_v, H, g, idx, active,
     x[1] = po * io
 
 
-@numba.njit(**_JIT, inline="always")
+@_compiled(inline=True)
 def _residuals(X, y, ok, x, m, r):
     """r = y - model at the unsaturated samples, 0 at the saturated ones."""
     n_s = y.shape[0]
@@ -257,7 +268,7 @@ def _residuals(X, y, ok, x, m, r):
         r[s] *= ok[s]
 
 
-@numba.njit(**_JIT, inline="always")
+@_compiled(inline=True)
 def _chi2(X, y, ok, x, m, sig2, shape_tol, r):
     """chi2 of the fit, residuals into r. The errors are the noise and shape_tol x the fitted pulse; the
     plain sum (noise only) is an upper bound, so the exact one is computed only if it could matter
@@ -277,7 +288,7 @@ def _chi2(X, y, ok, x, m, sig2, shape_tol, r):
     return chi
 
 
-@numba.njit(**_JIT, inline="always")
+@_compiled(inline=True)
 def _chi2_fast(G, b, x, m, yy):
     """sum of squared residuals from the normal equations: yy - 2 x.b + x.G.x (yy = y.y)."""
     acc = yy
@@ -292,7 +303,7 @@ def _chi2_fast(G, b, x, m, yy):
     return max(acc, 0.0)
 
 
-@numba.njit(**_JIT, inline="always")
+@_compiled(inline=True)
 def _columns(tv, k, start, length, n_phase, pos, pw, pv, npul, delta, period, ok, min_overlap, X):
     """The pulse columns X[2..] at the current shift; pulses that barely reach the window (template
     below min_overlap everywhere in it) are dropped. Returns (pulses, columns)."""
@@ -310,7 +321,7 @@ def _columns(tv, k, start, length, n_phase, pos, pw, pv, npul, delta, period, ok
     return npul, 2 + npul
 
 
-@numba.njit(**_JIT, inline="always")
+@_compiled(inline=True)
 def _n_active(active, m):
     n = 0
     for i in range(m):
@@ -318,7 +329,7 @@ def _n_active(active, m):
     return n
 
 
-@numba.njit(**_JIT)
+@_compiled()
 def _shift(
     which,
     n_steps,
@@ -392,7 +403,7 @@ def _shift(
     return npul, m, delta
 
 
-@numba.njit(**_JIT, inline="always")
+@_compiled(inline=True)
 def _vertex(r, ok, s0):
     """Where (samples from s0, -0.5..0.5) a parabola through the residuals at s0 - 1, s0, s0 + 1 peaks."""
     n_s = r.shape[0]
@@ -404,7 +415,7 @@ def _vertex(r, ok, s0):
     return min(max(0.5 * (r[s0 - 1] - r[s0 + 1]) / den, -0.5), 0.5)
 
 
-@numba.njit(**_JIT, inline="always")
+@_compiled(inline=True)
 def _quiet_filters(tv, k, start, length, n_phase, p, period, ok, even, col, F):
     """F (3, S): the rows of the least-squares solution (pedestal even, odd, in-time amplitude) of a
     window with no saturated sample and only the in-time pulse, peaking at p: x = F @ y."""
@@ -442,7 +453,7 @@ def _quiet_filters(tv, k, start, length, n_phase, p, period, ok, even, col, F):
         F[2, s] = i02 * ev + i12 * od + i22 * t
 
 
-@numba.njit(**_JIT)
+@_compiled()
 def fit_windows(
     w,  # (E, C, S) uint16
     phase,  # (E,) float64: in-time peak, ns after sample 0, before the channel offset
@@ -464,6 +475,8 @@ def fit_windows(
     length,  # Templates.length
     n_phase,  # Templates.n_phase
     st,  # FitSettings
+    track_n,  # (C,) int64, in/out: isolated pulses whose time shift was fitted (the offset tracker)
+    track_sum,  # (C,) float64, in/out: the sum of their shifts, ns
     amp,  # outputs (E, C)
     t_peak,
     chi2,
@@ -572,7 +585,14 @@ def fit_windows(
                 X[0, s] = even[s] * ok[s]
                 X[1, s] = (1.0 - even[s]) * ok[s]
             # the pulses: in-time first, then the other particles whose pulse reaches the window
-            p0 = phase[e] + t_off[c]
+            # where the channel's pulses sit: the calibration's offset, or the one learned in this run
+            off = t_off[c]
+            ts = t_sigma[c]
+            tracked = ts >= st.gn_off_ns and track_n[c] >= st.track_min
+            if tracked:
+                off += track_sum[c] / track_n[c]
+                ts = 0.0
+            p0 = phase[e] + off
             pos[0] = p0
             pw[0] = 0.0
             npul = 1
@@ -599,8 +619,7 @@ def fit_windows(
                     pv[npul] = value
                     npul += 1
             delta = 0.0
-            ts = t_sigma[c]
-            prior = sig2 / (ts * ts) if ts > 0.0 else 0.0
+            prior = sig2 / (ts * ts) if ts >= st.gn_off_ns else 0.0
             npul, m = _columns(
                 tv, k, start[k], length[k], n_phase, pos, pw, pv, npul, delta, period, ok, st.min_overlap, X
             )
@@ -748,6 +767,18 @@ def fit_windows(
                         late = True
             n_pulses[e, c] = min(cnt, 255)
             pileup[e, c] = late
+            # an alone (no other pulse above threshold), unsaturated, well-fitted pulse whose shift was fitted teaches the tracker
+            if (
+                prior > 0.0
+                and not tracked
+                and n_used == n_s
+                and not late
+                and a0 > st.track_snr * sig
+                and chi <= ndf + st.chi2_sigma * np.sqrt(2.0 * ndf)
+                and abs(delta) < st.max_shift_ns
+            ):
+                track_n[c] += 1
+                track_sum[c] += delta
             energy[e, c] = a0 * gev_per_count[c] if a0 > th and not dead[c] else 0.0
             ped_even[e, c] = x[0]
             ped_odd[e, c] = x[1]

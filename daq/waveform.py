@@ -65,6 +65,9 @@ class RecoConfig:
     time_fit_sigma: float = 30.0
     time_fit_steps: int = 5
     max_shift_ns: float = 8.0
+    #: a channel without a calibrated offset has it learned in the run from this many isolated pulses
+    #: (then used as calibrated: no shift fitted, the fit costs half); 0: fit every window's shift
+    time_track_pulses: int = 20
     #: pulses the primitive stream did not announce: at most this many, above this many sigma, kept if the
     #: chi2 falls by more than extra_dchi2
     extra_pulses: int = 2
@@ -102,6 +105,8 @@ class RecoConfig:
                 raise ValueError(f"{name} must be >= 0 (got {getattr(self, name)})")
         if not 0 <= self.time_fit_steps <= 20:
             raise ValueError(f"time_fit_steps must be in 0..20 (got {self.time_fit_steps})")
+        if not 0 <= self.time_track_pulses <= 1_000_000:
+            raise ValueError(f"time_track_pulses must be in 0..1000000 (got {self.time_track_pulses})")
         if not 0 <= self.extra_pulses <= 4:
             raise ValueError(f"extra_pulses must be in 0..4 (got {self.extra_pulses})")
 
@@ -174,6 +179,27 @@ def find_neighbours(
     return out, over
 
 
+@dataclass(eq=False)
+class TimeTracker:
+    """The channels' time offsets learned in a run (for channels whose calibration gives none): every
+    isolated, unsaturated pulse of at least 50 noise sigma whose time shift the fit determined adds it;
+    after ``RecoConfig.time_track_pulses`` of them the channel's offset is their mean and its windows are
+    fitted at it, like a calibrated channel. Updated event by event in the order events are
+    reconstructed, so any split of the same events into batches learns the same."""
+
+    n: np.ndarray  # (C,) int64: pulses so far
+    sum_ns: np.ndarray  # (C,) float64: the sum of their shifts
+
+    @staticmethod
+    def new(n_channels: int = detector.N_CHANNELS) -> TimeTracker:
+        return TimeTracker(np.zeros(n_channels, np.int64), np.zeros(n_channels, np.float64))
+
+    def offsets_ns(self, min_pulses: int) -> np.ndarray:
+        """The learned shift per channel (ns, added to the calibration's offset); NaN where not learned."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where((self.n >= max(min_pulses, 1)), self.sum_ns / np.maximum(self.n, 1), np.nan)
+
+
 @dataclass(frozen=True, eq=False)
 class Reco:
     """Per-channel reconstruction of E events, each array (E, C)."""
@@ -210,6 +236,7 @@ def reconstruct(
     neighbours: Neighbours | None = None,
     time_offset_error_ns: np.ndarray | None = None,
     channel_ids: np.ndarray | None = None,
+    tracker: TimeTracker | None = None,
 ) -> Reco:
     """Reconstruct waveforms (E, C, S) of channels whose per-channel constants (C,) are given.
 
@@ -222,7 +249,8 @@ def reconstruct(
     trigger times (default: on a clock edge, the in-time pulse at ``expected_peak_ns``); ``neighbours``
     the other particles near each trigger (default none: every window has the in-time pulse and whatever
     the residuals reveal); ``channel_ids`` the detector channel id of each of the C channels (default
-    0..C-1), to match the neighbours' primitive rows.
+    0..C-1), to match the neighbours' primitive rows; ``tracker`` the run's :class:`TimeTracker` (updated;
+    default: a fresh one, forgotten after the call).
     """
     cfg = config or RecoConfig()
     w = np.asarray(waveforms)
@@ -263,6 +291,9 @@ def reconstruct(
     from daq import pulse_fit  # numba's import costs ~0.5 s: only processes that reconstruct pay it
 
     tpl = templates(cfg, period)
+    tr = tracker if tracker is not None else TimeTracker.new(n_ch)
+    if tr.n.shape != (n_ch,):
+        raise ValueError(f"the time tracker is for {tr.n.shape[0]} channels, not {n_ch}")
     pulse_fit.fit_windows(
         np.ascontiguousarray(w, dtype=np.uint16),
         phase.astype(np.float64),
@@ -276,6 +307,8 @@ def reconstruct(
         tpl.length,
         tpl.n_phase,
         fit_settings(cfg, period),
+        tr.n,
+        tr.sum_ns,
         out.amplitude,
         out.peak_time,
         out.chi2,
@@ -378,6 +411,9 @@ def fit_settings(cfg: RecoConfig, sample_period_ns: float):  # -> pulse_fit.FitS
         gn_snr=cfg.time_fit_sigma,
         gn_max=cfg.time_fit_steps,
         gn_tol_ns=0.02,
+        gn_off_ns=0.25,
+        track_min=cfg.time_track_pulses if cfg.time_track_pulses > 0 else 1 << 62,
+        track_snr=cfg.time_fit_sigma,
         max_shift_ns=cfg.max_shift_ns,
         extra_max=cfg.extra_pulses,
         extra_sigma=cfg.extra_sigma,

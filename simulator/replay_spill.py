@@ -131,7 +131,9 @@ class RecordedSpill:
 
     def __post_init__(self) -> None:
         self._bounds = np.searchsorted(self.p_slice, np.arange(self.n_slices + 1), side="left")
-        self._c_bounds = np.searchsorted(self.c_t_ns, np.arange(self.n_slices + 1) * self.slice_ns, side="left")
+        self._c_bounds = np.searchsorted(
+            self.c_t_ns, np.arange(self.n_slices + 1) * self.slice_ns, side="left"
+        )
         if self.missing_groups.shape[0] < 1 or self.missing_groups[-1] != 0:
             raise ValueError("missing_groups needs one extra, 0 last entry (the all-zero row)")
         self._buffers(256)
@@ -502,12 +504,12 @@ def build_spill(
     slice_ns: int,
     end_ns: int,
     merge: int = 1,
-    neighbours: Any = None,
+    neighbours: dict[str, np.ndarray] | None = None,
     **extra: Any,
 ) -> RecordedSpill:
     """Regroup a file's events into replay form (pure). ``events`` needs slice, index, t_ns, missing_groups.
 
-    ``neighbours`` (``daq.waveform.Neighbours`` of the E events, file version 2): the particles the DAQ
+    ``neighbours`` (``SpillFile.neighbours()`` of the E events, file version 2): the particles the DAQ
     fitted as pile-up; those that are not recorded particles themselves are replayed as context.
 
     ``source`` gives the E events' (E, 110, S) windows by event row. ``slice_ns`` is the recorded slice
@@ -572,15 +574,16 @@ def build_spill(
 
 
 def context_particles(
-    event_t_ns: np.ndarray, neighbours: Any, p_t_ns: np.ndarray, p_amp: np.ndarray
+    event_t_ns: np.ndarray, neighbours: dict[str, np.ndarray], p_t_ns: np.ndarray, p_amp: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """The distinct neighbours of the recorded events that are not recorded particles: (t_ns (M,) in time
     order, amp (C, M)). A particle is its arrival time and primitive amplitudes (two particles alike in
     both cannot be told apart, by the DAQ either)."""
-    count = np.asarray(neighbours.count, dtype=np.int64)
-    valid = np.arange(neighbours.dt_ns.shape[1])[None, :] < count[:, None]
-    t = (event_t_ns[:, None] + neighbours.dt_ns.astype(np.int64))[valid]
-    amp = np.asarray(neighbours.amp)[valid]  # (N, C)
+    count = np.asarray(neighbours["count"], dtype=np.int64)
+    dt = np.asarray(neighbours["dt_ns"], dtype=np.int64)
+    valid = np.arange(dt.shape[1])[None, :] < count[:, None]
+    t = (event_t_ns[:, None] + dt)[valid]
+    amp = np.asarray(neighbours["amp"])[valid]  # (N, C)
     c = amp.shape[1]
     rows = np.empty((t.size, 1 + c), np.int64)
     rows[:, 0], rows[:, 1:] = t, amp

@@ -266,7 +266,8 @@ def same_detector(runs: list[Run]) -> dict[str, np.ndarray]:
 
 def amplitude_response(shape: detector.PulseShape, n: int = 20000) -> float:
     """Mean ratio of the DAQ's amplitude (``daq.waveform``) to the true pulse height, for the simulator's
-    pulse shape of a class, with the trigger's sub-sample phase uniform (1 for an unbiased estimator)."""
+    pulse shape of a class, with the trigger's sub-sample phase uniform over the 1 ns steps of the trigger
+    time the DAQ knows (1 for an unbiased estimator)."""
     from daq import waveform
     from simulator import electronics
     from simulator.config import ElectronicsConfig
@@ -275,11 +276,16 @@ def amplitude_response(shape: detector.PulseShape, n: int = 20000) -> float:
     shapes = electronics.PulseShapes(cfg)
     rng = np.random.default_rng(0)
     period = detector.SAMPLE_PERIOD_NS
-    peak = cfg.peak_sample * period - rng.uniform(0.0, period, n)
+    trigger_ns = rng.integers(0, int(period), n)  # the pulse peaks peak_sample - (period - t) / period
+    peak = cfg.peak_sample * period - (np.ceil(trigger_ns / period) * period - trigger_ns)
     t = np.arange(cfg.n_samples) * period
     w = 1000.0 * electronics.pulse(t[None, :] - peak[:, None], cfg.shape_order, shapes.tau[shape])
     w += detector.NOMINAL_PEDESTAL
     reco = waveform.reconstruct(
-        np.rint(w)[:, None, :].astype(np.uint16), np.ones(1), shape=np.array([int(shape)])
+        np.rint(w)[:, None, :].astype(np.uint16),
+        np.ones(1),
+        shape=np.array([int(shape)]),
+        config=waveform.RecoConfig(expected_peak_ns=cfg.peak_sample * period),
+        trigger_ns=trigger_ns,
     )
     return float(np.mean(reco.amplitude[:, 0]) / 1000.0)

@@ -54,9 +54,9 @@ def _beam_windows(rng: np.random.Generator, truth: synth.Truth, n: int) -> np.nd
     cnt = detector.COUNTER_IDS[:3]
     full[:, cnt] = synth.sample_moyal(rng, 0.3, 0.036, (n, 3)) * truth.gain[cnt]
     full[:, detector.SRD_IDS] = rng.gamma(3.0, 10.0, (n, 3)) * truth.gain[detector.SRD_IDS]
-    return waveform.synthesize(
-        full, 125.0, truth.pedestal_even, truth.pedestal_odd, 0.0, tau_ns=None, rng=rng
-    ).astype(np.uint16)
+    return waveform.synthesize(full, 125.0, truth.pedestal_even, truth.pedestal_odd, 0.0, rng=rng).astype(
+        np.uint16
+    )
 
 
 @pytest.fixture(scope="module")

@@ -284,14 +284,16 @@ def test_every_dataset_has_units_and_a_description(tmp_path: Path, tables: str) 
 
 @pytest.mark.parametrize("tables", ["none", "gzip"])
 def test_only_the_waveforms_need_a_filter_plugin(tmp_path: Path, tables: str) -> None:
-    """Everything but /waveforms has no filter or HDF5's built-in shuffle + deflate (ids 2, 1)."""
+    """Everything but the raw data (/waveforms, and the padded neighbour lists of the pile-up fit) has no
+    filter or HDF5's built-in shuffle + deflate (ids 2, 1)."""
     path = write(tmp_path, [batch(300)], table_compression=tables)
     with h5py.File(path, "r") as f:
         for name in datasets_of(path):
             plist = f[name].id.get_create_plist()
             ids = {plist.get_filter(i)[0] for i in range(plist.get_nfilters())}
             chunked = f[name].chunks is not None
-            want = {32001} if name == "waveforms" else {1, 2} if tables == "gzip" and chunked else set()
+            raw = name in ("waveforms", "neighbours/dt_ns", "neighbours/amp")
+            want = {32001} if raw else {1, 2} if tables == "gzip" and chunked else set()
             assert ids == want, name  # blosc; HDF5's shuffle + deflate; none
         assert f.attrs["compression"] == "blosc-lz4" and f.attrs["table_compression"] == tables
 

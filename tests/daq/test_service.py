@@ -275,11 +275,12 @@ def test_spill_not_recorded_when_the_disk_is_nearly_full(daq_factory: Any) -> No
 
 
 def _limit_file_size() -> None:
-    resource.setrlimit(resource.RLIMIT_FSIZE, (1_500_000, 1_500_000))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2_500_000, 2_500_000))
 
 
 def test_write_error_fails_the_spill_and_the_next_spill_is_recorded(daq_factory: Any) -> None:
-    """A real write error: the DAQ process may not write files larger than 1.5 MB (RLIMIT_FSIZE)."""
+    """A real write error: the DAQ process may not write files larger than 2.5 MB (RLIMIT_FSIZE; an
+    unfiltered chunked dataset takes its whole first chunk, so even a spill of a few events needs ~1.7 MB)."""
     daq = daq_factory("--set", "trigger.beam_prescale=3", preexec=_limit_file_size)
     lis = Listener(daq.publish)
     fe = FakeFrontEnd(daq.endpoint, run=6)

@@ -201,12 +201,14 @@ def test_a_neighbour_that_left_nothing_in_the_channel_costs_nothing() -> None:
 @settings(max_examples=80, deadline=None)
 @given(
     st.floats(50.0, 3000.0),
-    st.lists(st.tuples(st.floats(0.0, 3000.0), st.floats(-250.0, 250.0)), max_size=3),
+    st.lists(
+        st.tuples(st.floats(0.0, 3000.0), st.integers(-250, 250)), max_size=3
+    ),  # arrival times: whole ns
     st.floats(-4.0, 4.0),
     st.booleans(),
 )
 def test_noise_free_windows_are_fitted_exactly(
-    a0: float, others: list[tuple[float, float]], shift: float, calibrated: bool
+    a0: float, others: list[tuple[float, int]], shift: float, calibrated: bool
 ) -> None:
     """Any in-time pulse with up to three announced neighbours, no noise but the ADC's rounding: the fit
     recovers the in-time amplitude (a cell without primitives: the samples alone). With a calibrated time

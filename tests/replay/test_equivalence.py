@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import shlex
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -23,7 +24,7 @@ from daq import detector, protocol
 from daq.contract import BEAM, RANDOM
 from daq.files import SpillFile, list_spill_files
 from simulator.replay_spill import load_spill
-from tests.conftest import free_port, na64_command
+from tests.conftest import free_port, na64_command, wait_daq_listening
 from tests.replay.plugin import record_spills
 
 pytestmark = pytest.mark.integration
@@ -54,12 +55,19 @@ def _endpoint(cmd: list[str]) -> str:
 
 
 def _run_pair(daq_cmd: list[str], fe_cmd: list[str], processes: list[subprocess.Popen[bytes]]) -> str:
-    daq = subprocess.Popen(daq_cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    """The DAQ, and once it listens the replay (a replay at --pace max that starts first can be done with a
+    spill before a slow-starting DAQ reads its first slice)."""
+    log = Path(tempfile.mkstemp(suffix=".daq.log")[1])
+    with log.open("wb") as out:
+        daq = subprocess.Popen(daq_cmd, stdout=out, stderr=subprocess.STDOUT)
     processes.append(daq)
+    wait_daq_listening(daq, log)
     fe = subprocess.Popen(fe_cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     processes.append(fe)
     fe_out = fe.communicate(timeout=120)[0].decode()
-    daq_out = daq.communicate(timeout=60)[0].decode()
+    daq.wait(timeout=60)
+    daq_out = log.read_text()
+    log.unlink()
     assert fe.returncode == 0, fe_out
     assert daq.returncode == 0, daq_out
     return fe_out
