@@ -68,7 +68,7 @@ def run_chain(rate: float, eot: float, args: argparse.Namespace, work: Path) -> 
     with open(work / "daq.log", "w") as dl, open(work / "sim.log", "w") as sl:
         daq = subprocess.Popen(daq_cmd, stdout=dl, stderr=subprocess.STDOUT)
         try:
-            wait_for(work / "daq.log", b"DAQ listening", daq, 120)
+            wait_for(work / "daq.log", b"DAQ listening", daq, 900)  # a cold kernel cache: minutes
             sim = subprocess.run(sim_cmd, stdout=sl, stderr=subprocess.STDOUT, timeout=3600)
             if sim.returncode != 0:
                 raise SystemExit(f"na64 simulate failed ({sim.returncode}): see {work / 'sim.log'}")

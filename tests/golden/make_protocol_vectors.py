@@ -53,6 +53,18 @@ def vectors() -> dict[str, p.Message]:
             amp=amp,
             **common,
         ),
+        "slice_context": p.Slice(  # with the optional context frames (na64 replay)
+            seq=2,
+            slice_id=3,
+            t0_ns=30_000_000,
+            length_ns=10_000_000,
+            n_particles=n,
+            t_ns=np.array([30_000_100, 30_000_700, 30_004_000, 30_009_999], np.int64),
+            amp=amp,
+            ctx_t_ns=np.array([29_999_800, 30_000_350], np.int64),
+            ctx_amp=(amp[:, :2] // 2).astype(np.uint16),
+            **common,
+        ),
         "slice_empty": p.Slice(
             seq=3,
             slice_id=4,

@@ -1,4 +1,4 @@
-"""Write the golden spill file of format version 1 (tests/golden/spill_v1/).
+"""Write the golden spill file of today's format version (tests/golden/spill_v<N>/, N = 2 since 2026-12-06).
 
 Run from the repository root, only on purpose: ``python tests/golden/make_spill_files.py``. It writes
 ``run000042_spill00007.h5`` through the DAQ's own writer (:class:`daq.writer.SpillWriter`) from
@@ -6,8 +6,9 @@ deterministic events, and ``expected.json``: the values a reader must get back (
 counters, losses, histograms, every dataset's shape, dtype, units and the SHA-256 of its data).
 
 The files are committed and read by ``tests/daq/test_golden_spill.py`` forever: every later reader must
-still read a version-1 file (as boost-histogram keeps its pickles). A new format version gets its own
-directory (``spill_v2/``) and this one is left alone. The tables are written with
+still read every earlier version (as boost-histogram keeps its pickles). A new format version gets its
+own directory and the earlier ones are left alone (``spill_v1/`` was written by this script's version
+of 2026-12-05, without the fit's chi2, pulse counts and neighbours). The tables are written with
 ``table_compression = "gzip"`` to keep the file small (the default ``none`` stores whole zero-padded
 chunks: ~1.2 MB for 20 events); both are version 1 and read the same way.
 """
@@ -27,9 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from daq import detector
 from daq.batch import EventBatch
+from daq.files import FORMAT_VERSION
 from daq.protocol import NO_PARTICLE
+from daq.waveform import MAX_NEIGHBOURS
 
-OUT = Path(__file__).resolve().parent / "spill_v1"
+OUT = Path(__file__).resolve().parent / f"spill_v{FORMAT_VERSION}"
 NAME = "run000042_spill00007.h5"
 N_EVENTS = 20
 T_START_NS = 1_780_000_000_000_000_000  # fixed wall-clock times so the values are reproducible
@@ -68,6 +71,13 @@ def events() -> EventBatch:
     pulse = np.exp(-0.5 * ((samples * detector.SAMPLE_PERIOD_NS - 125.0) / 17.0) ** 2)
     wf = 200 + rng.normal(0, 1.5, (n, n_ch, detector.N_SAMPLES)) + amplitude[:, :, None] * pulse
     prim = detector.default_primitive_channels()
+    nb_count = rng.integers(0, 4, n).astype(np.uint8)
+    nb_count[[4, 13]] = 0
+    filled = np.arange(MAX_NEIGHBOURS)[None, :] < nb_count[:, None]
+    nb_dt = np.where(filled, rng.integers(-600, 500, (n, MAX_NEIGHBOURS)), 0).astype(np.int32)
+    nb_amp = np.where(filled[:, :, None], rng.integers(0, 3000, (n, MAX_NEIGHBOURS, prim.size)), 0).astype(
+        np.uint16
+    )
     return EventBatch(
         event_id=np.arange(1000, 1000 + n, dtype=np.uint64),
         slice=(np.arange(n) // 5).astype(np.uint32),
@@ -80,10 +90,15 @@ def events() -> EventBatch:
         amplitude=amplitude,
         peak_time=peak_time,
         pileup=rng.random((n, n_ch)) > 0.97,
+        chi2=rng.chisquare(28, (n, n_ch)).astype(np.float32) / 28,
+        n_pulses=(energy > 0).astype(np.uint8) + (rng.random((n, n_ch)) > 0.95),
         waveforms=np.clip(np.rint(wf), 0, 4095).astype(np.uint16),
         prim_amp=np.where(index[None, :] == NO_PARTICLE, 0, np.clip(amplitude[:, prim].T, 0, 4095)).astype(
             np.uint16
         ),
+        nb_count=nb_count,
+        nb_dt_ns=nb_dt,
+        nb_amp=nb_amp,
     )
 
 
@@ -102,7 +117,7 @@ def write(directory: Path) -> Path:
             "dead_time_ns": 5000,
             "random_period_ns": 10_000_000,
         },
-        calibration_id="golden-v1",
+        calibration_id=f"golden-v{FORMAT_VERSION}",
         frontend_info='{"name": "golden", "seed": 20261206}',
     )
     w = SpillWriter(directory, header, WriterConfig(fsync=False, table_compression="gzip"))

@@ -133,6 +133,21 @@ def replay(request: pytest.FixtureRequest) -> Replay:
     return result
 
 
+#: what the DAQ reconstructed (the pulse fit, with the pile-up neighbours it used) and the raw data
+RECO = (
+    "energy",
+    "amplitude",
+    "peak_time",
+    "pileup",
+    "chi2",
+    "n_pulses",
+    "nb_count",
+    "nb_dt_ns",
+    "nb_amp",
+    "waveforms",
+)
+
+
 def _read(path: Path) -> dict[str, Any]:
     with SpillFile(path) as f:
         return {
@@ -141,6 +156,9 @@ def _read(path: Path) -> dict[str, Any]:
             "amplitude": f.amplitude(),
             "peak_time": f.peak_time(),
             "pileup": f.pileup(),
+            "chi2": f.chi2(),
+            "n_pulses": f.n_pulses(),
+            **{f"nb_{k}": v for k, v in (f.neighbours() or {}).items()},
             "waveforms": f.waveforms(),
             "prim": f.primitives(),
             "counters": f.counters,
@@ -195,7 +213,7 @@ def test_replayed_spill_gives_the_recorded_events_bit_for_bit(replay: Replay, k:
     particle = ea["index"] != protocol.NO_PARTICLE
     np.testing.assert_array_equal(eb["trigger_mask"], np.where(particle, mask | BEAM, mask))
     # reconstruction and raw data, bit for bit
-    for name in ("energy", "amplitude", "peak_time", "pileup", "waveforms"):
+    for name in RECO:
         np.testing.assert_array_equal(b[name], a[name], err_msg=name)
     np.testing.assert_array_equal(b["prim"]["t_ns"], a["prim"]["t_ns"])
     np.testing.assert_array_equal(b["prim"]["amp"], a["prim"]["amp"])
@@ -240,7 +258,7 @@ def test_a_merged_replay_differs_from_the_plain_one_only_in_slice_index_and_slic
     assert a["events"].keys() == b["events"].keys() and a.keys() == b.keys()
     for col in a["events"].keys() - {"slice", "index"}:
         np.testing.assert_array_equal(b["events"][col], a["events"][col], err_msg=col)
-    for name in ("energy", "amplitude", "peak_time", "pileup", "waveforms"):
+    for name in RECO:
         np.testing.assert_array_equal(b[name], a[name], err_msg=name)
     for key in a["prim"]:
         np.testing.assert_array_equal(b["prim"][key], a["prim"][key], err_msg=key)
