@@ -53,7 +53,7 @@ class EventBatch:
     def column(self, name: str) -> np.ndarray:
         """An event-table column by name (the SUM_NAMES are rows of ``sums``)."""
         if name in SUM_NAMES:
-            return self.sums[SUM_NAMES.index(name)]
+            return np.asarray(self.sums[SUM_NAMES.index(name)])
         return np.asarray(getattr(self, name))
 
     def take(self, sel: builtins.slice | np.ndarray) -> EventBatch:

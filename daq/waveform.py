@@ -30,10 +30,14 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from daq import detector
+
+if TYPE_CHECKING:  # the compiled module loads numba: imported where a fit runs
+    from daq.pulse_fit import FitSettings, Templates
 
 DEAD = 1  # calibration status code of a dead channel
 #: neighbours kept per event at most (the closest in time first): far beyond what 4 MHz gives (~3)
@@ -386,7 +390,7 @@ def _channel_arrays(
 
 
 @functools.lru_cache(maxsize=8)
-def templates(config: RecoConfig, sample_period_ns: float):  # -> pulse_fit.Templates
+def templates(config: RecoConfig, sample_period_ns: float) -> Templates:
     """The fit's pre-sampled templates, one per shape class (daq.detector.PulseShape order)."""
     from daq import pulse_fit
 
@@ -398,7 +402,7 @@ def templates(config: RecoConfig, sample_period_ns: float):  # -> pulse_fit.Temp
 
 
 @functools.lru_cache(maxsize=8)
-def fit_settings(cfg: RecoConfig, sample_period_ns: float):  # -> pulse_fit.FitSettings
+def fit_settings(cfg: RecoConfig, sample_period_ns: float) -> FitSettings:
     from daq import pulse_fit
 
     return pulse_fit.FitSettings(
