@@ -27,7 +27,14 @@ import numpy as np
 
 from daq import detector, protocol, pulse_fit
 from daq.trigger import PrimitiveBatch, Trigger, TriggerConfig
-from daq.waveform import RecoConfig, TimeTracker, event_sums, find_neighbours, neighbour_range_ns, reconstruct
+from daq.waveform import (
+    ChannelTracker,
+    RecoConfig,
+    event_sums,
+    find_neighbours,
+    neighbour_range_ns,
+    reconstruct,
+)
 
 
 def readout_batches(rate: float, n_slices: int, seed: int) -> tuple[list[tuple[np.ndarray, ...]], object]:
@@ -95,7 +102,7 @@ def main() -> int:
             best = float("inf")
             energy = None
             for _ in range(args.rounds):
-                tracker = TimeTracker.new()
+                tracker = ChannelTracker.new()
                 t = time.thread_time()
                 for wf, trig_t, nb in batches:
                     r = reconstruct(

@@ -137,11 +137,15 @@ def measure(data: Path, truth_path: Path, constants: str) -> dict[str, Any]:
     rows: dict[str, list[np.ndarray]] = {k: [] for k in ("e_ecal", "e_hcal", "mask", "blk", "trg", "ti")}
     eot = 0
     n_spills = 0
+    not_ok: list[str] = []  # spills that lost data: their figures would not be the reconstruction's
     gains = detector.nominal_gains() if constants == "nominal" else truth["channels"]["gain"]
     for path in list_spill_files([data]):
         with SpillFile(path) as f:
             n_spills += 1
             eot += int(f.attrs["n_beam"])
+            if f.status != "ok":
+                lost = {k: v for k, v in f.losses.items() if v and k != "dead_time"}
+                not_ok.append(f"spill {f.spill}: {f.status} {lost}")
             ev = f.events(["slice", "index", "trigger_mask", "e_ecal", "e_hcal"])
             energy = f.energy()
             prim = f.primitives()
@@ -186,6 +190,7 @@ def measure(data: Path, truth_path: Path, constants: str) -> dict[str, Any]:
         return float((hi - lo) / 2 / med)
 
     return {
+        "not_ok": not_ok,
         "spills": n_spills,
         "eot": eot,
         "events": int(r["mask"].size),
@@ -302,12 +307,17 @@ def main() -> int:
     ]
     for name, fmt in lines:
         print(f"{name:52s}" + "".join(f"{fmt(results[r]):>14s}" for r in rates))
+    lossy = {r: m["not_ok"] for r, m in results.items() if m["not_ok"]}
     if args.json:
         args.json.write_text(json.dumps({f"{r:g}": m for r, m in results.items()}, indent=1))
     if args.plot:
         plot(results, args.plot)
         print(f"plot: {args.plot}")
-    return 0
+    for r, spills in lossy.items():
+        print(
+            f"DATA LOST at {r / 1e6:g} MHz, these figures are not the reconstruction's: {'; '.join(spills[:5])}"
+        )
+    return 1 if lossy else 0
 
 
 if __name__ == "__main__":

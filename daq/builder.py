@@ -21,9 +21,9 @@ from daq.contract import FRONTEND_COUNTERS, ChannelConstants, Losses
 from daq.protocol import NO_PARTICLE, Fragment
 from daq.trigger import BlockEnergy
 from daq.waveform import (
+    ChannelTracker,
     Neighbours,
     RecoConfig,
-    TimeTracker,
     event_sums,
     find_neighbours,
     neighbour_range_ns,
@@ -101,8 +101,8 @@ class Readout:
         self._tail: tuple[int, np.ndarray, np.ndarray] | None = None  # (spill, t_ns, amp)
         self.before_ns, self.after_ns = neighbour_range_ns(self.reco, sample_period_ns, n_samples)
         self.n_neighbours_dropped = 0  # events with more neighbours than the fit keeps
-        #: time offsets learned in this run for channels the calibration gives none (the fit's prior)
-        self.tracker = TimeTracker.new()
+        #: time offsets and noise learned in this run for channels the calibration gives none
+        self.tracker = ChannelTracker.new()
 
     # ------------------------------------------------------------ requests
     def add_request(
@@ -301,7 +301,10 @@ class Readout:
                     wf[:, _GROUP_SLICES[g], :] = 0
         nb = p.neighbours if p.neighbours is not None else Neighbours.none(p.k, self.prim_channels)
         if p.k:
-            err = getattr(c, "errors", {}).get("time_offset_ns") if hasattr(c, "errors") else None
+            errors = getattr(c, "errors", None) or {}
+            err = errors.get("time_offset_ns")
+            # noise without an uncertainty (nominal constants) is learned in the run
+            noise_err = errors.get("noise", np.full(detector.N_CHANNELS, np.nan))
             r = reconstruct(
                 wf,
                 c.gain,
@@ -314,6 +317,7 @@ class Readout:
                 neighbours=nb,
                 time_offset_error_ns=err,
                 tracker=self.tracker,
+                noise_error=noise_err,
             )
             energy, amplitude, peak_time, pileup = r.energy, r.amplitude, r.peak_time, r.pileup
             chi2, n_pulses = r.chi2, r.n_pulses

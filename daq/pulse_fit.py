@@ -62,6 +62,7 @@ class FitSettings(NamedTuple):
     gn_off_ns: float  # a time-offset prior narrower than this is trusted: no shift fitted
     track_min: int  # a channel's offset is learned once this many isolated pulses have been fitted
     track_snr: float  # ... of at least this many noise sigma
+    noise_min: int  # a channel's noise is learned once this many windows without a pulse have been fitted
     max_shift_ns: float  # |delta| at most
     extra_max: int  # unannounced pulses at most
     extra_sigma: float  # ... only at a residual above this many noise sigma
@@ -477,6 +478,9 @@ def fit_windows(
     st,  # FitSettings
     track_n,  # (C,) int64, in/out: isolated pulses whose time shift was fitted (the offset tracker)
     track_sum,  # (C,) float64, in/out: the sum of their shifts, ns
+    learn_noise,  # (C,) bool: the noise is not calibrated: learn it from the windows without a pulse
+    noise_n,  # (C,) int64, in/out: such windows so far
+    noise_sum,  # (C,) float64, in/out: the sum of their residual variances, counts^2
     amp,  # outputs (E, C)
     t_peak,
     chi2,
@@ -520,8 +524,11 @@ def fit_windows(
         for c in range(n_ch):
             k = cls_of[c]
             sig = noise[c]
-            sig2 = sig * sig
             th = thr[c]
+            if learn_noise[c] and noise_n[c] >= st.noise_min:
+                sig = np.sqrt(noise_sum[c] / noise_n[c])
+                th = thr[c] / noise[c] * sig
+            sig2 = sig * sig
             lo_e = 65535
             hi_e = 0
             lo_o = 65535
@@ -572,6 +579,9 @@ def fit_windows(
                 t_peak[e, c] = phase[e]
                 chi2[e, c] = chi / sig2 / (n_s - 3)
                 n_pulses[e, c] = 1 if a0 > th else 0
+                if learn_noise[c] and a0 <= th:
+                    noise_n[c] += 1
+                    noise_sum[c] += chi / (n_s - 3)
                 pileup[e, c] = False
                 energy[e, c] = a0 * gev_per_count[c] if a0 > th and not dead[c] else 0.0
                 ped_even[e, c] = pe
@@ -767,6 +777,9 @@ def fit_windows(
                         late = True
             n_pulses[e, c] = min(cnt, 255)
             pileup[e, c] = late
+            if learn_noise[c] and cnt == 0 and n_used == n_s:  # noise alone (and pulses below threshold)
+                noise_n[c] += 1
+                noise_sum[c] += chi * sig2 / ndf
             # an alone (no other pulse above threshold), unsaturated, well-fitted pulse whose shift was fitted teaches the tracker
             if (
                 prior > 0.0

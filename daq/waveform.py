@@ -72,6 +72,9 @@ class RecoConfig:
     #: a channel without a calibrated offset has it learned in the run from this many isolated pulses
     #: (then used as calibrated: no shift fitted, the fit costs half); 0: fit every window's shift
     time_track_pulses: int = 20
+    #: a channel without a calibrated noise has it learned in the run from this many windows without a
+    #: pulse (0: never; the given noise is used)
+    noise_track_windows: int = 200
     #: pulses the primitive stream did not announce: at most this many, above this many sigma, kept if the
     #: chi2 falls by more than extra_dchi2
     extra_pulses: int = 2
@@ -109,6 +112,8 @@ class RecoConfig:
                 raise ValueError(f"{name} must be >= 0 (got {getattr(self, name)})")
         if not 0 <= self.time_fit_steps <= 20:
             raise ValueError(f"time_fit_steps must be in 0..20 (got {self.time_fit_steps})")
+        if not 0 <= self.noise_track_windows <= 1_000_000:
+            raise ValueError(f"noise_track_windows must be in 0..1000000 (got {self.noise_track_windows})")
         if not 0 <= self.time_track_pulses <= 1_000_000:
             raise ValueError(f"time_track_pulses must be in 0..1000000 (got {self.time_track_pulses})")
         if not 0 <= self.extra_pulses <= 4:
@@ -183,25 +188,48 @@ def find_neighbours(
     return out, over
 
 
-@dataclass(eq=False)
-class TimeTracker:
-    """The channels' time offsets learned in a run (for channels whose calibration gives none): every
-    isolated, unsaturated pulse of at least 50 noise sigma whose time shift the fit determined adds it;
-    after ``RecoConfig.time_track_pulses`` of them the channel's offset is their mean and its windows are
-    fitted at it, like a calibrated channel. Updated event by event in the order events are
-    reconstructed, so any split of the same events into batches learns the same."""
+@dataclass(frozen=True, eq=False)
+class ChannelTracker:
+    """What the reconstruction learns about the channels during a run, where the calibration says
+    nothing (updated event by event in the order events are reconstructed, so any split of the same
+    events into batches learns the same):
+
+    - time offsets (channels without a time-offset error): every alone, unsaturated, well-fitted pulse
+      above ``RecoConfig.time_fit_sigma`` x noise whose time shift the fit determined adds its shift;
+      after ``time_track_pulses`` of them the channel's offset is their mean and its windows are fitted at
+      it, like a calibrated channel;
+    - noise (channels without a noise error, e.g. the nominal constants): every unsaturated window with
+      no pulse above threshold adds its residual variance; after ``noise_track_windows`` of them the
+      channel's noise (the fit's errors, the quiet-window test, the zero-suppression threshold) is their
+      mean's square root."""
 
     n: np.ndarray  # (C,) int64: pulses so far
     sum_ns: np.ndarray  # (C,) float64: the sum of their shifts
+    noise_n: np.ndarray  # (C,) int64: windows without a pulse so far
+    noise_sum: np.ndarray  # (C,) float64: the sum of their residual variances, ADC counts^2
 
     @staticmethod
-    def new(n_channels: int = detector.N_CHANNELS) -> TimeTracker:
-        return TimeTracker(np.zeros(n_channels, np.int64), np.zeros(n_channels, np.float64))
+    def new(n_channels: int = detector.N_CHANNELS) -> ChannelTracker:
+        return ChannelTracker(
+            np.zeros(n_channels, np.int64),
+            np.zeros(n_channels, np.float64),
+            np.zeros(n_channels, np.int64),
+            np.zeros(n_channels, np.float64),
+        )
 
     def offsets_ns(self, min_pulses: int) -> np.ndarray:
         """The learned shift per channel (ns, added to the calibration's offset); NaN where not learned."""
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where((self.n >= max(min_pulses, 1)), self.sum_ns / np.maximum(self.n, 1), np.nan)
+
+    def noise(self, min_windows: int) -> np.ndarray:
+        """The learned noise per channel (ADC counts RMS per sample); NaN where not learned."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(
+                self.noise_n >= max(min_windows, 1),
+                np.sqrt(self.noise_sum / np.maximum(self.noise_n, 1)),
+                np.nan,
+            )
 
 
 @dataclass(frozen=True, eq=False)
@@ -240,7 +268,8 @@ def reconstruct(
     neighbours: Neighbours | None = None,
     time_offset_error_ns: np.ndarray | None = None,
     channel_ids: np.ndarray | None = None,
-    tracker: TimeTracker | None = None,
+    tracker: ChannelTracker | None = None,
+    noise_error: np.ndarray | None = None,
 ) -> Reco:
     """Reconstruct waveforms (E, C, S) of channels whose per-channel constants (C,) are given.
 
@@ -253,8 +282,9 @@ def reconstruct(
     trigger times (default: on a clock edge, the in-time pulse at ``expected_peak_ns``); ``neighbours``
     the other particles near each trigger (default none: every window has the in-time pulse and whatever
     the residuals reveal); ``channel_ids`` the detector channel id of each of the C channels (default
-    0..C-1), to match the neighbours' primitive rows; ``tracker`` the run's :class:`TimeTracker` (updated;
-    default: a fresh one, forgotten after the call).
+    0..C-1), to match the neighbours' primitive rows; ``tracker`` the run's :class:`ChannelTracker` (updated;
+    default: a fresh one, forgotten after the call); ``noise_error`` the calibration's noise uncertainty:
+    where it is NaN the noise is learned in the run (default: learned if ``noise`` is not given).
     """
     cfg = config or RecoConfig()
     w = np.asarray(waveforms)
@@ -295,9 +325,15 @@ def reconstruct(
     from daq import pulse_fit  # numba's import costs ~0.5 s: only processes that reconstruct pay it
 
     tpl = templates(cfg, period)
-    tr = tracker if tracker is not None else TimeTracker.new(n_ch)
+    tr = tracker if tracker is not None else ChannelTracker.new(n_ch)
     if tr.n.shape != (n_ch,):
-        raise ValueError(f"the time tracker is for {tr.n.shape[0]} channels, not {n_ch}")
+        raise ValueError(f"the channel tracker is for {tr.n.shape[0]} channels, not {n_ch}")
+    if noise_error is not None:
+        learn = ~np.isfinite(np.asarray(noise_error, dtype=np.float64).reshape(-1))
+        if learn.shape != (n_ch,):
+            raise ValueError(f"noise_error must have one value per channel ({n_ch}), got shape {learn.shape}")
+    else:
+        learn = np.full(n_ch, noise is None)
     pulse_fit.fit_windows(
         np.ascontiguousarray(w, dtype=np.uint16),
         phase.astype(np.float64),
@@ -313,6 +349,9 @@ def reconstruct(
         fit_settings(cfg, period),
         tr.n,
         tr.sum_ns,
+        learn,
+        tr.noise_n,
+        tr.noise_sum,
         out.amplitude,
         out.peak_time,
         out.chi2,
@@ -418,6 +457,7 @@ def fit_settings(cfg: RecoConfig, sample_period_ns: float) -> FitSettings:
         gn_off_ns=0.25,
         track_min=cfg.time_track_pulses if cfg.time_track_pulses > 0 else 1 << 62,
         track_snr=cfg.time_fit_sigma,
+        noise_min=cfg.noise_track_windows if cfg.noise_track_windows > 0 else 1 << 62,
         max_shift_ns=cfg.max_shift_ns,
         extra_max=cfg.extra_pulses,
         extra_sigma=cfg.extra_sigma,
