@@ -15,7 +15,8 @@ matched event by event to the truth of the read-out particles (spill, slice, ind
   signal box E_ECAL < 50 GeV, E_HCAL < 1 GeV, and the EOT they come from;
 - ``signal``: injected Z' events (truth) whose stored E_ECAL is within 5 GeV of E0 - E_Z'.
 
-Optional: ``--plot FILE.html`` (the figures vs rate, Bokeh), ``--json FILE``.
+Optional: ``--plot FILE.png`` or ``FILE.html`` (the figures vs rate, drawn with Bokeh; the PNG is the page
+rendered by headless Chromium through playwright, both in the test extra), ``--json FILE``.
 
     python benchmarks/validate_physics.py                                   # 0.2, 1, 2, 4 MHz, 4e6 EOT each
     python benchmarks/validate_physics.py --rates 2e6 --eot 5e5             # a quick look
@@ -226,6 +227,7 @@ def plot(results: dict[float, dict[str, Any]], path: Path) -> None:
 
     def panel(title: str, y_label: str) -> Any:
         f = figure(title=title, width=420, height=340, x_axis_label="beam rate [MHz]", y_axis_label=y_label)
+        f.toolbar_location = None
         return f
 
     def series(f: Any, ys: list[float], label: str, color: str, dash: str = "solid") -> None:
@@ -249,10 +251,38 @@ def plot(results: dict[float, dict[str, Any]], path: Path) -> None:
     )
     if all(np.isfinite(results[r]["signal_ok"]) for r in rates):
         series(frac, [100 * results[r]["signal_ok"] for r in rates], "Z': |E_ECAL-(E0-E_Z')|<5 GeV", "purple")
+    frac.y_range.start = 80
+    res.legend.location = "bottom_right"
+    box.legend.location = "top_right"
+    frac.legend.location = "bottom_left"
     for f in (res, box, frac):
-        f.legend.location = "bottom_left"
         f.legend.label_text_font_size = "8pt"
-    path.write_text(file_html(row(res, box, frac), INLINE, "na64daq physics validation"))
+    page = file_html(row(res, box, frac), INLINE, "na64daq physics validation")
+    if path.suffix.lower() != ".png":
+        path.write_text(page)
+        return
+    # a PNG: the page rendered by the system's headless Chromium (playwright, as the DQM's browser test)
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        raise SystemExit("--plot FILE.png needs chromium (apt-get install chromium); FILE.html does not")
+    html = path.with_suffix(".html")
+    html.write_text(page)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            view = browser.new_page(viewport={"width": 1300, "height": 360})
+            view.goto(html.resolve().as_uri())
+            view.wait_for_selector(".bk-Canvas, canvas", timeout=30_000)
+            view.wait_for_timeout(500)
+            view.screenshot(path=str(path), full_page=True)
+        finally:
+            browser.close()
 
 
 def main() -> int:
@@ -272,7 +302,10 @@ def main() -> int:
     ap.add_argument("--daq-arg", action="append", default=[], help="extra argument for na64 daq")
     ap.add_argument("--work", type=Path, default=None, help="keep the runs here (default: a temporary dir)")
     ap.add_argument(
-        "--plot", type=Path, default=None, help="save the figures vs rate as an HTML page (Bokeh)"
+        "--plot",
+        type=Path,
+        default=None,
+        help="save the figures vs rate: FILE.html (Bokeh) or FILE.png (and the .html next to it)",
     )
     ap.add_argument("--json", type=Path, default=None, help="save the figures as JSON")
     args = ap.parse_args()

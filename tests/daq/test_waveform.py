@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from daq import detector
 from daq.waveform import (
     MAX_NEIGHBOURS,
+    ChannelTracker,
     Neighbours,
     RecoConfig,
     event_sums,
@@ -120,6 +121,55 @@ def test_calibrated_time_offsets_place_the_template_and_are_subtracted() -> None
     r = fit(event({OUTER: window([(2000.0, 128.0)])}), time_offset_ns=offsets, time_offset_error_ns=tight)
     assert r.amplitude[0, OUTER] == pytest.approx(2000.0, rel=1e-3)
     assert r.peak_time[0, OUTER] == pytest.approx(125.0, abs=0.1)  # the channel's offset taken off
+
+
+# ---------------------------------------------------------------- what a run learns
+
+
+def test_a_run_learns_an_uncalibrated_time_offset_and_then_uses_it() -> None:
+    """A channel whose pulses sit 3 ns late, with no calibrated offset: after time_track_pulses isolated
+    pulses the tracker holds the offset, later windows are fitted at it (no shift fitted), and any split
+    of the events into batches learns the same."""
+    cfg = RecoConfig(time_track_pulses=20)
+    rng = np.random.default_rng(5)
+    w = np.concatenate([event({OUTER: window([(800.0, 128.0)], noise=1.5, rng=rng)}, rng) for _ in range(40)])
+    one = ChannelTracker.new()
+    r = reconstruct(w, GAINS, noise=NOISE, config=cfg, tracker=one)
+    assert one.n[OUTER] >= 20 and one.offsets_ns(20)[OUTER] == pytest.approx(3.0, abs=0.3)
+    assert np.isnan(one.offsets_ns(20)[CENTRE])  # nothing there to learn from
+    assert r.amplitude[-1, OUTER] == pytest.approx(800.0, rel=0.01)
+    split = ChannelTracker.new()
+    for part in np.array_split(np.arange(40), [7, 19, 20]):
+        reconstruct(w[part], GAINS, noise=NOISE, config=cfg, tracker=split)
+    np.testing.assert_array_equal(split.n, one.n)
+    np.testing.assert_array_equal(split.sum_ns, one.sum_ns)
+
+
+def test_a_run_learns_the_noise_where_the_constants_give_none() -> None:
+    """A channel with 3 ADC counts of noise, given as 1.5 without an uncertainty: once learned, its quiet
+    windows have a unit chi2 (about 4 before); with a calibrated noise (an uncertainty given) nothing is
+    learned."""
+    rng = np.random.default_rng(9)
+    n = 400
+    w = 200.0 + rng.normal(0, 1.5, (n, detector.N_CHANNELS, detector.N_SAMPLES))
+    w[:, OUTER] = 200.0 + rng.normal(0, 3.0, (n, detector.N_SAMPLES))
+    w = np.rint(w).astype(np.uint16)
+    cfg = RecoConfig(noise_track_windows=100)
+    tr = ChannelTracker.new()
+    r = reconstruct(
+        w, GAINS, noise=NOISE, config=cfg, tracker=tr, noise_error=np.full(detector.N_CHANNELS, np.nan)
+    )
+    learned = tr.noise(100)
+    assert learned[OUTER] == pytest.approx(3.0, rel=0.1)
+    assert learned[CENTRE] == pytest.approx(1.5, rel=0.1)
+    late = slice(200, None)  # after learning
+    assert np.median(r.chi2[late, OUTER]) == pytest.approx(1.0, abs=0.25)
+    assert np.median(r.chi2[:100, OUTER]) > 3.0  # before: errors of 1.5 counts for 3 counts of noise
+    fixed = ChannelTracker.new()
+    reconstruct(
+        w, GAINS, noise=NOISE, config=cfg, tracker=fixed, noise_error=np.full(detector.N_CHANNELS, 0.1)
+    )
+    assert not fixed.noise_n.any()
 
 
 def test_the_trigger_phase_moves_the_in_time_pulse() -> None:

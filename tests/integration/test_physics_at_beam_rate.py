@@ -52,6 +52,7 @@ def test_energies_at_2mhz_are_those_of_the_truth(figures: dict) -> None:
     """Beam electrons: resolution within 0.6% of the true deposits' (issue: 13.5% before, truth ~4.2%),
     90 < E_ECAL + E_HCAL < 110 GeV for > 90% (60% before)."""
     m = figures
+    assert not m["not_ok"], m["not_ok"]  # no spill lost data
     assert m["spills"] == 1 and m["eot"] > 3e5 and m["n_beam_e"] > 1000
     assert m["res68"] < m["res68_truth"] + 0.006, m
     assert m["sum_window"] > 0.9, m
