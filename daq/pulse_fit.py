@@ -63,6 +63,7 @@ class FitSettings(NamedTuple):
     track_min: int  # a channel's offset is learned once this many isolated pulses have been fitted
     track_snr: float  # ... of at least this many noise sigma
     noise_min: int  # a channel's noise is learned once this many windows without a pulse have been fitted
+    noise_floor: float  # ... and is at least this (ADC counts: the quantisation noise)
     max_shift_ns: float  # |delta| at most
     extra_max: int  # unannounced pulses at most
     extra_sigma: float  # ... only at a residual above this many noise sigma
@@ -526,7 +527,7 @@ def fit_windows(
             sig = noise[c]
             th = thr[c]
             if learn_noise[c] and noise_n[c] >= st.noise_min:
-                sig = np.sqrt(noise_sum[c] / noise_n[c])
+                sig = max(np.sqrt(noise_sum[c] / noise_n[c]), st.noise_floor)
                 th = thr[c] / noise[c] * sig
             sig2 = sig * sig
             lo_e = 65535
@@ -544,6 +545,17 @@ def fit_windows(
                 ve = w[e, c, n_s - 1]
                 lo_e = min(lo_e, ve)
                 hi_e = max(hi_e, ve)
+            if max(hi_e, hi_o) == 0:
+                # no data (an absent readout group is zeros; a real ADC reads its pedestal): nothing to fit
+                amp[e, c] = 0.0
+                t_peak[e, c] = 0.0
+                chi2[e, c] = 0.0
+                n_pulses[e, c] = 0
+                pileup[e, c] = False
+                energy[e, c] = 0.0
+                ped_even[e, c] = 0.0
+                ped_odd[e, c] = 0.0
+                continue
             yy = 0.0
             for s in range(n_s):
                 v = float(w[e, c, s])

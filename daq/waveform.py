@@ -458,6 +458,7 @@ def fit_settings(cfg: RecoConfig, sample_period_ns: float) -> FitSettings:
         track_min=cfg.time_track_pulses if cfg.time_track_pulses > 0 else 1 << 62,
         track_snr=cfg.time_fit_sigma,
         noise_min=cfg.noise_track_windows if cfg.noise_track_windows > 0 else 1 << 62,
+        noise_floor=0.3,
         max_shift_ns=cfg.max_shift_ns,
         extra_max=cfg.extra_pulses,
         extra_sigma=cfg.extra_sigma,

@@ -172,6 +172,23 @@ def test_a_run_learns_the_noise_where_the_constants_give_none() -> None:
     assert not fixed.noise_n.any()
 
 
+def test_windows_without_data_are_not_fitted_and_teach_nothing() -> None:
+    """An absent readout group's windows are zeros: not fitted, no noise learned from them (a learned
+    noise of 0 divided by zero in the DAQ once); a stuck ADC (a constant window) learns the floor."""
+    rng = np.random.default_rng(4)
+    w = np.rint(200.0 + rng.normal(0, 1.5, (300, detector.N_CHANNELS, detector.N_SAMPLES))).astype(np.uint16)
+    w[:, OUTER] = 0
+    w[:, CENTRE] = 200
+    tr = ChannelTracker.new()
+    nan = np.full(detector.N_CHANNELS, np.nan)
+    r = reconstruct(
+        w, GAINS, noise=NOISE, config=RecoConfig(noise_track_windows=50), tracker=tr, noise_error=nan
+    )
+    assert tr.noise_n[OUTER] == 0 and not r.energy[:, OUTER].any() and not r.chi2[:, OUTER].any()
+    assert tr.noise(50)[CENTRE] < 1e-6  # learned as 0, used as the 0.3-count floor
+    assert np.isfinite(r.chi2).all() and not r.energy[:, CENTRE].any()
+
+
 def test_the_trigger_phase_moves_the_in_time_pulse() -> None:
     # a trigger 5 ns after a clock edge: its window starts at the next edge, the pulse peaks 7.5 ns earlier
     t = 1_000_005
