@@ -26,7 +26,8 @@ the real pulses are fitted:
   in the residuals: while the chi2 is too large, a pulse is added at the largest residual if that lowers
   the chi2 by more than ``extra_dchi2`` (at most ``extra_max``);
 - a quiet window (no sample of either parity more than ``quiet_sigma`` x noise from its parity's minimum)
-  skips all this: pedestals and the in-time amplitude only (most channels of an event).
+  skips all this: pedestals and the in-time amplitude only, at the channel's offset (most channels of an
+  event), by linear filters computed once per call on a 1/8 ns grid of positions.
 
 Outputs per window: the in-time amplitude (ADC counts above pedestal), its peak time (ns from the window
 start, minus the channel's calibration offset), chi2 per degree of freedom (with the noise and
@@ -64,6 +65,7 @@ class FitSettings(NamedTuple):
     track_snr: float  # ... of at least this many noise sigma
     noise_min: int  # a channel's noise is learned once this many windows without a pulse have been fitted
     noise_floor: float  # ... and is at least this (ADC counts: the quantisation noise)
+    noise_cap: float  # ... and at most this many times the given noise
     max_shift_ns: float  # |delta| at most
     extra_max: int  # unannounced pulses at most
     extra_sigma: float  # ... only at a residual above this many noise sigma
@@ -455,6 +457,30 @@ def _quiet_filters(tv, k, start, length, n_phase, p, period, ok, even, col, F):
         F[2, s] = i02 * ev + i12 * od + i22 * t
 
 
+#: the learned noise: a histogram of the residual RMS of windows without a pulse, per channel, whose
+#: median (robust to the windows a pile-up pulse below threshold spoils) is the estimate
+NOISE_BINS = 256
+NOISE_BIN = 0.05  # ADC counts
+NOISE_EVERY = 16
+
+
+@_compiled(inline=True)
+def _learn_noise(noise_n, noise_hist, noise_est, c, variance, n_min):
+    """Add one window's residual variance to channel c's histogram; refresh the median now and then."""
+    b = min(int(np.sqrt(max(variance, 0.0)) / NOISE_BIN), NOISE_BINS - 1)
+    noise_hist[c, b] += 1
+    noise_n[c] += 1
+    n = noise_n[c]
+    if n >= n_min and (n - n_min) % NOISE_EVERY == 0:
+        half = (n + 1) // 2
+        acc = 0
+        for i in range(NOISE_BINS):
+            acc += noise_hist[c, i]
+            if acc >= half:
+                noise_est[c] = (i + 0.5) * NOISE_BIN
+                break
+
+
 @_compiled()
 def fit_windows(
     w,  # (E, C, S) uint16
@@ -481,7 +507,8 @@ def fit_windows(
     track_sum,  # (C,) float64, in/out: the sum of their shifts, ns
     learn_noise,  # (C,) bool: the noise is not calibrated: learn it from the windows without a pulse
     noise_n,  # (C,) int64, in/out: such windows so far
-    noise_sum,  # (C,) float64, in/out: the sum of their residual variances, counts^2
+    noise_hist,  # (C, NOISE_BINS) int64, in/out: their residual RMS, bins of NOISE_BIN counts
+    noise_est,  # (C,) float64, in/out: the median of noise_hist (updated every NOISE_EVERY windows)
     amp,  # outputs (E, C)
     t_peak,
     chi2,
@@ -501,8 +528,17 @@ def fit_windows(
     even = np.zeros(n_s)
     r = np.zeros(n_s)
     dtmp = np.zeros(n_s)
-    qcol = np.zeros((n_cls, n_s))
-    F = np.zeros((n_cls, 3, n_s))
+    # the quiet windows' linear filters per shape class at in-time positions on a 1/8 ns grid, computed
+    # when first needed (the positions: the trigger phases plus the channels' offsets, calibrated or learned)
+    q_step = 0.125
+    q_lo = (
+        np.floor((np.min(phase) + np.min(t_off) - st.max_shift_ns - 1.0) / q_step) * q_step if n_ev else 0.0
+    )
+    q_hi = np.max(phase) + np.max(t_off) + st.max_shift_ns + 1.0 if n_ev else 0.0
+    n_grid = int((q_hi - q_lo) / q_step) + 2 if n_ev else 1
+    qcol = np.empty((n_cls, n_grid, n_s))
+    F = np.empty((n_cls, n_grid, 3, n_s))
+    q_done = np.zeros((n_cls, n_grid), np.bool_)
     G = np.zeros((_NCOL, _NCOL))
     b = np.zeros(_NCOL)
     H = np.zeros((_NCOL, _NCOL))
@@ -519,15 +555,12 @@ def fit_windows(
     for s in range(n_s):
         even[s] = 1.0 if s % 2 == 0 else 0.0
     for e in range(n_ev):
-        # the quiet windows' linear filters, per shape class, at the nominal in-time position
-        for k in range(n_cls):
-            _quiet_filters(tv, k, start[k], length[k], n_phase, phase[e], period, ones, even, qcol[k], F[k])
         for c in range(n_ch):
             k = cls_of[c]
             sig = noise[c]
             th = thr[c]
             if learn_noise[c] and noise_n[c] >= st.noise_min:
-                sig = max(np.sqrt(noise_sum[c] / noise_n[c]), st.noise_floor)
+                sig = min(max(noise_est[c], st.noise_floor), st.noise_cap * noise[c])
                 th = thr[c] / noise[c] * sig
             sig2 = sig * sig
             lo_e = 65535
@@ -574,26 +607,49 @@ def fit_windows(
             else:
                 for s in range(n_s):
                     ok[s] = 1.0
+            # where the channel's pulses sit: the calibration's offset, or the one learned in this run
+            off = t_off[c]
+            ts = t_sigma[c]
+            tracked = ts >= st.gn_off_ns and track_n[c] >= st.track_min
+            if tracked:
+                off += track_sum[c] / track_n[c]
+                ts = 0.0
+            p0 = phase[e] + off
             if n_used == n_s and max(hi_e - lo_e, hi_o - lo_o) < st.quiet_sigma * sig:
                 # quiet: pedestals and the in-time amplitude, a fixed linear filter
+                gi = min(max(int(np.rint((p0 - q_lo) / q_step)), 0), n_grid - 1)
+                if not q_done[k, gi]:
+                    _quiet_filters(
+                        tv,
+                        k,
+                        start[k],
+                        length[k],
+                        n_phase,
+                        q_lo + gi * q_step,
+                        period,
+                        ones,
+                        even,
+                        qcol[k, gi],
+                        F[k, gi],
+                    )
+                    q_done[k, gi] = True
                 pe = 0.0
                 po = 0.0
                 a0 = 0.0
                 for s in range(n_s):
-                    pe += F[k, 0, s] * y[s]
-                    po += F[k, 1, s] * y[s]
-                    a0 += F[k, 2, s] * y[s]
+                    pe += F[k, gi, 0, s] * y[s]
+                    po += F[k, gi, 1, s] * y[s]
+                    a0 += F[k, gi, 2, s] * y[s]
                 chi = 0.0
                 for s in range(n_s):
-                    d = y[s] - pe * even[s] - po * (1.0 - even[s]) - a0 * qcol[k, s]
+                    d = y[s] - pe * even[s] - po * (1.0 - even[s]) - a0 * qcol[k, gi, s]
                     chi += d * d
                 amp[e, c] = a0
-                t_peak[e, c] = phase[e]
+                t_peak[e, c] = p0 - t_off[c]
                 chi2[e, c] = chi / sig2 / (n_s - 3)
                 n_pulses[e, c] = 1 if a0 > th else 0
                 if learn_noise[c] and a0 <= th:
-                    noise_n[c] += 1
-                    noise_sum[c] += chi / (n_s - 3)
+                    _learn_noise(noise_n, noise_hist, noise_est, c, chi / (n_s - 3), st.noise_min)
                 pileup[e, c] = False
                 energy[e, c] = a0 * gev_per_count[c] if a0 > th and not dead[c] else 0.0
                 ped_even[e, c] = pe
@@ -607,14 +663,6 @@ def fit_windows(
                 X[0, s] = even[s] * ok[s]
                 X[1, s] = (1.0 - even[s]) * ok[s]
             # the pulses: in-time first, then the other particles whose pulse reaches the window
-            # where the channel's pulses sit: the calibration's offset, or the one learned in this run
-            off = t_off[c]
-            ts = t_sigma[c]
-            tracked = ts >= st.gn_off_ns and track_n[c] >= st.track_min
-            if tracked:
-                off += track_sum[c] / track_n[c]
-                ts = 0.0
-            p0 = phase[e] + off
             pos[0] = p0
             pw[0] = 0.0
             npul = 1
@@ -790,8 +838,7 @@ def fit_windows(
             n_pulses[e, c] = min(cnt, 255)
             pileup[e, c] = late
             if learn_noise[c] and cnt == 0 and n_used == n_s:  # noise alone (and pulses below threshold)
-                noise_n[c] += 1
-                noise_sum[c] += chi * sig2 / ndf
+                _learn_noise(noise_n, noise_hist, noise_est, c, chi * sig2 / ndf, st.noise_min)
             # an alone (no other pulse above threshold), unsaturated, well-fitted pulse whose shift was fitted teaches the tracker
             if (
                 prior > 0.0

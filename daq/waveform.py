@@ -199,14 +199,16 @@ class ChannelTracker:
       after ``time_track_pulses`` of them the channel's offset is their mean and its windows are fitted at
       it, like a calibrated channel;
     - noise (channels without a noise error, e.g. the nominal constants): every unsaturated window with
-      no pulse above threshold adds its residual variance; after ``noise_track_windows`` of them the
-      channel's noise (the fit's errors, the quiet-window test, the zero-suppression threshold) is their
-      mean's square root."""
+      no pulse above threshold adds its residual RMS to a histogram; after ``noise_track_windows`` of them
+      the channel's noise (the fit's errors, the quiet-window test, the zero-suppression threshold) is
+      their median (robust to windows a pulse below threshold spoils: a mean ran away under a 4x
+      intensity spike), between 0.3 counts and 4x the given noise."""
 
     n: np.ndarray  # (C,) int64: pulses so far
     sum_ns: np.ndarray  # (C,) float64: the sum of their shifts
     noise_n: np.ndarray  # (C,) int64: windows without a pulse so far
-    noise_sum: np.ndarray  # (C,) float64: the sum of their residual variances, ADC counts^2
+    noise_hist: np.ndarray  # (C, pulse_fit.NOISE_BINS) int64: their residual RMS in bins of NOISE_BIN
+    noise_est: np.ndarray  # (C,) float64: the median of noise_hist, refreshed as windows come
 
     @staticmethod
     def new(n_channels: int = detector.N_CHANNELS) -> ChannelTracker:
@@ -214,6 +216,7 @@ class ChannelTracker:
             np.zeros(n_channels, np.int64),
             np.zeros(n_channels, np.float64),
             np.zeros(n_channels, np.int64),
+            np.zeros((n_channels, 256), np.int64),  # pulse_fit.NOISE_BINS
             np.zeros(n_channels, np.float64),
         )
 
@@ -227,7 +230,7 @@ class ChannelTracker:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(
                 self.noise_n >= max(min_windows, 1),
-                np.sqrt(self.noise_sum / np.maximum(self.noise_n, 1)),
+                self.noise_est,
                 np.nan,
             )
 
@@ -351,7 +354,8 @@ def reconstruct(
         tr.sum_ns,
         learn,
         tr.noise_n,
-        tr.noise_sum,
+        tr.noise_hist,
+        tr.noise_est,
         out.amplitude,
         out.peak_time,
         out.chi2,
@@ -459,6 +463,7 @@ def fit_settings(cfg: RecoConfig, sample_period_ns: float) -> FitSettings:
         track_snr=cfg.time_fit_sigma,
         noise_min=cfg.noise_track_windows if cfg.noise_track_windows > 0 else 1 << 62,
         noise_floor=0.3,
+        noise_cap=4.0,
         max_shift_ns=cfg.max_shift_ns,
         extra_max=cfg.extra_pulses,
         extra_sigma=cfg.extra_sigma,

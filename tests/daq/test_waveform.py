@@ -185,7 +185,9 @@ def test_windows_without_data_are_not_fitted_and_teach_nothing() -> None:
         w, GAINS, noise=NOISE, config=RecoConfig(noise_track_windows=50), tracker=tr, noise_error=nan
     )
     assert tr.noise_n[OUTER] == 0 and not r.energy[:, OUTER].any() and not r.chi2[:, OUTER].any()
-    assert tr.noise(50)[CENTRE] < 1e-6  # learned as 0, used as the 0.3-count floor
+    assert (
+        tr.noise(50)[CENTRE] < 0.05
+    )  # learned as 0 (its histogram's first bin), used as the 0.3-count floor
     assert np.isfinite(r.chi2).all() and not r.energy[:, CENTRE].any()
 
 
