@@ -27,7 +27,7 @@ the real pulses are fitted:
   the chi2 by more than ``extra_dchi2`` (at most ``extra_max``);
 - a quiet window (no sample of either parity more than ``quiet_sigma`` x noise from its parity's minimum)
   skips all this: pedestals and the in-time amplitude only, at the channel's offset (most channels of an
-  event), by linear filters computed once per call on a 1/8 ns grid of positions.
+  event), by linear filters computed once per call on a 1/4 ns grid of positions (rounding: < 1e-4).
 
 Outputs per window: the in-time amplitude (ADC counts above pedestal), its peak time (ns from the window
 start, minus the channel's calibration offset), chi2 per degree of freedom (with the noise and
@@ -457,6 +457,9 @@ def _quiet_filters(tv, k, start, length, n_phase, p, period, ok, even, col, F):
         F[2, s] = i02 * ev + i12 * od + i22 * t
 
 
+#: a count no tracker reaches: the time offsets are not learned (FitSettings.track_min)
+NEVER = 1 << 62
+
 #: the learned noise: a histogram of the residual RMS of windows without a pulse, per channel, whose
 #: median (robust to the windows a pile-up pulse below threshold spoils) is the estimate
 NOISE_BINS = 256
@@ -528,9 +531,9 @@ def fit_windows(
     even = np.zeros(n_s)
     r = np.zeros(n_s)
     dtmp = np.zeros(n_s)
-    # the quiet windows' linear filters per shape class at in-time positions on a 1/8 ns grid, computed
+    # the quiet windows' linear filters per shape class at in-time positions on a 1/4 ns grid, computed
     # when first needed (the positions: the trigger phases plus the channels' offsets, calibrated or learned)
-    q_step = 0.125
+    q_step = 0.25
     q_lo = (
         np.floor((np.min(phase) + np.min(t_off) - st.max_shift_ns - 1.0) / q_step) * q_step if n_ev else 0.0
     )
@@ -842,6 +845,7 @@ def fit_windows(
             # an alone (no other pulse above threshold), unsaturated, well-fitted pulse whose shift was fitted teaches the tracker
             if (
                 prior > 0.0
+                and st.track_min < NEVER
                 and not tracked
                 and n_used == n_s
                 and not late

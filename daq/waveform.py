@@ -282,7 +282,8 @@ def reconstruct(
     prior on each window's time shift (NaN or missing: ``config.time_prior_ns``); ``status`` 1 (dead)
     zeroes the energy; ``shape`` the pulse-shape class (daq.detector.PulseShape) of each channel (default:
     ``daq.detector.CHANNELS["shape"]`` when C is the 110 channels, else EM). ``trigger_ns`` (E,) the
-    trigger times (default: on a clock edge, the in-time pulse at ``expected_peak_ns``); ``neighbours``
+    trigger times (default unknown: the in-time pulse expected at ``expected_peak_ns``, every window's time
+    shift fitted, no time offsets learned); ``neighbours``
     the other particles near each trigger (default none: every window has the in-time pulse and whatever
     the residuals reveal); ``channel_ids`` the detector channel id of each of the C channels (default
     0..C-1), to match the neighbours' primitive rows; ``tracker`` the run's :class:`ChannelTracker` (updated;
@@ -328,6 +329,11 @@ def reconstruct(
     from daq import pulse_fit  # numba's import costs ~0.5 s: only processes that reconstruct pay it
 
     tpl = templates(cfg, period)
+    settings = fit_settings(cfg, period)
+    if trigger_ns is None:
+        # the trigger phase is unknown: each window's time shift is fitted (a learned offset would pin the
+        # pulses to the nominal phase, whatever the event's real one)
+        settings = settings._replace(track_min=pulse_fit.NEVER)
     tr = tracker if tracker is not None else ChannelTracker.new(n_ch)
     if tr.n.shape != (n_ch,):
         raise ValueError(f"the channel tracker is for {tr.n.shape[0]} channels, not {n_ch}")
@@ -349,7 +355,7 @@ def reconstruct(
         tpl.start,
         tpl.length,
         tpl.n_phase,
-        fit_settings(cfg, period),
+        settings,
         tr.n,
         tr.sum_ns,
         learn,
@@ -459,9 +465,9 @@ def fit_settings(cfg: RecoConfig, sample_period_ns: float) -> FitSettings:
         gn_max=cfg.time_fit_steps,
         gn_tol_ns=0.02,
         gn_off_ns=0.25,
-        track_min=cfg.time_track_pulses if cfg.time_track_pulses > 0 else 1 << 62,
+        track_min=cfg.time_track_pulses if cfg.time_track_pulses > 0 else pulse_fit.NEVER,
         track_snr=cfg.time_fit_sigma,
-        noise_min=cfg.noise_track_windows if cfg.noise_track_windows > 0 else 1 << 62,
+        noise_min=cfg.noise_track_windows if cfg.noise_track_windows > 0 else pulse_fit.NEVER,
         noise_floor=0.3,
         noise_cap=4.0,
         max_shift_ns=cfg.max_shift_ns,

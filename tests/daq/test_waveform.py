@@ -129,18 +129,22 @@ def test_calibrated_time_offsets_place_the_template_and_are_subtracted() -> None
 def test_a_run_learns_an_uncalibrated_time_offset_and_then_uses_it() -> None:
     """A channel whose pulses sit 3 ns late, with no calibrated offset: after time_track_pulses isolated
     pulses the tracker holds the offset, later windows are fitted at it (no shift fitted), and any split
-    of the events into batches learns the same."""
+    of the events into batches learns the same; without trigger times nothing is learned."""
     cfg = RecoConfig(time_track_pulses=20)
     rng = np.random.default_rng(5)
     w = np.concatenate([event({OUTER: window([(800.0, 128.0)], noise=1.5, rng=rng)}, rng) for _ in range(40)])
     one = ChannelTracker.new()
-    r = reconstruct(w, GAINS, noise=NOISE, config=cfg, tracker=one)
+    on_edge = np.zeros(40, np.int64)  # trigger times on a clock edge: the in-time pulse at 125 ns
+    r = reconstruct(w, GAINS, noise=NOISE, config=cfg, tracker=one, trigger_ns=on_edge)
     assert one.n[OUTER] >= 20 and one.offsets_ns(20)[OUTER] == pytest.approx(3.0, abs=0.3)
     assert np.isnan(one.offsets_ns(20)[CENTRE])  # nothing there to learn from
     assert r.amplitude[-1, OUTER] == pytest.approx(800.0, rel=0.01)
     split = ChannelTracker.new()
     for part in np.array_split(np.arange(40), [7, 19, 20]):
-        reconstruct(w[part], GAINS, noise=NOISE, config=cfg, tracker=split)
+        reconstruct(w[part], GAINS, noise=NOISE, config=cfg, tracker=split, trigger_ns=on_edge[part])
+    unknown = ChannelTracker.new()  # trigger times unknown: nothing to learn the offset against
+    reconstruct(w, GAINS, noise=NOISE, config=cfg, tracker=unknown)
+    assert np.isnan(unknown.offsets_ns(20)).all()
     np.testing.assert_array_equal(split.n, one.n)
     np.testing.assert_array_equal(split.sum_ns, one.sum_ns)
 
