@@ -546,23 +546,33 @@ def _file_reco(f: Any) -> RecoConfig:
 
 
 def fixed_time_signals(
-    wf: np.ndarray, amp: np.ndarray, ids: np.ndarray, centre: np.ndarray, reco: RecoConfig
+    wf: np.ndarray,
+    amp: np.ndarray,
+    ids: np.ndarray,
+    centre: np.ndarray,
+    reco: RecoConfig,
+    trigger_ns: np.ndarray | None = None,
 ) -> np.ndarray:
     """Fixed-time amplitudes (E, len(ids)) of channels ``ids`` (:func:`calibration.gains.fixed_time_amplitudes`)
     from full waveforms ``wf`` (E, 110, S). The event time is the beam counters' mean peak time (MIPs of
     ~300 counts: precise even for a muon, whose ECAL pulse is small), else the peak time of channel
     ``centre`` (E,) moved to the counters' frame; each channel's delay relative to it is measured from its
-    own large pulses in these events."""
+    own large pulses in these events. ``trigger_ns`` (E,): the events' trigger times (``/events/t_ns``):
+    where in its window each event's pulses sit, to within the channels' delays (without them the fit
+    searches the time of each pulse over the 12.5 ns clock period)."""
     n = wf.shape[0]
     rows = np.arange(n)
     shapes = detector.CHANNELS["shape"][ids]
-    r = waveform.reconstruct(wf[:, ids, :], np.ones(ids.size), config=reco, shape=shapes)
-    rc = waveform.reconstruct(wf[:, BEAM_COUNTER_IDS, :], np.ones(BEAM_COUNTER_IDS.size), config=reco)
+    t = trigger_ns
+    r = waveform.reconstruct(wf[:, ids, :], np.ones(ids.size), config=reco, shape=shapes, trigger_ns=t)
+    rc = waveform.reconstruct(
+        wf[:, BEAM_COUNTER_IDS, :], np.ones(BEAM_COUNTER_IDS.size), config=reco, trigger_ns=t
+    )
     fired = (rc.amplitude > COUNTER_MIN_COUNTS) & ~rc.pileup
     n_fired = fired.sum(axis=1)
     counter_t = np.where(fired, rc.peak_time, 0.0).sum(axis=1) / np.maximum(n_fired, 1)
     em = np.array([int(detector.PulseShape.EM)])  # the centre is an ECAL cell
-    rt = waveform.reconstruct(wf[rows, centre][:, None, :], np.ones(1), config=reco, shape=em)
+    rt = waveform.reconstruct(wf[rows, centre][:, None, :], np.ones(1), config=reco, shape=em, trigger_ns=t)
     centre_t, centre_a = rt.peak_time[:, 0], rt.amplitude[:, 0]
     both = (n_fired > 0) & (centre_a > 30.0)
     lag = float(np.median(centre_t[both] - counter_t[both])) if both.any() else 0.0
@@ -589,9 +599,10 @@ def _gains_fields(
     wf = f.waveforms(idx)
     out = {"amp": amp, "saturated": (wf[:, CALO_IDS, :] >= detector.ADC_MAX).any(axis=(1, 2))}
     centre = np.argmax(amp[:, detector.ECAL_IDS] / ecal_gain, axis=1) if idx.size else np.zeros(0, np.intp)
-    out["fixed"] = fixed_time_signals(wf, amp, CALO_IDS, detector.ECAL_IDS[centre], _file_reco(f)).astype(
-        np.float32
-    )
+    t_ns = f.events(["t_ns"], idx)["t_ns"]
+    out["fixed"] = fixed_time_signals(
+        wf, amp, CALO_IDS, detector.ECAL_IDS[centre], _file_reco(f), t_ns
+    ).astype(np.float32)
     if exclude_pileup:
         out["pileup"] = f.pileup(idx)[:, CALO_IDS][np.arange(idx.size), centre]
     return out
@@ -605,8 +616,9 @@ def _occupancy_fields(
     amp = f.amplitude(idx).astype(np.float32)
     wf = f.waveforms(idx)
     centre = np.argmax(amp[:, detector.ECAL_IDS], axis=1) if idx.size else np.zeros(0, np.intp)
+    t_ns = f.events(["t_ns"], idx)["t_ns"]
     sig = fixed_time_signals(
-        wf, amp, np.arange(detector.N_CHANNELS), detector.ECAL_IDS[centre], _file_reco(f)
+        wf, amp, np.arange(detector.N_CHANNELS), detector.ECAL_IDS[centre], _file_reco(f), t_ns
     )
     return {
         "pre": wf[:, :, :prepulse],
