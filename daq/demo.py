@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         stop_requested.set()
 
     previous: dict[int, Callable[..., Any] | int | None] = {
-        s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)
+        s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     }
     children: list[Child] = []
     try:

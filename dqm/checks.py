@@ -482,7 +482,11 @@ class SpillStatusCheck:
 
     def evaluate(self, ctx: SpillContext) -> CheckResult:
         status = ctx.summary.status
-        state = {SpillStatus.OK: State.OK, SpillStatus.INCOMPLETE: State.WARN}.get(status, State.ERROR)
+        state = {
+            SpillStatus.OK: State.OK,
+            SpillStatus.INCOMPLETE: State.WARN,
+            SpillStatus.RECOVERED: State.WARN,
+        }.get(status, State.ERROR)
         file = ctx.summary.file or "-"
         return CheckResult(self.name, state, f"spill {ctx.spill} {status} ({file})")
 
