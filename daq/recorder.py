@@ -1204,7 +1204,7 @@ class Recorder:
             len(spills),
             doc["status_counts"] or "none",
             len(gaps),
-            {k: v for k, v in self.losses_outside.items() if v} or "none",
+            {str(k): v for k, v in sorted(self.losses_outside.items()) if v} or "none",
         )
         self._out.append(PublishRunSummary(run, doc))
         if finished:
@@ -1264,4 +1264,6 @@ def _gap_line(g: Gap) -> str:
 
 def _data_losses(losses: Mapping[str, int]) -> dict[str, int]:
     """The counts of ``losses`` that mean data is missing (not dead time, sampling, breakdowns)."""
-    return {k: v for k, v in sorted(losses.items()) if v and k not in NOT_DATA_LOSS and not is_breakdown(k)}
+    return {
+        str(k): v for k, v in sorted(losses.items()) if v and k not in NOT_DATA_LOSS and not is_breakdown(k)
+    }
