@@ -82,8 +82,12 @@ def recover_partial(path: Path) -> Recovered:
     except Exception as e:
         reason = f"{type(e).__name__}: {e}" if not isinstance(e, OSError) else f"{e.strerror or e}"
         return Recovered(run, spill, None, 0, -1, f"{path.name}: {reason}")
-    log.warning("recovered %s from %s: %d events (slices 0-%d)", done.name, path.name, n, last_slice)
+    log.warning("recovered %s from %s: %d events (%s)", done.name, path.name, n, _slices(last_slice))
     return Recovered(run, spill, done.name, n, last_slice, "")
+
+
+def _slices(last: int) -> str:
+    return f"slices 0-{last}" if last >= 0 else "no block of events was on disk"
 
 
 def finish(path: Path, *, status: str, final: SpillFinal | None, note: str) -> tuple[int, int]:
