@@ -157,7 +157,7 @@ class Service:
         if self.refused:
             raise RunRefusedError(f"the DAQ at {self.endpoint} refused run {self.config.run}: {self.refused}")
         if self.lost:
-            log.error("front-end run %d: the DAQ did not take all data (exit code 1):", self.config.run)
+            log.error("front-end run %d: not all of its data was recorded (exit code 1):", self.config.run)
             for line in self.lost:
                 log.error("  lost: %s", line)
             return 1
