@@ -34,9 +34,9 @@ WRITER = textwrap.dedent(
     print("open", flush=True)
     n = 0
     for b in batches({SIZES!r}):
-        w.append(b)
         n += len(b)
-        print("appended", n, w.good_events, flush=True)
+        print("appending", n, w.good_events, flush=True)  # before: a kill inside append is covered
+        w.append(b)
     print("all appended", flush=True)
     import time
     time.sleep(60)  # killed before closing
@@ -45,8 +45,8 @@ WRITER = textwrap.dedent(
 
 
 def write_and_kill(data: Path, delay: float) -> tuple[int, int]:
-    """A writer process killed (SIGKILL) ``delay`` s after it opened its file: (events appended, events
-    the writer had checkpointed) as it last said before the kill."""
+    """A writer process killed (SIGKILL) ``delay`` s after it opened its file: (events handed to the
+    writer at most, events it had checkpointed at least) as it last said before the kill."""
     data.mkdir(exist_ok=True)
     p = subprocess.Popen(
         [sys.executable, "-c", WRITER, str(data)], cwd=ROOT, stdout=subprocess.PIPE, text=True
@@ -60,7 +60,7 @@ def write_and_kill(data: Path, delay: float) -> tuple[int, int]:
     lines = p.stdout.read().splitlines()
     p.stdout.close()
     for line in lines:
-        if line.startswith("appended"):
+        if line.startswith("appending"):
             appended, checkpointed = (int(x) for x in line.split()[1:])
     return appended, checkpointed
 
