@@ -3,7 +3,7 @@
 Starts ``na64 daq``, ``na64 dqm`` and ``na64 simulate`` on loopback ports, optionally kills the DAQ
 (SIGKILL) once in the middle of a spill and restarts it (``--kill-daq-in-spill K``), and samples every
 second the resident memory (VmRSS) and CPU time of each process. At the end it prints, per process, RSS
-at start / after the first spill / at the end and its growth per 100 spills, CPU seconds per spill; the
+at start / at half time / at the end and its growth per 100 spills over the second half, CPU seconds per spill; the
 spills by status, the losses by reason summed over the spill files, the gaps of the run summary, every
 file that does not open, partial files left; the DQM's spills with a WARN or ERROR (false alarms in a
 fault-free run) and the DAQ's alarms seen in its status documents; the exit codes.
@@ -67,7 +67,7 @@ class Sampler(threading.Thread):
         while not self.stop.wait(1.0):
             for name, p in list(self.procs.items()):
                 s = sample(p.pid)
-                if s is not None:
+                if s is not None and s[0] > 0 and p.poll() is None:
                     self.series[name].append((time.monotonic() - t0, *s))
 
 
@@ -128,6 +128,7 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the spill files (default: deleted at the end)")
     a = ap.parse_args()
     work = a.dir or Path(tempfile.mkdtemp(prefix="na64-soak-"))
+    work.mkdir(parents=True, exist_ok=True)
     data = work / "data"
     endpoint, publish = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     daq_args = ["daq", "--endpoint", endpoint, "--publish", publish, "--data-dir", str(data)]
@@ -165,14 +166,14 @@ def main() -> int:
         f"{wall:.0f} s wall; work directory {work}"
     )
     print(f"exit codes: {codes}")
-    print("process    RSS start   after spill 1   end   growth/100 spills   CPU s/spill")
+    print("process    RSS start    half time   end   growth/100 spills   CPU s/spill")
     per_spill = max(a.spills, 1)
     for name, s in sampler.series.items():
         if len(s) < 3:
             continue
         rss = [x[1] for x in s]
-        k = min(len(s) - 1, max(1, int(a.spill_period)))
-        growth = (rss[-1] - rss[k]) / max(a.spills - 1, 1) * 100
+        k = len(s) // 2  # half time: start-up and the first spills' allocations are behind
+        growth = (rss[-1] - rss[k]) / max(a.spills / 2, 1) * 100
         print(
             f"{name:9s} {rss[0]:8.0f} MB {rss[k]:10.0f} MB {rss[-1]:7.0f} MB {growth:+12.1f} MB "
             f"{s[-1][2] / per_spill:14.2f}   (median RSS {statistics.median(rss):.0f} MB)"
@@ -200,8 +201,8 @@ def main() -> int:
             f"losses outside spills {({k: v for k, v in doc['losses_outside_spills'].items() if v}) or 'none'}"
         )
     dqm_text = (work / "dqm.log").read_text(errors="replace")
-    closed = re.findall(r"spill (\d+) closed: .*?, ([^,(]*?WARN[^(]*|no WARN or ERROR)", dqm_text)
-    flagged = [(int(n), what) for n, what in closed if what != "no WARN or ERROR"]
+    closed = [line for line in dqm_text.splitlines() if re.search(r"run \d+ spill \d+ closed:", line)]
+    flagged = [line.split("dqm.monitor: ")[-1] for line in closed if "no WARN or ERROR" not in line]
     print(f"DQM: {len(closed)} spills judged, {len(flagged)} with a WARN or ERROR: {flagged[:10] or 'none'}")
     print(f"DAQ alarms in its status documents (documents carrying each): {dict(feed.alarms) or 'none'}")
     print(f"spill summaries published: {len(feed.summaries)}")
