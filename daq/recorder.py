@@ -1021,7 +1021,7 @@ class Recorder:
         out = list(self.lost)
         # a recovered spill is in ``lost`` through its summary
         out += [_gap_line(g) for g in self.gaps.values() if g.reason != LossReason.DAQ_CRASH]
-        data = _data_losses(self.losses_outside)
+        data = _data_losses(self.losses_outside, outside=True)
         if data:
             out.append(f"outside spills: {data}")
         return out
@@ -1213,7 +1213,7 @@ class Recorder:
             ]
             self.gaps = {k: v for k, v in self.gaps.items() if k[0] != run}
             self.run_spills = {k: v for k, v in self.run_spills.items() if k[0] != run}
-            data = _data_losses(self.losses_outside)
+            data = _data_losses(self.losses_outside, outside=True)
             if data:
                 self.lost.append(f"run {run}, outside spills: {data}")
             self.losses_outside = Losses()
@@ -1262,8 +1262,8 @@ def _gap_line(g: Gap) -> str:
     return f"run {g.run} spill {g.spill}: not recorded ({g.reason}): {g.detail or _gap_text(g)}"
 
 
-def _data_losses(losses: Mapping[str, int]) -> dict[str, int]:
-    """The counts of ``losses`` that mean data is missing (not dead time, sampling, breakdowns)."""
-    return {
-        str(k): v for k, v in sorted(losses.items()) if v and k not in NOT_DATA_LOSS and not is_breakdown(k)
-    }
+def _data_losses(losses: Mapping[str, int], outside: bool = False) -> dict[str, int]:
+    """The counts of ``losses`` that mean data is missing (not dead time, sampling, breakdowns); outside
+    spills without ``run_rejected`` (a refused run has its own line)."""
+    skip = NOT_DATA_LOSS | ({LossReason.RUN_REJECTED} if outside else set())
+    return {str(k): v for k, v in sorted(losses.items()) if v and k not in skip and not is_breakdown(k)}
