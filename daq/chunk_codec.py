@@ -39,7 +39,9 @@ def _lib() -> ctypes.CDLL:
     global _LIB
     if _LIB is None:
         try:
-            import hdf5plugin
+            from daq import h5filters
+
+            hdf5plugin = h5filters.load()
 
             lib = ctypes.CDLL(str(Path(hdf5plugin.PLUGIN_PATH) / "libh5blosc.so"))
             fn = lib.blosc_compress_ctx

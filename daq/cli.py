@@ -28,7 +28,7 @@ from daq.logs import FORMATS, LEVELS, configure_logging
 COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "daq.demo": ("demo",),
     "simulator.simulate_cli": ("simulate",),
-    "daq.daq_cli": ("daq", "inspect"),
+    "daq.daq_cli": ("daq", "inspect", "recover"),
     "dqm.dqm_cli": ("dqm", "dqm-reference"),
     "calibration.calibrate_cli": ("calibrate",),
     "simulator.replay_cli": ("replay",),

@@ -72,6 +72,9 @@ class LossReason(StrEnum):
     DEAD_TIME = "dead_time"
     WRITE_ERROR = "write_error"
     MONITOR_SKIPPED = "monitor_skipped"
+    RUN_UNKNOWN = "run_unknown"
+    SPILL_CUT_SHORT = "spill_cut_short"
+    DAQ_CRASH = "daq_crash"
 
 
 #: every loss reason, in the order of the docs
@@ -111,6 +114,7 @@ class SpillStatus(StrEnum):
 
     OK = "ok"  # nothing recorded was lost
     INCOMPLETE = "incomplete"  # data lost, or the spill was cut short
+    RECOVERED = "recovered"  # the DAQ stopped without closing the file (crash): what was on disk is saved
     FAILED = "failed"  # no file (not recorded, or the file could not be written)
 
 

@@ -103,6 +103,20 @@ def register(subparsers: Any) -> None:
     q.add_argument("--json", action="store_true", help="print one JSON document (a list, one entry per file)")
     q.set_defaults(run=run_inspect)
 
+    r = subparsers.add_parser(
+        "recover",
+        help="recover spill files a crashed DAQ left unfinished (.partial)",
+        description="Make valid spill files of .runNNNNNN_spillNNNNN.h5.partial files that a DAQ left "
+        "behind (kill -9, crash, power cut), in the directory they are in: every block of events the "
+        "DAQ had written is kept, the file gets status 'recovered' and the loss 'daq_crash', and its "
+        "final name (never replacing a file). na64 daq does this by itself for its data directory at "
+        "start-up; this command is for a partial file moved elsewhere. Exit code 1 if one could not "
+        "be recovered.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    r.add_argument("files", nargs="+", type=Path, metavar="FILE", help="partial files or directories of them")
+    r.set_defaults(run=run_recover)
+
 
 def run_daq(args: argparse.Namespace) -> int:
     from calibration.constants import check_sets
@@ -281,3 +295,30 @@ def run_inspect(args: argparse.Namespace) -> int:
     if not paths:
         raise UserError("no spill files found in " + ", ".join(map(str, args.files)))
     return 2 if failed else 0
+
+
+def run_recover(args: argparse.Namespace) -> int:
+    """``na64 recover``: one line per file, what was saved (or why not)."""
+    from daq.recovery import parse_partial, recover_partial
+
+    paths: list[Path] = []
+    for p in args.files:
+        if p.is_dir():
+            paths += sorted(q for q in p.glob(".run*_spill*.h5.partial") if parse_partial(q))
+        elif not p.exists():
+            raise UserError(f"{p}: no such file")
+        elif parse_partial(p) is None:
+            raise UserError(f"{p}: not a partial spill file (expected .runNNNNNN_spillNNNNN.h5.partial)")
+        else:
+            paths.append(p)
+    if not paths:
+        raise UserError("no partial spill files found in " + ", ".join(map(str, args.files)))
+    failed = 0
+    for p in paths:
+        res = recover_partial(p)
+        if res.file is None:
+            failed += 1
+            print(f"na64 recover: error: {res.error}", file=sys.stderr)
+        else:
+            print(f"{p.parent / res.file}: recovered {res.n_events} events (slices 0-{res.last_slice})")
+    return 1 if failed else 0

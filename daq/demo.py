@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         stop_requested.set()
 
     previous: dict[int, Callable[..., Any] | int | None] = {
-        s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)
+        s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     }
     children: list[Child] = []
     try:
@@ -252,7 +252,11 @@ def _supervise(sim: Child, daq: Child, dqm: Child, stop_requested: threading.Eve
     codes = {"simulate": sim_code, "daq": daq_code, "dqm": dqm_code}
     bad = {k: v for k, v in codes.items() if v not in (0, -signal.SIGTERM)}
     if bad or failed:
-        log.error("demo ended with errors: exit codes %s", codes)
+        log.error(
+            "demo ended with %s: exit codes %s (the lines 'lost:' above say what was not recorded)",
+            "losses after the stop request" if stop_requested.is_set() else "losses or errors",
+            codes,
+        )
         return 1
     log.info("demo finished: all processes stopped cleanly")
     return 0

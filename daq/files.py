@@ -346,7 +346,10 @@ class SpillFile:
 
     def __init__(self, path: str | Path) -> None:
         import h5py  # h5py is heavy; only readers and the writer need it
-        import hdf5plugin  # noqa: F401  (registers the lz4/zstd/blosc filters used by the writer)
+
+        from daq import h5filters
+
+        h5filters.load()  # registers the lz4/zstd/blosc filters used by the writer
 
         self.path = Path(path)
         self._waveforms_ds: tuple[Any, np.dtype, tuple[int, ...]] | None = None  # read_waveforms_into

@@ -123,6 +123,8 @@ class MessageType(IntEnum):
     HEARTBEAT = 8
     EVENTS = 9
     SUMMARY = 10
+    RUN_ACK = 11
+    ANNOUNCE_REQUEST = 12
 
 
 class FrontEndState(IntEnum):
@@ -415,6 +417,7 @@ class Summary(Message):
     FRAMES: ClassVar = (FrameSpec("json", np.dtype("u1"), 1),)
     KIND_SPILL: ClassVar = 1
     KIND_STATUS: ClassVar = 2
+    KIND_RUN: ClassVar = 3
     kind: int = 1
     reserved: int = 0
     json: NDArray[np.uint8] = field(default_factory=lambda: np.zeros(0, np.uint8))
@@ -426,6 +429,53 @@ class Summary(Message):
     @property
     def text(self) -> str:
         return bytes(self.json).decode("utf-8", errors="replace")
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class RunAck(Message):
+    """DAQ -> front-end: the answer to a RUN_START. ``status`` ACCEPTED: the DAQ records the run and can
+    process its messages now (its kernels are compiled or loaded); a front-end streams no spill before
+    it. REFUSED: the run is not recorded (``reason``, UTF-8: e.g. its run number already has files, or no
+    usable calibration); the front-end stops and says why."""
+
+    TYPE: ClassVar = MessageType.RUN_ACK
+    BODY: ClassVar = (("status", "I"), ("reserved", "I"))
+    FRAMES: ClassVar = (FrameSpec("reason", np.dtype("u1"), 1),)
+    MIN_FRAMES: ClassVar = 0
+    ACCEPTED: ClassVar = 0
+    REFUSED: ClassVar = 1
+    status: int = 0
+    reserved: int = 0
+    reason: NDArray[np.uint8] | None = None
+
+    @classmethod
+    def of(cls, run: int, status: int, reason: str = "") -> RunAck:
+        return cls(run=run, status=status, reason=_u8(reason) if reason else None)
+
+    @property
+    def text(self) -> str:
+        return "" if self.reason is None else bytes(self.reason).decode("utf-8", errors="replace")
+
+    def check(self) -> None:
+        _reserved_zero(self)
+        if self.status not in (self.ACCEPTED, self.REFUSED):
+            raise FieldError(f"RUN_ACK: status {self.status} (must be 0 accepted or 1 refused)")
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class AnnounceRequest(Message):
+    """DAQ -> front-end: "send your RUN_START again". The DAQ got data of a run it does not know (it was
+    restarted mid-run); the front-end answers with RUN_START for its current run, header ``spill`` = the
+    spill it is in or last started (a *re-announce*), and waits for RUN_ACK again."""
+
+    TYPE: ClassVar = MessageType.ANNOUNCE_REQUEST
+    BODY: ClassVar = (("reason", "I"), ("reserved", "I"))
+    RUN_UNKNOWN: ClassVar = 1
+    reason: int = 1
+    reserved: int = 0
+
+    def check(self) -> None:
+        _reserved_zero(self)
 
 
 MESSAGE_CLASSES: dict[int, type[Message]] = {
@@ -441,6 +491,8 @@ MESSAGE_CLASSES: dict[int, type[Message]] = {
         Heartbeat,
         Events,
         Summary,
+        RunAck,
+        AnnounceRequest,
     )
 }
 _BODY_STRUCTS: dict[int, struct.Struct] = {

@@ -45,21 +45,35 @@ from daq import detector, protocol
 from daq.batch import EventBatch
 from daq.builder import Readout, SpillHistograms, compare_counters, histograms_json
 from daq.contract import (
+    FRONTEND_COUNTERS,
+    NOT_DATA_LOSS,
     ChannelConstants,
     DaqState,
     Losses,
     LossReason,
     SpillStatus,
     decode_error_kind,
+    is_breakdown,
 )
 from daq.errors import ConfigError, Na64Error, ProtocolError
 from daq.monitor_feed import MonitorFeed
 from daq.summary import CalibrationStatus, DaqStatus, FrontEndStatus, Histogram, SpillSummary, Triggers
 from daq.trigger import PrimitiveBatch, Trigger
-from daq.writer_commands import AppendEvents, CloseSpill, OpenSpill, SpillFinal, SpillHeader, WriteResult
+from daq.writer_commands import (
+    AppendEvents,
+    CloseSpill,
+    OpenSpill,
+    Recovered,
+    SpillFinal,
+    SpillHeader,
+    WriteResult,
+)
 
 if TYPE_CHECKING:  # only the type: importing daq.daq_config loads the writer (h5py)
     from daq.daq_config import DaqConfig
+
+#: a front-end streaming data of a run the DAQ does not know is asked to re-announce it at most this often
+ANNOUNCE_EVERY_S = 1.0
 
 #: a front-end not heard from for this long is forgotten (its status entry and sequence number): every
 #: ``na64 simulate`` or ``replay`` run and every reconnect is a new ZeroMQ identity, and a DAQ runs for
@@ -128,6 +142,16 @@ class RunFinished:
 
 
 @dataclass(frozen=True)
+class PublishRunSummary:
+    """A run ended (RUN_STOP) or the DAQ stops inside one: the run's record (its spills and their status,
+    the gaps: spills or slices not recorded and why, the losses outside spills), to publish (SUMMARY kind
+    3) and to keep as ``runNNNNNN_summary.json`` next to the spill files."""
+
+    run: int
+    document: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class RunRefused:
     """A run is not recorded: its calibration cannot be used (``--stop-after-run`` stops at once, and the
     DAQ exits non-zero: :attr:`Recorder.refused`)."""
@@ -148,6 +172,7 @@ Action = (
     | Log
     | RunFinished
     | RunRefused
+    | PublishRunSummary
 )
 
 
@@ -167,6 +192,7 @@ class Environment(Protocol):
     def calibration(self, run: int) -> CalibrationChoice: ...
     def free_bytes(self) -> int: ...
     def writer_queue(self) -> int: ...
+    def existing_spills(self, run: int) -> frozenset[int]: ...
 
 
 # ---------------------------------------------------------------- state
@@ -178,6 +204,27 @@ class FrontEnd:
     name: str = ""
     seq_out: protocol.SequenceCounter = field(default_factory=protocol.SequenceCounter)
     decode_errors_since_good: int = 0
+    asked_at: float = float("-inf")  # when it was last asked to re-announce its run (ANNOUNCE_REQUEST)
+    refused: dict[int, str] = field(default_factory=dict)  # runs refused to it, and why
+
+
+@dataclass
+class Gap:
+    """Data of a run that is not in its spill files: a spill (or the slices of it) the DAQ saw only part
+    of, or none of (it started or was restarted mid-run, the run was refused), or recovered after a
+    crash. ``frontend``: the front-end's SPILL_END counters when the DAQ saw them."""
+
+    run: int
+    spill: int
+    reason: str
+    n_messages: int = 0
+    n_slices: int = 0
+    n_particles: int = 0
+    frontend: dict[str, int] = field(default_factory=dict)
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -191,6 +238,8 @@ class Run:
     sample_period_ns: float
     frontend_info: str
     calibration_id: str
+    #: spills of this run that already have a file (never overwritten: such a spill is not recorded)
+    existing: frozenset[int] = frozenset()
 
 
 @dataclass
@@ -252,8 +301,15 @@ class Recorder:
         self.run: Run | None = None
         self.spill: Spill | None = None
         self.losses_run = Losses()
-        self.losses_idle = Losses()  # losses outside any spill (reported in the status and the next spill)
+        #: losses outside any spill (between spills, before a run): the run's, never a spill's
+        self.losses_outside = Losses()
         self._idle_logged: set[str] = set()
+        #: the current run's gaps, by (run, spill)
+        self.gaps: dict[tuple[int, int], Gap] = {}
+        #: the current run's spills as published: spill -> (status, file, events written)
+        self.run_spills: dict[tuple[int, int], dict[str, Any]] = {}
+        #: what this DAQ lost, one line each (the service exits non-zero and prints them)
+        self.lost: list[str] = []
         self.eot_run = 0
         self.events_run = 0
         self.spills_run = 0
@@ -365,6 +421,14 @@ class Recorder:
                 result.error,
                 lost,
             )
+        elif result.error:  # closed, but not as asked: incomplete after a write error, or a duplicate name
+            self._file_closed_with_error(result, c)
+            s = dataclasses.replace(
+                s,
+                status=SpillStatus(result.status),
+                failure=result.error,
+                losses=c.losses.as_dict(),
+            )
         else:
             self.alarms.pop("write", None)
         self._publish_summary(s)
@@ -381,6 +445,8 @@ class Recorder:
     def flush(self, now: float) -> list[Action]:
         """Last words before the service exits: the buffered events and the status."""
         self._flush_feed(now, force=True)
+        if self.run is not None:
+            self._publish_run_summary(self.run.number, finished=False)
         self._out.append(PublishStatus(self.status(now)))
         return self._take()
 
@@ -404,6 +470,11 @@ class Recorder:
             },
             run_frontends=(r.owner.hex(),) if r else (),
             losses_run=self.losses_run.as_dict(),
+            losses_outside_spills=self.losses_outside.as_dict(),
+            gaps={
+                f"run {g.run} spill {g.spill}": f"{g.reason}: {g.detail or _gap_text(g)}"
+                for g in self.gaps.values()
+            },
             eot_run=self.eot_run,
             events_run=self.events_run,
             spills_run=self.spills_run,
@@ -433,7 +504,7 @@ class Recorder:
             return
         self.losses_run[reason] += n
         sp = self.spill
-        (sp.losses if sp is not None else self.losses_idle)[reason] += n
+        (sp.losses if sp is not None else self.losses_outside)[reason] += n
         logged = sp.logged if sp is not None else self._idle_logged
         first = reason not in logged
         logged.add(reason)
@@ -483,13 +554,14 @@ class Recorder:
             case protocol.Slice():
                 self._on_slice(sender, msg, now)
             case protocol.Fragment():
-                self._on_fragment(msg, now)
+                self._on_fragment(sender, msg, now)
             case protocol.Heartbeat(state=state):
                 fe.state = _FRONTEND_STATE_NAMES.get(state, str(state))
+                self._check_heartbeat_run(sender, msg, now)
             case protocol.SpillStart():
                 self._on_spill_start(sender, msg, now)
             case protocol.SpillEnd():
-                self._on_spill_end(msg, now)
+                self._on_spill_end(sender, msg, now)
             case protocol.RunStart():
                 self._on_run_start(sender, msg, now)
             case protocol.RunStop():
@@ -499,6 +571,8 @@ class Recorder:
 
     # ------------------------------------------------------------ run
     def _on_run_start(self, sender: bytes, msg: protocol.RunStart, now: float) -> None:
+        if self._refuse_reused_run(sender, msg):
+            return
         r = self.run
         if (
             r is not None
@@ -512,6 +586,7 @@ class Recorder:
             self._loss(
                 LossReason.FRONTEND_RESTART, 1, f"front-end {sender.hex()} sent RUN_START {msg.run} again"
             )
+            self._acknowledge(sender, msg.run)
             return
         if self.spill is not None:
             self.spill.ended_by = "run restarted"
@@ -535,6 +610,7 @@ class Recorder:
             )
             self._loss(LossReason.RUN_REJECTED, 1, problem)
             self._out.append(RunRefused(msg.run, problem))
+            self._refuse(sender, msg.run, problem)
             return
         info = bytes(msg.info).decode("utf-8", errors="replace") if msg.info is not None else "{}"
         self.frontends[sender].name = _name_from_info(info)
@@ -546,6 +622,7 @@ class Recorder:
             self.alarms["run"] = f"run {msg.run} rejected: {e}"
             self._log(logging.ERROR, "run %d rejected: %s", msg.run, e)
             self._loss(LossReason.RUN_REJECTED, 1, str(e))
+            self._refuse(sender, msg.run, str(e))
             return
         if msg.n_channels != detector.N_CHANNELS:
             self._log(
@@ -563,6 +640,7 @@ class Recorder:
         self.losses_run = Losses()
         self.eot_run = self.events_run = self.spills_run = 0
         self.run_stopped = False
+        self._run_started(sender, msg)
         self._log(
             logging.INFO,
             "run %d started (front-end %s, %d primitive channels, %d samples, calibration %s)",
@@ -614,15 +692,14 @@ class Recorder:
     def _check_run_finished(self, run: int) -> None:
         if self.run_stopped and self.spill is None and not self.closing:
             self.run_stopped = False
+            self._publish_run_summary(run, finished=True)
             self._out.append(RunFinished(run))
 
     # ------------------------------------------------------------ spill
     def _on_spill_start(self, sender: bytes, msg: protocol.SpillStart, now: float) -> None:
         r = self.run
         if r is None or msg.run != r.number:
-            self._loss(
-                LossReason.UNEXPECTED_MESSAGE, 1, f"SPILL_START run {msg.run} spill {msg.spill} outside a run"
-            )
+            self._unknown_run_data(sender, msg, now)
             return
         if self.spill is not None:
             self.spill.ended_by = "next spill started"
@@ -643,15 +720,13 @@ class Recorder:
             hist=SpillHistograms(h.arrival_bins, h.ecal_bins, h.ecal_max_gev, h.prs_bins, h.prs_max_gev),
         )
         self.spill = sp
-        if self.losses_idle:
-            sp.losses.update(self.losses_idle)
-            self.losses_idle = Losses()
-            self._idle_logged = set()
         r.trigger.new_spill()
         r.readout.new_spill()
         self.free_disk_bytes = free = self.env.free_bytes()
         need = int(self.config.storage.min_free_mb * 1e6)
-        if free < need:
+        if sp.number in r.existing:
+            self._spill_file_exists(sp)
+        elif free < need:
             sp.record = False
             sp.fail_reason = f"only {free / 1e6:.0f} MB free in {self.data_dir} (need {need / 1e6:.0f} MB)"
             self.alarms["disk"] = sp.fail_reason
@@ -675,14 +750,10 @@ class Recorder:
             self._out.append(OpenSpill(header))
         self._log(logging.INFO, "run %d spill %d started", r.number, sp.number)
 
-    def _on_spill_end(self, msg: protocol.SpillEnd, now: float) -> None:
+    def _on_spill_end(self, sender: bytes, msg: protocol.SpillEnd, now: float) -> None:
         sp = self.spill
         if sp is None or msg.spill != sp.number or msg.run != sp.run:
-            self._loss(
-                LossReason.UNEXPECTED_MESSAGE,
-                1,
-                f"SPILL_END run {msg.run} spill {msg.spill} without its SPILL_START",
-            )
+            self._unknown_run_data(sender, msg, now)
             return
         sp.frontend = {
             "n_slices": msg.n_slices,
@@ -694,6 +765,7 @@ class Recorder:
         }
         sp.t_end_ns = msg.t_end_ns
         sp.ended_by = "SPILL_END"
+        self._check_cut_short(sp, msg)
         self._end_spill(complete=True, now=now)
 
     def _end_spill(self, complete: bool, now: float) -> None:
@@ -816,6 +888,7 @@ class Recorder:
         s = dataclasses.replace(summary, free_disk_bytes=self.free_disk_bytes)
         self.spills_run += 1
         self.last_summary = s
+        self._spill_published(s)
         self._out.append(PublishSummary(s))
         self._log(
             logging.INFO,
@@ -833,11 +906,7 @@ class Recorder:
     def _on_slice(self, sender: bytes, msg: protocol.Slice, now: float) -> None:
         sp, r = self.spill, self.run
         if sp is None or r is None or msg.run != sp.run or msg.spill != sp.number:
-            self._loss(
-                LossReason.UNEXPECTED_MESSAGE,
-                1,
-                f"SLICE {msg.slice_id} (run {msg.run} spill {msg.spill}) outside a spill",
-            )
+            self._unknown_run_data(sender, msg, now)
             return
         if msg.slice_id in sp.slices:
             self._loss(LossReason.DUPLICATE, 1, f"SLICE {msg.slice_id} received twice")
@@ -886,10 +955,10 @@ class Recorder:
         )
         self._out.append(Send(sender, self._frontend(sender).seq_out.stamp(req)))
 
-    def _on_fragment(self, msg: protocol.Fragment, now: float) -> None:
+    def _on_fragment(self, sender: bytes, msg: protocol.Fragment, now: float) -> None:
         r = self.run
-        if r is None:
-            self._loss(LossReason.UNEXPECTED_FRAGMENT, 1, f"FRAGMENT for slice {msg.slice_id} outside a run")
+        if r is None or msg.run != r.number:
+            self._unknown_run_data(sender, msg, now)
             return
         events, reason = r.readout.add_fragment(msg)
         if reason:
@@ -926,6 +995,245 @@ class Recorder:
         if msg is not None:
             self._out.append(PublishEvents(msg))
 
+    # ------------------------------------------------------------ run continuity (issue 16)
+    # A restarted DAQ learns the run from its front-end (ANNOUNCE_REQUEST -> RUN_START re-announced), a
+    # run is acknowledged (RUN_ACK) only once the DAQ can process it, a run number that already has files
+    # is refused, and whatever does not reach a spill file is a gap of its run, counted and reported.
+    def recovered_at_start(self, files: Sequence[Recovered], now: float) -> list[Action]:
+        """Spill files an earlier DAQ left unfinished (it crashed), recovered by the shell at start-up:
+        each is a gap of its run, a spill summary with status ``recovered`` (``failed`` when nothing could
+        be saved) and the alarm ``recovered`` until the next run starts."""
+        for f in files:
+            gap = self._gap(f.run, f.spill, LossReason.DAQ_CRASH)
+            if f.file:
+                gap.detail = f"the DAQ crashed in this spill: {f.n_events} events (slices 0-{f.last_slice}) recovered into {f.file}"
+            else:
+                gap.detail = (
+                    f"the DAQ crashed in this spill; its partial file could not be recovered: {f.error}"
+                )
+            self._log(logging.WARNING, "run %d spill %d: %s", f.run, f.spill, gap.detail)
+            summary = SpillSummary(
+                run=f.run,
+                spill=f.spill,
+                status=SpillStatus.RECOVERED if f.file else SpillStatus.FAILED,
+                file=f.file,
+                n_events_written=f.n_events,
+                losses=Losses({LossReason.DAQ_CRASH: 1}).as_dict(),
+                ended_by="DAQ crash (recovered at start-up)",
+                failure=f.error
+                or "the DAQ stopped without closing the spill; events after the last block "
+                "on disk, the counters and histograms are lost",
+            )
+            self.losses_run[LossReason.DAQ_CRASH] += 1
+            self._publish_summary(summary)
+        if files:
+            names = ", ".join(f"run {f.run} spill {f.spill}" for f in files)
+            self.alarms["recovered"] = f"spill files left by a crashed DAQ recovered: {names}"
+        return self._take()
+
+    def lost_report(self) -> list[str]:
+        """What this DAQ did not record, one line each ([] when nothing was lost)."""
+        out = list(self.lost)
+        # a recovered spill is in ``lost`` through its summary
+        out += [_gap_line(g) for g in self.gaps.values() if g.reason != LossReason.DAQ_CRASH]
+        data = _data_losses(self.losses_outside, outside=True)
+        if data:
+            out.append(f"outside spills: {data}")
+        return out
+
+    def _acknowledge(self, sender: bytes, run: int) -> None:
+        """RUN_ACK: the DAQ records ``run`` and processes its messages from now on."""
+        ack = protocol.RunAck.of(run, protocol.RunAck.ACCEPTED)
+        self._out.append(Send(sender, self._frontend(sender).seq_out.stamp(ack)))
+
+    def _refuse(self, sender: bytes, run: int, problem: str) -> None:
+        """RUN_ACK refused, with the reason (the front-end stops and says it); logged once per front-end
+        and run."""
+        fe = self._frontend(sender)
+        if run not in fe.refused:
+            fe.refused[run] = problem
+            self.lost.append(f"run {run} refused: {problem}")
+            self._log(logging.ERROR, "run %d refused (front-end %s): %s", run, sender.hex(), problem)
+        ack = protocol.RunAck.of(run, protocol.RunAck.REFUSED, problem)
+        self._out.append(Send(sender, fe.seq_out.stamp(ack)))
+
+    def _file_closed_with_error(self, result: WriteResult, c: _Closing) -> None:
+        """The writer closed the file but says what went wrong (disk full: closed with the events on
+        disk; its final name taken: kept under another): alarm ``write``, lost events counted."""
+        self.alarms["write"] = f"run {result.run} spill {result.spill}: {result.error}"
+        lost = result.n_events_lost
+        if lost:
+            self.losses_run[LossReason.WRITE_ERROR] += lost
+            c.losses[LossReason.WRITE_ERROR] += lost
+        self._log(
+            logging.ERROR,
+            "run %d spill %d: %s (%d events lost)",
+            result.run,
+            result.spill,
+            result.error,
+            lost,
+        )
+
+    def _refuse_reused_run(self, sender: bytes, msg: protocol.RunStart) -> bool:
+        """A new RUN_START (not a re-announce) of a run number that already has spill files is refused:
+        recording it would overwrite them."""
+        r = self.run
+        if r is not None and msg.run == r.number and sender == r.owner:
+            return False  # its own front-end restarted within the run (handled by _on_run_start)
+        if msg.spill > 0 or self._frontend(sender).asked_at > float("-inf"):
+            return False  # a re-announce: the run goes on after a DAQ restart
+        existing = self.env.existing_spills(msg.run)
+        if not existing:
+            return False
+        problem = (
+            f"run {msg.run} already has {len(existing)} spill file(s) in {self.data_dir} (spills "
+            f"{_ranges(existing)}); they are not overwritten: start it with another run number"
+        )
+        self.alarms["run"] = f"run {msg.run} refused: {problem}"
+        self._loss(LossReason.RUN_REJECTED, 1, problem)
+        self._refuse(sender, msg.run, problem)
+        return True
+
+    def _run_started(self, sender: bytes, msg: protocol.RunStart) -> None:
+        """A run is set up: acknowledge it; a re-announced one (the DAQ restarted mid-run) is logged, and
+        the spill the front-end is in is a gap (its SPILL_START came before this DAQ knew the run)."""
+        r = self.run
+        assert r is not None
+        r.existing = self.env.existing_spills(msg.run)
+        self._acknowledge(sender, msg.run)
+        for g in self.gaps.values():  # recovered at start-up before the run was known
+            if g.run == msg.run:
+                self.losses_run[g.reason] += 1
+        if msg.spill > 0:
+            self._log(
+                logging.WARNING,
+                "run %d re-announced by front-end %s (in spill %d): recording from its next spill",
+                msg.run,
+                sender.hex(),
+                msg.spill,
+            )
+        else:
+            self.alarms.pop("recovered", None)
+
+    def _unknown_run_data(self, sender: bytes, msg: protocol.Message, now: float) -> None:
+        """A message of a run or spill the DAQ did not see start (it started or restarted mid-run, the run
+        was refused, the spill had ended): counted as ``run_unknown`` and in the gap of that spill; with no
+        run known, the front-end is asked to re-announce its run."""
+        where = f"{msg.TYPE.name} run {msg.run} spill {msg.spill}"
+        if isinstance(msg, protocol.Slice | protocol.Fragment):
+            where += f" slice {msg.slice_id}"
+        self._loss(LossReason.RUN_UNKNOWN, 1, f"{where}: the DAQ did not see this run or spill start")
+        if msg.run:
+            g = self._gap(msg.run, msg.spill, LossReason.RUN_UNKNOWN)
+            g.n_messages += 1
+            if isinstance(msg, protocol.Slice):
+                g.n_slices += 1
+                g.n_particles += int(msg.n_particles)
+            elif isinstance(msg, protocol.SpillEnd):
+                g.frontend = {k: int(getattr(msg, k)) for k in (*FRONTEND_COUNTERS, "t_end_ns")}
+            if self.run is None:
+                self._ask_announce(sender, msg.run, now)
+
+    def _check_heartbeat_run(self, sender: bytes, msg: protocol.Heartbeat, now: float) -> None:
+        """A front-end running a run while the DAQ knows none (it restarted between spills): ask for the
+        run before the next spill starts."""
+        busy = msg.state in (protocol.FrontEndState.RUNNING, protocol.FrontEndState.IN_SPILL)
+        if busy and msg.run and self.run is None:
+            self._ask_announce(sender, msg.run, now)
+
+    def _ask_announce(self, sender: bytes, run: int, now: float) -> None:
+        fe = self._frontend(sender)
+        if run in fe.refused or now - fe.asked_at < ANNOUNCE_EVERY_S:
+            return
+        if fe.asked_at == float("-inf"):
+            self._log(
+                logging.WARNING,
+                "front-end %s streams run %d, which this DAQ does not know (restarted mid-run?): asking it "
+                "to announce the run",
+                sender.hex(),
+                run,
+            )
+        fe.asked_at = now
+        req = protocol.AnnounceRequest(run=run, reason=protocol.AnnounceRequest.RUN_UNKNOWN)
+        self._out.append(Send(sender, fe.seq_out.stamp(req)))
+
+    def _spill_file_exists(self, sp: Spill) -> None:
+        """The spill already has a file (a run number used twice): it is not recorded, never overwritten."""
+        sp.record = False
+        sp.fail_reason = (
+            f"run {sp.run} spill {sp.number} already has a file in {self.data_dir}: not overwritten"
+        )
+        self.alarms["run"] = sp.fail_reason
+        self._log(logging.ERROR, "%s", sp.fail_reason)
+
+    def _check_cut_short(self, sp: Spill, msg: protocol.SpillEnd) -> None:
+        """SPILL_END's header ``slice`` is the number of slices the spill should have had (0: not said):
+        a spill the front-end ended early (stopped by the user) is incomplete, not ok."""
+        planned = int(msg.slice_id)
+        if planned and msg.n_slices < planned:
+            sp.ended_by = f"cut short by the front-end ({msg.n_slices} of {planned} slices)"
+            self._loss(LossReason.SPILL_CUT_SHORT, 1, sp.ended_by)
+
+    def _gap(self, run: int, spill: int, reason: str) -> Gap:
+        g = self.gaps.get((run, spill))
+        if g is None:
+            g = self.gaps[(run, spill)] = Gap(run, spill, str(reason))
+        return g
+
+    def _spill_published(self, s: SpillSummary) -> None:
+        self.run_spills[(s.run, s.spill)] = {
+            "spill": s.spill,
+            "status": str(s.status),
+            "file": s.file,
+            "n_events_written": s.n_events_written,
+            "ended_by": s.ended_by,
+        }
+        if s.status != SpillStatus.OK:
+            data = _data_losses(s.losses)
+            why = s.failure or s.ended_by
+            self.lost.append(f"run {s.run} spill {s.spill}: {s.status} ({why}; losses {data})")
+
+    def _publish_run_summary(self, run: int, finished: bool) -> None:
+        """The run's record: spills and their status, gaps, losses outside spills (PublishRunSummary)."""
+        spills = [v for (r, _), v in sorted(self.run_spills.items()) if r == run]
+        gaps = [g.as_dict() for (r, _), g in sorted(self.gaps.items()) if r == run]
+        doc: dict[str, Any] = {
+            "run_summary_version": 1,
+            "run": run,
+            "finished": finished,
+            "n_spills": len(spills),
+            "status_counts": dict(Counter(s["status"] for s in spills)),
+            "spills": spills,
+            "gaps": gaps,
+            "losses_run": self.losses_run.as_dict(),
+            "losses_outside_spills": self.losses_outside.as_dict(),
+            "eot_run": self.eot_run,
+            "events_run": self.events_run,
+        }
+        bad = len(spills) - doc["status_counts"].get(str(SpillStatus.OK), 0)
+        self._log(
+            logging.WARNING if bad or gaps else logging.INFO,
+            "run %d %s: %d spills recorded (%s), %d gaps, losses outside spills %s",
+            run,
+            "finished" if finished else "left open (the DAQ stops)",
+            len(spills),
+            doc["status_counts"] or "none",
+            len(gaps),
+            {str(k): v for k, v in sorted(self.losses_outside.items()) if v} or "none",
+        )
+        self._out.append(PublishRunSummary(run, doc))
+        if finished:
+            self.lost += [
+                _gap_line(g) for g in self.gaps.values() if g.run == run and g.reason != LossReason.DAQ_CRASH
+            ]
+            self.gaps = {k: v for k, v in self.gaps.items() if k[0] != run}
+            self.run_spills = {k: v for k, v in self.run_spills.items() if k[0] != run}
+            data = _data_losses(self.losses_outside, outside=True)
+            if data:
+                self.lost.append(f"run {run}, outside spills: {data}")
+            self.losses_outside = Losses()
+            self._idle_logged = set()
+
 
 def _kind(e: ProtocolError) -> str:
     """``ChecksumError`` -> ``checksum``: the loss sub-key of a protocol error."""
@@ -943,3 +1251,34 @@ def _name_from_info(info: str) -> str:
             if isinstance(doc.get(key), str):
                 return str(doc[key])
     return ""
+
+
+def _ranges(numbers: frozenset[int] | set[int]) -> str:
+    """``{1, 2, 3, 7}`` -> ``1-3, 7``."""
+    out: list[str] = []
+    for n in sorted(numbers):
+        if out and out[-1].split("-")[-1] == str(n - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{n}"
+        else:
+            out.append(str(n))
+    return ", ".join(out)
+
+
+def _gap_text(g: Gap) -> str:
+    sent = (
+        f"; the front-end sent {g.frontend.get('n_slices', '?')} slices, {g.frontend.get('n_particles', '?')} particles"
+        if g.frontend
+        else ""
+    )
+    return f"{g.n_slices} slices ({g.n_particles} particles), {g.n_messages} messages seen{sent}"
+
+
+def _gap_line(g: Gap) -> str:
+    return f"run {g.run} spill {g.spill}: not recorded ({g.reason}): {g.detail or _gap_text(g)}"
+
+
+def _data_losses(losses: Mapping[str, int], outside: bool = False) -> dict[str, int]:
+    """The counts of ``losses`` that mean data is missing (not dead time, sampling, breakdowns); outside
+    spills without ``run_rejected`` (a refused run has its own line)."""
+    skip = NOT_DATA_LOSS | ({LossReason.RUN_REJECTED} if outside else set())
+    return {str(k): v for k, v in sorted(losses.items()) if v and k not in skip and not is_breakdown(k)}

@@ -20,6 +20,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import errno
+import json
 import logging
 import signal
 import time
@@ -30,7 +31,7 @@ from typing import Any, Protocol
 
 import zmq
 
-from daq import config_loader, protocol, pulse_fit
+from daq import config_loader, kernels, protocol
 from daq.daq_config import DaqConfig
 from daq.errors import ConfigError
 from daq.process import tune_gc, tune_malloc
@@ -40,6 +41,7 @@ from daq.recorder import (
     Log,
     LossCounted,
     PublishEvents,
+    PublishRunSummary,
     PublishStatus,
     PublishSummary,
     Recorder,
@@ -100,6 +102,22 @@ class ShellEnvironment:
     def writer_queue(self) -> int:
         return self.writer.queue_depth if self.writer is not None else 0
 
+    def existing_spills(self, run: int) -> frozenset[int]:
+        """Spills of ``run`` with a file in the data directory (final, partial or kept duplicate)."""
+        from daq.files import parse_filename
+        from daq.recovery import parse_partial
+
+        prefix = f"run{run:06d}_"
+        out = set()
+        for p in self.data_dir.glob(f"*{prefix}spill*"):
+            name = p.name.lstrip(".")
+            key = parse_filename(name) or parse_partial(p)
+            if key is None and name.startswith(prefix) and ".duplicate" in name:
+                key = parse_filename(name.split(".duplicate")[0] + ".h5")
+            if key is not None and key[0] == run:
+                out.add(key[1])
+        return frozenset(out)
+
 
 class DaqService:
     """``na64 daq`` as an object: ``await DaqService(...).run()`` returns the exit code."""
@@ -150,8 +168,13 @@ class DaqService:
                 f"--data-dir {self.data_dir}: cannot be the data directory ({e.strerror or e})"
             ) from None
         tune_malloc()
-        pulse_fit.warm_up()  # compile or load the reconstruction kernel before the first event
+        # compile or load every kernel before the sockets are bound: a run is acknowledged (RUN_ACK) only
+        # by a DAQ that can process its messages at once
+        kernels.warm_up()
         tune_gc()
+        from daq.recovery import recover_directory
+
+        recovered = recover_directory(self.data_dir)  # spill files a crashed DAQ left unfinished
         self.recorder = Recorder(
             self.config,
             self.environment,
@@ -186,8 +209,9 @@ class DaqService:
                 self.bound_publish,
                 self.data_dir,
             )
+            await self._apply(self.recorder.recovered_at_start(recovered, time.monotonic()))
             loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(sig, self._on_signal, sig)
             code = await self._main()
@@ -205,6 +229,12 @@ class DaqService:
             raise CalibrationError(
                 f"{refused[0]}: not recorded{more}; --calibration nominal records with nominal constants"
             )
+        lost = self.recorder.lost_report()
+        if lost:
+            log.error("the DAQ did not record everything it was sent (exit code 1):")
+            for line in lost:
+                log.error("  lost: %s", line)
+            code = max(code, 1)
         return code
 
     def _config_record(self) -> dict[str, Any]:
@@ -341,6 +371,10 @@ class DaqService:
             case PublishSummary(summary=s):
                 self._publish(protocol.Summary.of(protocol.Summary.KIND_SPILL, s.to_json()), keep=True)
                 self._notify("spill_summary", s.to_dict())
+            case PublishRunSummary(run=run, document=doc):
+                text = json.dumps(doc)
+                self._publish(protocol.Summary.of(protocol.Summary.KIND_RUN, text, run=run), keep=True)
+                self._write_run_summary(run, text)
             case PublishStatus(status=st):
                 self._publish(protocol.Summary.of(protocol.Summary.KIND_STATUS, st.to_json()), keep=False)
                 self._notify("status", st.to_dict())
@@ -362,6 +396,23 @@ class DaqService:
                 self._stop.set()
             case OpenSpill() | AppendEvents() | CloseSpill() | Send():
                 raise TypeError(f"{type(action).__name__} needs _apply")
+
+    def _write_run_summary(self, run: int, text: str) -> None:
+        """``runNNNNNN_summary.json`` next to the spill files (``.2``, ``.3``, ... when one exists: a DAQ
+        restarted within a run writes its own; never overwritten). A failure is logged, never fatal."""
+        name = f"run{run:06d}_summary"
+        for k in range(1, 1000):
+            path = self.data_dir / (f"{name}.json" if k == 1 else f"{name}.{k}.json")
+            try:
+                with open(path, "x") as f:
+                    f.write(text + "\n")
+                log.info("run %d summary written to %s", run, path)
+                return
+            except FileExistsError:
+                continue
+            except OSError as e:
+                log.error("run %d summary could not be written to %s: %s", run, path, e)
+                return
 
     def _notify(self, what: str, doc: dict[str, Any]) -> None:
         """Hand a published document to the observers; a failing observer is logged once, never fatal."""

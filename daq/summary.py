@@ -27,8 +27,8 @@ from daq.contract import DaqState, SpillStatus
 from daq.errors import ProtocolError
 
 SUMMARY_VERSION: Final = 1
-#: 2 added ``run_frontends``
-STATUS_VERSION: Final = 2
+#: 2 added ``run_frontends``; 3 ``losses_outside_spills`` and ``gaps``
+STATUS_VERSION: Final = 3
 #: names of the per-spill histograms of every particle
 ARRIVAL_TIME: Final = "arrival_time"
 ECAL_BLOCK_GEV: Final = "ecal_block_gev"
@@ -161,6 +161,10 @@ class DaqStatus(_Document):
     #: to speak (an earlier run's identity stays listed in ``frontends`` for an hour)
     run_frontends: tuple[str, ...] = field(default=(), metadata={"since": 2})
     losses_run: Mapping[str, int] = field(default_factory=dict)
+    #: losses outside any spill since the last run summary (between spills, before a run): never a spill's
+    losses_outside_spills: Mapping[str, int] = field(default_factory=dict, metadata={"since": 3})
+    #: "run R spill S" -> what of it is not in a spill file and why (the DAQ restarted, crashed, ...)
+    gaps: Mapping[str, str] = field(default_factory=dict, metadata={"since": 3})
     eot_run: int = 0
     events_run: int = 0
     spills_run: int = 0

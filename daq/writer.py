@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -84,7 +85,9 @@ BLOSC_SHUFFLE = 1
 
 def codec_options(name: str, level: int | None = None) -> dict[str, Any]:
     """h5py ``create_dataset`` keyword arguments for a codec name (see :data:`CODECS`)."""
-    import hdf5plugin
+    from daq import h5filters
+
+    hdf5plugin = h5filters.load()
 
     if name == "none":
         return {}
@@ -178,7 +181,8 @@ class _GuardedFile(io.RawIOBase):
 
     def __init__(self, path: Path) -> None:
         super().__init__()
-        self._f = open(path, "w+b", buffering=0)  # noqa: SIM115 (closed in close())
+        # "x": never truncate a file that is there (a partial file of a crashed DAQ is recovered, not lost)
+        self._f = open(path, "x+b", buffering=0)  # noqa: SIM115 (closed in close())
         self.error: OSError | None = None
 
     def readable(self) -> bool:
@@ -324,13 +328,23 @@ class SpillWriter:
         except BaseException:
             self._raw.close()
             raise
+        #: file size and events at the last metadata flush: a consistent HDF5 file up to there
+        self.good_eof = 0
+        self.good_events = 0
         try:
+            hold_metadata(self._h5)
             self._create()
+            self._checkpoint()
             self.check()
         except BaseException:
             self.abort()
             raise
         self.seconds += time.perf_counter() - t0
+
+    @property
+    def write_failed(self) -> bool:
+        """A write to the file failed (disk full, I/O error)."""
+        return self._raw.error is not None
 
     def check(self) -> None:
         """Raise :class:`WriteError` if a write to the file has failed."""
@@ -482,6 +496,8 @@ class SpillWriter:
         t0 = time.perf_counter()
         self._write(blk, n)
         blk.n = 0
+        if not final:
+            self._checkpoint()
         every = self.config.sync_every_mb * 1e6
         if self.config.fsync and every and not final:
             size = os.fstat(self._raw.fileno()).st_size
@@ -491,6 +507,53 @@ class SpillWriter:
                 self._syncing.start()
                 self._synced = size
         self.seconds += time.perf_counter() - t0
+
+    def _checkpoint(self) -> None:
+        """Flush HDF5's metadata after a block: the file on disk is then a valid HDF5 file holding every
+        event written so far (metadata is written only here and at the close, see :func:`hold_metadata`),
+        which a crash (kill -9) leaves recoverable (:mod:`daq.recovery`) and a full disk closable."""
+        self._h5.flush()
+        if self._raw.error is None:
+            self.good_eof = os.fstat(self._raw.fileno()).st_size
+            self.good_events = self.n_written
+
+    def salvage(self, final: SpillFinal, lost: int) -> WriteResult:
+        """After a write error (disk full): close the file as it was at the last good block, with the end
+        records and status ``incomplete``, under its final name; the events after that block (``lost``
+        more were not written at all) are counted as ``write_error``. Raises if that fails too."""
+        from daq import recovery
+
+        with contextlib.suppress(Exception):
+            self._h5.close()  # its writes are dropped (the file object has seen an error)
+        self._wait_sync()
+        self._close_packers()
+        error = self._raw.error
+        self._raw.close()
+        n = self.good_events
+        n_lost = self.n_appended - n + lost
+        with open(self.partial_path, "r+b") as f:
+            f.truncate(self.good_eof)  # gives back the space of the failed block
+        losses = dict(final.losses)
+        losses["write_error"] = int(losses.get("write_error", 0)) + n_lost
+        why = f"{error.strerror or error} (errno {error.errno})" if error is not None else "write error"
+        recovery.finish(
+            self.partial_path,
+            status="incomplete",
+            final=dataclasses.replace(final, status="incomplete", losses=losses),
+            note=f"write error after {n} events: {why}; {n_lost} events lost",
+        )
+        path = recovery.publish(self.partial_path, self.final_path, fsync=self.config.fsync)
+        return WriteResult(
+            self.header.run,
+            self.header.spill,
+            path,
+            "incomplete",
+            n,
+            n_lost,
+            path.stat().st_size,
+            self.seconds,
+            f"{why}: the spill is closed with the {n} events on disk",
+        )
 
     def _datasync(self) -> None:
         """fdatasync the partial file (helper thread); a failure fails the spill like a failed write."""
@@ -618,7 +681,9 @@ class SpillWriter:
         if self.config.fsync:
             os.fsync(self._raw.fileno())
         self._raw.close()
-        os.replace(self.partial_path, self.final_path)
+        from daq import recovery
+
+        path = recovery.publish(self.partial_path, self.final_path, fsync=False)  # never overwrites
         if self.config.fsync:
             _fsync_dir(self.data_dir)
         t_end = time.perf_counter()
@@ -627,7 +692,7 @@ class SpillWriter:
         if self.config.fsync:
             self.sync_seconds += t_end - t_sync
         cpu = self._cpu
-        size = self.final_path.stat().st_size
+        size = path.stat().st_size
         log.info(
             "closed %s: %d events, %.1f MB, %.3f s writing in all, %.3f CPU s (%.1f us/event); "
             "close %.3f s (fsync %.3f s); waited for syncs %.3f s in all (mid-spill fdatasync %.3f s in "
@@ -646,12 +711,15 @@ class SpillWriter:
         return WriteResult(
             self.header.run,
             self.header.spill,
-            self.final_path,
+            path,
             self._status,
             self.n_written,
             0,
             size,
             self.seconds,
+            ""
+            if path == self.final_path
+            else f"{self.final_path.name} exists: not overwritten, this spill is {path.name}",
             cpu_seconds=cpu,
             sync_seconds=self.sync_seconds,
         )
@@ -666,6 +734,20 @@ class SpillWriter:
             self._raw.close()
         with contextlib.suppress(OSError):
             self.partial_path.unlink()
+
+
+def hold_metadata(f: Any) -> None:
+    """Keep HDF5's metadata in memory between flushes (no evictions): the file on disk then changes its
+    metadata only at :meth:`SpillWriter._checkpoint`, so that a crash between two leaves the state of the
+    last one, plus raw chunks past its end (ignored). ~1 MB of metadata per spill fits easily."""
+    cfg = f.id.get_mdc_config()
+    cfg.incr_mode = 0  # H5C_incr__off (evictions can be disabled only with every automatic resize off)
+    cfg.decr_mode = 0  # H5C_decr__off
+    cfg.flash_incr_mode = 0  # H5C_flash_incr__off
+    cfg.set_initial_size = True
+    cfg.initial_size = cfg.max_size = 32 * 1024 * 1024
+    cfg.evictions_enabled = False
+    f.id.set_mdc_config(cfg)
 
 
 def _describe(name: str, obj: Any) -> None:
@@ -707,6 +789,8 @@ class _SpillState:
     error: str = ""
     n_lost: int = 0
     n_buffered_lost: int = 0
+    #: a write to the file failed (disk full): writing stopped, the spill is closed with what is on disk
+    broken: bool = False
 
 
 class _Stop:
@@ -851,13 +935,32 @@ class WriterThread:
         if st is None:
             log.error("writer: %d events arrived with no spill open; dropped (write_error)", len(batch))
             return
-        if st.writer is None:
+        if st.writer is None or st.broken:
             st.n_lost += len(batch)
             return
         try:
             st.writer.append(batch)
         except Exception as e:
-            self._fail(f"writing events: {_reason(e)}")
+            self._failed_write(f"writing events: {_reason(e)}")
+
+    def _failed_write(self, message: str) -> None:
+        """A failure while writing: a failed write to the file (disk full, I/O error) stops the writing
+        and the spill is closed at its end with the events already on disk; anything else fails it."""
+        st = self._spill
+        assert st is not None
+        if st.writer is None or not st.writer.write_failed:
+            self._fail(message)
+            return
+        if not st.broken:
+            st.broken, st.error = True, message
+            h = st.header
+            log.error(
+                "run %d spill %d: %s; writing stops, the spill will be closed with the %d events on disk",
+                h.run,
+                h.spill,
+                message,
+                st.writer.good_events,
+            )
 
     def _fail(self, message: str) -> None:
         st = self._spill
@@ -885,16 +988,39 @@ class WriterThread:
         st = self._spill
         if st is None:
             raise WriteError("close: no spill is open")
-        if st.writer is not None:
+        if st.writer is not None and not st.broken:
             try:
                 st.writer.close_file(final)
             except Exception as e:
-                self._fail(f"closing the file: {_reason(e)}")
+                self._failed_write(f"closing the file: {_reason(e)}")
             else:
                 self._spill = None
                 self._finisher.submit(self._finalize, st, fut)
                 return
+        if st.writer is not None and st.broken:
+            self._salvage(st, final, fut)
+            return
         self._finish_failed(fut)
+
+    def _salvage(self, st: _SpillState, final: SpillFinal, fut: Future[WriteResult] | None) -> None:
+        """Close a spill whose writing failed with the events on disk (:meth:`SpillWriter.salvage`); if
+        even that fails the partial file is kept for ``na64 recover`` (never deleted)."""
+        w = st.writer
+        assert w is not None
+        self._spill = None
+        h = st.header
+        try:
+            res = w.salvage(final, st.n_lost)
+            log.error("run %d spill %d closed incomplete: %s", h.run, h.spill, res.error)
+        except Exception as e:
+            message = (
+                f"{st.error}; closing it with the {w.good_events} events on disk failed too ({_reason(e)}): "
+                f"{w.partial_path.name} is kept, `na64 recover` saves them once there is space"
+            )
+            log.error("run %d spill %d FAILED: %s", h.run, h.spill, message)
+            res = WriteResult(h.run, h.spill, None, "failed", 0, st.n_lost + w.n_appended, 0, 0.0, message)
+        if fut is not None:
+            fut.set_result(res)
 
     def _finalize(self, st: _SpillState, fut: Future[WriteResult] | None) -> None:
         """fsync + rename of a closed file (finisher thread: the writer thread goes on with the next

@@ -111,3 +111,17 @@ def command_bytes(command: WriterCommand) -> int:
     if not isinstance(command, OpenSpill | CloseSpill | RunInWriter):
         raise TypeError(f"not a writer command: {command!r}")
     return 0
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """A spill file the DAQ found unfinished (``.partial``: the DAQ that wrote it crashed or was killed)
+    and what recovering it gave (:mod:`daq.recovery`): the final file's name (None if it could not be
+    recovered), the events saved, the last slice among them, the error if any."""
+
+    run: int
+    spill: int
+    file: str | None
+    n_events: int
+    last_slice: int = -1
+    error: str = ""

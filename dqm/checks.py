@@ -482,7 +482,11 @@ class SpillStatusCheck:
 
     def evaluate(self, ctx: SpillContext) -> CheckResult:
         status = ctx.summary.status
-        state = {SpillStatus.OK: State.OK, SpillStatus.INCOMPLETE: State.WARN}.get(status, State.ERROR)
+        state = {
+            SpillStatus.OK: State.OK,
+            SpillStatus.INCOMPLETE: State.WARN,
+            SpillStatus.RECOVERED: State.WARN,
+        }.get(status, State.ERROR)
         file = ctx.summary.file or "-"
         return CheckResult(self.name, state, f"spill {ctx.spill} {status} ({file})")
 
@@ -561,11 +565,46 @@ class FrontendHeartbeatCheck:
         )
 
 
+@dataclass(frozen=True)
+class DaqIdleBeamCheck:
+    """The DAQ says it records no run while a front-end says it runs one (in a spill, or between
+    spills): the beam's data goes nowhere. A restarted DAQ asks the front-end for its run within a
+    second; a front-end whose run the DAQ refused stops. Anything longer is an ERROR."""
+
+    name: str = "daq_idle_beam"
+
+    def evaluate(self, ctx: LiveContext) -> CheckResult:
+        hb = ctx.config.checks.heartbeat
+        st = ctx.status
+        if st is None or ctx.status_age_s is None or ctx.status_age_s > hb.daq_timeout_s:
+            return CheckResult(self.name, State.UNKNOWN, "not judged: no current DAQ status")
+        if st.running:
+            return CheckResult(self.name, State.OK, f"DAQ records run {st.run}")
+        busy = [
+            f"{info.name or 'front-end'} {fid} ({info.state})"
+            for fid, info in sorted(st.frontends.items())
+            if info.last_seen_s <= hb.frontend_timeout_s and info.state.lower() in _BUSY_FRONTEND_STATES
+        ]
+        if busy:
+            return CheckResult(
+                self.name,
+                State.ERROR,
+                f"DAQ idle while {', '.join(busy)} runs: its data is not recorded",
+                float(len(busy)),
+            )
+        return CheckResult(self.name, State.OK, "DAQ idle, no front-end running")
+
+
+#: front-end states (HEARTBEAT) in which it sends a run's data
+_BUSY_FRONTEND_STATES = frozenset({"running", "in_spill", "stalled"})
+
+
 #: DAQ alarms in its status (``alarms {name: text}``, docs/daq.md) and the severity they become here
 DAQ_ALARMS: dict[str, State] = {
     "disk": State.ERROR,  # too little space: spills are not recorded
     "write": State.ERROR,  # a spill file failed
-    "run": State.ERROR,  # a run was rejected
+    "run": State.ERROR,  # a run was rejected (no usable trigger, its number already has files)
+    "recovered": State.WARN,  # spill files of a crashed DAQ were recovered (their tails are lost)
 }
 #: DAQ alarms another check judges from its own status entry (CalibrationCheck: ``calibration``)
 DAQ_ALARMS_ELSEWHERE = frozenset({"calibration"})
@@ -682,7 +721,7 @@ def default_live_checks(cfg: DqmConfig) -> list[LiveCheck]:
     """The standard live (heartbeat) checks enabled in ``cfg``."""
     out: list[LiveCheck] = []
     if cfg.checks.heartbeat.enabled:
-        out += [DaqHeartbeatCheck(), FrontendHeartbeatCheck()]
+        out += [DaqHeartbeatCheck(), FrontendHeartbeatCheck(), DaqIdleBeamCheck()]
         out += [DaqAlarmCheck(key) for key in (*DAQ_ALARMS, "other")]
     if cfg.checks.rates.enabled:
         out.append(BeamTimeoutCheck())

@@ -273,6 +273,7 @@ class FrontEnd:
         return protocol.SpillEnd(
             run=self.config.run,
             spill=spill,
+            slice_id=self.n_slices,  # the slices the spill should have: fewer sent = cut short
             n_slices=c.n_slices,
             n_requests=c.n_requests,
             n_fragments=c.n_fragments,

@@ -29,6 +29,7 @@ buffer is cheaper than a fresh array and the per-frame release (measured: even a
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
 import math
 import threading
@@ -231,6 +232,7 @@ class Replayer:
         self._spill: RecordedSpill | None = None
         self._counts = AnswerCounts()
         self._run = 0
+        self._run_start_msg: protocol.RunStart | None = None  # re-sent when the DAQ asks (it restarted)
         self.report = ReplayReport()
         self._logged: set[str] = set()
 
@@ -354,17 +356,16 @@ class Replayer:
         info = frontend_info_json([str(p) for p in paths], spill.frontend_info, spill.slice_ns, spill.merge)
         self._run = spill.run
         self.report.runs += 1
-        self._send(
-            protocol.RunStart(
-                run=spill.run,
-                n_samples=spill.n_samples,
-                n_channels=detector.N_CHANNELS,
-                sample_period_ps=spill.sample_period_ps,
-                slice_ns=spill.slice_ns,
-                prim_channels=spill.prim_channels,
-                info=protocol.RunStart.info_bytes(info),
-            )
+        self._run_start_msg = protocol.RunStart(
+            run=spill.run,
+            n_samples=spill.n_samples,
+            n_channels=detector.N_CHANNELS,
+            sample_period_ps=spill.sample_period_ps,
+            slice_ns=spill.slice_ns,
+            prim_channels=spill.prim_channels,
+            info=protocol.RunStart.info_bytes(info),
         )
+        self._send(self._run_start_msg)
         log.info(
             "run %d: replay started (%d primitive channels, %d ns slices%s)",
             spill.run,
@@ -504,12 +505,28 @@ class Replayer:
                 self.report.decode_errors += 1
                 self._log_once("decode", "undecodable message from the DAQ (%s); counted, going on", e)
                 continue
+            if isinstance(msg, protocol.RunAck | protocol.AnnounceRequest):
+                self._control(msg)
+                continue
             if not isinstance(msg, protocol.ReadoutRequest):
                 self.report.unexpected += 1
                 self._log_once("unexpected", "unexpected %s from the DAQ; ignored", msg.TYPE.name)
                 continue
             self._answer(msg)
         self._heartbeat()
+
+    def _control(self, msg: protocol.RunAck | protocol.AnnounceRequest) -> None:
+        """The DAQ's RUN_ACK (a refusal ends the replay, said) and ANNOUNCE_REQUEST (it was restarted:
+        RUN_START again, header ``spill`` = the spill being replayed)."""
+        if isinstance(msg, protocol.RunAck):
+            if msg.status == protocol.RunAck.REFUSED:
+                log.error("the DAQ refused run %d: %s; stopping the replay", msg.run, msg.text)
+                self.stop.set()
+            return
+        if self._run_start_msg is not None:
+            spill = self._spill.spill if self._spill is not None else 0
+            log.warning("the DAQ asks for the run (it was restarted?): announcing run %d again", self._run)
+            self._send(dataclasses.replace(self._run_start_msg, spill=spill))
 
     def _answer(self, req: protocol.ReadoutRequest) -> None:
         spill = self._spill

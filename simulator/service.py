@@ -14,6 +14,7 @@ same way, then RUN_STOP; queued messages get ``linger_s`` to leave.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import math
 import time
@@ -53,6 +54,10 @@ def tune_allocator(prefault_mb: int = 400) -> bool:
     return bool(ok)
 
 
+class RunRefusedError(ConfigError):
+    """The DAQ refused the run (e.g. its run number already has spill files): one line, exit code 2."""
+
+
 class Service:
     """Runs one simulated run over a DEALER socket connected to ``endpoint``."""
 
@@ -86,6 +91,12 @@ class Service:
         self.realtime = config.readout.pace == "realtime"
         self._stall_started = 0.0
         self._stall_slices = 0
+        #: the DAQ acknowledged the current RUN_START (RUN_ACK accepted); its refusal, if it refused
+        self.acked = False
+        self.refused = ""
+        self.announce_requested = False
+        #: what the DAQ did not take, one line each (the run then ends with exit code 1)
+        self.lost: list[str] = []
 
     def request_stop(self) -> None:
         """Ask the run to end cleanly (safe to call from a signal handler)."""
@@ -117,8 +128,9 @@ class Service:
         )
         try:
             self.fe.warm_up()
-            self.state = State.RUNNING
             self._send(self.fe.run_start())
+            self._wait_for_ack()  # no spill before the DAQ can take it
+            self.state = State.RUNNING
             self._heartbeat_if_due()
             t_run = time.monotonic()
             index = 0
@@ -128,17 +140,75 @@ class Service:
                     self._serve_until(t_spill)
                     if self.stop_requested:
                         break
+                if not self.acked and not self._ack_before_spill(index + 1):
+                    index += 1
+                    continue
                 self._spill(index + 1, t_spill if self.realtime else time.monotonic())
                 index += 1
             self.state = State.IDLE
-            self._send(self.fe.run_stop(self.spills_done))
+            if self.acked or not self.refused:
+                self._send(self.fe.run_stop(self.spills_done))
             log.info("front-end run %d: stopped after %d spills", self.config.run, self.spills_done)
         finally:
             sock.close()  # lingers up to linger_s for queued messages
             self.sock = None
             if self._given_ctx is None:
                 self._term_context()
+        if self.refused:
+            raise RunRefusedError(f"the DAQ at {self.endpoint} refused run {self.config.run}: {self.refused}")
+        if self.lost:
+            log.error("front-end run %d: not all of its data was recorded (exit code 1):", self.config.run)
+            for line in self.lost:
+                log.error("  lost: %s", line)
+            return 1
         return 0
+
+    # ------------------------------------------------------------ the DAQ's acknowledgement
+    def _wait_for_ack(self) -> None:
+        """Wait (answering nothing else) until the DAQ acknowledges the run; say so every 10 s."""
+        t0 = next_note = time.monotonic()
+        while not self.acked and not self.refused and not self.stop_requested:
+            now = time.monotonic()
+            if now >= next_note + 10.0:
+                next_note = now
+                log.warning(
+                    "no RUN_ACK from the DAQ at %s for %.0f s: is na64 daq running there? (waiting; "
+                    "no spill is sent before it; Ctrl-C stops)",
+                    self.endpoint,
+                    now - t0,
+                )
+            self._serve_until(min(now + 0.1, next_note + 10.0))
+        if self.acked and time.monotonic() - t0 > 1.0:
+            log.info("the DAQ acknowledged run %d after %.1f s", self.config.run, time.monotonic() - t0)
+
+    def _ack_before_spill(self, spill: int) -> bool:
+        """The run was re-announced (the DAQ restarted) and not acknowledged yet: in max pacing wait for
+        it; in real time the beam does not wait: the spill is not sent, and said so."""
+        if not self.realtime:
+            self._wait_for_ack()
+            return self.acked
+        self._serve_nowait()
+        if self.acked or self.stop_requested or self.refused:
+            return self.acked
+        line = (
+            f"spill {spill} not sent: the DAQ at {self.endpoint} has not acknowledged run {self.config.run}"
+        )
+        log.error("%s", line)
+        self.lost.append(line)
+        return False
+
+    def _reannounce(self) -> None:
+        """The DAQ asked for the run (it was restarted and does not know it): RUN_START again, header
+        ``spill`` = the spill in progress or last started."""
+        self.announce_requested = False
+        self.acked = False
+        log.warning(
+            "the DAQ at %s asks for the run (it was restarted?): announcing run %d again (spill %d)",
+            self.endpoint,
+            self.config.run,
+            self.spill,
+        )
+        self._send(dataclasses.replace(self.fe.run_start(), spill=self.spill))
 
     def _term_context(self) -> None:
         """End the run's own context once the queued messages are sent (:func:`daq.process.term_context`;
@@ -189,18 +259,24 @@ class Service:
             last_sent = time.monotonic()
             if i + 1 < fe.n_slices:
                 fe.prepare(spill, i + 1)
+        sent = c.n_slices + c.n_stalled_slices
+        if sent < fe.n_slices:
+            line = f"spill {spill} cut short by the stop request: {sent} of {fe.n_slices} slices"
+            log.warning("%s", line)
+            self.lost.append(line)
         # wait for the requests of this spill's slices, at most request_timeout_s after the last slice
         timeout = last_sent + self.config.readout.request_timeout_s
         while not fe.spill_complete(spill) and time.monotonic() < timeout:
             self._serve_until(min(timeout, time.monotonic() + 0.05))
         missing = c.outstanding
         if missing:
-            log.warning(
-                "spill %d: %d slices were never requested (timeout %.1f s)",
-                spill,
-                missing,
-                self.config.readout.request_timeout_s,
+            line = (
+                f"spill {spill}: {missing} of {c.n_slices} slices were never requested by the DAQ at "
+                f"{self.endpoint} (timeout {self.config.readout.request_timeout_s:.1f} s): it is not "
+                "taking this run's data"
             )
+            log.error("%s", line)
+            self.lost.append(line)
         self._send(fe.end_spill(spill, time.time_ns()))
         c.cpu_s = time.process_time() - cpu0
         self.spills_done += 1
@@ -331,8 +407,22 @@ class Service:
                 continue
             if isinstance(msg, protocol.ReadoutRequest):
                 self.requests.append(msg)
+            elif isinstance(msg, protocol.RunAck):
+                self._on_ack(msg)
+            elif isinstance(msg, protocol.AnnounceRequest):
+                self.announce_requested = True
             else:
                 log.debug("ignoring %s from the DAQ", msg.TYPE.name)
+
+    def _on_ack(self, msg: protocol.RunAck) -> None:
+        if msg.run != self.config.run:
+            log.warning("RUN_ACK for run %d ignored (this front-end runs %d)", msg.run, self.config.run)
+        elif msg.status == protocol.RunAck.ACCEPTED:
+            self.acked = True
+        else:
+            self.refused = msg.text or "no reason given"
+            log.error("the DAQ refused run %d: %s", msg.run, self.refused)
+            self.stop_requested = True
 
     def _answer_pending(self) -> None:
         while self.requests:
@@ -342,6 +432,8 @@ class Service:
 
     def _serve_nowait(self) -> None:
         self._receive_all()
+        if self.announce_requested and not self.refused:
+            self._reannounce()
         self._answer_pending()
         self._heartbeat_if_due()
 

@@ -237,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
         for service in holder:
             service.request_stop()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     writer = None
     try:
         from simulator.service import Service, tune_allocator  # heavy imports only when running

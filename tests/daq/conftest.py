@@ -130,10 +130,10 @@ class InProcessDaq:
         self.release.set()
         assert held.result(10)
 
-    def join(self) -> None:
-        """Wait for the service to end; it must end with exit code 0."""
+    def join(self, code: int = 0) -> None:
+        """Wait for the service to end; it must end with exit code ``code`` (1: it lost data)."""
         self.thread.join(60)
-        assert not self.thread.is_alive() and self.result == [0]
+        assert not self.thread.is_alive() and self.result == [code]
 
     def stop(self) -> None:
         """Ask the service to stop, from the test's thread (as SIGTERM would)."""

@@ -67,6 +67,7 @@ class FakeFrontEnd:
         self.slices: dict[tuple[int, int], SentSlice] = {}
         self.counters = Counters()
         self.requests: list[protocol.ReadoutRequest] = []
+        self.control: list[protocol.Message] = []  # RUN_ACK and ANNOUNCE_REQUEST received
         #: (spill, slice) -> (index, t_ns, waveforms (K, 110, S)) answered
         self.answered: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.spill = 0
@@ -177,9 +178,13 @@ class FakeFrontEnd:
         )
 
     def recv_request(self, timeout_s: float = 10.0) -> protocol.ReadoutRequest:
-        if not self.sock.poll(int(timeout_s * 1000)):
-            raise TimeoutError("no READOUT_REQUEST from the DAQ")
-        msg = protocol.decode(self.sock.recv_multipart())
+        while True:
+            if not self.sock.poll(int(timeout_s * 1000)):
+                raise TimeoutError("no READOUT_REQUEST from the DAQ")
+            msg = protocol.decode(self.sock.recv_multipart())
+            if not isinstance(msg, protocol.RunAck | protocol.AnnounceRequest):
+                break
+            self.control.append(msg)  # the DAQ's answers to RUN_START, requests to re-announce
         assert isinstance(msg, protocol.ReadoutRequest), msg
         assert msg.t_ns is not None, "the DAQ must always send the t_ns frame"
         self.requests.append(msg)

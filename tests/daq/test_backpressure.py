@@ -114,7 +114,7 @@ def test_the_receiver_goes_on_when_housekeeping_also_waited_for_the_writer(
         fe.serve(1, timeout_s=10)  # the receiver reads again
         fe.spill_end()
         fe.run_stop(1)
-        daq.join()
+        daq.join(code=1)  # slice 1's dropped fragment: data lost, exit 1
     finally:
         fe.close()
     [path] = list_spill_files(tmp_path)
@@ -192,7 +192,7 @@ def test_a_stop_keeps_the_order_of_the_commands_waiting_for_the_writer(
         daq.stop()
         wait_until(lambda: svc.writer.queue_depth == 3)  # open, the events, the close
         daq.let_writer_go(held)
-        daq.join()
+        daq.join(code=1)  # a group's fragment was dropped: data lost, exit 1
     finally:
         fe.close()
     [path] = list_spill_files(tmp_path)

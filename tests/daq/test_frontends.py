@@ -40,7 +40,7 @@ def test_silent_frontends_are_forgotten_live_ones_kept(
         lis.wait_status(lambda st: len(st["frontends"]) == 1)
         gone[0].heartbeat()  # a forgotten one comes back: a new entry, no sequence error
         wait_until(lambda: len(svc.recorder.frontends) == 2)
-        assert svc.recorder.losses_idle.as_dict().get("sequence_gap", 0) == 0
+        assert svc.recorder.losses_outside.as_dict().get("sequence_gap", 0) == 0
     finally:
         lis.close()
         for fe in (*gone, live):

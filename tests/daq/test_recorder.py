@@ -46,6 +46,7 @@ SLICE_NS = 20_000_000  # 20 ms: two random triggers (every 10 ms) in every slice
 class FakeEnvironment:
     free: int = 10**12
     problem: str = ""  # why the run's constants cannot be used ("": the nominal ones are asked for)
+    files: dict[int, set[int]] = field(default_factory=dict)  # run -> spills with a file on disk
 
     def calibration(self, run: int) -> CalibrationChoice:
         if self.problem:
@@ -58,6 +59,9 @@ class FakeEnvironment:
 
     def writer_queue(self) -> int:
         return 0
+
+    def existing_spills(self, run: int) -> frozenset[int]:
+        return frozenset(self.files.get(run, ()))
 
 
 @dataclass
@@ -241,38 +245,43 @@ MESSAGES: dict[str, Callable[[Scene], protocol.Message]] = {
     "READOUT_REQUEST": lambda s: s.fe.stamp(protocol.ReadoutRequest(run=1, spill=1)),
     "EVENTS": lambda s: s.fe.stamp(protocol.Events(run=1, spill=1)),
     "SUMMARY": lambda s: s.fe.stamp(protocol.Summary.of(1, "{}")),
+    "RUN_ACK": lambda s: s.fe.stamp(protocol.RunAck(run=1)),
+    "ANNOUNCE_REQUEST": lambda s: s.fe.stamp(protocol.AnnounceRequest(run=1)),
 }
 
 UNEXPECTED = {LossReason.UNEXPECTED_MESSAGE: 1}
 MISSING_END = {LossReason.SPILL_END_MISSING: 1}
-NOT_A_FRONTEND_MESSAGE = ("READOUT_REQUEST", "EVENTS", "SUMMARY")
+UNKNOWN = {LossReason.RUN_UNKNOWN: 1}
+NOT_A_FRONTEND_MESSAGE = ("READOUT_REQUEST", "EVENTS", "SUMMARY", "RUN_ACK", "ANNOUNCE_REQUEST")
 
 #: (state, message) -> (state after, losses counted, actions). Actions name their types in order (Log
-#: and LossCounted left out); "Send" is the READOUT_REQUEST of a slice.
+#: and LossCounted left out); "Send" is the READOUT_REQUEST of a slice, the RUN_ACK of a RUN_START, the
+#: ANNOUNCE_REQUEST of data of a run the DAQ does not know.
 TABLE: dict[tuple[str, str], tuple[str, dict[str, int], list[str]]] = {
-    ("idle", "RUN_START"): ("running", {}, []),
-    ("idle", "RUN_START again"): ("running", {}, []),
-    ("idle", "RUN_STOP"): ("idle", {}, ["RunFinished"]),
-    ("idle", "SPILL_START"): ("idle", UNEXPECTED, []),
-    ("idle", "SPILL_END"): ("idle", UNEXPECTED, []),
-    ("idle", "SLICE"): ("idle", UNEXPECTED, []),
-    ("idle", "FRAGMENT"): ("idle", {LossReason.UNEXPECTED_FRAGMENT: 1}, []),
+    ("idle", "RUN_START"): ("running", {}, ["Send"]),
+    ("idle", "RUN_START again"): ("running", {}, ["Send"]),
+    ("idle", "RUN_STOP"): ("idle", {}, ["PublishRunSummary", "RunFinished"]),
+    # data of a run the DAQ does not know (it restarted mid-run): counted, the front-end is asked for it
+    ("idle", "SPILL_START"): ("idle", UNKNOWN, ["Send"]),
+    ("idle", "SPILL_END"): ("idle", UNKNOWN, ["Send"]),
+    ("idle", "SLICE"): ("idle", UNKNOWN, ["Send"]),
+    ("idle", "FRAGMENT"): ("idle", UNKNOWN, ["Send"]),
     ("idle", "HEARTBEAT"): ("idle", {}, []),
-    ("running", "RUN_START"): ("running", {}, []),
-    ("running", "RUN_START again"): ("running", {LossReason.FRONTEND_RESTART: 1}, []),
-    ("running", "RUN_STOP"): ("idle", {}, ["RunFinished"]),
+    ("running", "RUN_START"): ("running", {}, ["Send"]),
+    ("running", "RUN_START again"): ("running", {LossReason.FRONTEND_RESTART: 1}, ["Send"]),
+    ("running", "RUN_STOP"): ("idle", {}, ["PublishRunSummary", "RunFinished"]),
     ("running", "SPILL_START"): ("in_spill", {}, ["OpenSpill"]),
-    ("running", "SPILL_END"): ("running", UNEXPECTED, []),
-    ("running", "SLICE"): ("running", UNEXPECTED, []),
+    ("running", "SPILL_END"): ("running", UNKNOWN, []),
+    ("running", "SLICE"): ("running", UNKNOWN, []),
     ("running", "FRAGMENT"): ("running", {LossReason.UNEXPECTED_FRAGMENT: 1}, []),
     ("running", "HEARTBEAT"): ("running", {}, []),
     # the open spill ends without SPILL_END: its waiting request expires (all six fragments missing)
     ("in_spill", "RUN_START"): (
         "running",
         {**MISSING_END, LossReason.FRAGMENT_TIMEOUT: 6},
-        ["AppendEvents", "PublishEvents", "CloseSpill"],
+        ["AppendEvents", "PublishEvents", "CloseSpill", "Send"],
     ),
-    ("in_spill", "RUN_START again"): ("in_spill", {LossReason.FRONTEND_RESTART: 1}, []),
+    ("in_spill", "RUN_START again"): ("in_spill", {LossReason.FRONTEND_RESTART: 1}, ["Send"]),
     ("in_spill", "RUN_STOP"): (
         "idle",
         {**MISSING_END, LossReason.FRAGMENT_TIMEOUT: 6},
@@ -295,17 +304,17 @@ TABLE: dict[tuple[str, str], tuple[str, dict[str, int], list[str]]] = {
     ("in_unrecorded_spill", "RUN_START"): (
         "running",
         {**MISSING_END, LossReason.FRAGMENT_TIMEOUT: 6, LossReason.WRITE_ERROR: 2},
-        ["PublishEvents", "PublishSummary"],
+        ["PublishEvents", "PublishSummary", "Send"],
     ),
     ("in_unrecorded_spill", "RUN_START again"): (
         "in_unrecorded_spill",
         {LossReason.FRONTEND_RESTART: 1},
-        [],
+        ["Send"],
     ),
     ("in_unrecorded_spill", "RUN_STOP"): (
         "idle",
         {**MISSING_END, LossReason.FRAGMENT_TIMEOUT: 6, LossReason.WRITE_ERROR: 2},
-        ["PublishEvents", "PublishSummary", "RunFinished"],
+        ["PublishEvents", "PublishSummary", "PublishRunSummary", "RunFinished"],
     ),
     ("in_unrecorded_spill", "SPILL_START"): (
         "in_unrecorded_spill",
@@ -401,7 +410,7 @@ def test_a_whole_spill_writes_its_events_and_publishes_its_summary_after_the_fil
     assert summary.n_events_written == summary.n_accepted == appended and summary.write_mb == 12.0
     assert sum(summary.losses.values()) == summary.losses[LossReason.DEAD_TIME]
     out = s.feed(s.fe.run_stop())
-    assert kinds(out) == ["RunFinished"]
+    assert kinds(out) == ["PublishRunSummary", "RunFinished"]
 
 
 def test_the_run_is_finished_only_when_its_last_file_is_closed() -> None:
@@ -413,7 +422,7 @@ def test_the_run_is_finished_only_when_its_last_file_is_closed() -> None:
     [summary] = [a.summary for a in out if isinstance(a, PublishSummary)]
     assert summary.status == SpillStatus.FAILED and summary.failure.startswith("No space")
     assert summary.losses[LossReason.WRITE_ERROR] == 2 and "write" in s.rec.alarms
-    assert kinds(out) == ["PublishSummary", "RunFinished"]
+    assert kinds(out) == ["PublishSummary", "PublishRunSummary", "RunFinished"]
 
 
 def answer_all(s: Scene) -> None:
@@ -446,7 +455,8 @@ def test_messages_outside_a_run_are_counted_and_the_status_says_idle() -> None:
     s.feed(s.fe.slice(1, 0, n=10))
     s.feed(s.fe.heartbeat())
     [status] = [a.status for a in s.rec.tick(2.0) if isinstance(a, PublishStatus)]
-    assert status.losses_run["unexpected_message"] == 2 and status.state == DaqState.IDLE
+    assert status.losses_run["run_unknown"] == 2 and status.state == DaqState.IDLE
+    assert status.losses_outside_spills["run_unknown"] == 2  # the run's, not a spill's
     assert status.frontends[FE.hex()].state == "running"
 
 
@@ -472,15 +482,17 @@ def test_status_calibration_and_run_rejection() -> None:
     s = idle()
     s.env.problem = "no calibration set is valid"  # nothing of the run is recorded: no fallback
     out = s.feed(s.fe.run_start())
-    assert losses_of(out) == {LossReason.RUN_REJECTED: 1} and kinds(out) == ["RunRefused"]
+    assert losses_of(out) == {LossReason.RUN_REJECTED: 1} and kinds(out) == ["RunRefused", "Send"]
+    [ack] = [a.message for a in out if isinstance(a, Send)]
+    assert isinstance(ack, protocol.RunAck) and ack.status == ack.REFUSED and "no calibration" in ack.text
     assert state_of(s.rec) == DaqState.IDLE and s.rec.refused == ["run 1: no calibration set is valid"]
     assert s.rec.alarms["calibration"] == "run 1: no calibration set is valid: not recorded"
-    assert losses_of(s.feed(s.fe.spill_start(1))) == UNEXPECTED  # its spills are not recorded
+    assert losses_of(s.feed(s.fe.spill_start(1))) == UNKNOWN  # its spills are not recorded
     st_ = DaqStatus.from_json(s.rec.status(5.0).to_json())
     assert st_.calibration == CalibrationStatus(1, None, False, "files", "run 1: no calibration set is valid")
     s.env.problem = ""  # the next run has usable constants: recorded, the alarm goes
     s.fe.run = 2
-    assert kinds(s.feed(s.fe.run_start())) == [] and "calibration" not in s.rec.alarms
+    assert kinds(s.feed(s.fe.run_start())) == ["Send"] and "calibration" not in s.rec.alarms
     st_ = DaqStatus.from_json(s.rec.status(5.0).to_json())
     assert st_.run == 2 and st_.calibration_id == "nominal-v1" and st_.frontends[FE.hex()].name == "test"
     assert st_.calibration.usable and st_.calibration.id == "nominal-v1"
@@ -543,6 +555,8 @@ class RecorderMachine(RuleBasedStateMachine):
                     assert self.open == (a.run, a.spill), "closing another spill than the open one"
                     self.open = None
                     self.closing.append(a)
+                case Send(message=protocol.RunAck() | protocol.AnnounceRequest()):
+                    pass
                 case Send(to=to, message=msg):
                     # to whoever sent the slice (the run's owner is not checked yet: issue 17)
                     assert isinstance(msg, protocol.ReadoutRequest)

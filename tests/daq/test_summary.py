@@ -97,7 +97,7 @@ def test_a_versioned_document_must_be_complete_and_well_typed() -> None:
         SpillSummary.from_dict({**good, "n_beam": "12"})
     with pytest.raises(DocumentError, match=r"triggers\.physics: expected integer, got number 1\.5"):
         SpillSummary.from_dict({**good, "triggers": {"physics": 1.5, "beam": 0, "random": 0}})
-    with pytest.raises(DocumentError, match="status: 'fine' is not one of ok, incomplete, failed"):
+    with pytest.raises(DocumentError, match="status: 'fine' is not one of ok, incomplete, recovered, failed"):
         SpillSummary.from_dict({**good, "status": "fine"})
     with pytest.raises(DocumentError, match="summary_version 2 is not supported"):
         SpillSummary.from_dict({**good, "summary_version": 2})
@@ -111,10 +111,15 @@ def test_a_versioned_document_must_be_complete_and_well_typed() -> None:
 
 
 def test_a_field_added_in_a_later_version_is_required_from_that_version_on() -> None:
-    """status_version 2 added run_frontends: a version-1 document (an older DAQ) is read without it, a
-    version-2 document must have it."""
-    v2 = full_status().to_dict()
-    assert v2["status_version"] == 2 and v2["run_frontends"] == ["00a1b2"]
+    """status_version 2 added run_frontends, 3 losses_outside_spills and gaps: an older document is read
+    without them, a newer one must have them."""
+    v3 = full_status().to_dict()
+    assert v3["status_version"] == 3 and "gaps" in v3 and "losses_outside_spills" in v3
+    with pytest.raises(DocumentError, match="gaps: missing"):
+        DaqStatus.from_dict({k: v for k, v in v3.items() if k != "gaps"})
+    v2 = {k: v for k, v in v3.items() if k not in ("gaps", "losses_outside_spills")} | {"status_version": 2}
+    assert DaqStatus.from_dict(v2).gaps == {}
+    assert v2["run_frontends"] == ["00a1b2"]
     v1 = {k: v for k, v in v2.items() if k != "run_frontends"} | {"status_version": 1}
     assert DaqStatus.from_dict(v1).run_frontends == ()
     with pytest.raises(DocumentError, match="run_frontends: missing"):

@@ -241,3 +241,33 @@ def test_daq_alarms_in_the_status_become_dqm_alarms() -> None:
     assert res["daq_disk"].state is State.OK and res["daq_write"].state is State.OK
     stale = live_ctx(status=doc, status_age_s=60.0)
     assert all(c.evaluate(stale).state is State.UNKNOWN for c in daq_checks)
+
+
+def test_daq_idle_while_a_frontend_runs_is_an_error() -> None:
+    """Issue 16: a DAQ restarted mid-run said "idle" and the page stayed green while the beam's data went
+    nowhere; now that is an ERROR until the DAQ records the run again."""
+    from dqm.checks import DaqIdleBeamCheck
+
+    check = DaqIdleBeamCheck()
+    busy = {"fe1": {"last_seen_s": 0.4, "state": "in_spill", "name": "na64 simulate"}}
+    res = check.evaluate(live_ctx(status={"state": "idle", "frontends": busy}, status_age_s=0.2))
+    assert res.state is State.ERROR and "DAQ idle while na64 simulate fe1 (in_spill) runs" in res.message
+    quiet = {"fe1": {"last_seen_s": 0.4, "state": "idle"}}
+    assert (
+        check.evaluate(live_ctx(status={"state": "idle", "frontends": quiet}, status_age_s=0.2)).state
+        is State.OK
+    )
+    gone = {"fe1": {"last_seen_s": 600.0, "state": "in_spill"}}
+    assert (
+        check.evaluate(live_ctx(status={"state": "idle", "frontends": gone}, status_age_s=0.2)).state
+        is State.OK
+    )
+    assert (
+        check.evaluate(live_ctx(status={"state": "in_spill", "frontends": busy}, status_age_s=0.2)).state
+        is State.OK
+    )
+    assert (
+        check.evaluate(live_ctx(status={"state": "idle", "frontends": busy}, status_age_s=60)).state
+        is State.UNKNOWN
+    )
+    assert "daq_idle_beam" in {c.name for c in default_live_checks(DqmConfig())}

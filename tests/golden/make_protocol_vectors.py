@@ -119,6 +119,14 @@ def vectors() -> dict[str, p.Message]:
         "heartbeat": p.Heartbeat(seq=7, uptime_ns=12_345_678_900, state=p.FrontEndState.IN_SPILL, **common),
         "run_stop": p.RunStop(seq=8, n_spills=7, **common),
         "summary": p.Summary.of(p.Summary.KIND_SPILL, '{"run":42,"spill":7}', seq=0, **common),
+        "run_ack": p.RunAck(seq=1, status=p.RunAck.ACCEPTED, **common),
+        "run_ack_refused": p.RunAck(
+            seq=2,
+            status=p.RunAck.REFUSED,
+            reason=np.frombuffer(b"run 42 already has spill files", np.uint8),
+            **common,
+        ),
+        "announce_request": p.AnnounceRequest(seq=3, reason=p.AnnounceRequest.RUN_UNKNOWN, **common),
     }
 
 

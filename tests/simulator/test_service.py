@@ -69,6 +69,9 @@ class FakeDaq:
             self.slices[(msg.spill, msg.slice_id)] = msg
         if isinstance(msg, protocol.Fragment):
             self.fragments.setdefault((msg.spill, msg.slice_id), []).append(msg)
+        if isinstance(msg, protocol.RunStart):  # the front-end streams no spill before the DAQ's RUN_ACK
+            ack = protocol.RunAck.of(msg.run, protocol.RunAck.ACCEPTED)
+            self.sock.send_multipart([self.ident, *protocol.encode(ack)], copy=False)
         return msg
 
     def request(self, msg: protocol.Slice, random_trigger: bool = True) -> None:
@@ -209,8 +212,10 @@ def test_sigterm_ends_spill_and_run_cleanly(router: tuple[zmq.Socket[bytes], str
             end = msg
         elif isinstance(msg, protocol.RunStop):
             break
-    assert p.wait(timeout=10) == 0
+    # the spill was cut short (issue 16): SPILL_END says how many slices it should have had, exit 1
+    assert p.wait(timeout=10) == 1
     assert end is not None and end.n_slices == n_slices and end.n_requests == n_slices
+    assert end.slice_id == 1500 > n_slices
     assert isinstance(daq.messages[-1], protocol.RunStop) and daq.messages[-1].n_spills == 1
 
 
