@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -84,6 +85,32 @@ def test_simulate_passes_every_check() -> None:
     checked = {c["name"]: c["checked"] for c in report["checks"]}
     assert checked["request_retry"] == 1 and checked["zero_event_requests"] >= 2
     assert checked["spill_end_counters"] == 2
+
+
+def test_replay_passes_every_check(recorded_spills: list[Path]) -> None:
+    """``na64 replay`` of spills recorded by the real chain is a conforming front-end too."""
+    port = free_port()
+    checker = start_checker(port, "--timeout", "90")
+    wait_bound(port, checker)
+    rep = subprocess.run(
+        [
+            *NA64,
+            "replay",
+            "--pace",
+            "max",
+            "--endpoint",
+            f"tcp://127.0.0.1:{port}",
+            *map(str, recorded_spills),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    rc, report, _err = finish(checker)
+    assert rc == 0, json.dumps(report, indent=1)
+    assert report["frontend"].startswith("na64-replay") and report["stopped"] == "RUN_STOP received"
+    assert set(statuses(report).values()) == {"PASS"}, statuses(report)
 
 
 @pytest.mark.parametrize("fault", sorted(FAULTS))
