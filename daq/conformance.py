@@ -252,6 +252,7 @@ class Conformance:
             self._sequence_of_undecodable(frames)
             return []
         self._check("decode", True)
+        self._sequence(msg)  # every message a front-end sends is numbered, whatever its type
         if not self._check(
             "direction",
             msg.TYPE in FRONTEND_TYPES,
@@ -259,7 +260,6 @@ class Conformance:
         ):
             return []
         self._header(msg, int(protocol.HEADER.unpack_from(memoryview(frames[0]).cast("B"))[12]))
-        self._sequence(msg)
         self.tick(now)
         match msg:
             case protocol.Heartbeat():
@@ -328,12 +328,9 @@ class Conformance:
         exp = self.expected_seq
         restart = msg.seq == 0 and msg.TYPE == protocol.MessageType.RUN_START
         ok = restart or (msg.seq == 0 if exp is None else msg.seq == exp)
-        self._check(
-            "sequence",
-            ok,
-            f"{msg.TYPE.name}: seq {msg.seq}, expected {0 if exp is None else exp}"
-            + (" (gap)" if exp is not None and msg.seq > exp else " (repeat or backwards)" if exp else ""),
-        )
+        want = 0 if exp is None else exp
+        what = "gap" if msg.seq > want else "repeat or backwards"
+        self._check("sequence", ok, f"{msg.TYPE.name}: seq {msg.seq}, expected {want} ({what})")
         self.expected_seq = msg.seq + 1
 
     # ------------------------------------------------------------ run and spill

@@ -35,6 +35,11 @@ FAULTS: dict[str, set[str]] = {
     "bad_counters": {"spill_end_counters"},
     "heartbeat_state": {"heartbeat"},
     "index_not_echoed": {"fragments"},
+    "run_start_ranges": {"run_start"},
+    "wrong_direction": {"direction"},
+    "header_only_randoms": {"random_triggers"},
+    "no_retry_answer": {"answered"},
+    "window_late": {"window_placement"},
 }
 
 SLICE_NS = 1_000_000
@@ -44,6 +49,7 @@ N_PARTICLES = 300
 
 class BrokenFrontEnd(FakeFrontEnd):
     fault: str = "none"
+    answered_keys: set[tuple[int, int]]
 
     def send_heartbeat(self, state: protocol.FrontEndState) -> None:
         if self.fault == "heartbeat_state" and state == protocol.FrontEndState.IN_SPILL:
@@ -55,6 +61,8 @@ class BrokenFrontEnd(FakeFrontEnd):
     def send(self, msg: protocol.Message, seq: int | None = None) -> list[Any]:
         if self.fault == "spill_field" and isinstance(msg, protocol.RunStart | protocol.RunStop):
             msg = dataclasses.replace(msg, spill=7)
+        if self.fault == "run_start_ranges" and isinstance(msg, protocol.RunStart):
+            msg = dataclasses.replace(msg, n_channels=detector.N_CHANNELS + 1)
         return super().send(msg, seq)
 
     def broken_slice(self, s: SentSlice, spill: int) -> None:
@@ -91,13 +99,24 @@ class BrokenFrontEnd(FakeFrontEnd):
     def answer_any(self, req: protocol.ReadoutRequest) -> None:
         """Answer a request (also one without t_ns, or repeated), broken in the fault's way."""
         self.counters.n_requests += 1
+        key = (req.spill, req.slice_id)
         if self.fault == "no_zero_answer" and req.n_events == 0:
             return
-        s = self.slices[(req.spill, req.slice_id)]
+        if self.fault == "no_retry_answer" and key in self.answered_keys:
+            return
+        self.answered_keys.add(key)
+        s = self.slices[key]
         index = np.asarray(req.index)
+        if self.fault == "header_only_randoms" and np.any(index == protocol.NO_PARTICLE):
+            for g in range(detector.N_GROUPS):
+                self.send(protocol.Fragment(run=req.run, spill=req.spill, slice_id=req.slice_id, source=g))
+                self.counters.n_fragments += 1
+            return
         wf = self.waveforms(s, index)
         if self.fault == "samples_13bit" and index.size:
             wf[0, 0, 0] = 5000
+        if self.fault == "window_late":  # the in-time pulse 3 samples (37.5 ns) late
+            wf = np.ascontiguousarray(np.roll(wf, 3, axis=2))
         for g, ids in enumerate(detector.GROUP_IDS):
             if self.fault == "missing_group" and g == 5 and index.size:
                 continue
@@ -136,12 +155,15 @@ def play(endpoint: str, fault: str) -> None:
     """One run of two spills against the checker at ``endpoint``, with ``fault``."""
     fe = BrokenFrontEnd(endpoint, run=5, seed=3)
     fe.fault = fault
+    fe.answered_keys = set()
     try:
         if fault == "delimiter_frame":
             fe.send_raw([b"", *fe.frames(protocol.Heartbeat(run=5, uptime_ns=1, state=0))])
         else:
             fe.send_heartbeat(protocol.FrontEndState.IDLE)
         fe.run_start()
+        if fault == "wrong_direction":  # a message only the DAQ sends
+            fe.send(protocol.ReadoutRequest(run=fe.run, spill=1, n_events=0))
         for spill in (1, 2):
             fe.spill_start(1 if fault == "spill_reuse" else spill)
             fe.send_heartbeat(protocol.FrontEndState.IN_SPILL)
