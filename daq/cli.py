@@ -33,6 +33,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "calibration.calibrate_cli": ("calibrate",),
     "simulator.replay_cli": ("replay",),
     "daq.retrigger_cli": ("retrigger",),
+    "daq.conformance_cli": ("conformance",),
 }
 
 

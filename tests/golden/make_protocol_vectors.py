@@ -28,6 +28,7 @@ T_SEND = 1_780_000_000_000_000_000  # fixed sender time so the bytes are reprodu
 def vectors() -> dict[str, p.Message]:
     """The golden messages: one per type, plus edge cases."""
     common = {"run": 42, "spill": 7, "send_time_ns": T_SEND}
+    outside = {**common, "spill": 0}  # RUN_START, RUN_STOP, SUMMARY: not in a spill (docs: spill 0)
     n = 4
     prim = detector.default_primitive_channels()
     amp = (np.arange(len(prim) * n, dtype=np.uint16).reshape(len(prim), n) * 13) % 4096
@@ -40,7 +41,15 @@ def vectors() -> dict[str, p.Message]:
             slice_ns=10_000_000,
             prim_channels=prim,
             info=p.RunStart.info_bytes('{"frontend":"golden"}'),
-            **common,
+            **outside,
+        ),
+        "run_start_no_info": p.RunStart(  # the optional info frame left out
+            seq=0,
+            n_samples=32,
+            n_channels=detector.N_CHANNELS,
+            slice_ns=20_000_000,
+            prim_channels=prim,
+            **outside,
         ),
         "spill_start": p.SpillStart(seq=1, t_start_ns=T_SEND + 1000, **common),
         "slice": p.Slice(
@@ -117,8 +126,8 @@ def vectors() -> dict[str, p.Message]:
             **common,
         ),
         "heartbeat": p.Heartbeat(seq=7, uptime_ns=12_345_678_900, state=p.FrontEndState.IN_SPILL, **common),
-        "run_stop": p.RunStop(seq=8, n_spills=7, **common),
-        "summary": p.Summary.of(p.Summary.KIND_SPILL, '{"run":42,"spill":7}', seq=0, **common),
+        "run_stop": p.RunStop(seq=8, n_spills=7, **outside),
+        "summary": p.Summary.of(p.Summary.KIND_SPILL, '{"run":42,"spill":7}', seq=0, **outside),
         "run_ack": p.RunAck(seq=1, status=p.RunAck.ACCEPTED, **common),
         "run_ack_refused": p.RunAck(
             seq=2,
@@ -127,7 +136,74 @@ def vectors() -> dict[str, p.Message]:
             **common,
         ),
         "announce_request": p.AnnounceRequest(seq=3, reason=p.AnnounceRequest.RUN_UNKNOWN, **common),
+        **more_vectors(common, outside),
     }
+
+
+def more_vectors(common: dict[str, int], outside: dict[str, int]) -> dict[str, p.Message]:
+    """Every other kind: a FRAGMENT of each readout group, zero-event REQUEST and FRAGMENT, HEARTBEAT in
+    every state, EVENTS, SUMMARY of the status kind (added 2026-12-06: the first vectors are unchanged)."""
+    out: dict[str, p.Message] = {}
+    index = np.array([0, 2], np.uint32)
+    for g in detector.Detector:
+        if g == detector.Detector.ECAL:
+            continue  # fragment_ecal above
+        m = detector.GROUP_IDS[g].size
+        wf = (200 + (np.arange(2 * m * 32) * (int(g) + 3)) % 3896).reshape(2, m, 32).astype(np.uint16)
+        out[f"fragment_{g.name.lower()}"] = p.Fragment(
+            seq=10 + int(g),
+            slice_id=3,
+            source=int(g),
+            n_events=2,
+            n_channels=m,
+            n_samples=32,
+            index=index,
+            waveforms=wf,
+            **common,
+        )
+    out["readout_request_zero_events"] = p.ReadoutRequest(
+        seq=2, slice_id=4, n_events=0, index=np.zeros(0, np.uint32), t_ns=np.zeros(0, np.int64), **common
+    )
+    out["fragment_zero_events"] = p.Fragment(  # the answer of one group to it (as na64 simulate sends)
+        seq=16,
+        slice_id=4,
+        source=int(detector.Detector.VETO),
+        n_events=0,
+        n_channels=6,
+        n_samples=32,
+        index=np.zeros(0, np.uint32),
+        waveforms=np.zeros((0, 6, 32), np.uint16),
+        **common,
+    )
+    for state in p.FrontEndState:
+        if state != p.FrontEndState.IN_SPILL:  # heartbeat above
+            spill = 0 if state == p.FrontEndState.IDLE else common["spill"]
+            out[f"heartbeat_{state.name.lower()}"] = p.Heartbeat(
+                seq=20 + int(state),
+                uptime_ns=1_000_000_000 * (1 + int(state)),
+                state=int(state),
+                **{**common, "spill": spill},
+            )
+    n, ch, w = 2, detector.N_CHANNELS, 1
+    out["events"] = p.Events(
+        seq=1,
+        n_events=n,
+        n_skipped=5,
+        event_id=np.array([1000, 1001], np.uint64),
+        t_ns=np.array([30_000_100, 30_004_000], np.int64),
+        trigger_mask=np.array([0x701, 0x302], np.uint32),
+        sums=np.array(
+            [[0.5, 2.0], [40.0, 99.5], [55.0, 0.25], [0.0, 0.01], [0.07, 0.08], [60.0, 0.5]], np.float32
+        ),
+        energy=(np.arange(n * ch, dtype=np.float32).reshape(n, ch) / 8),
+        peak_time=np.full((n, ch), 125.0, np.float32),
+        waveforms=(200 + np.arange(w * ch * 32) % 50).reshape(w, ch, 32).astype(np.uint16),
+        **common,
+    )
+    out["summary_status"] = p.Summary.of(
+        p.Summary.KIND_STATUS, '{"state":"running","run":42,"spill":null}', seq=1, **outside
+    )
+    return out
 
 
 def write_frames(path: Path, frames: list[bytes | memoryview]) -> None:
