@@ -89,20 +89,15 @@ class Templates(NamedTuple):
     n_phase: int
 
 
-def _compiled(inline: bool = False) -> Any:
+def _compiled() -> Any:
     """numba.njit with this module's options: cached on disk, no GIL, no bounds checks, fastmath limited to
-    reassociation and contraction (SIMD sums over the 32 samples; no finite-math assumptions); helpers
-    inlined into the kernel."""
-    return numba.njit(
-        cache=True,
-        nogil=True,
-        boundscheck=False,
-        fastmath={"reassoc", "contract"},
-        inline="always" if inline else "never",
-    )
+    reassociation and contraction (SIMD sums over the 32 samples; no finite-math assumptions). The helpers
+    are not force-inlined (numba's inline="always"): that compiled in 90-130 s on a cold cache (the first
+    start after an install), without it 23 s, for ~5% more CPU per event."""
+    return numba.njit(cache=True, nogil=True, boundscheck=False, fastmath={"reassoc", "contract"})
 
 
-@_compiled(inline=True)
+@_compiled()
 def _column(tv, k, start, length, n_phase, p, period, ok, col):
     """col[s] = T_k(s x period - p) at the unsaturated samples, 0 elsewhere; returns the largest value."""
     n_s = col.shape[0]
@@ -123,7 +118,7 @@ def _column(tv, k, start, length, n_phase, p, period, ok, col):
     return top
 
 
-@_compiled(inline=True)
+@_compiled()
 def _cholesky_solve(A, rhs, n, out):
     """Solve A out = rhs for the dense symmetric positive-definite n x n matrix A (lower triangle used,
     overwritten by its Cholesky factor). Returns -1, or the first column that is (numerically) a
@@ -154,7 +149,7 @@ def _cholesky_solve(A, rhs, n, out):
     return -1
 
 
-@_compiled(inline=True)
+@_compiled()
 def _normal(X, y, even, n_even, n_odd, m, from_col, G, b):
     """Normal equations of columns from_col..m-1 (columns 0, 1 are the even/odd pedestal indicators of the
     unsaturated samples: their products are parity sums); earlier columns are left as they are."""
@@ -191,7 +186,7 @@ def _normal(X, y, even, n_even, n_odd, m, from_col, G, b):
             G[j, i] = acc
 
 
-@_compiled(inline=True)
+@_compiled()
 def _nnls(G, b, pw, pv, npul, m, last_free, extra_w, extra_v, H, g, idx, active, x, A, rhs, sol):
     """Solve the normal equations G, b of m columns: columns 0, 1 are the pedestals (eliminated first,
     Schur complement), then the pulse columns 2.. with priors pw/pv, and extra_w/extra_v on column m - 1
@@ -257,7 +252,7 @@ def _nnls(G, b, pw, pv, npul, m, last_free, extra_w, extra_v, H, g, idx, active,
     x[1] = po * io
 
 
-@_compiled(inline=True)
+@_compiled()
 def _residuals(X, y, ok, x, m, r):
     """r = y - model at the unsaturated samples, 0 at the saturated ones."""
     n_s = y.shape[0]
@@ -272,7 +267,7 @@ def _residuals(X, y, ok, x, m, r):
         r[s] *= ok[s]
 
 
-@_compiled(inline=True)
+@_compiled()
 def _chi2(X, y, ok, x, m, sig2, shape_tol, r):
     """chi2 of the fit, residuals into r. The errors are the noise and shape_tol x the fitted pulse; the
     plain sum (noise only) is an upper bound, so the exact one is computed only if it could matter
@@ -292,7 +287,7 @@ def _chi2(X, y, ok, x, m, sig2, shape_tol, r):
     return chi
 
 
-@_compiled(inline=True)
+@_compiled()
 def _chi2_fast(G, b, x, m, yy):
     """sum of squared residuals from the normal equations: yy - 2 x.b + x.G.x (yy = y.y)."""
     acc = yy
@@ -307,7 +302,7 @@ def _chi2_fast(G, b, x, m, yy):
     return max(acc, 0.0)
 
 
-@_compiled(inline=True)
+@_compiled()
 def _columns(tv, k, start, length, n_phase, pos, pw, pv, npul, delta, period, ok, min_overlap, X):
     """The pulse columns X[2..] at the current shift; pulses that barely reach the window (template
     below min_overlap everywhere in it) are dropped. Returns (pulses, columns)."""
@@ -325,7 +320,7 @@ def _columns(tv, k, start, length, n_phase, pos, pw, pv, npul, delta, period, ok
     return npul, 2 + npul
 
 
-@_compiled(inline=True)
+@_compiled()
 def _n_active(active, m):
     n = 0
     for i in range(m):
@@ -407,7 +402,7 @@ def _shift(
     return npul, m, delta
 
 
-@_compiled(inline=True)
+@_compiled()
 def _vertex(r, ok, s0):
     """Where (samples from s0, -0.5..0.5) a parabola through the residuals at s0 - 1, s0, s0 + 1 peaks."""
     n_s = r.shape[0]
@@ -419,7 +414,7 @@ def _vertex(r, ok, s0):
     return min(max(0.5 * (r[s0 - 1] - r[s0 + 1]) / den, -0.5), 0.5)
 
 
-@_compiled(inline=True)
+@_compiled()
 def _quiet_filters(tv, k, start, length, n_phase, p, period, ok, even, col, F):
     """F (3, S): the rows of the least-squares solution (pedestal even, odd, in-time amplitude) of a
     window with no saturated sample and only the in-time pulse, peaking at p: x = F @ y."""
@@ -467,7 +462,7 @@ NOISE_BIN = 0.05  # ADC counts
 NOISE_EVERY = 16
 
 
-@_compiled(inline=True)
+@_compiled()
 def _learn_noise(noise_n, noise_hist, noise_est, c, variance, n_min):
     """Add one window's residual variance to channel c's histogram; refresh the median now and then."""
     b = min(int(np.sqrt(max(variance, 0.0)) / NOISE_BIN), NOISE_BINS - 1)
