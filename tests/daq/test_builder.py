@@ -141,3 +141,40 @@ def test_spill_histograms() -> None:
     assert ecal.tolist() == [2, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 2]  # overflow in the last bin
     assert e_edges[0] == 0 and e_edges[-1] == 120
     assert res["prs_block_gev"][0].tolist() == [2, 0, 0, 1, 0, 0, 0, 0, 0, 2]
+
+
+def test_the_triggers_neighbours_come_from_the_whole_stream_across_slices() -> None:
+    """Two 20 us slices of a dense stream: every trigger's neighbours (what the pile-up fit uses) are those
+    find_neighbours picks from the two slices joined, although the readout keeps only the particles a
+    window can reach, and triggers near the end of slice 0 wait for slice 1."""
+    from daq.waveform import find_neighbours
+
+    rng = np.random.default_rng(11)
+    ro = Readout(nominal(), detector.N_SAMPLES, N_PRIM, prim_channels=detector.default_primitive_channels())
+    length = 20_000
+    slices = []
+    for s in range(2):
+        t = np.sort(rng.integers(s * length, (s + 1) * length, 400)).astype(np.int64)  # dense: 20 MHz
+        amp = rng.integers(0, 3000, (N_PRIM, t.size)).astype(np.uint16)
+        # triggers in the slice's second half: its first particles are reachable only from slice 0's end
+        index = np.sort(rng.choice(np.arange(t.size // 2, t.size), 6, replace=False)).astype(np.uint32)
+        index[-1] = t.size - 1  # a trigger at the very end: its window reaches into the next slice
+        trig_t = t[index]
+        index = np.append(index, NO_PARTICLE).astype(np.uint32)  # a random trigger mid-slice
+        trig_t = np.append(trig_t, s * length + 3 * length // 4)
+        order = np.argsort(trig_t, kind="stable")
+        index, trig_t = index[order], trig_t[order]
+        mask = np.where(index == NO_PARTICLE, RANDOM, PHYSICS).astype(np.uint32)
+        ro.add_request(1, s, index, trig_t, mask, amp, 0.0, stream_t_ns=t, t_end_ns=(s + 1) * length)
+        slices.append((t, amp, index, trig_t))
+    all_t = np.concatenate([x[0] for x in slices])
+    all_amp = np.concatenate([x[1] for x in slices], axis=1)
+    offset = [0, slices[0][0].size]
+    for s, (_, _, index, trig_t) in enumerate(slices[:1]):  # slice 0: complete now that slice 1 came
+        own = np.where(index == NO_PARTICLE, -1, index.astype(np.int64) + offset[s])
+        want, _ = find_neighbours(trig_t, own, all_t, all_amp, ro.prim_channels, ro.before_ns, ro.after_ns)
+        got = ro.pending[(1, s)].neighbours
+        assert got is not None and want.count.sum() > 0
+        np.testing.assert_array_equal(got.count, want.count)
+        np.testing.assert_array_equal(got.dt_ns, want.dt_ns)
+        np.testing.assert_array_equal(got.amp, want.amp)
