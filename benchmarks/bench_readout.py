@@ -8,6 +8,7 @@ CPU share of each process. Exit code 1 if any target is missed.
 
     python benchmarks/bench_readout.py                       # 2 MHz, 5 spills of 4.8 s every 10.8 s
     python benchmarks/bench_readout.py --spills 1 --spill-length 1 --spill-period 2   # quick look
+    python benchmarks/bench_readout.py --curve     # the same over ZeroMQ CURVE (keys made in a temp dir)
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 import zmq
 
-from daq import protocol
+from daq import curve, protocol
 from daq.demo import free_port
 from daq.files import SpillFile
 
@@ -65,6 +66,12 @@ def main() -> int:
     )
     ap.add_argument("--data-dir", type=Path, default=None, help="default: a temporary directory, removed")
     ap.add_argument("--daq-arg", action="append", default=[], help="extra argument for na64 daq (repeatable)")
+    ap.add_argument(
+        "--curve",
+        action="store_true",
+        help="authenticate and encrypt both links with ZeroMQ CURVE (na64 daq --server-key, simulate and "
+        "this listener with client keys): the cost of encryption",
+    )
     args = ap.parse_args()
 
     tmp = tempfile.TemporaryDirectory(prefix="bench-readout-")
@@ -73,6 +80,26 @@ def main() -> int:
     py = [sys.executable, "-m", "daq"]
     daq_log = open(Path(tmp.name) / "daq.log", "w+")  # noqa: SIM115
     sim_log = open(Path(tmp.name) / "sim.log", "w+")  # noqa: SIM115
+    curve_daq: list[str] = []
+    curve_sim: list[str] = []
+    listener_keys = None
+    if args.curve:
+        keys = Path(tmp.name) / "keys"
+        for name in ("server/daq", "allowed/simulate", "allowed/bench"):
+            curve.generate(keys / name)
+        curve_daq = [
+            "--server-key",
+            str(keys / "server/daq.key_secret"),
+            "--allowed-clients",
+            str(keys / "allowed"),
+        ]
+        curve_sim = [
+            "--server-public-key",
+            str(keys / "server/daq.key"),
+            "--client-key",
+            str(keys / "allowed/simulate.key_secret"),
+        ]
+        listener_keys = curve.client_keys(keys / "server/daq.key", keys / "allowed/bench.key_secret")
     daq = subprocess.Popen(
         [
             *py,
@@ -84,6 +111,7 @@ def main() -> int:
             "--data-dir",
             str(data),
             "--stop-after-run",
+            *curve_daq,
             *args.daq_arg,
         ],
         stdout=daq_log,
@@ -91,6 +119,8 @@ def main() -> int:
     )
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
+    if listener_keys is not None:
+        curve.secure_client(sub, listener_keys)
     sub.connect(publish)
     sub.subscribe(b"")
     summaries: dict[int, tuple[dict[str, Any], int]] = {}
@@ -120,6 +150,7 @@ def main() -> int:
                 str(args.slice_ms),
                 "--pace",
                 "realtime",
+                *curve_sim,
             ],
             stdout=sim_log,
             stderr=subprocess.STDOUT,
@@ -156,6 +187,7 @@ def main() -> int:
     print(
         f"\nna64 simulate --rate {args.rate:g} --spills {args.spills} --spill-length {args.spill_length} "
         f"--spill-period {args.spill_period} --pace realtime  ->  na64 daq (separate processes)"
+        + (", both links over CURVE" if args.curve else "")
     )
     print(
         f"{'spill':>5} {'particles':>10} {'EOT':>10} {'accepted':>8} {'written':>8} {'phys/beam/rand':>16} "

@@ -34,6 +34,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "simulator.replay_cli": ("replay",),
     "daq.retrigger_cli": ("retrigger",),
     "daq.conformance_cli": ("conformance",),
+    "daq.keys_cli": ("keys",),
 }
 
 

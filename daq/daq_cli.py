@@ -35,6 +35,21 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--publish", default="tcp://127.0.0.1:5556", help="ZeroMQ endpoint to bind for the DQM feed"
     )
+    p.add_argument(
+        "--server-key",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="this DAQ's secret key file (NAME.key_secret from na64 keys generate): CURVE on both sockets "
+        "(front-ends and DQM feed), with --allowed-clients (docs/protocol.md, deployment security)",
+    )
+    p.add_argument(
+        "--allowed-clients",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="directory of the public keys (*.key) of the front-ends and DQMs allowed to connect",
+    )
     p.add_argument("--data-dir", default="na64-data", type=Path, help="directory of the spill files")
     p.add_argument("--config", type=Path, default=None, help="DAQ configuration file (TOML, see docs/daq.md)")
     p.add_argument(
@@ -132,6 +147,9 @@ def run_daq(args: argparse.Namespace) -> int:
     if args.print_config:
         print(effective_config_toml(config, args))
         return 0
+    from daq.curve import server_keys
+
+    keys = server_keys(args.server_key, args.allowed_clients)  # a wrong key file: one line, exit 2
     check_sets(args.calibration)  # unreadable or ambiguous sets: one clear line now, not at RUN_START
     if not args.calibration:
         log.warning(
@@ -158,6 +176,7 @@ def run_daq(args: argparse.Namespace) -> int:
         calibration=args.calibration,
         stop_after_run=args.stop_after_run,
         observers=observers,
+        server_keys=keys,
     )
     try:
         return asyncio.run(service.run())

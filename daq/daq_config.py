@@ -27,9 +27,20 @@ class ReadoutConfig:
     spill_timeout_s: float = 30.0
     #: how long to retry sending a READOUT_REQUEST to a front-end that is not reading (request_failed)
     send_timeout_s: float = 5.0
+    #: a RUN_START from another front-end takes the run over only when its owner has been silent this long
+    #: (front-ends send a HEARTBEAT every second)
+    owner_timeout_s: float = 10.0
+    #: largest message frame taken from the network (ZMQ_MAXMSGSIZE); a peer sending more is disconnected
+    max_frame_mb: float = 256.0
 
     def __post_init__(self) -> None:
-        for name in ("fragment_timeout_s", "spill_timeout_s", "send_timeout_s"):
+        for name in (
+            "fragment_timeout_s",
+            "spill_timeout_s",
+            "send_timeout_s",
+            "owner_timeout_s",
+            "max_frame_mb",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0 (got {getattr(self, name)})")
 

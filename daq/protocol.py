@@ -27,6 +27,7 @@ import numpy as np
 from isal.isal_zlib import crc32 as crc32  # same CRC-32 as zlib.crc32, ~4x faster (ISA-L); the replay uses it
 from numpy.typing import NDArray
 
+from daq.detector import ADC_MAX, N_GROUPS
 from daq.errors import ProtocolError
 
 MAGIC = b"NA64"
@@ -41,6 +42,17 @@ CRC_OFFSET = 48
 MAX_FRAMES = 16
 #: largest dimension of an array frame a decoder accepts (a corrupt header cannot ask for terabytes)
 MAX_DIM = 1 << 28
+#: every u64 field (header and body) must be below this: the spill files and summaries store int64
+INT64_LIMIT = 1 << 63
+#: slice ids are below this (the spill file's ``slice`` column is u32)
+SLICE_LIMIT = 1 << 32
+#: samples per readout window a RUN_START may declare (1..MAX_SAMPLES)
+MAX_SAMPLES = 4096
+#: a forward sequence jump larger than this is a corrupt or reset counter, not that many lost messages:
+#: it counts as one sequence gap (a count of 2^64 lost messages would not fit any counter downstream)
+MAX_SEQUENCE_GAP = 1 << 20
+#: bytes of the optional detail text of a NACK
+MAX_NACK_DETAIL = 256
 
 #: dtype codes of array frames (all little-endian)
 DTYPE_CODES: dict[int, np.dtype] = {
@@ -97,10 +109,12 @@ class SequenceGapError(ProtocolError):
     """Messages are missing: the sequence number jumped forward."""
 
     def __init__(self, sender: object, expected: int, got: int) -> None:
-        super().__init__(
-            f"sequence gap from {sender!r}: expected {expected}, got {got} ({got - expected} lost)"
-        )
-        self.expected, self.got, self.missing = expected, got, got - expected
+        jump = got - expected
+        #: messages lost; an implausible jump (> MAX_SEQUENCE_GAP) counts as one: a corrupt counter
+        self.missing = jump if jump <= MAX_SEQUENCE_GAP else 1
+        what = f"{jump} lost" if jump <= MAX_SEQUENCE_GAP else f"a jump of {jump}: corrupt or reset counter"
+        super().__init__(f"sequence gap from {sender!r}: expected {expected}, got {got} ({what})")
+        self.expected, self.got = expected, got
 
 
 class SequenceRepeatError(ProtocolError):
@@ -125,6 +139,23 @@ class MessageType(IntEnum):
     SUMMARY = 10
     RUN_ACK = 11
     ANNOUNCE_REQUEST = 12
+    NACK = 13
+
+
+class NackCode(IntEnum):
+    """Why the DAQ refused a front-end's message (the ``code`` of a NACK, docs/protocol.md).
+
+    The DAQ's status document counts refusals of peers outside the run by these names, lower-cased.
+    """
+
+    NOT_OWNER = 1  # the run, spill or readout group belongs to another front-end
+    NO_RUN = 2  # no run is on, or the message names another run
+    NO_SPILL = 3  # no spill is open, or the message names another spill
+    ALREADY_DONE = 4  # the spill was already recorded, or the run already stopped (not a retry of it)
+    MALFORMED = 5  # the message could not be decoded (the detail says why)
+    INVALID = 6  # a field is outside what the DAQ accepts (e.g. n_channels of RUN_START)
+    RUN_REFUSED = 7  # the run is not recorded (no usable calibration, primitives unusable)
+    NOT_ACCEPTED = 8  # a message type the DAQ does not take from front-ends
 
 
 class FrontEndState(IntEnum):
@@ -191,8 +222,19 @@ class RunStart(Message):
         return _u8(text)
 
     def check(self) -> None:
-        if np.any(np.asarray(self.prim_channels) >= max(self.n_channels, 1)):
+        if not 1 <= self.n_samples <= MAX_SAMPLES:
+            raise FieldError(f"RUN_START: n_samples={self.n_samples} (allowed 1..{MAX_SAMPLES})")
+        if self.n_channels < 1:
+            raise FieldError("RUN_START: n_channels=0")
+        if self.sample_period_ps < 1 or self.slice_ns < 1:
+            raise FieldError(
+                f"RUN_START: sample_period_ps={self.sample_period_ps}, slice_ns={self.slice_ns} (must be >= 1)"
+            )
+        prim = np.asarray(self.prim_channels)
+        if np.any(prim >= max(self.n_channels, 1)):
             raise ShapeError(f"RUN_START primitive channel id >= n_channels={self.n_channels}")
+        if np.unique(prim).size != prim.size:
+            raise FieldError("RUN_START: a primitive channel id is listed twice")
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -282,6 +324,18 @@ class Slice(Message):
                     f"SLICE {self.slice_id}: ctx_amp{self.ctx_amp.shape} for {m} context particles of "
                     f"{self.amp.shape[0]} primitive rows"
                 )
+        if self.length_ns < 1:
+            raise FieldError(f"SLICE {self.slice_id}: length_ns=0")
+        t = self.t_ns
+        if t.size:
+            end = self.t0_ns + self.length_ns
+            if int(t[0]) < self.t0_ns or int(t[-1]) >= end or (t.size > 1 and bool(np.any(t[1:] < t[:-1]))):
+                raise FieldError(
+                    f"SLICE {self.slice_id}: t_ns must be non-decreasing within [{self.t0_ns}, {end}) "
+                    f"(got {int(t.min())}..{int(t.max())})"
+                )
+        if self.amp.size and int(self.amp.max()) > ADC_MAX:
+            raise FieldError(f"SLICE {self.slice_id}: amplitude {int(self.amp.max())} > {ADC_MAX} (12 bits)")
 
 
 #: index of a readout window that belongs to no particle (a random trigger): read the window at t_ns
@@ -349,6 +403,11 @@ class Fragment(Message):
                 f"FRAGMENT slice {self.slice_id} source {self.source}: body says {want}, "
                 f"got index{self.index.shape}, waveforms{self.waveforms.shape}"
             )
+        if self.waveforms.size and int(self.waveforms.max()) > ADC_MAX:
+            raise FieldError(
+                f"FRAGMENT slice {self.slice_id} source {self.source}: sample {int(self.waveforms.max())} "
+                f"> {ADC_MAX} (12-bit ADC)"
+            )
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -361,6 +420,11 @@ class Heartbeat(Message):
 
     def check(self) -> None:
         _reserved_zero(self)
+        if self.state not in _FRONTEND_STATES:
+            raise FieldError(f"HEARTBEAT: state {self.state} (allowed {sorted(_FRONTEND_STATES)})")
+
+
+_FRONTEND_STATES = frozenset(int(s) for s in FrontEndState)
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -478,6 +542,55 @@ class AnnounceRequest(Message):
         _reserved_zero(self)
 
 
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Nack(Message):
+    """DAQ -> front-end: your message was refused (``code``, :class:`NackCode`), and why (``detail``).
+
+    The header's run, spill and slice are those of the refused message; ``refused_type`` and
+    ``refused_seq`` name it. A front-end logs it; the DAQ sends at most a few per second per front-end.
+    """
+
+    TYPE: ClassVar = MessageType.NACK
+    BODY: ClassVar = (("code", "H"), ("refused_type", "H"), ("reserved", "I"), ("refused_seq", "Q"))
+    FRAMES: ClassVar = (FrameSpec("detail", np.dtype("u1"), 1),)
+    MIN_FRAMES: ClassVar = 0
+    code: int = NackCode.NOT_ACCEPTED
+    refused_type: int = 0
+    reserved: int = 0
+    refused_seq: int = 0
+    detail: NDArray[np.uint8] | None = None  # UTF-8 text, at most MAX_NACK_DETAIL bytes
+
+    @classmethod
+    def about(cls, refused: Message | None, code: NackCode, text: str, **header: Any) -> Nack:
+        """A NACK refusing ``refused`` (None: a message that could not be decoded)."""
+        data = text.encode()[:MAX_NACK_DETAIL]
+        if refused is not None:
+            header = {
+                "run": refused.run,
+                "spill": refused.spill,
+                "slice_id": refused.slice_id,
+                "refused_type": int(refused.TYPE),
+                "refused_seq": refused.seq,
+                **header,
+            }
+        return cls(code=int(code), detail=np.frombuffer(data, np.uint8), **header)
+
+    @property
+    def reason(self) -> str:
+        """``not_owner: run 1 belongs to front-end ...``: the code's name and the detail."""
+        try:
+            name = NackCode(self.code).name.lower()
+        except ValueError:
+            name = f"code {self.code}"
+        text = bytes(self.detail).decode("utf-8", errors="replace") if self.detail is not None else ""
+        return f"{name}: {text}" if text else name
+
+    def check(self) -> None:
+        _reserved_zero(self)
+        if self.detail is not None and self.detail.size > MAX_NACK_DETAIL:
+            raise LengthError(f"NACK: detail of {self.detail.size} bytes (max {MAX_NACK_DETAIL})")
+
+
 MESSAGE_CLASSES: dict[int, type[Message]] = {
     int(c.TYPE): c
     for c in (
@@ -493,6 +606,7 @@ MESSAGE_CLASSES: dict[int, type[Message]] = {
         Summary,
         RunAck,
         AnnounceRequest,
+        Nack,
     )
 }
 _BODY_STRUCTS: dict[int, struct.Struct] = {
@@ -516,6 +630,20 @@ class _Layout:
     body_names: tuple[str, ...]
     frames: tuple[tuple[str, int, int, np.dtype], ...]  # (name, dtype code, ndim, dtype)
     min_frames: int
+    u64_fields: tuple[int, ...]  # positions of the body's u64 fields (each < INT64_LIMIT)
+    in_spill: bool  # the header's spill must be >= 1
+    slice_limit: int  # the header's slice must be below this (1: always 0)
+    fragment: bool  # the header's source is a readout group (else NO_SOURCE)
+
+
+#: message types that belong to a spill (header spill >= 1)
+_SPILL_TYPES = frozenset(
+    {MessageType.SPILL_START, MessageType.SPILL_END, MessageType.SLICE, MessageType.FRAGMENT}
+)
+#: message types with a slice id in the header (< SLICE_LIMIT); the others carry 0
+_SLICE_TYPES = frozenset(
+    {MessageType.SLICE, MessageType.READOUT_REQUEST, MessageType.FRAGMENT, MessageType.NACK}
+)
 
 
 _LAYOUTS: dict[int, _Layout] = {
@@ -526,9 +654,34 @@ _LAYOUTS: dict[int, _Layout] = {
         body_names=tuple(n for n, _ in c.BODY),
         frames=tuple((f.name, CODE_OF_DTYPE[f.dtype], f.ndim, f.dtype) for f in c.FRAMES),
         min_frames=len(c.FRAMES) if c.MIN_FRAMES is None else c.MIN_FRAMES,
+        u64_fields=tuple(i for i, (_, code) in enumerate(c.BODY) if code == "Q"),
+        in_spill=c.TYPE in _SPILL_TYPES,
+        slice_limit=SLICE_LIMIT if c.TYPE in _SLICE_TYPES else 1,
+        fragment=c.TYPE == MessageType.FRAGMENT,
     )
     for t, c in MESSAGE_CLASSES.items()
 }
+
+
+def _check_header(
+    lay: _Layout, source: int, spill: int, seq: int, slice_id: int, send_ns: int, reserved: int
+) -> None:
+    """The header's fields against docs/protocol.md (after the checksum: a corrupt message is a checksum
+    error, a wrong value from a correct sender a field error)."""
+    name = lay.name
+    if reserved:
+        raise FieldError(f"{name}: header reserved field is {reserved} (must be 0)")
+    if lay.fragment:
+        if source >= N_GROUPS:
+            raise FieldError(f"{name}: source {source} is not a readout group (0..{N_GROUPS - 1})")
+    elif source != NO_SOURCE:
+        raise FieldError(f"{name}: source {source} (must be {NO_SOURCE:#x}: not applicable)")
+    if lay.in_spill and spill < 1:
+        raise FieldError(f"{name}: spill 0 (spills are numbered from 1)")
+    if slice_id >= lay.slice_limit:
+        raise FieldError(f"{name}: slice {slice_id} (allowed 0..{lay.slice_limit - 1})")
+    if seq >= INT64_LIMIT or send_ns >= INT64_LIMIT:
+        raise FieldError(f"{name}: seq {seq} or send_time_ns {send_ns} >= 2^63")
 
 
 def decode(frames: Sequence[Any]) -> Message:
@@ -538,6 +691,8 @@ def decode(frames: Sequence[Any]) -> Message:
     """
     if not frames:
         raise FrameCountError("empty message: no header frame")
+    if len(frames) > MAX_FRAMES + 1:  # before touching them: a message of 100 000 frames costs nothing more
+        raise FrameCountError(f"message of {len(frames)} frames (at most {MAX_FRAMES + 1})")
     bufs = [memoryview(f).cast("B") for f in frames]
     head = bufs[0]
     if len(head) < HEADER_SIZE:
@@ -555,7 +710,7 @@ def decode(frames: Sequence[Any]) -> Message:
         slice_id,
         send_ns,
         crc,
-        _reserved,
+        reserved,
     ) = HEADER.unpack_from(head)
     if magic != MAGIC:
         raise BadMagicError(f"bad magic {bytes(magic)!r} (expected {MAGIC!r})")
@@ -587,9 +742,12 @@ def decode(frames: Sequence[Any]) -> Message:
         raise ChecksumError(
             f"{name} seq {seq}: CRC-32 mismatch (header {crc:#010x}, computed {got_crc:#010x})"
         )
-    values: dict[str, Any] = dict(
-        zip(lay.body_names, lay.body.unpack_from(head, HEADER_SIZE + DESCRIPTOR_SIZE * n_frames), strict=True)
-    )
+    _check_header(lay, source, spill, seq, slice_id, send_ns, reserved)
+    body = lay.body.unpack_from(head, HEADER_SIZE + DESCRIPTOR_SIZE * n_frames)
+    for i in lay.u64_fields:
+        if body[i] >= INT64_LIMIT:
+            raise FieldError(f"{name}: {lay.body_names[i]} = {body[i]} >= 2^63")
+    values: dict[str, Any] = dict(zip(lay.body_names, body, strict=True))
     for i in range(n_frames):
         fname, want_code, want_ndim, dt = lay.frames[i]
         code, ndim, reserved, d0, d1, d2 = DESCRIPTOR.unpack_from(head, HEADER_SIZE + i * DESCRIPTOR_SIZE)
@@ -685,8 +843,8 @@ class SequenceTracker:
         if expected is None or seq == expected:
             self._next[sender] = seq + 1
             return
+        self._next[sender] = seq + 1  # resynchronise on the received number, forward or backward
         if seq > expected:
-            self._next[sender] = seq + 1
             raise SequenceGapError(sender, expected, seq)
         raise SequenceRepeatError(sender, expected, seq)
 

@@ -25,6 +25,11 @@ and two questions about the outside world (free disk space, the calibration cons
 asked through the :class:`Environment` the shell passes in. Every message is attributed to its sender (a
 ZeroMQ identity); the front-end that sends RUN_START owns the run (:attr:`Run.owner`).
 
+Run ownership (docs/protocol.md, "Run ownership"): control messages and slices of a run are taken only
+from its owner, fragments only from the front-ends that own their readout group (:attr:`Run.members`);
+anything else is refused with a NACK (rate-limited) and counted in :attr:`Recorder.rejected`, never in the
+run's or the spill's losses. Repeated control messages (a front-end's retry) are recognised and ignored.
+
 Losses are counted by reason (:class:`daq.contract.LossReason`), announced once per spill per reason
 (``LossCounted.first``), and reported in the spill file, the spill summary and the status document.
 """
@@ -59,6 +64,7 @@ from daq.errors import ConfigError, Na64Error, ProtocolError
 from daq.monitor_feed import MonitorFeed
 from daq.summary import CalibrationStatus, DaqStatus, FrontEndStatus, Histogram, SpillSummary, Triggers
 from daq.trigger import PrimitiveBatch, Trigger
+from daq.waveform import RecoConfig, reconstruct
 from daq.writer_commands import (
     AppendEvents,
     CloseSpill,
@@ -79,6 +85,28 @@ ANNOUNCE_EVERY_S = 1.0
 #: ``na64 simulate`` or ``replay`` run and every reconnect is a new ZeroMQ identity, and a DAQ runs for
 #: weeks (a live front-end sends a heartbeat every second)
 FORGET_FRONTEND_S = 3600.0
+#: front-ends remembered at most (status entries, sequence numbers): a new identity beyond this makes the
+#: DAQ forget the longest-silent one outside the run (counted as ``frontends_evicted`` in ``rejected``)
+MAX_FRONTENDS = 64
+#: NACKs sent to one front-end per second at most (a burst of NACK_BURST); the rest are counted only
+NACK_RATE_PER_S = 10.0
+NACK_BURST = 20.0
+#: a repeated kind of log line (a refusal reason, new connections) is written at most once per this many
+#: seconds, with the number held back since the last one
+LOG_INTERVAL_S = 10.0
+#: message types a front-end sends
+_FRONTEND_TYPES = frozenset(
+    {
+        protocol.MessageType.RUN_START,
+        protocol.MessageType.RUN_STOP,
+        protocol.MessageType.SPILL_START,
+        protocol.MessageType.SPILL_END,
+        protocol.MessageType.SLICE,
+        protocol.MessageType.FRAGMENT,
+        protocol.MessageType.HEARTBEAT,
+    }
+)
+_ALL_GROUPS = detector.ALL_GROUPS_MASK
 
 _FRONTEND_STATE_NAMES = {s.value: s.name.lower() for s in protocol.FrontEndState}
 
@@ -195,6 +223,23 @@ class Environment(Protocol):
     def existing_spills(self, run: int) -> frozenset[int]: ...
 
 
+class LogLimiter:
+    """At most one log line per key every ``interval`` seconds: ``allow`` says whether to write one now
+    (returning how many were held back since the last one) or not (None: counted, held back)."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._next: dict[object, float] = {}
+        self._held: Counter[object] = Counter()
+
+    def allow(self, key: object, now: float) -> int | None:
+        if now >= self._next.get(key, float("-inf")):
+            self._next[key] = now + self.interval
+            return self._held.pop(key, 0)
+        self._held[key] += 1
+        return None
+
+
 # ---------------------------------------------------------------- state
 @dataclass
 class FrontEnd:
@@ -206,6 +251,10 @@ class FrontEnd:
     decode_errors_since_good: int = 0
     asked_at: float = float("-inf")  # when it was last asked to re-announce its run (ANNOUNCE_REQUEST)
     refused: dict[int, str] = field(default_factory=dict)  # runs refused to it, and why
+    #: its CURVE public key (Z85) when the DAQ runs with CURVE, else ""
+    key: str = ""
+    nack_tokens: float = NACK_BURST
+    nack_time: float = 0.0
 
 
 @dataclass
@@ -240,6 +289,14 @@ class Run:
     calibration_id: str
     #: spills of this run that already have a file (never overwritten: such a spill is not recorded)
     existing: frozenset[int] = frozenset()
+    #: the owner's CURVE key ("" without CURVE): a reconnected owner (new identity, same key) is the owner
+    owner_key: str = ""
+    #: front-end identity -> the readout groups (bit mask) whose FRAGMENTs it may send; the owner is one
+    members: dict[bytes, int] = field(default_factory=dict)
+    #: the highest spill number started in the run (spill numbers go up: an older one is never reopened)
+    last_spill: int = 0
+    #: the last spill ended by its SPILL_END (a repeated SPILL_END of it is a retry)
+    ended_spill: int = 0
 
 
 @dataclass
@@ -326,28 +383,42 @@ class Recorder:
         self.feed = MonitorFeed(m.max_events_per_batch, m.batches_per_s)
         self._next_status = 0.0
         self._out: list[Action] = []
+        #: messages refused and not counted as the run's losses, by reason (the status's ``rejected``)
+        self.rejected: Counter[str] = Counter()
+        #: control messages recognised as retries (ignored)
+        self.retries = 0
+        #: (run, owner identity, owner key) of the last run stopped by RUN_STOP: a repeated RUN_STOP is a retry
+        self.stopped: tuple[int, bytes, str] | None = None
+        self._limiter = LogLimiter(LOG_INTERVAL_S)
+        self._last_now = started  # the latest time a message came in (for lookups without a time)
 
     # ------------------------------------------------------------ entry points
-    def receive(self, sender: bytes, frames: Sequence[Any], now: float) -> list[Action]:
-        """A front-end's message as received (frames after the identity); malformed ones are counted."""
-        fe = self._frontend(sender)
-        fe.last_seen = now
+    def receive(self, sender: bytes, frames: Sequence[Any], now: float, key: str = "") -> list[Action]:
+        """A front-end's message as received (frames after the identity); malformed ones are counted
+        (as the run's losses when the sender is in the run, else in :attr:`rejected`) and NACKed.
+        ``key``: the sender's CURVE public key (Z85) when the DAQ runs with CURVE."""
         try:
-            msg = protocol.decode(frames)
-        except ProtocolError as e:
-            fe.decode_errors_since_good += 1
-            self._loss(LossReason.DECODE_ERROR, 1, str(e))
-            self._loss(decode_error_kind(_kind(e)), 1, str(e))
-            return self._take()
+            fe = self._frontend(sender, now, key)
+            try:
+                msg = protocol.decode(frames)
+            except ProtocolError as e:
+                fe.decode_errors_since_good += 1
+                if self._member(fe):
+                    self._loss(LossReason.DECODE_ERROR, 1, str(e))
+                    self._loss(decode_error_kind(_kind(e)), 1, str(e))
+                else:
+                    self._reject(protocol.NackCode.MALFORMED, f"{_kind(e)}: {e}", fe, now)
+                self._nack(fe, None, protocol.NackCode.MALFORMED, str(e), now)
+                return self._take()
         except Exception as e:
             return self.internal_error(e)
-        return self.handle(sender, msg, now)
+        return self.handle(sender, msg, now, key)
 
-    def handle(self, sender: bytes, msg: protocol.Message, now: float) -> list[Action]:
+    def handle(self, sender: bytes, msg: protocol.Message, now: float, key: str = "") -> list[Action]:
         """A decoded message from front-end ``sender``. One bad message never stops the DAQ: an error is
         logged (and counted as ``internal_error`` when it is a bug)."""
         try:
-            self._handle(sender, msg, now)
+            self._handle(sender, msg, now, key)
         except Na64Error as e:
             self._log(logging.ERROR, "message handling failed: %s", e)
         except Exception as e:
@@ -378,7 +449,7 @@ class Recorder:
         """A message could not be delivered (the front-end is gone or not reading)."""
         msg, r = send.message, self.run
         if isinstance(msg, protocol.ReadoutRequest):
-            if r is not None:
+            if r is not None and send.to == r.owner:
                 r.readout.cancel(msg.spill, msg.slice_id)
             self._loss(
                 LossReason.REQUEST_FAILED, 1, f"READOUT_REQUEST for slice {msg.slice_id} could not be sent"
@@ -450,6 +521,16 @@ class Recorder:
         self._out.append(PublishStatus(self.status(now)))
         return self._take()
 
+    def not_authorized(self, address: str, now: float) -> list[Action]:
+        """A CURVE handshake was refused (the peer's key is not in the allow-list): counted in
+        ``rejected`` as ``not_authorized``, logged at most every LOG_INTERVAL_S."""
+        self.rejected["not_authorized"] += 1
+        held = self._limiter.allow("not_authorized", now)
+        if held is not None:
+            more = f" ({held} more since the last such line)" if held else ""
+            self._log(logging.WARNING, "CURVE handshake from %s refused: key not allowed%s", address, more)
+        return self._take()
+
     def internal_error(self, error: BaseException) -> list[Action]:
         """A bug while handling a message (in the recorder or the shell): logged, counted, the DAQ goes on."""
         self._internal_error(error)
@@ -468,7 +549,8 @@ class Recorder:
                 fe.ident.hex(): FrontEndStatus(round(now - fe.last_seen, 3), fe.state, fe.name)
                 for fe in self.frontends.values()
             },
-            run_frontends=(r.owner.hex(),) if r else (),
+            run_frontends=tuple(m.hex() for m in r.members) if r else (),
+            rejected=dict(sorted(self.rejected.items())),
             losses_run=self.losses_run.as_dict(),
             losses_outside_spills=self.losses_outside.as_dict(),
             gaps={
@@ -519,15 +601,54 @@ class Recorder:
             self._loss(k, v, detail or f"{v} fragments")
         r.readout.losses.clear()
 
-    def _frontend(self, ident: bytes) -> FrontEnd:
+    def _frontend(self, ident: bytes, now: float | None = None, key: str = "") -> FrontEnd:
+        """The front-end of an identity, remembered (at most MAX_FRONTENDS); marks it as heard ``now``
+        (None: only looked up, e.g. to answer it)."""
         fe = self.frontends.get(ident)
+        t = now if now is not None else self._last_now
         if fe is None:
-            fe = self.frontends[ident] = FrontEnd(ident)
-            self._log(logging.INFO, "front-end %s connected", ident.hex())
+            if len(self.frontends) >= MAX_FRONTENDS:
+                self._evict_one(t)
+            fe = self.frontends[ident] = FrontEnd(ident, last_seen=t, key=key, nack_time=t)
+            held = self._limiter.allow("connected", t)
+            if held is not None:
+                more = f" ({held} more since the last such line)" if held else ""
+                self._log(logging.INFO, "front-end %s connected%s", ident.hex(), more)
+        if now is not None:
+            fe.last_seen = self._last_now = now
+        if key:
+            fe.key = key
         return fe
 
+    def _keep(self) -> set[bytes]:
+        """Identities never forgotten: the run's front-ends and the open spill's owner."""
+        keep = set(self.run.members) | {self.run.owner} if self.run is not None else set()
+        if self.spill is not None:
+            keep.add(self.spill.owner)
+        return keep
+
+    def _evict_one(self, now: float) -> None:
+        keep = self._keep()
+        candidates = [fe for i, fe in self.frontends.items() if i not in keep]
+        if not candidates:
+            return
+        old = min(candidates, key=lambda fe: fe.last_seen)
+        del self.frontends[old.ident]
+        self.tracker.forget(old.ident)
+        self.rejected["frontends_evicted"] += 1
+        held = self._limiter.allow("evicted", now)
+        if held is not None:
+            self._log(
+                logging.WARNING,
+                "more than %d front-ends: %s (silent %.0f s) forgotten%s",
+                MAX_FRONTENDS,
+                old.ident.hex(),
+                now - old.last_seen,
+                f" ({held} more since the last such line)" if held else "",
+            )
+
     def _forget_silent_frontends(self, now: float) -> None:
-        keep = {x.owner for x in (self.run, self.spill) if x is not None}
+        keep = self._keep()
         for ident, fe in list(self.frontends.items()):
             if now - fe.last_seen > FORGET_FRONTEND_S and ident not in keep:
                 del self.frontends[ident]
@@ -537,17 +658,31 @@ class Recorder:
                 )
 
     # ------------------------------------------------------------ dispatch
-    def _handle(self, sender: bytes, msg: protocol.Message, now: float) -> None:
-        fe = self._frontend(sender)
-        fe.last_seen = now
+    def _handle(self, sender: bytes, msg: protocol.Message, now: float, key: str = "") -> None:
+        fe = self._frontend(sender, now, key)
+        self._adopt_reconnected_owner(fe)
+        member = self._member(fe)
         try:
             self.tracker.check(sender, msg.seq)
         except protocol.SequenceGapError as e:
-            self._loss(LossReason.SEQUENCE_GAP, e.missing - fe.decode_errors_since_good, str(e))
+            missing = e.missing - fe.decode_errors_since_good  # the undecodable ones are counted already
+            if member:
+                self._loss(LossReason.SEQUENCE_GAP, missing, str(e))
+            elif missing > 0:
+                self.rejected[LossReason.SEQUENCE_GAP] += 1
         except protocol.SequenceRepeatError as e:
-            self._loss(LossReason.DUPLICATE, 1, str(e))
+            if member:
+                self._loss(LossReason.DUPLICATE, 1, str(e))
+            else:
+                self.rejected[LossReason.DUPLICATE] += 1
             return
         fe.decode_errors_since_good = 0
+        refusal = self._refusal(fe, msg, now)
+        if refusal is not None:
+            self._refuse_message(fe, msg, *refusal, now=now)
+            return
+        if self._is_retry(fe, msg, now):
+            return
         if self.spill is not None and sender == self.spill.owner:
             self.spill.last_msg = now
         match msg:
@@ -562,6 +697,8 @@ class Recorder:
                 self._on_spill_start(sender, msg, now)
             case protocol.SpillEnd():
                 self._on_spill_end(sender, msg, now)
+            case protocol.RunStart() if self._joins(fe, msg, now):
+                pass
             case protocol.RunStart():
                 self._on_run_start(sender, msg, now)
             case protocol.RunStop():
@@ -569,15 +706,255 @@ class Recorder:
             case _:
                 self._loss(LossReason.UNEXPECTED_MESSAGE, 1, f"{msg.TYPE.name} is not a front-end message")
 
+    # ------------------------------------------------------------ ownership, refusals, retries
+    def _member(self, fe: FrontEnd) -> bool:
+        """Whether ``fe`` is one of the current run's front-ends (its messages are the run's business)."""
+        r = self.run
+        return r is not None and (fe.ident in r.members or self._owns(fe, r))
+
+    @staticmethod
+    def _owns(fe: FrontEnd, r: Run) -> bool:
+        return fe.ident == r.owner or (r.owner_key != "" and fe.key == r.owner_key)
+
+    def _adopt_reconnected_owner(self, fe: FrontEnd) -> None:
+        """With CURVE, the owner's key on a new identity is the owner reconnected: the run follows it."""
+        r = self.run
+        if r is not None and fe.ident != r.owner and r.owner_key and fe.key == r.owner_key:
+            self._log(
+                logging.WARNING,
+                "run %d: its front-end reconnected (same CURVE key, identity %s -> %s)",
+                r.number,
+                r.owner.hex(),
+                fe.ident.hex(),
+            )
+            self._move_owner(r, fe)
+
+    def _move_owner(self, r: Run, fe: FrontEnd) -> None:
+        mask = r.members.pop(r.owner, _ALL_GROUPS)
+        r.owner, r.owner_key = fe.ident, fe.key
+        r.members[fe.ident] = mask
+        if self.spill is not None:
+            self.spill.owner = fe.ident
+
+    def _owner_silent_s(self, r: Run, now: float) -> float:
+        owner = self.frontends.get(r.owner)
+        return now - owner.last_seen if owner is not None else float("inf")
+
+    def _refusal(
+        self, fe: FrontEnd, msg: protocol.Message, now: float
+    ) -> tuple[protocol.NackCode, str | None, str] | None:
+        """Why ``msg`` must be refused: (NACK code, the loss reason when the sender is in the run, detail),
+        or None when it may be handled. Ownership first, then the run and spill it names."""
+        r, sp, t = self.run, self.spill, msg.TYPE
+        name = t.name
+        code = protocol.NackCode
+        if t not in _FRONTEND_TYPES:
+            return code.NOT_ACCEPTED, LossReason.UNEXPECTED_MESSAGE, f"{name} is not a front-end message"
+        if t == protocol.MessageType.HEARTBEAT:
+            return None
+        if r is None:  # no run: nobody owns anything (data of a run the DAQ does not know: run recovery)
+            return None
+        if isinstance(msg, protocol.RunStart):
+            if self._owns(fe, r) or (msg.run == r.number and fe.ident in r.members):
+                return None
+            silent = self._owner_silent_s(r, now)
+            if silent > self.config.readout.owner_timeout_s or self._may_join(msg):
+                return None  # the owner is gone (a restarted front-end takes over), or a joining one
+            return code.NOT_OWNER, None, f"run {r.number} belongs to front-end {r.owner.hex()}"
+        if t == protocol.MessageType.FRAGMENT:
+            mask = r.members.get(fe.ident, _ALL_GROUPS if self._owns(fe, r) else 0)
+            if not mask >> msg.source & 1:
+                return (
+                    code.NOT_OWNER,
+                    None,
+                    f"readout group {msg.source} of run {r.number} is not this front-end's",
+                )
+            return None
+        if not self._owns(fe, r):
+            return code.NOT_OWNER, None, f"{name}: run {r.number} belongs to front-end {r.owner.hex()}"
+        if (
+            t == protocol.MessageType.SPILL_START
+            and msg.run == r.number
+            and (sp is None or msg.spill != sp.number)
+            and msg.spill <= r.last_spill
+        ):
+            return (
+                code.ALREADY_DONE,
+                LossReason.UNEXPECTED_MESSAGE,
+                f"SPILL_START {msg.spill}: run {r.number} already had spill {r.last_spill} (spill numbers go up)",
+            )
+        return None
+
+    def _refuse_message(
+        self,
+        fe: FrontEnd,
+        msg: protocol.Message,
+        nack: protocol.NackCode,
+        loss: str | None,
+        detail: str,
+        *,
+        now: float,
+    ) -> None:
+        """Refuse a message: the run's loss when its sender is in the run, else counted in ``rejected``; a
+        NACK tells the sender."""
+        if loss is not None and self._member(fe):
+            self._loss(loss, 1, detail)
+        else:
+            self._reject(nack, detail, fe, now)
+        self._nack(fe, msg, nack, detail, now)
+
+    def _reject(self, nack: protocol.NackCode, detail: str, fe: FrontEnd, now: float) -> None:
+        reason = nack.name.lower()
+        self.rejected[reason] += 1
+        held = self._limiter.allow(("rejected", reason), now)
+        if held is not None:
+            more = f" ({held} more since the last such line)" if held else ""
+            self._log(
+                logging.WARNING, "refused (%s) from front-end %s: %s%s", reason, fe.ident.hex(), detail, more
+            )
+
+    def _nack(
+        self, fe: FrontEnd, msg: protocol.Message | None, nack: protocol.NackCode, detail: str, now: float
+    ) -> None:
+        """Tell a front-end its message was refused: a NACK, or RUN_ACK refused for a RUN_START (at most
+        NACK_RATE_PER_S per front-end, else counted)."""
+        fe.nack_tokens = min(NACK_BURST, fe.nack_tokens + (now - fe.nack_time) * NACK_RATE_PER_S)
+        fe.nack_time = now
+        if fe.nack_tokens < 1.0:
+            self.rejected["nack_suppressed"] += 1
+            return
+        fe.nack_tokens -= 1.0
+        answer: protocol.Message
+        if isinstance(msg, protocol.RunStart):  # a RUN_START is answered by RUN_ACK (refused), as always
+            answer = protocol.RunAck.of(msg.run, protocol.RunAck.REFUSED, f"{nack.name.lower()}: {detail}")
+        else:
+            answer = protocol.Nack.about(msg, nack, detail)
+        self._out.append(Send(fe.ident, fe.seq_out.stamp(answer)))
+
+    def _repeated_stop(self, fe: FrontEnd, msg: protocol.Message) -> bool:
+        st = self.stopped
+        return (
+            st is not None and msg.run == st[0] and (fe.ident == st[1] or (st[2] != "" and fe.key == st[2]))
+        )
+
+    def _is_retry(self, fe: FrontEnd, msg: protocol.Message, now: float) -> bool:
+        """A control message repeating one already handled (a front-end's retry): ignored, counted, logged
+        at most every LOG_INTERVAL_S."""
+        r, sp = self.run, self.spill
+        match msg:
+            case protocol.SpillStart():
+                retry = sp is not None and r is not None and msg.run == sp.run and msg.spill == sp.number
+            case protocol.SpillEnd():
+                retry = (
+                    r is not None and msg.spill == r.ended_spill and (sp is None or sp.number != msg.spill)
+                )
+            case protocol.RunStop():
+                retry = r is None and self._repeated_stop(fe, msg)
+            case protocol.RunStart():
+                retry = (
+                    r is not None
+                    and msg.seq != 0  # numbered from 0 again: the front-end restarted (below)
+                    and msg.run == r.number
+                    and fe.ident == r.owner
+                    and msg.n_samples == r.n_samples
+                    and np.array_equal(np.asarray(msg.prim_channels), r.prim_channels)
+                )
+            case _:
+                retry = False
+        if retry:
+            self.retries += 1
+            if isinstance(msg, protocol.RunStart):
+                self._acknowledge(fe.ident, msg.run)  # it may not have had the first RUN_ACK
+            held = self._limiter.allow(("retry", msg.TYPE), now)
+            if held is not None:
+                self._log(
+                    logging.INFO,
+                    "%s run %d spill %d repeated by front-end %s: a retry, ignored%s",
+                    msg.TYPE.name,
+                    msg.run,
+                    msg.spill,
+                    fe.ident.hex(),
+                    f" ({held} more since the last such line)" if held else "",
+                )
+        return retry
+
+    @staticmethod
+    def _groups_of(msg: protocol.RunStart) -> int:
+        """The readout groups a RUN_START claims (its info's ``groups`` list; all without one), as a mask."""
+        groups = (
+            _info_groups(bytes(msg.info).decode("utf-8", errors="replace")) if msg.info is not None else None
+        )
+        if groups is None:
+            return _ALL_GROUPS
+        return sum(1 << g for g in set(groups))
+
+    def _may_join(self, msg: protocol.RunStart) -> bool:
+        """Whether a RUN_START of the current run from another front-end joins it: it names readout groups
+        in its info, and none of them is owned yet."""
+        r = self.run
+        if r is None or msg.run != r.number or msg.n_samples != r.n_samples:
+            return False
+        groups = (
+            _info_groups(bytes(msg.info).decode("utf-8", errors="replace")) if msg.info is not None else None
+        )
+        if not groups:
+            return False
+        taken = 0
+        for mask in r.members.values():
+            taken |= mask
+        return not self._groups_of(msg) & taken
+
+    def _joins(self, fe: FrontEnd, msg: protocol.RunStart, now: float) -> bool:
+        """A second front-end joins the run for its readout groups (see :meth:`_may_join`)."""
+        r = self.run
+        if r is None or self._owns(fe, r):
+            return False
+        if fe.ident in r.members:
+            return True  # already in: a retry
+        if not self._may_join(msg):
+            return False
+        r.members[fe.ident] = self._groups_of(msg)
+        if msg.info is not None:
+            fe.name = _name_from_info(bytes(msg.info).decode("utf-8", errors="replace"))
+        groups = [detector.Detector(g).name for g in range(detector.N_GROUPS) if r.members[fe.ident] >> g & 1]
+        self._log(
+            logging.INFO, "run %d: front-end %s joins for %s", r.number, fe.ident.hex(), ", ".join(groups)
+        )
+        return True
+
+    def _take_over(self, fe: FrontEnd, r: Run, now: float) -> None:
+        """A RUN_START from another front-end while the owner has been silent for owner_timeout_s."""
+        self._log(
+            logging.WARNING,
+            "run %d: front-end %s takes it over (its owner %s silent for %.1f s)",
+            r.number,
+            fe.ident.hex(),
+            r.owner.hex(),
+            self._owner_silent_s(r, now),
+        )
+        self._move_owner(r, fe)
+
+    def _run_start_problem(self, msg: protocol.RunStart) -> str:
+        """Why the DAQ cannot record a run this RUN_START describes ("" if it can)."""
+        if msg.n_channels != detector.N_CHANNELS:
+            return f"n_channels {msg.n_channels}: the detector has {detector.N_CHANNELS} channels"
+        return ""
+
     # ------------------------------------------------------------ run
     def _on_run_start(self, sender: bytes, msg: protocol.RunStart, now: float) -> None:
         if self._refuse_reused_run(sender, msg):
             return
+        fe = self.frontends[sender]
+        problem = self._run_start_problem(msg)
+        if problem:  # refused before anything changes: the current run (if any) goes on
+            self._run_rejected(fe, msg, problem, now)
+            return
         r = self.run
+        if r is not None and not self._owns(fe, r):
+            self._take_over(fe, r, now)  # reached only when the owner has been silent (see _refusal)
         if (
             r is not None
             and msg.run == r.number
-            and sender == r.owner
             and msg.n_samples == r.n_samples
             and np.array_equal(np.asarray(msg.prim_channels), r.prim_channels)
         ):
@@ -613,29 +990,31 @@ class Recorder:
             self._refuse(sender, msg.run, problem)
             return
         info = bytes(msg.info).decode("utf-8", errors="replace") if msg.info is not None else "{}"
-        self.frontends[sender].name = _name_from_info(info)
+        fe.name = _name_from_info(info)
         prim = np.asarray(msg.prim_channels, dtype=np.uint16).copy()
+        period_ns = msg.sample_period_ps / 1000.0
         try:
             trig = Trigger(self.config.trigger, constants, prim)
-        except ConfigError as e:
+            readout = Readout(constants, msg.n_samples, len(prim), self.config.reco, period_ns, prim)
+            _check_window(msg.n_samples, constants, self.config.reco, period_ns)
+        except (ConfigError, ValueError) as e:
             self.run = None
-            self.alarms["run"] = f"run {msg.run} rejected: {e}"
-            self._log(logging.ERROR, "run %d rejected: %s", msg.run, e)
-            self._loss(LossReason.RUN_REJECTED, 1, str(e))
-            self._refuse(sender, msg.run, str(e))
+            self._run_rejected(fe, msg, str(e), now)
             return
-        if msg.n_channels != detector.N_CHANNELS:
-            self._log(
-                logging.WARNING,
-                "front-end declares %d channels, the detector model has %d",
-                msg.n_channels,
-                detector.N_CHANNELS,
-            )
-        period_ns = msg.sample_period_ps / 1000.0 if msg.sample_period_ps else detector.SAMPLE_PERIOD_NS
-        readout = Readout(constants, msg.n_samples, len(prim), self.config.reco, period_ns, prim)
         self.run = Run(
-            msg.run, sender, trig, readout, prim, msg.n_samples, period_ns, info, constants.version
+            msg.run,
+            sender,
+            trig,
+            readout,
+            prim,
+            msg.n_samples,
+            period_ns,
+            info,
+            constants.version,
+            owner_key=fe.key,
+            members={sender: self._groups_of(msg)},
         )
+        self.stopped = None
         self.alarms.pop("run", None)
         self.losses_run = Losses()
         self.eot_run = self.events_run = self.spills_run = 0
@@ -650,6 +1029,12 @@ class Recorder:
             msg.n_samples,
             constants.version,
         )
+
+    def _run_rejected(self, fe: FrontEnd, msg: protocol.RunStart, problem: str, now: float) -> None:
+        self.alarms["run"] = f"run {msg.run} rejected: {problem}"
+        self._log(logging.ERROR, "run %d rejected: %s", msg.run, problem)
+        self._loss(LossReason.RUN_REJECTED, 1, problem)
+        self._refuse(fe.ident, msg.run, problem)  # RUN_ACK refused (issue 16)
 
     def _constants_for(self, run: int) -> ChannelConstants | None:
         """The run's constants (the environment's choice), or None: the run must not be recorded."""
@@ -667,14 +1052,20 @@ class Recorder:
             self._loss(LossReason.SPILL_END_MISSING, 1, f"RUN_STOP while spill {self.spill.number} is open")
             self._end_spill(complete=False, now=now)
         self._flush_run(now)
-        self._log(
-            logging.INFO,
-            "run %d stopped by the front-end (%d spills, EOT %d, %d events)",
-            msg.run,
-            self.spills_run + len(self.closing),  # the last files may still be closing
-            self.eot_run,
-            self.events_run,
-        )
+        held = 0 if self.run is not None else self._limiter.allow("stop_outside_run", now)
+        if held is not None:  # outside a run (a run the DAQ does not know): at most one line per 10 s
+            self._log(
+                logging.INFO,
+                "run %d stopped by the front-end (%d spills, EOT %d, %d events)%s",
+                msg.run,
+                self.spills_run + len(self.closing),  # the last files may still be closing
+                self.eot_run,
+                self.events_run,
+                f" ({held} more RUN_STOPs outside a run since the last such line)" if held else "",
+            )
+        r = self.run
+        if r is not None:
+            self.stopped = (r.number, r.owner, r.owner_key)
         self.run = None
         self.run_stopped = True
         self._check_run_finished(msg.run)
@@ -720,6 +1111,7 @@ class Recorder:
             hist=SpillHistograms(h.arrival_bins, h.ecal_bins, h.ecal_max_gev, h.prs_bins, h.prs_max_gev),
         )
         self.spill = sp
+        r.last_spill = max(r.last_spill, msg.spill)
         r.trigger.new_spill()
         r.readout.new_spill()
         self.free_disk_bytes = free = self.env.free_bytes()
@@ -766,6 +1158,8 @@ class Recorder:
         sp.t_end_ns = msg.t_end_ns
         sp.ended_by = "SPILL_END"
         self._check_cut_short(sp, msg)
+        if self.run is not None:
+            self.run.ended_spill = msg.spill
         self._end_spill(complete=True, now=now)
 
     def _end_spill(self, complete: bool, now: float) -> None:
@@ -953,7 +1347,11 @@ class Recorder:
             index=d.index,
             t_ns=d.t_ns,
         )
-        self._out.append(Send(sender, self._frontend(sender).seq_out.stamp(req)))
+        # to the slice's sender first, then to every other front-end of the run (each answers its groups)
+        for ident in (sender, *(m for m in r.members if m != sender)):
+            fe = self.frontends.get(ident)
+            if fe is not None:
+                self._out.append(Send(ident, fe.seq_out.stamp(req)))
 
     def _on_fragment(self, sender: bytes, msg: protocol.Fragment, now: float) -> None:
         r = self.run
@@ -1239,6 +1637,33 @@ def _kind(e: ProtocolError) -> str:
     """``ChecksumError`` -> ``checksum``: the loss sub-key of a protocol error."""
     name = type(e).__name__.removesuffix("Error")
     return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_") or "protocol"
+
+
+def _check_window(n_samples: int, constants: ChannelConstants, reco: RecoConfig, period_ns: float) -> None:
+    """Raise ValueError when the reconstruction cannot use readout windows of ``n_samples`` samples
+    (asked of the reconstruction itself, on one empty window: its rule is not repeated here)."""
+    wf = np.zeros((1, detector.N_CHANNELS, n_samples), np.uint16)
+    reconstruct(
+        wf,
+        constants.gain,
+        noise=constants.noise,
+        time_offset_ns=constants.time_offset_ns,
+        status=constants.status,
+        config=reco,
+        sample_period_ns=period_ns,
+    )
+
+
+def _info_groups(info: str) -> list[int] | None:
+    """The ``groups`` list of a RUN_START's info (readout group numbers), None if absent or not valid."""
+    try:
+        doc = json.loads(info)
+    except json.JSONDecodeError:
+        return None
+    groups = doc.get("groups") if isinstance(doc, dict) else None
+    if not isinstance(groups, list) or not all(type(g) is int and 0 <= g < detector.N_GROUPS for g in groups):
+        return None
+    return [int(g) for g in groups]
 
 
 def _name_from_info(info: str) -> str:

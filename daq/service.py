@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 import zmq
 
-from daq import config_loader, kernels, protocol
+from daq import config_loader, curve, kernels, protocol
 from daq.daq_config import DaqConfig
 from daq.errors import ConfigError
 from daq.process import tune_gc, tune_malloc
@@ -135,8 +135,11 @@ class DaqService:
         calibration: Sequence[str | Path] = (),
         stop_after_run: bool = False,
         observers: Sequence[Observer] = (),
+        server_keys: curve.ServerKeys | None = None,
     ) -> None:
         self.config = config or DaqConfig()
+        #: CURVE on both sockets (front-ends and DQM feed) with an allow-list, or None
+        self.server_keys = server_keys
         self.observers = list(observers)
         self._observer_failed: set[str] = set()
         self.endpoint = endpoint
@@ -189,12 +192,30 @@ class DaqService:
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.RCVHWM, 10_000)
+        # a peer sending a larger frame is disconnected before the frame is taken into memory
+        self.router.setsockopt(zmq.MAXMSGSIZE, int(self.config.readout.max_frame_mb * 1e6))
         # the DQM feed is only ever sent to without blocking
         self.pub: zmq.Socket[bytes] = ctx.socket(zmq.XPUB)
         self.pub.setsockopt(zmq.XPUB_NODROP, 1)
         self.pub.setsockopt(zmq.SNDHWM, self.config.monitor.sndhwm)
         self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub.setsockopt(zmq.MAXMSGSIZE, 1 << 16)  # only subscriptions come back
+        allow: curve.AllowList | None = None
         try:
+            if self.server_keys is not None:
+                allow = curve.AllowList(ctx, self.server_keys, self._on_denied)
+                allow.start()
+                curve.secure_server(self.router, self.server_keys)
+                curve.secure_server(self.pub, self.server_keys)
+            else:
+                for option, ep in (("--endpoint", self.endpoint), ("--publish", self.publish)):
+                    if not curve.is_loopback(ep):
+                        log.warning(
+                            "%s %s is reachable from other machines without CURVE: any peer there can "
+                            "connect (--server-key and --allowed-clients turn it on, docs/protocol.md)",
+                            option,
+                            ep,
+                        )
             try:
                 self.router.bind(self.endpoint)
                 self.pub.bind(self.publish)
@@ -220,6 +241,8 @@ class DaqService:
                 self.writer.stop()
             self.router.close(0)
             self.pub.close(0)
+            if allow is not None:
+                allow.stop()
             ctx.term()
         refused = self.recorder.refused
         if refused:
@@ -246,6 +269,10 @@ class DaqService:
             "calibration": [str(p) for p in self.calibration_paths],
         }
         return d
+
+    def _on_denied(self, address: str) -> None:
+        """A CURVE handshake refused (the client's key is not allowed): counted, logged at most every 10 s."""
+        self._now_all(self.recorder.not_authorized(address, time.monotonic()))
 
     def _on_signal(self, sig: int) -> None:
         log.info("%s received: closing the current spill and stopping", signal.Signals(sig).name)
@@ -297,20 +324,23 @@ class DaqService:
             loop.remove_reader(fd)
             ready.set()
 
+        curve_on = self.server_keys is not None
         while True:
-            n = 0
+            turn = time.monotonic() + 0.02
             while True:
-                try:
-                    frames = self.router.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-                except zmq.Again:
+                frames = await self._recv_bounded()
+                if frames is None:
                     break
                 try:
-                    await self._apply(self.recorder.receive(frames[0].bytes, frames[1:], time.monotonic()))
+                    key = str(frames[1].get("User-Id")) if curve_on and len(frames) > 1 else ""
+                    await self._apply(
+                        self.recorder.receive(frames[0].bytes, frames[1:], time.monotonic(), key)
+                    )
                 except Exception as e:  # never let one message stop the DAQ
                     await self._apply(self.recorder.internal_error(e))
-                n += 1
-                if n % 64 == 0:
+                if time.monotonic() > turn:
                     await asyncio.sleep(0)  # let housekeeping run during long bursts
+                    turn = time.monotonic() + 0.02
             ready.clear()
             if int(self.router.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 await asyncio.sleep(0)  # never spin without giving the loop a turn
@@ -324,6 +354,26 @@ class DaqService:
             finally:
                 backup.cancel()
                 loop.remove_reader(fd)
+
+    async def _recv_bounded(self) -> list[zmq.Frame] | None:
+        """The next message (identity first), or None when none waits. Frames beyond what any message may
+        have (the identity, the header, MAX_FRAMES arrays) are read and dropped as they come: a message of
+        100 000 frames is never held (the decoder refuses the truncated message by its frame count), and
+        the loop gets a turn every 4096 frames while one is read."""
+        try:
+            frames = [self.router.recv(flags=zmq.NOBLOCK, copy=False)]
+        except zmq.Again:
+            return None
+        limit = protocol.MAX_FRAMES + 3
+        n = 1
+        while self.router.getsockopt(zmq.RCVMORE):
+            frame = self.router.recv(copy=False)
+            if n < limit:
+                frames.append(frame)
+            n += 1
+            if n % 4096 == 0:
+                await asyncio.sleep(0)
+        return frames
 
     async def _housekeeping(self) -> None:
         while True:
@@ -487,6 +537,10 @@ class DaqService:
     # ------------------------------------------------------------ sockets
     async def _send(self, send: Send) -> None:
         frames = protocol.encode(send.message)
+        if isinstance(send.message, protocol.Nack):  # best effort: a peer that does not read gets none
+            with contextlib.suppress(zmq.ZMQError):
+                self.router.send_multipart([send.to, *frames], flags=zmq.NOBLOCK, copy=False)
+            return
         deadline = time.monotonic() + self.config.readout.send_timeout_s
         while True:
             try:

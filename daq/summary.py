@@ -27,8 +27,8 @@ from daq.contract import DaqState, SpillStatus
 from daq.errors import ProtocolError
 
 SUMMARY_VERSION: Final = 1
-#: 2 added ``run_frontends``; 3 ``losses_outside_spills`` and ``gaps``
-STATUS_VERSION: Final = 3
+#: 2 added ``run_frontends``; 3 ``losses_outside_spills`` and ``gaps``; 4 ``rejected`` (issue 17)
+STATUS_VERSION: Final = 4
 #: names of the per-spill histograms of every particle
 ARRIVAL_TIME: Final = "arrival_time"
 ECAL_BLOCK_GEV: Final = "ecal_block_gev"
@@ -160,6 +160,12 @@ class DaqStatus(_Document):
     #: the current run's front-ends (ids as in ``frontends``; empty between runs): only they are expected
     #: to speak (an earlier run's identity stays listed in ``frontends`` for an hour)
     run_frontends: tuple[str, ...] = field(default=(), metadata={"since": 2})
+    #: messages refused since the DAQ started, by reason, that are not the run's losses: from peers outside
+    #: the run (a NACK code's name: not_owner, no_run, no_spill, already_done, malformed, invalid,
+    #: run_refused, not_accepted; their duplicate and sequence_gap), not_authorized (CURVE handshakes
+    #: refused), nack_suppressed (NACKs not sent: rate limit), frontends_evicted (identities forgotten
+    #: beyond the limit)
+    rejected: Mapping[str, int] = field(default_factory=dict, metadata={"since": 4})
     losses_run: Mapping[str, int] = field(default_factory=dict)
     #: losses outside any spill since the last run summary (between spills, before a run): never a spill's
     losses_outside_spills: Mapping[str, int] = field(default_factory=dict, metadata={"since": 3})

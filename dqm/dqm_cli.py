@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import ipaddress
 import logging
+from pathlib import Path
 from typing import Any
 
 from dqm.errors import DqmUserError
@@ -52,7 +53,45 @@ def register(subparsers: Any) -> None:
         "--mqtt",
         default=None,
         metavar="URL",
-        help="MQTT broker for alarms and status, e.g. mqtt://127.0.0.1:1883 (default: no MQTT)",
+        help="MQTT broker for alarms and status, e.g. mqtt://127.0.0.1:1883, or mqtts://HOST:8883 for TLS "
+        "(default: no MQTT); never a user or password in it: see --mqtt-credentials",
+    )
+    p.add_argument(
+        "--mqtt-ca",
+        default=None,
+        metavar="FILE",
+        help="CA certificate (PEM) that signed the broker's certificate, for mqtts:// (default: the "
+        "system's CAs)",
+    )
+    p.add_argument(
+        "--mqtt-credentials",
+        default=None,
+        metavar="FILE",
+        help="file whose first line is USERNAME:PASSWORD for the broker (mode 0600); without it, "
+        "NA64_MQTT_USERNAME and NA64_MQTT_PASSWORD from the environment, else anonymous",
+    )
+    p.add_argument(
+        "--server-public-key",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="live mode: the DAQ's public key file, when the DAQ runs with --server-key (CURVE; with "
+        "--client-key)",
+    )
+    p.add_argument(
+        "--client-key",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="live mode: this DQM's secret key file (NAME.key_secret); its NAME.key must be in the DAQ's "
+        "--allowed-clients directory",
+    )
+    p.add_argument(
+        "--login-file",
+        default=None,
+        metavar="FILE",
+        help="the page asks for a login: lines USER:PASSWORD (a file only its owner can read); "
+        "recommended whenever --host is not a loopback address",
     )
     p.add_argument(
         "--reference",
@@ -164,6 +203,21 @@ def run_dqm(args: argparse.Namespace) -> int:
         raise DqmUserError(f"--port {args.port} is not in 0..65535")
     config = load_config(args.config, beam_energy_gev=args.beam_energy)
     source = None if args.files else check_endpoint(args.source or DEFAULT_SOURCE)
+    from daq.curve import client_keys
+    from dqm.login import LoginFile
+    from dqm.mqtt import BrokerAddress, credentials
+
+    keys = client_keys(args.server_public_key, args.client_key)
+    if keys is not None and source is None:
+        raise DqmUserError("--server-public-key/--client-key are for live mode (--source), not for FILES")
+    mqtt = (
+        BrokerAddress.parse(args.mqtt, args.mqtt_ca, credentials(args.mqtt_credentials))
+        if args.mqtt
+        else None
+    )
+    if mqtt is None and (args.mqtt_ca or args.mqtt_credentials):
+        raise DqmUserError("--mqtt-ca and --mqtt-credentials need --mqtt URL")
+    login = LoginFile.load(args.login_file) if args.login_file else None
     ref = reference.load(args.reference, config) if args.reference else None
     if ref is not None:
         log.info("checks compare with %s", ref.source)
@@ -184,11 +238,13 @@ def run_dqm(args: argparse.Namespace) -> int:
         host=_check_host(args.host),
         port=args.port,
         allow_origins=[_check_origin(o) for o in args.allow_origin],
-        mqtt_url=args.mqtt,
+        mqtt_url=mqtt,
         reference=ref,
         workers=workers,
         scheduler=scheduler,
         on_serving=on_serving,
+        client_keys=keys,
+        login=login,
     )
     if args.metrics_port is not None:
         from daq.ops_http import OpsServer

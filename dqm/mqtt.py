@@ -29,10 +29,11 @@ import math
 import os
 import random
 import socket
+import ssl
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -50,23 +51,77 @@ ShelveHandler = Callable[[str, str, float, str], None]
 
 @dataclass(frozen=True)
 class BrokerAddress:
+    """Where the broker is and how to log in: ``mqtts://`` is TLS (the server's certificate checked
+    against ``ca_file``, else the system's CAs); a username and password come from a file or the
+    environment (:func:`credentials`), never from the URL (a command line is visible to every user)."""
+
     host: str
     port: int
+    tls: bool = False
+    ca_file: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
 
     @classmethod
-    def parse(cls, url: str) -> BrokerAddress:
-        """``mqtt://host[:port]`` (or ``tcp://``) -> address; a bad URL is a user error."""
+    def parse(
+        cls, url: str, ca_file: str | None = None, login: tuple[str, str] | None = None
+    ) -> BrokerAddress:
+        """``mqtt://host[:port]`` (or ``tcp://``; 1883) or ``mqtts://host[:port]`` (8883) -> address; a bad
+        URL, a password in it or a CA file without TLS is a user error."""
         parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-        if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
-            raise DqmUserError(f"bad --mqtt URL {url!r}: expected mqtt://HOST[:PORT]")
+        if parts.scheme not in ("mqtt", "tcp", "mqtts") or not parts.hostname:
+            raise DqmUserError(f"bad --mqtt URL {url!r}: expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+        if parts.username is not None or parts.password is not None:
+            raise DqmUserError(
+                "--mqtt: no user or password in the URL (every user of the machine can read a command "
+                "line); give them in a file (--mqtt-credentials FILE) or in NA64_MQTT_USERNAME and "
+                "NA64_MQTT_PASSWORD"
+            )
+        tls = parts.scheme == "mqtts"
+        if ca_file is not None and not tls:
+            raise DqmUserError("--mqtt-ca is for TLS: use an mqtts:// URL")
+        if ca_file is not None and not os.path.isfile(ca_file):
+            raise DqmUserError(f"--mqtt-ca {ca_file}: no such file")
         try:
-            port = parts.port or 1883
+            port = parts.port or (8883 if tls else 1883)
         except ValueError:
             raise DqmUserError(f"bad --mqtt URL {url!r}: port is not a number in 1..65535") from None
-        return cls(parts.hostname, port)
+        user, password = login if login is not None else (None, None)
+        return cls(parts.hostname, port, tls, ca_file, user, password)
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context of an ``mqtts://`` broker (certificate and host name checked), else None."""
+        if not self.tls:
+            return None
+        return ssl.create_default_context(cafile=self.ca_file)
 
     def __str__(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        login = f"{self.username}@" if self.username else ""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{login}{self.host}:{self.port}"
+
+
+def credentials(path: str | None, environ: Mapping[str, str] = os.environ) -> tuple[str, str] | None:
+    """The broker login: the first line ``USERNAME:PASSWORD`` of ``path`` (a file only its owner can
+    read), else ``NA64_MQTT_USERNAME`` and ``NA64_MQTT_PASSWORD``, else None (anonymous)."""
+    if path is not None:
+        try:
+            st = os.stat(path)
+            with open(path, encoding="utf-8") as f:
+                line = f.readline().rstrip("\r\n")
+        except OSError as e:
+            raise DqmUserError(f"--mqtt-credentials {path}: cannot read it ({e.strerror or e})") from None
+        user, sep, password = line.partition(":")
+        if not sep or not user:
+            raise DqmUserError(f"--mqtt-credentials {path}: the first line must be USERNAME:PASSWORD")
+        if st.st_mode & 0o077:
+            log.warning("--mqtt-credentials %s is readable by other users: chmod 600 it", path)
+        return user, password
+    env_user = environ.get("NA64_MQTT_USERNAME")
+    if env_user:
+        return env_user, environ.get("NA64_MQTT_PASSWORD", "")
+    if environ.get("NA64_MQTT_PASSWORD"):
+        raise DqmUserError("NA64_MQTT_PASSWORD is set without NA64_MQTT_USERNAME")
+    return None
 
 
 class MqttPublisher:
@@ -142,6 +197,9 @@ class MqttPublisher:
                     self.address.host,
                     self.address.port,
                     identifier=self.client_id,
+                    username=self.address.username,
+                    password=self.address.password,
+                    tls_context=self.address.tls_context(),
                     will=aiomqtt.Will(self.topic("status"), self.will_payload, qos=1, retain=True),
                     keepalive=cfg.keepalive_s,
                     timeout=5.0,

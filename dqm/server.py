@@ -62,6 +62,17 @@ def websocket_origins(host: str, port: int, extra: Sequence[str]) -> list[str]:
     return sorted(base | set(extra))
 
 
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class DqmService:
     """One DQM process. ``await run()`` serves until :meth:`request_stop` (or SIGINT/SIGTERM)."""
 
@@ -74,13 +85,17 @@ class DqmService:
         host: str = "127.0.0.1",
         port: int = 5006,
         allow_origins: Sequence[str] = (),
-        mqtt_url: str | None = None,
+        mqtt_url: str | BrokerAddress | None = None,
         reference: Baseline | None = None,
         workers: int | None = None,
         scheduler: str | None = None,
         on_serving: Callable[[], None] | None = None,
+        client_keys: Any = None,
+        login: Any = None,
     ) -> None:
         self.config = config
+        #: the page's login (dqm.login.LoginFile), or None: no login
+        self.login = login
         #: called once the page is served (the operations endpoint's health, systemd's READY=1)
         self.on_serving = on_serving
         self.mode = "live" if source else "offline"
@@ -93,7 +108,7 @@ class DqmService:
         self.hub = SnapshotHub(snapshot.Axes.of(self.monitor.spec), self.monitor.check_names())
         self.mqtt = (
             MqttPublisher(
-                BrokerAddress.parse(mqtt_url),
+                mqtt_url if isinstance(mqtt_url, BrokerAddress) else BrokerAddress.parse(mqtt_url),
                 config.mqtt,
                 on_ack=self._ack_from_mqtt,
                 on_shelve=self._shelve_from_mqtt,
@@ -109,7 +124,9 @@ class DqmService:
         self._live: LiveSource | None = None
         self._files: FileSource | ParallelFileSource | None = None
         if source:
-            self._live = LiveSource(source, self._handle, on_error=self._decode_error)
+            self._live = LiveSource(
+                source, self._handle, on_error=self._decode_error, client_keys=client_keys
+            )
         elif scheduler is not None or (workers is not None and workers > 0):
             from dqm.offline import ParallelFileSource  # dask only when asked for
 
@@ -241,15 +258,30 @@ class DqmService:
         self._stop.set()
 
     def _bokeh_server(self, app: Application, origins: list[str]) -> Server:
+        auth: dict[str, Any] = {}
+        if self.login is not None:
+            from dqm.login import PageLogin
+
+            provider = PageLogin(self.login)
+            auth = {"auth_provider": provider, "cookie_secret": provider.cookie_secret, "xsrf_cookies": True}
+        elif not _loopback(self.host):
+            log.warning(
+                "the page on %s:%d is reachable from other machines without a login: anyone there can see "
+                "it and acknowledge alarms (--login-file FILE asks for one; docs/dqm.md)",
+                self.host,
+                self.port,
+            )
         return Server(
             {"/": app},
             io_loop=IOLoop.current(),
             address=self.host,
             port=self.port,
+            # the websocket's Origin is checked against this explicit list (never "*")
             allow_websocket_origin=origins,
             unused_session_lifetime_milliseconds=5000,
             check_unused_sessions_milliseconds=2000,
             keep_alive_milliseconds=10000,
+            **auth,
         )
 
     async def run(self) -> int:

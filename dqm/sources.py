@@ -62,8 +62,11 @@ class LiveSource:
         on_error: ErrorHandler | None = None,
         rcvhwm: int = 2000,
         context: zmq.Context | None = None,
+        client_keys: Any = None,
     ) -> None:
         self.endpoint = check_endpoint(endpoint)
+        #: CURVE towards a DAQ run with --server-key (daq.curve.ClientKeys), or None
+        self.client_keys = client_keys
         self.handler = handler
         self.on_error = on_error
         self.rcvhwm = rcvhwm
@@ -92,6 +95,10 @@ class LiveSource:
         sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SUBSCRIBE, b"")
+        if self.client_keys is not None:
+            from daq.curve import secure_client
+
+            secure_client(sock, self.client_keys)
         sock.connect(self.endpoint)
         log.info("subscribed to %s", self.endpoint)
         poller = zmq.Poller()

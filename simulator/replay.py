@@ -97,6 +97,8 @@ class ReplayConfig:
     stall_timeout_s: float = 30.0
     #: recorded slices sent as one slice (1: as recorded); see the module doc
     merge_slices: int = 1
+    #: CURVE towards a DAQ run with --server-key (daq.curve.ClientKeys), or None
+    client_keys: Any = None
 
     def __post_init__(self) -> None:
         if self.speed is not None and not self.speed > 0:
@@ -139,7 +141,9 @@ class ReplayReport:
     runs: int = 0
     late_requests: int = 0  # requests for a spill already closed (answered header-only)
     decode_errors: int = 0
-    unexpected: int = 0  # messages from the DAQ that are not READOUT_REQUESTs
+    unexpected: int = 0  # messages from the DAQ that are not READOUT_REQUESTs or NACKs
+    #: NACKs from the DAQ by code name
+    nacks: dict[str, int] = field(default_factory=dict)
     beam_s: float = 0.0  # beam time covered: spill durations plus the recorded gaps between spills
     wall_s: float = 0.0
     stopped: bool = False  # ended early by a stop request
@@ -245,6 +249,10 @@ class Replayer:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, int(cfg.linger_s * 1000))
         sock.setsockopt(zmq.SNDTIMEO, int(cfg.stall_timeout_s * 1000))
+        if cfg.client_keys is not None:
+            from daq.curve import secure_client
+
+            secure_client(sock, cfg.client_keys)
         try:
             sock.connect(cfg.endpoint)
         except zmq.ZMQError as e:
@@ -508,6 +516,9 @@ class Replayer:
             if isinstance(msg, protocol.RunAck | protocol.AnnounceRequest):
                 self._control(msg)
                 continue
+            if isinstance(msg, protocol.Nack):
+                self._nacked(msg)
+                continue
             if not isinstance(msg, protocol.ReadoutRequest):
                 self.report.unexpected += 1
                 self._log_once("unexpected", "unexpected %s from the DAQ; ignored", msg.TYPE.name)
@@ -585,6 +596,14 @@ class Replayer:
             raise ReplayStalled(
                 f"the DAQ at {self.config.endpoint} has taken no message for {self.config.stall_timeout_s:.0f} s"
             ) from None
+
+    def _nacked(self, nack: protocol.Nack) -> None:
+        """The DAQ refused a message: counted by code, logged once per code."""
+        code = nack.reason.split(":", 1)[0]
+        self.report.nacks[code] = self.report.nacks.get(code, 0) + 1
+        self._log_once(
+            f"nack-{code}", "the DAQ refused a message (seq %d): %s", nack.refused_seq, nack.reason
+        )
 
     def _log_once(self, key: str, fmt: str, *args: Any) -> None:
         if key not in self._logged:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from daq.curve import add_client_options, client_keys_of
 from daq.errors import ConfigError, UserError
 from daq.files import PARTIAL_SUFFIX, SpillFile, list_spill_files
 from daq.process import tune_gc, tune_malloc
@@ -37,6 +38,7 @@ def register(sub: Any) -> None:
     )
     pace.add_argument("--pace", choices=["max"], default=None, help="'max': as fast as the DAQ takes it")
     p.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="the DAQ's front-end endpoint (ROUTER)")
+    add_client_options(p, "front-end")
     p.add_argument(
         "--slice-ms", type=float, default=None, help="slice length for files that do not record it"
     )
@@ -101,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
             original_times=not args.own_times,
             stall_timeout_s=args.stall_timeout,
             merge_slices=args.merge_slices,
+            client_keys=client_keys_of(args),
         )
     except ValueError as e:
         raise ConfigError(f"replay: {e}") from None
@@ -119,6 +122,11 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(s, h)
     report.skipped[:0] = partial
     print(f"na64 replay: {report.summary_line()}", flush=True)
+    if report.nacks:
+        print(
+            f"na64 replay: the DAQ refused {sum(report.nacks.values())} messages: {report.nacks}", flush=True
+        )
+
     for path, reason in report.skipped:
         print(f"  skipped {path.name}: {reason}", flush=True)
     if report.n_spills == 0 and not report.stopped:

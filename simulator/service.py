@@ -24,7 +24,7 @@ from collections.abc import Callable
 import numpy as np
 import zmq
 
-from daq import protocol
+from daq import curve, protocol
 from daq.errors import ConfigError, ProtocolError
 from daq.process import term_context
 from simulator.config import SimConfig
@@ -69,9 +69,13 @@ class Service:
         truth_sink: TruthSink | None = None,
         on_spill_end: Callable[[int, dict[str, float]], None] | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        client_keys: curve.ClientKeys | None = None,
     ) -> None:
         self.config = config
         self.endpoint = endpoint
+        self.client_keys = client_keys
+        #: NACKs received from the DAQ, by code name
+        self.nacks: dict[str, int] = {}
         self.n_spills = n_spills
         self.on_spill_end = on_spill_end
         self.fe = FrontEnd(config, truth_sink)
@@ -110,6 +114,8 @@ class Service:
         sock.setsockopt(zmq.SNDHWM, 20000)
         sock.setsockopt(zmq.RCVHWM, 20000)
         sock.setsockopt(zmq.LINGER, int(self.config.readout.linger_s * 1000))
+        if self.client_keys is not None:
+            curve.secure_client(sock, self.client_keys)
         try:
             sock.connect(self.endpoint)
         except zmq.ZMQError as e:
@@ -161,6 +167,8 @@ class Service:
             for line in self.lost:
                 log.error("  lost: %s", line)
             return 1
+        if self.nacks:  # messages the DAQ refused (a malformed one, a spill it did not know)
+            log.error("the DAQ refused %d messages of this run: %s", sum(self.nacks.values()), self.nacks)
         return 0
 
     # ------------------------------------------------------------ the DAQ's acknowledgement
@@ -411,8 +419,22 @@ class Service:
                 self._on_ack(msg)
             elif isinstance(msg, protocol.AnnounceRequest):
                 self.announce_requested = True
+            elif isinstance(msg, protocol.Nack):
+                self._nacked(msg)
             else:
                 log.debug("ignoring %s from the DAQ", msg.TYPE.name)
+
+    def _nacked(self, nack: protocol.Nack) -> None:
+        """The DAQ refused a message (docs/protocol.md, NACK): logged once per reason, counted."""
+        name = nack.reason.split(":", 1)[0]
+        if name not in self.nacks:
+            log.warning(
+                "the DAQ refused message seq %d (type %d): %s (further refusals of this kind are counted)",
+                nack.refused_seq,
+                nack.refused_type,
+                nack.reason,
+            )
+        self.nacks[name] = self.nacks.get(name, 0) + 1
 
     def _on_ack(self, msg: protocol.RunAck) -> None:
         if msg.run != self.config.run:

@@ -9,6 +9,7 @@ from types import FrameType
 from typing import Any
 
 from daq import config_loader, detector
+from daq.curve import add_client_options, client_keys_of
 from daq.errors import ConfigError, UserError
 from simulator.config import SimConfig
 
@@ -25,6 +26,7 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="DAQ ROUTER endpoint to connect to")
+    add_client_options(p, "front-end")
     p.add_argument("--rate", type=float, default=None, help="beam rate in spill, Hz (default 2e6)")
     p.add_argument(
         "--spills",
@@ -243,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
         from simulator.service import Service, tune_allocator  # heavy imports only when running
 
         tune_allocator()
-        service = Service(config, args.endpoint, n_spills=args.spills)
+        service = Service(config, args.endpoint, n_spills=args.spills, client_keys=client_keys_of(args))
         holder.append(service)
         _log_signal(service.fe.signal_info(), config)
         if stopping:

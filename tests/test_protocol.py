@@ -88,40 +88,56 @@ def test_decoded_arrays_are_views_of_received_buffers() -> None:
 
 # ------------------------------------------------------------------ round trips
 u32 = st.integers(0, 2**32 - 1)
-u64 = st.integers(0, 2**64 - 1)
-header = st.fixed_dictionaries(
-    {
-        "run": u32,
-        "spill": u32,
-        "seq": u64,
-        "slice_id": u64,
-        "source": st.integers(0, 0xFFFF),
-        "send_time_ns": st.integers(1, 2**64 - 1),
-    }
+u64 = st.integers(0, 2**63 - 1)  # every u64 field stays below 2^63 (files store int64)
+SPILL_TYPES = (
+    p.MessageType.SPILL_START,
+    p.MessageType.SPILL_END,
+    p.MessageType.SLICE,
+    p.MessageType.FRAGMENT,
 )
+SLICE_TYPES = (p.MessageType.SLICE, p.MessageType.READOUT_REQUEST, p.MessageType.FRAGMENT, p.MessageType.NACK)
+
+
+def header(kind: p.MessageType) -> st.SearchStrategy[dict[str, int]]:
+    """Header fields valid for a message type (docs/protocol.md)."""
+    return st.fixed_dictionaries(
+        {
+            "run": u32,
+            "spill": st.integers(1, 2**32 - 1) if kind in SPILL_TYPES else u32,
+            "seq": u64,
+            "slice_id": u32 if kind in SLICE_TYPES else st.just(0),
+            "source": st.integers(0, 5) if kind == p.MessageType.FRAGMENT else st.just(p.NO_SOURCE),
+            "send_time_ns": st.integers(1, 2**63 - 1),
+        }
+    )
 
 
 @st.composite
 def slices(draw: st.DrawFn) -> p.Slice:
     n = draw(st.integers(0, 50))
     c = draw(st.integers(1, 40))
-    t = draw(hnp.arrays(np.int64, n, elements=st.integers(-(2**62), 2**62)))
-    amp = draw(hnp.arrays(np.uint16, (c, n)))
-    return p.Slice(t0_ns=draw(u64), length_ns=draw(u32), n_particles=n, t_ns=t, amp=amp, **draw(header))
+    t0 = draw(st.integers(0, 2**62))
+    length = draw(st.integers(1, 2**32 - 1))
+    t = np.sort(draw(hnp.arrays(np.int64, n, elements=st.integers(t0, t0 + length - 1))))
+    amp = draw(hnp.arrays(np.uint16, (c, n), elements=st.integers(0, 4095)))
+    return p.Slice(
+        t0_ns=t0, length_ns=length, n_particles=n, t_ns=t, amp=amp, **draw(header(p.MessageType.SLICE))
+    )
 
 
 @st.composite
 def fragments(draw: st.DrawFn) -> p.Fragment:
     k, ch, ns = draw(st.integers(0, 5)), draw(st.integers(0, 40)), draw(st.integers(0, 64))
+    h = draw(header(p.MessageType.FRAGMENT))
     if draw(st.booleans()):
-        return p.Fragment(n_events=k, n_channels=ch, n_samples=ns, **draw(header))
+        return p.Fragment(n_events=k, n_channels=ch, n_samples=ns, **h)
     return p.Fragment(
         n_events=k,
         n_channels=ch,
         n_samples=ns,
         index=draw(hnp.arrays(np.uint32, k)),
-        waveforms=draw(hnp.arrays(np.uint16, (k, ch, ns))),
-        **draw(header),
+        waveforms=draw(hnp.arrays(np.uint16, (k, ch, ns), elements=st.integers(0, 4095))),
+        **h,
     )
 
 
@@ -134,15 +150,16 @@ def requests(draw: st.DrawFn) -> p.ReadoutRequest:
         if not np.any(index == p.NO_PARTICLE)
         else (draw(hnp.arrays(np.int64, k)))
     )
-    return p.ReadoutRequest(n_events=k, index=index, t_ns=t, **draw(header))
+    return p.ReadoutRequest(n_events=k, index=index, t_ns=t, **draw(header(p.MessageType.READOUT_REQUEST)))
 
 
 @st.composite
 def scalars(draw: st.DrawFn) -> p.Message:
     kind = draw(
-        st.sampled_from(["run_stop", "spill_start", "spill_end", "heartbeat", "run_start", "summary"])
+        st.sampled_from(["run_stop", "spill_start", "spill_end", "heartbeat", "run_start", "summary", "nack"])
     )
-    h = draw(header)
+    t = p.MessageType[kind.upper()]
+    h = draw(header(t))
     if kind == "run_stop":
         return p.RunStop(n_spills=draw(u32), **h)
     if kind == "spill_start":
@@ -161,15 +178,18 @@ def scalars(draw: st.DrawFn) -> p.Message:
         return p.Heartbeat(uptime_ns=draw(u64), state=draw(st.integers(0, 3)), **h)
     if kind == "summary":
         return p.Summary.of(draw(st.integers(1, 2)), json.dumps({"x": draw(st.text(max_size=20))}), **h)
+    if kind == "nack":
+        code = draw(st.sampled_from(list(p.NackCode)))
+        return p.Nack.about(None, code, draw(st.text(max_size=40)), refused_seq=draw(u64), **h)
     nch = draw(st.integers(1, 200))
-    prim = draw(hnp.arrays(np.uint16, draw(st.integers(0, 30)), elements=st.integers(0, nch - 1)))
+    prim = draw(st.lists(st.integers(0, nch - 1), max_size=30, unique=True))
     info = draw(st.one_of(st.none(), st.text(max_size=40).map(p.RunStart.info_bytes)))
     return p.RunStart(
-        n_samples=draw(st.integers(0, 0xFFFF)),
+        n_samples=draw(st.integers(1, p.MAX_SAMPLES)),
         n_channels=nch,
-        sample_period_ps=draw(u32),
-        slice_ns=draw(u64),
-        prim_channels=prim,
+        sample_period_ps=draw(st.integers(1, 2**32 - 1)),
+        slice_ns=draw(st.integers(1, 2**63 - 1)),
+        prim_channels=np.array(prim, np.uint16),
         info=info,
         **h,
     )
@@ -290,6 +310,81 @@ def test_reserved_field_must_be_zero() -> None:
         p.decode(corrupt_header("heartbeat", offset, "<I", 1))
 
 
+def _body_offset(name: str) -> int:
+    head = golden(name)[0]
+    (n_frames,) = struct.unpack_from("<H", head, 10)
+    return p.HEADER_SIZE + 16 * n_frames
+
+
+@pytest.mark.parametrize(
+    ("name", "offset", "fmt", "value", "match"),
+    [
+        ("heartbeat", 52, "<I", 1, "header reserved"),  # the header's reserved field (issue 17)
+        ("heartbeat", 8, "<H", 3, "source 3"),  # a source on a message without one
+        ("fragment_ecal", 8, "<H", 6, "not a readout group"),
+        ("slice", 16, "<I", 0, "spill 0"),
+        ("slice", 32, "<Q", 2**32, "slice 4294967296"),
+        ("heartbeat", 32, "<Q", 1, "slice 1"),
+        ("heartbeat", 24, "<Q", 2**64 - 1, "seq"),  # finding 1: a sequence number of 2^64-1
+        ("heartbeat", 40, "<Q", 2**63, "send_time_ns"),
+        ("spill_end", -8, "<Q", 2**64 - 1, "t_end_ns"),  # body u64 fields stay below 2^63
+        ("heartbeat", -8, "<I", 9, "state 9"),
+        ("run_start", 0, "<H", 0, "n_samples=0"),  # finding 4
+        ("run_start", 4, "<I", 0, "sample_period_ps=0"),
+    ],
+)
+def test_out_of_range_header_and_body_fields_are_field_errors(
+    name: str, offset: int, fmt: str, value: int, match: str
+) -> None:
+    if name in ("spill_end", "run_start") or (name == "heartbeat" and offset < 0):
+        offset = (_body_offset(name) + offset) if offset >= 0 else len(golden(name)[0]) + offset
+    with pytest.raises(p.FieldError, match=match):
+        p.decode(corrupt_header(name, offset, fmt, value))
+
+
+def _with_frame(name: str, index: int, array: np.ndarray) -> list[bytes]:
+    frames = golden(name)
+    frames[index] = array.tobytes()
+    return reseal(frames)
+
+
+def test_samples_above_12_bits_and_bad_particle_times_are_field_errors() -> None:
+    """Finding 4: 0xFFFF or 4096 in a waveform or primitive, t_ns decreasing or outside the slice."""
+    wf = np.frombuffer(golden("fragment_ecal")[2], np.uint16).copy()
+    for bad in (0xFFFF, 4096):
+        wf[5] = bad
+        with pytest.raises(p.FieldError, match="12-bit"):
+            p.decode(_with_frame("fragment_ecal", 2, wf))
+    amp = np.frombuffer(golden("slice")[2], np.uint16).copy()
+    amp[0] = 4096
+    with pytest.raises(p.FieldError, match="12 bits"):
+        p.decode(_with_frame("slice", 2, amp))
+    t = np.frombuffer(golden("slice")[1], np.int64).copy()
+    for times in (
+        [30_000_700, 30_000_100, 30_004_000, 30_009_999],
+        [29_999_999, 30_000_100, 30_004_000, 30_009_999],
+        [30_000_100, 30_000_700, 30_004_000, 40_000_000],
+    ):
+        t[:] = times
+        with pytest.raises(p.FieldError, match="t_ns"):
+            p.decode(_with_frame("slice", 1, t))
+
+
+def test_a_message_of_100000_frames_is_refused_before_its_frames_are_looked_at() -> None:
+    frames: list[object] = [golden("heartbeat")[0], *([object()] * 100_000)]  # not even buffers
+    with pytest.raises(p.FrameCountError, match="100001 frames"):
+        p.decode(frames)
+
+
+def test_nack_names_the_refused_message() -> None:
+    msg = p.decode(golden("nack"))
+    assert isinstance(msg, p.Nack) and msg.TYPE == 13
+    assert (msg.run, msg.spill, msg.refused_type, msg.refused_seq) == (42, 7, p.MessageType.RUN_STOP, 8)
+    assert msg.reason == "not_owner: run 42 belongs to front-end 00a1b2c3d4"
+    long = p.Nack.about(None, p.NackCode.MALFORMED, "x" * 1000)
+    assert long.detail is not None and long.detail.size == p.MAX_NACK_DETAIL
+
+
 def test_random_trigger_entries_need_times() -> None:
     with pytest.raises(p.FrameCountError, match="t_ns"):
         p.encode(p.ReadoutRequest(n_events=1, index=np.array([p.NO_PARTICLE], np.uint32)))
@@ -311,10 +406,35 @@ def test_sequence_tracker_gap_repeat_and_restart() -> None:
     tracker.check("fe", 7)  # resynchronised after the gap
     with pytest.raises(p.SequenceRepeatError):
         tracker.check("fe", 7)
+    tracker.check("fe", 8)
     tracker.check("other", 100)  # senders are independent
     tracker.check("fe", 0)  # a restarted sender starts again at 0
     assert tracker.restarts == 1
     tracker.check("fe", 1)
+
+
+def test_sequence_tracker_resynchronises_after_a_backward_jump() -> None:
+    """Finding 5: after 0..9 then 5..14 only the first repeated number (5) is dropped, as documented."""
+    tracker = p.SequenceTracker()
+    dropped = 0
+    for seq in [*range(10), *range(5, 15)]:
+        try:
+            tracker.check("fe", seq)
+        except p.SequenceRepeatError:
+            dropped += 1
+    assert dropped == 1
+
+
+def test_an_implausible_sequence_jump_counts_as_one_gap() -> None:
+    """Finding 1: seq 0 then 2^63-1 is a corrupt counter, not 2^63 lost messages."""
+    tracker = p.SequenceTracker()
+    tracker.check("fe", 0)
+    with pytest.raises(p.SequenceGapError) as gap:
+        tracker.check("fe", 2**63 - 1)
+    assert gap.value.missing == 1
+    with pytest.raises(p.SequenceGapError) as gap:
+        tracker.check("fe", 2**63 - 1 + p.MAX_SEQUENCE_GAP + 1)
+    assert gap.value.missing == p.MAX_SEQUENCE_GAP
 
 
 def test_sequence_counter_stamps_consecutive_numbers() -> None:

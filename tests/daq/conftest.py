@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,10 +52,16 @@ class DaqProcess:
 
 
 def start_daq(
-    tmp: Path, *extra: str, data_dir: Path | None = None, preexec: Callable[[], None] | None = None
+    tmp: Path,
+    *extra: str,
+    data_dir: Path | None = None,
+    preexec: Callable[[], None] | None = None,
+    listener_keys: Any = None,
+    endpoint_host: str = "127.0.0.1",
 ) -> DaqProcess:
-    """Start ``na64 daq`` and wait until it listens (its status appears on the publish socket)."""
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    """Start ``na64 daq`` and wait until it listens (its status appears on the publish socket; with
+    ``listener_keys``, daq.curve.ClientKeys, when it runs with CURVE)."""
+    endpoint = f"tcp://{endpoint_host}:{free_port()}"
     publish = f"tcp://127.0.0.1:{free_port()}"
     data = data_dir or tmp / "data"
     log = tmp / f"daq-{time.monotonic_ns()}.log"
@@ -70,7 +77,7 @@ def start_daq(
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     d = DaqProcess(proc, endpoint, publish, data, log)
-    lis = Listener(publish)
+    lis = Listener(publish, keys=listener_keys)
     try:
         deadline = time.monotonic() + 30
         while not lis.status:

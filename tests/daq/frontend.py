@@ -57,11 +57,19 @@ class FakeFrontEnd:
     n_samples: int = detector.N_SAMPLES
     prim_channels: np.ndarray = field(default_factory=detector.default_primitive_channels)
     ctx: zmq.Context[Any] = field(default_factory=zmq.Context)
+    #: CURVE client keys (daq.curve.ClientKeys) towards a DAQ run with --server-key
+    keys: Any = None
 
     def __post_init__(self) -> None:
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 2000)
+        if self.keys is not None:
+            from daq.curve import secure_client
+
+            secure_client(self.sock, self.keys)
         self.sock.connect(self.endpoint)
+        #: NACKs received from the DAQ
+        self.nacks: list[protocol.Nack] = []
         self.seq = 0
         self.rng = np.random.default_rng(self.seed)
         self.slices: dict[tuple[int, int], SentSlice] = {}
@@ -178,13 +186,18 @@ class FakeFrontEnd:
         )
 
     def recv_request(self, timeout_s: float = 10.0) -> protocol.ReadoutRequest:
+        deadline = time.monotonic() + timeout_s
         while True:
-            if not self.sock.poll(int(timeout_s * 1000)):
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.sock.poll(int(left * 1000)):
                 raise TimeoutError("no READOUT_REQUEST from the DAQ")
             msg = protocol.decode(self.sock.recv_multipart())
-            if not isinstance(msg, protocol.RunAck | protocol.AnnounceRequest):
+            if isinstance(msg, protocol.Nack):
+                self.nacks.append(msg)  # a refusal of an earlier message: kept, the request still comes
+            elif not isinstance(msg, protocol.RunAck | protocol.AnnounceRequest):
                 break
-            self.control.append(msg)  # the DAQ's answers to RUN_START, requests to re-announce
+            else:
+                self.control.append(msg)  # the DAQ's answers to RUN_START, requests to re-announce
         assert isinstance(msg, protocol.ReadoutRequest), msg
         assert msg.t_ns is not None, "the DAQ must always send the t_ns frame"
         self.requests.append(msg)
@@ -242,6 +255,17 @@ class FakeFrontEnd:
             out.append(req)
         return out
 
+    def recv_nacks(self, timeout_s: float = 1.0) -> list[protocol.Nack]:
+        """Every NACK that arrives within ``timeout_s`` (READOUT_REQUESTs meanwhile are kept as unanswered)."""
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0 and self.sock.poll(int(left * 1000)):
+            msg = protocol.decode(self.sock.recv_multipart())
+            if isinstance(msg, protocol.Nack):
+                self.nacks.append(msg)
+            else:
+                self.requests.append(msg)  # type: ignore[arg-type]
+        return self.nacks
+
     def spill_end(self, **override: int) -> None:
         c = {**self.counters.__dict__, **override}
         self.send(protocol.SpillEnd(run=self.run, spill=self.spill, t_end_ns=time.time_ns(), **c))
@@ -268,11 +292,17 @@ class FakeFrontEnd:
 class Listener:
     """A SUB socket on the DAQ's publish endpoint collecting spill summaries, status and event batches."""
 
-    def __init__(self, endpoint: str, ctx: zmq.Context[Any] | None = None, rcvhwm: int = 0) -> None:
+    def __init__(
+        self, endpoint: str, ctx: zmq.Context[Any] | None = None, rcvhwm: int = 0, keys: Any = None
+    ) -> None:
         self.ctx = ctx or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.SUB)
         if rcvhwm:
             self.sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        if keys is not None:  # daq.curve.ClientKeys: a DAQ run with --server-key
+            from daq.curve import secure_client
+
+            secure_client(self.sock, keys)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(endpoint)
         self.sock.subscribe(b"")

@@ -169,8 +169,13 @@ def losses_of(actions: list[Action]) -> dict[str, int]:
 
 
 def kinds(actions: list[Action]) -> list[str]:
-    """Action types in order, without the log records and loss notices (asserted separately)."""
-    return [type(a).__name__ for a in actions if type(a).__name__ not in ("Log", "LossCounted")]
+    """Action types in order, without the log records and loss notices (asserted separately); a Send of
+    a NACK is "Nack"."""
+    return [
+        "Nack" if isinstance(a, Send) and isinstance(a.message, protocol.Nack) else type(a).__name__
+        for a in actions
+        if type(a).__name__ not in ("Log", "LossCounted")
+    ]
 
 
 # ---------------------------------------------------------------- the states
@@ -247,12 +252,13 @@ MESSAGES: dict[str, Callable[[Scene], protocol.Message]] = {
     "SUMMARY": lambda s: s.fe.stamp(protocol.Summary.of(1, "{}")),
     "RUN_ACK": lambda s: s.fe.stamp(protocol.RunAck(run=1)),
     "ANNOUNCE_REQUEST": lambda s: s.fe.stamp(protocol.AnnounceRequest(run=1)),
+    "NACK": lambda s: s.fe.stamp(protocol.Nack.about(None, protocol.NackCode.INVALID, "no")),
 }
 
 UNEXPECTED = {LossReason.UNEXPECTED_MESSAGE: 1}
 MISSING_END = {LossReason.SPILL_END_MISSING: 1}
 UNKNOWN = {LossReason.RUN_UNKNOWN: 1}
-NOT_A_FRONTEND_MESSAGE = ("READOUT_REQUEST", "EVENTS", "SUMMARY", "RUN_ACK", "ANNOUNCE_REQUEST")
+NOT_A_FRONTEND_MESSAGE = ("READOUT_REQUEST", "EVENTS", "SUMMARY", "RUN_ACK", "ANNOUNCE_REQUEST", "NACK")
 
 #: (state, message) -> (state after, losses counted, actions). Actions name their types in order (Log
 #: and LossCounted left out); "Send" is the READOUT_REQUEST of a slice, the RUN_ACK of a RUN_START, the
@@ -268,7 +274,7 @@ TABLE: dict[tuple[str, str], tuple[str, dict[str, int], list[str]]] = {
     ("idle", "FRAGMENT"): ("idle", UNKNOWN, ["Send"]),
     ("idle", "HEARTBEAT"): ("idle", {}, []),
     ("running", "RUN_START"): ("running", {}, ["Send"]),
-    ("running", "RUN_START again"): ("running", {LossReason.FRONTEND_RESTART: 1}, ["Send"]),
+    ("running", "RUN_START again"): ("running", {}, ["Send"]),  # the sequence goes on: a retry, acked
     ("running", "RUN_STOP"): ("idle", {}, ["PublishRunSummary", "RunFinished"]),
     ("running", "SPILL_START"): ("in_spill", {}, ["OpenSpill"]),
     ("running", "SPILL_END"): ("running", UNKNOWN, []),
@@ -281,7 +287,7 @@ TABLE: dict[tuple[str, str], tuple[str, dict[str, int], list[str]]] = {
         {**MISSING_END, LossReason.FRAGMENT_TIMEOUT: 6},
         ["AppendEvents", "PublishEvents", "CloseSpill", "Send"],
     ),
-    ("in_spill", "RUN_START again"): ("in_spill", {LossReason.FRONTEND_RESTART: 1}, ["Send"]),
+    ("in_spill", "RUN_START again"): ("in_spill", {}, ["Send"]),  # the sequence goes on: a retry, acked
     ("in_spill", "RUN_STOP"): (
         "idle",
         {**MISSING_END, LossReason.FRAGMENT_TIMEOUT: 6},
@@ -306,11 +312,7 @@ TABLE: dict[tuple[str, str], tuple[str, dict[str, int], list[str]]] = {
         {**MISSING_END, LossReason.FRAGMENT_TIMEOUT: 6, LossReason.WRITE_ERROR: 2},
         ["PublishEvents", "PublishSummary", "Send"],
     ),
-    ("in_unrecorded_spill", "RUN_START again"): (
-        "in_unrecorded_spill",
-        {LossReason.FRONTEND_RESTART: 1},
-        ["Send"],
-    ),
+    ("in_unrecorded_spill", "RUN_START again"): ("in_unrecorded_spill", {}, ["Send"]),
     ("in_unrecorded_spill", "RUN_STOP"): (
         "idle",
         {**MISSING_END, LossReason.FRAGMENT_TIMEOUT: 6, LossReason.WRITE_ERROR: 2},
@@ -330,9 +332,13 @@ TABLE: dict[tuple[str, str], tuple[str, dict[str, int], list[str]]] = {
     ("in_unrecorded_spill", "FRAGMENT"): ("in_unrecorded_spill", {}, []),
     ("in_unrecorded_spill", "HEARTBEAT"): ("in_unrecorded_spill", {}, []),
 }
-for _state in STATES:  # DAQ -> front-end or DAQ -> DQM types sent by a front-end: counted, ignored
+for _state in STATES:  # DAQ -> front-end or DAQ -> DQM types sent by a front-end: counted, refused
     for _kind in NOT_A_FRONTEND_MESSAGE:
-        TABLE[(_state, _kind)] = (_state, UNEXPECTED, [])
+        TABLE[(_state, _kind)] = (_state, UNEXPECTED if _state != "idle" else {}, ["Nack"])
+#: rows whose refusal is counted in ``rejected`` (not a run's loss): outside a run
+REJECTED: dict[tuple[str, str], dict[str, int]] = {
+    ("idle", m): {"not_accepted": 1} for m in NOT_A_FRONTEND_MESSAGE
+}
 
 
 def test_the_table_covers_every_state_and_every_message_kind() -> None:
@@ -357,6 +363,10 @@ def test_every_message_kind_in_every_state(state: str, message: str) -> None:
     assert _state_name(scene, after_state) == after_state
     assert losses_of(out) == losses
     assert kinds(out) == actions
+    assert dict(scene.rec.rejected) == REJECTED.get((state, message), {})
+    for a in out:  # a refusal goes back to its sender and names the refused message
+        if isinstance(a, Send) and isinstance(a.message, protocol.Nack):
+            assert a.to == FE and a.message.refused_type == protocol.MessageType[message.split()[0]]
     if message != "RUN_START":  # a new run starts its run counters from zero
         run = {k: v - before.get(k, 0) for k, v in scene.rec.losses_run.items() if v != before.get(k, 0)}
         run.pop(LossReason.DEAD_TIME, None)
@@ -369,8 +379,42 @@ def test_every_message_kind_in_every_state(state: str, message: str) -> None:
             )
 
 
+@pytest.mark.parametrize(("state", "message"), sorted(TABLE))
+def test_a_second_front_end_changes_nothing_in_any_state(state: str, message: str) -> None:
+    """Issue 17: every kind of message from a peer that does not own the run, in every state: the run,
+    the spill and their losses are untouched; the refusal is counted in ``rejected`` and NACKed to it.
+    (Outside a run there is nothing to take over: a RUN_START starts one, whoever comes first owns it,
+    and data of an unknown run is run recovery's business, issue 16.)"""
+    if state == "idle":
+        return
+    scene = STATES[state]()
+    other = Sender(OTHER, rng=np.random.default_rng(7))
+    if message == "FRAGMENT":  # the right indices for the waiting request
+        msg = other.fragments(scene.request or protocol.ReadoutRequest(run=1, spill=1))[0]
+    else:
+        scene.fe, saved = other, scene.fe
+        msg = MESSAGES[message](scene)
+        scene.fe = saved
+    rec = scene.rec
+    before = (state_of(rec), rec.spill.number if rec.spill else None, dict(rec.losses_run))
+    spill_losses = dict(rec.spill.losses) if rec.spill else None
+    out = rec.handle(OTHER, msg, 2.0)
+    assert (state_of(rec), rec.spill.number if rec.spill else None, dict(rec.losses_run)) == before
+    assert (dict(rec.spill.losses) if rec.spill else None) == spill_losses
+    assert not [a for a in out if not isinstance(a, Send | LossCounted) and type(a).__name__ != "Log"]
+    nacks = [a for a in out if isinstance(a, Send)]
+    if message == "HEARTBEAT":
+        assert not nacks and not rec.rejected
+    else:
+        # a refused RUN_START is answered by RUN_ACK refused, anything else by a NACK
+        want = protocol.RunAck if message.startswith("RUN_START") else protocol.Nack
+        assert [a.to for a in nacks] == [OTHER] and isinstance(nacks[0].message, want)
+        assert sum(rec.rejected.values()) == 1
+
+
 def test_malformed_frames_repeats_and_gaps_are_counted_in_every_state() -> None:
-    for make in STATES.values():
+    """The run's front-end's are the run's losses; outside a run (nobody's run) they are ``rejected``."""
+    for state, make in STATES.items():
         s = make()
         s.feed(s.fe.heartbeat())  # (a repeated 0 would be a restart of the front-end, not a repeat)
         good = protocol.encode(s.fe.heartbeat())
@@ -378,14 +422,24 @@ def test_malformed_frames_repeats_and_gaps_are_counted_in_every_state() -> None:
         head[protocol.CRC_OFFSET] ^= 0xFF
         bad = [bytes(head), *good[1:]]
         out = s.rec.receive(FE, bad, 1.0)
+        nacks = [a.message for a in out if isinstance(a, Send) and isinstance(a.message, protocol.Nack)]
+        assert [n.code for n in nacks] == [protocol.NackCode.MALFORMED] and "CRC-32" in nacks[0].reason
+        s.fe.seq -= 1  # the lost heartbeat's number is used again: no gap (the decode error counted it)
+        out2 = s.feed(s.fe.heartbeat())
+        s.fe.seq -= 1
+        out3 = s.feed(s.fe.heartbeat())
+        s.fe.seq += 3
+        out4 = s.feed(s.fe.heartbeat())
+        if state == "idle":
+            assert not any(losses_of(o) for o in (out, out2, out3, out4))
+            assert dict(s.rec.rejected) == {"malformed": 1, "duplicate": 1, "sequence_gap": 1}
+            continue
         assert losses_of(out) == {LossReason.DECODE_ERROR: 1}
         assert s.rec.losses_run["decode_error.checksum"] == 1
-        s.fe.seq -= 1  # the lost heartbeat's number is used again: no gap (the decode error counted it)
-        assert losses_of(s.feed(s.fe.heartbeat())) == {}
-        s.fe.seq -= 1
-        assert losses_of(s.feed(s.fe.heartbeat())) == {LossReason.DUPLICATE: 1}
-        s.fe.seq += 3
-        assert losses_of(s.feed(s.fe.heartbeat())) == {LossReason.SEQUENCE_GAP: 3}
+        assert losses_of(out2) == {}
+        assert losses_of(out3) == {LossReason.DUPLICATE: 1}
+        assert losses_of(out4) == {LossReason.SEQUENCE_GAP: 3}
+        assert not s.rec.rejected
 
 
 def test_a_whole_spill_writes_its_events_and_publishes_its_summary_after_the_file_is_closed() -> None:
@@ -497,6 +551,7 @@ def test_status_calibration_and_run_rejection() -> None:
     assert st_.run == 2 and st_.calibration_id == "nominal-v1" and st_.frontends[FE.hex()].name == "test"
     assert st_.calibration.usable and st_.calibration.id == "nominal-v1"
     # a front-end whose primitives lack the trigger block: the run is rejected, its slices unexpected
+    s.feed(s.fe.run_stop())
     bad = Sender(OTHER, run=3)
     msg = protocol.RunStart(
         run=3, n_channels=detector.N_CHANNELS, prim_channels=detector.default_primitive_channels()[:20]
@@ -555,14 +610,13 @@ class RecorderMachine(RuleBasedStateMachine):
                     assert self.open == (a.run, a.spill), "closing another spill than the open one"
                     self.open = None
                     self.closing.append(a)
-                case Send(message=protocol.RunAck() | protocol.AnnounceRequest()):
+                case Send(message=protocol.RunAck() | protocol.AnnounceRequest() | protocol.Nack()):
                     pass
                 case Send(to=to, message=msg):
-                    # to whoever sent the slice (the run's owner is not checked yet: issue 17)
-                    assert isinstance(msg, protocol.ReadoutRequest)
-                    if to == FE:
-                        self.fe.got_request()
-                        self.requests.append(msg)
+                    # requests go only to the run's front-end: another one never owns the run
+                    assert isinstance(msg, protocol.ReadoutRequest) and to == FE
+                    self.fe.got_request()
+                    self.requests.append(msg)
                 case PublishSummary(summary=s):
                     self.summaries.append(SpillSummary.from_json(s.to_json()))
                 case PublishStatus(status=status):
@@ -621,6 +675,49 @@ class RecorderMachine(RuleBasedStateMachine):
     def slice_from_another_front_end(self) -> None:
         self.apply(self.rec.handle(OTHER, self.other.slice(self.spill, 999), self.step()))
 
+    @rule(kind=st.sampled_from(["run_start", "run_stop", "spill_start", "spill_end", "fragment", "junk"]))
+    def another_front_end_meddles(self, kind: str) -> None:
+        """Issue 17: a second peer's control messages and fragments change nothing of the run or spill."""
+        rec = self.rec
+        if rec.run is None:
+            return  # no run: nothing to take over (data of an unknown run is run recovery's, issue 16)
+        before = (
+            rec.run.number if rec.run else None,
+            rec.spill.number if rec.spill else None,
+            dict(rec.spill.losses) if rec.spill else None,
+            dict(rec.losses_run),
+            len(self.requests),
+        )
+        o = self.other
+        o.run = self.fe.run
+        match kind:
+            case "run_start":
+                msg = o.run_start()
+            case "run_stop":
+                msg = o.run_stop()
+            case "spill_start":
+                msg = o.spill_start(self.spill + 1)
+            case "spill_end":
+                msg = o.spill_end(self.spill)
+            case "fragment":
+                req = self.requests[0] if self.requests else protocol.ReadoutRequest(run=o.run, spill=1)
+                msg = o.fragments(req)[0]
+            case _:
+                self.apply(rec.receive(OTHER, [b"junk"], self.step()))
+                msg = None
+        if msg is not None:
+            out = rec.handle(OTHER, msg, self.step())
+            self.apply(out)
+            assert all(isinstance(a, Send | LossCounted) or type(a).__name__ == "Log" for a in out)
+        after = (
+            rec.run.number if rec.run else None,
+            rec.spill.number if rec.spill else None,
+            dict(rec.spill.losses) if rec.spill else None,
+            dict(rec.losses_run),
+            len(self.requests),
+        )
+        assert after == before
+
     @rule(junk=st.binary(max_size=80))
     def junk(self, junk: bytes) -> None:
         self.apply(self.rec.receive(FE, [junk], self.step()))
@@ -660,3 +757,86 @@ TestRecorderMachine = RecorderMachine.TestCase
 TestRecorderMachine.settings = settings(
     max_examples=30, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
+
+
+# ---------------------------------------------------------------- ownership (issue 17)
+def _run_start_with(sender: Sender, info: str) -> protocol.Message:
+    return sender.stamp(
+        protocol.RunStart(
+            run=sender.run,
+            n_channels=detector.N_CHANNELS,
+            prim_channels=detector.default_primitive_channels(),
+            info=protocol.RunStart.info_bytes(info),
+        )
+    )
+
+
+def test_a_second_front_end_joins_for_the_groups_the_owner_leaves_and_only_for_them() -> None:
+    s = idle()
+    s.feed(_run_start_with(s.fe, '{"name": "main", "groups": [0, 1, 2, 3]}'))  # SRD and COUNTER left open
+    other = Sender(OTHER)
+    s.rec.handle(OTHER, _run_start_with(other, '{"name": "srd", "groups": [4, 5]}'), 1.0)
+    assert s.rec.run is not None and s.rec.run.members == {FE: 0b1111, OTHER: 0b110000}
+    assert set(s.rec.status(1.0).run_frontends) == {FE.hex(), OTHER.hex()}
+    s.feed(s.fe.spill_start(1))
+    out = s.feed(s.fe.slice(1, 0, n=20))
+    assert [a.to for a in out if isinstance(a, Send)] == [FE, OTHER]  # both are asked
+    req = s.request
+    assert req is not None
+    mine, theirs = s.fe.fragments(req), other.fragments(req)
+    for f in mine[:4] + theirs[4:]:  # each its own groups
+        out = s.feed(f, sender=OTHER if f in theirs else FE)
+    assert any(isinstance(a, AppendEvents) for a in out) and not s.rec.rejected
+    out = s.rec.handle(OTHER, other.fragments(req)[0], 1.0)  # a group it does not own: refused
+    assert s.rec.rejected == {"not_owner": 1}
+    third = Sender(b"\x00fe-3")  # no group left to claim
+    s.rec.handle(third.ident, _run_start_with(third, '{"groups": [5]}'), 1.0)
+    assert s.rec.rejected["not_owner"] == 2 and third.ident not in s.rec.run.members
+
+
+def test_a_silent_owner_is_taken_over_and_a_live_one_is_not() -> None:
+    s = running()
+    other = Sender(OTHER)
+    s.rec.handle(OTHER, other.run_start(), 5.0)  # the owner spoke at 1.0: 4 s ago
+    assert s.rec.run is not None and s.rec.run.owner == FE and s.rec.rejected == {"not_owner": 1}
+    timeout = s.rec.config.readout.owner_timeout_s
+    out = s.rec.handle(OTHER, other.run_start(), 1.0 + timeout + 0.5)  # a restarted front-end: new identity
+    assert s.rec.run.owner == OTHER and any("takes it over" in getattr(a, "message", "") for a in out)
+    assert losses_of(out) == {LossReason.FRONTEND_RESTART: 1}  # same run, same numbers: it goes on
+    out = s.feed(s.fe.spill_start(1), now=20.0)  # the old identity is no longer the run's
+    assert kinds(out) == ["Nack"] and s.rec.spill is None
+
+
+def test_with_curve_the_owner_key_on_a_new_identity_is_the_owner() -> None:
+    s = idle()
+    s.rec.handle(FE, s.fe.run_start(), 1.0, key="KEY-A")
+    s.rec.handle(FE, s.fe.spill_start(1), 1.1, key="KEY-A")
+    reconnected = Sender(OTHER)
+    reconnected.seq = s.fe.seq
+    out = s.rec.handle(OTHER, reconnected.slice(1, 0, n=10), 1.2, key="KEY-A")
+    assert [a.to for a in out if isinstance(a, Send)] == [OTHER] and s.rec.run is not None
+    assert s.rec.run.owner == OTHER and s.rec.spill is not None and s.rec.spill.owner == OTHER
+    stranger = Sender(b"\x00fe-3")
+    s.rec.handle(stranger.ident, stranger.slice(1, 1, n=10), 1.3, key="KEY-B")
+    assert s.rec.rejected == {"not_owner": 1}
+
+
+def test_frontends_remembered_nacks_and_log_lines_are_bounded() -> None:
+    from daq import recorder
+
+    s = running()
+    for i in range(recorder.MAX_FRONTENDS * 3):
+        s.rec.receive(b"peer-%d" % i, [b"junk"], 2.0 + i * 1e-3)
+    assert len(s.rec.frontends) == recorder.MAX_FRONTENDS and FE in s.rec.frontends  # the run's is kept
+    assert s.rec.rejected["frontends_evicted"] == 2 * recorder.MAX_FRONTENDS + 1
+    out: list[Action] = []
+    for i in range(1000):  # one peer, 1000 refusals in 1 s
+        out += s.rec.receive(b"flood", [b"junk"], 10.0 + i * 1e-3)
+    nacks = [a for a in out if isinstance(a, Send)]
+    logs = [a for a in out if type(a).__name__ == "Log" and "refused" in a.message]
+    assert len(nacks) <= recorder.NACK_BURST + recorder.NACK_RATE_PER_S * 1.0 + 1
+    assert s.rec.rejected["nack_suppressed"] == 1000 - len(nacks)
+    assert len(logs) <= 1  # one line per reason per LOG_INTERVAL_S, with the count held back
+    later = s.rec.receive(b"flood", [b"junk"], 10.0 + recorder.LOG_INTERVAL_S + 1)
+    [line] = [a for a in later if type(a).__name__ == "Log" and "refused" in a.message]
+    assert "more since the last such line" in line.message % line.args

@@ -111,10 +111,15 @@ def test_a_versioned_document_must_be_complete_and_well_typed() -> None:
 
 
 def test_a_field_added_in_a_later_version_is_required_from_that_version_on() -> None:
-    """status_version 2 added run_frontends, 3 losses_outside_spills and gaps: an older document is read
-    without them, a newer one must have them."""
-    v3 = full_status().to_dict()
-    assert v3["status_version"] == 3 and "gaps" in v3 and "losses_outside_spills" in v3
+    """status_version 2 added run_frontends, 3 losses_outside_spills and gaps, 4 rejected: an older
+    document is read without them, a newer one must have them."""
+    v4 = full_status().to_dict()
+    assert v4["status_version"] == 4 and v4["rejected"] == {}
+    with pytest.raises(DocumentError, match="rejected: missing"):
+        DaqStatus.from_dict({k: v for k, v in v4.items() if k != "rejected"})
+    v3 = {k: v for k, v in v4.items() if k != "rejected"} | {"status_version": 3}
+    assert DaqStatus.from_dict(v3).rejected == {}
+    assert "gaps" in v3 and "losses_outside_spills" in v3
     with pytest.raises(DocumentError, match="gaps: missing"):
         DaqStatus.from_dict({k: v for k, v in v3.items() if k != "gaps"})
     v2 = {k: v for k, v in v3.items() if k not in ("gaps", "losses_outside_spills")} | {"status_version": 2}

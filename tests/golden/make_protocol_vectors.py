@@ -137,6 +137,13 @@ def vectors() -> dict[str, p.Message]:
         ),
         "announce_request": p.AnnounceRequest(seq=3, reason=p.AnnounceRequest.RUN_UNKNOWN, **common),
         **more_vectors(common, outside),
+        "nack": p.Nack.about(
+            p.RunStop(run=42, spill=7, seq=8),
+            p.NackCode.NOT_OWNER,
+            "run 42 belongs to front-end 00a1b2c3d4",
+            seq=2,
+            send_time_ns=T_SEND,
+        ),
     }
 
 
