@@ -778,9 +778,9 @@ class Recorder:
             and (sp is None or msg.spill != sp.number)
             and msg.spill <= r.last_spill
         ):
-            return (
+            return (  # a stale repeat: refused, no data lost (counted in ``rejected``)
                 code.ALREADY_DONE,
-                LossReason.UNEXPECTED_MESSAGE,
+                None,
                 f"SPILL_START {msg.spill}: run {r.number} already had spill {r.last_spill} (spill numbers go up)",
             )
         return None
@@ -832,10 +832,10 @@ class Recorder:
         self._out.append(Send(fe.ident, fe.seq_out.stamp(answer)))
 
     def _repeated_stop(self, fe: FrontEnd, msg: protocol.Message) -> bool:
+        """A RUN_STOP of the run stopped last, with no run on since: a retry, whoever repeats it (outside
+        a run there is nothing to stop, and each would write the run's summary again)."""
         st = self.stopped
-        return (
-            st is not None and msg.run == st[0] and (fe.ident == st[1] or (st[2] != "" and fe.key == st[2]))
-        )
+        return st is not None and msg.run == st[0]
 
     def _is_retry(self, fe: FrontEnd, msg: protocol.Message, now: float) -> bool:
         """A control message repeating one already handled (a front-end's retry): ignored, counted, logged
@@ -1064,8 +1064,7 @@ class Recorder:
                 f" ({held} more RUN_STOPs outside a run since the last such line)" if held else "",
             )
         r = self.run
-        if r is not None:
-            self.stopped = (r.number, r.owner, r.owner_key)
+        self.stopped = (r.number, r.owner, r.owner_key) if r is not None else (msg.run, b"", "")
         self.run = None
         self.run_stopped = True
         self._check_run_finished(msg.run)

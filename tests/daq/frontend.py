@@ -262,6 +262,8 @@ class FakeFrontEnd:
             msg = protocol.decode(self.sock.recv_multipart())
             if isinstance(msg, protocol.Nack):
                 self.nacks.append(msg)
+            elif isinstance(msg, protocol.RunAck | protocol.AnnounceRequest):
+                self.control.append(msg)
             else:
                 self.requests.append(msg)  # type: ignore[arg-type]
         return self.nacks
@@ -309,6 +311,7 @@ class Listener:
         self.summaries: dict[tuple[int, int], dict[str, Any]] = {}
         self.status: list[dict[str, Any]] = []
         self.events: list[protocol.Events] = []
+        self.others: list[dict[str, Any]] = []
 
     def pump(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -321,8 +324,10 @@ class Listener:
                 doc = json.loads(msg.text)
                 if msg.kind == protocol.Summary.KIND_SPILL:
                     self.summaries[(doc["run"], doc["spill"])] = doc
-                else:
+                elif msg.kind == protocol.Summary.KIND_STATUS:
                     self.status.append(doc)
+                else:
+                    self.others.append(doc)  # e.g. run summaries
             elif isinstance(msg, protocol.Events):
                 self.events.append(msg)
 
