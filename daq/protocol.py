@@ -193,6 +193,11 @@ class Message:
     def check(self) -> None:
         """Cross-field consistency; raise ShapeError/FieldError. Called by encode and decode."""
 
+    def validate(self) -> None:
+        """Value ranges of docs/protocol.md ("Field ranges"); raise FieldError. Called by decode only: an
+        encoder can still make an out-of-range message on purpose (test front-ends, the conformance
+        suite's broken front-end)."""
+
     def frames(self) -> list[np.ndarray]:
         return [getattr(self, spec.name) for spec in self.FRAMES if getattr(self, spec.name) is not None]
 
@@ -222,6 +227,11 @@ class RunStart(Message):
         return _u8(text)
 
     def check(self) -> None:
+        prim = np.asarray(self.prim_channels)
+        if np.any(prim >= max(self.n_channels, 1)):
+            raise ShapeError(f"RUN_START primitive channel id >= n_channels={self.n_channels}")
+
+    def validate(self) -> None:
         if not 1 <= self.n_samples <= MAX_SAMPLES:
             raise FieldError(f"RUN_START: n_samples={self.n_samples} (allowed 1..{MAX_SAMPLES})")
         if self.n_channels < 1:
@@ -231,8 +241,6 @@ class RunStart(Message):
                 f"RUN_START: sample_period_ps={self.sample_period_ps}, slice_ns={self.slice_ns} (must be >= 1)"
             )
         prim = np.asarray(self.prim_channels)
-        if np.any(prim >= max(self.n_channels, 1)):
-            raise ShapeError(f"RUN_START primitive channel id >= n_channels={self.n_channels}")
         if np.unique(prim).size != prim.size:
             raise FieldError("RUN_START: a primitive channel id is listed twice")
 
@@ -324,6 +332,8 @@ class Slice(Message):
                     f"SLICE {self.slice_id}: ctx_amp{self.ctx_amp.shape} for {m} context particles of "
                     f"{self.amp.shape[0]} primitive rows"
                 )
+
+    def validate(self) -> None:
         if self.length_ns < 1:
             raise FieldError(f"SLICE {self.slice_id}: length_ns=0")
         t = self.t_ns
@@ -403,7 +413,9 @@ class Fragment(Message):
                 f"FRAGMENT slice {self.slice_id} source {self.source}: body says {want}, "
                 f"got index{self.index.shape}, waveforms{self.waveforms.shape}"
             )
-        if self.waveforms.size and int(self.waveforms.max()) > ADC_MAX:
+
+    def validate(self) -> None:
+        if self.waveforms is not None and self.waveforms.size and int(self.waveforms.max()) > ADC_MAX:
             raise FieldError(
                 f"FRAGMENT slice {self.slice_id} source {self.source}: sample {int(self.waveforms.max())} "
                 f"> {ADC_MAX} (12-bit ADC)"
@@ -420,6 +432,8 @@ class Heartbeat(Message):
 
     def check(self) -> None:
         _reserved_zero(self)
+
+    def validate(self) -> None:
         if self.state not in _FRONTEND_STATES:
             raise FieldError(f"HEARTBEAT: state {self.state} (allowed {sorted(_FRONTEND_STATES)})")
 
@@ -640,9 +654,15 @@ class _Layout:
 _SPILL_TYPES = frozenset(
     {MessageType.SPILL_START, MessageType.SPILL_END, MessageType.SLICE, MessageType.FRAGMENT}
 )
-#: message types with a slice id in the header (< SLICE_LIMIT); the others carry 0
+#: message types with a slice id in the header (< SLICE_LIMIT; SPILL_END: the slices planned); others carry 0
 _SLICE_TYPES = frozenset(
-    {MessageType.SLICE, MessageType.READOUT_REQUEST, MessageType.FRAGMENT, MessageType.NACK}
+    {
+        MessageType.SLICE,
+        MessageType.READOUT_REQUEST,
+        MessageType.FRAGMENT,
+        MessageType.NACK,
+        MessageType.SPILL_END,
+    }
 )
 
 
@@ -684,10 +704,13 @@ def _check_header(
         raise FieldError(f"{name}: seq {seq} or send_time_ns {send_ns} >= 2^63")
 
 
-def decode(frames: Sequence[Any]) -> Message:
+def decode(frames: Sequence[Any], validate: bool = True) -> Message:
     """Decode ZeroMQ frames (bytes, memoryviews or zmq.Frame) into a message.
 
-    Raises a specific :class:`ProtocolError` subclass for every malformed input.
+    Raises a specific :class:`ProtocolError` subclass for every malformed input. ``validate=False``
+    skips the value ranges ("Field ranges" of docs/protocol.md: header fields, u64 body fields, sample
+    and time ranges) for a caller that judges them itself (``na64 conformance``); lengths, shapes and the
+    checksum are always checked.
     """
     if not frames:
         raise FrameCountError("empty message: no header frame")
@@ -742,11 +765,12 @@ def decode(frames: Sequence[Any]) -> Message:
         raise ChecksumError(
             f"{name} seq {seq}: CRC-32 mismatch (header {crc:#010x}, computed {got_crc:#010x})"
         )
-    _check_header(lay, source, spill, seq, slice_id, send_ns, reserved)
     body = lay.body.unpack_from(head, HEADER_SIZE + DESCRIPTOR_SIZE * n_frames)
-    for i in lay.u64_fields:
-        if body[i] >= INT64_LIMIT:
-            raise FieldError(f"{name}: {lay.body_names[i]} = {body[i]} >= 2^63")
+    if validate:
+        _check_header(lay, source, spill, seq, slice_id, send_ns, reserved)
+        for i in lay.u64_fields:
+            if body[i] >= INT64_LIMIT:
+                raise FieldError(f"{name}: {lay.body_names[i]} = {body[i]} >= 2^63")
     values: dict[str, Any] = dict(zip(lay.body_names, body, strict=True))
     for i in range(n_frames):
         fname, want_code, want_ndim, dt = lay.frames[i]
@@ -768,6 +792,8 @@ def decode(frames: Sequence[Any]) -> Message:
         run=run, spill=spill, seq=seq, slice_id=slice_id, source=source, send_time_ns=send_ns, **values
     )
     msg.check()
+    if validate:
+        msg.validate()
     return msg
 
 
