@@ -302,9 +302,7 @@ def test_finding6_floods_are_bounded(daq_factory: Any) -> None:
             peers.append(s)
             if i % 50 == 49:
                 time.sleep(0.2)
-        st = lis.wait_status(
-            lambda d: d["rejected"].get("frontends_evicted", 0) > 0
-        )
+        st = lis.wait_status(lambda d: d["rejected"].get("frontends_evicted", 0) > 0)
         huge = [fe.frames(protocol.Heartbeat(state=1))[0], *([b""] * 100_000)]
 
         def flood() -> None:  # its own socket, in its own thread: the test keeps listening meanwhile
