@@ -681,6 +681,8 @@ class RecorderMachine(RuleBasedStateMachine):
         rec = self.rec
         if rec.run is None:
             return  # no run: nothing to take over (data of an unknown run is run recovery's, issue 16)
+        # the owner is alive (a silent one may be taken over: test_a_silent_owner_is_taken_over...)
+        self.apply(rec.handle(FE, self.fe.heartbeat(), self.step()))
         before = (
             rec.run.number if rec.run else None,
             rec.spill.number if rec.spill else None,
