@@ -49,7 +49,14 @@ def register(sub: Any) -> None:
     p.add_argument("--spill-length", type=float, default=4.8, help="spill length in s")
     p.add_argument("--spill-period", type=float, default=10.8, help="spill period in s")
     p.add_argument("--port", type=int, default=5006, help="DQM web page port (on 127.0.0.1)")
-    p.add_argument("--run", dest="run_number", type=int, default=1, help="run number")
+    p.add_argument(
+        "--run",
+        dest="run_number",
+        type=int,
+        default=None,
+        help="run number (default: the next one free in --data-dir, so the same command can run again: "
+        "recorded runs are never overwritten)",
+    )
     p.add_argument("--seed", type=int, default=None, help="simulator random seed")
     p.add_argument(
         "--signal",
@@ -149,11 +156,27 @@ def _validate(args: argparse.Namespace) -> None:
         raise UserError(f"cannot create --data-dir {args.data_dir}: {e.strerror}") from None
 
 
+def next_free_run(data_dir: Path) -> int:
+    """1 + the highest run number of any file the DAQ left in ``data_dir`` (spill files, partial files,
+    run summaries), 1 for an empty or new directory."""
+    runs = [int(m.group(1)) for f in _names(data_dir) if (m := re.match(r"\.?run(\d{6})_", f))]
+    return max(runs, default=0) + 1
+
+
+def _names(data_dir: Path) -> list[str]:
+    try:
+        return [f.name for f in Path(data_dir).iterdir()]
+    except OSError:  # no directory yet (or not readable: the DAQ then says so)
+        return []
+
+
 def run(args: argparse.Namespace) -> int:
     from daq.extras import require
 
     require("dqm", "na64 demo (it starts na64 dqm)")
     _validate(args)
+    if args.run_number is None:
+        args.run_number = next_free_run(args.data_dir)
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     publish = f"tcp://127.0.0.1:{free_port()}"
     level = ["--log-level", args.log_level, "--log-format", args.log_format]
@@ -191,7 +214,8 @@ def run(args: argparse.Namespace) -> int:
         children.append(dqm)
         url = _wait_for_url(dqm, timeout=60)
         print(
-            f"na64 demo: DQM live at {url}  (spill files in {args.data_dir.resolve()}; Ctrl-C stops)",
+            f"na64 demo: DQM live at {url}  (run {args.run_number}, spill files in {args.data_dir.resolve()}; "
+            "Ctrl-C stops)",
             flush=True,
         )
         sim_args = [

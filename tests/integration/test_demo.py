@@ -178,3 +178,43 @@ def test_services_as_separate_processes_file_matches_what_the_frontend_sent(
         assert 0 < f.attrs["n_beam"] <= frontend["n_particles"]
         assert np.all(np.diff(events["t_ns"]) >= 0)
         assert f.waveforms(slice(0, 3)).shape == (min(3, f.n_events), 110, 32)
+
+
+def test_the_same_demo_command_twice_records_a_new_run_and_overwrites_nothing(tmp_path: Path) -> None:
+    """A user runs the README's command again in the same directory: the second demo takes the next free
+    run number (recorded runs are never overwritten, issue 16), both exit 0, the first run's file is
+    untouched."""
+    data = tmp_path / "data"
+    cmd = [
+        *("demo", "--spills", "1", "--spill-length", "0.3", "--spill-period", "0.6"),
+        *("--data-dir", str(data), "--linger", "0"),
+    ]
+    outs = []
+    for _ in range(2):
+        done = subprocess.run(
+            na64_command(*cmd, "--port", str(free_port())), capture_output=True, text=True, timeout=180
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        outs.append(done.stdout)
+        if not outs[1:]:
+            first = (data / "run000001_spill00001.h5").stat()
+    assert "run 1," in outs[0] and "run 2," in outs[1]
+    names = [p.name for p in files.list_spill_files([data])]
+    assert names == ["run000001_spill00001.h5", "run000002_spill00001.h5"]
+    again = (data / "run000001_spill00001.h5").stat()
+    assert (again.st_ino, again.st_mtime_ns, again.st_size) == (
+        first.st_ino,
+        first.st_mtime_ns,
+        first.st_size,
+    )
+
+
+def test_next_free_run_looks_at_every_file_the_daq_leaves(tmp_path: Path) -> None:
+    from daq.demo import next_free_run
+
+    assert next_free_run(tmp_path / "missing") == 1
+    (tmp_path / "run000003_spill00001.h5").touch()
+    (tmp_path / ".run000007_spill00002.h5.partial").touch()
+    (tmp_path / "run000005_summary.json").touch()
+    (tmp_path / "notes.txt").touch()
+    assert next_free_run(tmp_path) == 8
