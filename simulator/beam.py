@@ -91,7 +91,7 @@ def arrival_times(
             m = int(expected + 6 * math.sqrt(expected) + 16)
             t, s, done = kernels.arrival_chunk(source.gaps(m), s, end, k, t0_ns)
             chunks.append(t)
-        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+        return _inside(chunks[0] if len(chunks) == 1 else np.concatenate(chunks), t0_ns + length_ns)
     last = 0
     while True:
         m = int(expected + 6 * math.sqrt(expected) + 16)
@@ -106,7 +106,14 @@ def arrival_times(
     times *= np.int64(k)
     times >>= np.int64(24)
     times += t0_ns
-    return times
+    return _inside(times, t0_ns + length_ns)
+
+
+def _inside(times: np.ndarray, end_ns: int) -> np.ndarray:
+    """The times before the slice's end: the cut is made in gap units, and the fixed-point conversion to
+    ns can put the last particle 1 ns past the end (a SLICE the DAQ then refuses, rightly: issue 17)."""
+    n = int(np.searchsorted(times, end_ns, "left"))
+    return times if n == times.size else times[:n]
 
 
 # ---------------------------------------------------------------- ordinary electrons

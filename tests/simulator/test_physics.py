@@ -261,3 +261,15 @@ def test_compiled_arrival_times_equal_the_numpy_ones(rate: float) -> None:
     assert 600 < count < 1000 and whole.size == count
     np.testing.assert_array_equal(whole, ((raw * 2_000_000) >> 24)[:count] + 55)
     np.testing.assert_array_equal(np.concatenate([first, rest]), whole)
+
+
+def test_arrival_times_stay_inside_their_slice() -> None:
+    """The last particle of a slice never lands on or past its end (the fixed-point ns conversion once put
+    it 1 ns past: a SLICE the DAQ refuses, in a fault test of issue 16)."""
+    past = 0
+    for seed in range(1500):  # at 1.5 MHz (mean gap 666.7 ns) ~1 slice in 300 had it
+        src = ExactRandoms(np.random.default_rng(seed))
+        t0 = seed * 20_000_000
+        t = arrival_times(1.5e6, t0, 20_000_000, src.rng, src, compiled=True)
+        past += int(np.count_nonzero(t >= t0 + 20_000_000))
+    assert past == 0
