@@ -760,9 +760,12 @@ class Recorder:
             silent = self._owner_silent_s(r, now)
             if silent > self.config.readout.owner_timeout_s or self._may_join(msg):
                 return None  # the owner is gone (a restarted front-end takes over), or a joining one
-            if msg.run == r.number and msg.spill == 0 and self.env.existing_spills(msg.run):
-                return None  # a front-end restarted with the same command: "run N has files" says more
-            return code.NOT_OWNER, None, f"run {r.number} belongs to front-end {r.owner.hex()}"
+            return (
+                code.NOT_OWNER,
+                None,
+                f"run {r.number} belongs to front-end {r.owner.hex()} (silent for {silent:.1f} s: another "
+                f"front-end may take it over after {self.config.readout.owner_timeout_s:g} s of silence)",
+            )
         if t == protocol.MessageType.FRAGMENT:
             mask = r.members.get(fe.ident, _ALL_GROUPS if self._owns(fe, r) else 0)
             if not mask >> msg.source & 1:
