@@ -209,10 +209,9 @@ class Readout:
             return None
         before, after = int(np.ceil(self.before_ns)), int(np.ceil(self.after_ns))
         trig = np.asarray(trigger_ns, np.int64)
-        edges = np.zeros(n + 1, np.int64)
-        np.add.at(edges, np.searchsorted(t_ns, trig - before, "left"), 1)
-        np.add.at(edges, np.searchsorted(t_ns, trig + after, "right"), -1)
-        keep: np.ndarray = np.cumsum(edges[:-1]) > 0
+        opened = np.bincount(np.searchsorted(t_ns, trig - before, "left"), minlength=n + 1)
+        closed = np.bincount(np.searchsorted(t_ns, trig + after, "right"), minlength=n + 1)
+        keep: np.ndarray = np.cumsum(opened[:n] - closed[:n]) > 0  # inside some trigger's reach
         keep[np.searchsorted(t_ns, t_end_ns - before, "left") :] = True  # the tail kept for the next slice
         waiting = [p.t_end_ns for p in self.pending.values() if p.stream is not None and p.spill == spill]
         if waiting:

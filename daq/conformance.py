@@ -74,17 +74,7 @@ BEAM_COUNTER_MIN = 150
 PLACEMENT_MIN_ENTRIES = 8
 #: failure examples kept per check
 EXAMPLES = 5
-FRONTEND_TYPES = frozenset(
-    {
-        protocol.MessageType.RUN_START,
-        protocol.MessageType.RUN_STOP,
-        protocol.MessageType.SPILL_START,
-        protocol.MessageType.SPILL_END,
-        protocol.MessageType.SLICE,
-        protocol.MessageType.FRAGMENT,
-        protocol.MessageType.HEARTBEAT,
-    }
-)
+FRONTEND_TYPES = protocol.FRONTEND_TYPES
 _SPILL_TYPES = frozenset(
     {
         protocol.MessageType.SPILL_START,

@@ -142,6 +142,20 @@ class MessageType(IntEnum):
     NACK = 13
 
 
+#: the message types a front-end sends (the others go from the DAQ to a front-end or to the DQM)
+FRONTEND_TYPES = frozenset(
+    {
+        MessageType.RUN_START,
+        MessageType.RUN_STOP,
+        MessageType.SPILL_START,
+        MessageType.SPILL_END,
+        MessageType.SLICE,
+        MessageType.FRAGMENT,
+        MessageType.HEARTBEAT,
+    }
+)
+
+
 class NackCode(IntEnum):
     """Why the DAQ refused a front-end's message (the ``code`` of a NACK, docs/protocol.md).
 

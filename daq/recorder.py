@@ -95,17 +95,7 @@ NACK_BURST = 20.0
 #: seconds, with the number held back since the last one
 LOG_INTERVAL_S = 10.0
 #: message types a front-end sends
-_FRONTEND_TYPES = frozenset(
-    {
-        protocol.MessageType.RUN_START,
-        protocol.MessageType.RUN_STOP,
-        protocol.MessageType.SPILL_START,
-        protocol.MessageType.SPILL_END,
-        protocol.MessageType.SLICE,
-        protocol.MessageType.FRAGMENT,
-        protocol.MessageType.HEARTBEAT,
-    }
-)
+_FRONTEND_TYPES = protocol.FRONTEND_TYPES
 _ALL_GROUPS = detector.ALL_GROUPS_MASK
 
 _FRONTEND_STATE_NAMES = {s.value: s.name.lower() for s in protocol.FrontEndState}
